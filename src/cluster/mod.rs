@@ -1,0 +1,5 @@
+//! The control plane: what the cluster looks like, and keeping the slot map true to it.
+
+pub mod conn;
+pub mod nodes;
+pub mod topology;

@@ -1,0 +1,211 @@
+//! Topology: keeps the slot map in step with the cluster.
+//!
+//! Asks every known node (seeds, then every node the views name) for `CLUSTER NODES`, on
+//! an interval and at once when the data plane hints that something changed (a MOVED, a
+//! lost connection, CLUSTERDOWN). For each slot it takes the claim with the highest config
+//! epoch among all views, which is what the cluster itself converges to after a failover
+//! or a finished migration. A MOVED is applied to the map at once, before the next refresh.
+//!
+//! This is the plain cluster view. Deciding slots the cluster cannot decide for itself
+//! (a master lost mid-migration) is the authority's job, and the epoch rule is not enough
+//! there.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use super::conn::{query, Conn};
+use super::nodes::{self, NodeLine};
+use crate::protocol::{Value, SLOTS};
+use crate::proxy::command::Commands;
+use crate::proxy::slot_table::SlotTable;
+use crate::proxy::{Hint, Proxy};
+
+/// Shortest pause between two refreshes prompted by hints.
+const MIN_GAP: Duration = Duration::from_millis(20);
+
+/// Owner address per slot, as last published.
+type Assignment = Vec<Option<String>>;
+
+/// Runs until the proxy is dropped.
+pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
+    let mut known: Vec<String> = proxy.config.seeds.clone();
+    let mut published: Assignment = vec![None; SLOTS];
+    let mut have_commands = false;
+    loop {
+        if let Some(views) = collect_views(&proxy, &known).await {
+            let assignment = decide(&views);
+            for (_, lines) in &views {
+                for line in lines.iter().filter(|l| !l.addr.is_empty()) {
+                    if !known.contains(&line.addr) {
+                        known.push(line.addr.clone());
+                    }
+                }
+            }
+            if assignment != published {
+                let covered = assignment.iter().filter(|o| o.is_some()).count();
+                info!(covered, nodes = known.len(), "slot map updated");
+                publish(&proxy, &assignment);
+                published = assignment;
+            }
+            if !have_commands {
+                have_commands = load_commands(&proxy, &views[0].0).await;
+            }
+        }
+        let last = Instant::now();
+        let wait = tokio::time::sleep(proxy.config.refresh_interval);
+        tokio::select! {
+            hint = hints.recv() => {
+                let Some(hint) = hint else { return };
+                let mut moved = Vec::new();
+                let mut take = |hint| if let Hint::Moved { slot, addr } = hint { moved.push((slot, addr)) };
+                take(hint);
+                while let Ok(hint) = hints.try_recv() {
+                    take(hint);
+                }
+                if !moved.is_empty() {
+                    for (slot, addr) in &moved {
+                        published[*slot as usize] = Some(addr.clone());
+                    }
+                    debug!(slots = moved.len(), "applying MOVED");
+                    publish(&proxy, &published);
+                }
+                tokio::time::sleep(MIN_GAP.saturating_sub(last.elapsed())).await;
+            }
+            _ = wait => {}
+        }
+    }
+}
+
+fn publish(proxy: &Proxy, assignment: &Assignment) {
+    let nodes: Vec<(u16, Arc<crate::proxy::Node>)> = assignment
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, addr)| Some((slot as u16, proxy.node(addr.as_ref()?))))
+        .collect();
+    proxy.publish(|_, generation| SlotTable::build(nodes, generation));
+}
+
+/// Asks every known node for its view, in parallel. `None` when no node answered.
+async fn collect_views(proxy: &Proxy, known: &[String]) -> Option<Vec<(String, Vec<NodeLine>)>> {
+    let limit = proxy.config.connect_timeout;
+    let mut asks = JoinSet::new();
+    for addr in known.iter().cloned() {
+        asks.spawn(async move {
+            let reply = query(&addr, &["CLUSTER", "NODES"], limit).await;
+            (addr, reply)
+        });
+    }
+    let mut views = Vec::new();
+    while let Some(done) = asks.join_next().await {
+        let Ok((addr, reply)) = done else { continue };
+        let text = match reply {
+            Ok(Value::Bulk(text)) => text,
+            Ok(other) => {
+                debug!(%addr, reply = ?other, "CLUSTER NODES refused");
+                continue;
+            }
+            Err(e) => {
+                debug!(error = %e, "node did not answer");
+                continue;
+            }
+        };
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        match nodes::parse(&String::from_utf8_lossy(&text), host) {
+            Ok(lines) => views.push((addr, lines)),
+            Err(e) => warn!(%addr, error = %e, "unreadable CLUSTER NODES"),
+        }
+    }
+    if views.is_empty() {
+        warn!(
+            tried = known.len(),
+            "no cluster node answered CLUSTER NODES"
+        );
+        return None;
+    }
+    // Seeds first, so that the command table comes from a node the operator named.
+    views.sort_by_key(|(addr, _)| known.iter().position(|k| k == addr));
+    Some(views)
+}
+
+/// Per slot, the owner claimed with the highest config epoch in any view.
+pub fn decide(views: &[(String, Vec<NodeLine>)]) -> Assignment {
+    let mut best: Vec<Option<(u64, &str)>> = vec![None; SLOTS];
+    for (_, lines) in views {
+        for line in lines.iter().filter(|l| l.master && !l.addr.is_empty()) {
+            for &(start, end) in &line.slots {
+                for slot in start..=end {
+                    let entry = &mut best[slot as usize];
+                    if entry.is_none_or(|(epoch, _)| line.config_epoch > epoch) {
+                        *entry = Some((line.config_epoch, &line.addr));
+                    }
+                }
+            }
+        }
+    }
+    best.into_iter()
+        .map(|b| b.map(|(_, addr)| addr.to_string()))
+        .collect()
+}
+
+/// Loads the command table and server version from one node; false if it failed.
+async fn load_commands(proxy: &Proxy, addr: &str) -> bool {
+    let Ok(mut conn) = Conn::connect(addr, proxy.config.connect_timeout).await else {
+        return false;
+    };
+    if let Ok(Value::Bulk(info)) = conn.call(&["INFO", "server"]).await {
+        let info = String::from_utf8_lossy(&info);
+        if let Some(v) = info.lines().find_map(|l| l.strip_prefix("redis_version:")) {
+            proxy.server_version.store(Arc::new(v.trim().to_string()));
+        }
+    }
+    match conn.call(&["COMMAND"]).await {
+        Ok(reply) => match Commands::from_command_reply(&reply) {
+            Some(commands) => {
+                info!(%addr, commands = commands.len(), "command table loaded");
+                proxy.commands.store(Arc::new(commands));
+                true
+            }
+            None => {
+                warn!(%addr, "COMMAND reply unreadable; using the built-in table");
+                true
+            }
+        },
+        Err(e) => {
+            debug!(error = %e, "COMMAND failed");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(addr: &str, epoch: u64, slots: &[(u16, u16)]) -> NodeLine {
+        NodeLine {
+            id: addr.to_string(),
+            addr: addr.to_string(),
+            master: true,
+            config_epoch: epoch,
+            slots: slots.to_vec(),
+            ..NodeLine::default()
+        }
+    }
+
+    #[test]
+    fn the_highest_epoch_claim_wins_across_views() {
+        // A stale view still names the failed master; the promoted replica claims the
+        // same slots with a higher epoch.
+        let stale = vec![line("a:1", 1, &[(0, 99)]), line("b:1", 2, &[(100, 199)])];
+        let fresh = vec![line("a2:1", 7, &[(0, 99)]), line("b:1", 2, &[(100, 199)])];
+        let views = vec![("x".to_string(), stale), ("y".to_string(), fresh)];
+        let got = decide(&views);
+        assert_eq!(got[0].as_deref(), Some("a2:1"));
+        assert_eq!(got[150].as_deref(), Some("b:1"));
+        assert_eq!(got[200], None);
+    }
+}

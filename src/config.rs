@@ -1,0 +1,402 @@
+//! Configuration: a TOML file, then command-line flags on top.
+//!
+//! Every key is listed with its default in `config/slotguard.toml`. Unknown keys are
+//! errors (a typo must not silently fall back to a default), and so are values that do
+//! not parse; each error names the key and the value.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::protocol::Limits;
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Cluster nodes to learn the topology from; any subset, one is enough.
+    pub seeds: Vec<String>,
+    /// Worker threads of the runtime.
+    pub threads: usize,
+    /// When set, clients must `AUTH` with it first.
+    pub password: Option<String>,
+    /// Admin HTTP listener (`/healthz`), off when `None`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bounds on client requests.
+    pub limits: Limits,
+    /// Replies a client may have outstanding before the proxy stops reading from it.
+    pub max_pending: usize,
+    /// Connections the proxy keeps to each cluster node.
+    pub backend_connections: usize,
+    /// How long a connection attempt to a node may take.
+    pub connect_timeout: Duration,
+    /// How often the slot map is refreshed when nothing prompts it.
+    pub refresh_interval: Duration,
+    /// How long a request may wait for its slot to be served again before the client gets
+    /// an error.
+    pub hold_timeout: Duration,
+    /// Most bytes of requests that may wait at once; past it, new ones fail at once.
+    pub hold_max_bytes: usize,
+    /// Log filter (`info`, `slotguard=debug`, ...); `RUST_LOG` overrides it.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        File::default()
+            .validate()
+            .expect("the built-in defaults are valid")
+    }
+}
+
+/// The file as written, before validation.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct File {
+    listen: String,
+    seeds: Vec<String>,
+    threads: usize,
+    password: String,
+    admin: AdminSection,
+    client: ClientSection,
+    backend: BackendSection,
+    topology: TopologySection,
+    hold: HoldSection,
+    log: LogSection,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct AdminSection {
+    listen: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct ClientSection {
+    max_args: usize,
+    max_bulk_len: usize,
+    max_request_bytes: usize,
+    max_pending: usize,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct BackendSection {
+    connections: usize,
+    connect_timeout: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct TopologySection {
+    refresh_interval: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct HoldSection {
+    timeout: String,
+    max_bytes: usize,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct LogSection {
+    level: String,
+}
+
+impl Default for File {
+    fn default() -> Self {
+        File {
+            listen: "127.0.0.1:6380".into(),
+            seeds: Vec::new(),
+            threads: 1,
+            password: String::new(),
+            admin: AdminSection::default(),
+            client: ClientSection::default(),
+            backend: BackendSection::default(),
+            topology: TopologySection::default(),
+            hold: HoldSection::default(),
+            log: LogSection::default(),
+        }
+    }
+}
+
+impl Default for ClientSection {
+    fn default() -> Self {
+        let limits = Limits::default();
+        ClientSection {
+            max_args: limits.max_args,
+            max_bulk_len: limits.max_bulk_len,
+            max_request_bytes: limits.max_request_bytes,
+            max_pending: 10_000,
+        }
+    }
+}
+
+impl Default for BackendSection {
+    fn default() -> Self {
+        BackendSection {
+            connections: 1,
+            connect_timeout: "1s".into(),
+        }
+    }
+}
+
+impl Default for TopologySection {
+    fn default() -> Self {
+        TopologySection {
+            refresh_interval: "1s".into(),
+        }
+    }
+}
+
+impl Default for HoldSection {
+    fn default() -> Self {
+        HoldSection {
+            timeout: "20s".into(),
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration error; the text names the key and the offending value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(key: &str, value: &str, why: &str) -> ConfigError {
+    ConfigError(format!("{key} = {value:?}: {why}"))
+}
+
+/// Flags given on the command line; each replaces the file's value.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub seeds: Vec<String>,
+    pub admin_listen: Option<String>,
+}
+
+impl Config {
+    /// Reads the file (if any), applies the flags, validates.
+    pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
+        let mut file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+                File::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e)))?
+            }
+            None => File::default(),
+        };
+        if let Some(listen) = &flags.listen {
+            file.listen = listen.clone();
+        }
+        if !flags.seeds.is_empty() {
+            file.seeds = flags.seeds.clone();
+        }
+        if let Some(admin) = &flags.admin_listen {
+            file.admin.listen = admin.clone();
+        }
+        file.validate()
+    }
+
+    /// Parses and validates a configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        File::parse(text)?.validate()
+    }
+}
+
+impl File {
+    fn parse(text: &str) -> Result<File, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_string()))
+    }
+
+    fn validate(self) -> Result<Config, ConfigError> {
+        let listen = socket_addr("listen", &self.listen)?;
+        for seed in &self.seeds {
+            node_addr("seeds", seed)?;
+        }
+        let admin_listen = match self.admin.listen.as_str() {
+            "" => None,
+            addr => Some(socket_addr("admin.listen", addr)?),
+        };
+        if self.threads == 0 || self.threads > 1024 {
+            return Err(bad(
+                "threads",
+                &self.threads.to_string(),
+                "expected 1 to 1024",
+            ));
+        }
+        positive("client.max_args", self.client.max_args)?;
+        positive("client.max_bulk_len", self.client.max_bulk_len)?;
+        positive("client.max_request_bytes", self.client.max_request_bytes)?;
+        positive("client.max_pending", self.client.max_pending)?;
+        positive("hold.max_bytes", self.hold.max_bytes)?;
+        if self.client.max_request_bytes > u32::MAX as usize {
+            return Err(bad(
+                "client.max_request_bytes",
+                &self.client.max_request_bytes.to_string(),
+                "at most 4294967295",
+            ));
+        }
+        if !(1..=64).contains(&self.backend.connections) {
+            return Err(bad(
+                "backend.connections",
+                &self.backend.connections.to_string(),
+                "expected 1 to 64",
+            ));
+        }
+        let log_level = self.log.level.clone();
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(bad("log.level", &log_level, "not a log filter"));
+        }
+        Ok(Config {
+            listen,
+            seeds: self.seeds,
+            threads: self.threads,
+            password: Some(self.password).filter(|p| !p.is_empty()),
+            admin_listen,
+            limits: Limits {
+                max_args: self.client.max_args,
+                max_bulk_len: self.client.max_bulk_len,
+                max_request_bytes: self.client.max_request_bytes,
+            },
+            max_pending: self.client.max_pending,
+            backend_connections: self.backend.connections,
+            connect_timeout: duration("backend.connect_timeout", &self.backend.connect_timeout)?,
+            refresh_interval: duration(
+                "topology.refresh_interval",
+                &self.topology.refresh_interval,
+            )?,
+            hold_timeout: duration("hold.timeout", &self.hold.timeout)?,
+            hold_max_bytes: self.hold.max_bytes,
+            log_level,
+        })
+    }
+}
+
+fn positive(key: &str, n: usize) -> Result<(), ConfigError> {
+    if n == 0 {
+        return Err(bad(key, "0", "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        bad(
+            key,
+            value,
+            "expected an IP address and port, like 127.0.0.1:6380",
+        )
+    })
+}
+
+/// A cluster node address: `host:port`, the host a name or an IP.
+pub fn node_addr(key: &str, value: &str) -> Result<(), ConfigError> {
+    let valid = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !valid {
+        return Err(bad(key, value, "expected host:port, like 127.0.0.1:7000"));
+    }
+    Ok(())
+}
+
+/// A duration written as a number and a unit: `250ms`, `20s`, `5m`, `1h`.
+pub fn duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &value[digits.len()..];
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| bad(key, value, "expected a duration like 500ms, 20s or 5m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(bad(
+                key,
+                value,
+                "expected a duration with a unit: ms, s, m or h",
+            ))
+        }
+    };
+    if d.is_zero() {
+        return Err(bad(key, value, "must be longer than zero"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_file_lists_every_default() {
+        let shipped = include_str!("../config/slotguard.toml");
+        let parsed = Config::parse(shipped).unwrap();
+        let default = Config::default();
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_value() {
+        let cases = [
+            ("listn = \"x\"", "unknown field `listn`"),
+            ("listen = \"nowhere\"", "listen = \"nowhere\""),
+            ("seeds = [\"127.0.0.1\"]", "seeds = \"127.0.0.1\""),
+            ("[hold]\ntimeout = \"20\"", "hold.timeout = \"20\""),
+            ("[hold]\ntimeout = \"soon\"", "hold.timeout = \"soon\""),
+            ("[backend]\nconnections = 0", "backend.connections = \"0\""),
+            ("[client]\nmax_pending = 0", "client.max_pending = \"0\""),
+            ("[hold]\ntimout = \"1s\"", "unknown field `timout`"),
+            ("threads = \"two\"", "invalid type"),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse(text).unwrap_err().0;
+            assert!(err.contains(want), "{text:?} gave {err:?}, wanted {want:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("k", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(duration("k", "2m").unwrap(), Duration::from_secs(120));
+        assert!(duration("k", "0s").is_err());
+        assert!(duration("k", "-1s").is_err());
+        assert!(duration("k", "1.5s").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let flags = Overrides {
+            listen: Some("127.0.0.1:7777".into()),
+            seeds: vec!["localhost:7000".into()],
+            admin_listen: None,
+        };
+        let c = Config::load(None, &flags).unwrap();
+        assert_eq!(c.listen.port(), 7777);
+        assert_eq!(c.seeds, vec!["localhost:7000".to_string()]);
+    }
+}

@@ -1,0 +1,439 @@
+//! A real Redis Cluster on this machine, for `slotguard demo` and the tests.
+//!
+//! Starts `redis-server` processes from PATH in a temporary directory on free ports (below
+//! 22767, so that each bus port, data port + 10000, is valid), assigns slots evenly to the
+//! masters, joins the nodes, attaches replicas, and waits until every node reports the
+//! cluster ok and every replica's link is up. Nodes are stopped by pid on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::cluster::conn::Conn;
+use crate::cluster::nodes;
+use crate::protocol::Value;
+
+/// How to build the cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub masters: usize,
+    pub replicas_per_master: usize,
+    /// `cluster-node-timeout` in milliseconds.
+    pub node_timeout_ms: u64,
+    /// Extra `--name value` arguments for every node.
+    pub extra_args: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            masters: 3,
+            replicas_per_master: 1,
+            node_timeout_ms: 2000,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// One redis-server process.
+#[derive(Debug)]
+pub struct LocalNode {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl LocalNode {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `kill -9` by pid.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) by pid.
+    pub fn signal(&self, name: &str) -> std::io::Result<()> {
+        let Some(pid) = self.pid() else {
+            return Err(std::io::Error::other("node is not running"));
+        };
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!("kill -{name} {pid} failed")));
+        }
+        Ok(())
+    }
+}
+
+/// A running cluster; stopped and removed on drop.
+#[derive(Debug)]
+pub struct LocalCluster {
+    pub nodes: Vec<LocalNode>,
+    pub dir: PathBuf,
+    pub options: Options,
+    keep_dir: bool,
+}
+
+/// Why a cluster could not be started.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn fail(what: impl std::fmt::Display) -> StartError {
+    StartError(what.to_string())
+}
+
+/// Checks that `redis-server` can be run, with instructions when it cannot.
+pub fn check_redis_server() -> Result<String, StartError> {
+    match Command::new("redis-server").arg("--version").output() {
+        Ok(out) if out.status.success() => {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        }
+        _ => Err(fail(
+            "redis-server was not found on PATH. Install it with:\n  \
+             sudo apt-get install -y redis-server redis-tools   (Debian, Ubuntu)\n  \
+             brew install redis                                  (macOS)",
+        )),
+    }
+}
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+impl LocalCluster {
+    /// Starts a cluster and waits until it is ready.
+    pub async fn start(options: Options) -> Result<LocalCluster, StartError> {
+        check_redis_server()?;
+        let dir = std::env::temp_dir().join(format!(
+            "slotguard-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        let mut cluster = LocalCluster {
+            nodes: Vec::new(),
+            dir,
+            options,
+            keep_dir: false,
+        };
+        let total = cluster.options.masters * (1 + cluster.options.replicas_per_master);
+        for _ in 0..total {
+            let port = free_port_pair().ok_or_else(|| fail("no free port pair below 22767"))?;
+            let node_dir = cluster.dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).map_err(fail)?;
+            let mut node = LocalNode {
+                port,
+                dir: node_dir,
+                child: None,
+            };
+            cluster.spawn(&mut node)?;
+            cluster.nodes.push(node);
+        }
+        cluster.form().await?;
+        Ok(cluster)
+    }
+
+    /// Keeps the directory (logs, nodes.conf) after drop.
+    pub fn keep_dir(&mut self) {
+        self.keep_dir = true;
+    }
+
+    fn spawn(&self, node: &mut LocalNode) -> Result<(), StartError> {
+        let mut cmd = Command::new("redis-server");
+        cmd.current_dir(&node.dir)
+            .args(["--port", &node.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .args([
+                "--cluster-node-timeout",
+                &self.options.node_timeout_ms.to_string(),
+            ])
+            .args(["--dir", &node.dir.to_string_lossy()])
+            .args(["--logfile", "redis.log"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--enable-debug-command", "yes"])
+            .args(["--repl-diskless-sync-delay", "0"])
+            .args(["--daemonize", "no"]);
+        for (k, v) in &self.options.extra_args {
+            cmd.arg(format!("--{k}")).arg(v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| fail(format!("cannot start redis-server: {e}")))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Starts a stopped node again, with its data directory and nodes.conf.
+    pub async fn restart(&mut self, i: usize) -> Result<(), StartError> {
+        let mut node = std::mem::replace(
+            &mut self.nodes[i],
+            LocalNode {
+                port: 0,
+                dir: PathBuf::new(),
+                child: None,
+            },
+        );
+        node.kill();
+        let result = self.spawn(&mut node);
+        let addr = node.addr();
+        self.nodes[i] = node;
+        result?;
+        wait_for(Duration::from_secs(10), || async { ping(&addr).await }).await
+    }
+
+    /// Addresses of every node.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(LocalNode::addr).collect()
+    }
+
+    async fn form(&mut self) -> Result<(), StartError> {
+        let addrs = self.addrs();
+        for addr in &addrs {
+            let addr = addr.clone();
+            wait_for(Duration::from_secs(10), || {
+                let addr = addr.clone();
+                async move { ping(&addr).await }
+            })
+            .await
+            .map_err(|_| fail(format!("redis-server at {addr} did not start")))?;
+        }
+        let masters = self.options.masters;
+        let per = crate::protocol::SLOTS / masters;
+        let mut ids = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let mut conn = connect(addr).await?;
+            if i < masters {
+                let start = i * per;
+                let end = if i + 1 == masters {
+                    crate::protocol::SLOTS - 1
+                } else {
+                    start + per - 1
+                };
+                call(
+                    &mut conn,
+                    &[
+                        "CLUSTER",
+                        "ADDSLOTSRANGE",
+                        &start.to_string(),
+                        &end.to_string(),
+                    ],
+                )
+                .await?;
+            }
+            let id = call(&mut conn, &["CLUSTER", "MYID"]).await?;
+            ids.push(id.as_str().unwrap_or_default().to_string());
+        }
+        let first_port = self.nodes[0].port.to_string();
+        for addr in &addrs[1..] {
+            let mut conn = connect(addr).await?;
+            call(&mut conn, &["CLUSTER", "MEET", "127.0.0.1", &first_port]).await?;
+        }
+        let total = addrs.len();
+        for addr in &addrs {
+            let addr = addr.clone();
+            wait_for(Duration::from_secs(20), || {
+                let addr = addr.clone();
+                async move { knows_all(&addr, total).await }
+            })
+            .await
+            .map_err(|_| fail(format!("{addr} did not meet every node")))?;
+        }
+        for (i, addr) in addrs.iter().enumerate().skip(masters) {
+            let master = &ids[(i - masters) % masters];
+            let mut conn = connect(addr).await?;
+            call(&mut conn, &["CLUSTER", "REPLICATE", master]).await?;
+        }
+        self.wait_healthy(Duration::from_secs(30)).await
+    }
+
+    /// Waits until every running node says `cluster_state:ok` and agrees on who owns every
+    /// slot, and every replica's link to its master is up.
+    pub async fn wait_healthy(&self, limit: Duration) -> Result<(), StartError> {
+        let addrs: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(LocalNode::addr)
+            .collect();
+        wait_for(limit, || {
+            let addrs = addrs.clone();
+            async move { healthy(&addrs).await }
+        })
+        .await
+        .map_err(|_| fail("the cluster did not become healthy in time"))
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+async fn connect(addr: &str) -> Result<Conn, StartError> {
+    Conn::connect(addr, Duration::from_secs(5))
+        .await
+        .map_err(fail)
+}
+
+async fn call(conn: &mut Conn, args: &[&str]) -> Result<Value, StartError> {
+    conn.call_ok(args).await.map_err(fail)
+}
+
+async fn ping(addr: &str) -> bool {
+    match Conn::connect(addr, Duration::from_secs(1)).await {
+        Ok(mut conn) => matches!(conn.call(&["PING"]).await, Ok(Value::Simple(_))),
+        Err(_) => false,
+    }
+}
+
+async fn knows_all(addr: &str, total: usize) -> bool {
+    let Ok(mut conn) = Conn::connect(addr, Duration::from_secs(1)).await else {
+        return false;
+    };
+    let Ok(Value::Bulk(text)) = conn.call(&["CLUSTER", "NODES"]).await else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&text);
+    text.lines().count() == total && !text.contains("handshake")
+}
+
+/// Each master's address and slot ranges, as one node sees them.
+type OwnerView = Vec<(String, Vec<(u16, u16)>)>;
+
+/// True when every node answers `cluster_state:ok`, every replica's link is up, and the
+/// nodes' views agree on which address owns each slot.
+pub async fn healthy(addrs: &[String]) -> bool {
+    let mut first_view: Option<OwnerView> = None;
+    for addr in addrs {
+        let Ok(mut conn) = Conn::connect(addr, Duration::from_secs(1)).await else {
+            return false;
+        };
+        let Ok(Value::Bulk(info)) = conn.call(&["CLUSTER", "INFO"]).await else {
+            return false;
+        };
+        if !String::from_utf8_lossy(&info).contains("cluster_state:ok") {
+            return false;
+        }
+        let Ok(Value::Bulk(repl)) = conn.call(&["INFO", "replication"]).await else {
+            return false;
+        };
+        let repl = String::from_utf8_lossy(&repl);
+        if repl.contains("role:slave") && !repl.contains("master_link_status:up") {
+            return false;
+        }
+        let Ok(Value::Bulk(text)) = conn.call(&["CLUSTER", "NODES"]).await else {
+            return false;
+        };
+        let Ok(lines) = nodes::parse(&String::from_utf8_lossy(&text), "127.0.0.1") else {
+            return false;
+        };
+        let mut view: OwnerView = lines
+            .into_iter()
+            .filter(|l| l.master && !l.slots.is_empty() && !l.fail)
+            .map(|l| (l.addr, l.slots))
+            .collect();
+        view.sort();
+        match &first_view {
+            None => first_view = Some(view),
+            Some(first) if *first != view => return false,
+            Some(_) => {}
+        }
+    }
+    true
+}
+
+/// Polls `check` every 50 ms until it is true or `limit` passes.
+pub async fn wait_for<F, Fut>(limit: Duration, mut check: F) -> Result<(), StartError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(fail("timed out"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Ports already given to a node of this process (not yet bound by it, maybe).
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A port `p` in 10000..22000 such that `p` and `p + 10000` (the cluster bus) are free now.
+pub fn free_port_pair() -> Option<u16> {
+    use std::net::TcpListener;
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64));
+    for _ in 0..1000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 10000 + (x % 12000) as u16;
+        let mut taken = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.contains(&port) {
+            continue;
+        }
+        let data = TcpListener::bind(("127.0.0.1", port));
+        let bus = TcpListener::bind(("127.0.0.1", port + 10000));
+        if data.is_ok() && bus.is_ok() {
+            taken.push(port);
+            return Some(port);
+        }
+    }
+    None
+}
+
+/// A free port for a listener (the proxy's), picked by the OS.
+pub fn free_port() -> Option<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()
+        .map(|a| a.port())
+}
+
+/// The redis-server log of a node, for failure messages.
+pub fn log_tail(dir: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,113 @@
+//! The `slotguard` command: serve, or run the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use slotguard::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A Redis Cluster proxy that holds and repairs instead of failing"
+)]
+struct Cli {
+    /// Configuration file (TOML); every key is listed in config/slotguard.toml.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Address clients connect to [default: 127.0.0.1:6380].
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// A cluster node to learn the topology from (repeatable).
+    #[arg(long = "seed", global = true)]
+    seeds: Vec<String>,
+    /// Admin HTTP listener (/healthz, /readyz).
+    #[arg(long, global = true)]
+    admin_listen: Option<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a local Redis Cluster (3 masters, 3 replicas) and the proxy in front of it.
+    Demo {
+        /// Keep the cluster's directory (logs, nodes.conf) after exit.
+        #[arg(long)]
+        keep_dir: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let flags = Overrides {
+        listen: cli.listen,
+        seeds: cli.seeds,
+        admin_listen: cli.admin_listen,
+    };
+    let config = match Config::load(cli.config.as_deref(), &flags) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("slotguard: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    slotguard::logging::init(&config.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("slotguard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            None => {
+                if config.seeds.is_empty() {
+                    return Err(
+                        "no seeds: give --seed HOST:PORT or `seeds` in the config file".into(),
+                    );
+                }
+                slotguard::server::run(config, shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Some(Cmd::Demo { keep_dir }) => {
+                slotguard::demo::run(config, keep_dir, shutdown_signal()).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("slotguard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,329 @@
+//! Connections to cluster nodes.
+//!
+//! A [`Node`] is one cluster node (by address) with a few connections, each owned by one
+//! task. A connection task takes [`Job`]s from its queue in batches, writes them with one
+//! syscall, and matches replies to jobs through an in-flight FIFO. Replies are passed on as
+//! the bytes that came; only an error reply's text is looked at, to absorb redirects:
+//! `MOVED` and `ASK` are forwarded to the named node at once (in reply order, so a
+//! client's requests keep their order), and `TRYAGAIN`, `CLUSTERDOWN`, `LOADING` or a lost
+//! connection send the job to the hold queue to be retried.
+//!
+//! A client's jobs for one node always go to the same connection (chosen by the client's
+//! pin), which is what keeps its pipeline in order across nodes and redirects.
+
+use std::collections::VecDeque;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::hold::Reason;
+use super::Proxy;
+use crate::protocol::{ReplyScanner, Request};
+
+/// Most jobs taken off a connection's queue for one write.
+const BATCH: usize = 512;
+
+/// A request on its way to a node, with where its reply goes.
+#[derive(Debug)]
+pub struct Job {
+    pub req: Request,
+    /// The slot the request is for; `None` for keyless requests (any master serves them).
+    pub slot: Option<u16>,
+    /// Chooses the connection, so one client's jobs to a node share one.
+    pub pin: u32,
+    /// Send `ASKING` first, on the same connection, as one unit.
+    pub asking: bool,
+    /// Redirects followed so far.
+    pub hops: u8,
+    /// When the job first had to wait (for the hold deadline).
+    pub held_since: Option<Instant>,
+    pub reply: oneshot::Sender<Bytes>,
+}
+
+impl Job {
+    pub fn new(req: Request, slot: Option<u16>, pin: u32) -> (Job, oneshot::Receiver<Bytes>) {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            req,
+            slot,
+            pin,
+            asking: false,
+            hops: 0,
+            held_since: None,
+            reply,
+        };
+        (job, rx)
+    }
+}
+
+/// What an error reply asks the proxy to do instead of passing it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redirect {
+    Moved { slot: u16, addr: String },
+    Ask { slot: u16, addr: String },
+    Hold(Reason),
+}
+
+/// Reads an error reply; `None` when it should go to the client as it is.
+pub fn classify(frame: &[u8], from: &str) -> Option<Redirect> {
+    let text = frame.strip_prefix(b"-")?;
+    let text = text.strip_suffix(b"\r\n").unwrap_or(text);
+    let text = std::str::from_utf8(text).ok()?;
+    let (code, rest) = text.split_once(' ').unwrap_or((text, ""));
+    let target = |rest: &str| -> Option<(u16, String)> {
+        let (slot, addr) = rest.split_once(' ')?;
+        let slot = slot.parse().ok().filter(|&s: &u16| s < 16384)?;
+        // An empty host (":7001") means the host this connection already talks to.
+        let addr = match addr.strip_prefix(':') {
+            Some(port) => format!("{}:{port}", from.rsplit_once(':').map_or(from, |(h, _)| h)),
+            None => addr.to_string(),
+        };
+        Some((slot, addr))
+    };
+    Some(match code {
+        "MOVED" => {
+            let (slot, addr) = target(rest)?;
+            Redirect::Moved { slot, addr }
+        }
+        "ASK" => {
+            let (slot, addr) = target(rest)?;
+            Redirect::Ask { slot, addr }
+        }
+        "TRYAGAIN" => Redirect::Hold(Reason::TryAgain),
+        "CLUSTERDOWN" => Redirect::Hold(Reason::ClusterDown(text.to_string())),
+        "LOADING" | "MASTERDOWN" | "READONLY" => {
+            Redirect::Hold(Reason::NotReady(format!("{from}: {text}")))
+        }
+        _ => return None,
+    })
+}
+
+/// One cluster node and its connections.
+#[derive(Debug)]
+pub struct Node {
+    pub addr: String,
+    conns: Vec<mpsc::UnboundedSender<Job>>,
+}
+
+impl Node {
+    /// Starts the connection tasks (they connect when the first job arrives).
+    pub fn spawn(
+        addr: String,
+        conns: usize,
+        proxy: Weak<Proxy>,
+        connect_timeout: Duration,
+    ) -> Node {
+        let conns = (0..conns)
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(run(addr.clone(), rx, proxy.clone(), connect_timeout));
+                tx
+            })
+            .collect();
+        Node { addr, conns }
+    }
+
+    /// Queues a job on the connection its pin selects. Gives the job back if that
+    /// connection's task is gone.
+    pub fn send(&self, job: Job) -> Result<(), Job> {
+        let conn = &self.conns[job.pin as usize % self.conns.len()];
+        conn.send(job).map_err(|e| e.0)
+    }
+}
+
+/// A job written to the connection and waiting for its reply.
+struct InFlight {
+    job: Job,
+    /// The `+OK` of an `ASKING` sent before the request is still to come.
+    asking_reply: bool,
+}
+
+async fn run(
+    addr: String,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    proxy: Weak<Proxy>,
+    limit: Duration,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        if rx.recv_many(&mut batch, BATCH).await == 0 {
+            return; // the node was dropped
+        }
+        let stream = match tokio::time::timeout(limit, TcpStream::connect(&addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                debug!(%addr, error = %e, "connect failed");
+                fail_all(&proxy, &addr, batch.drain(..), &format!("connect: {e}"));
+                continue;
+            }
+            Err(_) => {
+                debug!(%addr, "connect timed out");
+                fail_all(&proxy, &addr, batch.drain(..), "connect timed out");
+                continue;
+            }
+        };
+        stream.set_nodelay(true).ok();
+        let mut conn = Connection {
+            addr: &addr,
+            proxy: &proxy,
+            inflight: VecDeque::new(),
+            wbuf: BytesMut::with_capacity(16 * 1024),
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            scanner: ReplyScanner::default(),
+        };
+        let error = conn.serve(stream, &mut rx, &mut batch).await;
+        let Connection { inflight, .. } = conn;
+        let Some(error) = error else { return };
+        warn!(%addr, %error, in_flight = inflight.len(), "backend connection lost");
+        // A request written to a connection that broke may or may not have run; it is
+        // retried, as cluster clients do (at-least-once for what was in flight).
+        let lost = inflight.into_iter().map(|f| f.job).chain(batch.drain(..));
+        fail_all(&proxy, &addr, lost, &error);
+    }
+}
+
+fn fail_all(proxy: &Weak<Proxy>, addr: &str, jobs: impl Iterator<Item = Job>, error: &str) {
+    let Some(proxy) = proxy.upgrade() else { return };
+    proxy.node_unreachable(addr);
+    for job in jobs {
+        proxy
+            .hold
+            .push(job, Reason::Unreachable(format!("{addr}: {error}")));
+    }
+}
+
+struct Connection<'a> {
+    addr: &'a str,
+    proxy: &'a Weak<Proxy>,
+    inflight: VecDeque<InFlight>,
+    wbuf: BytesMut,
+    rbuf: BytesMut,
+    scanner: ReplyScanner,
+}
+
+const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+
+impl Connection<'_> {
+    /// Runs the connection until it fails (`Some(reason)`) or the node is dropped (`None`).
+    async fn serve(
+        &mut self,
+        mut stream: TcpStream,
+        rx: &mut mpsc::UnboundedReceiver<Job>,
+        batch: &mut Vec<Job>,
+    ) -> Option<String> {
+        let (mut rd, mut wr) = stream.split();
+        loop {
+            if !batch.is_empty() {
+                for job in batch.drain(..) {
+                    if job.asking {
+                        self.wbuf.extend_from_slice(ASKING);
+                    }
+                    self.wbuf.extend_from_slice(job.req.raw());
+                    self.inflight.push_back(InFlight {
+                        asking_reply: job.asking,
+                        job,
+                    });
+                }
+                if let Err(e) = wr.write_all(&self.wbuf).await {
+                    return Some(format!("write: {e}"));
+                }
+                self.wbuf.clear();
+            }
+            tokio::select! {
+                biased;
+                read = rd.read_buf(&mut self.rbuf) => match read {
+                    Ok(0) => return Some("connection closed by the node".into()),
+                    Ok(_) => {
+                        if let Err(e) = self.replies() {
+                            return Some(e);
+                        }
+                        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                            self.rbuf.reserve(16 * 1024);
+                        }
+                    }
+                    Err(e) => return Some(format!("read: {e}")),
+                },
+                n = rx.recv_many(batch, BATCH) => if n == 0 {
+                    return None;
+                },
+            }
+        }
+    }
+
+    /// Hands every complete reply in the read buffer to its job.
+    fn replies(&mut self) -> Result<(), String> {
+        while let Some(len) = self.scanner.scan(&self.rbuf).map_err(|e| e.to_string())? {
+            let frame = self.rbuf.split_to(len).freeze();
+            let Some(front) = self.inflight.front_mut() else {
+                return Err("reply without a request".into());
+            };
+            if front.asking_reply {
+                front.asking_reply = false;
+                continue;
+            }
+            let job = self.inflight.pop_front().expect("front exists").job;
+            self.complete(job, frame);
+        }
+        Ok(())
+    }
+
+    fn complete(&self, job: Job, frame: Bytes) {
+        if frame.first() == Some(&b'-') {
+            if let Some(redirect) = classify(&frame, self.addr) {
+                if let Some(proxy) = self.proxy.upgrade() {
+                    proxy.redirect(job, redirect);
+                    return;
+                }
+            }
+        }
+        // The client may have gone; its reply is then dropped.
+        let _ = job.reply.send(frame);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_cluster_errors() {
+        let from = "10.0.0.1:7000";
+        assert_eq!(
+            classify(b"-MOVED 3999 127.0.0.1:6381\r\n", from),
+            Some(Redirect::Moved {
+                slot: 3999,
+                addr: "127.0.0.1:6381".into()
+            })
+        );
+        assert_eq!(
+            classify(b"-ASK 12 :7002\r\n", from),
+            Some(Redirect::Ask {
+                slot: 12,
+                addr: "10.0.0.1:7002".into()
+            })
+        );
+        assert_eq!(
+            classify(
+                b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+                from
+            ),
+            Some(Redirect::Hold(Reason::TryAgain))
+        );
+        assert!(matches!(
+            classify(b"-CLUSTERDOWN Hash slot not served\r\n", from),
+            Some(Redirect::Hold(Reason::ClusterDown(_)))
+        ));
+        assert_eq!(classify(b"-ERR wrong number of arguments\r\n", from), None);
+        assert_eq!(
+            classify(b"-WRONGTYPE Operation against a key\r\n", from),
+            None
+        );
+        assert_eq!(classify(b"-MOVED 99999 h:1\r\n", from), None);
+        assert_eq!(classify(b"-MOVED\r\n", from), None);
+    }
+}

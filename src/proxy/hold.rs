@@ -1,0 +1,276 @@
+//! The hold queue: requests whose slot cannot be served right now wait here, per slot, in
+//! arrival order, and are sent again when the slot map changes or after a short backoff.
+//!
+//! While a slot has waiting requests, every later request for it queues behind them (reads
+//! too), so a client still reads its own writes. A request that waits longer than
+//! `hold.timeout` gets an error naming its slot and why; past `hold.max_bytes` of waiting
+//! requests, new ones fail at once instead of growing memory without bound.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+use tokio::sync::Notify;
+
+use super::backend::Job;
+use crate::protocol::reply;
+
+/// Why a request waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// Behind earlier requests for the same slot.
+    Queued,
+    /// No node owns the slot in the current map.
+    NoOwner,
+    /// The owner could not be reached.
+    Unreachable(String),
+    /// The owner answered CLUSTERDOWN.
+    ClusterDown(String),
+    /// A multi-key request met a slot in migration.
+    TryAgain,
+    /// The owner is loading, or was a master no more.
+    NotReady(String),
+    /// Redirects did not settle within the hop limit.
+    Redirects,
+}
+
+impl Reason {
+    /// The error a client gets when its request waited too long.
+    fn error(&self, slot: Option<u16>, waited: Duration) -> String {
+        let slot = match slot {
+            Some(s) => format!("slot {s}"),
+            None => "keyless request".to_string(),
+        };
+        let secs = waited.as_secs_f64();
+        match self {
+            Reason::TryAgain => {
+                format!("TRYAGAIN {slot} stayed in migration (held {secs:.1}s)")
+            }
+            Reason::ClusterDown(text) => {
+                format!("CLUSTERDOWN {slot} is not served (held {secs:.1}s): {text}")
+            }
+            Reason::NoOwner | Reason::Queued => {
+                format!("CLUSTERDOWN {slot} has no owner (held {secs:.1}s)")
+            }
+            Reason::Unreachable(why) => {
+                format!("CLUSTERDOWN {slot} has no reachable owner (held {secs:.1}s): {why}")
+            }
+            Reason::NotReady(why) => {
+                format!("CLUSTERDOWN {slot} owner is not ready (held {secs:.1}s): {why}")
+            }
+            Reason::Redirects => {
+                format!("CLUSTERDOWN {slot} redirects did not settle (held {secs:.1}s)")
+            }
+        }
+    }
+}
+
+/// First and longest pause between two attempts for one slot.
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// How long an emptied queue remembers its failed attempts.
+const FORGET_AFTER: Duration = Duration::from_secs(1);
+
+struct Held {
+    job: Job,
+    reason: Reason,
+}
+
+/// The waiting requests of one slot (or of keyless requests).
+struct Queue {
+    jobs: VecDeque<Held>,
+    /// Not sent again before this, unless the slot map changes.
+    retry_at: Instant,
+    /// Failed attempts in a row, for the backoff.
+    attempts: u32,
+    /// Slot-map generation at the last failure.
+    generation: u64,
+}
+
+#[derive(Default)]
+struct State {
+    slots: FxHashMap<u16, Queue>,
+    keyless: Option<Queue>,
+    bytes: usize,
+}
+
+/// The hold queue.
+pub struct Hold {
+    state: Mutex<State>,
+    /// Per slot: has waiting requests. Read on every request, without the lock.
+    held: Box<[AtomicBool]>,
+    wake: Notify,
+    /// Generation of the newest slot map.
+    generation: AtomicU64,
+    timeout: Duration,
+    max_bytes: usize,
+}
+
+impl Hold {
+    pub fn new(timeout: Duration, max_bytes: usize) -> Hold {
+        Hold {
+            state: Mutex::new(State::default()),
+            held: (0..crate::protocol::SLOTS)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            wake: Notify::new(),
+            generation: AtomicU64::new(0),
+            timeout,
+            max_bytes,
+        }
+    }
+
+    /// True when requests for `slot` must queue behind waiting ones.
+    #[inline]
+    pub fn is_held(&self, slot: u16) -> bool {
+        self.held[slot as usize].load(Ordering::Acquire)
+    }
+
+    /// Parks a job.
+    pub fn push(&self, job: Job, reason: Reason) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.push_locked(&mut state, job, reason, Instant::now());
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    fn push_locked(&self, state: &mut State, mut job: Job, reason: Reason, now: Instant) {
+        let since = *job.held_since.get_or_insert(now);
+        let size = job.req.raw().len();
+        if state.bytes + size > self.max_bytes {
+            let text = format!(
+                "{} (hold queue full: {} bytes)",
+                reason.error(job.slot, now - since),
+                self.max_bytes
+            );
+            let _ = job.reply.send(reply::error(&text));
+            return;
+        }
+        state.bytes += size;
+        let generation = self.generation.load(Ordering::Acquire);
+        let queue = match job.slot {
+            Some(slot) => {
+                self.held[slot as usize].store(true, Ordering::Release);
+                state
+                    .slots
+                    .entry(slot)
+                    .or_insert_with(|| Queue::new(now, generation))
+            }
+            None => state
+                .keyless
+                .get_or_insert_with(|| Queue::new(now, generation)),
+        };
+        if reason != Reason::Queued {
+            // A failed attempt: back off, unless the queue already waits for a retry.
+            if queue.retry_at <= now {
+                queue.retry_at = now + backoff(queue.attempts);
+                queue.attempts += 1;
+            }
+            queue.generation = generation;
+        }
+        queue.jobs.push_back(Held { job, reason });
+    }
+
+    /// Tells the queue a new slot map is out: every slot is worth trying again.
+    pub fn map_changed(&self, generation: u64) {
+        self.generation.store(generation, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Number of requests waiting now.
+    pub fn len(&self) -> usize {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.slots.values().map(|q| q.jobs.len()).sum::<usize>()
+            + state.keyless.as_ref().map_or(0, |q| q.jobs.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until something may be due, at most until `limit`.
+    pub async fn wait(&self, limit: Duration) {
+        let next = {
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state
+                .slots
+                .values()
+                .chain(state.keyless.as_ref())
+                .filter(|q| !q.jobs.is_empty())
+                .map(|q| q.retry_at)
+                .min()
+        };
+        let sleep = match next {
+            Some(at) => at.saturating_duration_since(Instant::now()).min(limit),
+            None => limit,
+        };
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+
+    /// Takes the queues that are due (backoff over, or the map changed since they failed)
+    /// and hands their jobs, in order, to `send`; fails jobs past the deadline. `send`
+    /// runs under the lock, so a request arriving meanwhile still queues behind them; it
+    /// gives back a job it could not send, which waits again.
+    pub fn release(&self, now: Instant, mut send: impl FnMut(Job) -> Result<(), (Job, Reason)>) {
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = &mut *guard;
+        let due =
+            |q: &Queue| !q.jobs.is_empty() && (q.retry_at <= now || q.generation < generation);
+        let mut released: Vec<Held> = Vec::new();
+        let mut cleared: Vec<u16> = Vec::new();
+        for (&slot, q) in state.slots.iter_mut().filter(|(_, q)| due(q)) {
+            released.extend(q.jobs.drain(..));
+            cleared.push(slot);
+        }
+        if let Some(q) = state.keyless.as_mut().filter(|q| due(q)) {
+            released.extend(q.jobs.drain(..));
+        }
+        for &slot in &cleared {
+            self.held[slot as usize].store(false, Ordering::Release);
+        }
+        for held in released {
+            state.bytes -= held.job.req.raw().len();
+            let mut job = held.job;
+            let waited = now.duration_since(job.held_since.unwrap_or(now));
+            if waited >= self.timeout {
+                let _ = job
+                    .reply
+                    .send(reply::error(&held.reason.error(job.slot, waited)));
+                continue;
+            }
+            job.hops = 0;
+            if let Err((job, reason)) = send(job) {
+                self.push_locked(state, job, reason, now);
+            }
+        }
+        // An emptied queue is kept a while so that a slot failing again keeps backing off.
+        let stale = |q: &Queue| q.jobs.is_empty() && q.retry_at + FORGET_AFTER < now;
+        state.slots.retain(|_, q| !stale(q));
+        if state.keyless.as_ref().is_some_and(stale) {
+            state.keyless = None;
+        }
+    }
+}
+
+impl Queue {
+    fn new(now: Instant, generation: u64) -> Queue {
+        Queue {
+            jobs: VecDeque::new(),
+            retry_at: now,
+            attempts: 0,
+            generation,
+        }
+    }
+}
+
+fn backoff(attempts: u32) -> Duration {
+    BACKOFF_MIN
+        .saturating_mul(1 << attempts.min(8))
+        .min(BACKOFF_MAX)
+}

@@ -1,0 +1,269 @@
+//! Commands the proxy answers itself: connection state (PING, ECHO, SELECT, AUTH, HELLO,
+//! CLIENT) and the one-node cluster it shows cluster-aware clients (CLUSTER SLOTS, SHARDS,
+//! NODES, INFO, MYID, KEYSLOT): every slot served at the address the client connected to.
+
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+
+use super::router::Client;
+use super::Proxy;
+use crate::protocol::reply::{self, array_header, bulk, Value};
+use crate::protocol::{key_slot, Request};
+
+pub fn ping(req: &Request) -> Bytes {
+    match req.len() {
+        1 => reply::simple("PONG"),
+        2 => reply::bulk_reply(req.arg(1)),
+        _ => arity("ping"),
+    }
+}
+
+pub fn echo(req: &Request) -> Bytes {
+    if req.len() != 2 {
+        return arity("echo");
+    }
+    reply::bulk_reply(req.arg(1))
+}
+
+pub fn select(req: &Request) -> Bytes {
+    if req.len() != 2 {
+        return arity("select");
+    }
+    match req.arg(1) {
+        b"0" => Bytes::from_static(reply::OK),
+        _ => reply::error("ERR SELECT is not allowed in cluster mode"),
+    }
+}
+
+pub fn arity(name: &str) -> Bytes {
+    reply::error(&format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+
+/// Checks a password against the proxy's. `user` must be `default` (or absent).
+fn check_password(proxy: &Proxy, user: Option<&[u8]>, pass: &[u8]) -> Result<(), Bytes> {
+    let Some(expected) = &proxy.config.password else {
+        return Err(reply::error(
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        ));
+    };
+    let user_ok = user.is_none_or(|u| u == b"default");
+    if user_ok && pass == expected.as_bytes() {
+        Ok(())
+    } else {
+        Err(reply::error(
+            "WRONGPASS invalid username-password pair or user is disabled.",
+        ))
+    }
+}
+
+pub fn auth(proxy: &Proxy, client: &mut Client, req: &Request) -> Bytes {
+    let result = match req.len() {
+        2 => check_password(proxy, None, req.arg(1)),
+        3 => check_password(proxy, Some(req.arg(1)), req.arg(2)),
+        _ => return reply::error("ERR syntax error"),
+    };
+    match result {
+        Ok(()) => {
+            client.authenticated = true;
+            Bytes::from_static(reply::OK)
+        }
+        Err(e) => e,
+    }
+}
+
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`. RESP2 only for now.
+pub fn hello(proxy: &Proxy, client: &mut Client, req: &Request) -> Bytes {
+    let mut i = 1;
+    if req.len() > 1 {
+        match req.arg(1) {
+            b"2" => {}
+            b"3" => return reply::error("NOPROTO slotguard speaks RESP2 only for now"),
+            _ => return reply::error("NOPROTO unsupported protocol version"),
+        }
+        i = 2;
+    }
+    let mut name = None;
+    while i < req.len() {
+        let opt = req.arg(i).to_ascii_uppercase();
+        match opt.as_slice() {
+            b"AUTH" if i + 2 < req.len() => {
+                if let Err(e) = check_password(proxy, Some(req.arg(i + 1)), req.arg(i + 2)) {
+                    return e;
+                }
+                client.authenticated = true;
+                i += 3;
+            }
+            b"SETNAME" if i + 1 < req.len() => {
+                name = Some(req.arg_bytes(i + 1));
+                i += 2;
+            }
+            _ => {
+                return reply::error(&format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(req.arg(i))
+                ))
+            }
+        }
+    }
+    if !client.authenticated {
+        return noauth();
+    }
+    if let Some(name) = name {
+        client.name = Some(name);
+    }
+    let fields = [
+        ("server", Value::Bulk(Bytes::from_static(b"redis"))),
+        (
+            "version",
+            Value::Bulk(Bytes::from(proxy.server_version.load().to_string())),
+        ),
+        ("proto", Value::Int(2)),
+        ("id", Value::Int(client.id as i64)),
+        ("mode", Value::Bulk(Bytes::from_static(b"cluster"))),
+        ("role", Value::Bulk(Bytes::from_static(b"master"))),
+        ("modules", Value::Array(vec![])),
+    ];
+    let mut out = BytesMut::new();
+    array_header(&mut out, fields.len() * 2);
+    for (k, v) in fields {
+        bulk(&mut out, k.as_bytes());
+        v.encode(&mut out);
+    }
+    out.freeze()
+}
+
+pub fn noauth() -> Bytes {
+    reply::error("NOAUTH Authentication required.")
+}
+
+fn client_line(client: &Client) -> String {
+    let name = client
+        .name
+        .as_ref()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .unwrap_or_default();
+    format!(
+        "id={} addr={} laddr={} name={} db=0 cmd=client|info\n",
+        client.id, client.peer, client.local, name
+    )
+}
+
+pub fn client(client: &mut Client, req: &Request) -> Bytes {
+    if req.len() < 2 {
+        return arity("client");
+    }
+    let sub = req.arg(1).to_ascii_uppercase();
+    match (sub.as_slice(), req.len()) {
+        (b"SETNAME", 3) => {
+            if req.arg(2).iter().any(|&b| b <= b' ' || b > b'~') {
+                return reply::error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            client.name = (!req.arg(2).is_empty()).then(|| req.arg_bytes(2));
+            Bytes::from_static(reply::OK)
+        }
+        (b"GETNAME", 2) => match &client.name {
+            Some(name) => reply::bulk_reply(name),
+            None => Bytes::from_static(reply::NIL),
+        },
+        (b"ID", 2) => reply::int(client.id as i64),
+        (b"INFO", 2) | (b"LIST", _) => reply::bulk_reply(client_line(client).as_bytes()),
+        (b"SETINFO", 4) | (b"NO-EVICT", 3) | (b"NO-TOUCH", 3) => Bytes::from_static(reply::OK),
+        _ => reply::error(&format!(
+            "ERR slotguard: CLIENT {} is not supported through the proxy",
+            String::from_utf8_lossy(&sub)
+        )),
+    }
+}
+
+/// `CLUSTER ...`: the proxy presents itself as a one-node cluster owning every slot.
+/// Returns `None` for subcommands the slot's owner should answer.
+pub fn cluster(proxy: &Proxy, client: &Client, req: &Request) -> Option<Bytes> {
+    if req.len() < 2 {
+        return Some(arity("cluster"));
+    }
+    let sub = req.arg(1).to_ascii_uppercase();
+    let ip = client.local.ip().to_string();
+    let port = client.local.port();
+    let id = proxy.id.as_str();
+    let mut out = BytesMut::new();
+    match sub.as_slice() {
+        b"SLOTS" => {
+            array_header(&mut out, 1);
+            array_header(&mut out, 3);
+            Value::Int(0).encode(&mut out);
+            Value::Int(16383).encode(&mut out);
+            array_header(&mut out, 3);
+            bulk(&mut out, ip.as_bytes());
+            Value::Int(port as i64).encode(&mut out);
+            bulk(&mut out, id.as_bytes());
+        }
+        b"SHARDS" => {
+            array_header(&mut out, 1);
+            array_header(&mut out, 4);
+            bulk(&mut out, b"slots");
+            Value::Array(vec![Value::Int(0), Value::Int(16383)]).encode(&mut out);
+            bulk(&mut out, b"nodes");
+            array_header(&mut out, 1);
+            let node = [
+                ("id", Value::Bulk(Bytes::from(id.to_string()))),
+                ("port", Value::Int(port as i64)),
+                ("ip", Value::Bulk(Bytes::from(ip.clone()))),
+                ("endpoint", Value::Bulk(Bytes::from(ip.clone()))),
+                ("role", Value::Bulk(Bytes::from_static(b"master"))),
+                ("replication-offset", Value::Int(0)),
+                ("health", Value::Bulk(Bytes::from_static(b"online"))),
+            ];
+            array_header(&mut out, node.len() * 2);
+            for (k, v) in node {
+                bulk(&mut out, k.as_bytes());
+                v.encode(&mut out);
+            }
+        }
+        b"NODES" => {
+            let line = format!("{id} {ip}:{port}@{port} myself,master - 0 0 1 connected 0-16383\n");
+            bulk(&mut out, line.as_bytes());
+        }
+        b"INFO" => {
+            let text =
+                "cluster_state:ok\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:16384\r\n\
+                cluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:1\r\n\
+                cluster_size:1\r\ncluster_current_epoch:1\r\ncluster_my_epoch:1\r\n";
+            bulk(&mut out, text.as_bytes());
+        }
+        b"MYID" => bulk(&mut out, id.as_bytes()),
+        b"KEYSLOT" if req.len() == 3 => Value::Int(key_slot(req.arg(2)) as i64).encode(&mut out),
+        b"KEYSLOT" => return Some(arity("cluster|keyslot")),
+        b"COUNTKEYSINSLOT" | b"GETKEYSINSLOT" => return None,
+        _ => {
+            return Some(reply::error(&format!(
+                "ERR slotguard: CLUSTER {} is not supported through the proxy",
+                String::from_utf8_lossy(&sub)
+            )))
+        }
+    }
+    Some(out.freeze())
+}
+
+/// The proxy's own INFO sections.
+pub fn info_head(proxy: &Proxy) -> String {
+    let stats = &proxy.stats;
+    format!(
+        "# Server\r\nredis_version:{}\r\nredis_mode:cluster\r\nslotguard_version:{}\r\n\
+         uptime_in_seconds:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n\
+         # Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
+         slotguard_redirects_absorbed:{}\r\nslotguard_requests_held:{}\r\n\r\n",
+        proxy.server_version.load(),
+        env!("CARGO_PKG_VERSION"),
+        proxy.started.elapsed().as_secs(),
+        stats.connected_clients.load(Ordering::Relaxed),
+        stats.total_connections.load(Ordering::Relaxed),
+        stats.total_commands.load(Ordering::Relaxed),
+        stats.redirects.load(Ordering::Relaxed),
+        proxy.hold.len(),
+    )
+}

@@ -1,0 +1,235 @@
+//! Replies assembled from several parts: a multi-key command split by slot, or a command
+//! sent to every master. Each part's reply is decoded and combined into one reply for
+//! the client; the first error among the parts is the reply.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::oneshot;
+
+use super::slot_table::SlotTable;
+use crate::protocol::reply::{self, array_header, Value};
+
+/// How the parts combine.
+#[derive(Debug)]
+pub enum Merge {
+    /// MGET: part `i` answered for the original key positions `positions[i]`.
+    MGet {
+        positions: Vec<Vec<usize>>,
+        total: usize,
+    },
+    /// `+OK` when every part says so (MSET, FLUSHALL, SCRIPT FLUSH).
+    AllOk,
+    /// The sum of integer replies (DEL, EXISTS, DBSIZE, ...).
+    SumInts,
+    /// The concatenation of array replies (KEYS).
+    Concat,
+    /// The first reply that is not nil (RANDOMKEY).
+    FirstNonNil,
+    /// The first reply (SCRIPT LOAD: every master answers the same digest).
+    First,
+    /// Element-wise minimum of integer arrays (SCRIPT EXISTS: known everywhere).
+    MinEach,
+    /// SCAN on the master serving `slot`: the node's cursor is folded into the proxy's.
+    Scan { slot: u16, table: Arc<SlotTable> },
+    /// INFO: the proxy's own sections, then the summed keyspace of the masters.
+    Info { head: String },
+}
+
+/// A reply still being assembled.
+pub struct Join {
+    parts: Vec<oneshot::Receiver<Bytes>>,
+    got: Vec<Bytes>,
+    merge: Merge,
+}
+
+impl Join {
+    pub fn new(parts: Vec<oneshot::Receiver<Bytes>>, merge: Merge) -> Join {
+        Join {
+            got: Vec::with_capacity(parts.len()),
+            parts,
+            merge,
+        }
+    }
+
+    /// Ready once every part has answered.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
+        while self.got.len() < self.parts.len() {
+            let part = &mut self.parts[self.got.len()];
+            match Pin::new(part).poll(cx) {
+                Poll::Ready(Ok(bytes)) => self.got.push(bytes),
+                Poll::Ready(Err(_)) => return Poll::Ready(reply::error(GONE)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(merge(&self.merge, &self.got))
+    }
+}
+
+/// Said when a part's reply channel closed without a reply (the proxy is stopping).
+pub const GONE: &str = "ERR slotguard: request dropped while shutting down";
+
+fn merge(how: &Merge, parts: &[Bytes]) -> Bytes {
+    let mut values = Vec::with_capacity(parts.len());
+    for part in parts {
+        match Value::parse(part) {
+            Ok(Value::Error(_)) => return part.clone(),
+            Ok(v) => values.push(v),
+            Err(e) => return reply::error(&format!("ERR slotguard: bad reply from a node: {e}")),
+        }
+    }
+    match merge_values(how, values) {
+        Some(bytes) => bytes,
+        None => reply::error("ERR slotguard: a node answered a part of this command unexpectedly"),
+    }
+}
+
+fn merge_values(how: &Merge, values: Vec<Value>) -> Option<Bytes> {
+    let mut out = BytesMut::new();
+    match how {
+        Merge::MGet { positions, total } => {
+            let mut slots: Vec<Value> = vec![Value::Nil; *total];
+            for (value, positions) in values.into_iter().zip(positions) {
+                let Value::Array(items) = value else {
+                    return None;
+                };
+                if items.len() != positions.len() {
+                    return None;
+                }
+                for (item, &pos) in items.into_iter().zip(positions) {
+                    slots[pos] = item;
+                }
+            }
+            Value::Array(slots).encode(&mut out);
+        }
+        Merge::AllOk | Merge::First => values.into_iter().next()?.encode(&mut out),
+        Merge::SumInts => {
+            let mut sum = 0i64;
+            for v in &values {
+                sum = sum.checked_add(v.as_int()?)?;
+            }
+            return Some(reply::int(sum));
+        }
+        Merge::Concat => {
+            let mut all = Vec::new();
+            for v in values {
+                let Value::Array(items) = v else { return None };
+                all.extend(items);
+            }
+            Value::Array(all).encode(&mut out);
+        }
+        Merge::FirstNonNil => values
+            .into_iter()
+            .find(|v| *v != Value::Nil)
+            .unwrap_or(Value::Nil)
+            .encode(&mut out),
+        Merge::MinEach => {
+            let mut mins: Option<Vec<i64>> = None;
+            for v in &values {
+                let ints: Option<Vec<i64>> = v.as_array()?.iter().map(Value::as_int).collect();
+                let ints = ints?;
+                mins = Some(match mins {
+                    None => ints,
+                    Some(m) => m.iter().zip(&ints).map(|(a, b)| *a.min(b)).collect(),
+                });
+            }
+            Value::Array(mins?.into_iter().map(Value::Int).collect()).encode(&mut out);
+        }
+        Merge::Scan { slot, table } => {
+            let [Value::Array(pair)] = &values[..] else {
+                return None;
+            };
+            let [cursor, keys] = &pair[..] else {
+                return None;
+            };
+            let node_cursor: u64 = cursor.as_str()?.parse().ok()?;
+            let next = if node_cursor != 0 {
+                node_cursor.checked_mul(crate::protocol::SLOTS as u64)? + *slot as u64
+            } else {
+                table.next_master_slot(*slot).map_or(0, u64::from)
+            };
+            array_header(&mut out, 2);
+            reply::bulk(&mut out, next.to_string().as_bytes());
+            keys.encode(&mut out);
+        }
+        Merge::Info { head } => {
+            let mut dbs: Vec<(String, i64, i64)> = Vec::new();
+            for v in &values {
+                for line in v.as_str()?.lines() {
+                    let Some((db, fields)) = line.split_once(':') else {
+                        continue;
+                    };
+                    if !db.starts_with("db") {
+                        continue;
+                    }
+                    let field = |name: &str| -> i64 {
+                        fields
+                            .split(',')
+                            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(0)
+                    };
+                    match dbs.iter_mut().find(|(name, _, _)| name == db) {
+                        Some(entry) => {
+                            entry.1 += field("keys");
+                            entry.2 += field("expires");
+                        }
+                        None => dbs.push((db.to_string(), field("keys"), field("expires"))),
+                    }
+                }
+            }
+            let mut text = head.clone();
+            text.push_str("# Keyspace\r\n");
+            for (db, keys, expires) in dbs {
+                text.push_str(&format!("{db}:keys={keys},expires={expires},avg_ttl=0\r\n"));
+            }
+            reply::bulk(&mut out, text.as_bytes());
+        }
+    }
+    Some(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merged(how: Merge, parts: &[&'static [u8]]) -> Bytes {
+        let parts: Vec<Bytes> = parts.iter().map(|p| Bytes::from_static(p)).collect();
+        merge(&how, &parts)
+    }
+
+    #[test]
+    fn mget_restores_the_client_order() {
+        let how = Merge::MGet {
+            positions: vec![vec![0, 2], vec![1]],
+            total: 3,
+        };
+        let got = merged(how, &[b"*2\r\n$1\r\na\r\n$-1\r\n", b"*1\r\n$1\r\nb\r\n"]);
+        assert_eq!(&got[..], b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n");
+    }
+
+    #[test]
+    fn sums_and_errors() {
+        assert_eq!(
+            &merged(Merge::SumInts, &[b":2\r\n", b":3\r\n"])[..],
+            b":5\r\n"
+        );
+        assert_eq!(
+            &merged(Merge::SumInts, &[b":2\r\n", b"-ERR boom\r\n"])[..],
+            b"-ERR boom\r\n"
+        );
+        assert!(merged(Merge::SumInts, &[b"+OK\r\n"]).starts_with(b"-ERR slotguard"));
+    }
+
+    #[test]
+    fn script_exists_needs_every_master() {
+        let got = merged(
+            Merge::MinEach,
+            &[b"*2\r\n:1\r\n:1\r\n", b"*2\r\n:1\r\n:0\r\n"],
+        );
+        assert_eq!(&got[..], b"*2\r\n:1\r\n:0\r\n");
+    }
+}

@@ -1,0 +1,227 @@
+//! The data plane: client sessions, routing, backend connections, the hold queue.
+//!
+//! [`Proxy`] is what every task shares: the slot map, the command table, the node
+//! registry and the hold queue. A request becomes a [`Job`]; [`Proxy::dispatch`] sends it
+//! to the node serving its slot, or parks it in the hold queue when the slot already has
+//! waiting requests or no owner. Redirects come back through [`Proxy::redirect`].
+//!
+//! A job that cannot be sent is handed back by value (`Result<(), Job>`); boxing it to
+//! please `clippy::result_large_err` would cost an allocation per request.
+#![allow(clippy::result_large_err)]
+
+pub mod backend;
+pub mod command;
+pub mod hold;
+mod local;
+mod merge;
+mod router;
+pub mod session;
+pub mod slot_table;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
+use tokio::sync::mpsc;
+
+pub use backend::{Job, Node, Redirect};
+use command::Commands;
+use hold::{Hold, Reason};
+use slot_table::SlotTable;
+
+use crate::config::Config;
+
+/// Redirects one request may follow before it waits for the slot map to settle.
+const MAX_HOPS: u8 = 5;
+
+/// What the data plane tells the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// A node answered MOVED: `slot` is served by `addr` now.
+    Moved { slot: u16, addr: String },
+    /// Something failed; the slot map may be stale.
+    Refresh,
+}
+
+/// Counters shown by `INFO`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connected_clients: AtomicUsize,
+    pub total_connections: AtomicU64,
+    pub total_commands: AtomicU64,
+    pub redirects: AtomicU64,
+}
+
+/// State shared by every task of the proxy.
+pub struct Proxy {
+    pub config: Config,
+    pub table: ArcSwap<SlotTable>,
+    pub commands: ArcSwap<Commands>,
+    pub hold: Hold,
+    pub stats: Stats,
+    /// The proxy's node id in the one-node cluster it shows clients.
+    pub id: String,
+    /// Version of the servers behind, for `INFO` and `HELLO`.
+    pub server_version: ArcSwap<String>,
+    pub started: Instant,
+    nodes: Mutex<FxHashMap<String, Arc<Node>>>,
+    hints: mpsc::UnboundedSender<Hint>,
+    next_session: AtomicU32,
+    generation: AtomicU64,
+    me: std::sync::Weak<Proxy>,
+}
+
+impl Proxy {
+    /// Creates the shared state; the receiver carries hints to the topology task.
+    pub fn new(config: Config) -> (Arc<Proxy>, mpsc::UnboundedReceiver<Hint>) {
+        let (hints, rx) = mpsc::unbounded_channel();
+        let id = node_id(&config.listen.to_string());
+        let proxy = Arc::new_cyclic(|me| Proxy {
+            table: ArcSwap::from_pointee(SlotTable::empty()),
+            commands: ArcSwap::from_pointee(Commands::builtin()),
+            hold: Hold::new(config.hold_timeout, config.hold_max_bytes),
+            stats: Stats::default(),
+            id,
+            server_version: ArcSwap::from_pointee("7.0.0".to_string()),
+            started: Instant::now(),
+            nodes: Mutex::new(FxHashMap::default()),
+            hints,
+            next_session: AtomicU32::new(1),
+            generation: AtomicU64::new(1),
+            me: me.clone(),
+            config,
+        });
+        (proxy, rx)
+    }
+
+    /// The node at `addr`, connecting to it on first use.
+    pub fn node(&self, addr: &str) -> Arc<Node> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .entry(addr.to_string())
+            .or_insert_with(|| {
+                Arc::new(Node::spawn(
+                    addr.to_string(),
+                    self.config.backend_connections,
+                    self.me.clone(),
+                    self.config.connect_timeout,
+                ))
+            })
+            .clone()
+    }
+
+    /// Publishes a new slot map and lets held requests try again.
+    pub fn publish(&self, build: impl FnOnce(&SlotTable, u64) -> SlotTable) {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let table = build(&self.table.load(), generation);
+        self.table.store(Arc::new(table));
+        self.hold.map_changed(generation);
+    }
+
+    /// A fresh id for a client session; it also pins the session's backend connections.
+    pub fn session_id(&self) -> u32 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a job, or queues it behind the waiting requests of its slot.
+    #[inline]
+    pub fn dispatch(&self, job: Job) {
+        match job.slot {
+            Some(slot) if self.hold.is_held(slot) => self.hold.push(job, Reason::Queued),
+            _ => self.send(job),
+        }
+    }
+
+    /// Sends a job to the node the slot map names, without looking at the hold queue.
+    fn send(&self, job: Job) {
+        if let Err((job, reason)) = self.try_send(job) {
+            self.hold.push(job, reason);
+        }
+    }
+
+    /// Like `send`, but gives back a job that cannot be sent now, with the reason.
+    fn try_send(&self, job: Job) -> Result<(), (Job, Reason)> {
+        let table = self.table.load();
+        let node = match job.slot {
+            Some(slot) => table.owner(slot),
+            None => table.any_master(job.pin),
+        };
+        match node {
+            Some(node) => node
+                .send(job)
+                .map_err(|job| (job, Reason::Unreachable(node.addr.clone()))),
+            None => {
+                self.hint(Hint::Refresh);
+                Err((job, Reason::NoOwner))
+            }
+        }
+    }
+
+    /// Acts on a redirect a node answered for `job`.
+    pub fn redirect(&self, mut job: Job, redirect: Redirect) {
+        self.stats.redirects.fetch_add(1, Ordering::Relaxed);
+        job.hops += 1;
+        if job.hops > MAX_HOPS {
+            self.hint(Hint::Refresh);
+            self.hold.push(job, Reason::Redirects);
+            return;
+        }
+        match redirect {
+            Redirect::Moved { slot, addr } => {
+                job.asking = false;
+                // Forward before the map changes, so that this client's later requests,
+                // routed by the new map, cannot overtake this one.
+                if let Err(job) = self.node(&addr).send(job) {
+                    self.hold.push(job, Reason::Unreachable(addr.clone()));
+                }
+                self.hint(Hint::Moved { slot, addr });
+            }
+            Redirect::Ask { addr, .. } => {
+                job.asking = true;
+                if let Err(job) = self.node(&addr).send(job) {
+                    self.hold.push(job, Reason::Unreachable(addr));
+                }
+            }
+            Redirect::Hold(reason) => {
+                if !matches!(reason, Reason::TryAgain) {
+                    self.hint(Hint::Refresh);
+                }
+                self.hold.push(job, reason);
+            }
+        }
+    }
+
+    /// A connection to `addr` failed.
+    pub fn node_unreachable(&self, _addr: &str) {
+        self.hint(Hint::Refresh);
+    }
+
+    pub fn hint(&self, hint: Hint) {
+        let _ = self.hints.send(hint);
+    }
+
+    /// Runs the hold queue: sends due requests again, fails those past the deadline.
+    pub async fn run_hold(self: Arc<Self>) {
+        loop {
+            self.hold.wait(std::time::Duration::from_millis(100)).await;
+            self.hold.release(Instant::now(), |job| self.try_send(job));
+        }
+    }
+}
+
+/// A stable 40-hex-digit node id derived from the listen address.
+fn node_id(seed: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut out = String::with_capacity(40);
+    while out.len() < 40 {
+        for b in seed.bytes().chain(out.len().to_le_bytes()) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        out.push_str(&format!("{h:016x}"));
+    }
+    out.truncate(40);
+    out
+}

@@ -1,0 +1,333 @@
+//! Routing: what to do with one client request.
+//!
+//! - answered by the proxy (PING, AUTH, CLIENT, CLUSTER views, ...): [`local`];
+//! - one slot: the keys' common slot (multi-key commands across slots get `CROSSSLOT`);
+//! - split by slot and merged (MGET, MSET, DEL, UNLINK, EXISTS, TOUCH);
+//! - every master, merged (DBSIZE, KEYS, SCAN, FLUSHALL, RANDOMKEY, SCRIPT, INFO);
+//! - any master (keyless commands);
+//! - refused with a clear error (commands that need a connection of their own).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+use tokio::sync::oneshot;
+
+use super::command::KeyPositions;
+use super::local;
+use super::merge::{Join, Merge, GONE};
+use super::{Job, Proxy};
+use crate::protocol::{key_slot, reply, Request, SLOTS};
+
+/// A client connection's state.
+#[derive(Debug)]
+pub struct Client {
+    pub id: u32,
+    pub peer: SocketAddr,
+    /// The proxy address this client connected to; what CLUSTER SLOTS reports.
+    pub local: SocketAddr,
+    pub name: Option<Bytes>,
+    pub authenticated: bool,
+    /// QUIT was received: close once the replies before it are written.
+    pub quit: bool,
+}
+
+/// A reply the client is owed, in request order.
+pub enum Pending {
+    Ready(Bytes),
+    Wait(oneshot::Receiver<Bytes>),
+    Join(Join),
+}
+
+impl Pending {
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
+        match self {
+            Pending::Ready(bytes) => Poll::Ready(std::mem::take(bytes)),
+            Pending::Wait(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or_else(|_| reply::error(GONE))),
+            Pending::Join(join) => join.poll(cx),
+        }
+    }
+}
+
+fn ready(bytes: Bytes) -> Pending {
+    Pending::Ready(bytes)
+}
+
+/// Upper-cases a command name into a stack buffer.
+fn upper(name: &[u8], buf: &mut [u8; 24]) -> usize {
+    let n = name.len().min(buf.len());
+    for (o, c) in buf.iter_mut().zip(&name[..n]) {
+        *o = c.to_ascii_uppercase();
+    }
+    if name.len() > buf.len() {
+        0
+    } else {
+        n
+    }
+}
+
+/// Routes one request.
+pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> Pending {
+    let mut buf = [0u8; 24];
+    let n = upper(req.arg(0), &mut buf);
+    let name = &buf[..n];
+    if !client.authenticated && !matches!(name, b"AUTH" | b"HELLO" | b"QUIT") {
+        return ready(local::noauth());
+    }
+    match name {
+        b"PING" => ready(local::ping(&req)),
+        b"ECHO" => ready(local::echo(&req)),
+        b"QUIT" => {
+            client.quit = true;
+            ready(Bytes::from_static(reply::OK))
+        }
+        b"SELECT" => ready(local::select(&req)),
+        b"AUTH" => ready(local::auth(proxy, client, &req)),
+        b"HELLO" => ready(local::hello(proxy, client, &req)),
+        b"CLIENT" => ready(local::client(client, &req)),
+        b"READONLY" | b"READWRITE" => ready(Bytes::from_static(reply::OK)),
+        b"CLUSTER" => match local::cluster(proxy, client, &req) {
+            Some(answer) => ready(answer),
+            // COUNTKEYSINSLOT / GETKEYSINSLOT: asked of the slot's owner.
+            None => match (req.len() >= 3).then(|| parse_slot(req.arg(2))).flatten() {
+                Some(slot) => one(proxy, client, req, Some(slot)),
+                None => ready(reply::error("ERR Invalid or out of range slot")),
+            },
+        },
+        b"MGET" => split(proxy, client, req, 1, SplitKind::MGet),
+        b"MSET" => split(proxy, client, req, 2, SplitKind::MSet),
+        b"DEL" | b"UNLINK" | b"EXISTS" | b"TOUCH" => split(proxy, client, req, 1, SplitKind::Sum),
+        b"DBSIZE" => all_masters(proxy, client, &req, Merge::SumInts),
+        b"KEYS" => all_masters(proxy, client, &req, Merge::Concat),
+        b"FLUSHALL" | b"FLUSHDB" => all_masters(proxy, client, &req, Merge::AllOk),
+        b"RANDOMKEY" => all_masters(proxy, client, &req, Merge::FirstNonNil),
+        b"SCAN" => scan(proxy, client, req),
+        b"SCRIPT" => script(proxy, client, &req),
+        b"INFO" => {
+            let head = local::info_head(proxy);
+            let info = Request::from_args(&["INFO", "keyspace"]);
+            all_masters(proxy, client, &info, Merge::Info { head })
+        }
+        b"CONFIG" if req.len() >= 2 && req.arg(1).eq_ignore_ascii_case(b"GET") => {
+            one(proxy, client, req, None)
+        }
+        b"COMMAND" => one(proxy, client, req, None),
+        b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => {
+            unsupported(name, "transactions are not supported through slotguard yet")
+        }
+        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
+        | b"SUNSUBSCRIBE" => unsupported(
+            name,
+            "pub/sub subscriptions are not supported through slotguard yet",
+        ),
+        b"WAIT" | b"WAITAOF" => unsupported(name, "it waits on one connection of one node"),
+        b"MONITOR" | b"SYNC" | b"PSYNC" | b"REPLCONF" => {
+            unsupported(name, "it takes over the connection")
+        }
+        b"MOVE" | b"SWAPDB" => unsupported(name, "a cluster has only database 0"),
+        b"" => ready(reply::error("ERR unknown command")),
+        _ => keyed(proxy, client, req),
+    }
+}
+
+fn parse_slot(arg: &[u8]) -> Option<u16> {
+    let slot: u16 = std::str::from_utf8(arg).ok()?.parse().ok()?;
+    ((slot as usize) < SLOTS).then_some(slot)
+}
+
+fn unsupported(name: &[u8], why: &str) -> Pending {
+    ready(reply::error(&format!(
+        "ERR slotguard: '{}' is not supported: {why}",
+        String::from_utf8_lossy(name).to_lowercase()
+    )))
+}
+
+/// Any other command: by its keys' slot, or to any master when it has none.
+fn keyed(proxy: &Proxy, client: &Client, req: Request) -> Pending {
+    let commands = proxy.commands.load();
+    let Some(spec) = commands.lookup(&req) else {
+        // Unknown here, maybe known to the server: it will answer for itself.
+        return one(proxy, client, req, None);
+    };
+    let flags = spec.flags;
+    if flags.admin {
+        return unsupported(
+            spec.name.as_bytes(),
+            "admin commands are not forwarded; run them on the nodes",
+        );
+    }
+    if flags.blocking && !is_xread_without_block(&spec.name, &req) {
+        return unsupported(
+            spec.name.as_bytes(),
+            "blocking commands are not supported through slotguard yet",
+        );
+    }
+    if flags.pubsub
+        && !matches!(spec.name.as_str(), "PUBLISH" | "SPUBLISH" | "PUBSUB")
+        && !spec.name.starts_with("PUBSUB|")
+    {
+        return unsupported(
+            spec.name.as_bytes(),
+            "pub/sub subscriptions are not supported through slotguard yet",
+        );
+    }
+    let mut keys = KeyPositions::new();
+    spec.key_positions(&req, &mut keys);
+    let mut slot = None;
+    for &pos in &keys {
+        let s = key_slot(req.arg(pos));
+        match slot {
+            None => slot = Some((s, pos)),
+            Some((first, first_pos)) if first != s => {
+                return ready(reply::error(&format!(
+                    "CROSSSLOT Keys in request don't hash to the same slot (key '{}' is in slot {first}, key '{}' in slot {s})",
+                    String::from_utf8_lossy(req.arg(first_pos)),
+                    String::from_utf8_lossy(req.arg(pos)),
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    one(proxy, client, req, slot.map(|(s, _)| s))
+}
+
+/// XREAD and XREADGROUP are flagged blocking, but only block with a BLOCK option.
+fn is_xread_without_block(name: &str, req: &Request) -> bool {
+    matches!(name, "XREAD" | "XREADGROUP") && !req.args().any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+}
+
+/// Sends a request to one slot's owner (or any master for `None`).
+fn one(proxy: &Proxy, client: &Client, req: Request, slot: Option<u16>) -> Pending {
+    let (job, rx) = Job::new(req, slot, client.id);
+    proxy.dispatch(job);
+    Pending::Wait(rx)
+}
+
+#[derive(Clone, Copy)]
+enum SplitKind {
+    MGet,
+    MSet,
+    Sum,
+}
+
+/// A multi-key command split by slot: keys start at argument 1, each `stride` arguments
+/// long (MSET: key and value). One slot: sent as it is.
+fn split(proxy: &Proxy, client: &Client, req: Request, stride: usize, kind: SplitKind) -> Pending {
+    if req.len() < 2 || !(req.len() - 1).is_multiple_of(stride) {
+        return ready(local::arity(
+            &String::from_utf8_lossy(req.arg(0)).to_lowercase(),
+        ));
+    }
+    let first = key_slot(req.arg(1));
+    let groups_needed = (1..req.len())
+        .step_by(stride)
+        .any(|i| key_slot(req.arg(i)) != first);
+    if !groups_needed {
+        return one(proxy, client, req, Some(first));
+    }
+    // Group key positions by slot, in order of first appearance.
+    let mut groups: Vec<(u16, SmallVec<[usize; 4]>)> = Vec::new();
+    for i in (1..req.len()).step_by(stride) {
+        let slot = key_slot(req.arg(i));
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, positions)) => positions.push(i),
+            None => groups.push((slot, SmallVec::from_elem(i, 1))),
+        }
+    }
+    let mut parts = Vec::with_capacity(groups.len());
+    let mut positions = Vec::with_capacity(groups.len());
+    for (slot, group) in &groups {
+        let mut args: Vec<&[u8]> = Vec::with_capacity(1 + group.len() * stride);
+        args.push(req.arg(0));
+        for &i in group {
+            args.extend((i..i + stride).map(|j| req.arg(j)));
+        }
+        let (job, rx) = Job::new(Request::from_args(&args), Some(*slot), client.id);
+        proxy.dispatch(job);
+        parts.push(rx);
+        positions.push(group.iter().map(|&i| (i - 1) / stride).collect());
+    }
+    let merge = match kind {
+        SplitKind::MGet => Merge::MGet {
+            positions,
+            total: (req.len() - 1) / stride,
+        },
+        SplitKind::MSet => Merge::AllOk,
+        SplitKind::Sum => Merge::SumInts,
+    };
+    Pending::Join(Join::new(parts, merge))
+}
+
+/// Sends the same request to every master; each part follows its master's lowest slot,
+/// so a failover in between re-routes it to the promoted replica.
+fn all_masters(proxy: &Proxy, client: &Client, req: &Request, merge: Merge) -> Pending {
+    let table = proxy.table.load();
+    let parts: Vec<_> = table
+        .masters()
+        .map(|(slot, _)| {
+            let (job, rx) = Job::new(req.clone(), Some(slot), client.id);
+            proxy.dispatch(job);
+            rx
+        })
+        .collect();
+    if parts.is_empty() {
+        return ready(reply::error(
+            "CLUSTERDOWN slotguard: no master is known yet (is any seed reachable?)",
+        ));
+    }
+    Pending::Join(Join::new(parts, merge))
+}
+
+/// SCAN walks the masters one after another. The proxy's cursor is
+/// `node_cursor * 16384 + slot`, `slot` being the lowest slot of the master being walked.
+fn scan(proxy: &Proxy, client: &Client, req: Request) -> Pending {
+    if req.len() < 2 {
+        return ready(local::arity("scan"));
+    }
+    let Some(cursor) = std::str::from_utf8(req.arg(1))
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
+        return ready(reply::error("ERR invalid cursor"));
+    };
+    let table = proxy.table.load_full();
+    let slot = if cursor == 0 {
+        match table.masters().next() {
+            Some((slot, _)) => slot,
+            None => {
+                return ready(reply::error(
+                    "CLUSTERDOWN slotguard: no master is known yet (is any seed reachable?)",
+                ))
+            }
+        }
+    } else {
+        (cursor % SLOTS as u64) as u16
+    };
+    let node_cursor = (cursor / SLOTS as u64).to_string();
+    let mut args: Vec<&[u8]> = req.args().collect();
+    args[1] = node_cursor.as_bytes();
+    let (job, rx) = Job::new(Request::from_args(&args), Some(slot), client.id);
+    proxy.dispatch(job);
+    Pending::Join(Join::new(vec![rx], Merge::Scan { slot, table }))
+}
+
+fn script(proxy: &Proxy, client: &Client, req: &Request) -> Pending {
+    if req.len() < 2 {
+        return ready(local::arity("script"));
+    }
+    let sub = req.arg(1).to_ascii_uppercase();
+    match sub.as_slice() {
+        b"LOAD" => all_masters(proxy, client, req, Merge::First),
+        b"FLUSH" => all_masters(proxy, client, req, Merge::AllOk),
+        b"EXISTS" => all_masters(proxy, client, req, Merge::MinEach),
+        _ => unsupported(
+            b"script",
+            "only SCRIPT LOAD, FLUSH and EXISTS go through the proxy",
+        ),
+    }
+}
