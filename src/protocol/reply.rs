@@ -138,7 +138,7 @@ pub enum Value {
     Array(Vec<Value>),
     /// RESP3 maps, as key-value pairs.
     Map(Vec<(Value, Value)>),
-    /// RESP3 doubles, booleans, big numbers and verbatim strings, kept as their text.
+    /// RESP3 doubles, booleans and big numbers, kept as their text.
     Other(u8, Bytes),
 }
 
@@ -255,7 +255,8 @@ fn parse_at(frame: &Bytes, at: &mut usize, depth: usize) -> Result<Value, Protoc
             *at += len + 2;
             match kind {
                 b'!' => Value::Error(data),
-                b'=' => Value::Other(kind, data.slice(data.len().min(4)..)),
+                // A verbatim string is `fmt:text`; the text is what matters.
+                b'=' => Value::Bulk(data.slice(data.len().min(4)..)),
                 _ => Value::Bulk(data),
             }
         }

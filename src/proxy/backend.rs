@@ -10,6 +10,9 @@
 //!
 //! A client's jobs for one node always go to the same connection (chosen by the client's
 //! pin), which is what keeps its pipeline in order across nodes and redirects.
+//!
+//! RESP3 clients' jobs go to connections that said `HELLO 3` themselves, so the node
+//! answers in the protocol the client speaks and replies still pass through untouched.
 
 use std::collections::VecDeque;
 use std::sync::Weak;
@@ -36,6 +39,8 @@ pub struct Job {
     pub slot: Option<u16>,
     /// Chooses the connection, so one client's jobs to a node share one.
     pub pin: u32,
+    /// The client speaks RESP3: use a RESP3 connection.
+    pub resp3: bool,
     /// Send `ASKING` first, on the same connection, as one unit.
     pub asking: bool,
     /// Redirects followed so far.
@@ -46,12 +51,18 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(req: Request, slot: Option<u16>, pin: u32) -> (Job, oneshot::Receiver<Bytes>) {
+    pub fn new(
+        req: Request,
+        slot: Option<u16>,
+        pin: u32,
+        resp3: bool,
+    ) -> (Job, oneshot::Receiver<Bytes>) {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             req,
             slot,
             pin,
+            resp3,
             asking: false,
             hops: 0,
             held_since: None,
@@ -107,7 +118,10 @@ pub fn classify(frame: &[u8], from: &str) -> Option<Redirect> {
 #[derive(Debug)]
 pub struct Node {
     pub addr: String,
+    /// RESP2 connections.
     conns: Vec<mpsc::UnboundedSender<Job>>,
+    /// RESP3 connections, for clients that said `HELLO 3`.
+    conns3: Vec<mpsc::UnboundedSender<Job>>,
 }
 
 impl Node {
@@ -118,22 +132,42 @@ impl Node {
         proxy: Weak<Proxy>,
         connect_timeout: Duration,
     ) -> Node {
-        let conns = (0..conns)
-            .map(|_| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(run(addr.clone(), rx, proxy.clone(), connect_timeout));
-                tx
-            })
-            .collect();
-        Node { addr, conns }
+        let spawn = |resp3: bool| -> Vec<_> {
+            (0..conns)
+                .map(|_| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let target = Target {
+                        addr: addr.clone(),
+                        resp3,
+                        connect_timeout,
+                    };
+                    tokio::spawn(run(target, rx, proxy.clone()));
+                    tx
+                })
+                .collect()
+        };
+        let (conns, conns3) = (spawn(false), spawn(true));
+        Node {
+            addr,
+            conns,
+            conns3,
+        }
     }
 
     /// Queues a job on the connection its pin selects. Gives the job back if that
     /// connection's task is gone.
     pub fn send(&self, job: Job) -> Result<(), Job> {
-        let conn = &self.conns[job.pin as usize % self.conns.len()];
+        let conns = if job.resp3 { &self.conns3 } else { &self.conns };
+        let conn = &conns[job.pin as usize % conns.len()];
         conn.send(job).map_err(|e| e.0)
     }
+}
+
+/// What a connection task connects to.
+struct Target {
+    addr: String,
+    resp3: bool,
+    connect_timeout: Duration,
 }
 
 /// A job written to the connection and waiting for its reply.
@@ -143,12 +177,12 @@ struct InFlight {
     asking_reply: bool,
 }
 
-async fn run(
-    addr: String,
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    proxy: Weak<Proxy>,
-    limit: Duration,
-) {
+async fn run(target: Target, mut rx: mpsc::UnboundedReceiver<Job>, proxy: Weak<Proxy>) {
+    let Target {
+        addr,
+        resp3,
+        connect_timeout: limit,
+    } = target;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         if rx.recv_many(&mut batch, BATCH).await == 0 {
@@ -175,7 +209,14 @@ async fn run(
             wbuf: BytesMut::with_capacity(16 * 1024),
             rbuf: BytesMut::with_capacity(16 * 1024),
             scanner: ReplyScanner::default(),
+            resp3,
+            skip: 0,
         };
+        if resp3 {
+            // Goes out with the first batch; its reply is not any job's.
+            conn.wbuf.extend_from_slice(HELLO3);
+            conn.skip = 1;
+        }
         let error = conn.serve(stream, &mut rx, &mut batch).await;
         let Connection { inflight, .. } = conn;
         let Some(error) = error else { return };
@@ -204,8 +245,13 @@ struct Connection<'a> {
     wbuf: BytesMut,
     rbuf: BytesMut,
     scanner: ReplyScanner,
+    /// The connection speaks RESP3; push messages are not replies.
+    resp3: bool,
+    /// Replies still to come that answer no job (the `HELLO 3` sent on connect).
+    skip: usize,
 }
 
+const HELLO3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 
 impl Connection<'_> {
@@ -259,6 +305,17 @@ impl Connection<'_> {
     fn replies(&mut self) -> Result<(), String> {
         while let Some(len) = self.scanner.scan(&self.rbuf).map_err(|e| e.to_string())? {
             let frame = self.rbuf.split_to(len).freeze();
+            if self.skip > 0 {
+                self.skip -= 1;
+                if frame.first() == Some(&b'-') {
+                    let text = String::from_utf8_lossy(&frame).trim_end().to_string();
+                    return Err(format!("HELLO 3 refused: {text}"));
+                }
+                continue;
+            }
+            if self.resp3 && frame.first() == Some(&b'>') {
+                continue; // an out-of-band push, not a reply
+            }
             let Some(front) = self.inflight.front_mut() else {
                 return Err("reply without a request".into());
             };

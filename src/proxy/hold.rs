@@ -106,6 +106,10 @@ pub struct Hold {
     generation: AtomicU64,
     timeout: Duration,
     max_bytes: usize,
+    /// Requests parked so far, retries included.
+    pub parked: AtomicU64,
+    /// Requests that waited past the deadline.
+    pub timed_out: AtomicU64,
 }
 
 impl Hold {
@@ -119,6 +123,8 @@ impl Hold {
             generation: AtomicU64::new(0),
             timeout,
             max_bytes,
+            parked: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
         }
     }
 
@@ -138,6 +144,7 @@ impl Hold {
 
     fn push_locked(&self, state: &mut State, mut job: Job, reason: Reason, now: Instant) {
         let since = *job.held_since.get_or_insert(now);
+        self.parked.fetch_add(1, Ordering::Relaxed);
         let size = job.req.raw().len();
         if state.bytes + size > self.max_bytes {
             let text = format!(
@@ -239,6 +246,7 @@ impl Hold {
             let mut job = held.job;
             let waited = now.duration_since(job.held_since.unwrap_or(now));
             if waited >= self.timeout {
+                self.timed_out.fetch_add(1, Ordering::Relaxed);
                 let _ = job
                     .reply
                     .send(reply::error(&held.reason.error(job.slot, waited)));

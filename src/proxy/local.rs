@@ -74,13 +74,14 @@ pub fn auth(proxy: &Proxy, client: &mut Client, req: &Request) -> Bytes {
     }
 }
 
-/// `HELLO [protover [AUTH user pass] [SETNAME name]]`. RESP2 only for now.
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switches the client's protocol.
 pub fn hello(proxy: &Proxy, client: &mut Client, req: &Request) -> Bytes {
     let mut i = 1;
+    let mut resp3 = client.resp3;
     if req.len() > 1 {
         match req.arg(1) {
-            b"2" => {}
-            b"3" => return reply::error("NOPROTO slotguard speaks RESP2 only for now"),
+            b"2" => resp3 = false,
+            b"3" => resp3 = true,
             _ => return reply::error("NOPROTO unsupported protocol version"),
         }
         i = 2;
@@ -111,6 +112,7 @@ pub fn hello(proxy: &Proxy, client: &mut Client, req: &Request) -> Bytes {
     if !client.authenticated {
         return noauth();
     }
+    client.resp3 = resp3;
     if let Some(name) = name {
         client.name = Some(name);
     }
@@ -120,14 +122,18 @@ pub fn hello(proxy: &Proxy, client: &mut Client, req: &Request) -> Bytes {
             "version",
             Value::Bulk(Bytes::from(proxy.server_version.load().to_string())),
         ),
-        ("proto", Value::Int(2)),
+        ("proto", Value::Int(if resp3 { 3 } else { 2 })),
         ("id", Value::Int(client.id as i64)),
         ("mode", Value::Bulk(Bytes::from_static(b"cluster"))),
         ("role", Value::Bulk(Bytes::from_static(b"master"))),
         ("modules", Value::Array(vec![])),
     ];
     let mut out = BytesMut::new();
-    array_header(&mut out, fields.len() * 2);
+    if resp3 {
+        out.extend_from_slice(format!("%{}\r\n", fields.len()).as_bytes());
+    } else {
+        array_header(&mut out, fields.len() * 2);
+    }
     for (k, v) in fields {
         bulk(&mut out, k.as_bytes());
         v.encode(&mut out);

@@ -31,6 +31,8 @@ pub struct Client {
     pub local: SocketAddr,
     pub name: Option<Bytes>,
     pub authenticated: bool,
+    /// Switched to RESP3 by `HELLO 3`.
+    pub resp3: bool,
     /// QUIT was received: close once the replies before it are written.
     pub quit: bool,
 }
@@ -201,9 +203,13 @@ fn is_xread_without_block(name: &str, req: &Request) -> bool {
     matches!(name, "XREAD" | "XREADGROUP") && !req.args().any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
 }
 
+fn job(client: &Client, req: Request, slot: Option<u16>) -> (Job, oneshot::Receiver<Bytes>) {
+    Job::new(req, slot, client.id, client.resp3)
+}
+
 /// Sends a request to one slot's owner (or any master for `None`).
 fn one(proxy: &Proxy, client: &Client, req: Request, slot: Option<u16>) -> Pending {
-    let (job, rx) = Job::new(req, slot, client.id);
+    let (job, rx) = job(client, req, slot);
     proxy.dispatch(job);
     Pending::Wait(rx)
 }
@@ -247,7 +253,7 @@ fn split(proxy: &Proxy, client: &Client, req: Request, stride: usize, kind: Spli
         for &i in group {
             args.extend((i..i + stride).map(|j| req.arg(j)));
         }
-        let (job, rx) = Job::new(Request::from_args(&args), Some(*slot), client.id);
+        let (job, rx) = job(client, Request::from_args(&args), Some(*slot));
         proxy.dispatch(job);
         parts.push(rx);
         positions.push(group.iter().map(|&i| (i - 1) / stride).collect());
@@ -270,7 +276,7 @@ fn all_masters(proxy: &Proxy, client: &Client, req: &Request, merge: Merge) -> P
     let parts: Vec<_> = table
         .masters()
         .map(|(slot, _)| {
-            let (job, rx) = Job::new(req.clone(), Some(slot), client.id);
+            let (job, rx) = job(client, req.clone(), Some(slot));
             proxy.dispatch(job);
             rx
         })
@@ -311,7 +317,7 @@ fn scan(proxy: &Proxy, client: &Client, req: Request) -> Pending {
     let node_cursor = (cursor / SLOTS as u64).to_string();
     let mut args: Vec<&[u8]> = req.args().collect();
     args[1] = node_cursor.as_bytes();
-    let (job, rx) = Job::new(Request::from_args(&args), Some(slot), client.id);
+    let (job, rx) = job(client, Request::from_args(&args), Some(slot));
     proxy.dispatch(job);
     Pending::Join(Join::new(vec![rx], Merge::Scan { slot, table }))
 }

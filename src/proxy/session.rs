@@ -46,6 +46,7 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream) {
         local,
         name: None,
         authenticated: proxy.config.password.is_none(),
+        resp3: false,
         quit: false,
     };
     let result = serve(&proxy, &mut client, &mut stream).await;

@@ -1,0 +1,563 @@
+//! Commands through the proxy answer as the cluster's own nodes do.
+
+mod common;
+
+use common::Harness;
+use redis::Value;
+
+/// Each line is one command; `K` stands for the test's key prefix. Keys share the hash tag
+/// `{t}`, so the sequence runs on one slot whose owner can be asked directly too.
+const SCRIPT: &str = "
+SET K:s hello
+GET K:s
+APPEND K:s -world
+STRLEN K:s
+GETRANGE K:s 0 4
+SETRANGE K:s 0 J
+GETDEL K:s
+GET K:s
+INCR K:n
+INCRBY K:n 41
+DECR K:n
+INCRBYFLOAT K:n 0.5
+SETNX K:n 7
+MSETNX K:a 1 K:b 2
+HSET K:h f1 v1 f2 v2 f3 3
+HGET K:h f1
+HMGET K:h f1 nope f2
+HINCRBY K:h f3 4
+HDEL K:h f2
+HLEN K:h
+HEXISTS K:h f1
+HKEYS K:h
+RPUSH K:l a b c d e
+LPUSH K:l z
+LRANGE K:l 0 -1
+LINDEX K:l 2
+LPOP K:l
+RPOP K:l 2
+LLEN K:l
+LPOS K:l c
+LMOVE K:l K:l2 LEFT RIGHT
+LRANGE K:l2 0 -1
+SADD K:set a b c
+SISMEMBER K:set b
+SMISMEMBER K:set a x
+SCARD K:set
+SREM K:set a
+SADD K:set2 c d
+SINTERCARD 2 K:set K:set2
+SMOVE K:set K:set2 b
+SCARD K:set2
+ZADD K:z 1 one 2 two 3 three
+ZSCORE K:z two
+ZRANK K:z three
+ZRANGE K:z 0 -1 WITHSCORES
+ZRANGEBYSCORE K:z 2 +inf
+ZINCRBY K:z 10 one
+ZREVRANGE K:z 0 0
+ZPOPMIN K:z
+ZCARD K:z
+ZUNIONSTORE K:z3 2 K:z K:z
+ZRANGE K:z3 0 -1 WITHSCORES
+XADD K:x 1-1 f v
+XADD K:x 2-1 g w
+XLEN K:x
+XRANGE K:x - +
+XREAD COUNT 1 STREAMS K:x 0
+XGROUP CREATE K:x grp 0
+XREADGROUP GROUP grp c1 COUNT 1 STREAMS K:x >
+XACK K:x grp 1-1
+XDEL K:x 2-1
+EXPIREAT K:h 4102444800
+EXPIRETIME K:h
+PERSIST K:h
+TTL K:h
+TYPE K:z
+EXISTS K:h K:l K:nope
+RENAME K:set2 K:set3
+SMEMBERS K:set3
+OBJECT ENCODING K:a
+EVAL \"return redis.call('incr', KEYS[1])\" 1 K:n2
+PFADD K:hll a b c
+PFCOUNT K:hll
+SETBIT K:bits 7 1
+BITCOUNT K:bits
+DEL K:a K:b K:l2
+COPY K:z K:zc
+ZCARD K:zc
+GETSET K:z oops
+SET K:s bad EX notanumber
+LPUSH K:s x
+UNKNOWNCOMMAND K:s
+";
+
+fn split_line(line: &str, prefix: &str) -> Vec<String> {
+    slotguard::protocol::request::split_inline(line.replace("K:", &format!("{prefix}:")).as_bytes())
+        .expect("test line parses")
+        .into_iter()
+        .map(|w| String::from_utf8(w).unwrap())
+        .collect()
+}
+
+/// Replaces the key prefix inside replies, so the two runs can be compared.
+fn normalize(v: Value, from: &str, to: &str) -> Value {
+    match v {
+        Value::BulkString(b) => {
+            Value::BulkString(String::from_utf8_lossy(&b).replace(from, to).into_bytes())
+        }
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|i| normalize(i, from, to)).collect())
+        }
+        Value::SimpleString(s) => Value::SimpleString(s.replace(from, to)),
+        other => other,
+    }
+}
+
+async fn run(conn: &mut redis::aio::MultiplexedConnection, args: &[String]) -> Value {
+    let mut cmd = redis::cmd(&args[0]);
+    for a in &args[1..] {
+        cmd.arg(a);
+    }
+    match cmd.query_async::<Value>(conn).await {
+        Ok(v) => v,
+        Err(e) => Value::SimpleString(format!("error: {}", e.detail().unwrap_or_default())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_answer_as_the_owning_node_does() {
+    let h = Harness::start(3, 0).await;
+    let slot = slotguard::protocol::key_slot(b"{t}");
+    let owner = h.owner_of(slot).await;
+    let mut proxy = h.client().await;
+    let mut direct = h.direct(&owner).await;
+    for line in SCRIPT.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let via_proxy = run(&mut proxy, &split_line(line, "{t}p")).await;
+        let via_node = run(&mut direct, &split_line(line, "{t}d")).await;
+        assert_eq!(
+            normalize(via_proxy, "{t}p", "{t}d"),
+            via_node,
+            "`{line}` answered differently through the proxy"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_key_commands_work_across_slots() {
+    let h = Harness::start(3, 0).await;
+    let mut c = h.client().await;
+    let keys: Vec<String> = (0..50).map(|i| format!("cross:{i}")).collect();
+    let slots: std::collections::HashSet<u16> = keys
+        .iter()
+        .map(|k| slotguard::protocol::key_slot(k.as_bytes()))
+        .collect();
+    assert!(slots.len() > 10, "the keys spread over many slots");
+
+    let mut mset = redis::cmd("MSET");
+    for (i, k) in keys.iter().enumerate() {
+        mset.arg(k).arg(format!("v{i}"));
+    }
+    let () = mset.query_async(&mut c).await.unwrap();
+
+    let mut mget = redis::cmd("MGET");
+    mget.arg(&keys[..]).arg("cross:missing");
+    let got: Vec<Option<String>> = mget.query_async(&mut c).await.unwrap();
+    let mut want: Vec<Option<String>> = (0..50).map(|i| Some(format!("v{i}"))).collect();
+    want.push(None);
+    assert_eq!(got, want);
+
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&keys[..10])
+        .arg("cross:missing")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, 10);
+    let touched: i64 = redis::cmd("TOUCH")
+        .arg(&keys[..5])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(touched, 5);
+    let unlinked: i64 = redis::cmd("UNLINK")
+        .arg(&keys[..20])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(unlinked, 20);
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(&keys[..])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 30);
+
+    // Other multi-key commands must share a slot; the error names the keys.
+    let err = redis::cmd("SUNIONSTORE")
+        .arg("cross:a")
+        .arg("cross:b")
+        .query_async::<Value>(&mut c)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("CROSSSLOT"));
+    assert!(err.to_string().contains("cross:a"), "{err}");
+    let _: i64 = redis::cmd("SADD")
+        .arg("{x}1")
+        .arg("m")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let n: i64 = redis::cmd("SUNIONSTORE")
+        .arg("{x}2")
+        .arg("{x}1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_commands_cover_every_master() {
+    let h = Harness::start(3, 0).await;
+    let mut c = h.client().await;
+    let () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+    let mut mset = redis::cmd("MSET");
+    for i in 0..300 {
+        mset.arg(format!("all:{i}")).arg(i);
+    }
+    let () = mset.query_async(&mut c).await.unwrap();
+
+    let size: i64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
+    assert_eq!(size, 300);
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("all:*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    keys.sort();
+    let mut want: Vec<String> = (0..300).map(|i| format!("all:{i}")).collect();
+    want.sort();
+    assert_eq!(keys, want);
+
+    // SCAN walks every master, one after the other, and returns every key once.
+    let mut seen = Vec::new();
+    let mut cursor = "0".to_string();
+    let mut rounds = 0;
+    loop {
+        let (next, batch): (String, Vec<String>) = redis::cmd("SCAN")
+            .arg(&cursor)
+            .arg("MATCH")
+            .arg("all:*")
+            .arg("COUNT")
+            .arg(50)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        seen.extend(batch);
+        rounds += 1;
+        assert!(rounds < 1000, "SCAN terminates");
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, want);
+
+    let random: Option<String> = redis::cmd("RANDOMKEY").query_async(&mut c).await.unwrap();
+    assert!(random.is_some_and(|k| k.starts_with("all:")));
+
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return 1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .arg("0000")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, vec![1, 0]);
+    // The script is on every master, so EVALSHA works whatever slot the key is in.
+    for i in 0..20 {
+        let one: i64 = redis::cmd("EVALSHA")
+            .arg(&sha)
+            .arg(1)
+            .arg(format!("k{i}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(one, 1);
+    }
+
+    let info: String = redis::cmd("INFO").query_async(&mut c).await.unwrap();
+    assert!(info.contains("db0:keys=300,"), "{info}");
+    let () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+    let size: i64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
+    assert_eq!(size, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_of_1000_is_answered_in_order() {
+    let h = Harness::start(3, 0).await;
+    let mut c = h.client().await;
+    let mut pipe = redis::pipe();
+    for i in 0..1000 {
+        pipe.cmd("SET").arg(format!("p:{i}")).arg(i).ignore();
+        pipe.cmd("INCR").arg(format!("p:{i}"));
+        pipe.cmd("GET").arg(format!("p:{}", 999 - i));
+    }
+    let got: Vec<(i64, Option<i64>)> = {
+        let flat: Vec<Value> = pipe.query_async(&mut c).await.unwrap();
+        flat.chunks(2)
+            .map(|pair| {
+                (
+                    redis::from_redis_value(&pair[0]).unwrap(),
+                    redis::from_redis_value(&pair[1]).unwrap(),
+                )
+            })
+            .collect()
+    };
+    for (i, (incr, other)) in got.iter().enumerate() {
+        assert_eq!(*incr, i as i64 + 1);
+        let j = 999 - i;
+        // Keys set earlier in the pipeline are visible, later ones are not yet.
+        let want = if j < i {
+            Some(j as i64 + 1)
+        } else if j == i {
+            Some(i as i64 + 1)
+        } else {
+            None
+        };
+        assert_eq!(*other, want, "GET p:{j} at step {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_presents_itself_as_a_one_node_cluster() {
+    let h = Harness::start(3, 0).await;
+    let mut c = h.client().await;
+    let slots: Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let Value::Array(ranges) = slots else {
+        panic!("{slots:?}")
+    };
+    assert_eq!(ranges.len(), 1);
+    let Value::Array(range) = &ranges[0] else {
+        panic!()
+    };
+    assert_eq!(range[0], Value::Int(0));
+    assert_eq!(range[1], Value::Int(16383));
+    let Value::Array(node) = &range[2] else {
+        panic!()
+    };
+    assert_eq!(node[1], Value::Int(h.port() as i64));
+
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(nodes.contains(&format!("127.0.0.1:{}", h.port())) && nodes.contains("0-16383"));
+    let info: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(info.contains("cluster_state:ok"));
+    let myid: String = redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(myid.len(), 40);
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg("foo")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(slot, 12182);
+    let shards: Value = redis::cmd("CLUSTER")
+        .arg("SHARDS")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(matches!(shards, Value::Array(ref s) if s.len() == 1));
+
+    // A cluster-aware client is content with that and sends everything to the proxy.
+    let cluster = redis::cluster::ClusterClient::new(vec![h.url()]).unwrap();
+    let mut cc = cluster.get_async_connection().await.unwrap();
+    for i in 0..100 {
+        let () = redis::cmd("SET")
+            .arg(format!("cc:{i}"))
+            .arg(i)
+            .query_async(&mut cc)
+            .await
+            .unwrap();
+    }
+    let v: Vec<i64> = redis::cmd("MGET")
+        .arg("cc:1")
+        .arg("cc:99")
+        .query_async(&mut cc)
+        .await
+        .unwrap();
+    assert_eq!(v, vec![1, 99]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_commands_are_answered_locally() {
+    let h = Harness::start(3, 0).await;
+    let mut c = h.client().await;
+    let pong: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let echo: String = redis::cmd("ECHO")
+        .arg("hi")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(echo, "hi");
+    let () = redis::cmd("SELECT")
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let err = redis::cmd("SELECT")
+        .arg(1)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not allowed in cluster mode"));
+    let () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("tester")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let name: String = redis::cmd("CLIENT")
+        .arg("GETNAME")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(name, "tester");
+    let hello: Value = redis::cmd("HELLO")
+        .arg(2)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(format!("{hello:?}").contains("proto"));
+    let err = redis::cmd("BLPOP")
+        .arg("q")
+        .arg(1)
+        .query_async::<Value>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not supported"), "{err}");
+    let err = redis::cmd("MULTI")
+        .query_async::<Value>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not supported"), "{err}");
+    let err = redis::cmd("SHUTDOWN")
+        .query_async::<Value>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("admin"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_password_is_required_when_set() {
+    let h = Harness::start_with(
+        slotguard::localcluster::Options {
+            masters: 3,
+            replicas_per_master: 0,
+            ..Default::default()
+        },
+        |c| c.password = Some("s3cret".into()),
+    )
+    .await;
+    let mut c = h.client().await;
+    let err = redis::cmd("GET")
+        .arg("k")
+        .query_async::<Value>(&mut c)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NOAUTH"));
+    let err = redis::cmd("AUTH")
+        .arg("wrong")
+        .query_async::<Value>(&mut c)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("WRONGPASS"));
+    let () = redis::cmd("AUTH")
+        .arg("s3cret")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let v: Option<String> = redis::cmd("GET")
+        .arg("k")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, None);
+
+    let url = format!("redis://:s3cret@{}/", h.proxy.addr);
+    let mut authed = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut authed)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_3_switches_a_client_to_resp3_replies() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(3, 0).await;
+    let mut s = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
+    async fn ask(s: &mut tokio::net::TcpStream, req: &[u8], until: &[u8]) -> String {
+        s.write_all(req).await.unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !out.ends_with(until) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    let hello = ask(&mut s, b"HELLO 3\r\n", b"modules\r\n*0\r\n").await;
+    assert!(hello.starts_with("%7\r\n"), "{hello}");
+    assert!(hello.contains("proto\r\n:3\r\n"), "{hello}");
+    let _ = ask(&mut s, b"HSET r3 f v\r\n", b"\r\n").await;
+    // RESP3: HGETALL is a map, a missing key is `_`, a score is a double.
+    assert_eq!(
+        ask(&mut s, b"HGETALL r3\r\n", b"v\r\n").await,
+        "%1\r\n$1\r\nf\r\n$1\r\nv\r\n"
+    );
+    assert_eq!(ask(&mut s, b"GET nothing-here\r\n", b"\r\n").await, "_\r\n");
+    let _ = ask(&mut s, b"ZADD z3 1.5 m\r\n", b"\r\n").await;
+    assert_eq!(ask(&mut s, b"ZSCORE z3 m\r\n", b"\r\n").await, ",1.5\r\n");
+    let back = ask(&mut s, b"HELLO 2\r\n", b"modules\r\n*0\r\n").await;
+    assert!(back.starts_with("*14\r\n"), "{back}");
+    assert_eq!(
+        ask(&mut s, b"GET nothing-here\r\n", b"\r\n").await,
+        "$-1\r\n"
+    );
+}

@@ -1,0 +1,247 @@
+//! Test harness: a real Redis Cluster, the proxy in front of it (in this process), real
+//! clients, and writers that record what was acknowledged.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use slotguard::config::Config;
+use slotguard::localcluster::{wait_for, LocalCluster, Options};
+use slotguard::server::{self, Running};
+
+pub struct Harness {
+    pub cluster: LocalCluster,
+    pub proxy: Running,
+}
+
+impl Harness {
+    /// A cluster of `masters` masters with `replicas` replicas each, and the proxy seeded
+    /// with the first node only.
+    pub async fn start(masters: usize, replicas: usize) -> Harness {
+        Harness::start_with(
+            Options {
+                masters,
+                replicas_per_master: replicas,
+                node_timeout_ms: 1000,
+                ..Options::default()
+            },
+            |_| {},
+        )
+        .await
+    }
+
+    pub async fn start_with(options: Options, tune: impl FnOnce(&mut Config)) -> Harness {
+        slotguard::logging::init("slotguard=info");
+        let cluster = LocalCluster::start(options).await.expect("cluster starts");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            seeds: vec![cluster.nodes[0].addr()],
+            ..Config::default()
+        };
+        tune(&mut config);
+        let proxy = server::start(config).await.expect("proxy starts");
+        let p = proxy.proxy.clone();
+        wait_for(Duration::from_secs(10), || {
+            let covered = p.table.load().covered();
+            async move { covered == 16384 }
+        })
+        .await
+        .expect("the proxy learns the slot map");
+        Harness { cluster, proxy }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.proxy.addr)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.proxy.addr.port()
+    }
+
+    /// A plain (not cluster-aware) client of the proxy.
+    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the proxy")
+    }
+
+    /// A plain client of one cluster node.
+    pub async fn direct(&self, addr: &str) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://{addr}/"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the node")
+    }
+
+    /// The address of the master that owns `slot`, asked of the cluster itself.
+    pub async fn owner_of(&self, slot: u16) -> String {
+        let mut conn = self.direct(&self.cluster.nodes[0].addr()).await;
+        let slots: Vec<(u16, u16, (String, u16))> = {
+            let raw: redis::Value = redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let redis::Value::Array(ranges) = raw else {
+                panic!("CLUSTER SLOTS")
+            };
+            ranges
+                .into_iter()
+                .map(|r| {
+                    let redis::Value::Array(f) = r else { panic!() };
+                    let start: u16 = redis::from_redis_value(&f[0]).unwrap();
+                    let end: u16 = redis::from_redis_value(&f[1]).unwrap();
+                    let redis::Value::Array(node) = &f[2] else {
+                        panic!()
+                    };
+                    let ip: String = redis::from_redis_value(&node[0]).unwrap();
+                    let port: u16 = redis::from_redis_value(&node[1]).unwrap();
+                    (start, end, (ip, port))
+                })
+                .collect()
+        };
+        let (_, _, (ip, port)) = slots
+            .into_iter()
+            .find(|(s, e, _)| (*s..=*e).contains(&slot))
+            .expect("slot is covered");
+        format!("{ip}:{port}")
+    }
+
+    /// `redis-cli --cluster check` against a running node: clean means no error, no
+    /// warning (open slots are warnings) and every slot covered.
+    pub fn cluster_check(&self) -> Result<(), String> {
+        let node = self
+            .cluster
+            .nodes
+            .iter()
+            .find(|n| n.pid().is_some())
+            .expect("a running node");
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "check", &node.addr()])
+            .output()
+            .map_err(|e| format!("redis-cli: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success()
+            && text.contains("[OK] All 16384 slots covered.")
+            && !text.contains("[ERR]")
+            && !text.contains("[WARNING]")
+        {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    }
+}
+
+/// What writers saw.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Last acknowledged value per key.
+    pub acked: HashMap<String, String>,
+    /// Errors a client received.
+    pub errors: Vec<String>,
+    /// Reads that did not return the writer's own last write.
+    pub stale: Vec<String>,
+    pub writes: u64,
+}
+
+impl Report {
+    fn merge(&mut self, other: Report) {
+        self.acked.extend(other.acked);
+        self.errors.extend(other.errors);
+        self.stale.extend(other.stale);
+        self.writes += other.writes;
+    }
+}
+
+/// Keys named `prefix:N` whose slots all fall in `slots`.
+pub fn keys_in_slots(
+    prefix: &str,
+    slots: std::ops::RangeInclusive<u16>,
+    count: usize,
+) -> Vec<String> {
+    (0u64..)
+        .map(|i| format!("{prefix}:{i}"))
+        .filter(|k| slots.contains(&slotguard::protocol::key_slot(k.as_bytes())))
+        .take(count)
+        .collect()
+}
+
+/// Runs `n` writers through the proxy until `stop`. Writer `w` owns every `n`-th key of
+/// `keys`; it SETs one, reads it back at once, and moves on.
+pub async fn writers(url: String, n: usize, keys: Vec<String>, stop: Arc<AtomicBool>) -> Report {
+    let keys = Arc::new(keys);
+    let mut tasks = Vec::new();
+    for w in 0..n {
+        let url = url.clone();
+        let stop = stop.clone();
+        let keys = keys.clone();
+        let mine: Vec<usize> = (w..keys.len()).step_by(n).collect();
+        tasks.push(tokio::spawn(async move {
+            let mut report = Report::default();
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let mut i: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = keys[mine[i as usize % mine.len()]].clone();
+                let value = format!("{w}-{i}");
+                let set: redis::RedisResult<()> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&value)
+                    .query_async(&mut conn)
+                    .await;
+                match set {
+                    Ok(()) => {
+                        report.writes += 1;
+                        report.acked.insert(key.clone(), value.clone());
+                        let got: redis::RedisResult<Option<String>> =
+                            redis::cmd("GET").arg(&key).query_async(&mut conn).await;
+                        match got {
+                            Ok(Some(v)) if v == value => {}
+                            Ok(other) => report
+                                .stale
+                                .push(format!("{key}: wrote {value}, read {other:?}")),
+                            Err(e) => report.errors.push(format!("GET {key}: {e}")),
+                        }
+                    }
+                    Err(e) => report.errors.push(format!("SET {key}: {e}")),
+                }
+                i += 1;
+            }
+            report
+        }));
+    }
+    let mut all = Report::default();
+    for t in tasks {
+        all.merge(t.await.expect("writer task"));
+    }
+    all
+}
+
+/// Reads every acknowledged key back through the proxy; returns the mismatches.
+pub async fn lost_writes(
+    conn: &mut redis::aio::MultiplexedConnection,
+    acked: &HashMap<String, String>,
+) -> Vec<String> {
+    let mut lost = Vec::new();
+    for (key, value) in acked {
+        let got: Option<String> = redis::cmd("GET")
+            .arg(key)
+            .query_async(conn)
+            .await
+            .expect("GET after the fault");
+        if got.as_deref() != Some(value.as_str()) {
+            lost.push(format!("{key}: acknowledged {value}, read {got:?}"));
+        }
+    }
+    lost
+}

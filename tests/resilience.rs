@@ -1,0 +1,183 @@
+//! Topology changes under load: clients of the proxy see no error and lose no write.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{keys_in_slots, lost_writes, writers, Harness};
+use slotguard::localcluster::{wait_for, Options};
+
+async fn node_id(h: &Harness, i: usize) -> String {
+    let mut c = h.direct(&h.cluster.nodes[i].addr()).await;
+    redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reshard_under_load_is_invisible_to_clients() {
+    let h = Harness::start(3, 0).await;
+    let from = node_id(&h, 0).await;
+    let to = node_id(&h, 1).await;
+    // redis-cli moves the source's lowest slots first: aim the writers at those.
+    let mut keys = keys_in_slots("rs", 0..=299, 600);
+    keys.extend(keys_in_slots("other", 0..=16383, 200));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(writers(h.url(), 8, keys, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let addr = h.cluster.nodes[0].addr();
+    let reshard = tokio::task::spawn_blocking(move || {
+        Command::new("redis-cli")
+            .args(["--cluster", "reshard", &addr])
+            .args(["--cluster-from", &from, "--cluster-to", &to])
+            .args(["--cluster-slots", "300", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        reshard.status.success(),
+        "reshard failed: {}",
+        String::from_utf8_lossy(&reshard.stdout)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let report = load.await.unwrap();
+
+    assert!(report.writes > 1000, "writers ran: {}", report.writes);
+    assert!(
+        report.errors.is_empty(),
+        "client errors: {:?}",
+        &report.errors[..report.errors.len().min(10)]
+    );
+    assert!(
+        report.stale.is_empty(),
+        "stale reads: {:?}",
+        &report.stale[..report.stale.len().min(10)]
+    );
+    let mut c = h.client().await;
+    let lost = lost_writes(&mut c, &report.acked).await;
+    assert!(lost.is_empty(), "lost writes: {lost:?}");
+    assert_eq!(
+        h.owner_of(0).await,
+        h.cluster.nodes[1].addr(),
+        "slot 0 moved"
+    );
+    let absorbed = h.proxy.proxy.stats.redirects.load(Ordering::Relaxed);
+    assert!(
+        absorbed > 0,
+        "the writers met the migration (ASK/MOVED absorbed: {absorbed})"
+    );
+    h.cluster_check().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_fails_over_without_client_errors() {
+    let mut h = Harness::start(3, 1).await;
+    // Half the keys on the master that will die, half anywhere.
+    let mut keys = keys_in_slots("ko", 0..=5460, 300);
+    keys.extend(keys_in_slots("any", 0..=16383, 300));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(writers(h.url(), 8, keys, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let victim = h.cluster.nodes[0].addr();
+    h.cluster.nodes[0].kill();
+    // Wait until the cluster itself has promoted the replica.
+    let survivor = h.cluster.nodes[1].addr();
+    wait_for(Duration::from_secs(30), || {
+        let survivor = survivor.clone();
+        let victim = victim.clone();
+        async move {
+            let Ok(reply) = slotguard::cluster::conn::query(
+                &survivor,
+                &["CLUSTER", "NODES"],
+                Duration::from_secs(1),
+            )
+            .await
+            else {
+                return false;
+            };
+            let text = reply.as_str().unwrap_or_default().to_string();
+            text.lines()
+                .any(|l| l.contains(&victim) && l.contains("fail") && !l.contains("fail?"))
+                && text
+                    .lines()
+                    .filter(|l| {
+                        l.contains("master") && !l.contains("fail") && l.split(' ').count() > 8
+                    })
+                    .count()
+                    == 3
+        }
+    })
+    .await
+    .expect("the replica is promoted");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let report = load.await.unwrap();
+
+    assert!(report.writes > 500, "writers ran: {}", report.writes);
+    assert!(
+        report.errors.is_empty(),
+        "client errors: {:?}",
+        &report.errors[..report.errors.len().min(10)]
+    );
+    assert!(
+        report.stale.is_empty(),
+        "stale reads: {:?}",
+        &report.stale[..report.stale.len().min(10)]
+    );
+    let mut c = h.client().await;
+    let lost = lost_writes(&mut c, &report.acked).await;
+    assert!(lost.is_empty(), "lost writes: {lost:?}");
+    let parked = h.proxy.proxy.hold.parked.load(Ordering::Relaxed);
+    assert!(
+        parked > 0,
+        "requests waited out the failover ({parked} parked)"
+    );
+
+    // The old master comes back as a replica; the cluster is whole again.
+    h.cluster.restart(0).await.unwrap();
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+    h.cluster_check().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_seed_is_skipped() {
+    let dead = format!(
+        "127.0.0.1:{}",
+        slotguard::localcluster::free_port().unwrap()
+    );
+    let h = Harness::start_with(
+        Options {
+            masters: 3,
+            replicas_per_master: 0,
+            ..Options::default()
+        },
+        |c| c.seeds.insert(0, dead),
+    )
+    .await;
+    let mut c = h.client().await;
+    let () = redis::cmd("SET")
+        .arg("seeded")
+        .arg("yes")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let v: String = redis::cmd("GET")
+        .arg("seeded")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, "yes");
+}
