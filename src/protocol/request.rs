@@ -84,6 +84,11 @@ impl Request {
         &self.raw
     }
 
+    /// The wire bytes, without the argument offsets.
+    pub fn into_raw(self) -> Bytes {
+        self.raw
+    }
+
     /// Number of arguments, the command name included.
     pub fn len(&self) -> usize {
         self.args.len()

@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 
 use super::hold::Reason;
 use super::Proxy;
-use crate::protocol::{ReplyScanner, Request};
+use crate::protocol::ReplyScanner;
 
 /// Most jobs taken off a connection's queue for one write.
 const BATCH: usize = 512;
@@ -34,7 +34,9 @@ const BATCH: usize = 512;
 /// A request on its way to a node, with where its reply goes.
 #[derive(Debug)]
 pub struct Job {
-    pub req: Request,
+    /// The request as it goes on the wire. Only the bytes travel: a job is moved several
+    /// times on its way, so it is kept small.
+    pub raw: Bytes,
     /// The slot the request is for; `None` for keyless requests (any master serves them).
     pub slot: Option<u16>,
     /// Chooses the connection, so one client's jobs to a node share one.
@@ -52,14 +54,14 @@ pub struct Job {
 
 impl Job {
     pub fn new(
-        req: Request,
+        raw: Bytes,
         slot: Option<u16>,
         pin: u32,
         resp3: bool,
     ) -> (Job, oneshot::Receiver<Bytes>) {
         let (reply, rx) = oneshot::channel();
         let job = Job {
-            req,
+            raw,
             slot,
             pin,
             resp3,
@@ -265,11 +267,20 @@ impl Connection<'_> {
         let (mut rd, mut wr) = stream.split();
         loop {
             if !batch.is_empty() {
+                // Let the other sessions that are ready run first: what they send joins
+                // this write instead of needing one of its own.
+                tokio::task::yield_now().await;
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
                 for job in batch.drain(..) {
                     if job.asking {
                         self.wbuf.extend_from_slice(ASKING);
                     }
-                    self.wbuf.extend_from_slice(job.req.raw());
+                    self.wbuf.extend_from_slice(&job.raw);
                     self.inflight.push_back(InFlight {
                         asking_reply: job.asking,
                         job,

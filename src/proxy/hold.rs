@@ -145,7 +145,7 @@ impl Hold {
     fn push_locked(&self, state: &mut State, mut job: Job, reason: Reason, now: Instant) {
         let since = *job.held_since.get_or_insert(now);
         self.parked.fetch_add(1, Ordering::Relaxed);
-        let size = job.req.raw().len();
+        let size = job.raw.len();
         if state.bytes + size > self.max_bytes {
             let text = format!(
                 "{} (hold queue full: {} bytes)",
@@ -242,7 +242,7 @@ impl Hold {
             self.held[slot as usize].store(false, Ordering::Release);
         }
         for held in released {
-            state.bytes -= held.job.req.raw().len();
+            state.bytes -= held.job.raw.len();
             let mut job = held.job;
             let waited = now.duration_since(job.held_since.unwrap_or(now));
             if waited >= self.timeout {

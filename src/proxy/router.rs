@@ -204,7 +204,7 @@ fn is_xread_without_block(name: &str, req: &Request) -> bool {
 }
 
 fn job(client: &Client, req: Request, slot: Option<u16>) -> (Job, oneshot::Receiver<Bytes>) {
-    Job::new(req, slot, client.id, client.resp3)
+    Job::new(req.into_raw(), slot, client.id, client.resp3)
 }
 
 /// Sends a request to one slot's owner (or any master for `None`).

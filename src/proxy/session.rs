@@ -23,6 +23,8 @@ use crate::protocol::{reply, Scanner};
 
 /// Read buffer growth step; larger requests grow it to what they announce, in steps.
 const READ_CHUNK: usize = 16 * 1024;
+/// Below this much free room the read buffer grows before the next read.
+const READ_LOW: usize = 2048;
 /// Most reserved at once for a large bulk still arriving.
 const READ_MAX_STEP: usize = 4 * 1024 * 1024;
 
@@ -96,8 +98,15 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> st
         }
         let want_read = reading && pending.len() < max_pending;
         if want_read {
-            let wanted = scanner.wanted().saturating_sub(rbuf.len());
-            rbuf.reserve(wanted.clamp(READ_CHUNK, READ_MAX_STEP));
+            // Grow only when little room is left: requests split off the buffer still
+            // share it, so a reserve may have to allocate and copy what is left.
+            let wanted = scanner
+                .wanted()
+                .saturating_sub(rbuf.len())
+                .min(READ_MAX_STEP);
+            if rbuf.capacity() - rbuf.len() < wanted.max(READ_LOW) {
+                rbuf.reserve(wanted.max(READ_CHUNK));
+            }
         }
         tokio::select! {
             biased;
