@@ -42,6 +42,14 @@ pub struct Config {
     pub hold_max_bytes: usize,
     /// Log filter (`info`, `slotguard=debug`, ...); `RUST_LOG` overrides it.
     pub log_level: String,
+    /// One JSON object per log line instead of text.
+    pub log_json: bool,
+    /// Most clients connected at once; more are refused.
+    pub max_clients: usize,
+    /// Close a client idle this long; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// On SIGTERM, how long in-flight and held requests may take to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Config {
@@ -66,6 +74,7 @@ struct File {
     topology: TopologySection,
     hold: HoldSection,
     log: LogSection,
+    shutdown: ShutdownSection,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -77,6 +86,8 @@ struct AdminSection {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields, default)]
 struct ClientSection {
+    max_clients: usize,
+    idle_timeout: String,
     max_args: usize,
     max_bulk_len: usize,
     max_request_bytes: usize,
@@ -107,6 +118,13 @@ struct HoldSection {
 #[serde(deny_unknown_fields, default)]
 struct LogSection {
     level: String,
+    format: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct ShutdownSection {
+    grace: String,
 }
 
 impl Default for File {
@@ -122,6 +140,7 @@ impl Default for File {
             topology: TopologySection::default(),
             hold: HoldSection::default(),
             log: LogSection::default(),
+            shutdown: ShutdownSection::default(),
         }
     }
 }
@@ -130,6 +149,8 @@ impl Default for ClientSection {
     fn default() -> Self {
         let limits = Limits::default();
         ClientSection {
+            max_clients: 10_000,
+            idle_timeout: "0s".into(),
             max_args: limits.max_args,
             max_bulk_len: limits.max_bulk_len,
             max_request_bytes: limits.max_request_bytes,
@@ -168,6 +189,15 @@ impl Default for LogSection {
     fn default() -> Self {
         LogSection {
             level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        ShutdownSection {
+            grace: "10s".into(),
         }
     }
 }
@@ -250,6 +280,12 @@ impl File {
         positive("client.max_bulk_len", self.client.max_bulk_len)?;
         positive("client.max_request_bytes", self.client.max_request_bytes)?;
         positive("client.max_pending", self.client.max_pending)?;
+        positive("client.max_clients", self.client.max_clients)?;
+        let log_json = match self.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => return Err(bad("log.format", other, "expected \"text\" or \"json\"")),
+        };
         positive("hold.max_bytes", self.hold.max_bytes)?;
         if self.client.max_request_bytes > u32::MAX as usize {
             return Err(bad(
@@ -290,6 +326,13 @@ impl File {
             hold_timeout: duration("hold.timeout", &self.hold.timeout)?,
             hold_max_bytes: self.hold.max_bytes,
             log_level,
+            log_json,
+            max_clients: self.client.max_clients,
+            idle_timeout: match self.client.idle_timeout.as_str() {
+                "0" | "0s" | "off" => None,
+                text => Some(duration("client.idle_timeout", text)?),
+            },
+            shutdown_grace: duration("shutdown.grace", &self.shutdown.grace)?,
         })
     }
 }

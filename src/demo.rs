@@ -42,7 +42,7 @@ pub async fn run(
     println!();
     println!("Ctrl-C stops the proxy and the cluster.");
     shutdown.await;
-    running.stop();
+    running.shutdown().await;
     drop(cluster);
     println!("stopped; cluster removed");
     Ok(())

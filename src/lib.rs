@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod localcluster;
 pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod server;

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    slotguard::logging::init(&config.log_level);
+    slotguard::logging::init(&config.log_level, config.log_json);
     // One thread: a current-thread runtime, which saves the work-stealing machinery.
     let mut builder = if config.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -70,18 +70,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            None => {
-                if config.seeds.is_empty() {
-                    return Err(
-                        "no seeds: give --seed HOST:PORT or `seeds` in the config file".into(),
-                    );
-                }
-                slotguard::server::run(config, shutdown_signal())
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+            None => serve(config, cli.config, flags).await,
             Some(Cmd::Demo { keep_dir }) => {
-                slotguard::demo::run(config, keep_dir, shutdown_signal()).await
+                slotguard::demo::run(config, keep_dir, stop_signal()).await
             }
         }
     });
@@ -94,24 +85,38 @@ fn main() -> ExitCode {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+/// Serves until SIGTERM or Ctrl-C, reloading the file on SIGHUP.
+async fn serve(config: Config, path: Option<PathBuf>, flags: Overrides) -> Result<(), String> {
+    if config.seeds.is_empty() {
+        return Err("no seeds: give --seed HOST:PORT or `seeds` in the config file".into());
+    }
+    let running = slotguard::server::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = &mut stop => break,
+            _ = hangup.recv() => slotguard::server::reload(&running.proxy, path.as_deref(), &flags),
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -1,16 +1,19 @@
-//! Starting the proxy: the client listener, the topology task, the hold queue, and the
-//! admin listener, all on the current tokio runtime.
+//! Starting and stopping the proxy: the client listener, the topology task, the hold
+//! queue, and the admin listener, all on the current tokio runtime.
 
-use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
 
 use crate::admin;
 use crate::cluster::topology;
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::proxy::{session, Proxy};
 
 /// A running proxy.
@@ -20,12 +23,39 @@ pub struct Running {
     /// Where the admin listener is, when enabled.
     pub admin_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    accept: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops accepting clients and stops the background tasks.
+    /// Stops at once: no more clients, background tasks aborted.
     pub fn stop(self) {
+        self.accept.abort();
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+
+    /// Stops gracefully: stops accepting, lets every client receive the replies it is
+    /// owed (held requests included) for up to `shutdown.grace`, then stops.
+    pub async fn shutdown(self) {
+        self.accept.abort();
+        self.proxy.begin_shutdown();
+        let grace = self.proxy.config().shutdown_grace;
+        let deadline = Instant::now() + grace;
+        let clients = &self.proxy.metrics.client_connections;
+        while clients.get() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if clients.get() > 0 {
+            warn!(
+                clients = clients.get(),
+                ?grace,
+                "grace period over; closing the remaining clients"
+            );
+        } else {
+            info!("every client has its replies; stopping");
+        }
         for task in self.tasks {
             task.abort();
         }
@@ -49,16 +79,17 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     let mut tasks = vec![
         tokio::spawn(topology::run(proxy.clone(), hints)),
         tokio::spawn(proxy.clone().run_hold()),
-        tokio::spawn(accept(proxy.clone(), listener)),
     ];
     if let Some(listener) = admin_listener {
         tasks.push(tokio::spawn(admin::serve(proxy.clone(), listener)));
     }
-    info!(%addr, seeds = ?proxy.config.seeds, "slotguard listening");
+    let accept = tokio::spawn(accept(proxy.clone(), listener));
+    info!(%addr, seeds = ?proxy.config().seeds, "slotguard listening");
     Ok(Running {
         addr,
         admin_addr,
         proxy,
+        accept,
         tasks,
     })
 }
@@ -66,23 +97,47 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
 async fn accept(proxy: Arc<Proxy>, listener: TcpListener) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((mut stream, _)) => {
+                let max = proxy.config().max_clients;
+                if proxy.metrics.client_connections.get() >= max as i64 {
+                    proxy.metrics.clients_refused.inc();
+                    tokio::spawn(async move {
+                        let _ = stream
+                            .write_all(b"-ERR max number of clients reached\r\n")
+                            .await;
+                    });
+                    continue;
+                }
                 tokio::spawn(session::run(proxy.clone(), stream));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little rather than spin.
                 error!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
-/// Serves until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    let running = start(config).await?;
-    shutdown.await;
-    info!("shutting down");
-    running.stop();
-    Ok(())
+/// Reads the configuration file again and applies it; a bad file changes nothing.
+pub fn reload(proxy: &Proxy, path: Option<&Path>, flags: &Overrides) {
+    let Some(path) = path else {
+        warn!("SIGHUP: there is no configuration file to reload");
+        return;
+    };
+    match Config::load(Some(path), flags) {
+        Ok(config) => {
+            let restart = proxy.reload(config);
+            proxy.metrics.reloads.with_label_values(&["ok"]).inc();
+            if restart.is_empty() {
+                info!(file = %path.display(), "configuration reloaded");
+            } else {
+                warn!(file = %path.display(), needs_restart = ?restart, "configuration reloaded; some changes take effect at the next restart");
+            }
+        }
+        Err(e) => {
+            proxy.metrics.reloads.with_label_values(&["failed"]).inc();
+            error!(file = %path.display(), error = %e, "configuration reload rejected; the previous settings stay");
+        }
+    }
 }

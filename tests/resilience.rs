@@ -70,7 +70,7 @@ async fn reshard_under_load_is_invisible_to_clients() {
         h.cluster.nodes[1].addr(),
         "slot 0 moved"
     );
-    let absorbed = h.proxy.proxy.stats.redirects.load(Ordering::Relaxed);
+    let absorbed = h.proxy.proxy.metrics.redirects_total();
     assert!(
         absorbed > 0,
         "the writers met the migration (ASK/MOVED absorbed: {absorbed})"
@@ -137,7 +137,7 @@ async fn a_killed_master_fails_over_without_client_errors() {
     let mut c = h.client().await;
     let lost = lost_writes(&mut c, &report.acked).await;
     assert!(lost.is_empty(), "lost writes: {lost:?}");
-    let parked = h.proxy.proxy.hold.parked.load(Ordering::Relaxed);
+    let parked = h.proxy.proxy.metrics.held_total.get();
     assert!(
         parked > 0,
         "requests waited out the failover ({parked} parked)"

@@ -1,10 +1,15 @@
-//! The admin listener: a minimal HTTP/1.1 responder for health checks.
+//! The admin listener: a small HTTP/1.1 responder (one request per connection).
 //!
-//! `/healthz` answers 200 while the process runs; `/readyz` answers 200 once the slot map
-//! covers all 16384 slots, 503 before.
+//! - `/metrics`: Prometheus text format.
+//! - `/status`: JSON: nodes, the slot map, unsettled slots, held requests, migrations.
+//! - `/healthz`: 200 while the process runs.
+//! - `/readyz`: 200 once the slot map is loaded and every slot is served or held.
+//! - `/`: a page that draws the 16384 slots, refreshed from `/status`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -13,6 +18,7 @@ use crate::proxy::Proxy;
 
 /// Largest request head read.
 const MAX_HEAD: usize = 8192;
+const PAGE: &str = include_str!("page.html");
 
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
     loop {
@@ -26,33 +32,130 @@ async fn answer(proxy: Arc<Proxy>, mut stream: TcpStream) {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let read =
-            tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await;
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
         match read {
             Ok(Ok(n)) if n > 0 && head.len() + n <= MAX_HEAD => head.extend_from_slice(&buf[..n]),
             _ => return,
         }
     }
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let path = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
-    let (status, body) = match path {
-        b"/healthz" => ("200 OK", "ok\n".to_string()),
-        b"/readyz" => {
-            let covered = proxy.table.load().covered();
-            if covered == SLOTS {
-                ("200 OK", "ready\n".to_string())
-            } else {
-                (
-                    "503 Service Unavailable",
-                    format!("slot map covers {covered} of {SLOTS} slots\n"),
-                )
-            }
-        }
-        _ => ("404 Not Found", "not found\n".to_string()),
+    let mut parts = line.split(|&b| b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let path = parts.next().unwrap_or_default();
+    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    let (status, kind, body) = if method != b"GET" {
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        )
+    } else {
+        route(&proxy, path)
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
+}
+
+fn route(proxy: &Proxy, path: &[u8]) -> (&'static str, &'static str, String) {
+    match path {
+        b"/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            proxy.metrics.render(),
+        ),
+        b"/status" => ("200 OK", "application/json", status(proxy).to_string()),
+        b"/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+        b"/readyz" => match readiness(proxy) {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
+            Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+        },
+        b"/" => ("200 OK", "text/html; charset=utf-8", PAGE.to_string()),
+        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+    }
+}
+
+/// Ready once the slot map is loaded and every slot is served or has held requests.
+fn readiness(proxy: &Proxy) -> Result<(), String> {
+    let table = proxy.table.load();
+    if table.generation == 0 {
+        return Err("the slot map is not loaded yet".into());
+    }
+    let held = proxy.hold.snapshot(Instant::now());
+    let unserved = (0..SLOTS as u16)
+        .filter(|&s| table.owner(s).is_none() && !held.iter().any(|(h, _, _)| *h == Some(s)))
+        .count();
+    if unserved > 0 {
+        return Err(format!("{unserved} slots have no owner"));
+    }
+    Ok(())
+}
+
+/// The `/status` document.
+pub fn status(proxy: &Proxy) -> Value {
+    let table = proxy.table.load();
+    let view = proxy.view.load();
+    // Owner ranges of the slot map the proxy routes by.
+    let mut ranges: Vec<Value> = Vec::new();
+    let mut current: Option<(u16, u16, String)> = None;
+    for slot in 0..SLOTS as u16 {
+        let owner = table.owner(slot).map(|n| n.addr.clone());
+        match (&mut current, owner) {
+            (Some((_, end, addr)), Some(o)) if *addr == o && *end + 1 == slot => *end = slot,
+            (cur, owner) => {
+                if let Some((a, b, addr)) = cur.take() {
+                    ranges.push(json!([a, b, addr]));
+                }
+                *cur = owner.map(|o| (slot, slot, o));
+            }
+        }
+    }
+    if let Some((a, b, addr)) = current {
+        ranges.push(json!([a, b, addr]));
+    }
+    let mut unsettled: Vec<Value> = Vec::new();
+    let mut migrations: Vec<Value> = Vec::new();
+    for node in &view.nodes {
+        for (slot, target) in &node.migrating {
+            let to = view.addr_of(target).unwrap_or(target);
+            migrations.push(json!({"slot": slot, "from": node.addr, "to": to}));
+            unsettled.push(json!({
+                "slot": slot, "state": "migrating",
+                "detail": format!("{} migrating to {to}", node.addr),
+                "repair": Value::Null,
+            }));
+        }
+        for (slot, source) in &node.importing {
+            let from = view.addr_of(source).unwrap_or(source);
+            unsettled.push(json!({
+                "slot": slot, "state": "importing",
+                "detail": format!("{} importing from {from}", node.addr),
+                "repair": Value::Null,
+            }));
+        }
+    }
+    let unowned = (0..SLOTS as u16).filter(|&s| table.owner(s).is_none());
+    for slot in unowned.take(1000) {
+        unsettled.push(json!({"slot": slot, "state": "unassigned", "detail": "no node owns it", "repair": Value::Null}));
+    }
+    let held: Vec<Value> = proxy
+        .hold
+        .snapshot(Instant::now())
+        .into_iter()
+        .map(|(slot, n, waited)| json!({"slot": slot, "requests": n, "waiting_ms": waited.as_millis() as u64}))
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": proxy.started.elapsed().as_secs(),
+        "clients": proxy.metrics.client_connections.get(),
+        "ready": readiness(proxy).is_ok(),
+        "slot_map": {"generation": table.generation, "covered": table.covered(), "ranges": ranges},
+        "nodes": view.nodes,
+        "nodes_answering": view.answered,
+        "unsettled": unsettled,
+        "held": held,
+        "migrations": migrations,
+    })
 }

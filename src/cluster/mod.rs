@@ -3,3 +3,4 @@
 pub mod conn;
 pub mod nodes;
 pub mod topology;
+pub mod view;

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::conn::{query, Conn};
 use super::nodes::{self, NodeLine};
+use super::view::ClusterView;
 use crate::protocol::{Value, SLOTS};
 use crate::proxy::command::Commands;
 use crate::proxy::slot_table::SlotTable;
@@ -32,11 +33,25 @@ type Assignment = Vec<Option<String>>;
 
 /// Runs until the proxy is dropped.
 pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
-    let mut known: Vec<String> = proxy.config.seeds.clone();
+    let mut known: Vec<String> = proxy.config().seeds.clone();
     let mut published: Assignment = vec![None; SLOTS];
     let mut have_commands = false;
     loop {
-        if let Some(views) = collect_views(&proxy, &known).await {
+        for seed in &proxy.config().seeds {
+            if !known.contains(seed) {
+                known.push(seed.clone());
+            }
+        }
+        let asked = known.len();
+        let views = collect_views(&proxy, &known).await;
+        match &views {
+            Some(_) => proxy.metrics.refreshes_ok.inc(),
+            None => proxy.metrics.refreshes_failed.inc(),
+        }
+        if let Some(views) = views {
+            let view = ClusterView::merge(&views);
+            record_slot_states(&proxy, &view);
+            proxy.view.store(Arc::new(view));
             let assignment = decide(&views);
             for (_, lines) in &views {
                 for line in lines.iter().filter(|l| !l.addr.is_empty()) {
@@ -55,8 +70,11 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
                 have_commands = load_commands(&proxy, &views[0].0).await;
             }
         }
+        if known.len() > asked {
+            continue; // nodes just learned of are asked at once
+        }
         let last = Instant::now();
-        let wait = tokio::time::sleep(proxy.config.refresh_interval);
+        let wait = tokio::time::sleep(proxy.config().refresh_interval);
         tokio::select! {
             hint = hints.recv() => {
                 let Some(hint) = hint else { return };
@@ -80,6 +98,27 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
     }
 }
 
+/// Sets the slot-state gauges from a fresh view.
+fn record_slot_states(proxy: &Proxy, view: &ClusterView) {
+    let mut owned = vec![false; SLOTS];
+    let (mut migrating, mut importing) = (0i64, 0i64);
+    for node in view.nodes.iter().filter(|n| n.role == "master") {
+        for &(a, b) in &node.slots {
+            owned[a as usize..=b as usize].fill(true);
+        }
+        migrating += node.migrating.len() as i64;
+        importing += node.importing.len() as i64;
+    }
+    let served = owned.iter().filter(|&&o| o).count() as i64;
+    let slots = &proxy.metrics.slots;
+    slots.with_label_values(&["served"]).set(served);
+    slots
+        .with_label_values(&["unassigned"])
+        .set(SLOTS as i64 - served);
+    slots.with_label_values(&["migrating"]).set(migrating);
+    slots.with_label_values(&["importing"]).set(importing);
+}
+
 fn publish(proxy: &Proxy, assignment: &Assignment) {
     let nodes: Vec<(u16, Arc<crate::proxy::Node>)> = assignment
         .iter()
@@ -91,7 +130,7 @@ fn publish(proxy: &Proxy, assignment: &Assignment) {
 
 /// Asks every known node for its view, in parallel. `None` when no node answered.
 async fn collect_views(proxy: &Proxy, known: &[String]) -> Option<Vec<(String, Vec<NodeLine>)>> {
-    let limit = proxy.config.connect_timeout;
+    let limit = proxy.config().connect_timeout;
     let mut asks = JoinSet::new();
     for addr in known.iter().cloned() {
         asks.spawn(async move {
@@ -153,7 +192,7 @@ pub fn decide(views: &[(String, Vec<NodeLine>)]) -> Assignment {
 
 /// Loads the command table and server version from one node; false if it failed.
 async fn load_commands(proxy: &Proxy, addr: &str) -> bool {
-    let Ok(mut conn) = Conn::connect(addr, proxy.config.connect_timeout).await else {
+    let Ok(mut conn) = Conn::connect(addr, proxy.config().connect_timeout).await else {
         return false;
     };
     if let Ok(Value::Bulk(info)) = conn.call(&["INFO", "server"]).await {

@@ -15,7 +15,7 @@
 //! answers in the protocol the client speaks and replies still pass through untouched.
 
 use std::collections::VecDeque;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -24,8 +24,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use prometheus::Histogram;
+
 use super::hold::Reason;
 use super::Proxy;
+use crate::metrics::Metrics;
 use crate::protocol::ReplyScanner;
 
 /// Most jobs taken off a connection's queue for one write.
@@ -133,7 +136,9 @@ impl Node {
         conns: usize,
         proxy: Weak<Proxy>,
         connect_timeout: Duration,
+        metrics: &Arc<Metrics>,
     ) -> Node {
+        let latency = metrics.node_latency(&addr);
         let spawn = |resp3: bool| -> Vec<_> {
             (0..conns)
                 .map(|_| {
@@ -142,6 +147,8 @@ impl Node {
                         addr: addr.clone(),
                         resp3,
                         connect_timeout,
+                        metrics: metrics.clone(),
+                        latency: latency.clone(),
                     };
                     tokio::spawn(run(target, rx, proxy.clone()));
                     tx
@@ -170,11 +177,16 @@ struct Target {
     addr: String,
     resp3: bool,
     connect_timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// This node's child of the backend latency histogram.
+    latency: Histogram,
 }
 
 /// A job written to the connection and waiting for its reply.
 struct InFlight {
     job: Job,
+    /// When its batch was written.
+    sent: Instant,
     /// The `+OK` of an `ASKING` sent before the request is still to come.
     asking_reply: bool,
 }
@@ -184,6 +196,8 @@ async fn run(target: Target, mut rx: mpsc::UnboundedReceiver<Job>, proxy: Weak<P
         addr,
         resp3,
         connect_timeout: limit,
+        metrics,
+        latency,
     } = target;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -191,13 +205,18 @@ async fn run(target: Target, mut rx: mpsc::UnboundedReceiver<Job>, proxy: Weak<P
             return; // the node was dropped
         }
         let stream = match tokio::time::timeout(limit, TcpStream::connect(&addr)).await {
-            Ok(Ok(stream)) => stream,
+            Ok(Ok(stream)) => {
+                metrics.backend_connects_ok.inc();
+                stream
+            }
             Ok(Err(e)) => {
+                metrics.backend_connects_failed.inc();
                 debug!(%addr, error = %e, "connect failed");
                 fail_all(&proxy, &addr, batch.drain(..), &format!("connect: {e}"));
                 continue;
             }
             Err(_) => {
+                metrics.backend_connects_failed.inc();
                 debug!(%addr, "connect timed out");
                 fail_all(&proxy, &addr, batch.drain(..), "connect timed out");
                 continue;
@@ -213,14 +232,19 @@ async fn run(target: Target, mut rx: mpsc::UnboundedReceiver<Job>, proxy: Weak<P
             scanner: ReplyScanner::default(),
             resp3,
             skip: 0,
+            metrics: &metrics,
+            latency: &latency,
         };
         if resp3 {
             // Goes out with the first batch; its reply is not any job's.
             conn.wbuf.extend_from_slice(HELLO3);
             conn.skip = 1;
         }
+        metrics.backend_connections.inc();
         let error = conn.serve(stream, &mut rx, &mut batch).await;
+        metrics.backend_connections.dec();
         let Connection { inflight, .. } = conn;
+        metrics.backend_inflight.sub(inflight.len() as i64);
         let Some(error) = error else { return };
         warn!(%addr, %error, in_flight = inflight.len(), "backend connection lost");
         // A request written to a connection that broke may or may not have run; it is
@@ -251,6 +275,8 @@ struct Connection<'a> {
     resp3: bool,
     /// Replies still to come that answer no job (the `HELLO 3` sent on connect).
     skip: usize,
+    metrics: &'a Metrics,
+    latency: &'a Histogram,
 }
 
 const HELLO3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
@@ -276,6 +302,8 @@ impl Connection<'_> {
                         Err(_) => break,
                     }
                 }
+                let sent = Instant::now();
+                self.metrics.backend_inflight.add(batch.len() as i64);
                 for job in batch.drain(..) {
                     if job.asking {
                         self.wbuf.extend_from_slice(ASKING);
@@ -283,6 +311,7 @@ impl Connection<'_> {
                     self.wbuf.extend_from_slice(&job.raw);
                     self.inflight.push_back(InFlight {
                         asking_reply: job.asking,
+                        sent,
                         job,
                     });
                 }
@@ -314,6 +343,7 @@ impl Connection<'_> {
 
     /// Hands every complete reply in the read buffer to its job.
     fn replies(&mut self) -> Result<(), String> {
+        let now = Instant::now();
         while let Some(len) = self.scanner.scan(&self.rbuf).map_err(|e| e.to_string())? {
             let frame = self.rbuf.split_to(len).freeze();
             if self.skip > 0 {
@@ -334,8 +364,11 @@ impl Connection<'_> {
                 front.asking_reply = false;
                 continue;
             }
-            let job = self.inflight.pop_front().expect("front exists").job;
-            self.complete(job, frame);
+            let done = self.inflight.pop_front().expect("front exists");
+            self.metrics.backend_inflight.dec();
+            self.latency
+                .observe(now.saturating_duration_since(done.sent).as_secs_f64());
+            self.complete(done.job, frame);
         }
         Ok(())
     }

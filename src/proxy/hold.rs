@@ -7,14 +7,15 @@
 //! requests, new ones fail at once instead of growing memory without bound.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
 use super::backend::Job;
+use crate::metrics::Metrics;
 use crate::protocol::reply;
 
 /// Why a request waits.
@@ -104,16 +105,15 @@ pub struct Hold {
     wake: Notify,
     /// Generation of the newest slot map.
     generation: AtomicU64,
-    timeout: Duration,
-    max_bytes: usize,
-    /// Requests parked so far, retries included.
-    pub parked: AtomicU64,
-    /// Requests that waited past the deadline.
-    pub timed_out: AtomicU64,
+    /// `hold.timeout` in milliseconds (reloadable).
+    timeout_ms: AtomicU64,
+    /// `hold.max_bytes` (reloadable).
+    max_bytes: AtomicUsize,
+    metrics: Arc<Metrics>,
 }
 
 impl Hold {
-    pub fn new(timeout: Duration, max_bytes: usize) -> Hold {
+    pub fn new(timeout: Duration, max_bytes: usize, metrics: Arc<Metrics>) -> Hold {
         Hold {
             state: Mutex::new(State::default()),
             held: (0..crate::protocol::SLOTS)
@@ -121,11 +121,40 @@ impl Hold {
                 .collect(),
             wake: Notify::new(),
             generation: AtomicU64::new(0),
-            timeout,
-            max_bytes,
-            parked: AtomicU64::new(0),
-            timed_out: AtomicU64::new(0),
+            timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
+            max_bytes: AtomicUsize::new(max_bytes),
+            metrics,
         }
+    }
+
+    /// Applies reloaded limits.
+    pub fn set_limits(&self, timeout: Duration, max_bytes: usize) {
+        self.timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
+    }
+
+    /// Waiting requests per slot (`None`: keyless), with how long the oldest has waited.
+    pub fn snapshot(&self, now: Instant) -> Vec<(Option<u16>, usize, Duration)> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest = |q: &Queue| {
+            q.jobs
+                .iter()
+                .filter_map(|h| h.job.held_since)
+                .min()
+                .map_or(Duration::ZERO, |t| now.duration_since(t))
+        };
+        let mut out: Vec<_> = state
+            .slots
+            .iter()
+            .filter(|(_, q)| !q.jobs.is_empty())
+            .map(|(&s, q)| (Some(s), q.jobs.len(), oldest(q)))
+            .collect();
+        if let Some(q) = state.keyless.as_ref().filter(|q| !q.jobs.is_empty()) {
+            out.push((None, q.jobs.len(), oldest(q)));
+        }
+        out.sort();
+        out
     }
 
     /// True when requests for `slot` must queue behind waiting ones.
@@ -144,13 +173,13 @@ impl Hold {
 
     fn push_locked(&self, state: &mut State, mut job: Job, reason: Reason, now: Instant) {
         let since = *job.held_since.get_or_insert(now);
-        self.parked.fetch_add(1, Ordering::Relaxed);
+        self.metrics.held_total.inc();
         let size = job.raw.len();
-        if state.bytes + size > self.max_bytes {
+        let max_bytes = self.max_bytes.load(Ordering::Relaxed);
+        if state.bytes + size > max_bytes {
             let text = format!(
-                "{} (hold queue full: {} bytes)",
+                "{} (hold queue full: {max_bytes} bytes)",
                 reason.error(job.slot, now - since),
-                self.max_bytes
             );
             let _ = job.reply.send(reply::error(&text));
             return;
@@ -225,6 +254,7 @@ impl Hold {
     /// gives back a job it could not send, which waits again.
     pub fn release(&self, now: Instant, mut send: impl FnMut(Job) -> Result<(), (Job, Reason)>) {
         let generation = self.generation.load(Ordering::Acquire);
+        let timeout = Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed));
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *guard;
         let due =
@@ -245,8 +275,9 @@ impl Hold {
             state.bytes -= held.job.raw.len();
             let mut job = held.job;
             let waited = now.duration_since(job.held_since.unwrap_or(now));
-            if waited >= self.timeout {
-                self.timed_out.fetch_add(1, Ordering::Relaxed);
+            self.metrics.hold_wait.observe(waited.as_secs_f64());
+            if waited >= timeout {
+                self.metrics.hold_timeouts.inc();
                 let _ = job
                     .reply
                     .send(reply::error(&held.reason.error(job.slot, waited)));

@@ -2,8 +2,6 @@
 //! CLIENT) and the one-node cluster it shows cluster-aware clients (CLUSTER SLOTS, SHARDS,
 //! NODES, INFO, MYID, KEYSLOT): every slot served at the address the client connected to.
 
-use std::sync::atomic::Ordering;
-
 use bytes::{Bytes, BytesMut};
 
 use super::router::Client;
@@ -44,7 +42,8 @@ pub fn arity(name: &str) -> Bytes {
 
 /// Checks a password against the proxy's. `user` must be `default` (or absent).
 fn check_password(proxy: &Proxy, user: Option<&[u8]>, pass: &[u8]) -> Result<(), Bytes> {
-    let Some(expected) = &proxy.config.password else {
+    let config = proxy.config();
+    let Some(expected) = &config.password else {
         return Err(reply::error(
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
         ));
@@ -257,7 +256,7 @@ pub fn cluster(proxy: &Proxy, client: &Client, req: &Request) -> Option<Bytes> {
 
 /// The proxy's own INFO sections.
 pub fn info_head(proxy: &Proxy) -> String {
-    let stats = &proxy.stats;
+    let m = &proxy.metrics;
     format!(
         "# Server\r\nredis_version:{}\r\nredis_mode:cluster\r\nslotguard_version:{}\r\n\
          uptime_in_seconds:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n\
@@ -266,10 +265,10 @@ pub fn info_head(proxy: &Proxy) -> String {
         proxy.server_version.load(),
         env!("CARGO_PKG_VERSION"),
         proxy.started.elapsed().as_secs(),
-        stats.connected_clients.load(Ordering::Relaxed),
-        stats.total_connections.load(Ordering::Relaxed),
-        stats.total_commands.load(Ordering::Relaxed),
-        stats.redirects.load(Ordering::Relaxed),
+        m.client_connections.get(),
+        m.client_connections_total.get(),
+        m.requests_total(),
+        m.redirects_total(),
         proxy.hold.len(),
     )
 }

@@ -18,20 +18,22 @@ mod router;
 pub mod session;
 pub mod slot_table;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 pub use backend::{Job, Node, Redirect};
 use command::Commands;
 use hold::{Hold, Reason};
 use slot_table::SlotTable;
 
+use crate::cluster::view::ClusterView;
 use crate::config::Config;
+use crate::metrics::{Metrics, RedirectKind};
 
 /// Redirects one request may follow before it waits for the slot map to settle.
 const MAX_HOPS: u8 = 5;
@@ -45,22 +47,15 @@ pub enum Hint {
     Refresh,
 }
 
-/// Counters shown by `INFO`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub connected_clients: AtomicUsize,
-    pub total_connections: AtomicU64,
-    pub total_commands: AtomicU64,
-    pub redirects: AtomicU64,
-}
-
 /// State shared by every task of the proxy.
 pub struct Proxy {
-    pub config: Config,
+    config: ArcSwap<Config>,
     pub table: ArcSwap<SlotTable>,
     pub commands: ArcSwap<Commands>,
     pub hold: Hold,
-    pub stats: Stats,
+    pub metrics: Arc<Metrics>,
+    /// The cluster as last seen, for `/status`.
+    pub view: ArcSwap<ClusterView>,
     /// The proxy's node id in the one-node cluster it shows clients.
     pub id: String,
     /// Version of the servers behind, for `INFO` and `HELLO`.
@@ -68,6 +63,8 @@ pub struct Proxy {
     pub started: Instant,
     nodes: Mutex<FxHashMap<String, Arc<Node>>>,
     hints: mpsc::UnboundedSender<Hint>,
+    /// Becomes true when the proxy shuts down.
+    shutdown: watch::Sender<bool>,
     next_session: AtomicU32,
     generation: AtomicU64,
     me: std::sync::Weak<Proxy>,
@@ -78,22 +75,54 @@ impl Proxy {
     pub fn new(config: Config) -> (Arc<Proxy>, mpsc::UnboundedReceiver<Hint>) {
         let (hints, rx) = mpsc::unbounded_channel();
         let id = node_id(&config.listen.to_string());
+        let metrics = Arc::new(Metrics::new());
         let proxy = Arc::new_cyclic(|me| Proxy {
             table: ArcSwap::from_pointee(SlotTable::empty()),
             commands: ArcSwap::from_pointee(Commands::builtin()),
-            hold: Hold::new(config.hold_timeout, config.hold_max_bytes),
-            stats: Stats::default(),
+            hold: Hold::new(config.hold_timeout, config.hold_max_bytes, metrics.clone()),
+            metrics,
+            view: ArcSwap::from_pointee(ClusterView::default()),
             id,
             server_version: ArcSwap::from_pointee("7.0.0".to_string()),
             started: Instant::now(),
             nodes: Mutex::new(FxHashMap::default()),
             hints,
+            shutdown: watch::Sender::new(false),
             next_session: AtomicU32::new(1),
             generation: AtomicU64::new(1),
             me: me.clone(),
-            config,
+            config: ArcSwap::from_pointee(config),
         });
         (proxy, rx)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// Takes a reloaded configuration. Settings read at run time (seeds, timeouts, hold,
+    /// password, limits of new clients) apply at once; the rest wait for a restart and are
+    /// named in the returned list.
+    pub fn reload(&self, new: Config) -> Vec<&'static str> {
+        let old = self.config.load();
+        let mut restart = Vec::new();
+        if new.listen != old.listen {
+            restart.push("listen");
+        }
+        if new.admin_listen != old.admin_listen {
+            restart.push("admin.listen");
+        }
+        if new.threads != old.threads {
+            restart.push("threads");
+        }
+        if new.backend_connections != old.backend_connections {
+            restart.push("backend.connections");
+        }
+        self.hold.set_limits(new.hold_timeout, new.hold_max_bytes);
+        crate::logging::set_level(&new.log_level);
+        self.config.store(Arc::new(new));
+        restart
     }
 
     /// The node at `addr`, connecting to it on first use.
@@ -102,11 +131,13 @@ impl Proxy {
         nodes
             .entry(addr.to_string())
             .or_insert_with(|| {
+                let config = self.config();
                 Arc::new(Node::spawn(
                     addr.to_string(),
-                    self.config.backend_connections,
+                    config.backend_connections,
                     self.me.clone(),
-                    self.config.connect_timeout,
+                    config.connect_timeout,
+                    &self.metrics,
                 ))
             })
             .clone()
@@ -118,6 +149,16 @@ impl Proxy {
         let table = build(&self.table.load(), generation);
         self.table.store(Arc::new(table));
         self.hold.map_changed(generation);
+    }
+
+    /// Tells every session to stop reading and finish what it owes.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Watches for shutdown.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 
     /// A fresh id for a client session; it also pins the session's backend connections.
@@ -161,7 +202,13 @@ impl Proxy {
 
     /// Acts on a redirect a node answered for `job`.
     pub fn redirect(&self, mut job: Job, redirect: Redirect) {
-        self.stats.redirects.fetch_add(1, Ordering::Relaxed);
+        self.metrics.redirect(match &redirect {
+            Redirect::Moved { .. } => RedirectKind::Moved,
+            Redirect::Ask { .. } => RedirectKind::Ask,
+            Redirect::Hold(Reason::TryAgain) => RedirectKind::TryAgain,
+            Redirect::Hold(Reason::ClusterDown(_)) => RedirectKind::ClusterDown,
+            Redirect::Hold(_) => RedirectKind::NotReady,
+        });
         job.hops += 1;
         if job.hops > MAX_HOPS {
             self.hint(Hint::Refresh);
@@ -207,6 +254,7 @@ impl Proxy {
         loop {
             self.hold.wait(std::time::Duration::from_millis(100)).await;
             self.hold.release(Instant::now(), |job| self.try_send(job));
+            self.metrics.held_now.set(self.hold.len() as i64);
         }
     }
 }

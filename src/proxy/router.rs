@@ -20,6 +20,7 @@ use super::command::KeyPositions;
 use super::local;
 use super::merge::{Join, Merge, GONE};
 use super::{Job, Proxy};
+use crate::metrics::Class;
 use crate::protocol::{key_slot, reply, Request, SLOTS};
 
 /// A client connection's state.
@@ -73,68 +74,90 @@ fn upper(name: &[u8], buf: &mut [u8; 24]) -> usize {
     }
 }
 
-/// Routes one request.
-pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> Pending {
+/// Routes one request; also says what class of request it was, for the metrics.
+pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
     let mut buf = [0u8; 24];
     let n = upper(req.arg(0), &mut buf);
     let name = &buf[..n];
     if !client.authenticated && !matches!(name, b"AUTH" | b"HELLO" | b"QUIT") {
-        return ready(local::noauth());
+        return (ready(local::noauth()), Class::Local);
     }
+    let local = |bytes: Bytes| (ready(bytes), Class::Local);
     match name {
-        b"PING" => ready(local::ping(&req)),
-        b"ECHO" => ready(local::echo(&req)),
+        b"PING" => local(local::ping(&req)),
+        b"ECHO" => local(local::echo(&req)),
         b"QUIT" => {
             client.quit = true;
-            ready(Bytes::from_static(reply::OK))
+            local(Bytes::from_static(reply::OK))
         }
-        b"SELECT" => ready(local::select(&req)),
-        b"AUTH" => ready(local::auth(proxy, client, &req)),
-        b"HELLO" => ready(local::hello(proxy, client, &req)),
-        b"CLIENT" => ready(local::client(client, &req)),
-        b"READONLY" | b"READWRITE" => ready(Bytes::from_static(reply::OK)),
+        b"SELECT" => local(local::select(&req)),
+        b"AUTH" => local(local::auth(proxy, client, &req)),
+        b"HELLO" => local(local::hello(proxy, client, &req)),
+        b"CLIENT" => local(local::client(client, &req)),
+        b"READONLY" | b"READWRITE" => local(Bytes::from_static(reply::OK)),
         b"CLUSTER" => match local::cluster(proxy, client, &req) {
-            Some(answer) => ready(answer),
+            Some(answer) => local(answer),
             // COUNTKEYSINSLOT / GETKEYSINSLOT: asked of the slot's owner.
             None => match (req.len() >= 3).then(|| parse_slot(req.arg(2))).flatten() {
-                Some(slot) => one(proxy, client, req, Some(slot)),
-                None => ready(reply::error("ERR Invalid or out of range slot")),
+                Some(slot) => (one(proxy, client, req, Some(slot)), Class::Read),
+                None => local(reply::error("ERR Invalid or out of range slot")),
             },
         },
-        b"MGET" => split(proxy, client, req, 1, SplitKind::MGet),
-        b"MSET" => split(proxy, client, req, 2, SplitKind::MSet),
-        b"DEL" | b"UNLINK" | b"EXISTS" | b"TOUCH" => split(proxy, client, req, 1, SplitKind::Sum),
+        b"MGET" => (
+            split(proxy, client, req, 1, SplitKind::MGet),
+            Class::MultiKey,
+        ),
+        b"MSET" => (
+            split(proxy, client, req, 2, SplitKind::MSet),
+            Class::MultiKey,
+        ),
+        b"DEL" | b"UNLINK" | b"EXISTS" | b"TOUCH" => (
+            split(proxy, client, req, 1, SplitKind::Sum),
+            Class::MultiKey,
+        ),
+        b"DBSIZE" | b"KEYS" | b"FLUSHALL" | b"FLUSHDB" | b"RANDOMKEY" | b"SCAN" | b"SCRIPT"
+        | b"INFO" => (whole_cluster(proxy, client, name, req), Class::Cluster),
+        b"CONFIG" if req.len() >= 2 && req.arg(1).eq_ignore_ascii_case(b"GET") => {
+            (one(proxy, client, req, None), Class::Other)
+        }
+        b"COMMAND" => (one(proxy, client, req, None), Class::Other),
+        b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => {
+            refused(name, "transactions are not supported through slotguard yet")
+        }
+        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
+        | b"SUNSUBSCRIBE" => refused(
+            name,
+            "pub/sub subscriptions are not supported through slotguard yet",
+        ),
+        b"WAIT" | b"WAITAOF" => refused(name, "it waits on one connection of one node"),
+        b"MONITOR" | b"SYNC" | b"PSYNC" | b"REPLCONF" => {
+            refused(name, "it takes over the connection")
+        }
+        b"MOVE" | b"SWAPDB" => refused(name, "a cluster has only database 0"),
+        b"" => (ready(reply::error("ERR unknown command")), Class::Other),
+        _ => keyed(proxy, client, req),
+    }
+}
+
+/// Commands that run on every master.
+fn whole_cluster(proxy: &Proxy, client: &Client, name: &[u8], req: Request) -> Pending {
+    match name {
         b"DBSIZE" => all_masters(proxy, client, &req, Merge::SumInts),
         b"KEYS" => all_masters(proxy, client, &req, Merge::Concat),
         b"FLUSHALL" | b"FLUSHDB" => all_masters(proxy, client, &req, Merge::AllOk),
         b"RANDOMKEY" => all_masters(proxy, client, &req, Merge::FirstNonNil),
         b"SCAN" => scan(proxy, client, req),
         b"SCRIPT" => script(proxy, client, &req),
-        b"INFO" => {
+        _ => {
             let head = local::info_head(proxy);
             let info = Request::from_args(&["INFO", "keyspace"]);
             all_masters(proxy, client, &info, Merge::Info { head })
         }
-        b"CONFIG" if req.len() >= 2 && req.arg(1).eq_ignore_ascii_case(b"GET") => {
-            one(proxy, client, req, None)
-        }
-        b"COMMAND" => one(proxy, client, req, None),
-        b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => {
-            unsupported(name, "transactions are not supported through slotguard yet")
-        }
-        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
-        | b"SUNSUBSCRIBE" => unsupported(
-            name,
-            "pub/sub subscriptions are not supported through slotguard yet",
-        ),
-        b"WAIT" | b"WAITAOF" => unsupported(name, "it waits on one connection of one node"),
-        b"MONITOR" | b"SYNC" | b"PSYNC" | b"REPLCONF" => {
-            unsupported(name, "it takes over the connection")
-        }
-        b"MOVE" | b"SWAPDB" => unsupported(name, "a cluster has only database 0"),
-        b"" => ready(reply::error("ERR unknown command")),
-        _ => keyed(proxy, client, req),
     }
+}
+
+fn refused(name: &[u8], why: &str) -> (Pending, Class) {
+    (unsupported(name, why), Class::Other)
 }
 
 fn parse_slot(arg: &[u8]) -> Option<u16> {
@@ -150,21 +173,28 @@ fn unsupported(name: &[u8], why: &str) -> Pending {
 }
 
 /// Any other command: by its keys' slot, or to any master when it has none.
-fn keyed(proxy: &Proxy, client: &Client, req: Request) -> Pending {
+fn keyed(proxy: &Proxy, client: &Client, req: Request) -> (Pending, Class) {
     let commands = proxy.commands.load();
     let Some(spec) = commands.lookup(&req) else {
         // Unknown here, maybe known to the server: it will answer for itself.
-        return one(proxy, client, req, None);
+        return (one(proxy, client, req, None), Class::Other);
     };
     let flags = spec.flags;
+    let class = if flags.write {
+        Class::Write
+    } else if flags.readonly {
+        Class::Read
+    } else {
+        Class::Other
+    };
     if flags.admin {
-        return unsupported(
+        return refused(
             spec.name.as_bytes(),
             "admin commands are not forwarded; run them on the nodes",
         );
     }
     if flags.blocking && !is_xread_without_block(&spec.name, &req) {
-        return unsupported(
+        return refused(
             spec.name.as_bytes(),
             "blocking commands are not supported through slotguard yet",
         );
@@ -173,7 +203,7 @@ fn keyed(proxy: &Proxy, client: &Client, req: Request) -> Pending {
         && !matches!(spec.name.as_str(), "PUBLISH" | "SPUBLISH" | "PUBSUB")
         && !spec.name.starts_with("PUBSUB|")
     {
-        return unsupported(
+        return refused(
             spec.name.as_bytes(),
             "pub/sub subscriptions are not supported through slotguard yet",
         );
@@ -186,16 +216,16 @@ fn keyed(proxy: &Proxy, client: &Client, req: Request) -> Pending {
         match slot {
             None => slot = Some((s, pos)),
             Some((first, first_pos)) if first != s => {
-                return ready(reply::error(&format!(
+                return (ready(reply::error(&format!(
                     "CROSSSLOT Keys in request don't hash to the same slot (key '{}' is in slot {first}, key '{}' in slot {s})",
                     String::from_utf8_lossy(req.arg(first_pos)),
                     String::from_utf8_lossy(req.arg(pos)),
-                )))
+                ))), class)
             }
             Some(_) => {}
         }
     }
-    one(proxy, client, req, slot.map(|(s, _)| s))
+    (one(proxy, client, req, slot.map(|(s, _)| s)), class)
 }
 
 /// XREAD and XREADGROUP are flagged blocking, but only block with a BLOCK option.

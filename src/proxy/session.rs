@@ -5,20 +5,24 @@
 //! are written in request order; everything ready is gathered into one write. A client
 //! with `client.max_pending` replies outstanding is not read from until they drain, so a
 //! client that pipelines without reading cannot grow the proxy's memory without bound.
+//!
+//! On shutdown a session stops reading, writes the replies it owes (held requests
+//! included), and closes.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use super::router::{route, Client, Pending};
 use super::Proxy;
+use crate::metrics::{Class, Metrics};
 use crate::protocol::{reply, Scanner};
 
 /// Read buffer growth step; larger requests grow it to what they announce, in steps.
@@ -28,64 +32,81 @@ const READ_LOW: usize = 2048;
 /// Most reserved at once for a large bulk still arriving.
 const READ_MAX_STEP: usize = 4 * 1024 * 1024;
 
-/// Serves one client until it disconnects, sends QUIT, or breaks the protocol.
+/// A reply owed, with what the metrics need to know about its request.
+struct Owed {
+    reply: Pending,
+    class: Class,
+    since: Instant,
+}
+
+/// Serves one client until it disconnects, sends QUIT, breaks the protocol, idles past
+/// `client.idle_timeout`, or the proxy shuts down.
 pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream) {
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
     stream.set_nodelay(true).ok();
-    proxy
-        .stats
-        .connected_clients
-        .fetch_add(1, Ordering::Relaxed);
-    proxy
-        .stats
-        .total_connections
-        .fetch_add(1, Ordering::Relaxed);
+    let metrics = proxy.metrics.clone();
+    metrics.client_connections.inc();
+    metrics.client_connections_total.inc();
+    let config = proxy.config();
     let mut client = Client {
         id: proxy.session_id(),
         peer,
         local,
         name: None,
-        authenticated: proxy.config.password.is_none(),
+        authenticated: config.password.is_none(),
         resp3: false,
         quit: false,
     };
-    let result = serve(&proxy, &mut client, &mut stream).await;
+    drop(config);
+    let span = tracing::info_span!("client", id = client.id, %peer);
+    let result = serve(&proxy, &mut client, &mut stream)
+        .instrument(span.clone())
+        .await;
     if let Err(e) = result {
-        debug!(client = %peer, error = %e, "client connection ended");
+        debug!(parent: &span, error = %e, "client connection ended");
     }
-    proxy
-        .stats
-        .connected_clients
-        .fetch_sub(1, Ordering::Relaxed);
+    metrics.client_connections.dec();
 }
 
 /// Moves the replies at the front that are already answered into `out`.
-fn take_ready(pending: &mut VecDeque<Pending>, out: &mut BytesMut) {
+fn take_ready(owed: &mut VecDeque<Owed>, out: &mut BytesMut, metrics: &Metrics) {
     let mut cx = Context::from_waker(Waker::noop());
-    while let Some(front) = pending.front_mut() {
-        match front.poll(&mut cx) {
+    while let Some(front) = owed.front_mut() {
+        match front.reply.poll(&mut cx) {
             Poll::Ready(bytes) => {
-                out.extend_from_slice(&bytes);
-                pending.pop_front();
+                let done = owed.pop_front().expect("front exists");
+                emit(out, &bytes, &done, metrics);
             }
             Poll::Pending => break,
         }
     }
 }
 
+/// Appends one reply to the output and counts it.
+fn emit(out: &mut BytesMut, bytes: &[u8], done: &Owed, metrics: &Metrics) {
+    if bytes.first() == Some(&b'-') {
+        metrics.client_error(bytes);
+    }
+    metrics.request(done.class, done.since.elapsed().as_secs_f64());
+    out.extend_from_slice(bytes);
+}
+
 async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> std::io::Result<()> {
     let (mut rd, mut wr) = stream.split();
-    let mut scanner = Scanner::new(proxy.config.limits.clone());
+    let config = proxy.config().clone();
+    let metrics = &proxy.metrics;
+    let mut shutdown = proxy.shutdown_signal();
+    let mut scanner = Scanner::new(config.limits.clone());
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = BytesMut::with_capacity(READ_CHUNK);
-    let mut pending: VecDeque<Pending> = VecDeque::new();
-    let max_pending = proxy.config.max_pending;
+    let mut owed: VecDeque<Owed> = VecDeque::new();
     let mut reading = true;
+    let mut last_request = Instant::now();
     loop {
         // Everything already answered goes out in one write.
-        take_ready(&mut pending, &mut out);
+        take_ready(&mut owed, &mut out, metrics);
         if !out.is_empty() {
             wr.write_all(&out).await?;
             out.clear();
@@ -93,10 +114,13 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> st
                 out = BytesMut::with_capacity(READ_CHUNK);
             }
         }
-        if !reading && pending.is_empty() {
+        if *shutdown.borrow() {
+            reading = false;
+        }
+        if !reading && owed.is_empty() {
             return Ok(());
         }
-        let want_read = reading && pending.len() < max_pending;
+        let want_read = reading && owed.len() < config.max_pending;
         if want_read {
             // Grow only when little room is left: requests split off the buffer still
             // share it, so a reserve may have to allocate and copy what is left.
@@ -108,21 +132,32 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> st
                 rbuf.reserve(wanted.max(READ_CHUNK));
             }
         }
+        let idle_at = config
+            .idle_timeout
+            .filter(|_| owed.is_empty())
+            .map(|limit| last_request + limit);
+        let idle = async move {
+            match idle_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
-            bytes = poll_fn(|cx| pending.front_mut().expect("guarded").poll(cx)), if !pending.is_empty() => {
-                out.extend_from_slice(&bytes);
-                pending.pop_front();
+            bytes = poll_fn(|cx| owed.front_mut().expect("guarded").reply.poll(cx)), if !owed.is_empty() => {
+                let done = owed.pop_front().expect("guarded");
+                emit(&mut out, &bytes, &done, metrics);
             }
             read = rd.read_buf(&mut rbuf), if want_read => {
                 if read? == 0 {
                     return Ok(()); // the client closed; its outstanding replies are dropped
                 }
+                last_request = Instant::now();
                 loop {
                     match scanner.next(&mut rbuf) {
                         Ok(Some(req)) => {
-                            proxy.stats.total_commands.fetch_add(1, Ordering::Relaxed);
-                            pending.push_back(route(proxy, client, req));
+                            let (reply, class) = route(proxy, client, req);
+                            owed.push_back(Owed { reply, class, since: last_request });
                             if client.quit {
                                 reading = false;
                                 break;
@@ -131,12 +166,18 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> st
                         Ok(None) => break,
                         Err(e) => {
                             // As Redis does: say what was wrong, then close.
-                            pending.push_back(Pending::Ready(reply::error(&format!("ERR {e}"))));
+                            let reply = Pending::Ready(reply::error(&format!("ERR {e}")));
+                            owed.push_back(Owed { reply, class: Class::Other, since: last_request });
                             reading = false;
                             break;
                         }
                     }
                 }
+            }
+            _ = shutdown.changed(), if reading => {}
+            _ = idle => {
+                debug!("closing an idle client");
+                return Ok(());
             }
         }
     }

@@ -34,7 +34,7 @@ impl Harness {
     }
 
     pub async fn start_with(options: Options, tune: impl FnOnce(&mut Config)) -> Harness {
-        slotguard::logging::init("slotguard=info");
+        slotguard::logging::init("slotguard=info", false);
         let cluster = LocalCluster::start(options).await.expect("cluster starts");
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),

@@ -1,0 +1,345 @@
+//! Prometheus metrics. Every child of a labelled family is looked up once, here, so the
+//! request path only touches ready counters and histograms.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// What kind of request, for the request counters and latency histograms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// A read of one slot.
+    Read,
+    /// A write to one slot.
+    Write,
+    /// A multi-key command split by slot (MGET, MSET, DEL, ...).
+    MultiKey,
+    /// Sent to every master (DBSIZE, KEYS, SCAN, ...).
+    Cluster,
+    /// Answered by the proxy itself.
+    Local,
+    /// Anything else: keyless commands, unknown commands, refusals.
+    Other,
+}
+
+impl Class {
+    pub const ALL: [Class; 6] = [
+        Class::Read,
+        Class::Write,
+        Class::MultiKey,
+        Class::Cluster,
+        Class::Local,
+        Class::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Read => "read",
+            Class::Write => "write",
+            Class::MultiKey => "multikey",
+            Class::Cluster => "cluster",
+            Class::Local => "local",
+            Class::Other => "other",
+        }
+    }
+}
+
+/// Error codes counted by name; any other code counts as `other`.
+const ERROR_CODES: [&str; 13] = [
+    "ERR",
+    "WRONGTYPE",
+    "CROSSSLOT",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "NOAUTH",
+    "WRONGPASS",
+    "NOSCRIPT",
+    "BUSY",
+    "OOM",
+    "NOPROTO",
+    "EXECABORT",
+    "other",
+];
+
+/// How an absorbed redirect came.
+#[derive(Clone, Copy, Debug)]
+pub enum RedirectKind {
+    Moved,
+    Ask,
+    TryAgain,
+    ClusterDown,
+    /// LOADING, MASTERDOWN, READONLY.
+    NotReady,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Vec<IntCounter>,
+    latency: Vec<Histogram>,
+    errors: Vec<IntCounter>,
+    redirects: Vec<IntCounter>,
+    backend_latency: HistogramVec,
+    pub client_connections: IntGauge,
+    pub client_connections_total: IntCounter,
+    pub clients_refused: IntCounter,
+    pub backend_connections: IntGauge,
+    pub backend_connects_ok: IntCounter,
+    pub backend_connects_failed: IntCounter,
+    pub backend_inflight: IntGauge,
+    pub refreshes_ok: IntCounter,
+    pub refreshes_failed: IntCounter,
+    pub slots: IntGaugeVec,
+    pub held_now: IntGauge,
+    pub held_total: IntCounter,
+    pub hold_wait: Histogram,
+    pub hold_timeouts: IntCounter,
+    pub repairs: IntCounterVec,
+    pub migrations: IntCounterVec,
+    pub reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            registry.register(c).expect("metric names are unique");
+        };
+        let requests_vec = IntCounterVec::new(
+            Opts::new(
+                "slotguard_requests_total",
+                "Requests received, by command class",
+            ),
+            &["class"],
+        )
+        .expect("valid metric");
+        let latency_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "slotguard_request_duration_seconds",
+                "Time from a request's arrival to its reply being ready, by command class",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["class"],
+        )
+        .expect("valid metric");
+        let errors_vec = IntCounterVec::new(
+            Opts::new(
+                "slotguard_client_errors_total",
+                "Error replies sent to clients, by error code",
+            ),
+            &["code"],
+        )
+        .expect("valid metric");
+        let redirects_vec = IntCounterVec::new(
+            Opts::new(
+                "slotguard_redirects_absorbed_total",
+                "Cluster redirects and refusals the proxy handled instead of the client",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let backend_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "slotguard_backend_duration_seconds",
+                "Time from a request's write to a node until its reply, by node",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["node"],
+        )
+        .expect("valid metric");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let connects = IntCounterVec::new(
+            Opts::new(
+                "slotguard_backend_connects_total",
+                "Connection attempts to nodes, by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "slotguard_topology_refreshes_total",
+                "Slot map refreshes, by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let slots = IntGaugeVec::new(
+            Opts::new("slotguard_slots", "Hash slots by state"),
+            &["state"],
+        )
+        .expect("valid metric");
+        let outcome = |name: &str, help: &str| {
+            let v = IntCounterVec::new(Opts::new(name, help), &["outcome"]).expect("valid metric");
+            for o in ["ok", "failed"] {
+                v.with_label_values(&[o]);
+            }
+            v
+        };
+        let metrics = Metrics {
+            requests: Class::ALL
+                .iter()
+                .map(|c| requests_vec.with_label_values(&[c.name()]))
+                .collect(),
+            latency: Class::ALL
+                .iter()
+                .map(|c| latency_vec.with_label_values(&[c.name()]))
+                .collect(),
+            errors: ERROR_CODES
+                .iter()
+                .map(|c| errors_vec.with_label_values(&[c]))
+                .collect(),
+            redirects: ["moved", "ask", "tryagain", "clusterdown", "notready"]
+                .iter()
+                .map(|k| redirects_vec.with_label_values(&[k]))
+                .collect(),
+            backend_latency,
+            client_connections: gauge("slotguard_client_connections", "Clients connected now"),
+            client_connections_total: counter(
+                "slotguard_client_connections_total",
+                "Client connections accepted",
+            ),
+            clients_refused: counter(
+                "slotguard_clients_refused_total",
+                "Client connections refused at client.max_clients",
+            ),
+            backend_connections: gauge(
+                "slotguard_backend_connections",
+                "Connections to cluster nodes open now",
+            ),
+            backend_connects_ok: connects.with_label_values(&["ok"]),
+            backend_connects_failed: connects.with_label_values(&["failed"]),
+            backend_inflight: gauge(
+                "slotguard_backend_inflight_requests",
+                "Requests written to nodes and not answered yet",
+            ),
+            refreshes_ok: refreshes.with_label_values(&["ok"]),
+            refreshes_failed: refreshes.with_label_values(&["failed"]),
+            slots,
+            held_now: gauge(
+                "slotguard_held_requests",
+                "Requests waiting in the hold queue now",
+            ),
+            held_total: counter(
+                "slotguard_held_requests_total",
+                "Requests parked in the hold queue, retries included",
+            ),
+            hold_wait: Histogram::with_opts(
+                HistogramOpts::new(
+                    "slotguard_hold_wait_seconds",
+                    "How long a held request waited before it was sent again or failed",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            hold_timeouts: counter(
+                "slotguard_hold_timeouts_total",
+                "Held requests answered with an error at hold.timeout",
+            ),
+            repairs: outcome("slotguard_repairs_total", "Slot repairs run, by outcome"),
+            migrations: outcome(
+                "slotguard_migrations_total",
+                "Slot migrations run, by outcome",
+            ),
+            reloads: outcome(
+                "slotguard_config_reloads_total",
+                "Configuration reloads, by outcome",
+            ),
+            registry: Registry::new(),
+        };
+        for c in [
+            Box::new(requests_vec) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency_vec),
+            Box::new(errors_vec),
+            Box::new(redirects_vec),
+            Box::new(metrics.backend_latency.clone()),
+            Box::new(metrics.client_connections.clone()),
+            Box::new(metrics.client_connections_total.clone()),
+            Box::new(metrics.clients_refused.clone()),
+            Box::new(metrics.backend_connections.clone()),
+            Box::new(connects),
+            Box::new(metrics.backend_inflight.clone()),
+            Box::new(refreshes),
+            Box::new(metrics.slots.clone()),
+            Box::new(metrics.held_now.clone()),
+            Box::new(metrics.held_total.clone()),
+            Box::new(metrics.hold_wait.clone()),
+            Box::new(metrics.hold_timeouts.clone()),
+            Box::new(metrics.repairs.clone()),
+            Box::new(metrics.migrations.clone()),
+            Box::new(metrics.reloads.clone()),
+        ] {
+            reg(c);
+        }
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts a request and its time to reply.
+    #[inline]
+    pub fn request(&self, class: Class, seconds: f64) {
+        let i = class as usize;
+        self.requests[i].inc();
+        self.latency[i].observe(seconds);
+    }
+
+    /// Requests received so far, all classes.
+    pub fn requests_total(&self) -> u64 {
+        self.requests.iter().map(IntCounter::get).sum()
+    }
+
+    /// Counts an error reply by its code (the reply's first word).
+    pub fn client_error(&self, reply: &[u8]) {
+        let text = reply.get(1..).unwrap_or_default();
+        let code = text
+            .split(|&b| b == b' ' || b == b'\r')
+            .next()
+            .unwrap_or_default();
+        let i = ERROR_CODES
+            .iter()
+            .position(|c| c.as_bytes() == code)
+            .unwrap_or(ERROR_CODES.len() - 1);
+        self.errors[i].inc();
+    }
+
+    pub fn redirect(&self, kind: RedirectKind) {
+        self.redirects[kind as usize].inc();
+    }
+
+    /// Redirects absorbed so far, all kinds.
+    pub fn redirects_total(&self) -> u64 {
+        self.redirects.iter().map(IntCounter::get).sum()
+    }
+
+    /// The backend latency histogram of one node (looked up once per node).
+    pub fn node_latency(&self, node: &str) -> Histogram {
+        self.backend_latency.with_label_values(&[node])
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
