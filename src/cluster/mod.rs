@@ -1,5 +1,6 @@
 //! The control plane: what the cluster looks like, and keeping the slot map true to it.
 
+pub mod authority;
 pub mod conn;
 pub mod nodes;
 pub mod topology;

@@ -1,0 +1,485 @@
+//! The authority: one decision per unsettled slot, from every node's own view, the journal
+//! of migrations, and where the keys are.
+//!
+//! Redis Cluster settles ownership by config epochs, which cannot tell the right owner of
+//! a slot whose migration was cut by a crash (FAULTS.md). The authority decides by the
+//! migration it remembers (its direction, and which nodes formed each shard when it was
+//! seen) and by key presence, never by comparing epochs across shards:
+//!
+//! - a migration whose two ends are live and agree is left alone (someone is running it);
+//! - when one end of a migration failed over, the migration is finished forward onto the
+//!   live master of the target shard (S2, S3, S4, S5, S6, S9, S10);
+//! - a migration no node remembers any more but the journal does, with keys left on the
+//!   target shard, is finished forward too (S7);
+//! - a node importing a slot that its owner is not migrating gets its keys moved back to
+//!   the owner (S13, S14), once that has lasted `grace` (a starting migration looks the
+//!   same for a moment);
+//! - two live masters claiming the slot, or no live master for it, is reported and held:
+//!   nothing safe can be done without a human or a returning node (S1, S8).
+//!
+//! This module is pure: it takes views and key counts and returns decisions and plans.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::nodes::NodeLine;
+
+/// A remembered migration of one slot, between two shards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    /// Master that was migrating the slot away, and its replicas when first seen.
+    pub source: String,
+    pub source_members: Vec<String>,
+    /// Master that was importing it, and its replicas when first seen.
+    pub target: String,
+    pub target_members: Vec<String>,
+}
+
+/// What the cluster looks like right now, from the nodes that answered.
+pub struct Cluster<'a> {
+    /// Each answering node's own view.
+    views: Vec<&'a [NodeLine]>,
+    /// id -> the node's own line (from its own view).
+    own: HashMap<&'a str, &'a NodeLine>,
+    /// ids flagged `fail` by some answering node.
+    failed: BTreeSet<&'a str>,
+    /// id -> address, from any view.
+    addrs: HashMap<&'a str, &'a str>,
+}
+
+impl<'a> Cluster<'a> {
+    pub fn new(views: &'a [(String, Vec<NodeLine>)]) -> Cluster<'a> {
+        let mut own = HashMap::new();
+        let mut failed = BTreeSet::new();
+        let mut addrs = HashMap::new();
+        for (_, lines) in views {
+            for l in lines {
+                if l.myself {
+                    own.insert(l.id.as_str(), l);
+                } else if l.fail {
+                    failed.insert(l.id.as_str());
+                }
+                if !l.addr.is_empty() {
+                    addrs.entry(l.id.as_str()).or_insert(l.addr.as_str());
+                }
+            }
+        }
+        Cluster {
+            views: views.iter().map(|(_, l)| l.as_slice()).collect(),
+            own,
+            failed,
+            addrs,
+        }
+    }
+
+    /// A master that answered and that no answering node flags as failed.
+    pub fn is_live_master(&self, id: &str) -> bool {
+        self.own.get(id).is_some_and(|l| l.master) && !self.failed.contains(id)
+    }
+
+    fn live_masters(&self) -> impl Iterator<Item = &'a NodeLine> + '_ {
+        self.own
+            .values()
+            .copied()
+            .filter(|l| self.is_live_master(&l.id))
+    }
+
+    pub fn addr(&self, id: &str) -> Option<&'a str> {
+        self.addrs.get(id).copied()
+    }
+
+    /// The live master among the members of a shard.
+    fn shard_master(&self, members: &[String]) -> Option<&'a NodeLine> {
+        members
+            .iter()
+            .find(|m| self.is_live_master(m))
+            .and_then(|m| self.own.get(m.as_str()).copied())
+    }
+
+    /// Replicas of each live master, as the views show them now.
+    pub fn shards(&self) -> BTreeMap<String, Vec<String>> {
+        let mut shards: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for m in self.live_masters() {
+            shards.entry(m.id.clone()).or_default();
+        }
+        for l in self.views.iter().flat_map(|v| v.iter()) {
+            if let Some(master) = &l.master_id {
+                if let Some(replicas) = shards.get_mut(master) {
+                    if !replicas.contains(&l.id) {
+                        replicas.push(l.id.clone());
+                    }
+                }
+            }
+        }
+        shards
+    }
+
+    /// Open migrations as the live masters' own lines show them: slot -> (source, target).
+    pub fn open_migrations(&self) -> BTreeMap<u16, (String, String)> {
+        let mut out = BTreeMap::new();
+        for m in self.live_masters() {
+            for (slot, target) in &m.migrating {
+                out.insert(*slot, (m.id.clone(), target.clone()));
+            }
+        }
+        for m in self.live_masters() {
+            for (slot, source) in &m.importing {
+                out.entry(*slot).or_insert((source.clone(), m.id.clone()));
+            }
+        }
+        out
+    }
+
+    /// Slots that need a look: open on any live master, or without a live owner.
+    pub fn candidates(&self) -> BTreeSet<u16> {
+        let mut out: BTreeSet<u16> = self.open_migrations().into_keys().collect();
+        let mut owned = vec![false; crate::protocol::SLOTS];
+        for m in self.live_masters() {
+            for &(a, b) in &m.slots {
+                owned[a as usize..=b as usize].fill(true);
+            }
+        }
+        out.extend(
+            owned
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| !**o)
+                .map(|(s, _)| s as u16),
+        );
+        out
+    }
+
+    fn claims(&self, slot: u16) -> Vec<&'a NodeLine> {
+        self.live_masters()
+            .filter(|m| m.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+            .collect()
+    }
+}
+
+/// One step of a repair. Every step is idempotent: repeating it after a crash is safe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    /// `CLUSTER SETSLOT slot NODE id` on `on`.
+    Bind {
+        on: String,
+        slot: u16,
+        owner: String,
+    },
+    /// `CLUSTER SETSLOT slot IMPORTING source` on `on`.
+    Importing {
+        on: String,
+        slot: u16,
+        source: String,
+    },
+    /// `CLUSTER SETSLOT slot MIGRATING target` on `on`.
+    Migrating {
+        on: String,
+        slot: u16,
+        target: String,
+    },
+    /// `CLUSTER SETSLOT slot STABLE` on `on`.
+    Stable { on: String, slot: u16 },
+    /// Move every key of `slot` from `from` to `to` with MIGRATE ... REPLACE, then WAIT on `to`.
+    MoveKeys { from: String, to: String, slot: u16 },
+}
+
+/// What the authority decided for a slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum State {
+    /// One live owner, nothing open.
+    Stable { owner: String },
+    /// A migration whose ends are both live and agree: left to whoever runs it.
+    Migrating { from: String, to: String },
+    /// Broken by a fault of the catalogue; `plan` repairs it.
+    Broken { case: &'static str, why: String },
+    /// No live owner and nothing to repair with: requests wait (S1, S8).
+    Orphaned { why: String },
+    /// More than one live master claims it.
+    Conflicted { claims: Vec<String> },
+}
+
+/// A slot's state and, when broken, the repair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub slot: u16,
+    pub state: State,
+    /// Steps to run, in order; node ids.
+    pub plan: Vec<Step>,
+}
+
+impl Decision {
+    /// True when requests for the slot must wait (anything but stable or a live migration).
+    pub fn holds(&self) -> bool {
+        !matches!(self.state, State::Stable { .. } | State::Migrating { .. })
+    }
+}
+
+/// Inputs beyond the views.
+pub struct Memory<'a> {
+    /// Remembered migrations by slot.
+    pub migrations: &'a BTreeMap<u16, Migration>,
+    /// Replicas of each master when last seen healthy, to follow a shard across failovers.
+    pub shards: &'a BTreeMap<String, Vec<String>>,
+    /// Keys per (node id, slot), for the nodes and slots asked about.
+    pub keys: &'a HashMap<(String, u16), u64>,
+    /// Slots whose importing-without-migrating shape has lasted past the grace period.
+    pub settled_long_enough: &'a BTreeSet<u16>,
+}
+
+impl Memory<'_> {
+    /// Every node known to have belonged to the shard `id` led or belonged to.
+    fn shard(&self, slot: u16, id: &str) -> Vec<String> {
+        let mut out = vec![id.to_string()];
+        if let Some(m) = self.migrations.get(&slot) {
+            for (master, members) in [
+                (&m.source, &m.source_members),
+                (&m.target, &m.target_members),
+            ] {
+                if master == id || members.iter().any(|x| x == id) {
+                    out.push(master.clone());
+                    out.extend(members.iter().cloned());
+                }
+            }
+        }
+        for (master, replicas) in self.shards {
+            if master == id || replicas.iter().any(|x| x == id) {
+                out.push(master.clone());
+                out.extend(replicas.iter().cloned());
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Decides one slot.
+pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
+    let decision = |state, plan| Decision { slot, state, plan };
+    let keys = |id: &str| {
+        memory
+            .keys
+            .get(&(id.to_string(), slot))
+            .copied()
+            .unwrap_or(0)
+    };
+    let claims = cluster.claims(slot);
+    if claims.len() > 1 {
+        let claims = claims.iter().map(|c| c.id.clone()).collect();
+        return decision(State::Conflicted { claims }, vec![]);
+    }
+    let owner = claims.first().copied();
+    let open = |pick: fn(&NodeLine) -> &Vec<(u16, String)>| -> Vec<(&NodeLine, String)> {
+        cluster
+            .live_masters()
+            .flat_map(|m| {
+                pick(m)
+                    .iter()
+                    .filter(|(s, _)| *s == slot)
+                    .map(move |(_, other)| (m, other.clone()))
+            })
+            .collect()
+    };
+    let migrating = open(|m| &m.migrating);
+    let importing = open(|m| &m.importing);
+    let nothing_open = migrating.is_empty() && importing.is_empty();
+
+    // A live migration whose ends agree: left to whoever runs it.
+    if let ([(a, to)], [(b, from)]) = (&migrating[..], &importing[..]) {
+        if *to == b.id && *from == a.id && owner.is_some_and(|o| o.id == a.id) {
+            let state = State::Migrating {
+                from: a.id.clone(),
+                to: b.id.clone(),
+            };
+            return decision(state, vec![]);
+        }
+    }
+
+    // S13 / S14: a node imports the slot from its live owner, which does not migrate it.
+    if let ([(b, from)], true) = (&importing[..], migrating.is_empty()) {
+        if let Some(o) = owner.filter(|o| o.id == *from) {
+            if !memory.settled_long_enough.contains(&slot) {
+                // A migration about to start looks the same for a moment.
+                let state = State::Migrating {
+                    from: o.id.clone(),
+                    to: b.id.clone(),
+                };
+                return decision(state, vec![]);
+            }
+            let mut plan = Vec::new();
+            if keys(&b.id) > 0 {
+                plan.push(Step::MoveKeys {
+                    from: b.id.clone(),
+                    to: o.id.clone(),
+                    slot,
+                });
+            }
+            plan.push(Step::Stable {
+                on: b.id.clone(),
+                slot,
+            });
+            let why = format!(
+                "{} imports the slot but its owner {} does not migrate it",
+                b.id, o.id
+            );
+            return decision(
+                State::Broken {
+                    case: "S13/S14",
+                    why,
+                },
+                plan,
+            );
+        }
+    }
+
+    // The migration's two ends: from the open flags, else from the journal.
+    let ends = migrating
+        .first()
+        .map(|(a, t)| (a.id.clone(), t.clone()))
+        .or_else(|| importing.first().map(|(b, s)| (s.clone(), b.id.clone())))
+        .or_else(|| {
+            memory
+                .migrations
+                .get(&slot)
+                .map(|m| (m.source.clone(), m.target.clone()))
+        });
+    let Some((source, target)) = ends else {
+        return match owner {
+            Some(o) => decision(
+                State::Stable {
+                    owner: o.id.clone(),
+                },
+                vec![],
+            ),
+            None => {
+                let why = "no live master serves the slot".to_string();
+                decision(State::Orphaned { why }, vec![])
+            }
+        };
+    };
+    let Some(t) = cluster.shard_master(&memory.shard(slot, &target)) else {
+        let why = format!("the target shard of the migration ({target}) has no live master");
+        return decision(State::Orphaned { why }, vec![]);
+    };
+    if nothing_open && owner.is_some_and(|o| o.id == t.id) {
+        // Finished: the target shard owns it and nothing is open.
+        return decision(
+            State::Stable {
+                owner: t.id.clone(),
+            },
+            vec![],
+        );
+    }
+    let source_gone = !cluster.is_live_master(&source);
+    let target_gone = !cluster.is_live_master(&target);
+    let orphan_keys = owner.is_some_and(|o| o.id != t.id) && keys(&t.id) > 0;
+    if !(source_gone || target_gone || orphan_keys || owner.is_none()) {
+        // Both ends live, nothing remembered is wrong: the migration was finished or
+        // undone by someone else.
+        return match owner {
+            Some(o) if nothing_open => decision(
+                State::Stable {
+                    owner: o.id.clone(),
+                },
+                vec![],
+            ),
+            _ => {
+                let state = State::Migrating {
+                    from: source,
+                    to: target,
+                };
+                decision(state, vec![])
+            }
+        };
+    }
+    let case = match (source_gone, target_gone, owner.is_none()) {
+        (true, true, _) => "S7",
+        (true, false, _) => "S4/S5/S6",
+        (false, _, true) => "S10",
+        (false, true, false) => "S2/S3/S9",
+        (false, false, false) => "S7",
+    };
+    let s = owner
+        .or_else(|| cluster.shard_master(&memory.shard(slot, &source)))
+        .filter(|s| s.id != t.id);
+    let why = format!(
+        "migration {source} -> {target} was cut; finishing it onto {}",
+        t.id
+    );
+    let plan = finish_forward(cluster, slot, s, t, &keys);
+    decision(State::Broken { case, why }, plan)
+}
+
+/// Finishes a migration onto `t`, the live master of the target shard, from `s`, the
+/// node that still owns the slot (if any). Keys move with REPLACE: the source copy is the
+/// one clients last wrote through the proxy, since the slot was held.
+fn finish_forward(
+    cluster: &Cluster,
+    slot: u16,
+    s: Option<&NodeLine>,
+    t: &NodeLine,
+    keys: &dyn Fn(&str) -> u64,
+) -> Vec<Step> {
+    let mut plan = Vec::new();
+    let importing_from = s
+        .map(|s| s.id.clone())
+        .or_else(|| {
+            cluster
+                .live_masters()
+                .find(|m| m.id != t.id)
+                .map(|m| m.id.clone())
+        })
+        .unwrap_or_else(|| t.id.clone());
+    if let Some(s) = s.filter(|s| s.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))) {
+        // The target first binds the slot to the live source (it may bind it to a dead
+        // node and refuse everything as CLUSTERDOWN), then imports from it.
+        plan.push(Step::Bind {
+            on: t.id.clone(),
+            slot,
+            owner: s.id.clone(),
+        });
+        plan.push(Step::Importing {
+            on: t.id.clone(),
+            slot,
+            source: s.id.clone(),
+        });
+        if keys(&s.id) > 0 {
+            plan.push(Step::Migrating {
+                on: s.id.clone(),
+                slot,
+                target: t.id.clone(),
+            });
+            plan.push(Step::MoveKeys {
+                from: s.id.clone(),
+                to: t.id.clone(),
+                slot,
+            });
+        }
+    } else {
+        plan.push(Step::Importing {
+            on: t.id.clone(),
+            slot,
+            source: importing_from,
+        });
+    }
+    // Finalize on the target first: it bumps its epoch, so its claim wins everywhere.
+    plan.push(Step::Bind {
+        on: t.id.clone(),
+        slot,
+        owner: t.id.clone(),
+    });
+    let mut others: Vec<&NodeLine> = cluster.live_masters().filter(|m| m.id != t.id).collect();
+    others.sort_by(|a, b| a.id.cmp(&b.id));
+    for m in others {
+        plan.push(Step::Bind {
+            on: m.id.clone(),
+            slot,
+            owner: t.id.clone(),
+        });
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests;

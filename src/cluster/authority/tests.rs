@@ -1,0 +1,631 @@
+//! The authority's decisions as a table: cluster views (and the journal) in, slot state and
+//! repair plan out, one row per FAULTS.md case, plus mixed cases.
+//!
+//! The cluster: masters A (slots 0-99), B (100-199), C (200-16383) with replicas A2, B2,
+//! C2. Slot 50 migrates from A to B unless a case says otherwise.
+
+use super::*;
+use Step::*;
+
+const X: u16 = 50;
+
+#[derive(Clone)]
+struct Node {
+    id: &'static str,
+    master: bool,
+    master_of: Option<&'static str>,
+    slots: Vec<(u16, u16)>,
+    migrating: Vec<(u16, String)>,
+    importing: Vec<(u16, String)>,
+    /// Not answering; flagged `fail` by the others when `failed`.
+    dead: bool,
+    failed: bool,
+}
+
+fn master(id: &'static str, slots: &[(u16, u16)]) -> Node {
+    Node {
+        id,
+        master: true,
+        master_of: None,
+        slots: slots.to_vec(),
+        migrating: vec![],
+        importing: vec![],
+        dead: false,
+        failed: false,
+    }
+}
+
+fn replica(id: &'static str, of: &'static str) -> Node {
+    Node {
+        id,
+        master: false,
+        master_of: Some(of),
+        slots: vec![],
+        migrating: vec![],
+        importing: vec![],
+        dead: false,
+        failed: false,
+    }
+}
+
+/// The healthy cluster.
+fn base() -> Vec<Node> {
+    vec![
+        master("A", &[(0, 99)]),
+        master("B", &[(100, 199)]),
+        master("C", &[(200, 16383)]),
+        replica("A2", "A"),
+        replica("B2", "B"),
+        replica("C2", "C"),
+    ]
+}
+
+fn get<'a>(nodes: &'a mut [Node], id: &str) -> &'a mut Node {
+    nodes.iter_mut().find(|n| n.id == id).unwrap()
+}
+
+/// `dead` stops answering and is failed over to `heir`, which takes its slots.
+fn fail_over(nodes: &mut [Node], dead: &str, heir: &str) {
+    let slots = std::mem::take(&mut get(nodes, dead).slots);
+    let d = get(nodes, dead);
+    d.dead = true;
+    d.failed = true;
+    d.migrating.clear();
+    d.importing.clear();
+    let h = get(nodes, heir);
+    h.master = true;
+    h.master_of = None;
+    h.slots = slots;
+}
+
+fn views(nodes: &[Node]) -> Vec<(String, Vec<NodeLine>)> {
+    nodes
+        .iter()
+        .filter(|n| !n.dead)
+        .map(|me| {
+            let lines = nodes
+                .iter()
+                .map(|n| NodeLine {
+                    id: n.id.into(),
+                    addr: format!("{}:1", n.id),
+                    myself: n.id == me.id,
+                    master: n.master,
+                    fail: n.failed && n.id != me.id,
+                    master_id: n.master_of.map(Into::into),
+                    slots: n.slots.clone(),
+                    migrating: if n.id == me.id {
+                        n.migrating.clone()
+                    } else {
+                        vec![]
+                    },
+                    importing: if n.id == me.id {
+                        n.importing.clone()
+                    } else {
+                        vec![]
+                    },
+                    ..NodeLine::default()
+                })
+                .collect();
+            (format!("{}:1", me.id), lines)
+        })
+        .collect()
+}
+
+fn journal_a_to_b() -> BTreeMap<u16, Migration> {
+    BTreeMap::from([(
+        X,
+        Migration {
+            source: "A".into(),
+            source_members: vec!["A2".into()],
+            target: "B".into(),
+            target_members: vec!["B2".into()],
+        },
+    )])
+}
+
+/// Slot 50 half moved: A migrating to B, B importing from A.
+fn mid_migration() -> Vec<Node> {
+    let mut nodes = base();
+    get(&mut nodes, "A").migrating.push((X, "B".into()));
+    get(&mut nodes, "B").importing.push((X, "A".into()));
+    nodes
+}
+
+struct Case {
+    name: &'static str,
+    nodes: Vec<Node>,
+    journal: BTreeMap<u16, Migration>,
+    keys: Vec<(&'static str, u64)>,
+    grace_over: bool,
+    slot: u16,
+    want_case: Option<&'static str>,
+    want_state: &'static str,
+    want_plan: Vec<Step>,
+}
+
+fn run(case: Case) {
+    let views = views(&case.nodes);
+    let cluster = Cluster::new(&views);
+    let shards = BTreeMap::from([
+        ("A".to_string(), vec!["A2".to_string()]),
+        ("B".to_string(), vec!["B2".to_string()]),
+        ("C".to_string(), vec!["C2".to_string()]),
+    ]);
+    let keys: HashMap<(String, u16), u64> = case
+        .keys
+        .iter()
+        .map(|(id, n)| ((id.to_string(), case.slot), *n))
+        .collect();
+    let grace = if case.grace_over {
+        BTreeSet::from([case.slot])
+    } else {
+        BTreeSet::new()
+    };
+    let memory = Memory {
+        migrations: &case.journal,
+        shards: &shards,
+        keys: &keys,
+        settled_long_enough: &grace,
+    };
+    let d = decide(&cluster, &memory, case.slot);
+    let state = match &d.state {
+        State::Stable { .. } => "stable",
+        State::Migrating { .. } => "migrating",
+        State::Broken { .. } => "broken",
+        State::Orphaned { .. } => "orphaned",
+        State::Conflicted { .. } => "conflicted",
+    };
+    assert_eq!(state, case.want_state, "{}: {:?}", case.name, d.state);
+    if let (Some(want), State::Broken { case: got, .. }) = (case.want_case, &d.state) {
+        assert_eq!(*got, want, "{}", case.name);
+    }
+    assert_eq!(d.plan, case.want_plan, "{}", case.name);
+}
+
+fn bind(on: &str, owner: &str) -> Step {
+    Bind {
+        on: on.into(),
+        slot: X,
+        owner: owner.into(),
+    }
+}
+
+fn case(name: &'static str, nodes: Vec<Node>) -> Case {
+    Case {
+        name,
+        nodes,
+        journal: journal_a_to_b(),
+        keys: vec![],
+        grace_over: false,
+        slot: X,
+        want_case: None,
+        want_state: "stable",
+        want_plan: vec![],
+    }
+}
+
+#[test]
+fn a_stable_slot_needs_nothing() {
+    run(Case {
+        journal: BTreeMap::new(),
+        ..case("stable", base())
+    });
+}
+
+#[test]
+fn a_live_migration_is_left_to_its_driver() {
+    run(Case {
+        want_state: "migrating",
+        ..case("live migration", mid_migration())
+    });
+}
+
+#[test]
+fn s2_target_killed_and_failed_over() {
+    let mut nodes = mid_migration();
+    fail_over(&mut nodes, "B", "B2");
+    run(Case {
+        keys: vec![("A", 7), ("B2", 3)],
+        want_state: "broken",
+        want_case: Some("S2/S3/S9"),
+        want_plan: vec![
+            bind("B2", "A"),
+            Importing {
+                on: "B2".into(),
+                slot: X,
+                source: "A".into(),
+            },
+            Migrating {
+                on: "A".into(),
+                slot: X,
+                target: "B2".into(),
+            },
+            MoveKeys {
+                from: "A".into(),
+                to: "B2".into(),
+                slot: X,
+            },
+            bind("B2", "B2"),
+            bind("A", "B2"),
+            bind("C", "B2"),
+        ],
+        ..case("S2", nodes)
+    });
+}
+
+#[test]
+fn s3_target_manually_failed_over() {
+    let mut nodes = mid_migration();
+    // B is alive but a replica of B2 now; it forgot its importing state.
+    let slots = std::mem::take(&mut get(&mut nodes, "B").slots);
+    let b = get(&mut nodes, "B");
+    b.master = false;
+    b.master_of = Some("B2");
+    b.importing.clear();
+    let b2 = get(&mut nodes, "B2");
+    b2.master = true;
+    b2.master_of = None;
+    b2.slots = slots;
+    run(Case {
+        keys: vec![("A", 7)],
+        want_state: "broken",
+        want_case: Some("S2/S3/S9"),
+        want_plan: vec![
+            bind("B2", "A"),
+            Importing {
+                on: "B2".into(),
+                slot: X,
+                source: "A".into(),
+            },
+            Migrating {
+                on: "A".into(),
+                slot: X,
+                target: "B2".into(),
+            },
+            MoveKeys {
+                from: "A".into(),
+                to: "B2".into(),
+                slot: X,
+            },
+            bind("B2", "B2"),
+            bind("A", "B2"),
+            bind("C", "B2"),
+        ],
+        ..case("S3", nodes)
+    });
+}
+
+#[test]
+fn s4_source_killed_and_failed_over() {
+    let mut nodes = mid_migration();
+    fail_over(&mut nodes, "A", "A2");
+    run(Case {
+        keys: vec![("A2", 5), ("B", 4)],
+        want_state: "broken",
+        want_case: Some("S4/S5/S6"),
+        want_plan: vec![
+            bind("B", "A2"),
+            Importing {
+                on: "B".into(),
+                slot: X,
+                source: "A2".into(),
+            },
+            Migrating {
+                on: "A2".into(),
+                slot: X,
+                target: "B".into(),
+            },
+            MoveKeys {
+                from: "A2".into(),
+                to: "B".into(),
+                slot: X,
+            },
+            bind("B", "B"),
+            bind("A2", "B"),
+            bind("C", "B"),
+        ],
+        ..case("S4", nodes)
+    });
+}
+
+#[test]
+fn s5_source_manually_failed_over() {
+    let mut nodes = mid_migration();
+    let slots = std::mem::take(&mut get(&mut nodes, "A").slots);
+    let a = get(&mut nodes, "A");
+    a.master = false;
+    a.master_of = Some("A2");
+    a.migrating.clear();
+    let a2 = get(&mut nodes, "A2");
+    a2.master = true;
+    a2.master_of = None;
+    a2.slots = slots;
+    run(Case {
+        keys: vec![("A2", 5)],
+        want_state: "broken",
+        want_case: Some("S4/S5/S6"),
+        want_plan: vec![
+            bind("B", "A2"),
+            Importing {
+                on: "B".into(),
+                slot: X,
+                source: "A2".into(),
+            },
+            Migrating {
+                on: "A2".into(),
+                slot: X,
+                target: "B".into(),
+            },
+            MoveKeys {
+                from: "A2".into(),
+                to: "B".into(),
+                slot: X,
+            },
+            bind("B", "B"),
+            bind("A2", "B"),
+            bind("C", "B"),
+        ],
+        ..case("S5", nodes)
+    });
+}
+
+#[test]
+fn s6_source_killed_after_every_key_moved() {
+    let mut nodes = mid_migration();
+    fail_over(&mut nodes, "A", "A2");
+    run(Case {
+        keys: vec![("B", 9)],
+        want_state: "broken",
+        want_case: Some("S4/S5/S6"),
+        // A2's copy of the slot is empty: nothing to move, only the finalize.
+        want_plan: vec![
+            bind("B", "A2"),
+            Importing {
+                on: "B".into(),
+                slot: X,
+                source: "A2".into(),
+            },
+            bind("B", "B"),
+            bind("A2", "B"),
+            bind("C", "B"),
+        ],
+        ..case("S6", nodes)
+    });
+}
+
+#[test]
+fn s7_both_ends_failed_over_is_seen_only_through_the_journal() {
+    let mut nodes = mid_migration();
+    fail_over(&mut nodes, "A", "A2");
+    fail_over(&mut nodes, "B", "B2");
+    let plan = vec![
+        bind("B2", "A2"),
+        Importing {
+            on: "B2".into(),
+            slot: X,
+            source: "A2".into(),
+        },
+        Migrating {
+            on: "A2".into(),
+            slot: X,
+            target: "B2".into(),
+        },
+        MoveKeys {
+            from: "A2".into(),
+            to: "B2".into(),
+            slot: X,
+        },
+        bind("B2", "B2"),
+        bind("A2", "B2"),
+        bind("C", "B2"),
+    ];
+    run(Case {
+        keys: vec![("A2", 2), ("B2", 6)],
+        want_state: "broken",
+        want_case: Some("S7"),
+        want_plan: plan,
+        ..case("S7", nodes.clone())
+    });
+    // Without the journal nothing looks wrong: this is what the journal is for.
+    run(Case {
+        journal: BTreeMap::new(),
+        keys: vec![("A2", 2), ("B2", 6)],
+        ..case("S7 forgotten", nodes)
+    });
+}
+
+#[test]
+fn s9_target_finalized_itself_then_died() {
+    let mut nodes = mid_migration();
+    fail_over(&mut nodes, "B", "B2");
+    run(Case {
+        keys: vec![("A", 0), ("B2", 10)],
+        want_state: "broken",
+        want_case: Some("S2/S3/S9"),
+        want_plan: vec![
+            bind("B2", "A"),
+            Importing {
+                on: "B2".into(),
+                slot: X,
+                source: "A".into(),
+            },
+            bind("B2", "B2"),
+            bind("A", "B2"),
+            bind("C", "B2"),
+        ],
+        ..case("S9", nodes)
+    });
+}
+
+#[test]
+fn s10_slot_bound_to_a_dead_target() {
+    let mut nodes = base();
+    // A gave the slot to B (no epoch bump), then B died and B2 took over B's own slots.
+    get(&mut nodes, "A").slots = vec![(0, 49), (51, 99)];
+    get(&mut nodes, "B").slots.push((X, X));
+    fail_over(&mut nodes, "B", "B2");
+    get(&mut nodes, "B2").slots.retain(|&(a, _)| a != X);
+    run(Case {
+        keys: vec![("B2", 10)],
+        want_state: "broken",
+        want_case: Some("S10"),
+        want_plan: vec![
+            Importing {
+                on: "B2".into(),
+                slot: X,
+                source: "A".into(),
+            },
+            bind("B2", "B2"),
+            bind("A", "B2"),
+            bind("C", "B2"),
+        ],
+        ..case("S10", nodes)
+    });
+}
+
+#[test]
+fn s13_abort_on_the_source_only_is_rolled_back_after_the_grace() {
+    let mut nodes = base();
+    get(&mut nodes, "B").importing.push((X, "A".into()));
+    let c = |grace_over| Case {
+        grace_over,
+        keys: vec![("B", 3)],
+        ..case("S13", nodes.clone())
+    };
+    // At first it looks like a migration being set up.
+    run(Case {
+        want_state: "migrating",
+        ..c(false)
+    });
+    run(Case {
+        want_state: "broken",
+        want_case: Some("S13/S14"),
+        want_plan: vec![
+            MoveKeys {
+                from: "B".into(),
+                to: "A".into(),
+                slot: X,
+            },
+            Stable {
+                on: "B".into(),
+                slot: X,
+            },
+        ],
+        ..c(true)
+    });
+}
+
+#[test]
+fn s14_stale_keys_on_a_restarted_master_go_back_to_the_owner() {
+    let mut nodes = base();
+    get(&mut nodes, "C").importing.push((X, "A".into()));
+    run(Case {
+        journal: BTreeMap::new(),
+        keys: vec![("C", 2)],
+        grace_over: true,
+        want_state: "broken",
+        want_case: Some("S13/S14"),
+        want_plan: vec![
+            MoveKeys {
+                from: "C".into(),
+                to: "A".into(),
+                slot: X,
+            },
+            Stable {
+                on: "C".into(),
+                slot: X,
+            },
+        ],
+        ..case("S14", nodes)
+    });
+}
+
+#[test]
+fn s1_target_down_without_failover_waits() {
+    let mut nodes = mid_migration();
+    let b = get(&mut nodes, "B");
+    b.dead = true;
+    b.failed = true;
+    get(&mut nodes, "B2").dead = true;
+    run(Case {
+        want_state: "orphaned",
+        ..case("S1", nodes)
+    });
+}
+
+#[test]
+fn s8_no_majority_waits() {
+    let mut nodes = base();
+    for id in ["A", "A2", "B", "B2"] {
+        get(&mut nodes, id).dead = true;
+    }
+    run(Case {
+        journal: BTreeMap::new(),
+        want_state: "orphaned",
+        ..case("S8", nodes)
+    });
+}
+
+#[test]
+fn two_live_claims_are_a_conflict() {
+    let mut nodes = base();
+    get(&mut nodes, "C").slots.push((X, X));
+    run(Case {
+        journal: BTreeMap::new(),
+        want_state: "conflicted",
+        ..case("conflict", nodes)
+    });
+}
+
+#[test]
+fn a_finished_migration_is_stable_and_forgettable() {
+    let mut nodes = base();
+    get(&mut nodes, "A").slots = vec![(0, 49), (51, 99)];
+    get(&mut nodes, "B").slots.push((X, X));
+    run(Case {
+        want_state: "stable",
+        ..case("finished", nodes)
+    });
+}
+
+#[test]
+fn mixed_one_node_source_of_one_slot_and_target_of_another() {
+    // Slot 50 A -> B (A dies), slot 150 B -> C (healthy and live).
+    let mut nodes = mid_migration();
+    get(&mut nodes, "B").migrating.push((150, "C".into()));
+    get(&mut nodes, "C").importing.push((150, "B".into()));
+    fail_over(&mut nodes, "A", "A2");
+    run(Case {
+        keys: vec![("A2", 1)],
+        want_state: "broken",
+        want_case: Some("S4/S5/S6"),
+        want_plan: vec![
+            bind("B", "A2"),
+            Importing {
+                on: "B".into(),
+                slot: X,
+                source: "A2".into(),
+            },
+            Migrating {
+                on: "A2".into(),
+                slot: X,
+                target: "B".into(),
+            },
+            MoveKeys {
+                from: "A2".into(),
+                to: "B".into(),
+                slot: X,
+            },
+            bind("B", "B"),
+            bind("A2", "B"),
+            bind("C", "B"),
+        ],
+        ..case("mixed 50", nodes.clone())
+    });
+    run(Case {
+        journal: BTreeMap::new(),
+        slot: 150,
+        want_state: "migrating",
+        ..case("mixed 150", nodes)
+    });
+}
