@@ -25,6 +25,12 @@ pub struct Config {
     pub password: Option<String>,
     /// Admin HTTP listener (`/healthz`), off when `None`.
     pub admin_listen: Option<SocketAddr>,
+    /// Where the migration journal is kept; `None`: in memory only.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Repair broken slots (`true`), or only detect, hold and report.
+    pub repair_auto: bool,
+    /// How long a slot must look like an aborted migration before it is rolled back.
+    pub repair_grace: Duration,
     /// Bounds on client requests.
     pub limits: Limits,
     /// Replies a client may have outstanding before the proxy stops reading from it.
@@ -68,13 +74,31 @@ struct File {
     seeds: Vec<String>,
     threads: usize,
     password: String,
+    state_dir: String,
     admin: AdminSection,
+    repair: RepairSection,
     client: ClientSection,
     backend: BackendSection,
     topology: TopologySection,
     hold: HoldSection,
     log: LogSection,
     shutdown: ShutdownSection,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct RepairSection {
+    mode: String,
+    grace: String,
+}
+
+impl Default for RepairSection {
+    fn default() -> Self {
+        RepairSection {
+            mode: "auto".into(),
+            grace: "5s".into(),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -134,7 +158,9 @@ impl Default for File {
             seeds: Vec::new(),
             threads: 1,
             password: String::new(),
+            state_dir: String::new(),
             admin: AdminSection::default(),
+            repair: RepairSection::default(),
             client: ClientSection::default(),
             backend: BackendSection::default(),
             topology: TopologySection::default(),
@@ -311,6 +337,15 @@ impl File {
             threads: self.threads,
             password: Some(self.password).filter(|p| !p.is_empty()),
             admin_listen,
+            state_dir: Some(self.state_dir)
+                .filter(|d| !d.is_empty())
+                .map(std::path::PathBuf::from),
+            repair_auto: match self.repair.mode.as_str() {
+                "auto" => true,
+                "off" => false,
+                other => return Err(bad("repair.mode", other, "expected \"auto\" or \"off\"")),
+            },
+            repair_grace: duration("repair.grace", &self.repair.grace)?,
             limits: Limits {
                 max_args: self.client.max_args,
                 max_bulk_len: self.client.max_bulk_len,

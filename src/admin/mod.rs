@@ -115,30 +115,20 @@ pub fn status(proxy: &Proxy) -> Value {
     if let Some((a, b, addr)) = current {
         ranges.push(json!([a, b, addr]));
     }
-    let mut unsettled: Vec<Value> = Vec::new();
+    // Every slot the authority does not call stable, with its repair plan.
+    let unsettled: Vec<Value> = proxy
+        .decisions
+        .load()
+        .iter()
+        .take(1000)
+        .map(|d| json!({"slot": d.slot, "state": d.state, "plan": d.plan}))
+        .collect();
     let mut migrations: Vec<Value> = Vec::new();
     for node in &view.nodes {
         for (slot, target) in &node.migrating {
             let to = view.addr_of(target).unwrap_or(target);
             migrations.push(json!({"slot": slot, "from": node.addr, "to": to}));
-            unsettled.push(json!({
-                "slot": slot, "state": "migrating",
-                "detail": format!("{} migrating to {to}", node.addr),
-                "repair": Value::Null,
-            }));
         }
-        for (slot, source) in &node.importing {
-            let from = view.addr_of(source).unwrap_or(source);
-            unsettled.push(json!({
-                "slot": slot, "state": "importing",
-                "detail": format!("{} importing from {from}", node.addr),
-                "repair": Value::Null,
-            }));
-        }
-    }
-    let unowned = (0..SLOTS as u16).filter(|&s| table.owner(s).is_none());
-    for slot in unowned.take(1000) {
-        unsettled.push(json!({"slot": slot, "state": "unassigned", "detail": "no node owns it", "repair": Value::Null}));
     }
     let held: Vec<Value> = proxy
         .hold

@@ -180,8 +180,15 @@ pub enum Step {
     },
     /// `CLUSTER SETSLOT slot STABLE` on `on`.
     Stable { on: String, slot: u16 },
-    /// Move every key of `slot` from `from` to `to` with MIGRATE ... REPLACE, then WAIT on `to`.
-    MoveKeys { from: String, to: String, slot: u16 },
+    /// Move every key of `slot` from `from` to `to` with MIGRATE, then wait until `to`'s
+    /// replicas have them. With `replace`, `from`'s copy wins over one already at `to`;
+    /// without, a key on both sides stops the repair (BUSYKEY) for a human to decide.
+    MoveKeys {
+        from: String,
+        to: String,
+        slot: u16,
+        replace: bool,
+    },
 }
 
 /// What the authority decided for a slot.
@@ -309,10 +316,12 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
             }
             let mut plan = Vec::new();
             if keys(&b.id) > 0 {
+                // Giving keys back: the owner may hold newer copies, so nothing is replaced.
                 plan.push(Step::MoveKeys {
                     from: b.id.clone(),
                     to: o.id.clone(),
                     slot,
+                    replace: false,
                 });
             }
             plan.push(Step::Stable {
@@ -454,6 +463,7 @@ fn finish_forward(
                 from: s.id.clone(),
                 to: t.id.clone(),
                 slot,
+                replace: true,
             });
         }
     } else {

@@ -2,6 +2,9 @@
 
 pub mod authority;
 pub mod conn;
+pub mod heal;
+pub mod journal;
 pub mod nodes;
+pub mod repair;
 pub mod topology;
 pub mod view;

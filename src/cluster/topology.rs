@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::conn::{query, Conn};
+use super::heal::Healer;
+use super::journal::Journal;
 use super::nodes::{self, NodeLine};
 use super::view::ClusterView;
 use crate::protocol::{Value, SLOTS};
@@ -27,6 +29,8 @@ use crate::proxy::{Hint, Proxy};
 
 /// Shortest pause between two refreshes prompted by hints.
 const MIN_GAP: Duration = Duration::from_millis(20);
+/// Refresh interval while a slot is unsettled or a repair runs.
+const UNSETTLED_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Owner address per slot, as last published.
 type Assignment = Vec<Option<String>>;
@@ -34,6 +38,16 @@ type Assignment = Vec<Option<String>>;
 /// Runs until the proxy is dropped.
 pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
     let mut known: Vec<String> = proxy.config().seeds.clone();
+    let state_dir = proxy.config().state_dir.clone();
+    if state_dir.is_none() {
+        warn!("state_dir is not set: the migration journal lives in memory only and a restart forgets it");
+    }
+    let journal = Journal::open(state_dir.as_deref()).unwrap_or_else(|e| {
+        error!(error = %e, "cannot open the journal; keeping it in memory");
+        Journal::open(None).expect("an in-memory journal always opens")
+    });
+    let mut healer = Healer::new(journal);
+    let mut unsettled = false;
     let mut published: Assignment = vec![None; SLOTS];
     let mut have_commands = false;
     loop {
@@ -52,6 +66,10 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
             let view = ClusterView::merge(&views);
             record_slot_states(&proxy, &view);
             proxy.view.store(Arc::new(view));
+            // Broken slots are held before the new map can route them anywhere.
+            let decisions = healer.assess(&proxy, &views).await;
+            unsettled = !decisions.is_empty() || healer.repairing();
+            proxy.decisions.store(Arc::new(decisions));
             let assignment = decide(&views);
             for (_, lines) in &views {
                 for line in lines.iter().filter(|l| !l.addr.is_empty()) {
@@ -74,7 +92,12 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
             continue; // nodes just learned of are asked at once
         }
         let last = Instant::now();
-        let wait = tokio::time::sleep(proxy.config().refresh_interval);
+        let interval = if unsettled {
+            UNSETTLED_INTERVAL
+        } else {
+            proxy.config().refresh_interval
+        };
+        let wait = tokio::time::sleep(interval);
         tokio::select! {
             hint = hints.recv() => {
                 let Some(hint) = hint else { return };

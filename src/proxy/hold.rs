@@ -35,6 +35,8 @@ pub enum Reason {
     NotReady(String),
     /// Redirects did not settle within the hop limit.
     Redirects,
+    /// The authority holds the slot while it repairs it.
+    Repair,
 }
 
 impl Reason {
@@ -63,6 +65,9 @@ impl Reason {
             }
             Reason::Redirects => {
                 format!("CLUSTERDOWN {slot} redirects did not settle (held {secs:.1}s)")
+            }
+            Reason::Repair => {
+                format!("TRYAGAIN {slot} has no owner: repair in progress (held {secs:.1}s)")
             }
         }
     }
@@ -102,8 +107,11 @@ pub struct Hold {
     state: Mutex<State>,
     /// Per slot: has waiting requests. Read on every request, without the lock.
     held: Box<[AtomicBool]>,
+    /// Per slot: the authority holds it (broken, being repaired): nothing is sent for it,
+    /// whatever the slot map says, until it is unblocked.
+    blocked: Box<[AtomicBool]>,
     wake: Notify,
-    /// Generation of the newest slot map.
+    /// Bumped whenever the slot map or the blocked set changes.
     generation: AtomicU64,
     /// `hold.timeout` in milliseconds (reloadable).
     timeout_ms: AtomicU64,
@@ -117,6 +125,9 @@ impl Hold {
         Hold {
             state: Mutex::new(State::default()),
             held: (0..crate::protocol::SLOTS)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            blocked: (0..crate::protocol::SLOTS)
                 .map(|_| AtomicBool::new(false))
                 .collect(),
             wake: Notify::new(),
@@ -157,10 +168,33 @@ impl Hold {
         out
     }
 
-    /// True when requests for `slot` must queue behind waiting ones.
+    /// True when requests for `slot` must queue behind waiting ones, or wait for a repair.
     #[inline]
     pub fn is_held(&self, slot: u16) -> bool {
         self.held[slot as usize].load(Ordering::Acquire)
+            || self.blocked[slot as usize].load(Ordering::Acquire)
+    }
+
+    /// Makes exactly `slots` blocked; requests for a slot unblocked here are sent again.
+    pub fn set_blocked(&self, slots: &std::collections::BTreeSet<u16>) {
+        let mut changed = false;
+        for (slot, flag) in self.blocked.iter().enumerate() {
+            let want = slots.contains(&(slot as u16));
+            if flag.swap(want, Ordering::AcqRel) != want {
+                changed = true;
+            }
+        }
+        if changed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Slots blocked now.
+    pub fn blocked(&self) -> Vec<u16> {
+        (0..crate::protocol::SLOTS as u16)
+            .filter(|&s| self.blocked[s as usize].load(Ordering::Acquire))
+            .collect()
     }
 
     /// Parks a job.
@@ -198,7 +232,7 @@ impl Hold {
                 .keyless
                 .get_or_insert_with(|| Queue::new(now, generation)),
         };
-        if reason != Reason::Queued {
+        if !matches!(reason, Reason::Queued | Reason::Repair) {
             // A failed attempt: back off, unless the queue already waits for a retry.
             if queue.retry_at <= now {
                 queue.retry_at = now + backoff(queue.attempts);
@@ -210,9 +244,15 @@ impl Hold {
     }
 
     /// Tells the queue a new slot map is out: every slot is worth trying again.
-    pub fn map_changed(&self, generation: u64) {
-        self.generation.store(generation, Ordering::Release);
+    pub fn map_changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.wake.notify_one();
+    }
+
+    /// True when the authority holds `slot` for a repair.
+    #[inline]
+    pub fn is_blocked(&self, slot: u16) -> bool {
+        self.blocked[slot as usize].load(Ordering::Acquire)
     }
 
     /// Number of requests waiting now.
@@ -262,6 +302,18 @@ impl Hold {
         let mut released: Vec<Held> = Vec::new();
         let mut cleared: Vec<u16> = Vec::new();
         for (&slot, q) in state.slots.iter_mut().filter(|(_, q)| due(q)) {
+            if self.blocked[slot as usize].load(Ordering::Acquire) {
+                // Still held for a repair: only requests past the deadline leave.
+                let (late, waiting): (Vec<Held>, Vec<Held>) = q.jobs.drain(..).partition(|h| {
+                    h.job
+                        .held_since
+                        .is_some_and(|t| now.duration_since(t) >= timeout)
+                });
+                q.jobs.extend(waiting);
+                released.extend(late);
+                q.retry_at = now + BACKOFF_MAX;
+                continue;
+            }
             released.extend(q.jobs.drain(..));
             cleared.push(slot);
         }

@@ -56,6 +56,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// The cluster as last seen, for `/status`.
     pub view: ArcSwap<ClusterView>,
+    /// The authority's decisions for unsettled slots, for `/status`.
+    pub decisions: ArcSwap<Vec<crate::cluster::authority::Decision>>,
     /// The proxy's node id in the one-node cluster it shows clients.
     pub id: String,
     /// Version of the servers behind, for `INFO` and `HELLO`.
@@ -82,6 +84,7 @@ impl Proxy {
             hold: Hold::new(config.hold_timeout, config.hold_max_bytes, metrics.clone()),
             metrics,
             view: ArcSwap::from_pointee(ClusterView::default()),
+            decisions: ArcSwap::from_pointee(Vec::new()),
             id,
             server_version: ArcSwap::from_pointee("7.0.0".to_string()),
             started: Instant::now(),
@@ -148,7 +151,7 @@ impl Proxy {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let table = build(&self.table.load(), generation);
         self.table.store(Arc::new(table));
-        self.hold.map_changed(generation);
+        self.hold.map_changed();
     }
 
     /// Tells every session to stop reading and finish what it owes.
@@ -170,7 +173,14 @@ impl Proxy {
     #[inline]
     pub fn dispatch(&self, job: Job) {
         match job.slot {
-            Some(slot) if self.hold.is_held(slot) => self.hold.push(job, Reason::Queued),
+            Some(slot) if self.hold.is_held(slot) => {
+                let reason = if self.hold.is_blocked(slot) {
+                    Reason::Repair
+                } else {
+                    Reason::Queued
+                };
+                self.hold.push(job, reason);
+            }
             _ => self.send(job),
         }
     }
@@ -216,6 +226,12 @@ impl Proxy {
             return;
         }
         match redirect {
+            Redirect::Moved { slot, .. } | Redirect::Ask { slot, .. }
+                if self.hold.is_held(slot) =>
+            {
+                // The slot waits for earlier requests or a repair: so does this one.
+                self.hold.push(job, Reason::Queued);
+            }
             Redirect::Moved { slot, addr } => {
                 job.asking = false;
                 // Forward before the map changes, so that this client's later requests,

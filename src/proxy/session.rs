@@ -93,6 +93,57 @@ fn emit(out: &mut BytesMut, bytes: &[u8], done: &Owed, metrics: &Metrics) {
     out.extend_from_slice(bytes);
 }
 
+/// Why [`take_requests`] stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    /// Every complete request was routed; more bytes are needed.
+    All,
+    /// `max` replies are owed; requests may wait in the buffer.
+    Full,
+    /// QUIT, or a protocol error (answered, then the connection closes): read no more.
+    Done,
+}
+
+/// Routes the complete requests in `rbuf`, until `max` replies are owed; the rest stays
+/// buffered until replies drain.
+fn take_requests(
+    proxy: &Proxy,
+    client: &mut Client,
+    scanner: &mut Scanner,
+    rbuf: &mut BytesMut,
+    owed: &mut VecDeque<Owed>,
+    max: usize,
+) -> Taken {
+    let now = Instant::now();
+    while owed.len() < max {
+        match scanner.next(rbuf) {
+            Ok(Some(req)) => {
+                let (reply, class) = route(proxy, client, req);
+                owed.push_back(Owed {
+                    reply,
+                    class,
+                    since: now,
+                });
+                if client.quit {
+                    return Taken::Done;
+                }
+            }
+            Ok(None) => return Taken::All,
+            Err(e) => {
+                // As Redis does: say what was wrong, then close.
+                let reply = Pending::Ready(reply::error(&format!("ERR {e}")));
+                owed.push_back(Owed {
+                    reply,
+                    class: Class::Other,
+                    since: now,
+                });
+                return Taken::Done;
+            }
+        }
+    }
+    Taken::Full
+}
+
 async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> std::io::Result<()> {
     let (mut rd, mut wr) = stream.split();
     let config = proxy.config().clone();
@@ -103,6 +154,8 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> st
     let mut out = BytesMut::with_capacity(READ_CHUNK);
     let mut owed: VecDeque<Owed> = VecDeque::new();
     let mut reading = true;
+    // Complete requests may be waiting in `rbuf` for room among the replies owed.
+    let mut backlog = false;
     let mut last_request = Instant::now();
     loop {
         // Everything already answered goes out in one write.
@@ -117,10 +170,24 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> st
         if *shutdown.borrow() {
             reading = false;
         }
+        // Requests already buffered are taken as room frees up.
+        if reading && backlog && owed.len() < config.max_pending {
+            let taken = take_requests(
+                proxy,
+                client,
+                &mut scanner,
+                &mut rbuf,
+                &mut owed,
+                config.max_pending,
+            );
+            reading = taken != Taken::Done;
+            backlog = taken == Taken::Full;
+            continue;
+        }
         if !reading && owed.is_empty() {
             return Ok(());
         }
-        let want_read = reading && owed.len() < config.max_pending;
+        let want_read = reading && !backlog && owed.len() < config.max_pending;
         if want_read {
             // Grow only when little room is left: requests split off the buffer still
             // share it, so a reserve may have to allocate and copy what is left.
@@ -153,26 +220,9 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> st
                     return Ok(()); // the client closed; its outstanding replies are dropped
                 }
                 last_request = Instant::now();
-                loop {
-                    match scanner.next(&mut rbuf) {
-                        Ok(Some(req)) => {
-                            let (reply, class) = route(proxy, client, req);
-                            owed.push_back(Owed { reply, class, since: last_request });
-                            if client.quit {
-                                reading = false;
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            // As Redis does: say what was wrong, then close.
-                            let reply = Pending::Ready(reply::error(&format!("ERR {e}")));
-                            owed.push_back(Owed { reply, class: Class::Other, since: last_request });
-                            reading = false;
-                            break;
-                        }
-                    }
-                }
+                let taken = take_requests(proxy, client, &mut scanner, &mut rbuf, &mut owed, config.max_pending);
+                reading = taken != Taken::Done;
+                backlog = taken == Taken::Full;
             }
             _ = shutdown.changed(), if reading => {}
             _ = idle => {

@@ -1,0 +1,228 @@
+//! Healing: after every refresh, remember what the cluster shows (open migrations, shard
+//! members), decide every unsettled slot, hold the broken ones, and repair them one at a
+//! time (`repair.mode = "auto"`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::authority::{self, Cluster, Decision, Migration, State};
+use super::conn::Conn;
+use super::journal::Journal;
+use super::nodes::NodeLine;
+use super::repair;
+use crate::proxy::{Hint, Proxy};
+
+/// The healer's state between refreshes.
+pub struct Healer {
+    journal: Arc<Mutex<Journal>>,
+    /// Since when each slot has looked like an aborted migration (S13/S14).
+    importing_since: HashMap<u16, Instant>,
+    /// The repair running now, if any.
+    repair: Option<JoinHandle<()>>,
+}
+
+impl Healer {
+    pub fn new(journal: Journal) -> Healer {
+        Healer {
+            journal: Arc::new(Mutex::new(journal)),
+            importing_since: HashMap::new(),
+            repair: None,
+        }
+    }
+
+    /// True while a repair runs.
+    pub fn repairing(&self) -> bool {
+        self.repair.as_ref().is_some_and(|r| !r.is_finished())
+    }
+
+    /// Decides every unsettled slot from fresh views; holds the broken ones and starts a
+    /// repair when allowed. Returns the decisions that are not stable.
+    pub async fn assess(
+        &mut self,
+        proxy: &Arc<Proxy>,
+        views: &[(String, Vec<NodeLine>)],
+    ) -> Vec<Decision> {
+        let cluster = Cluster::new(views);
+        let config = proxy.config().clone();
+        let (migrations, shards) = self.remember(&cluster);
+        let mut interesting: BTreeSet<u16> = migrations.keys().copied().collect();
+        interesting.extend(cluster.open_migrations().into_keys());
+        let keys = count_keys(&cluster, views, &interesting, config.connect_timeout).await;
+
+        let now = Instant::now();
+        let candidates: BTreeSet<u16> = cluster
+            .candidates()
+            .into_iter()
+            .chain(interesting.iter().copied())
+            .collect();
+        self.importing_since
+            .retain(|slot, _| candidates.contains(slot));
+        for &slot in &candidates {
+            self.importing_since.entry(slot).or_insert(now);
+        }
+        let grace: BTreeSet<u16> = self
+            .importing_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= config.repair_grace)
+            .map(|(slot, _)| *slot)
+            .collect();
+        let memory = authority::Memory {
+            migrations: &migrations,
+            shards: &shards,
+            keys: &keys,
+            settled_long_enough: &grace,
+        };
+        let decisions: Vec<Decision> = candidates
+            .iter()
+            .map(|&slot| authority::decide(&cluster, &memory, slot))
+            .filter(|d| !matches!(d.state, State::Stable { .. }))
+            .collect();
+
+        // A remembered migration whose slot is stable again is over.
+        let unsettled: BTreeSet<u16> = decisions.iter().map(|d| d.slot).collect();
+        {
+            let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+            let before = j.memory.migrations.len();
+            j.memory
+                .migrations
+                .retain(|slot, _| unsettled.contains(slot));
+            if j.memory.migrations.len() != before {
+                info!(
+                    forgotten = before - j.memory.migrations.len(),
+                    "migrations settled"
+                );
+                save(&j);
+            }
+        }
+
+        let held: BTreeSet<u16> = decisions
+            .iter()
+            .filter(|d| matches!(d.state, State::Broken { .. } | State::Conflicted { .. }))
+            .map(|d| d.slot)
+            .collect();
+        proxy.hold.set_blocked(&held);
+        if config.repair_auto && !self.repairing() {
+            if let Some(d) = decisions.iter().find(|d| !d.plan.is_empty()) {
+                self.start_repair(proxy, &cluster, views, d);
+            }
+        }
+        decisions
+    }
+
+    /// Records open migrations and shard members in the journal; returns what it holds.
+    fn remember(
+        &self,
+        cluster: &Cluster,
+    ) -> (BTreeMap<u16, Migration>, BTreeMap<String, Vec<String>>) {
+        let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        let before = j.memory.clone();
+        for (master, replicas) in cluster.shards() {
+            if !replicas.is_empty() {
+                j.memory.shards.insert(master, replicas);
+            }
+        }
+        let members = |j: &Journal, id: &str| j.memory.shards.get(id).cloned().unwrap_or_default();
+        for (slot, (source, target)) in cluster.open_migrations() {
+            if !j.memory.migrations.contains_key(&slot) {
+                let m = Migration {
+                    source_members: members(&j, &source),
+                    target_members: members(&j, &target),
+                    source,
+                    target,
+                };
+                info!(slot, source = %m.source, target = %m.target, "migration seen; remembered");
+                j.memory.migrations.insert(slot, m);
+            }
+        }
+        // Entries that name no node of this cluster belong to another one: drop them.
+        let known = |id: &String| cluster.addr(id).is_some();
+        j.memory.migrations.retain(|_, m| {
+            known(&m.source)
+                || known(&m.target)
+                || m.source_members.iter().chain(&m.target_members).any(known)
+        });
+        if j.memory != before {
+            save(&j);
+        }
+        (j.memory.migrations.clone(), j.memory.shards.clone())
+    }
+
+    fn start_repair(
+        &mut self,
+        proxy: &Arc<Proxy>,
+        cluster: &Cluster,
+        views: &[(String, Vec<NodeLine>)],
+        d: &Decision,
+    ) {
+        let addrs: HashMap<String, String> = views
+            .iter()
+            .flat_map(|(_, lines)| lines)
+            .filter(|l| !l.addr.is_empty())
+            .filter_map(|l| Some((l.id.clone(), cluster.addr(&l.id)?.to_string())))
+            .collect();
+        let (slot, plan) = (d.slot, d.plan.clone());
+        if let State::Broken { case, why } = &d.state {
+            info!(slot, case, why, steps = plan.len(), "repair starts");
+        }
+        let journal = self.journal.clone();
+        let proxy = proxy.clone();
+        let limit = proxy.config().connect_timeout.max(Duration::from_secs(5));
+        self.repair = Some(tokio::spawn(async move {
+            let result = repair::run(slot, &plan, &addrs, &journal, limit).await;
+            let outcome = if result.is_ok() { "ok" } else { "failed" };
+            proxy.metrics.repairs.with_label_values(&[outcome]).inc();
+            match result {
+                Ok(()) => info!(slot, "repair finished"),
+                Err(e) => warn!(slot, error = %e, "repair stopped; it will be planned again"),
+            }
+            proxy.hint(Hint::Refresh);
+        }));
+    }
+}
+
+fn save(j: &Journal) {
+    if let Err(e) = j.save() {
+        warn!(error = %e, "cannot write the journal");
+    }
+}
+
+/// `CLUSTER COUNTKEYSINSLOT` for each slot of interest on every live master.
+async fn count_keys(
+    cluster: &Cluster<'_>,
+    views: &[(String, Vec<NodeLine>)],
+    slots: &BTreeSet<u16>,
+    limit: Duration,
+) -> HashMap<(String, u16), u64> {
+    let mut out = HashMap::new();
+    if slots.is_empty() {
+        return out;
+    }
+    let masters: Vec<(String, String)> = views
+        .iter()
+        .filter_map(|(addr, lines)| {
+            lines
+                .iter()
+                .find(|l| l.myself)
+                .map(|l| (l.id.clone(), addr.clone()))
+        })
+        .filter(|(id, _)| cluster.is_live_master(id))
+        .collect();
+    for (id, addr) in masters {
+        let Ok(mut conn) = Conn::connect(&addr, limit).await else {
+            continue;
+        };
+        for &slot in slots {
+            if let Ok(n) = conn
+                .call_ok(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
+                .await
+            {
+                out.insert((id.clone(), slot), n.as_int().unwrap_or(0).max(0) as u64);
+            }
+        }
+    }
+    out
+}
