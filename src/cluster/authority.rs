@@ -78,6 +78,12 @@ impl<'a> Cluster<'a> {
         self.own.get(id).is_some_and(|l| l.master) && !self.failed.contains(id)
     }
 
+    /// Known to be out of the game: flagged `fail` by the cluster, or answering as a
+    /// replica. A node that only fails to answer is neither live nor gone: unknown.
+    pub fn is_gone(&self, id: &str) -> bool {
+        self.failed.contains(id) || self.own.get(id).is_some_and(|l| !l.master)
+    }
+
     fn live_masters(&self) -> impl Iterator<Item = &'a NodeLine> + '_ {
         self.own
             .values()
@@ -367,8 +373,20 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
             }
         };
     };
+    // Act only on what the cluster has settled: a silent node may be back in a moment, or
+    // about to be failed over; either way, guessing now would strand keys.
+    for end in [&source, &target] {
+        if !cluster.is_live_master(end) && !cluster.is_gone(end) {
+            let why = format!("waiting: {end} does not answer and is not failed over yet");
+            return decision(State::Orphaned { why }, vec![]);
+        }
+    }
     let Some(t) = cluster.shard_master(&memory.shard(slot, &target)) else {
         let why = format!("the target shard of the migration ({target}) has no live master");
+        return decision(State::Orphaned { why }, vec![]);
+    };
+    let Some(source_master) = cluster.shard_master(&memory.shard(slot, &source)) else {
+        let why = format!("waiting for the source shard of the migration ({source}) to fail over");
         return decision(State::Orphaned { why }, vec![]);
     };
     if nothing_open && owner.is_some_and(|o| o.id == t.id) {
@@ -409,9 +427,7 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
         (false, true, false) => "S2/S3/S9",
         (false, false, false) => "S7",
     };
-    let s = owner
-        .or_else(|| cluster.shard_master(&memory.shard(slot, &source)))
-        .filter(|s| s.id != t.id);
+    let s = owner.or(Some(source_master)).filter(|s| s.id != t.id);
     let why = format!(
         "migration {source} -> {target} was cut; finishing it onto {}",
         t.id

@@ -99,9 +99,16 @@ impl Healer {
             }
         }
 
+        // Held: broken and conflicted slots, and any slot of a migration that is waiting for
+        // the cluster to settle (its map entry may name a node that lacks moved keys). A
+        // slot that is merely unowned waits by itself, through the failures it meets.
         let held: BTreeSet<u16> = decisions
             .iter()
-            .filter(|d| matches!(d.state, State::Broken { .. } | State::Conflicted { .. }))
+            .filter(|d| match d.state {
+                State::Broken { .. } | State::Conflicted { .. } => true,
+                State::Orphaned { .. } => interesting.contains(&d.slot),
+                State::Stable { .. } | State::Migrating { .. } => false,
+            })
             .map(|d| d.slot)
             .collect();
         proxy.hold.set_blocked(&held);

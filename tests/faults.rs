@@ -1,0 +1,228 @@
+//! The fault catalogue (FAULTS.md) with real processes: a slot migration cut by a crash,
+//! writers through the proxy the whole time. Each test asserts that no client saw an
+//! error or a stale read, that every acknowledged write reads back, and that the cluster
+//! ends clean (`redis-cli --cluster check`, no open slot).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{lost_writes, writers, Harness};
+use slotguard::cluster::conn::Conn;
+use slotguard::localcluster::{wait_for, Options};
+use slotguard::protocol::key_slot;
+
+/// A slot owned by node 0, keys in it, and the ids of nodes 0 and 1.
+struct Setup {
+    slot: u16,
+    keys: Vec<String>,
+    /// Node id of the target master (node 1).
+    target: String,
+}
+
+async fn call(addr: &str, args: &[&str]) -> slotguard::protocol::Value {
+    let mut c = Conn::connect(addr, Duration::from_secs(5)).await.unwrap();
+    c.call_ok(args)
+        .await
+        .unwrap_or_else(|e| panic!("{args:?} on {addr}: {e}"))
+}
+
+async fn node_id(addr: &str) -> String {
+    call(addr, &["CLUSTER", "MYID"])
+        .await
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Starts a 3+3 cluster with the proxy, writes 200 keys of one slot of node 0 through the
+/// proxy, and opens a migration of that slot from node 0 to node 1, moving `moved` keys.
+async fn migrating(moved: usize) -> (Harness, Setup) {
+    let h = Harness::start_with(
+        Options {
+            masters: 3,
+            replicas_per_master: 1,
+            node_timeout_ms: 1000,
+            ..Options::default()
+        },
+        |c| c.repair_grace = Duration::from_secs(1),
+    )
+    .await;
+    let (a, b) = (h.cluster.nodes[0].addr(), h.cluster.nodes[1].addr());
+    let tag = (0..)
+        .map(|i| format!("t{i}"))
+        .find(|t| key_slot(t.as_bytes()) < 5000)
+        .unwrap();
+    let slot = key_slot(tag.as_bytes());
+    let keys: Vec<String> = (0..200).map(|i| format!("{{{tag}}}:{i}")).collect();
+    let mut c = h.client().await;
+    for k in &keys {
+        let () = redis::cmd("SET")
+            .arg(k)
+            .arg("initial")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let (source, target) = (node_id(&a).await, node_id(&b).await);
+    let s = slot.to_string();
+    call(&b, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &source]).await;
+    call(&a, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &target]).await;
+    let (host, port) = b.rsplit_once(':').unwrap();
+    for k in keys.iter().take(moved) {
+        call(&a, &["MIGRATE", host, port, k, "0", "5000"]).await;
+    }
+    // The proxy sees the migration and remembers it.
+    let p = h.proxy.proxy.clone();
+    wait_for(Duration::from_secs(10), || {
+        let seen = p.decisions.load().iter().any(|d| d.slot == slot);
+        async move { seen }
+    })
+    .await
+    .expect("the proxy sees the open slot");
+    (h, Setup { slot, keys, target })
+}
+
+/// Waits until every live node agrees the slot is owned by `owner` and nothing is open.
+async fn settled(h: &Harness, slot: u16, owner: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let addrs: Vec<String> = h
+        .cluster
+        .nodes
+        .iter()
+        .filter(|n| n.pid().is_some())
+        .map(|n| n.addr())
+        .collect();
+    wait_for(limit, || {
+        let addrs = addrs.clone();
+        let owner = owner.to_string();
+        async move {
+            for addr in &addrs {
+                let Ok(v) = slotguard::cluster::conn::query(
+                    addr,
+                    &["CLUSTER", "NODES"],
+                    Duration::from_secs(1),
+                )
+                .await
+                else {
+                    return false;
+                };
+                let text = v.as_str().unwrap_or_default().to_string();
+                let Ok(lines) = slotguard::cluster::nodes::parse(&text, "127.0.0.1") else {
+                    return false;
+                };
+                let me = lines.iter().find(|l| l.myself).unwrap();
+                if !me.migrating.is_empty() || !me.importing.is_empty() {
+                    return false;
+                }
+                let holder = lines
+                    .iter()
+                    .find(|l| l.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)));
+                if holder.map(|l| l.id.as_str()) != Some(owner.as_str()) {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await
+    .expect("the slot settles on its new owner");
+    start.elapsed()
+}
+
+/// Everything every fault test asserts at the end.
+async fn assert_clean(h: &Harness, report: &common::Report, setup: &Setup) {
+    assert!(report.writes > 100, "writers ran: {}", report.writes);
+    assert!(
+        report.errors.is_empty(),
+        "client errors: {:?}",
+        &report.errors[..report.errors.len().min(5)]
+    );
+    assert!(
+        report.stale.is_empty(),
+        "stale reads: {:?}",
+        &report.stale[..report.stale.len().min(5)]
+    );
+    let mut c = h.client().await;
+    let lost = lost_writes(&mut c, &report.acked).await;
+    assert!(lost.is_empty(), "lost writes: {lost:?}");
+    // Keys no writer touched kept their value.
+    for k in &setup.keys {
+        if !report.acked.contains_key(k) {
+            let v: Option<String> = redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap();
+            assert_eq!(v.as_deref(), Some("initial"), "{k}");
+        }
+    }
+}
+
+/// Runs writers on the migrating slot's keys while master `victim` is killed (kill -9 by
+/// pid) and its replica promoted, and a little longer.
+async fn kill_under_load(h: &mut Harness, setup: &Setup, victim: usize) -> common::Report {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.cluster.nodes[victim].kill();
+    wait_promoted(h, victim).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap()
+}
+
+async fn wait_promoted(h: &Harness, replica_of: usize) {
+    let replica = h.cluster.nodes[replica_of + h.cluster.options.masters].addr();
+    wait_for(Duration::from_secs(30), || {
+        let replica = replica.clone();
+        async move {
+            let Ok(v) =
+                slotguard::cluster::conn::query(&replica, &["ROLE"], Duration::from_secs(1)).await
+            else {
+                return false;
+            };
+            v.as_array()
+                .and_then(|a| a.first())
+                .and_then(|r| r.as_str())
+                == Some("master")
+        }
+    })
+    .await
+    .expect("the replica is promoted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s4_source_killed_mid_migration_is_finished_onto_the_target() {
+    let (mut h, setup) = migrating(100).await;
+    let report = kill_under_load(&mut h, &setup, 0).await;
+    let took = settled(&h, setup.slot, &setup.target, Duration::from_secs(30)).await;
+    eprintln!(
+        "S4: slot {} settled on the target {took:?} after the writers stopped",
+        setup.slot
+    );
+    assert_clean(&h, &report, &setup).await;
+    h.cluster.restart(0).await.unwrap();
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+    h.cluster_check().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2_target_killed_mid_migration_is_finished_onto_its_replica() {
+    let (mut h, setup) = migrating(100).await;
+    let report = kill_under_load(&mut h, &setup, 1).await;
+    let heir = node_id(&h.cluster.nodes[1 + h.cluster.options.masters].addr()).await;
+    let took = settled(&h, setup.slot, &heir, Duration::from_secs(30)).await;
+    eprintln!(
+        "S2: slot {} settled on the promoted replica {took:?} after the writers stopped",
+        setup.slot
+    );
+    assert_clean(&h, &report, &setup).await;
+    h.cluster.restart(1).await.unwrap();
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+    h.cluster_check().unwrap();
+}
