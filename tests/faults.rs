@@ -40,6 +40,13 @@ async fn node_id(addr: &str) -> String {
 /// Starts a 3+3 cluster with the proxy, writes 200 keys of one slot of node 0 through the
 /// proxy, and opens a migration of that slot from node 0 to node 1, moving `moved` keys.
 async fn migrating(moved: usize) -> (Harness, Setup) {
+    migrating_with(moved, |_| {}).await
+}
+
+async fn migrating_with(
+    moved: usize,
+    tune: impl FnOnce(&mut slotguard::config::Config),
+) -> (Harness, Setup) {
     let h = Harness::start_with(
         Options {
             masters: 3,
@@ -47,7 +54,10 @@ async fn migrating(moved: usize) -> (Harness, Setup) {
             node_timeout_ms: 1000,
             ..Options::default()
         },
-        |c| c.repair_grace = Duration::from_secs(1),
+        |c| {
+            c.repair_grace = Duration::from_secs(1);
+            tune(c);
+        },
     )
     .await;
     let (a, b) = (h.cluster.nodes[0].addr(), h.cluster.nodes[1].addr());
@@ -225,4 +235,266 @@ async fn s2_target_killed_mid_migration_is_finished_onto_its_replica() {
         .await
         .unwrap();
     h.cluster_check().unwrap();
+}
+
+/// Runs writers while `fault` happens and a little longer.
+async fn writers_around(
+    h: &Harness,
+    setup: &Setup,
+    fault: impl std::future::Future<Output = ()>,
+) -> common::Report {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fault.await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap()
+}
+
+/// A manual failover: the replica of master `i` takes over (`CLUSTER FAILOVER`).
+async fn manual_failover(h: &Harness, i: usize) {
+    let replica = h.cluster.nodes[i + h.cluster.options.masters].addr();
+    call(&replica, &["CLUSTER", "FAILOVER"]).await;
+    wait_promoted(h, i).await;
+}
+
+async fn heir_of(h: &Harness, i: usize) -> String {
+    node_id(&h.cluster.nodes[i + h.cluster.options.masters].addr()).await
+}
+
+/// Brings every killed node back and checks the cluster is whole and clean.
+async fn restore_and_check(h: &mut Harness, killed: &[usize]) {
+    for &i in killed {
+        h.cluster.restart(i).await.unwrap();
+    }
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+    h.cluster_check().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_target_manually_failed_over_mid_migration() {
+    let (mut h, setup) = migrating(100).await;
+    let report = writers_around(&h, &setup, manual_failover(&h, 1)).await;
+    let heir = heir_of(&h, 1).await;
+    let took = settled(&h, setup.slot, &heir, Duration::from_secs(30)).await;
+    eprintln!("S3: settled {took:?} after the writers stopped");
+    assert_clean(&h, &report, &setup).await;
+    restore_and_check(&mut h, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s5_source_manually_failed_over_mid_migration() {
+    let (mut h, setup) = migrating(100).await;
+    let report = writers_around(&h, &setup, manual_failover(&h, 0)).await;
+    let took = settled(&h, setup.slot, &setup.target, Duration::from_secs(30)).await;
+    eprintln!("S5: settled {took:?} after the writers stopped");
+    assert_clean(&h, &report, &setup).await;
+    restore_and_check(&mut h, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_source_killed_after_every_key_moved() {
+    let (mut h, setup) = migrating(200).await;
+    let report = kill_under_load(&mut h, &setup, 0).await;
+    let took = settled(&h, setup.slot, &setup.target, Duration::from_secs(30)).await;
+    eprintln!("S6: settled {took:?} after the writers stopped");
+    assert_clean(&h, &report, &setup).await;
+    restore_and_check(&mut h, &[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s9_target_finalizes_then_segfaults_before_telling_anyone() {
+    let (mut h, setup) = migrating(200).await;
+    let b = h.cluster.nodes[1].addr();
+    let slot = setup.slot.to_string();
+    let target = setup.target.clone();
+    let fault = async {
+        // MULTI; CLUSTER SETSLOT x NODE B; DEBUG SEGFAULT; EXEC: B takes the slot and dies
+        // before its first PING carries the news.
+        let mut c = Conn::connect(&b, Duration::from_secs(5)).await.unwrap();
+        c.call_ok(&["MULTI"]).await.unwrap();
+        c.call_ok(&["CLUSTER", "SETSLOT", &slot, "NODE", &target])
+            .await
+            .unwrap();
+        c.call_ok(&["DEBUG", "SEGFAULT"]).await.unwrap();
+        let _ = c.call(&["EXEC"]).await;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fault.await;
+    h.cluster.nodes[1].kill(); // reaps the crashed process
+    wait_promoted(&h, 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let report = load.await.unwrap();
+    let heir = heir_of(&h, 1).await;
+    let took = settled(&h, setup.slot, &heir, Duration::from_secs(30)).await;
+    eprintln!("S9: settled {took:?} after the writers stopped");
+    assert_clean(&h, &report, &setup).await;
+    restore_and_check(&mut h, &[1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s10_slot_bound_to_a_target_that_then_dies() {
+    let (mut h, setup) = migrating(200).await;
+    let slot = setup.slot.to_string();
+    let target = setup.target.clone();
+    let (a, c) = (h.cluster.nodes[0].addr(), h.cluster.nodes[2].addr());
+    let fault = async {
+        // SETSLOT NODE B reaches A and C but not B (no epoch bump), then B dies.
+        call(&a, &["CLUSTER", "SETSLOT", &slot, "NODE", &target]).await;
+        call(&c, &["CLUSTER", "SETSLOT", &slot, "NODE", &target]).await;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fault.await;
+    h.cluster.nodes[1].kill();
+    wait_promoted(&h, 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let report = load.await.unwrap();
+    let heir = heir_of(&h, 1).await;
+    let took = settled(&h, setup.slot, &heir, Duration::from_secs(30)).await;
+    eprintln!("S10: settled {took:?} after the writers stopped");
+    assert_clean(&h, &report, &setup).await;
+    restore_and_check(&mut h, &[1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s7_both_ends_failed_over_is_repaired_from_the_journal_by_a_restarted_proxy() {
+    let state = std::env::temp_dir().join(format!("slotguard-s7-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let dir = state.clone();
+    // The first proxy only watches: it sees the migration and writes it down.
+    let (h, setup) = migrating_with(100, move |c| {
+        c.state_dir = Some(dir);
+        c.repair_auto = false;
+    })
+    .await;
+    let journal = std::fs::read_to_string(state.join("journal.json")).unwrap();
+    assert!(
+        journal.contains(&setup.target),
+        "the migration is in the journal"
+    );
+    let mut config = h.proxy.proxy.config().as_ref().clone();
+    let Harness { mut cluster, proxy } = h;
+    proxy.stop();
+
+    // Both ends die, one after the other (a majority must remain to elect), and fail over
+    // while no proxy runs: no node remembers the migration.
+    for (master, replica) in [(0, 3), (1, 4)] {
+        cluster.nodes[master].kill();
+        let addr = cluster.nodes[replica].addr();
+        wait_for(Duration::from_secs(30), || {
+            let addr = addr.clone();
+            async move {
+                let Ok(v) =
+                    slotguard::cluster::conn::query(&addr, &["ROLE"], Duration::from_secs(1)).await
+                else {
+                    return false;
+                };
+                v.as_array()
+                    .and_then(|a| a.first())
+                    .and_then(|r| r.as_str())
+                    == Some("master")
+            }
+        })
+        .await
+        .expect("both replicas are promoted");
+    }
+
+    // A new proxy with the same journal finds the orphaned keys and finishes the move.
+    config.repair_auto = true;
+    config.seeds = vec![cluster.nodes[2].addr()];
+    let proxy = slotguard::server::start(config).await.unwrap();
+    let mut h = Harness { cluster, proxy };
+    let p = h.proxy.proxy.clone();
+    wait_for(Duration::from_secs(10), || {
+        let covered = p.table.load().covered();
+        async move { covered == 16384 }
+    })
+    .await
+    .unwrap();
+    let report = writers_around(&h, &setup, async {}).await;
+    let heir = heir_of(&h, 1).await;
+    let took = settled(&h, setup.slot, &heir, Duration::from_secs(30)).await;
+    eprintln!("S7: settled {took:?} after the writers stopped");
+    assert_clean(&h, &report, &setup).await;
+    restore_and_check(&mut h, &[0, 1]).await;
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s8_no_majority_holds_then_fails_clearly_then_recovers() {
+    let mut h = Harness::start_with(
+        Options {
+            masters: 3,
+            replicas_per_master: 0,
+            node_timeout_ms: 1000,
+            ..Options::default()
+        },
+        |c| c.hold_timeout = Duration::from_secs(3),
+    )
+    .await;
+    let mut c = h.client().await;
+    let key = common::keys_in_slots("s8", 12000..=16383, 1).remove(0);
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg("before")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    h.cluster.nodes[0].kill();
+    h.cluster.nodes[1].kill();
+    let survivor = h.cluster.nodes[2].addr();
+    wait_for(Duration::from_secs(20), || {
+        let survivor = survivor.clone();
+        async move {
+            let info = slotguard::cluster::conn::query(
+                &survivor,
+                &["CLUSTER", "INFO"],
+                Duration::from_secs(1),
+            )
+            .await;
+            info.ok()
+                .and_then(|v| v.as_str().map(|s| s.contains("cluster_state:fail")))
+                .unwrap_or(false)
+        }
+    })
+    .await
+    .expect("the survivor sees it has no majority");
+    let start = Instant::now();
+    let err = redis::cmd("GET")
+        .arg(&key)
+        .query_async::<Option<String>>(&mut c)
+        .await
+        .unwrap_err();
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3),
+        "held until the timeout, not failed at once: {waited:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("CLUSTERDOWN") && text.contains("slot") && text.contains("held"),
+        "{text}"
+    );
+    h.cluster.restart(0).await.unwrap();
+    h.cluster.restart(1).await.unwrap();
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let v: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, "before");
 }

@@ -111,6 +111,7 @@ impl Healer {
             })
             .map(|d| d.slot)
             .collect();
+        proxy.hold.set_watched(&interesting);
         proxy.hold.set_blocked(&held);
         if config.repair_auto && !self.repairing() {
             if let Some(d) = decisions.iter().find(|d| !d.plan.is_empty()) {

@@ -110,6 +110,9 @@ pub struct Hold {
     /// Per slot: the authority holds it (broken, being repaired): nothing is sent for it,
     /// whatever the slot map says, until it is unblocked.
     blocked: Box<[AtomicBool]>,
+    /// Per slot: a migration is open or remembered. Redirects for it are not followed
+    /// blindly: the authority decides where it is served.
+    watched: Box<[AtomicBool]>,
     wake: Notify,
     /// Bumped whenever the slot map or the blocked set changes.
     generation: AtomicU64,
@@ -128,6 +131,9 @@ impl Hold {
                 .map(|_| AtomicBool::new(false))
                 .collect(),
             blocked: (0..crate::protocol::SLOTS)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            watched: (0..crate::protocol::SLOTS)
                 .map(|_| AtomicBool::new(false))
                 .collect(),
             wake: Notify::new(),
@@ -188,6 +194,19 @@ impl Hold {
             self.generation.fetch_add(1, Ordering::AcqRel);
             self.wake.notify_one();
         }
+    }
+
+    /// Makes exactly `slots` watched.
+    pub fn set_watched(&self, slots: &std::collections::BTreeSet<u16>) {
+        for (slot, flag) in self.watched.iter().enumerate() {
+            flag.store(slots.contains(&(slot as u16)), Ordering::Release);
+        }
+    }
+
+    /// True when a migration of `slot` is open or remembered.
+    #[inline]
+    pub fn is_watched(&self, slot: u16) -> bool {
+        self.watched[slot as usize].load(Ordering::Acquire)
     }
 
     /// Slots blocked now.
