@@ -36,6 +36,16 @@ enum Cmd {
         #[arg(long)]
         keep_dir: bool,
     },
+    /// Diagnose the cluster once (read-only): unsettled slots and the repair planned for
+    /// each. Exit status 0 only when healthy.
+    Check,
+    /// Run the repairs once, without serving clients. Exit status 0 when the cluster ends
+    /// healthy.
+    Repair {
+        /// Print the plans; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,6 +84,10 @@ fn main() -> ExitCode {
             Some(Cmd::Demo { keep_dir }) => {
                 slotguard::demo::run(config, keep_dir, stop_signal()).await
             }
+            Some(Cmd::Check) => one_shot(slotguard::cluster::diagnose::check(&config).await),
+            Some(Cmd::Repair { dry_run }) => {
+                one_shot(slotguard::cluster::diagnose::repair(&config, dry_run).await)
+            }
         }
     });
     match result {
@@ -82,6 +96,14 @@ fn main() -> ExitCode {
             eprintln!("slotguard: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The exit of `check` and `repair`: unhealthy is an error without a message of its own.
+fn one_shot(result: Result<bool, String>) -> Result<(), String> {
+    match result? {
+        true => Ok(()),
+        false => Err("the cluster is not healthy".into()),
     }
 }
 

@@ -498,3 +498,115 @@ async fn s8_no_majority_holds_then_fails_clearly_then_recovers() {
         .unwrap();
     assert_eq!(v, "before");
 }
+
+fn slotguard(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slotguard"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_repair_commands_diagnose_and_fix_a_cut_migration_without_a_proxy() {
+    let mut cluster = slotguard::localcluster::LocalCluster::start(Options {
+        masters: 3,
+        replicas_per_master: 1,
+        node_timeout_ms: 1000,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let (a, b) = (cluster.nodes[0].addr(), cluster.nodes[1].addr());
+    let tag = (0..)
+        .map(|i| format!("c{i}"))
+        .find(|t| key_slot(t.as_bytes()) < 5000)
+        .unwrap();
+    let slot = key_slot(tag.as_bytes()).to_string();
+    let keys: Vec<String> = (0..50).map(|i| format!("{{{tag}}}:{i}")).collect();
+    for k in &keys {
+        call(&a, &["SET", k, "v"]).await;
+    }
+    let (source, target) = (node_id(&a).await, node_id(&b).await);
+    call(&b, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source]).await;
+    call(&a, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target]).await;
+    let (host, port) = b.rsplit_once(':').unwrap();
+    for k in &keys[..20] {
+        call(&a, &["MIGRATE", host, port, k, "0", "5000"]).await;
+    }
+    // Wait for A's replica to have every key A still holds, then kill A.
+    let replica = cluster.nodes[3].addr();
+    wait_for(Duration::from_secs(10), || {
+        let replica = replica.clone();
+        async move {
+            let mut c = Conn::connect(&replica, Duration::from_secs(1))
+                .await
+                .unwrap();
+            c.call_ok(&["READONLY"]).await.unwrap();
+            let n = c.call_ok(&["DBSIZE"]).await.unwrap().as_int().unwrap_or(0);
+            n == 30
+        }
+    })
+    .await
+    .unwrap();
+    cluster.nodes[0].kill();
+    wait_for(Duration::from_secs(30), || {
+        let replica = replica.clone();
+        async move {
+            let Ok(v) =
+                slotguard::cluster::conn::query(&replica, &["ROLE"], Duration::from_secs(1)).await
+            else {
+                return false;
+            };
+            v.as_array()
+                .and_then(|a| a.first())
+                .and_then(|r| r.as_str())
+                == Some("master")
+        }
+    })
+    .await
+    .unwrap();
+
+    let seed = cluster.nodes[2].addr();
+    let (code, out) = slotguard(&["check", "--seed", &seed]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("slot {slot}: broken (S4/S5/S6)")),
+        "{out}"
+    );
+    assert!(
+        out.contains("MIGRATE ... REPLACE"),
+        "the plan is shown: {out}"
+    );
+
+    let (code, out) = slotguard(&["repair", "--dry-run", "--seed", &seed]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("broken"), "a dry run changes nothing: {out}");
+
+    let (code, out) = slotguard(&["repair", "--seed", &seed]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = slotguard(&["check", "--seed", &seed]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("healthy"), "{out}");
+    for k in &keys {
+        let v = call(&b, &["GET", k]).await;
+        assert_eq!(v.as_str(), Some("v"), "{k} is on the new owner");
+    }
+    cluster.restart(0).await.unwrap();
+    cluster.wait_healthy(Duration::from_secs(30)).await.unwrap();
+    let check = std::process::Command::new("redis-cli")
+        .args(["--cluster", "check", &seed])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && !text.contains("[WARNING]") && !text.contains("[ERR]"),
+        "{text}"
+    );
+}

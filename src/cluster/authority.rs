@@ -385,10 +385,6 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
         let why = format!("the target shard of the migration ({target}) has no live master");
         return decision(State::Orphaned { why }, vec![]);
     };
-    let Some(source_master) = cluster.shard_master(&memory.shard(slot, &source)) else {
-        let why = format!("waiting for the source shard of the migration ({source}) to fail over");
-        return decision(State::Orphaned { why }, vec![]);
-    };
     if nothing_open && owner.is_some_and(|o| o.id == t.id) {
         // Finished: the target shard owns it and nothing is open.
         return decision(
@@ -398,6 +394,16 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
             vec![],
         );
     }
+    // The source shard's live master: remembered members, or else whoever owns the slot now
+    // (the target aside): only a failover of the source shard hands its slot to another.
+    let source_master = cluster
+        .shard_master(&memory.shard(slot, &source))
+        .or(owner.filter(|o| o.id != t.id));
+    let Some(source_master) = source_master else {
+        let why = format!("waiting for the source shard of the migration ({source}) to fail over");
+        return decision(State::Orphaned { why }, vec![]);
+    };
+
     let source_gone = !cluster.is_live_master(&source);
     let target_gone = !cluster.is_live_master(&target);
     let orphan_keys = owner.is_some_and(|o| o.id != t.id) && keys(&t.id) > 0;

@@ -1,6 +1,7 @@
 //! Healing: after every refresh, remember what the cluster shows (open migrations, shard
 //! members), decide every unsettled slot, hold the broken ones, and repair them one at a
-//! time (`repair.mode = "auto"`).
+//! time (`repair.mode = "auto"`). [`assess`] is also what `slotguard check` and
+//! `slotguard repair` run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -19,8 +20,8 @@ use crate::proxy::{Hint, Proxy};
 /// The healer's state between refreshes.
 pub struct Healer {
     journal: Arc<Mutex<Journal>>,
-    /// Since when each slot has looked like an aborted migration (S13/S14).
-    importing_since: HashMap<u16, Instant>,
+    /// Since when each unsettled slot has been unsettled (for `repair.grace`).
+    unsettled_since: HashMap<u16, Instant>,
     /// The repair running now, if any.
     repair: Option<JoinHandle<()>>,
 }
@@ -29,7 +30,7 @@ impl Healer {
     pub fn new(journal: Journal) -> Healer {
         Healer {
             journal: Arc::new(Mutex::new(journal)),
-            importing_since: HashMap::new(),
+            unsettled_since: HashMap::new(),
             repair: None,
         }
     }
@@ -46,62 +47,25 @@ impl Healer {
         proxy: &Arc<Proxy>,
         views: &[(String, Vec<NodeLine>)],
     ) -> Vec<Decision> {
-        let cluster = Cluster::new(views);
         let config = proxy.config().clone();
-        let (migrations, shards) = self.remember(&cluster);
-        let mut interesting: BTreeSet<u16> = migrations.keys().copied().collect();
-        interesting.extend(cluster.open_migrations().into_keys());
-        let keys = count_keys(&cluster, views, &interesting, config.connect_timeout).await;
-
         let now = Instant::now();
-        let candidates: BTreeSet<u16> = cluster
-            .candidates()
-            .into_iter()
-            .chain(interesting.iter().copied())
-            .collect();
-        self.importing_since
-            .retain(|slot, _| candidates.contains(slot));
-        for &slot in &candidates {
-            self.importing_since.entry(slot).or_insert(now);
-        }
-        let grace: BTreeSet<u16> = self
-            .importing_since
-            .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= config.repair_grace)
-            .map(|(slot, _)| *slot)
-            .collect();
-        let memory = authority::Memory {
-            migrations: &migrations,
-            shards: &shards,
-            keys: &keys,
-            settled_long_enough: &grace,
-        };
-        let decisions: Vec<Decision> = candidates
-            .iter()
-            .map(|&slot| authority::decide(&cluster, &memory, slot))
-            .filter(|d| !matches!(d.state, State::Stable { .. }))
-            .collect();
-
-        // A remembered migration whose slot is stable again is over.
-        let unsettled: BTreeSet<u16> = decisions.iter().map(|d| d.slot).collect();
-        {
-            let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-            let before = j.memory.migrations.len();
-            j.memory
-                .migrations
-                .retain(|slot, _| unsettled.contains(slot));
-            if j.memory.migrations.len() != before {
-                info!(
-                    forgotten = before - j.memory.migrations.len(),
-                    "migrations settled"
-                );
-                save(&j);
+        let since = &mut self.unsettled_since;
+        let grace = |candidates: &BTreeSet<u16>| {
+            since.retain(|slot, _| candidates.contains(slot));
+            for &slot in candidates {
+                since.entry(slot).or_insert(now);
             }
-        }
-
-        // Held: broken and conflicted slots, and any slot of a migration that is waiting for
-        // the cluster to settle (its map entry may name a node that lacks moved keys). A
-        // slot that is merely unowned waits by itself, through the failures it meets.
+            since
+                .iter()
+                .filter(|(_, t)| now.duration_since(**t) >= config.repair_grace)
+                .map(|(slot, _)| *slot)
+                .collect()
+        };
+        let (decisions, interesting) =
+            assess(views, &self.journal, grace, config.connect_timeout).await;
+        // Held: broken and conflicted slots, and any slot of a migration that waits for the
+        // cluster to settle (the map may name a node that lacks moved keys). A slot that
+        // is merely unowned waits by itself, through the failures it meets.
         let held: BTreeSet<u16> = decisions
             .iter()
             .filter(|d| match d.state {
@@ -115,63 +79,14 @@ impl Healer {
         proxy.hold.set_blocked(&held);
         if config.repair_auto && !self.repairing() {
             if let Some(d) = decisions.iter().find(|d| !d.plan.is_empty()) {
-                self.start_repair(proxy, &cluster, views, d);
+                let addrs = addresses(views);
+                self.start_repair(proxy, addrs, d);
             }
         }
         decisions
     }
 
-    /// Records open migrations and shard members in the journal; returns what it holds.
-    fn remember(
-        &self,
-        cluster: &Cluster,
-    ) -> (BTreeMap<u16, Migration>, BTreeMap<String, Vec<String>>) {
-        let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        let before = j.memory.clone();
-        for (master, replicas) in cluster.shards() {
-            if !replicas.is_empty() {
-                j.memory.shards.insert(master, replicas);
-            }
-        }
-        let members = |j: &Journal, id: &str| j.memory.shards.get(id).cloned().unwrap_or_default();
-        for (slot, (source, target)) in cluster.open_migrations() {
-            if !j.memory.migrations.contains_key(&slot) {
-                let m = Migration {
-                    source_members: members(&j, &source),
-                    target_members: members(&j, &target),
-                    source,
-                    target,
-                };
-                info!(slot, source = %m.source, target = %m.target, "migration seen; remembered");
-                j.memory.migrations.insert(slot, m);
-            }
-        }
-        // Entries that name no node of this cluster belong to another one: drop them.
-        let known = |id: &String| cluster.addr(id).is_some();
-        j.memory.migrations.retain(|_, m| {
-            known(&m.source)
-                || known(&m.target)
-                || m.source_members.iter().chain(&m.target_members).any(known)
-        });
-        if j.memory != before {
-            save(&j);
-        }
-        (j.memory.migrations.clone(), j.memory.shards.clone())
-    }
-
-    fn start_repair(
-        &mut self,
-        proxy: &Arc<Proxy>,
-        cluster: &Cluster,
-        views: &[(String, Vec<NodeLine>)],
-        d: &Decision,
-    ) {
-        let addrs: HashMap<String, String> = views
-            .iter()
-            .flat_map(|(_, lines)| lines)
-            .filter(|l| !l.addr.is_empty())
-            .filter_map(|l| Some((l.id.clone(), cluster.addr(&l.id)?.to_string())))
-            .collect();
+    fn start_repair(&mut self, proxy: &Arc<Proxy>, addrs: HashMap<String, String>, d: &Decision) {
         let (slot, plan) = (d.slot, d.plan.clone());
         if let State::Broken { case, why } = &d.state {
             info!(slot, case, why, steps = plan.len(), "repair starts");
@@ -190,6 +105,104 @@ impl Healer {
             proxy.hint(Hint::Refresh);
         }));
     }
+}
+
+/// The authority's assessment of fresh views: remembers what they show in the journal,
+/// counts keys where it matters, decides every unsettled slot, and forgets migrations that
+/// have settled. `grace` gets the candidate slots and returns those past `repair.grace`.
+/// Returns the decisions that are not stable, and the slots with a migration open or
+/// remembered.
+pub async fn assess(
+    views: &[(String, Vec<NodeLine>)],
+    journal: &Mutex<Journal>,
+    grace: impl FnOnce(&BTreeSet<u16>) -> BTreeSet<u16>,
+    limit: Duration,
+) -> (Vec<Decision>, BTreeSet<u16>) {
+    let cluster = Cluster::new(views);
+    let (migrations, shards) = remember(journal, &cluster);
+    let mut interesting: BTreeSet<u16> = migrations.keys().copied().collect();
+    interesting.extend(cluster.open_migrations().into_keys());
+    let keys = count_keys(&cluster, views, &interesting, limit).await;
+    let candidates: BTreeSet<u16> = cluster
+        .candidates()
+        .into_iter()
+        .chain(interesting.iter().copied())
+        .collect();
+    let grace = grace(&candidates);
+    let memory = authority::Memory {
+        migrations: &migrations,
+        shards: &shards,
+        keys: &keys,
+        settled_long_enough: &grace,
+    };
+    let decisions: Vec<Decision> = candidates
+        .iter()
+        .map(|&slot| authority::decide(&cluster, &memory, slot))
+        .filter(|d| !matches!(d.state, State::Stable { .. }))
+        .collect();
+    // A remembered migration whose slot is stable again is over.
+    let unsettled: BTreeSet<u16> = decisions.iter().map(|d| d.slot).collect();
+    let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
+    let before = j.memory.migrations.len();
+    j.memory
+        .migrations
+        .retain(|slot, _| unsettled.contains(slot));
+    if j.memory.migrations.len() != before {
+        info!(
+            forgotten = before - j.memory.migrations.len(),
+            "migrations settled"
+        );
+        save(&j);
+    }
+    (decisions, interesting)
+}
+
+/// Records open migrations and shard members in the journal; returns what it holds.
+fn remember(
+    journal: &Mutex<Journal>,
+    cluster: &Cluster,
+) -> (BTreeMap<u16, Migration>, BTreeMap<String, Vec<String>>) {
+    let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
+    let before = j.memory.clone();
+    for (master, replicas) in cluster.shards() {
+        if !replicas.is_empty() {
+            j.memory.shards.insert(master, replicas);
+        }
+    }
+    for (slot, (source, target)) in cluster.open_migrations() {
+        if !j.memory.migrations.contains_key(&slot) {
+            let members = |id: &str| j.memory.shards.get(id).cloned().unwrap_or_default();
+            let m = Migration {
+                source_members: members(&source),
+                target_members: members(&target),
+                source,
+                target,
+            };
+            info!(slot, source = %m.source, target = %m.target, "migration seen; remembered");
+            j.memory.migrations.insert(slot, m);
+        }
+    }
+    // Entries that name no node of this cluster belong to another one: drop them.
+    let known = |id: &String| cluster.addr(id).is_some();
+    j.memory.migrations.retain(|_, m| {
+        known(&m.source)
+            || known(&m.target)
+            || m.source_members.iter().chain(&m.target_members).any(known)
+    });
+    if j.memory != before {
+        save(&j);
+    }
+    (j.memory.migrations.clone(), j.memory.shards.clone())
+}
+
+/// Node id to address, from the views.
+pub fn addresses(views: &[(String, Vec<NodeLine>)]) -> HashMap<String, String> {
+    views
+        .iter()
+        .flat_map(|(_, lines)| lines)
+        .filter(|l| !l.addr.is_empty())
+        .map(|l| (l.id.clone(), l.addr.clone()))
+        .collect()
 }
 
 fn save(j: &Journal) {
@@ -224,10 +237,8 @@ async fn count_keys(
             continue;
         };
         for &slot in slots {
-            if let Ok(n) = conn
-                .call_ok(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
-                .await
-            {
+            let count = ["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()];
+            if let Ok(n) = conn.call_ok(&count).await {
                 out.insert((id.clone(), slot), n.as_int().unwrap_or(0).max(0) as u64);
             }
         }

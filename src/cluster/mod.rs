@@ -2,6 +2,7 @@
 
 pub mod authority;
 pub mod conn;
+pub mod diagnose;
 pub mod heal;
 pub mod journal;
 pub mod nodes;

@@ -57,7 +57,7 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
             }
         }
         let asked = known.len();
-        let views = collect_views(&proxy, &known).await;
+        let views = collect_views(proxy.config().connect_timeout, &known).await;
         match &views {
             Some(_) => proxy.metrics.refreshes_ok.inc(),
             None => proxy.metrics.refreshes_failed.inc(),
@@ -152,8 +152,10 @@ fn publish(proxy: &Proxy, assignment: &Assignment) {
 }
 
 /// Asks every known node for its view, in parallel. `None` when no node answered.
-async fn collect_views(proxy: &Proxy, known: &[String]) -> Option<Vec<(String, Vec<NodeLine>)>> {
-    let limit = proxy.config().connect_timeout;
+pub async fn collect_views(
+    limit: Duration,
+    known: &[String],
+) -> Option<Vec<(String, Vec<NodeLine>)>> {
     let mut asks = JoinSet::new();
     for addr in known.iter().cloned() {
         asks.spawn(async move {

@@ -1,0 +1,184 @@
+//! `slotguard check` and `slotguard repair`: the authority run once against a cluster,
+//! without serving clients.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::authority::{Decision, State, Step};
+use super::heal::{addresses, assess};
+use super::journal::Journal;
+use super::nodes::NodeLine;
+use super::repair;
+use super::topology::collect_views;
+use crate::config::Config;
+
+/// Most rounds of repair in one `slotguard repair`.
+const MAX_ROUNDS: usize = 32;
+
+/// Every node reachable from the seeds, and their views.
+async fn discover(config: &Config) -> Result<Vec<(String, Vec<NodeLine>)>, String> {
+    if config.seeds.is_empty() {
+        return Err("no seeds: give --seed HOST:PORT or `seeds` in the config file".into());
+    }
+    let mut known = config.seeds.clone();
+    loop {
+        let views = collect_views(config.connect_timeout, &known)
+            .await
+            .ok_or_else(|| format!("no seed answered: {}", known.join(", ")))?;
+        let before = known.len();
+        for line in views.iter().flat_map(|(_, lines)| lines) {
+            if !line.addr.is_empty() && !known.contains(&line.addr) {
+                known.push(line.addr.clone());
+            }
+        }
+        if known.len() == before {
+            return Ok(views);
+        }
+    }
+}
+
+/// One look at the cluster: views and the authority's decisions (grace already passed:
+/// the operator asked).
+async fn look(
+    config: &Config,
+    journal: &Mutex<Journal>,
+) -> Result<(Vec<(String, Vec<NodeLine>)>, Vec<Decision>), String> {
+    let views = discover(config).await?;
+    let (decisions, _) = assess(&views, journal, |c| c.clone(), config.connect_timeout).await;
+    Ok((views, decisions))
+}
+
+/// A step as an operator reads it.
+pub fn describe(step: &Step, addrs: &HashMap<String, String>) -> String {
+    let at = |id: &str| {
+        addrs.get(id).map_or(id.to_string(), |a| {
+            format!("{a} ({})", &id[..id.len().min(8)])
+        })
+    };
+    match step {
+        Step::Bind { on, slot, owner } => {
+            format!("on {}: CLUSTER SETSLOT {slot} NODE {owner}", at(on))
+        }
+        Step::Importing { on, slot, source } => {
+            format!("on {}: CLUSTER SETSLOT {slot} IMPORTING {source}", at(on))
+        }
+        Step::Migrating { on, slot, target } => {
+            format!("on {}: CLUSTER SETSLOT {slot} MIGRATING {target}", at(on))
+        }
+        Step::Stable { on, slot } => format!("on {}: CLUSTER SETSLOT {slot} STABLE", at(on)),
+        Step::MoveKeys {
+            from,
+            to,
+            slot,
+            replace,
+        } => format!(
+            "move every key of slot {slot} from {} to {}{}",
+            at(from),
+            at(to),
+            if *replace {
+                " (MIGRATE ... REPLACE)"
+            } else {
+                " (MIGRATE, no REPLACE)"
+            }
+        ),
+    }
+}
+
+/// A readable report of the decisions; orphaned slots are folded into ranges.
+pub fn report(views: &[(String, Vec<NodeLine>)], decisions: &[Decision]) -> String {
+    let addrs = addresses(views);
+    let mut out = String::new();
+    let masters = views
+        .iter()
+        .filter(|(_, l)| l.iter().any(|n| n.myself && n.master))
+        .count();
+    let _ = writeln!(
+        out,
+        "{} nodes answered, {masters} of them masters",
+        views.len()
+    );
+    let mut orphaned: Vec<(u16, u16, String)> = Vec::new();
+    for d in decisions {
+        match &d.state {
+            State::Orphaned { why } => match orphaned.last_mut() {
+                Some((_, end, w)) if *end + 1 == d.slot && w == why => *end = d.slot,
+                _ => orphaned.push((d.slot, d.slot, why.clone())),
+            },
+            State::Broken { case, why } => {
+                let _ = writeln!(out, "slot {}: broken ({case}): {why}", d.slot);
+                for (i, step) in d.plan.iter().enumerate() {
+                    let _ = writeln!(out, "  {}. {}", i + 1, describe(step, &addrs));
+                }
+            }
+            State::Migrating { from, to } => {
+                let _ = writeln!(
+                    out,
+                    "slot {}: migrating {} -> {} (left to whoever runs it)",
+                    d.slot,
+                    addrs.get(from).unwrap_or(from),
+                    addrs.get(to).unwrap_or(to)
+                );
+            }
+            State::Conflicted { claims } => {
+                let _ = writeln!(
+                    out,
+                    "slot {}: conflicted: claimed by {}",
+                    d.slot,
+                    claims.join(", ")
+                );
+            }
+            State::Stable { .. } => {}
+        }
+    }
+    for (a, b, why) in orphaned {
+        let range = if a == b {
+            format!("slot {a}")
+        } else {
+            format!("slots {a}-{b}")
+        };
+        let _ = writeln!(out, "{range}: orphaned: {why}");
+    }
+    if decisions.is_empty() {
+        let _ = writeln!(
+            out,
+            "healthy: every slot has one live owner and no migration is open"
+        );
+    }
+    out
+}
+
+/// `slotguard check`: prints the diagnosis; true when healthy.
+pub async fn check(config: &Config) -> Result<bool, String> {
+    let journal = Mutex::new(Journal::open(config.state_dir.as_deref())?);
+    let (views, decisions) = look(config, &journal).await?;
+    print!("{}", report(&views, &decisions));
+    Ok(decisions.is_empty())
+}
+
+/// `slotguard repair`: runs the plans until nothing is left to repair; with `dry_run`,
+/// prints the plans only. True when the cluster ends healthy.
+pub async fn repair(config: &Config, dry_run: bool) -> Result<bool, String> {
+    let journal = Mutex::new(Journal::open(config.state_dir.as_deref())?);
+    for _ in 0..MAX_ROUNDS {
+        let (views, decisions) = look(config, &journal).await?;
+        let next = decisions.iter().find(|d| !d.plan.is_empty());
+        let Some(d) = next.filter(|_| !dry_run) else {
+            print!("{}", report(&views, &decisions));
+            return Ok(decisions.is_empty());
+        };
+        println!("repairing slot {}", d.slot);
+        let limit = config.connect_timeout.max(Duration::from_secs(5));
+        if let Err(e) = repair::run(d.slot, &d.plan, &addresses(&views), &journal, limit).await {
+            // Often a node has not heard the news yet (gossip); every step is idempotent,
+            // so look again and plan from what the cluster shows then.
+            println!("  stopped: {e}; looking again");
+        }
+        // Let the cluster spread the new configuration before looking again.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Err(format!(
+        "still repairing after {MAX_ROUNDS} rounds; run again or look at the cluster"
+    ))
+}
