@@ -187,8 +187,11 @@ pub enum Step {
     /// `CLUSTER SETSLOT slot STABLE` on `on`.
     Stable { on: String, slot: u16 },
     /// Move every key of `slot` from `from` to `to` with MIGRATE, then wait until `to`'s
-    /// replicas have them. With `replace`, `from`'s copy wins over one already at `to`;
-    /// without, a key on both sides stops the repair (BUSYKEY) for a human to decide.
+    /// replicas have them. With `replace` (finishing a migration) `from`'s copy wins over
+    /// one already at `to`: the slot was held since the fault, so `from` has the copy
+    /// clients last wrote. Without (giving keys back to their owner) the owner's copy wins:
+    /// it can only have been written after the migration stopped; the old one is dropped
+    /// and logged by name.
     MoveKeys {
         from: String,
         to: String,
@@ -312,8 +315,9 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
     // S13 / S14: a node imports the slot from its live owner, which does not migrate it.
     if let ([(b, from)], true) = (&importing[..], migrating.is_empty()) {
         if let Some(o) = owner.filter(|o| o.id == *from) {
-            if !memory.settled_long_enough.contains(&slot) {
-                // A migration about to start looks the same for a moment.
+            if !memory.settled_long_enough.contains(&slot) && keys(&b.id) == 0 {
+                // A migration about to start looks the same for a moment (but has no keys
+                // on the target yet).
                 let state = State::Migrating {
                     from: o.id.clone(),
                     to: b.id.clone(),

@@ -137,6 +137,38 @@ async fn move_keys(
         if keys.is_empty() {
             break;
         }
+        let keys = if replace {
+            keys
+        } else {
+            // Giving keys back to their owner (S13, S14): a key the owner has too was
+            // written there after the migration stopped, so the owner's copy is the newer
+            // one. The older copy here is dropped, each by name in the log.
+            let mut owner = Conn::connect(&target, limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut keep = Vec::new();
+            for key in keys {
+                let there = owner
+                    .call_ok(&[b"EXISTS".as_slice(), &key])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if there.as_int() == Some(1) {
+                    warn!(slot, key = %String::from_utf8_lossy(&key), from, to, "the owner has a newer copy; dropping the old one");
+                    let c = conn(from, addrs, conns, limit).await?;
+                    c.call_ok(&["ASKING"]).await.map_err(|e| e.to_string())?;
+                    c.call_ok(&[b"DEL".as_slice(), &key])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                } else {
+                    keep.push(key);
+                }
+            }
+            if keep.is_empty() {
+                continue;
+            }
+            keep
+        };
+        let c = conn(from, addrs, conns, limit).await?;
         let mut cmd: Vec<Vec<u8>> = vec![
             b"MIGRATE".to_vec(),
             host.as_bytes().to_vec(),

@@ -489,36 +489,48 @@ fn s10_slot_bound_to_a_dead_target() {
 }
 
 #[test]
-fn s13_abort_on_the_source_only_is_rolled_back_after_the_grace() {
+fn s13_abort_on_the_source_only_is_rolled_back() {
     let mut nodes = base();
     get(&mut nodes, "B").importing.push((X, "A".into()));
-    let c = |grace_over| Case {
+    let c = |grace_over, b_keys| Case {
         grace_over,
-        keys: vec![("B", 3)],
+        keys: vec![("B", b_keys)],
         ..case("S13", nodes.clone())
     };
-    // At first it looks like a migration being set up.
+    // Without keys on B it may be a migration being set up: wait for the grace.
     run(Case {
         want_state: "migrating",
-        ..c(false)
+        ..c(false, 0)
     });
     run(Case {
         want_state: "broken",
         want_case: Some("S13/S14"),
-        want_plan: vec![
-            MoveKeys {
-                from: "B".into(),
-                to: "A".into(),
-                slot: X,
-                replace: false,
-            },
-            Stable {
-                on: "B".into(),
-                slot: X,
-            },
-        ],
-        ..c(true)
+        want_plan: vec![Stable {
+            on: "B".into(),
+            slot: X,
+        }],
+        ..c(true, 0)
     });
+    // With keys on B it cannot be one: rolled back at once, grace or not.
+    for grace_over in [false, true] {
+        run(Case {
+            want_state: "broken",
+            want_case: Some("S13/S14"),
+            want_plan: vec![
+                MoveKeys {
+                    from: "B".into(),
+                    to: "A".into(),
+                    slot: X,
+                    replace: false,
+                },
+                Stable {
+                    on: "B".into(),
+                    slot: X,
+                },
+            ],
+            ..c(grace_over, 3)
+        });
+    }
 }
 
 #[test]
