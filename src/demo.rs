@@ -21,6 +21,9 @@ pub async fn run(
         cluster.keep_dir();
     }
     config.seeds = cluster.addrs();
+    if config.state_dir.is_none() {
+        config.state_dir = Some(cluster.dir.join("state"));
+    }
     let running = server::start(config).await.map_err(|e| e.to_string())?;
     let port = running.addr.port();
     println!();
