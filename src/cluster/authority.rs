@@ -241,6 +241,8 @@ pub struct Memory<'a> {
     pub keys: &'a HashMap<(String, u16), u64>,
     /// Slots whose importing-without-migrating shape has lasted past the grace period.
     pub settled_long_enough: &'a BTreeSet<u16>,
+    /// Slots whose repair by this proxy started and did not finish.
+    pub repairing: &'a BTreeSet<u16>,
 }
 
 impl Memory<'_> {
@@ -301,9 +303,24 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
     let importing = open(|m| &m.importing);
     let nothing_open = migrating.is_empty() && importing.is_empty();
 
-    // A live migration whose ends agree: left to whoever runs it.
+    // A live migration whose ends agree: left to whoever runs it, unless that was this
+    // proxy's own repair, cut short (the journal says so): then it is finished.
     if let ([(a, to)], [(b, from)]) = (&migrating[..], &importing[..]) {
         if *to == b.id && *from == a.id && owner.is_some_and(|o| o.id == a.id) {
+            if memory.repairing.contains(&slot) {
+                let why = format!(
+                    "a repair moving the slot from {} to {} was cut short",
+                    a.id, b.id
+                );
+                let plan = finish_forward(cluster, slot, Some(a), b, &keys);
+                return decision(
+                    State::Broken {
+                        case: "resume",
+                        why,
+                    },
+                    plan,
+                );
+            }
             let state = State::Migrating {
                 from: a.id.clone(),
                 to: b.id.clone(),

@@ -119,7 +119,7 @@ pub async fn assess(
     limit: Duration,
 ) -> (Vec<Decision>, BTreeSet<u16>) {
     let cluster = Cluster::new(views);
-    let (migrations, shards) = remember(journal, &cluster);
+    let (migrations, shards, repairing) = remember(journal, &cluster);
     let mut interesting: BTreeSet<u16> = migrations.keys().copied().collect();
     interesting.extend(cluster.open_migrations().into_keys());
     let keys = count_keys(&cluster, views, &interesting, limit).await;
@@ -134,6 +134,7 @@ pub async fn assess(
         shards: &shards,
         keys: &keys,
         settled_long_enough: &grace,
+        repairing: &repairing,
     };
     let decisions: Vec<Decision> = candidates
         .iter()
@@ -147,6 +148,7 @@ pub async fn assess(
     j.memory
         .migrations
         .retain(|slot, _| unsettled.contains(slot));
+    j.memory.repairing.retain(|slot| unsettled.contains(slot));
     if j.memory.migrations.len() != before {
         info!(
             forgotten = before - j.memory.migrations.len(),
@@ -161,7 +163,11 @@ pub async fn assess(
 fn remember(
     journal: &Mutex<Journal>,
     cluster: &Cluster,
-) -> (BTreeMap<u16, Migration>, BTreeMap<String, Vec<String>>) {
+) -> (
+    BTreeMap<u16, Migration>,
+    BTreeMap<String, Vec<String>>,
+    BTreeSet<u16>,
+) {
     let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
     let before = j.memory.clone();
     for (master, replicas) in cluster.shards() {
@@ -192,7 +198,11 @@ fn remember(
     if j.memory != before {
         save(&j);
     }
-    (j.memory.migrations.clone(), j.memory.shards.clone())
+    (
+        j.memory.migrations.clone(),
+        j.memory.shards.clone(),
+        j.memory.repairing.clone(),
+    )
 }
 
 /// Node id to address, from the views.

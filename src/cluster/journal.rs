@@ -10,7 +10,7 @@
 //! file, fsync, rename, fsync the directory), so a crash leaves the old or the new
 //! version, never a torn one. Without `state_dir` it lives in memory only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -34,6 +34,10 @@ pub struct StepRecord {
 pub struct Memory {
     pub migrations: BTreeMap<u16, Migration>,
     pub shards: BTreeMap<String, Vec<String>>,
+    /// Slots whose repair started and has not finished: a migration on them that looks
+    /// live is the proxy's own, cut short, and is to be finished.
+    #[serde(default)]
+    pub repairing: BTreeSet<u16>,
     /// The most recent repair steps, oldest first (bounded).
     pub steps: Vec<StepRecord>,
 }

@@ -18,8 +18,37 @@ const BATCH: usize = 100;
 /// How long a moved batch may take to reach the target's replicas.
 const REPLICA_WAIT: Duration = Duration::from_secs(2);
 
-/// Runs `plan` for `slot`. `addrs` maps node ids to addresses.
+/// Runs `plan` for `slot`: marks the slot as being repaired in the journal, runs the
+/// steps, and clears the mark once every step succeeded. `addrs` maps node ids to
+/// addresses.
 pub async fn run(
+    slot: u16,
+    plan: &[Step],
+    addrs: &HashMap<String, String>,
+    journal: &Mutex<Journal>,
+    limit: Duration,
+) -> Result<(), String> {
+    begin(slot, journal)?;
+    run_steps(slot, plan, addrs, journal, limit).await?;
+    let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
+    j.memory.repairing.remove(&slot);
+    j.save()
+        .map_err(|e| format!("cannot write the journal: {e}"))
+}
+
+/// Marks `slot` as being repaired: if the proxy dies before the repair ends, the next one
+/// finishes it, even where the slot looks like a live migration.
+pub fn begin(slot: u16, journal: &Mutex<Journal>) -> Result<(), String> {
+    let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
+    if j.memory.repairing.insert(slot) {
+        j.save()
+            .map_err(|e| format!("cannot write the journal: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Runs steps, each written to the journal before it is sent and logged with its result.
+pub async fn run_steps(
     slot: u16,
     plan: &[Step],
     addrs: &HashMap<String, String>,

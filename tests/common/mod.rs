@@ -149,6 +149,8 @@ pub struct Report {
     /// Reads that did not return the writer's own last write.
     pub stale: Vec<String>,
     pub writes: u64,
+    /// The longest a single SET or GET took: the stall a client felt.
+    pub longest: Duration,
 }
 
 impl Report {
@@ -157,6 +159,7 @@ impl Report {
         self.errors.extend(other.errors);
         self.stale.extend(other.stale);
         self.writes += other.writes;
+        self.longest = self.longest.max(other.longest);
     }
 }
 
@@ -194,17 +197,21 @@ pub async fn writers(url: String, n: usize, keys: Vec<String>, stop: Arc<AtomicB
             while !stop.load(Ordering::Relaxed) {
                 let key = keys[mine[i as usize % mine.len()]].clone();
                 let value = format!("{w}-{i}");
+                let started = std::time::Instant::now();
                 let set: redis::RedisResult<()> = redis::cmd("SET")
                     .arg(&key)
                     .arg(&value)
                     .query_async(&mut conn)
                     .await;
+                report.longest = report.longest.max(started.elapsed());
                 match set {
                     Ok(()) => {
                         report.writes += 1;
                         report.acked.insert(key.clone(), value.clone());
+                        let started = std::time::Instant::now();
                         let got: redis::RedisResult<Option<String>> =
                             redis::cmd("GET").arg(&key).query_async(&mut conn).await;
+                        report.longest = report.longest.max(started.elapsed());
                         match got {
                             Ok(Some(v)) if v == value => {}
                             Ok(other) => report

@@ -137,6 +137,8 @@ struct Case {
     journal: BTreeMap<u16, Migration>,
     keys: Vec<(&'static str, u64)>,
     grace_over: bool,
+    /// The proxy's own repair of the slot was cut short.
+    ours: bool,
     slot: u16,
     want_case: Option<&'static str>,
     want_state: &'static str,
@@ -161,11 +163,17 @@ fn run(case: Case) {
     } else {
         BTreeSet::new()
     };
+    let repairing = if case.ours {
+        BTreeSet::from([case.slot])
+    } else {
+        BTreeSet::new()
+    };
     let memory = Memory {
         migrations: &case.journal,
         shards: &shards,
         keys: &keys,
         settled_long_enough: &grace,
+        repairing: &repairing,
     };
     let d = decide(&cluster, &memory, case.slot);
     let state = match &d.state {
@@ -197,6 +205,7 @@ fn case(name: &'static str, nodes: Vec<Node>) -> Case {
         journal: journal_a_to_b(),
         keys: vec![],
         grace_over: false,
+        ours: false,
         slot: X,
         want_case: None,
         want_state: "stable",
@@ -647,5 +656,48 @@ fn mixed_one_node_source_of_one_slot_and_target_of_another() {
         slot: 150,
         want_state: "migrating",
         ..case("mixed 150", nodes)
+    });
+}
+
+#[test]
+fn a_repair_cut_short_by_a_proxy_crash_is_finished_not_left_to_a_driver() {
+    // S4 after the first three steps of its repair: it looks like a live migration A2 -> B.
+    let mut nodes = mid_migration();
+    fail_over(&mut nodes, "A", "A2");
+    get(&mut nodes, "A2").migrating.push((X, "B".into()));
+    get(&mut nodes, "B").importing = vec![(X, "A2".into())];
+    run(Case {
+        keys: vec![("A2", 5)],
+        want_state: "migrating",
+        ..case("someone else's live migration", nodes.clone())
+    });
+    run(Case {
+        keys: vec![("A2", 5)],
+        ours: true,
+        want_state: "broken",
+        want_case: Some("resume"),
+        want_plan: vec![
+            bind("B", "A2"),
+            Importing {
+                on: "B".into(),
+                slot: X,
+                source: "A2".into(),
+            },
+            Migrating {
+                on: "A2".into(),
+                slot: X,
+                target: "B".into(),
+            },
+            MoveKeys {
+                from: "A2".into(),
+                to: "B".into(),
+                slot: X,
+                replace: true,
+            },
+            bind("B", "B"),
+            bind("A2", "B"),
+            bind("C", "B"),
+        ],
+        ..case("our cut repair", nodes)
     });
 }
