@@ -3,7 +3,7 @@
 //! time (`repair.mode = "auto"`). [`assess`] is also what `slotguard check` and
 //! `slotguard repair` run.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::authority::{self, Cluster, Decision, Migration, State};
 use super::conn::Conn;
-use super::journal::Journal;
+use super::journal::{self, Journal};
 use super::nodes::NodeLine;
 use super::repair;
 use crate::proxy::{Hint, Proxy};
@@ -119,8 +119,8 @@ pub async fn assess(
     limit: Duration,
 ) -> (Vec<Decision>, BTreeSet<u16>) {
     let cluster = Cluster::new(views);
-    let (migrations, shards, repairing) = remember(journal, &cluster);
-    let mut interesting: BTreeSet<u16> = migrations.keys().copied().collect();
+    let remembered = remember(journal, &cluster);
+    let mut interesting: BTreeSet<u16> = remembered.migrations.keys().copied().collect();
     interesting.extend(cluster.open_migrations().into_keys());
     let keys = count_keys(&cluster, views, &interesting, limit).await;
     let candidates: BTreeSet<u16> = cluster
@@ -130,11 +130,11 @@ pub async fn assess(
         .collect();
     let grace = grace(&candidates);
     let memory = authority::Memory {
-        migrations: &migrations,
-        shards: &shards,
+        migrations: &remembered.migrations,
+        shards: &remembered.shards,
         keys: &keys,
         settled_long_enough: &grace,
-        repairing: &repairing,
+        repairing: &remembered.repairing,
     };
     let decisions: Vec<Decision> = candidates
         .iter()
@@ -160,14 +160,7 @@ pub async fn assess(
 }
 
 /// Records open migrations and shard members in the journal; returns what it holds.
-fn remember(
-    journal: &Mutex<Journal>,
-    cluster: &Cluster,
-) -> (
-    BTreeMap<u16, Migration>,
-    BTreeMap<String, Vec<String>>,
-    BTreeSet<u16>,
-) {
+fn remember(journal: &Mutex<Journal>, cluster: &Cluster) -> journal::Memory {
     let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
     let before = j.memory.clone();
     for (master, replicas) in cluster.shards() {
@@ -198,11 +191,7 @@ fn remember(
     if j.memory != before {
         save(&j);
     }
-    (
-        j.memory.migrations.clone(),
-        j.memory.shards.clone(),
-        j.memory.repairing.clone(),
-    )
+    j.memory.clone()
 }
 
 /// Node id to address, from the views.
