@@ -62,12 +62,13 @@ pub struct Request {
 impl Request {
     /// Builds a request from arguments (used for requests the proxy makes itself).
     pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Request {
-        let mut raw = BytesMut::new();
+        let size: usize = args.iter().map(|a| a.as_ref().len() + 16).sum();
+        let mut raw = BytesMut::with_capacity(size + 16);
         let mut offsets = SmallVec::new();
-        raw.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        write_header(&mut raw, b'*', args.len());
         for arg in args {
             let arg = arg.as_ref();
-            raw.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            write_header(&mut raw, b'$', arg.len());
             let start = raw.len() as u32;
             raw.extend_from_slice(arg);
             offsets.push((start, arg.len() as u32));
@@ -115,6 +116,23 @@ impl Request {
     pub fn args(&self) -> impl Iterator<Item = &[u8]> {
         (0..self.len()).map(|i| self.arg(i))
     }
+}
+
+/// Writes `<kind><n>\r\n` (an array or bulk header) without going through `format!`.
+fn write_header(out: &mut BytesMut, kind: u8, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&[kind]);
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Where the scanner stopped inside a request that has not fully arrived.

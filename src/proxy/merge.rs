@@ -73,6 +73,24 @@ impl Join {
 pub const GONE: &str = "ERR slotguard: request dropped while shutting down";
 
 fn merge(how: &Merge, parts: &[Bytes]) -> Bytes {
+    // The common cases need no decoding: every part `+OK`, or every part an integer.
+    match how {
+        Merge::AllOk if parts.iter().all(|p| p.first() == Some(&b'+')) => {
+            if let Some(first) = parts.first() {
+                return first.clone();
+            }
+        }
+        Merge::SumInts => {
+            let ints: Option<i64> = parts.iter().try_fold(0i64, |sum, p| {
+                let digits = p.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
+                sum.checked_add(crate::protocol::request::parse_i64(digits)?)
+            });
+            if let Some(sum) = ints {
+                return reply::int(sum);
+            }
+        }
+        _ => {}
+    }
     let mut values = Vec::with_capacity(parts.len());
     for part in parts {
         match Value::parse(part) {
