@@ -181,3 +181,64 @@ async fn a_dead_seed_is_skipped() {
         .unwrap();
     assert_eq!(v, "yes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_master_fails_over_without_client_errors() {
+    let h = Harness::start(3, 1).await;
+    let mut keys = keys_in_slots("st", 0..=5460, 300);
+    keys.extend(keys_in_slots("any", 0..=16383, 100));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(writers(h.url(), 8, keys, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // SIGSTOP: the master keeps its connections open and answers nothing.
+    h.cluster.nodes[0].signal("STOP").unwrap();
+    let replica = h.cluster.nodes[3].addr();
+    wait_for(Duration::from_secs(30), || {
+        let replica = replica.clone();
+        async move {
+            let Ok(v) =
+                slotguard::cluster::conn::query(&replica, &["ROLE"], Duration::from_secs(1)).await
+            else {
+                return false;
+            };
+            v.as_array()
+                .and_then(|a| a.first())
+                .and_then(|r| r.as_str())
+                == Some("master")
+        }
+    })
+    .await
+    .expect("the replica is promoted");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let report = load.await.unwrap();
+
+    assert!(report.writes > 500, "writers ran: {}", report.writes);
+    assert!(
+        report.errors.is_empty(),
+        "client errors: {:?}",
+        &report.errors[..report.errors.len().min(10)]
+    );
+    assert!(
+        report.stale.is_empty(),
+        "stale reads: {:?}",
+        &report.stale[..report.stale.len().min(10)]
+    );
+    let mut c = h.client().await;
+    let lost = lost_writes(&mut c, &report.acked).await;
+    assert!(lost.is_empty(), "lost writes: {lost:?}");
+    eprintln!(
+        "REPORT | SIGSTOP of a master | writes {} | client errors 0 | longest stall {:.2}s",
+        report.writes,
+        report.longest.as_secs_f64()
+    );
+
+    // It wakes up as a replica of its successor; the cluster is whole again.
+    h.cluster.nodes[0].signal("CONT").unwrap();
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+    h.cluster_check().unwrap();
+}

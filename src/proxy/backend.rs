@@ -33,6 +33,10 @@ use crate::protocol::ReplyScanner;
 
 /// Most jobs taken off a connection's queue for one write.
 const BATCH: usize = 512;
+/// How often a connection with requests in flight checks that its node still answers.
+const STALL_CHECK: Duration = Duration::from_millis(250);
+/// A request unanswered this long, on a node the cluster has failed, is sent elsewhere.
+const STALL: Duration = Duration::from_secs(1);
 
 /// A request on its way to a node, with where its reply goes.
 #[derive(Debug)]
@@ -291,6 +295,10 @@ impl Connection<'_> {
         batch: &mut Vec<Job>,
     ) -> Option<String> {
         let (mut rd, mut wr) = stream.split();
+        // A stopped node (SIGSTOP, a hung machine) keeps the connection open and never
+        // answers: once the cluster has failed it over, what it holds is sent again.
+        let mut stall_check = tokio::time::interval(STALL_CHECK);
+        stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if !batch.is_empty() {
                 // Let the other sessions that are ready run first: what they send joins
@@ -337,6 +345,12 @@ impl Connection<'_> {
                 n = rx.recv_many(batch, BATCH) => if n == 0 {
                     return None;
                 },
+                _ = stall_check.tick(), if !self.inflight.is_empty() => {
+                    let stalled = self.inflight.front().is_some_and(|f| f.sent.elapsed() > STALL);
+                    if stalled && self.proxy.upgrade().is_some_and(|p| p.node_failed(self.addr)) {
+                        return Some("no reply, and the cluster has failed the node".into());
+                    }
+                }
             }
         }
     }

@@ -264,6 +264,15 @@ impl Proxy {
         }
     }
 
+    /// True when the cluster agrees the node at `addr` has failed, or it is a replica now.
+    pub fn node_failed(&self, addr: &str) -> bool {
+        self.view
+            .load()
+            .nodes
+            .iter()
+            .any(|n| n.addr == addr && (n.health == "fail" || n.role == "replica"))
+    }
+
     /// A connection to `addr` failed.
     pub fn node_unreachable(&self, _addr: &str) {
         self.hint(Hint::Refresh);

@@ -189,8 +189,11 @@ pub async fn writers(url: String, n: usize, keys: Vec<String>, stop: Arc<AtomicB
         tasks.push(tokio::spawn(async move {
             let mut report = Report::default();
             let client = redis::Client::open(url).unwrap();
+            // Longer than any hold: a request that never returns is a failure, not a hang.
+            let config =
+                redis::AsyncConnectionConfig::new().set_response_timeout(Duration::from_secs(30));
             let mut conn = client
-                .get_multiplexed_async_connection()
+                .get_multiplexed_async_connection_with_config(&config)
                 .await
                 .expect("connect");
             let mut i: u64 = 0;
