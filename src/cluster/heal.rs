@@ -77,6 +77,13 @@ impl Healer {
             .collect();
         proxy.hold.set_watched(&interesting);
         proxy.hold.set_blocked(&held);
+        let slots = &proxy.metrics.slots;
+        let broken = decisions
+            .iter()
+            .filter(|d| matches!(d.state, State::Broken { .. }))
+            .count();
+        slots.with_label_values(&["held"]).set(held.len() as i64);
+        slots.with_label_values(&["broken"]).set(broken as i64);
         if config.repair_auto && !self.repairing() {
             if let Some(d) = decisions.iter().find(|d| !d.plan.is_empty()) {
                 let addrs = addresses(views);
