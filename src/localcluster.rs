@@ -205,6 +205,25 @@ impl LocalCluster {
         wait_for(Duration::from_secs(10), || async { ping(&addr).await }).await
     }
 
+    /// Waits until the replica of master `i` (node `i + masters`) answers `ROLE` as a master.
+    pub async fn wait_promoted(&self, i: usize) -> Result<(), StartError> {
+        let replica = self.nodes[i + self.options.masters].addr();
+        wait_for(Duration::from_secs(30), || {
+            let replica = replica.clone();
+            async move {
+                let Ok(mut conn) = Conn::connect(&replica, Duration::from_secs(1)).await else {
+                    return false;
+                };
+                let Ok(Value::Array(role)) = conn.call(&["ROLE"]).await else {
+                    return false;
+                };
+                role.first().and_then(Value::as_str) == Some("master")
+            }
+        })
+        .await
+        .map_err(|_| fail(format!("the replica of master {i} was not promoted")))
+    }
+
     /// Addresses of every node.
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.iter().map(LocalNode::addr).collect()

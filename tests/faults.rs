@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{lost_writes, writers, Harness, Report};
+use common::{assert_unharmed, writers, Harness, Report};
 use slotguard::cluster::conn::Conn;
 use slotguard::localcluster::{wait_for, LocalCluster, Options};
 use slotguard::protocol::key_slot;
@@ -166,22 +166,8 @@ async fn conclude(
         report.longest.as_secs_f64(),
         clean_at.duration_since(fault_at).as_secs_f64(),
     );
-    assert!(report.writes > 100, "writers ran: {}", report.writes);
-    assert!(
-        report.errors.is_empty(),
-        "client errors: {:?}",
-        &report.errors[..report.errors.len().min(5)]
-    );
-    if !stale_allowed {
-        assert!(
-            report.stale.is_empty(),
-            "stale reads: {:?}",
-            &report.stale[..report.stale.len().min(5)]
-        );
-    }
+    assert_unharmed(h, report, 100, stale_allowed).await;
     let mut c = h.client().await;
-    let lost = lost_writes(&mut c, &report.acked).await;
-    assert!(lost.is_empty(), "lost writes: {lost:?}");
     // Keys no writer touched kept their value.
     for k in &setup.keys {
         if !report.acked.contains_key(k) {
@@ -214,24 +200,24 @@ async fn kill_and_fail_over(cluster: &mut LocalCluster, victim: usize) {
     wait_promoted(cluster, victim).await;
 }
 
-async fn wait_promoted(cluster: &LocalCluster, replica_of: usize) {
-    let replica = cluster.nodes[replica_of + cluster.options.masters].addr();
-    wait_for(Duration::from_secs(30), || {
-        let replica = replica.clone();
-        async move {
-            let Ok(v) =
-                slotguard::cluster::conn::query(&replica, &["ROLE"], Duration::from_secs(1)).await
-            else {
-                return false;
-            };
-            v.as_array()
-                .and_then(|a| a.first())
-                .and_then(|r| r.as_str())
-                == Some("master")
-        }
-    })
-    .await
-    .expect("the replica is promoted");
+async fn wait_promoted(cluster: &LocalCluster, i: usize) {
+    cluster
+        .wait_promoted(i)
+        .await
+        .expect("the replica is promoted");
+}
+
+/// Writers on the slot's keys while master `victim` is killed and failed over, and 1.5 s
+/// more. Returns what they saw and when the kill happened.
+async fn kill_under_load(h: &mut Harness, setup: &Setup, victim: usize) -> (Report, Instant) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at = Instant::now();
+    kill_and_fail_over(&mut h.cluster, victim).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    (load.await.unwrap(), at)
 }
 
 /// A manual failover: the replica of master `i` takes over (`CLUSTER FAILOVER`).
@@ -260,16 +246,7 @@ async fn restore_and_check(h: &mut Harness, killed: &[usize]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s4_source_killed_mid_migration_is_finished_onto_the_target() {
     let (mut h, setup) = migrating(100).await;
-    let (report, at) = {
-        let stop = Arc::new(AtomicBool::new(false));
-        let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let at = Instant::now();
-        kill_and_fail_over(&mut h.cluster, 0).await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        stop.store(true, Ordering::Relaxed);
-        (load.await.unwrap(), at)
-    };
+    let (report, at) = kill_under_load(&mut h, &setup, 0).await;
     conclude(
         "S4 source killed, replica promoted",
         &h,
@@ -290,16 +267,7 @@ async fn s15_same_with_full_coverage_off() {
         ..Options::default()
     };
     let (mut h, setup) = migrating_with(100, options, |_| {}).await;
-    let (report, at) = {
-        let stop = Arc::new(AtomicBool::new(false));
-        let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let at = Instant::now();
-        kill_and_fail_over(&mut h.cluster, 0).await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        stop.store(true, Ordering::Relaxed);
-        (load.await.unwrap(), at)
-    };
+    let (report, at) = kill_under_load(&mut h, &setup, 0).await;
     conclude(
         "S15 (S4 with full coverage off)",
         &h,
@@ -316,16 +284,7 @@ async fn s15_same_with_full_coverage_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2_target_killed_mid_migration_is_finished_onto_its_replica() {
     let (mut h, setup) = migrating(100).await;
-    let (report, at) = {
-        let stop = Arc::new(AtomicBool::new(false));
-        let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let at = Instant::now();
-        kill_and_fail_over(&mut h.cluster, 1).await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        stop.store(true, Ordering::Relaxed);
-        (load.await.unwrap(), at)
-    };
+    let (report, at) = kill_under_load(&mut h, &setup, 1).await;
     let heir = heir_of(&h, 1).await;
     conclude(
         "S2 target killed, replica promoted",
@@ -378,16 +337,7 @@ async fn s5_source_manually_failed_over_mid_migration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s6_source_killed_after_every_key_moved() {
     let (mut h, setup) = migrating(200).await;
-    let (report, at) = {
-        let stop = Arc::new(AtomicBool::new(false));
-        let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let at = Instant::now();
-        kill_and_fail_over(&mut h.cluster, 0).await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        stop.store(true, Ordering::Relaxed);
-        (load.await.unwrap(), at)
-    };
+    let (report, at) = kill_under_load(&mut h, &setup, 0).await;
     conclude(
         "S6 source killed after all keys moved",
         &h,
@@ -482,16 +432,7 @@ async fn s12_a_key_on_both_sides_after_a_cut_migrate_keeps_the_source_copy() {
         c.call_ok(&["ASKING"]).await.unwrap();
         c.call_ok(&["SET", &key, "older copy"]).await.unwrap();
     }
-    let (report, at) = {
-        let stop = Arc::new(AtomicBool::new(false));
-        let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let at = Instant::now();
-        kill_and_fail_over(&mut h.cluster, 0).await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        stop.store(true, Ordering::Relaxed);
-        (load.await.unwrap(), at)
-    };
+    let (report, at) = kill_under_load(&mut h, &setup, 0).await;
     conclude(
         "S12 a key on both sides",
         &h,
@@ -802,22 +743,7 @@ async fn check_and_repair_commands_diagnose_and_fix_a_cut_migration_without_a_pr
     .await
     .unwrap();
     cluster.nodes[0].kill();
-    wait_for(Duration::from_secs(30), || {
-        let replica = replica.clone();
-        async move {
-            let Ok(v) =
-                slotguard::cluster::conn::query(&replica, &["ROLE"], Duration::from_secs(1)).await
-            else {
-                return false;
-            };
-            v.as_array()
-                .and_then(|a| a.first())
-                .and_then(|r| r.as_str())
-                == Some("master")
-        }
-    })
-    .await
-    .unwrap();
+    cluster.wait_promoted(0).await.unwrap();
 
     let seed = cluster.nodes[2].addr();
     let (code, out) = slotguard(&["check", "--seed", &seed]);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{keys_in_slots, lost_writes, writers, Harness};
+use common::{assert_unharmed, keys_in_slots, writers, Harness};
 use slotguard::localcluster::{wait_for, Options};
 
 async fn node_id(h: &Harness, i: usize) -> String {
@@ -51,20 +51,7 @@ async fn reshard_under_load_is_invisible_to_clients() {
     stop.store(true, Ordering::Relaxed);
     let report = load.await.unwrap();
 
-    assert!(report.writes > 1000, "writers ran: {}", report.writes);
-    assert!(
-        report.errors.is_empty(),
-        "client errors: {:?}",
-        &report.errors[..report.errors.len().min(10)]
-    );
-    assert!(
-        report.stale.is_empty(),
-        "stale reads: {:?}",
-        &report.stale[..report.stale.len().min(10)]
-    );
-    let mut c = h.client().await;
-    let lost = lost_writes(&mut c, &report.acked).await;
-    assert!(lost.is_empty(), "lost writes: {lost:?}");
+    assert_unharmed(&h, &report, 1000, false).await;
     assert_eq!(
         h.owner_of(0).await,
         h.cluster.nodes[1].addr(),
@@ -123,20 +110,7 @@ async fn a_killed_master_fails_over_without_client_errors() {
     stop.store(true, Ordering::Relaxed);
     let report = load.await.unwrap();
 
-    assert!(report.writes > 500, "writers ran: {}", report.writes);
-    assert!(
-        report.errors.is_empty(),
-        "client errors: {:?}",
-        &report.errors[..report.errors.len().min(10)]
-    );
-    assert!(
-        report.stale.is_empty(),
-        "stale reads: {:?}",
-        &report.stale[..report.stale.len().min(10)]
-    );
-    let mut c = h.client().await;
-    let lost = lost_writes(&mut c, &report.acked).await;
-    assert!(lost.is_empty(), "lost writes: {lost:?}");
+    assert_unharmed(&h, &report, 500, false).await;
     let parked = h.proxy.proxy.metrics.held_total.get();
     assert!(
         parked > 0,
@@ -193,41 +167,15 @@ async fn a_stopped_master_fails_over_without_client_errors() {
 
     // SIGSTOP: the master keeps its connections open and answers nothing.
     h.cluster.nodes[0].signal("STOP").unwrap();
-    let replica = h.cluster.nodes[3].addr();
-    wait_for(Duration::from_secs(30), || {
-        let replica = replica.clone();
-        async move {
-            let Ok(v) =
-                slotguard::cluster::conn::query(&replica, &["ROLE"], Duration::from_secs(1)).await
-            else {
-                return false;
-            };
-            v.as_array()
-                .and_then(|a| a.first())
-                .and_then(|r| r.as_str())
-                == Some("master")
-        }
-    })
-    .await
-    .expect("the replica is promoted");
+    h.cluster
+        .wait_promoted(0)
+        .await
+        .expect("the replica is promoted");
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let report = load.await.unwrap();
 
-    assert!(report.writes > 500, "writers ran: {}", report.writes);
-    assert!(
-        report.errors.is_empty(),
-        "client errors: {:?}",
-        &report.errors[..report.errors.len().min(10)]
-    );
-    assert!(
-        report.stale.is_empty(),
-        "stale reads: {:?}",
-        &report.stale[..report.stale.len().min(10)]
-    );
-    let mut c = h.client().await;
-    let lost = lost_writes(&mut c, &report.acked).await;
-    assert!(lost.is_empty(), "lost writes: {lost:?}");
+    assert_unharmed(&h, &report, 500, false).await;
     eprintln!(
         "REPORT | SIGSTOP of a master | writes {} | client errors 0 | longest stall {:.2}s",
         report.writes,

@@ -255,3 +255,24 @@ pub async fn lost_writes(
     }
     lost
 }
+
+/// What every test with writers under a fault asserts: they ran, no client saw an error or
+/// a stale read (unless `stale_allowed`), and every acknowledged write reads back.
+pub async fn assert_unharmed(h: &Harness, report: &Report, min_writes: u64, stale_allowed: bool) {
+    assert!(report.writes > min_writes, "writers ran: {}", report.writes);
+    assert!(
+        report.errors.is_empty(),
+        "client errors: {:?}",
+        &report.errors[..report.errors.len().min(10)]
+    );
+    if !stale_allowed {
+        assert!(
+            report.stale.is_empty(),
+            "stale reads: {:?}",
+            &report.stale[..report.stale.len().min(10)]
+        );
+    }
+    let mut c = h.client().await;
+    let lost = lost_writes(&mut c, &report.acked).await;
+    assert!(lost.is_empty(), "lost writes: {lost:?}");
+}
