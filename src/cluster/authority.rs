@@ -483,6 +483,12 @@ fn finish_forward(
                 .map(|m| m.id.clone())
         })
         .unwrap_or_else(|| t.id.clone());
+    // The target may already own the slot (a promoted replica that heard its master's
+    // finalize before the master died, S9): then only the others are left to tell.
+    let t_owns = t.slots.iter().any(|&(a, b)| (a..=b).contains(&slot));
+    if t_owns {
+        return bind_others(cluster, slot, t, plan);
+    }
     if let Some(s) = s.filter(|s| s.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))) {
         // The target first binds the slot to the live source (it may bind it to a dead
         // node and refuse everything as CLUSTERDOWN), then imports from it.
@@ -522,6 +528,11 @@ fn finish_forward(
         slot,
         owner: t.id.clone(),
     });
+    bind_others(cluster, slot, t, plan)
+}
+
+/// Binds the slot to `t` on every other live master, after `plan`.
+fn bind_others(cluster: &Cluster, slot: u16, t: &NodeLine, mut plan: Vec<Step>) -> Vec<Step> {
     let mut others: Vec<&NodeLine> = cluster.live_masters().filter(|m| m.id != t.id).collect();
     others.sort_by(|a, b| a.id.cmp(&b.id));
     for m in others {

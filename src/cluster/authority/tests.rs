@@ -701,3 +701,20 @@ fn a_repair_cut_short_by_a_proxy_crash_is_finished_not_left_to_a_driver() {
         ..case("our cut repair", nodes)
     });
 }
+
+#[test]
+fn s9_when_the_promoted_replica_already_owns_the_slot_only_the_others_are_told() {
+    // B's finalize reached B2 before B died: B2 was promoted owning slot 50, and A (which
+    // accepted B2's higher epoch) still shows the slot migrating.
+    let mut nodes = mid_migration();
+    get(&mut nodes, "A").slots = vec![(0, 49), (51, 99)];
+    get(&mut nodes, "B").slots.push((X, X));
+    fail_over(&mut nodes, "B", "B2");
+    run(Case {
+        keys: vec![("A", 0), ("B2", 10)],
+        want_state: "broken",
+        want_case: Some("S2/S3/S9"),
+        want_plan: vec![bind("A", "B2"), bind("C", "B2")],
+        ..case("S9, news reached the replica", nodes)
+    });
+}
