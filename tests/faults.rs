@@ -131,9 +131,7 @@ async fn settled(h: &Harness, slot: u16, owner: &str) -> Instant {
                 if !me.migrating.is_empty() || !me.importing.is_empty() {
                     return false;
                 }
-                let holder = lines
-                    .iter()
-                    .find(|l| l.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)));
+                let holder = lines.iter().find(|l| l.owns(slot));
                 if holder.map(|l| l.id.as_str()) != Some(owner.as_str()) {
                     return false;
                 }

@@ -157,9 +157,7 @@ impl<'a> Cluster<'a> {
     }
 
     fn claims(&self, slot: u16) -> Vec<&'a NodeLine> {
-        self.live_masters()
-            .filter(|m| m.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
-            .collect()
+        self.live_masters().filter(|m| m.owns(slot)).collect()
     }
 }
 
@@ -485,11 +483,11 @@ fn finish_forward(
         .unwrap_or_else(|| t.id.clone());
     // The target may already own the slot (a promoted replica that heard its master's
     // finalize before the master died, S9): then only the others are left to tell.
-    let t_owns = t.slots.iter().any(|&(a, b)| (a..=b).contains(&slot));
+    let t_owns = t.owns(slot);
     if t_owns {
         return bind_others(cluster, slot, t, plan);
     }
-    if let Some(s) = s.filter(|s| s.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))) {
+    if let Some(s) = s.filter(|s| s.owns(slot)) {
         // The target first binds the slot to the live source (it may bind it to a dead
         // node and refuse everything as CLUSTERDOWN), then imports from it.
         plan.push(Step::Bind {

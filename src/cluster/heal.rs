@@ -3,7 +3,7 @@
 //! time (`repair.mode = "auto"`). [`assess`] is also what `slotguard check` and
 //! `slotguard repair` run.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::authority::{self, Cluster, Decision, Migration, State};
 use super::conn::Conn;
-use super::journal::{self, Journal};
+use super::journal::Journal;
 use super::nodes::NodeLine;
 use super::repair;
 use crate::proxy::{Hint, Proxy};
@@ -166,13 +166,22 @@ pub async fn assess(
     (decisions, interesting)
 }
 
-/// Records open migrations and shard members in the journal; returns what it holds.
-fn remember(journal: &Mutex<Journal>, cluster: &Cluster) -> journal::Memory {
+/// What the authority needs from the journal (not its step log).
+struct Remembered {
+    migrations: BTreeMap<u16, Migration>,
+    shards: BTreeMap<String, Vec<String>>,
+    repairing: BTreeSet<u16>,
+}
+
+/// Records open migrations and shard members in the journal (saving only when something
+/// changed); returns what the authority needs of it.
+fn remember(journal: &Mutex<Journal>, cluster: &Cluster) -> Remembered {
     let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
-    let before = j.memory.clone();
+    let mut changed = false;
     for (master, replicas) in cluster.shards() {
-        if !replicas.is_empty() {
+        if !replicas.is_empty() && j.memory.shards.get(&master) != Some(&replicas) {
             j.memory.shards.insert(master, replicas);
+            changed = true;
         }
     }
     for (slot, (source, target)) in cluster.open_migrations() {
@@ -186,19 +195,25 @@ fn remember(journal: &Mutex<Journal>, cluster: &Cluster) -> journal::Memory {
             };
             info!(slot, source = %m.source, target = %m.target, "migration seen; remembered");
             j.memory.migrations.insert(slot, m);
+            changed = true;
         }
     }
     // Entries that name no node of this cluster belong to another one: drop them.
     let known = |id: &String| cluster.addr(id).is_some();
+    let before = j.memory.migrations.len();
     j.memory.migrations.retain(|_, m| {
         known(&m.source)
             || known(&m.target)
             || m.source_members.iter().chain(&m.target_members).any(known)
     });
-    if j.memory != before {
+    if changed || j.memory.migrations.len() != before {
         save(&j);
     }
-    j.memory.clone()
+    Remembered {
+        migrations: j.memory.migrations.clone(),
+        shards: j.memory.shards.clone(),
+        repairing: j.memory.repairing.clone(),
+    }
 }
 
 /// Node id to address, from the views.

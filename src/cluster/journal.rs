@@ -91,6 +91,19 @@ impl Journal {
         Ok(())
     }
 
+    /// Marks or clears `slot` as being repaired, and saves if that changed anything.
+    pub fn set_repairing(&mut self, slot: u16, repairing: bool) -> std::io::Result<()> {
+        let changed = if repairing {
+            self.memory.repairing.insert(slot)
+        } else {
+            self.memory.repairing.remove(&slot)
+        };
+        if changed {
+            self.save()?;
+        }
+        Ok(())
+    }
+
     /// Records a step about to be sent, and saves.
     pub fn step(&mut self, slot: u16, step: &Step, outcome: &str) -> std::io::Result<()> {
         let at = std::time::SystemTime::now()

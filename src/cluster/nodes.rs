@@ -27,6 +27,13 @@ pub struct NodeLine {
     pub importing: Vec<(u16, String)>,
 }
 
+impl NodeLine {
+    /// True when this line lists `slot` among the node's slots.
+    pub fn owns(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
+    }
+}
+
 /// Parses a `CLUSTER NODES` reply. `default_host` fills in an empty host (a node that
 /// has not learned its own address reports `:port`).
 pub fn parse(text: &str, default_host: &str) -> Result<Vec<NodeLine>, String> {

@@ -30,21 +30,19 @@ pub async fn run(
 ) -> Result<(), String> {
     begin(slot, journal)?;
     run_steps(slot, plan, addrs, journal, limit).await?;
+    mark(slot, journal, false)
+}
+
+fn mark(slot: u16, journal: &Mutex<Journal>, repairing: bool) -> Result<(), String> {
     let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
-    j.memory.repairing.remove(&slot);
-    j.save()
+    j.set_repairing(slot, repairing)
         .map_err(|e| format!("cannot write the journal: {e}"))
 }
 
 /// Marks `slot` as being repaired: if the proxy dies before the repair ends, the next one
 /// finishes it, even where the slot looks like a live migration.
 pub fn begin(slot: u16, journal: &Mutex<Journal>) -> Result<(), String> {
-    let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
-    if j.memory.repairing.insert(slot) {
-        j.save()
-            .map_err(|e| format!("cannot write the journal: {e}"))?;
-    }
-    Ok(())
+    mark(slot, journal, true)
 }
 
 /// Runs steps, each written to the journal before it is sent and logged with its result.
