@@ -5,7 +5,7 @@
 //! masters, joins the nodes, attaches replicas, and waits until every node reports the
 //! cluster ok and every replica's link is up. Nodes are stopped by pid on drop.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -448,11 +448,4 @@ pub fn free_port() -> Option<u16> {
         .local_addr()
         .ok()
         .map(|a| a.port())
-}
-
-/// The redis-server log of a node, for failure messages.
-pub fn log_tail(dir: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

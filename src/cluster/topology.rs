@@ -148,7 +148,7 @@ fn publish(proxy: &Proxy, assignment: &Assignment) {
         .enumerate()
         .filter_map(|(slot, addr)| Some((slot as u16, proxy.node(addr.as_ref()?))))
         .collect();
-    proxy.publish(|_, generation| SlotTable::build(nodes, generation));
+    proxy.publish(|generation| SlotTable::build(nodes, generation));
 }
 
 /// Asks every known node for its view, in parallel. `None` when no node answered.

@@ -260,7 +260,7 @@ async fn run(target: Target, mut rx: mpsc::UnboundedReceiver<Job>, proxy: Weak<P
 
 fn fail_all(proxy: &Weak<Proxy>, addr: &str, jobs: impl Iterator<Item = Job>, error: &str) {
     let Some(proxy) = proxy.upgrade() else { return };
-    proxy.node_unreachable(addr);
+    proxy.hint(super::Hint::Refresh);
     for job in jobs {
         proxy
             .hold

@@ -209,13 +209,6 @@ impl Hold {
         self.watched[slot as usize].load(Ordering::Acquire)
     }
 
-    /// Slots blocked now.
-    pub fn blocked(&self) -> Vec<u16> {
-        (0..crate::protocol::SLOTS as u16)
-            .filter(|&s| self.blocked[s as usize].load(Ordering::Acquire))
-            .collect()
-    }
-
     /// Parks a job.
     pub fn push(&self, job: Job, reason: Reason) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());

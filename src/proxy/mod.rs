@@ -147,9 +147,9 @@ impl Proxy {
     }
 
     /// Publishes a new slot map and lets held requests try again.
-    pub fn publish(&self, build: impl FnOnce(&SlotTable, u64) -> SlotTable) {
+    pub fn publish(&self, build: impl FnOnce(u64) -> SlotTable) {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let table = build(&self.table.load(), generation);
+        let table = build(generation);
         self.table.store(Arc::new(table));
         self.hold.map_changed();
     }
@@ -271,11 +271,6 @@ impl Proxy {
             .nodes
             .iter()
             .any(|n| n.addr == addr && (n.health == "fail" || n.role == "replica"))
-    }
-
-    /// A connection to `addr` failed.
-    pub fn node_unreachable(&self, _addr: &str) {
-        self.hint(Hint::Refresh);
     }
 
     pub fn hint(&self, hint: Hint) {

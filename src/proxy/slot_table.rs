@@ -55,24 +55,6 @@ impl SlotTable {
         }
     }
 
-    /// The same table with one slot moved to `node`.
-    pub fn with_owner(&self, slot: u16, node: Arc<Node>, generation: u64) -> SlotTable {
-        let assign = self
-            .assignments()
-            .filter(|(s, _)| *s != slot)
-            .chain(std::iter::once((slot, node)));
-        SlotTable::build(assign, generation)
-    }
-
-    /// Every assigned (slot, node).
-    pub fn assignments(&self) -> impl Iterator<Item = (u16, Arc<Node>)> + '_ {
-        self.owner
-            .iter()
-            .enumerate()
-            .filter(|(_, &i)| i != NONE)
-            .map(|(s, &i)| (s as u16, self.nodes[i as usize].clone()))
-    }
-
     /// The node serving `slot`.
     #[inline]
     pub fn owner(&self, slot: u16) -> Option<&Arc<Node>> {
