@@ -96,3 +96,22 @@ fn the_shipped_config_file_is_accepted() {
     assert_eq!(code, 1);
     assert!(stderr.contains("no seeds"), "{stderr}");
 }
+
+#[test]
+fn the_demo_says_how_to_install_a_missing_redis_server() {
+    let out = Command::new(env!("CARGO_BIN_EXE_slotguard"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("redis-server was not found on PATH"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("apt-get install -y redis-server redis-tools"),
+        "{stderr}"
+    );
+}

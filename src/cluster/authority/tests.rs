@@ -718,3 +718,53 @@ fn s9_when_the_promoted_replica_already_owns_the_slot_only_the_others_are_told()
         ..case("S9, news reached the replica", nodes)
     });
 }
+
+#[test]
+fn s11_a_replica_elected_without_the_finalize_conflicts_and_is_held() {
+    // B finalized slot 50 (bumped its epoch); A failed and A2 was elected without hearing
+    // it, claiming the slot with a higher epoch. Two live masters claim it: the proxy holds
+    // it and reports, rather than let Redis delete one side's keys as dirty.
+    let mut nodes = base();
+    get(&mut nodes, "B").slots.push((X, X));
+    fail_over(&mut nodes, "A", "A2");
+    run(Case {
+        want_state: "conflicted",
+        ..case("S11", nodes)
+    });
+}
+
+#[test]
+fn s12_and_s15_plan_as_s4() {
+    // S12 (a key on both sides) and S15 (full coverage off) change nothing the authority
+    // looks at: the plan is S4's, and its MoveKeys replaces (the source copy wins).
+    let mut nodes = mid_migration();
+    fail_over(&mut nodes, "A", "A2");
+    run(Case {
+        keys: vec![("A2", 5), ("B", 4)],
+        want_state: "broken",
+        want_case: Some("S4/S5/S6"),
+        want_plan: vec![
+            bind("B", "A2"),
+            Importing {
+                on: "B".into(),
+                slot: X,
+                source: "A2".into(),
+            },
+            Migrating {
+                on: "A2".into(),
+                slot: X,
+                target: "B".into(),
+            },
+            MoveKeys {
+                from: "A2".into(),
+                to: "B".into(),
+                slot: X,
+                replace: true,
+            },
+            bind("B", "B"),
+            bind("A2", "B"),
+            bind("C", "B"),
+        ],
+        ..case("S12/S15", nodes)
+    });
+}
