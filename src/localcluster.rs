@@ -409,7 +409,7 @@ where
     }
 }
 
-/// Ports already given to a node of this process (not yet bound by it, maybe).
+/// Ports (data and bus) already given to a node of this process, not yet bound maybe.
 static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
 
 /// A port `p` in 10000..22000 such that `p` and `p + 10000` (the cluster bus) are free now.
@@ -428,13 +428,16 @@ pub fn free_port_pair() -> Option<u16> {
         x ^= x << 17;
         let port = 10000 + (x % 12000) as u16;
         let mut taken = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if taken.contains(&port) {
+        // Data ports (10000..22000) and bus ports (20000..32000) overlap: neither port of
+        // the pair may be one already promised to another node, as either.
+        if taken.contains(&port) || taken.contains(&(port + 10000)) {
             continue;
         }
         let data = TcpListener::bind(("127.0.0.1", port));
         let bus = TcpListener::bind(("127.0.0.1", port + 10000));
         if data.is_ok() && bus.is_ok() {
             taken.push(port);
+            taken.push(port + 10000);
             return Some(port);
         }
     }
