@@ -561,3 +561,71 @@ async fn hello_3_switches_a_client_to_resp3_replies() {
         "$-1\r\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noscript_is_healed_from_the_proxys_script_cache() {
+    let h = Harness::start(3, 0).await;
+    let mut c = h.client().await;
+    let () = redis::cmd("SET")
+        .arg("sk")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return redis.call('get', KEYS[1])")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // The node serving the key loses its scripts (as after a failover or a restart).
+    let owner = h.owner_of(slotguard::protocol::key_slot(b"sk")).await;
+    let mut direct = h.direct(&owner).await;
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    let got: String = redis::cmd("EVALSHA")
+        .arg(&sha)
+        .arg(1)
+        .arg("sk")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(got, "v", "NOSCRIPT was healed by loading the script again");
+
+    // A script the proxy saw only through EVAL is healed too.
+    let two: i64 = redis::cmd("EVAL")
+        .arg("return 2")
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(two, 2);
+    for node in h.cluster.addrs() {
+        let mut d = h.direct(&node).await;
+        let () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut d)
+            .await
+            .unwrap();
+    }
+    let sha2 = "7f923f79fe76194c868d7e1d0820de36700eb649"; // SHA1 of "return 2"
+    let two: i64 = redis::cmd("EVALSHA")
+        .arg(sha2)
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(two, 2);
+
+    // A script nobody knows still gets NOSCRIPT.
+    let err = redis::cmd("EVALSHA")
+        .arg("0000000000000000000000000000000000000000")
+        .arg(0)
+        .query_async::<redis::Value>(&mut c)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NOSCRIPT"));
+}

@@ -50,8 +50,11 @@ pub struct Job {
     pub pin: u32,
     /// The client speaks RESP3: use a RESP3 connection.
     pub resp3: bool,
-    /// Send `ASKING` first, on the same connection, as one unit.
-    pub asking: bool,
+    /// Sent first, on the same connection, as one unit with the request; its replies are
+    /// not the client's (`ASKING` after an ASK, `SCRIPT LOAD` after a NOSCRIPT, or both).
+    pub prefix: Option<Bytes>,
+    /// How many replies the prefix gets.
+    pub prefix_replies: u8,
     /// Redirects followed so far.
     pub hops: u8,
     /// When the job first had to wait (for the hold deadline).
@@ -72,7 +75,8 @@ impl Job {
             slot,
             pin,
             resp3,
-            asking: false,
+            prefix: None,
+            prefix_replies: 0,
             hops: 0,
             held_since: None,
             reply,
@@ -191,8 +195,8 @@ struct InFlight {
     job: Job,
     /// When its batch was written.
     sent: Instant,
-    /// The `+OK` of an `ASKING` sent before the request is still to come.
-    asking_reply: bool,
+    /// Replies to the job's prefix still to come.
+    prefix_replies: u8,
 }
 
 async fn run(target: Target, mut rx: mpsc::UnboundedReceiver<Job>, proxy: Weak<Proxy>) {
@@ -284,7 +288,10 @@ struct Connection<'a> {
 }
 
 const HELLO3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
-const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+/// `ASKING`, sent before a request that was answered with ASK.
+pub const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+/// How a `SCRIPT LOAD` request begins.
+const SCRIPT_LOAD: &[u8] = b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n";
 
 impl Connection<'_> {
     /// Runs the connection until it fails (`Some(reason)`) or the node is dropped (`None`).
@@ -313,12 +320,12 @@ impl Connection<'_> {
                 let sent = Instant::now();
                 self.metrics.backend_inflight.add(batch.len() as i64);
                 for job in batch.drain(..) {
-                    if job.asking {
-                        self.wbuf.extend_from_slice(ASKING);
+                    if let Some(prefix) = &job.prefix {
+                        self.wbuf.extend_from_slice(prefix);
                     }
                     self.wbuf.extend_from_slice(&job.raw);
                     self.inflight.push_back(InFlight {
-                        asking_reply: job.asking,
+                        prefix_replies: job.prefix_replies,
                         sent,
                         job,
                     });
@@ -374,8 +381,8 @@ impl Connection<'_> {
             let Some(front) = self.inflight.front_mut() else {
                 return Err("reply without a request".into());
             };
-            if front.asking_reply {
-                front.asking_reply = false;
+            if front.prefix_replies > 0 {
+                front.prefix_replies -= 1;
                 continue;
             }
             let done = self.inflight.pop_front().expect("front exists");
@@ -387,7 +394,30 @@ impl Connection<'_> {
         Ok(())
     }
 
-    fn complete(&self, job: Job, frame: Bytes) {
+    fn complete(&self, mut job: Job, frame: Bytes) {
+        let loaded_before = job
+            .prefix
+            .as_ref()
+            .is_some_and(|p| p.starts_with(SCRIPT_LOAD));
+        if frame.starts_with(b"-NOSCRIPT") && !loaded_before {
+            // The node lost the script (a failover, a restart, SCRIPT FLUSH): if the proxy
+            // knows its body, load it and run the request again, as one unit, once. An
+            // ASKING already in front stays right before the request.
+            if let Some(proxy) = self.proxy.upgrade() {
+                if let Some(load) = proxy.script_load_for(&job.raw) {
+                    let mut prefix = BytesMut::from(&load[..]);
+                    if let Some(asking) = &job.prefix {
+                        prefix.extend_from_slice(asking);
+                    }
+                    job.prefix_replies += 1;
+                    job.prefix = Some(prefix.freeze());
+                    if let Err(job) = proxy.node(self.addr).send(job) {
+                        let _ = job.reply.send(frame);
+                    }
+                    return;
+                }
+            }
+        }
         if frame.first() == Some(&b'-') {
             if let Some(redirect) = classify(&frame, self.addr) {
                 if let Some(proxy) = self.proxy.upgrade() {

@@ -37,6 +37,8 @@ use crate::metrics::{Metrics, RedirectKind};
 
 /// Redirects one request may follow before it waits for the slot map to settle.
 const MAX_HOPS: u8 = 5;
+/// Most script bodies remembered for NOSCRIPT healing.
+const MAX_SCRIPTS: usize = 10_000;
 
 /// What the data plane tells the control plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +66,8 @@ pub struct Proxy {
     pub server_version: ArcSwap<String>,
     pub started: Instant,
     nodes: Mutex<FxHashMap<String, Arc<Node>>>,
+    /// Script bodies by SHA1 (lower-case hex), to heal NOSCRIPT; bounded.
+    scripts: Mutex<FxHashMap<String, bytes::Bytes>>,
     hints: mpsc::UnboundedSender<Hint>,
     /// Becomes true when the proxy shuts down.
     shutdown: watch::Sender<bool>,
@@ -89,6 +93,7 @@ impl Proxy {
             server_version: ArcSwap::from_pointee("7.0.0".to_string()),
             started: Instant::now(),
             nodes: Mutex::new(FxHashMap::default()),
+            scripts: Mutex::new(FxHashMap::default()),
             hints,
             shutdown: watch::Sender::new(false),
             next_session: AtomicU32::new(1),
@@ -241,7 +246,8 @@ impl Proxy {
                 self.hold.push(job, Reason::NotReady(why));
             }
             Redirect::Moved { slot, addr } => {
-                job.asking = false;
+                job.prefix = None;
+                job.prefix_replies = 0;
                 // Forward before the map changes, so that this client's later requests,
                 // routed by the new map, cannot overtake this one.
                 if let Err(job) = self.node(&addr).send(job) {
@@ -250,7 +256,8 @@ impl Proxy {
                 self.hint(Hint::Moved { slot, addr });
             }
             Redirect::Ask { addr, .. } => {
-                job.asking = true;
+                job.prefix = Some(bytes::Bytes::from_static(backend::ASKING));
+                job.prefix_replies = 1;
                 if let Err(job) = self.node(&addr).send(job) {
                     self.hold.push(job, Reason::Unreachable(addr));
                 }
@@ -262,6 +269,33 @@ impl Proxy {
                 self.hold.push(job, reason);
             }
         }
+    }
+
+    /// Remembers a script body (from EVAL or SCRIPT LOAD) so that a node that lost it can be
+    /// given it again.
+    pub fn remember_script(&self, body: &bytes::Bytes) {
+        let sha = sha1_smol::Sha1::from(&body[..]).digest().to_string();
+        let mut scripts = self.scripts.lock().unwrap_or_else(|e| e.into_inner());
+        if scripts.len() < MAX_SCRIPTS || scripts.contains_key(&sha) {
+            scripts.insert(sha, body.clone());
+        }
+    }
+
+    /// For an EVALSHA whose script the proxy knows: the `SCRIPT LOAD` request that restores
+    /// it on a node.
+    pub fn script_load_for(&self, raw: &bytes::Bytes) -> Option<bytes::Bytes> {
+        let mut buf = bytes::BytesMut::from(&raw[..]);
+        let req = crate::protocol::Scanner::default().next(&mut buf).ok()??;
+        let name = req.arg(0);
+        if req.len() < 2
+            || !(name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVALSHA_RO"))
+        {
+            return None;
+        }
+        let sha = std::str::from_utf8(req.arg(1)).ok()?.to_ascii_lowercase();
+        let scripts = self.scripts.lock().unwrap_or_else(|e| e.into_inner());
+        let body = scripts.get(&sha)?;
+        Some(crate::protocol::Request::from_args(&[&b"SCRIPT"[..], b"LOAD", body]).into_raw())
     }
 
     /// True when the cluster agrees the node at `addr` has failed, or it is a replica now.

@@ -208,6 +208,9 @@ fn keyed(proxy: &Proxy, client: &Client, req: Request) -> (Pending, Class) {
             "pub/sub subscriptions are not supported through slotguard yet",
         );
     }
+    if matches!(spec.name.as_str(), "EVAL" | "EVAL_RO") && req.len() > 1 {
+        proxy.remember_script(&req.arg_bytes(1));
+    }
     let mut keys = KeyPositions::new();
     spec.key_positions(&req, &mut keys);
     let mut slot = None;
@@ -358,7 +361,12 @@ fn script(proxy: &Proxy, client: &Client, req: &Request) -> Pending {
     }
     let sub = req.arg(1).to_ascii_uppercase();
     match sub.as_slice() {
-        b"LOAD" => all_masters(proxy, client, req, Merge::First),
+        b"LOAD" => {
+            if req.len() > 2 {
+                proxy.remember_script(&req.arg_bytes(2));
+            }
+            all_masters(proxy, client, req, Merge::First)
+        }
         b"FLUSH" => all_masters(proxy, client, req, Merge::AllOk),
         b"EXISTS" => all_masters(proxy, client, req, Merge::MinEach),
         _ => unsupported(
