@@ -461,7 +461,8 @@ async fn connection_commands_are_answered_locally() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not supported"), "{err}");
-    let err = redis::cmd("MULTI")
+    let err = redis::cmd("WATCH")
+        .arg("k")
         .query_async::<Value>(&mut c)
         .await
         .unwrap_err();
@@ -628,4 +629,97 @@ async fn noscript_is_healed_from_the_proxys_script_cache() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("NOSCRIPT"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_run_whole_on_their_slots_owner() {
+    let h = Harness::start(3, 0).await;
+    let mut c = h.client().await;
+    // The redis crate's atomic pipeline: MULTI, the commands, EXEC.
+    let (set, incr, get): ((), i64, String) = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("{tx}a")
+        .arg(1)
+        .cmd("INCR")
+        .arg("{tx}a")
+        .cmd("GET")
+        .arg("{tx}a")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!((set, incr, get.as_str()), ((), 2, "2"));
+
+    // Raw: QUEUED per command, EXEC's array as the reply.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
+    async fn ask(s: &mut tokio::net::TcpStream, req: &[u8], until: &[u8]) -> String {
+        s.write_all(req).await.unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !out.ends_with(until) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0);
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    assert_eq!(
+        ask(&mut s, b"EXEC\r\n", b"\r\n").await,
+        "-ERR EXEC without MULTI\r\n"
+    );
+    assert_eq!(ask(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(
+        ask(&mut s, b"MULTI\r\n", b"\r\n").await,
+        "-ERR MULTI calls can not be nested\r\n"
+    );
+    assert_eq!(ask(&mut s, b"INCR {tx}n\r\n", b"\r\n").await, "+QUEUED\r\n");
+    assert_eq!(
+        ask(&mut s, b"INCRBY {tx}n 10\r\n", b"\r\n").await,
+        "+QUEUED\r\n"
+    );
+    assert_eq!(
+        ask(&mut s, b"EXEC\r\n", b":11\r\n").await,
+        "*2\r\n:1\r\n:11\r\n"
+    );
+
+    // A key of another slot is refused before EXEC; the transaction is discarded whole.
+    assert_eq!(ask(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(
+        ask(&mut s, b"SET {tx}n 100\r\n", b"\r\n").await,
+        "+QUEUED\r\n"
+    );
+    let refused = ask(&mut s, b"SET {other}m 1\r\n", b"\r\n").await;
+    assert!(refused.starts_with("-CROSSSLOT"), "{refused}");
+    assert_eq!(
+        ask(&mut s, b"EXEC\r\n", b"\r\n").await,
+        "-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    let n: i64 = redis::cmd("GET")
+        .arg("{tx}n")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 11, "nothing of the aborted transaction ran");
+
+    // DISCARD drops what was queued.
+    assert_eq!(ask(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(
+        ask(&mut s, b"SET {tx}n 0\r\n", b"\r\n").await,
+        "+QUEUED\r\n"
+    );
+    assert_eq!(ask(&mut s, b"DISCARD\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(
+        ask(&mut s, b"DISCARD\r\n", b"\r\n").await,
+        "-ERR DISCARD without MULTI\r\n"
+    );
+    let n: i64 = redis::cmd("GET")
+        .arg("{tx}n")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 11);
 }

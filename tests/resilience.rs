@@ -190,3 +190,66 @@ async fn a_stopped_master_fails_over_without_client_errors() {
         .unwrap();
     h.cluster_check().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_wait_out_a_failover_and_run_whole() {
+    let mut h = Harness::start(3, 1).await;
+    // A hash tag on node 0's slots: both keys of each transaction share it.
+    let key = (0..)
+        .map(|i| format!("{{tx{i}}}"))
+        .find(|k| slotguard::protocol::key_slot(k.as_bytes()) <= 5460)
+        .unwrap();
+    let url = h.url();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let k = key.clone();
+    let load = tokio::spawn(async move {
+        let mut c = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let (mut acked, mut errors) = (0i64, Vec::new());
+        while !flag.load(Ordering::Relaxed) {
+            let r: redis::RedisResult<(i64, i64)> = redis::pipe()
+                .atomic()
+                .cmd("INCR")
+                .arg(&k)
+                .cmd("INCR")
+                .arg(format!("{k}:shadow"))
+                .query_async(&mut c)
+                .await;
+            match r {
+                Ok((a, b)) if a == b => acked += 1,
+                Ok(other) => errors.push(format!("the two halves disagree: {other:?}")),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        (acked, errors)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.cluster.nodes[0].kill();
+    h.cluster.wait_promoted(0).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, errors) = load.await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(acked > 50, "transactions ran: {acked}");
+    let mut c = h.client().await;
+    let n: i64 = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // A transaction in flight on the dead connection may have run there too (at-least-once).
+    assert!(
+        n >= acked,
+        "every acknowledged transaction is in: {n} < {acked}"
+    );
+    h.cluster.restart(0).await.unwrap();
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+    h.cluster_check().unwrap();
+}

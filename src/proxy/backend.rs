@@ -55,6 +55,11 @@ pub struct Job {
     pub prefix: Option<Bytes>,
     /// How many replies the prefix gets.
     pub prefix_replies: u8,
+    /// A transaction's `MULTI` and queued commands, sent after the prefix and before the
+    /// request (`EXEC`); unlike the prefix it travels with the job through redirects.
+    pub lead: Option<Bytes>,
+    /// How many replies the lead gets.
+    pub lead_replies: u32,
     /// Redirects followed so far.
     pub hops: u8,
     /// When the job first had to wait (for the hold deadline).
@@ -77,6 +82,8 @@ impl Job {
             resp3,
             prefix: None,
             prefix_replies: 0,
+            lead: None,
+            lead_replies: 0,
             hops: 0,
             held_since: None,
             reply,
@@ -195,8 +202,8 @@ struct InFlight {
     job: Job,
     /// When its batch was written.
     sent: Instant,
-    /// Replies to the job's prefix still to come.
-    prefix_replies: u8,
+    /// Replies to the job's prefix and lead still to come.
+    skip: u32,
 }
 
 async fn run(target: Target, mut rx: mpsc::UnboundedReceiver<Job>, proxy: Weak<Proxy>) {
@@ -323,9 +330,12 @@ impl Connection<'_> {
                     if let Some(prefix) = &job.prefix {
                         self.wbuf.extend_from_slice(prefix);
                     }
+                    if let Some(lead) = &job.lead {
+                        self.wbuf.extend_from_slice(lead);
+                    }
                     self.wbuf.extend_from_slice(&job.raw);
                     self.inflight.push_back(InFlight {
-                        prefix_replies: job.prefix_replies,
+                        skip: job.prefix_replies as u32 + job.lead_replies,
                         sent,
                         job,
                     });
@@ -381,8 +391,8 @@ impl Connection<'_> {
             let Some(front) = self.inflight.front_mut() else {
                 return Err("reply without a request".into());
             };
-            if front.prefix_replies > 0 {
-                front.prefix_replies -= 1;
+            if front.skip > 0 {
+                front.skip -= 1;
                 continue;
             }
             let done = self.inflight.pop_front().expect("front exists");

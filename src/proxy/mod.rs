@@ -255,6 +255,11 @@ impl Proxy {
                 }
                 self.hint(Hint::Moved { slot, addr });
             }
+            Redirect::Ask { .. } if job.lead.is_some() => {
+                // ASKING does not last across a transaction's queued commands: wait for
+                // the migration of the slot to move on, then run it whole at the owner.
+                self.hold.push(job, Reason::TryAgain);
+            }
             Redirect::Ask { addr, .. } => {
                 job.prefix = Some(bytes::Bytes::from_static(backend::ASKING));
                 job.prefix_replies = 1;

@@ -36,7 +36,27 @@ pub struct Client {
     pub resp3: bool,
     /// QUIT was received: close once the replies before it are written.
     pub quit: bool,
+    /// Between MULTI and EXEC: the commands queued so far.
+    pub tx: Option<Tx>,
 }
+
+/// A transaction being queued. It runs as one unit on one connection of the owner of its
+/// slot: every key must be in the slot of the first.
+#[derive(Debug)]
+pub struct Tx {
+    /// `MULTI` and the queued commands, as they go on the wire.
+    body: bytes::BytesMut,
+    queued: u32,
+    slot: Option<u16>,
+    /// A command was refused while queueing: EXEC answers EXECABORT, as Redis does.
+    failed: bool,
+}
+
+/// Most commands one transaction may queue.
+const MAX_QUEUED: u32 = 100_000;
+
+const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
 
 /// A reply the client is owed, in request order.
 pub enum Pending {
@@ -83,6 +103,9 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         return (ready(local::noauth()), Class::Local);
     }
     let local = |bytes: Bytes| (ready(bytes), Class::Local);
+    if client.tx.is_some() && !matches!(name, b"MULTI" | b"EXEC" | b"DISCARD" | b"QUIT") {
+        return queue(proxy, client, name, req);
+    }
     match name {
         b"PING" => local(local::ping(&req)),
         b"ECHO" => local(local::echo(&req)),
@@ -121,9 +144,28 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             (one(proxy, client, req, None), Class::Other)
         }
         b"COMMAND" => (one(proxy, client, req, None), Class::Other),
-        b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => {
-            refused(name, "transactions are not supported through slotguard yet")
+        b"MULTI" if client.tx.is_some() => local(reply::error("ERR MULTI calls can not be nested")),
+        b"MULTI" => {
+            client.tx = Some(Tx {
+                body: bytes::BytesMut::from(MULTI),
+                queued: 0,
+                slot: None,
+                failed: false,
+            });
+            local(Bytes::from_static(reply::OK))
         }
+        b"EXEC" => match client.tx.take() {
+            Some(tx) => (exec(proxy, client, tx), Class::Write),
+            None => local(reply::error("ERR EXEC without MULTI")),
+        },
+        b"DISCARD" => match client.tx.take() {
+            Some(_) => local(Bytes::from_static(reply::OK)),
+            None => local(reply::error("ERR DISCARD without MULTI")),
+        },
+        b"WATCH" | b"UNWATCH" => refused(
+            name,
+            "WATCH needs a connection of its own, which slotguard does not pin yet",
+        ),
         b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
         | b"SUNSUBSCRIBE" => refused(
             name,
@@ -137,6 +179,82 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         b"" => (ready(reply::error("ERR unknown command")), Class::Other),
         _ => keyed(proxy, client, req),
     }
+}
+
+/// A command between MULTI and EXEC: checked as it would be routed, then queued.
+fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pending, Class) {
+    let tx = client
+        .tx
+        .as_mut()
+        .expect("queue() runs inside a transaction");
+    let mut fail = |error: Bytes| {
+        tx.failed = true;
+        (ready(error), Class::Other)
+    };
+    // What the proxy answers itself, or spreads over several nodes, cannot run inside a
+    // transaction that runs on one node.
+    if matches!(
+        name,
+        b"SELECT"
+            | b"AUTH"
+            | b"HELLO"
+            | b"CLIENT"
+            | b"CLUSTER"
+            | b"READONLY"
+            | b"READWRITE"
+            | b"DBSIZE"
+            | b"KEYS"
+            | b"FLUSHALL"
+            | b"FLUSHDB"
+            | b"RANDOMKEY"
+            | b"SCAN"
+            | b"SCRIPT"
+            | b"INFO"
+            | b"WATCH"
+            | b"UNWATCH"
+            | b"CONFIG"
+            | b"COMMAND"
+    ) {
+        return fail(unsupported_error(name, "not inside a transaction"));
+    }
+    let slot = match place(proxy, &req) {
+        Ok((slot, _)) => slot,
+        Err(error) => return fail(error),
+    };
+    if let Some(s) = slot {
+        match tx.slot {
+            None => tx.slot = Some(s),
+            Some(first) if first != s => {
+                return fail(reply::error(&format!(
+                    "CROSSSLOT Keys in a transaction must all be in one slot: this command's keys are in slot {s}, the transaction's in slot {first}"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    if tx.queued >= MAX_QUEUED {
+        return fail(reply::error(
+            "ERR slotguard: too many commands in one transaction",
+        ));
+    }
+    tx.body.extend_from_slice(req.raw());
+    tx.queued += 1;
+    (ready(reply::simple("QUEUED")), Class::Other)
+}
+
+/// EXEC: the transaction goes to its slot's owner as one unit (`MULTI`, the commands,
+/// `EXEC`); the client gets EXEC's reply. A hold holds it whole.
+fn exec(proxy: &Proxy, client: &Client, tx: Tx) -> Pending {
+    if tx.failed {
+        return ready(reply::error(
+            "EXECABORT Transaction discarded because of previous errors.",
+        ));
+    }
+    let (mut job, rx) = Job::new(Bytes::from_static(EXEC), tx.slot, client.id, client.resp3);
+    job.lead = Some(tx.body.freeze());
+    job.lead_replies = tx.queued + 1;
+    proxy.dispatch(job);
+    Pending::Wait(rx)
 }
 
 /// Commands that run on every master.
@@ -166,18 +284,31 @@ fn parse_slot(arg: &[u8]) -> Option<u16> {
 }
 
 fn unsupported(name: &[u8], why: &str) -> Pending {
-    ready(reply::error(&format!(
+    ready(unsupported_error(name, why))
+}
+
+fn unsupported_error(name: &[u8], why: &str) -> Bytes {
+    reply::error(&format!(
         "ERR slotguard: '{}' is not supported: {why}",
         String::from_utf8_lossy(name).to_lowercase()
-    )))
+    ))
 }
 
 /// Any other command: by its keys' slot, or to any master when it has none.
 fn keyed(proxy: &Proxy, client: &Client, req: Request) -> (Pending, Class) {
+    match place(proxy, &req) {
+        Ok((slot, class)) => (one(proxy, client, req, slot), class),
+        Err(error) => (ready(error), Class::Other),
+    }
+}
+
+/// Where a command goes: the slot of its keys (`None`: keyless) and its class, or the
+/// error to answer instead (refused, or keys in more than one slot).
+fn place(proxy: &Proxy, req: &Request) -> Result<(Option<u16>, Class), Bytes> {
     let commands = proxy.commands.load();
-    let Some(spec) = commands.lookup(&req) else {
+    let Some(spec) = commands.lookup(req) else {
         // Unknown here, maybe known to the server: it will answer for itself.
-        return (one(proxy, client, req, None), Class::Other);
+        return Ok((None, Class::Other));
     };
     let flags = spec.flags;
     let class = if flags.write {
@@ -187,48 +318,40 @@ fn keyed(proxy: &Proxy, client: &Client, req: Request) -> (Pending, Class) {
     } else {
         Class::Other
     };
+    let refuse = |why: &str| Err(unsupported_error(spec.name.as_bytes(), why));
     if flags.admin {
-        return refused(
-            spec.name.as_bytes(),
-            "admin commands are not forwarded; run them on the nodes",
-        );
+        return refuse("admin commands are not forwarded; run them on the nodes");
     }
-    if flags.blocking && !is_xread_without_block(&spec.name, &req) {
-        return refused(
-            spec.name.as_bytes(),
-            "blocking commands are not supported through slotguard yet",
-        );
+    if flags.blocking && !is_xread_without_block(&spec.name, req) {
+        return refuse("blocking commands are not supported through slotguard yet");
     }
     if flags.pubsub
         && !matches!(spec.name.as_str(), "PUBLISH" | "SPUBLISH" | "PUBSUB")
         && !spec.name.starts_with("PUBSUB|")
     {
-        return refused(
-            spec.name.as_bytes(),
-            "pub/sub subscriptions are not supported through slotguard yet",
-        );
+        return refuse("pub/sub subscriptions are not supported through slotguard yet");
     }
     if matches!(spec.name.as_str(), "EVAL" | "EVAL_RO") && req.len() > 1 {
         proxy.remember_script(&req.arg_bytes(1));
     }
     let mut keys = KeyPositions::new();
-    spec.key_positions(&req, &mut keys);
+    spec.key_positions(req, &mut keys);
     let mut slot = None;
     for &pos in &keys {
         let s = key_slot(req.arg(pos));
         match slot {
             None => slot = Some((s, pos)),
             Some((first, first_pos)) if first != s => {
-                return (ready(reply::error(&format!(
+                return Err(reply::error(&format!(
                     "CROSSSLOT Keys in request don't hash to the same slot (key '{}' is in slot {first}, key '{}' in slot {s})",
                     String::from_utf8_lossy(req.arg(first_pos)),
                     String::from_utf8_lossy(req.arg(pos)),
-                ))), class)
+                )))
             }
             Some(_) => {}
         }
     }
-    (one(proxy, client, req, slot.map(|(s, _)| s)), class)
+    Ok((slot.map(|(s, _)| s), class))
 }
 
 /// XREAD and XREADGROUP are flagged blocking, but only block with a BLOCK option.

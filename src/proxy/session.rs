@@ -58,6 +58,7 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream) {
         authenticated: config.password.is_none(),
         resp3: false,
         quit: false,
+        tx: None,
     };
     drop(config);
     let span = tracing::info_span!("client", id = client.id, %peer);
