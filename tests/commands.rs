@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::Harness;
+use common::{ask_raw, Harness};
 use redis::Value;
 
 /// Each line is one command; `K` stands for the test's key prefix. Keys share the hash tag
@@ -526,39 +526,30 @@ async fn a_proxy_password_is_required_when_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_3_switches_a_client_to_resp3_replies() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let h = Harness::start(3, 0).await;
     let mut s = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
-    async fn ask(s: &mut tokio::net::TcpStream, req: &[u8], until: &[u8]) -> String {
-        s.write_all(req).await.unwrap();
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !out.ends_with(until) {
-            let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&out));
-            out.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    let hello = ask(&mut s, b"HELLO 3\r\n", b"modules\r\n*0\r\n").await;
+    let hello = ask_raw(&mut s, b"HELLO 3\r\n", b"modules\r\n*0\r\n").await;
     assert!(hello.starts_with("%7\r\n"), "{hello}");
     assert!(hello.contains("proto\r\n:3\r\n"), "{hello}");
-    let _ = ask(&mut s, b"HSET r3 f v\r\n", b"\r\n").await;
+    let _ = ask_raw(&mut s, b"HSET r3 f v\r\n", b"\r\n").await;
     // RESP3: HGETALL is a map, a missing key is `_`, a score is a double.
     assert_eq!(
-        ask(&mut s, b"HGETALL r3\r\n", b"v\r\n").await,
+        ask_raw(&mut s, b"HGETALL r3\r\n", b"v\r\n").await,
         "%1\r\n$1\r\nf\r\n$1\r\nv\r\n"
     );
-    assert_eq!(ask(&mut s, b"GET nothing-here\r\n", b"\r\n").await, "_\r\n");
-    let _ = ask(&mut s, b"ZADD z3 1.5 m\r\n", b"\r\n").await;
-    assert_eq!(ask(&mut s, b"ZSCORE z3 m\r\n", b"\r\n").await, ",1.5\r\n");
-    let back = ask(&mut s, b"HELLO 2\r\n", b"modules\r\n*0\r\n").await;
+    assert_eq!(
+        ask_raw(&mut s, b"GET nothing-here\r\n", b"\r\n").await,
+        "_\r\n"
+    );
+    let _ = ask_raw(&mut s, b"ZADD z3 1.5 m\r\n", b"\r\n").await;
+    assert_eq!(
+        ask_raw(&mut s, b"ZSCORE z3 m\r\n", b"\r\n").await,
+        ",1.5\r\n"
+    );
+    let back = ask_raw(&mut s, b"HELLO 2\r\n", b"modules\r\n*0\r\n").await;
     assert!(back.starts_with("*14\r\n"), "{back}");
     assert_eq!(
-        ask(&mut s, b"GET nothing-here\r\n", b"\r\n").await,
+        ask_raw(&mut s, b"GET nothing-here\r\n", b"\r\n").await,
         "$-1\r\n"
     );
 }
@@ -651,51 +642,39 @@ async fn transactions_run_whole_on_their_slots_owner() {
     assert_eq!((set, incr, get.as_str()), ((), 2, "2"));
 
     // Raw: QUEUED per command, EXEC's array as the reply.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
-    async fn ask(s: &mut tokio::net::TcpStream, req: &[u8], until: &[u8]) -> String {
-        s.write_all(req).await.unwrap();
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !out.ends_with(until) {
-            let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0);
-            out.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
     assert_eq!(
-        ask(&mut s, b"EXEC\r\n", b"\r\n").await,
+        ask_raw(&mut s, b"EXEC\r\n", b"\r\n").await,
         "-ERR EXEC without MULTI\r\n"
     );
-    assert_eq!(ask(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(ask_raw(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
     assert_eq!(
-        ask(&mut s, b"MULTI\r\n", b"\r\n").await,
+        ask_raw(&mut s, b"MULTI\r\n", b"\r\n").await,
         "-ERR MULTI calls can not be nested\r\n"
     );
-    assert_eq!(ask(&mut s, b"INCR {tx}n\r\n", b"\r\n").await, "+QUEUED\r\n");
     assert_eq!(
-        ask(&mut s, b"INCRBY {tx}n 10\r\n", b"\r\n").await,
+        ask_raw(&mut s, b"INCR {tx}n\r\n", b"\r\n").await,
         "+QUEUED\r\n"
     );
     assert_eq!(
-        ask(&mut s, b"EXEC\r\n", b":11\r\n").await,
+        ask_raw(&mut s, b"INCRBY {tx}n 10\r\n", b"\r\n").await,
+        "+QUEUED\r\n"
+    );
+    assert_eq!(
+        ask_raw(&mut s, b"EXEC\r\n", b":11\r\n").await,
         "*2\r\n:1\r\n:11\r\n"
     );
 
     // A key of another slot is refused before EXEC; the transaction is discarded whole.
-    assert_eq!(ask(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(ask_raw(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
     assert_eq!(
-        ask(&mut s, b"SET {tx}n 100\r\n", b"\r\n").await,
+        ask_raw(&mut s, b"SET {tx}n 100\r\n", b"\r\n").await,
         "+QUEUED\r\n"
     );
-    let refused = ask(&mut s, b"SET {other}m 1\r\n", b"\r\n").await;
+    let refused = ask_raw(&mut s, b"SET {other}m 1\r\n", b"\r\n").await;
     assert!(refused.starts_with("-CROSSSLOT"), "{refused}");
     assert_eq!(
-        ask(&mut s, b"EXEC\r\n", b"\r\n").await,
+        ask_raw(&mut s, b"EXEC\r\n", b"\r\n").await,
         "-EXECABORT Transaction discarded because of previous errors.\r\n"
     );
     let n: i64 = redis::cmd("GET")
@@ -706,14 +685,14 @@ async fn transactions_run_whole_on_their_slots_owner() {
     assert_eq!(n, 11, "nothing of the aborted transaction ran");
 
     // DISCARD drops what was queued.
-    assert_eq!(ask(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(ask_raw(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
     assert_eq!(
-        ask(&mut s, b"SET {tx}n 0\r\n", b"\r\n").await,
+        ask_raw(&mut s, b"SET {tx}n 0\r\n", b"\r\n").await,
         "+QUEUED\r\n"
     );
-    assert_eq!(ask(&mut s, b"DISCARD\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(ask_raw(&mut s, b"DISCARD\r\n", b"\r\n").await, "+OK\r\n");
     assert_eq!(
-        ask(&mut s, b"DISCARD\r\n", b"\r\n").await,
+        ask_raw(&mut s, b"DISCARD\r\n", b"\r\n").await,
         "-ERR DISCARD without MULTI\r\n"
     );
     let n: i64 = redis::cmd("GET")

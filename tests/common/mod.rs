@@ -276,3 +276,20 @@ pub async fn assert_unharmed(h: &Harness, report: &Report, min_writes: u64, stal
     let lost = lost_writes(&mut c, &report.acked).await;
     assert!(lost.is_empty(), "lost writes: {lost:?}");
 }
+
+/// Sends raw bytes and reads until the reply ends with `until` (5 s per read at most).
+pub async fn ask_raw(s: &mut tokio::net::TcpStream, req: &[u8], until: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(req).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !out.ends_with(until) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
