@@ -37,6 +37,9 @@ pub struct Config {
     pub max_pending: usize,
     /// Connections the proxy keeps to each cluster node.
     pub backend_connections: usize,
+    /// Most connections to one node that single clients hold for themselves (blocking
+    /// commands, WATCH, subscriptions).
+    pub dedicated_connections: usize,
     /// How long a connection attempt to a node may take.
     pub connect_timeout: Duration,
     /// How often the slot map is refreshed when nothing prompts it.
@@ -122,6 +125,7 @@ struct ClientSection {
 #[serde(deny_unknown_fields, default)]
 struct BackendSection {
     connections: usize,
+    dedicated_connections: usize,
     connect_timeout: String,
 }
 
@@ -189,6 +193,7 @@ impl Default for BackendSection {
     fn default() -> Self {
         BackendSection {
             connections: 1,
+            dedicated_connections: 256,
             connect_timeout: "1s".into(),
         }
     }
@@ -327,6 +332,10 @@ impl File {
                 "expected 1 to 64",
             ));
         }
+        positive(
+            "backend.dedicated_connections",
+            self.backend.dedicated_connections,
+        )?;
         let log_level = self.log.level.clone();
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(bad("log.level", &log_level, "not a log filter"));
@@ -353,6 +362,7 @@ impl File {
             },
             max_pending: self.client.max_pending,
             backend_connections: self.backend.connections,
+            dedicated_connections: self.backend.dedicated_connections,
             connect_timeout: duration("backend.connect_timeout", &self.backend.connect_timeout)?,
             refresh_interval: duration(
                 "topology.refresh_interval",

@@ -90,6 +90,7 @@ pub struct Metrics {
     pub client_connections_total: IntCounter,
     pub clients_refused: IntCounter,
     pub backend_connections: IntGauge,
+    pub backend_dedicated_connections: IntGauge,
     pub backend_connects_ok: IntCounter,
     pub backend_connects_failed: IntCounter,
     pub backend_inflight: IntGauge,
@@ -214,6 +215,10 @@ impl Metrics {
                 "slotguard_backend_connections",
                 "Connections to cluster nodes open now",
             ),
+            backend_dedicated_connections: gauge(
+                "slotguard_backend_dedicated_connections",
+                "Connections to cluster nodes held by one client (blocking commands, WATCH, subscriptions)",
+            ),
             backend_connects_ok: connects.with_label_values(&["ok"]),
             backend_connects_failed: connects.with_label_values(&["failed"]),
             backend_inflight: gauge(
@@ -264,6 +269,7 @@ impl Metrics {
             Box::new(metrics.client_connections_total.clone()),
             Box::new(metrics.clients_refused.clone()),
             Box::new(metrics.backend_connections.clone()),
+            Box::new(metrics.backend_dedicated_connections.clone()),
             Box::new(connects),
             Box::new(metrics.backend_inflight.clone()),
             Box::new(refreshes),

@@ -15,18 +15,21 @@
 //! answers in the protocol the client speaks and replies still pass through untouched.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use prometheus::Histogram;
 
 use super::hold::Reason;
+use super::lease::Lease;
 use super::Proxy;
 use crate::metrics::Metrics;
 use crate::protocol::ReplyScanner;
@@ -64,6 +67,10 @@ pub struct Job {
     pub hops: u8,
     /// When the job first had to wait (for the hold deadline).
     pub held_since: Option<Instant>,
+    /// Runs on the client's own connection instead of a shared one.
+    pub lease: Option<Arc<Lease>>,
+    /// WATCH, or an EXEC under a WATCH: must run on the connection holding the watch.
+    pub watch: bool,
     pub reply: oneshot::Sender<Bytes>,
 }
 
@@ -86,6 +93,8 @@ impl Job {
             lead_replies: 0,
             hops: 0,
             held_since: None,
+            lease: None,
+            watch: false,
             reply,
         };
         (job, rx)
@@ -135,13 +144,23 @@ pub fn classify(frame: &[u8], from: &str) -> Option<Redirect> {
 }
 
 /// One cluster node and its connections.
-#[derive(Debug)]
 pub struct Node {
     pub addr: String,
     /// RESP2 connections.
     conns: Vec<mpsc::UnboundedSender<Job>>,
     /// RESP3 connections, for clients that said `HELLO 3`.
     conns3: Vec<mpsc::UnboundedSender<Job>>,
+    /// What a new connection task needs.
+    target: Target,
+    proxy: Weak<Proxy>,
+    /// Dedicated connections still free (see [`Lease`]).
+    dedicated: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("addr", &self.addr).finish()
+    }
 }
 
 impl Node {
@@ -149,23 +168,27 @@ impl Node {
     pub fn spawn(
         addr: String,
         conns: usize,
+        dedicated: usize,
         proxy: Weak<Proxy>,
         connect_timeout: Duration,
         metrics: &Arc<Metrics>,
     ) -> Node {
-        let latency = metrics.node_latency(&addr);
+        let target = Target {
+            addr: addr.clone(),
+            resp3: false,
+            connect_timeout,
+            metrics: metrics.clone(),
+            latency: metrics.node_latency(&addr),
+        };
         let spawn = |resp3: bool| -> Vec<_> {
             (0..conns)
                 .map(|_| {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let target = Target {
-                        addr: addr.clone(),
                         resp3,
-                        connect_timeout,
-                        metrics: metrics.clone(),
-                        latency: latency.clone(),
+                        ..target.clone()
                     };
-                    tokio::spawn(run(target, rx, proxy.clone()));
+                    tokio::spawn(run(target, rx, proxy.clone(), None));
                     tx
                 })
                 .collect()
@@ -175,19 +198,59 @@ impl Node {
             addr,
             conns,
             conns3,
+            target,
+            proxy,
+            dedicated: Arc::new(Semaphore::new(dedicated)),
         }
     }
 
-    /// Queues a job on the connection its pin selects. Gives the job back if that
-    /// connection's task is gone.
+    /// Queues a job on the connection its pin selects, or on its client's own connection.
+    /// Gives the job back if that connection's task is gone.
     pub fn send(&self, job: Job) -> Result<(), Job> {
+        if let Some(lease) = job.lease.clone() {
+            return lease.send(self, job);
+        }
         let conns = if job.resp3 { &self.conns3 } else { &self.conns };
         let conn = &conns[job.pin as usize % conns.len()];
         conn.send(job).map_err(|e| e.0)
     }
+
+    /// One of the node's dedicated connections, for a connection managed elsewhere
+    /// (subscriptions); `None` when all are taken.
+    pub fn dedicated_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.dedicated.clone().try_acquire_owned().ok()
+    }
+
+    /// Opens a connection for `lease` alone; `None` when the node's allowance is used up.
+    pub fn open_dedicated(
+        &self,
+        lease: &Arc<Lease>,
+        resp3: bool,
+    ) -> Option<mpsc::UnboundedSender<Job>> {
+        let permit = self.dedicated_permit()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let target = Target {
+            resp3,
+            ..self.target.clone()
+        };
+        let owner = Owner {
+            lease: Arc::downgrade(lease),
+            _permit: permit,
+        };
+        tokio::spawn(run(target, rx, self.proxy.clone(), Some(owner)));
+        Some(tx)
+    }
+}
+
+/// The client a dedicated connection belongs to.
+struct Owner {
+    lease: Weak<Lease>,
+    /// Returned to the node's allowance when the connection task ends.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// What a connection task connects to.
+#[derive(Clone)]
 struct Target {
     addr: String,
     resp3: bool,
@@ -206,7 +269,12 @@ struct InFlight {
     skip: u32,
 }
 
-async fn run(target: Target, mut rx: mpsc::UnboundedReceiver<Job>, proxy: Weak<Proxy>) {
+async fn run(
+    target: Target,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    proxy: Weak<Proxy>,
+    owner: Option<Owner>,
+) {
     let Target {
         addr,
         resp3,
@@ -246,6 +314,7 @@ async fn run(target: Target, mut rx: mpsc::UnboundedReceiver<Job>, proxy: Weak<P
             rbuf: BytesMut::with_capacity(16 * 1024),
             scanner: ReplyScanner::default(),
             resp3,
+            own: owner.is_some(),
             skip: 0,
             metrics: &metrics,
             latency: &latency,
@@ -255,17 +324,33 @@ async fn run(target: Target, mut rx: mpsc::UnboundedReceiver<Job>, proxy: Weak<P
             conn.wbuf.extend_from_slice(HELLO3);
             conn.skip = 1;
         }
-        metrics.backend_connections.inc();
+        let gauge = if owner.is_some() {
+            &metrics.backend_dedicated_connections
+        } else {
+            &metrics.backend_connections
+        };
+        gauge.inc();
         let error = conn.serve(stream, &mut rx, &mut batch).await;
-        metrics.backend_connections.dec();
+        gauge.dec();
         let Connection { inflight, .. } = conn;
         metrics.backend_inflight.sub(inflight.len() as i64);
         let Some(error) = error else { return };
+        if let Some(lease) = owner.as_ref().and_then(|o| o.lease.upgrade()) {
+            lease.lost(&addr);
+        }
         warn!(%addr, %error, in_flight = inflight.len(), "backend connection lost");
         // A request written to a connection that broke may or may not have run; it is
         // retried, as cluster clients do (at-least-once for what was in flight).
         let lost = inflight.into_iter().map(|f| f.job).chain(batch.drain(..));
         fail_all(&proxy, &addr, lost, &error);
+    }
+}
+
+/// Ready when the client of the first job in flight has gone away.
+fn client_gone(inflight: &mut VecDeque<InFlight>, cx: &mut Context<'_>) -> Poll<()> {
+    match inflight.front_mut() {
+        Some(front) => front.job.reply.poll_closed(cx),
+        None => Poll::Pending,
     }
 }
 
@@ -288,6 +373,8 @@ struct Connection<'a> {
     scanner: ReplyScanner,
     /// The connection speaks RESP3; push messages are not replies.
     resp3: bool,
+    /// The connection is one client's own: it closes when that client goes.
+    own: bool,
     /// Replies still to come that answer no job (the `HELLO 3` sent on connect).
     skip: usize,
     metrics: &'a Metrics,
@@ -301,7 +388,8 @@ pub const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 const SCRIPT_LOAD: &[u8] = b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n";
 
 impl Connection<'_> {
-    /// Runs the connection until it fails (`Some(reason)`) or the node is dropped (`None`).
+    /// Runs the connection until it fails (`Some(reason)`), or until its job queue is closed
+    /// and every reply is in, or (a dedicated connection) its client is gone (`None`).
     async fn serve(
         &mut self,
         mut stream: TcpStream,
@@ -313,6 +401,7 @@ impl Connection<'_> {
         // answers: once the cluster has failed it over, what it holds is sent again.
         let mut stall_check = tokio::time::interval(STALL_CHECK);
         stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut closed = false;
         loop {
             if !batch.is_empty() {
                 // Let the other sessions that are ready run first: what they send joins
@@ -353,15 +442,25 @@ impl Connection<'_> {
                         if let Err(e) = self.replies() {
                             return Some(e);
                         }
+                        if closed && self.inflight.is_empty() {
+                            return None;
+                        }
                         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
                             self.rbuf.reserve(16 * 1024);
                         }
                     }
                     Err(e) => return Some(format!("read: {e}")),
                 },
-                n = rx.recv_many(batch, BATCH) => if n == 0 {
-                    return None;
+                n = rx.recv_many(batch, BATCH), if !closed => if n == 0 {
+                    if self.inflight.is_empty() {
+                        return None;
+                    }
+                    closed = true; // finish what is in flight first
                 },
+                _ = poll_fn(|cx| client_gone(&mut self.inflight, cx)), if self.own => {
+                    // Closing the connection also ends a blocked command on the node.
+                    return None;
+                }
                 _ = stall_check.tick(), if !self.inflight.is_empty() => {
                     let stalled = self.inflight.front().is_some_and(|f| f.sent.elapsed() > STALL);
                     if stalled && self.proxy.upgrade().is_some_and(|p| p.node_failed(self.addr)) {

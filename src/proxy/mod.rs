@@ -12,8 +12,10 @@
 pub mod backend;
 pub mod command;
 pub mod hold;
+pub mod lease;
 mod local;
 mod merge;
+mod pubsub;
 mod router;
 pub mod session;
 pub mod slot_table;
@@ -143,6 +145,7 @@ impl Proxy {
                 Arc::new(Node::spawn(
                     addr.to_string(),
                     config.backend_connections,
+                    config.dedicated_connections,
                     self.me.clone(),
                     config.connect_timeout,
                     &self.metrics,

@@ -16,7 +16,10 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
+use std::sync::Arc;
+
 use super::command::KeyPositions;
+use super::lease::Lease;
 use super::local;
 use super::merge::{Join, Merge, GONE};
 use super::{Job, Proxy};
@@ -38,6 +41,10 @@ pub struct Client {
     pub quit: bool,
     /// Between MULTI and EXEC: the commands queued so far.
     pub tx: Option<Tx>,
+    /// The client's own backend connection, once it needed one.
+    pub lease: Option<Arc<Lease>>,
+    /// After WATCH: the slot of the watched keys.
+    pub watch: Option<u16>,
 }
 
 /// A transaction being queued. It runs as one unit on one connection of the owner of its
@@ -63,16 +70,45 @@ pub enum Pending {
     Ready(Bytes),
     Wait(oneshot::Receiver<Bytes>),
     Join(Join),
+    /// A request on the client's own connection (a blocking command, WATCH, EXEC after
+    /// WATCH). It is sent only once every earlier reply is in, and the session sends
+    /// nothing after it before its reply: its order against the client's other requests,
+    /// which go on shared connections, is kept.
+    Turn(Option<Job>, oneshot::Receiver<Bytes>),
+    /// A (P|S)SUBSCRIBE: once every earlier reply is written, the session turns to
+    /// [`super::pubsub`] with it.
+    Subscribe(Option<Request>),
 }
 
 impl Pending {
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
         match self {
             Pending::Ready(bytes) => Poll::Ready(std::mem::take(bytes)),
-            Pending::Wait(rx) => Pin::new(rx)
+            Pending::Wait(rx) | Pending::Turn(_, rx) => Pin::new(rx)
                 .poll(cx)
                 .map(|r| r.unwrap_or_else(|_| reply::error(GONE))),
             Pending::Join(join) => join.poll(cx),
+            Pending::Subscribe(_) => Poll::Pending,
+        }
+    }
+
+    pub fn is_turn(&self) -> bool {
+        matches!(self, Pending::Turn(..) | Pending::Subscribe(_))
+    }
+
+    /// A subscription whose time has come: the command that starts it.
+    pub fn subscription(&mut self) -> Option<Request> {
+        match self {
+            Pending::Subscribe(req) => req.take(),
+            _ => None,
+        }
+    }
+
+    /// A turn whose time has come: the job to send now.
+    pub fn launch(&mut self) -> Option<Job> {
+        match self {
+            Pending::Turn(job, _) => job.take(),
+            _ => None,
         }
     }
 }
@@ -155,22 +191,30 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             local(Bytes::from_static(reply::OK))
         }
         b"EXEC" => match client.tx.take() {
-            Some(tx) => (exec(proxy, client, tx), Class::Write),
+            Some(tx) => (exec(client, tx), Class::Write),
             None => local(reply::error("ERR EXEC without MULTI")),
         },
         b"DISCARD" => match client.tx.take() {
-            Some(_) => local(Bytes::from_static(reply::OK)),
+            Some(_) => {
+                unwatch(client);
+                local(Bytes::from_static(reply::OK))
+            }
             None => local(reply::error("ERR DISCARD without MULTI")),
         },
-        b"WATCH" | b"UNWATCH" => refused(
-            name,
-            "WATCH needs a connection of its own, which slotguard does not pin yet",
-        ),
-        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
-        | b"SUNSUBSCRIBE" => refused(
-            name,
-            "pub/sub subscriptions are not supported through slotguard yet",
-        ),
+        b"WATCH" => watch(proxy, client, req),
+        b"UNWATCH" => {
+            unwatch(client);
+            local(Bytes::from_static(reply::OK))
+        }
+        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" if req.len() >= 2 => {
+            (Pending::Subscribe(Some(req)), Class::Other)
+        }
+        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => {
+            local(local::arity(&String::from_utf8_lossy(name).to_lowercase()))
+        }
+        b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => {
+            local(super::pubsub::not_subscribed(client.resp3, &req))
+        }
         b"WAIT" | b"WAITAOF" => refused(name, "it waits on one connection of one node"),
         b"MONITOR" | b"SYNC" | b"PSYNC" | b"REPLCONF" => {
             refused(name, "it takes over the connection")
@@ -191,6 +235,9 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
         tx.failed = true;
         (ready(error), Class::Other)
     };
+    if name == b"WATCH" {
+        return fail(reply::error("ERR WATCH inside MULTI is not allowed"));
+    }
     // What the proxy answers itself, or spreads over several nodes, cannot run inside a
     // transaction that runs on one node.
     if matches!(
@@ -210,7 +257,6 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
             | b"SCAN"
             | b"SCRIPT"
             | b"INFO"
-            | b"WATCH"
             | b"UNWATCH"
             | b"CONFIG"
             | b"COMMAND"
@@ -218,7 +264,7 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
         return fail(unsupported_error(name, "not inside a transaction"));
     }
     let slot = match place(proxy, &req) {
-        Ok((slot, _)) => slot,
+        Ok(placed) => placed.slot,
         Err(error) => return fail(error),
     };
     if let Some(s) = slot {
@@ -243,18 +289,76 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
 }
 
 /// EXEC: the transaction goes to its slot's owner as one unit (`MULTI`, the commands,
-/// `EXEC`); the client gets EXEC's reply. A hold holds it whole.
-fn exec(proxy: &Proxy, client: &Client, tx: Tx) -> Pending {
+/// `EXEC`); the client gets EXEC's reply. A hold holds it whole. After WATCH it runs on the
+/// connection that holds the watch.
+fn exec(client: &mut Client, tx: Tx) -> Pending {
+    let watched = client.watch;
     if tx.failed {
+        unwatch(client);
         return ready(reply::error(
             "EXECABORT Transaction discarded because of previous errors.",
         ));
     }
-    let (mut job, rx) = Job::new(Bytes::from_static(EXEC), tx.slot, client.id, client.resp3);
+    let slot = match (watched, tx.slot) {
+        (Some(w), Some(s)) if w != s => {
+            unwatch(client);
+            return ready(reply::error(&format!(
+                "CROSSSLOT slotguard: the transaction's keys are in slot {s}, the watched keys in slot {w}; EXEC discarded"
+            )));
+        }
+        (w, s) => s.or(w),
+    };
+    let (mut job, rx) = Job::new(Bytes::from_static(EXEC), slot, client.id, client.resp3);
     job.lead = Some(tx.body.freeze());
     job.lead_replies = tx.queued + 1;
-    proxy.dispatch(job);
-    Pending::Wait(rx)
+    if watched.is_some() {
+        client.watch = None;
+        job.watch = true;
+        job.lease = Some(lease(client));
+    }
+    Pending::Turn(Some(job), rx)
+}
+
+/// The client's own connection, made on first use.
+fn lease(client: &mut Client) -> Arc<Lease> {
+    client.lease.get_or_insert_with(Default::default).clone()
+}
+
+/// WATCH: sent on the client's own connection to the owner of the keys' slot; the
+/// transaction's EXEC will run there.
+fn watch(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
+    if req.len() < 2 {
+        return (ready(local::arity("watch")), Class::Other);
+    }
+    let slot = match place(proxy, &req) {
+        Ok(placed) => placed.slot,
+        Err(error) => return (ready(error), Class::Other),
+    };
+    let Some(slot) = slot else {
+        return (ready(local::arity("watch")), Class::Other);
+    };
+    if let Some(first) = client.watch.filter(|&w| w != slot) {
+        return (
+            ready(reply::error(&format!(
+                "CROSSSLOT slotguard: watched keys must all be in one slot: these are in slot {slot}, the ones watched already in slot {first}"
+            ))),
+            Class::Other,
+        );
+    }
+    client.watch = Some(slot);
+    let (mut job, rx) = job(client, req, Some(slot));
+    job.watch = true;
+    job.lease = Some(lease(client));
+    (Pending::Turn(Some(job), rx), Class::Read)
+}
+
+/// UNWATCH, DISCARD, EXEC: the client watches nothing any more.
+fn unwatch(client: &mut Client) {
+    if client.watch.take().is_some() {
+        if let Some(lease) = &client.lease {
+            lease.unwatch();
+        }
+    }
 }
 
 /// Commands that run on every master.
@@ -294,21 +398,44 @@ fn unsupported_error(name: &[u8], why: &str) -> Bytes {
     ))
 }
 
-/// Any other command: by its keys' slot, or to any master when it has none.
-fn keyed(proxy: &Proxy, client: &Client, req: Request) -> (Pending, Class) {
+/// Any other command: by its keys' slot, or to any master when it has none. A blocking
+/// command runs on the client's own connection.
+fn keyed(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
     match place(proxy, &req) {
-        Ok((slot, class)) => (one(proxy, client, req, slot), class),
+        Ok(Placed {
+            slot,
+            class,
+            blocking: true,
+        }) => {
+            let (mut job, rx) = job(client, req, slot);
+            job.lease = Some(lease(client));
+            (Pending::Turn(Some(job), rx), class)
+        }
+        Ok(placed) => (one(proxy, client, req, placed.slot), placed.class),
         Err(error) => (ready(error), Class::Other),
     }
 }
 
-/// Where a command goes: the slot of its keys (`None`: keyless) and its class, or the
-/// error to answer instead (refused, or keys in more than one slot).
-fn place(proxy: &Proxy, req: &Request) -> Result<(Option<u16>, Class), Bytes> {
+/// Where a command goes.
+struct Placed {
+    /// The slot of its keys; `None`: keyless.
+    slot: Option<u16>,
+    class: Class,
+    /// It may block: it needs a connection of its own.
+    blocking: bool,
+}
+
+/// Where a command goes, or the error to answer instead (refused, or keys in more than one
+/// slot).
+fn place(proxy: &Proxy, req: &Request) -> Result<Placed, Bytes> {
     let commands = proxy.commands.load();
     let Some(spec) = commands.lookup(req) else {
         // Unknown here, maybe known to the server: it will answer for itself.
-        return Ok((None, Class::Other));
+        return Ok(Placed {
+            slot: None,
+            class: Class::Other,
+            blocking: false,
+        });
     };
     let flags = spec.flags;
     let class = if flags.write {
@@ -322,9 +449,7 @@ fn place(proxy: &Proxy, req: &Request) -> Result<(Option<u16>, Class), Bytes> {
     if flags.admin {
         return refuse("admin commands are not forwarded; run them on the nodes");
     }
-    if flags.blocking && !is_xread_without_block(&spec.name, req) {
-        return refuse("blocking commands are not supported through slotguard yet");
-    }
+    let blocking = flags.blocking && !is_xread_without_block(&spec.name, req);
     if flags.pubsub
         && !matches!(spec.name.as_str(), "PUBLISH" | "SPUBLISH" | "PUBSUB")
         && !spec.name.starts_with("PUBSUB|")
@@ -351,7 +476,11 @@ fn place(proxy: &Proxy, req: &Request) -> Result<(Option<u16>, Class), Bytes> {
             Some(_) => {}
         }
     }
-    Ok((slot.map(|(s, _)| s), class))
+    Ok(Placed {
+        slot: slot.map(|(s, _)| s),
+        class,
+        blocking,
+    })
 }
 
 /// XREAD and XREADGROUP are flagged blocking, but only block with a BLOCK option.

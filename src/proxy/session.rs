@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, Instrument};
 
+use super::pubsub;
 use super::router::{route, Client, Pending};
 use super::Proxy;
 use crate::metrics::{Class, Metrics};
@@ -31,6 +32,8 @@ const READ_CHUNK: usize = 16 * 1024;
 const READ_LOW: usize = 2048;
 /// Most reserved at once for a large bulk still arriving.
 const READ_MAX_STEP: usize = 4 * 1024 * 1024;
+/// Most bytes buffered unrouted while a request waits for its turn.
+const TURN_READ: usize = 64 * 1024;
 
 /// A reply owed, with what the metrics need to know about its request.
 struct Owed {
@@ -59,6 +62,8 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream) {
         resp3: false,
         quit: false,
         tx: None,
+        lease: None,
+        watch: None,
     };
     drop(config);
     let span = tracing::info_span!("client", id = client.id, %peer);
@@ -71,10 +76,14 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream) {
     metrics.client_connections.dec();
 }
 
-/// Moves the replies at the front that are already answered into `out`.
-fn take_ready(owed: &mut VecDeque<Owed>, out: &mut BytesMut, metrics: &Metrics) {
+/// Moves the replies at the front that are already answered into `out`. A request that
+/// waits for its turn is sent when it reaches the front.
+fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut BytesMut, metrics: &Metrics) {
     let mut cx = Context::from_waker(Waker::noop());
     while let Some(front) = owed.front_mut() {
+        if let Some(job) = front.reply.launch() {
+            proxy.dispatch(job);
+        }
         match front.reply.poll(&mut cx) {
             Poll::Ready(bytes) => {
                 let done = owed.pop_front().expect("front exists");
@@ -99,7 +108,8 @@ fn emit(out: &mut BytesMut, bytes: &[u8], done: &Owed, metrics: &Metrics) {
 enum Taken {
     /// Every complete request was routed; more bytes are needed.
     All,
-    /// `max` replies are owed; requests may wait in the buffer.
+    /// `max` replies are owed, or a request waits for its turn (see [`Pending::Turn`]);
+    /// requests may wait in the buffer.
     Full,
     /// QUIT, or a protocol error (answered, then the connection closes): read no more.
     Done,
@@ -128,6 +138,9 @@ fn take_requests(
                 if client.quit {
                     return Taken::Done;
                 }
+                if waits_for_turn(owed) {
+                    return Taken::Full;
+                }
             }
             Ok(None) => return Taken::All,
             Err(e) => {
@@ -145,6 +158,11 @@ fn take_requests(
     Taken::Full
 }
 
+/// A request waits for its turn: nothing after it is routed until its reply is in.
+fn waits_for_turn(owed: &VecDeque<Owed>) -> bool {
+    owed.back().is_some_and(|o| o.reply.is_turn())
+}
+
 async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> std::io::Result<()> {
     let (mut rd, mut wr) = stream.split();
     let config = proxy.config().clone();
@@ -160,7 +178,7 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> st
     let mut last_request = Instant::now();
     loop {
         // Everything already answered goes out in one write.
-        take_ready(&mut owed, &mut out, metrics);
+        take_ready(proxy, &mut owed, &mut out, metrics);
         if !out.is_empty() {
             wr.write_all(&out).await?;
             out.clear();
@@ -171,8 +189,29 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> st
         if *shutdown.borrow() {
             reading = false;
         }
+        if let Some(first) = owed.front_mut().and_then(|o| o.reply.subscription()) {
+            owed.pop_front();
+            let left = pubsub::serve(
+                proxy,
+                client,
+                &mut rd,
+                &mut wr,
+                &mut scanner,
+                &mut rbuf,
+                first,
+            )
+            .await?;
+            match left {
+                pubsub::Left::Unsubscribed => {
+                    backlog = true; // requests may have arrived behind the last UNSUBSCRIBE
+                    continue;
+                }
+                pubsub::Left::Close => return Ok(()),
+            }
+        }
         // Requests already buffered are taken as room frees up.
-        if reading && backlog && owed.len() < config.max_pending {
+        let turn = waits_for_turn(&owed);
+        if reading && backlog && owed.len() < config.max_pending && !turn {
             let taken = take_requests(
                 proxy,
                 client,
@@ -188,7 +227,10 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> st
         if !reading && owed.is_empty() {
             return Ok(());
         }
-        let want_read = reading && !backlog && owed.len() < config.max_pending;
+        // While a request waits for its turn (a blocking command, say), a little more is
+        // read, so that a client that disconnects is noticed and its connection freed.
+        let want_read = reading
+            && ((!backlog && owed.len() < config.max_pending) || (turn && rbuf.len() < TURN_READ));
         if want_read {
             // Grow only when little room is left: requests split off the buffer still
             // share it, so a reserve may have to allocate and copy what is left.
@@ -221,6 +263,10 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> st
                     return Ok(()); // the client closed; its outstanding replies are dropped
                 }
                 last_request = Instant::now();
+                if turn {
+                    backlog = true;
+                    continue;
+                }
                 let taken = take_requests(proxy, client, &mut scanner, &mut rbuf, &mut owed, config.max_pending);
                 reading = taken != Taken::Done;
                 backlog = taken == Taken::Full;

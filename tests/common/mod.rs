@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use slotguard::cluster::conn::Conn;
 use slotguard::config::Config;
 use slotguard::localcluster::{wait_for, LocalCluster, Options};
+use slotguard::protocol::key_slot;
 use slotguard::server::{self, Running};
 
 pub struct Harness {
@@ -292,4 +294,62 @@ pub async fn ask_raw(s: &mut tokio::net::TcpStream, req: &[u8], until: &[u8]) ->
         out.extend_from_slice(&buf[..n]);
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A key tag whose slot is served by master `i` of a three-master cluster.
+pub fn tag_on(i: usize) -> String {
+    let range = match i {
+        0 => 0..=5460,
+        1 => 5461..=10922,
+        _ => 10923..=16383,
+    };
+    (0..)
+        .map(|n| format!("{{b{n}}}"))
+        .find(|t| range.contains(&key_slot(t.as_bytes())))
+        .unwrap()
+}
+
+pub async fn call(addr: &str, args: &[&str]) -> slotguard::protocol::Value {
+    let mut c = Conn::connect(addr, Duration::from_secs(5)).await.unwrap();
+    c.call_ok(args)
+        .await
+        .unwrap_or_else(|e| panic!("{args:?} on {addr}: {e}"))
+}
+
+/// Moves `slot` from master `from` to master `to` with the migration protocol.
+pub async fn move_slot(h: &Harness, slot: u16, from: usize, to: usize) {
+    let (a, b) = (h.cluster.nodes[from].addr(), h.cluster.nodes[to].addr());
+    let ids = |addr: String| async move {
+        call(&addr, &["CLUSTER", "MYID"])
+            .await
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (source, target) = (ids(a.clone()).await, ids(b.clone()).await);
+    let s = slot.to_string();
+    call(&b, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &source]).await;
+    call(&a, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &target]).await;
+    let (host, port) = b.rsplit_once(':').unwrap();
+    loop {
+        let keys = call(&a, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]).await;
+        let slotguard::protocol::Value::Array(keys) = keys else {
+            panic!("GETKEYSINSLOT")
+        };
+        if keys.is_empty() {
+            break;
+        }
+        for k in keys {
+            let k = k.as_str().unwrap().to_string();
+            call(&a, &["MIGRATE", host, port, &k, "0", "5000"]).await;
+        }
+    }
+    call(&b, &["CLUSTER", "SETSLOT", &s, "NODE", &target]).await;
+    call(&a, &["CLUSTER", "SETSLOT", &s, "NODE", &target]).await;
+    for n in h.cluster.nodes.iter().filter(|n| n.pid().is_some()) {
+        let addr = n.addr();
+        if addr != a && addr != b {
+            call(&addr, &["CLUSTER", "SETSLOT", &s, "NODE", &target]).await;
+        }
+    }
 }

@@ -1,0 +1,648 @@
+//! Subscriptions.
+//!
+//! A client that subscribes leaves the request-reply loop of [`super::session`] for this
+//! one, until it has no subscription left. Its subscriptions live on connections of its own,
+//! and the proxy keeps them in place while the cluster changes under them:
+//!
+//! - SUBSCRIBE and PSUBSCRIBE: a cluster delivers every PUBLISH to every node, so one
+//!   connection to any master carries them all. When it breaks, another master takes over.
+//! - SSUBSCRIBE: a shard channel lives on the master of its slot, one connection per such
+//!   master. When the slot moves or its master fails over, the node drops the subscription
+//!   (`sunsubscribe`) or the connection breaks; the proxy subscribes again on the slot's
+//!   owner as soon as its slot map names it. The client sees neither.
+//!
+//! What the client is told (confirmations, subscription counts) comes from the proxy's own
+//! record, in the order of the client's commands. A confirmation is written only once the
+//! node has confirmed, so a message published after the client saw it is delivered.
+//! Messages are at-most-once, as in Redis: what is published while a subscription is
+//! being moved is lost.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tracing::debug;
+
+use super::router::{route, Client, Pending};
+use super::{Hint, Proxy};
+use crate::protocol::{key_slot, reply, ReplyScanner, Request, Scanner, Value};
+
+/// How often subscriptions that lost their place are put back.
+const RECONCILE: Duration = Duration::from_millis(100);
+/// Frames from nodes waiting for the client; past this, the node connections wait.
+const EVENTS: usize = 4096;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Channel,
+    Pattern,
+    Shard,
+}
+
+impl Kind {
+    fn subscribe(self) -> &'static str {
+        match self {
+            Kind::Channel => "subscribe",
+            Kind::Pattern => "psubscribe",
+            Kind::Shard => "ssubscribe",
+        }
+    }
+
+    fn unsubscribe(self) -> &'static str {
+        match self {
+            Kind::Channel => "unsubscribe",
+            Kind::Pattern => "punsubscribe",
+            Kind::Shard => "sunsubscribe",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A connection to one node carrying some of the client's subscriptions.
+struct Link {
+    addr: String,
+    commands: mpsc::UnboundedSender<Bytes>,
+}
+
+/// What a link task reports.
+enum Event {
+    Frame(u32, Bytes),
+    Closed(u32, String),
+}
+
+/// Something owed to the client, in order.
+enum Out {
+    Ready(Bytes),
+    /// A confirmation written once a node confirmed `name` (or after the hold timeout).
+    Confirm {
+        kind: Kind,
+        name: Bytes,
+        bytes: Bytes,
+        done: bool,
+        since: Instant,
+    },
+    /// A RESP3 client's ordinary command, answered while subscribed.
+    Reply(Pending),
+}
+
+/// Why [`serve`] returned.
+pub enum Left {
+    /// No subscription is left: back to ordinary requests.
+    Unsubscribed,
+    /// QUIT, a protocol error, or the client or the proxy went away: close.
+    Close,
+}
+
+struct Subscriber<'a> {
+    proxy: &'a Proxy,
+    /// The client speaks RESP3, and so do its links.
+    resp3: bool,
+    /// Channels, patterns and shard channels, as the client was told.
+    sets: [BTreeSet<Bytes>; 3],
+    links: FxHashMap<u32, Link>,
+    next_link: u32,
+    /// The link carrying channels and patterns.
+    global: Option<u32>,
+    /// Shard channel -> the link it is subscribed on (or being subscribed on).
+    placed: FxHashMap<Bytes, u32>,
+    out: VecDeque<Out>,
+    events: mpsc::Sender<Event>,
+    quit: bool,
+}
+
+/// Serves a client in subscribed mode, starting with the command that subscribed it.
+pub async fn serve(
+    proxy: &Proxy,
+    client: &mut Client,
+    rd: &mut ReadHalf<'_>,
+    wr: &mut WriteHalf<'_>,
+    scanner: &mut Scanner,
+    rbuf: &mut BytesMut,
+    first: Request,
+) -> std::io::Result<Left> {
+    let (events, mut inbox) = mpsc::channel(EVENTS);
+    let mut sub = Subscriber {
+        proxy,
+        resp3: client.resp3,
+        sets: Default::default(),
+        links: FxHashMap::default(),
+        next_link: 0,
+        global: None,
+        placed: FxHashMap::default(),
+        out: VecDeque::new(),
+        events,
+        quit: false,
+    };
+    let mut shutdown = proxy.shutdown_signal();
+    let mut tick = tokio::time::interval(RECONCILE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wbuf = BytesMut::new();
+    sub.command(client, first);
+    loop {
+        sub.drain(&mut wbuf);
+        if !wbuf.is_empty() {
+            wr.write_all(&wbuf).await?;
+            wbuf.clear();
+        }
+        if sub.quit || *shutdown.borrow() {
+            return Ok(Left::Close);
+        }
+        if sub.sets.iter().all(|s| s.is_empty()) && sub.out.is_empty() {
+            return Ok(Left::Unsubscribed);
+        }
+        match scanner.next(rbuf) {
+            Ok(Some(req)) => {
+                sub.command(client, req);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                wr.write_all(&reply::error(&format!("ERR {e}"))).await?;
+                return Ok(Left::Close);
+            }
+        }
+        tokio::select! {
+            read = rd.read_buf(rbuf) => if read? == 0 {
+                return Ok(Left::Close);
+            },
+            Some(event) = inbox.recv() => sub.event(event),
+            () = std::future::poll_fn(|cx| sub.poll_front(cx)) => {}
+            _ = tick.tick() => sub.reconcile(),
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+impl Subscriber<'_> {
+    fn count(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Shard => self.sets[Kind::Shard.index()].len(),
+            _ => self.sets[Kind::Channel.index()].len() + self.sets[Kind::Pattern.index()].len(),
+        }
+    }
+
+    /// One command from the client.
+    fn command(&mut self, client: &mut Client, req: Request) {
+        let name = req.arg(0).to_ascii_uppercase();
+        let kind = match name.as_slice() {
+            b"SUBSCRIBE" | b"UNSUBSCRIBE" => Some(Kind::Channel),
+            b"PSUBSCRIBE" | b"PUNSUBSCRIBE" => Some(Kind::Pattern),
+            b"SSUBSCRIBE" | b"SUNSUBSCRIBE" => Some(Kind::Shard),
+            _ => None,
+        };
+        let names: Vec<Bytes> = (1..req.len()).map(|i| req.arg_bytes(i)).collect();
+        match (name.as_slice(), kind) {
+            (b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE", Some(kind)) => {
+                if names.is_empty() {
+                    let name = String::from_utf8_lossy(&name).to_lowercase();
+                    self.ready(crate::proxy::local::arity(&name));
+                } else {
+                    self.subscribe(kind, names);
+                }
+            }
+            (_, Some(kind)) => self.unsubscribe(kind, names),
+            (b"PING", _) => {
+                let bytes = if client.resp3 {
+                    match names.first() {
+                        Some(text) => reply::bulk_reply(text),
+                        None => Bytes::from_static(b"+PONG\r\n"),
+                    }
+                } else {
+                    let text = names.first().cloned().unwrap_or_default();
+                    push(false, &[Item::Text(b"pong"), Item::Bulk(Some(&text))])
+                };
+                self.ready(bytes);
+            }
+            (b"QUIT", _) => {
+                self.ready(Bytes::from_static(reply::OK));
+                self.quit = true;
+            }
+            (b"RESET", _) => {
+                for kind in [Kind::Channel, Kind::Pattern, Kind::Shard] {
+                    self.sets[kind.index()].clear();
+                }
+                self.links.clear();
+                self.global = None;
+                self.placed.clear();
+                client.resp3 = false;
+                self.ready(Bytes::from_static(b"+RESET\r\n"));
+            }
+            _ if client.resp3 => {
+                let (pending, _) = route(self.proxy, client, req);
+                self.out.push_back(Out::Reply(pending));
+            }
+            _ => self.ready(reply::error(&format!(
+                "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                String::from_utf8_lossy(&name).to_lowercase()
+            ))),
+        }
+    }
+
+    fn ready(&mut self, bytes: Bytes) {
+        self.out.push_back(Out::Ready(bytes));
+    }
+
+    fn subscribe(&mut self, kind: Kind, names: Vec<Bytes>) {
+        if kind == Kind::Shard {
+            let slot = key_slot(&names[0]);
+            if names.iter().any(|n| key_slot(n) != slot) {
+                self.ready(reply::error(
+                    "CROSSSLOT Keys in request don't hash to the same slot",
+                ));
+                return;
+            }
+        }
+        let now = Instant::now();
+        for name in &names {
+            self.sets[kind.index()].insert(name.clone());
+            let count = self.count(kind);
+            let bytes = confirmation(self.resp3, kind.subscribe(), Some(name), count);
+            self.out.push_back(Out::Confirm {
+                kind,
+                name: name.clone(),
+                bytes,
+                done: false,
+                since: now,
+            });
+        }
+        // Subscriptions already in place are confirmed again by their node; the others are
+        // put in place now.
+        match kind {
+            Kind::Shard => {
+                for name in names {
+                    if let Some(&id) = self.placed.get(&name) {
+                        self.send(id, &[b"SSUBSCRIBE", &name]);
+                    }
+                }
+            }
+            _ => {
+                if let Some(id) = self.global {
+                    let mut args: Vec<&[u8]> = vec![kind.subscribe().as_bytes()];
+                    args.extend(names.iter().map(|n| &n[..]));
+                    self.send(id, &args);
+                }
+            }
+        }
+        self.reconcile();
+    }
+
+    fn unsubscribe(&mut self, kind: Kind, names: Vec<Bytes>) {
+        let names = if names.is_empty() {
+            self.sets[kind.index()].iter().cloned().collect()
+        } else {
+            names
+        };
+        if names.is_empty() {
+            let count = self.count(kind);
+            self.ready(confirmation(self.resp3, kind.unsubscribe(), None, count));
+        }
+        for name in names {
+            self.sets[kind.index()].remove(&name);
+            let count = self.count(kind);
+            self.ready(confirmation(
+                self.resp3,
+                kind.unsubscribe(),
+                Some(&name),
+                count,
+            ));
+            let link = match kind {
+                Kind::Shard => self.placed.remove(&name),
+                _ => self.global,
+            };
+            if let Some(id) = link {
+                self.send(id, &[kind.unsubscribe().as_bytes(), &name]);
+            }
+        }
+    }
+
+    /// Sends a command on a link; a link whose task is gone is noticed by its event.
+    fn send(&self, id: u32, args: &[&[u8]]) {
+        if let Some(link) = self.links.get(&id) {
+            let _ = link.commands.send(Request::from_args(args).into_raw());
+        }
+    }
+
+    /// Opens a link to `addr`, out of the node's allowance of dedicated connections.
+    fn open(&mut self, addr: &str, resp3: bool) -> Option<u32> {
+        let node = self.proxy.node(addr);
+        let permit = node.dedicated_permit()?;
+        let id = self.next_link;
+        self.next_link += 1;
+        let (commands, rx) = mpsc::unbounded_channel();
+        let limit = self.proxy.config().connect_timeout;
+        let task = LinkTask {
+            id,
+            addr: addr.to_string(),
+            resp3,
+            limit,
+            events: self.events.clone(),
+            _permit: permit,
+        };
+        let metrics = self.proxy.metrics.clone();
+        tokio::spawn(async move {
+            metrics.backend_dedicated_connections.inc();
+            task.run(rx).await;
+            metrics.backend_dedicated_connections.dec();
+        });
+        self.links.insert(
+            id,
+            Link {
+                addr: addr.to_string(),
+                commands,
+            },
+        );
+        Some(id)
+    }
+
+    /// Puts every subscription where the slot map says it belongs.
+    fn reconcile(&mut self) {
+        let resp3 = self.resp3;
+        let table = self.proxy.table.load_full();
+        let globals = self.count(Kind::Channel) > 0;
+        if globals && self.global.is_none() {
+            let addr = table.any_master(0).map(|n| n.addr.clone());
+            if let Some(id) = addr.and_then(|addr| self.open(&addr, resp3)) {
+                self.global = Some(id);
+                for kind in [Kind::Channel, Kind::Pattern] {
+                    if !self.sets[kind.index()].is_empty() {
+                        let mut args: Vec<&[u8]> = vec![kind.subscribe().as_bytes()];
+                        args.extend(self.sets[kind.index()].iter().map(|n| &n[..]));
+                        self.send(id, &args);
+                    }
+                }
+            }
+        }
+        let shard: Vec<Bytes> = self.sets[Kind::Shard.index()].iter().cloned().collect();
+        for name in shard {
+            let Some(owner) = table.owner(key_slot(&name)) else {
+                continue;
+            };
+            let current = self.placed.get(&name).copied();
+            if let Some(id) = current {
+                if self.links.get(&id).is_some_and(|l| l.addr == owner.addr) {
+                    continue;
+                }
+                self.send(id, &[b"SUNSUBSCRIBE", &name]);
+                self.placed.remove(&name);
+            }
+            let existing = self
+                .links
+                .iter()
+                .find(|(id, l)| l.addr == owner.addr && Some(**id) != self.global)
+                .map(|(id, _)| *id);
+            let Some(id) = existing.or_else(|| self.open(&owner.addr, resp3)) else {
+                continue;
+            };
+            self.send(id, &[b"SSUBSCRIBE", &name]);
+            self.placed.insert(name, id);
+        }
+    }
+
+    /// A frame or the end of a link.
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Frame(id, frame) => self.frame(id, frame),
+            Event::Closed(id, why) => {
+                debug!(why, "subscription connection lost");
+                self.drop_link(id);
+                self.proxy.hint(Hint::Refresh);
+                self.reconcile();
+            }
+        }
+    }
+
+    fn drop_link(&mut self, id: u32) {
+        self.links.remove(&id);
+        if self.global == Some(id) {
+            self.global = None;
+        }
+        self.placed.retain(|_, l| *l != id);
+    }
+
+    fn frame(&mut self, id: u32, frame: Bytes) {
+        if !self.links.contains_key(&id) {
+            return; // a link already given up
+        }
+        if frame.first() == Some(&b'-') {
+            if Some(id) == self.global {
+                // Refused (ACL, say): the client hears it.
+                self.ready(frame);
+            } else {
+                // Most likely MOVED: the slot map is behind. Subscribe again once it is not.
+                self.proxy.hint(Hint::Refresh);
+                self.placed.retain(|_, l| *l != id);
+            }
+            return;
+        }
+        let Ok(Value::Array(items)) = Value::parse(&frame) else {
+            return;
+        };
+        let text = |i: usize| items.get(i).and_then(|v| v.as_bytes()).cloned();
+        let (Some(kind), Some(name)) = (text(0), text(1)) else {
+            return;
+        };
+        let forward = match kind.as_ref() {
+            b"message" => self.sets[Kind::Channel.index()].contains(&name),
+            b"pmessage" => self.sets[Kind::Pattern.index()].contains(&name),
+            b"smessage" => self.placed.get(&name) == Some(&id),
+            b"subscribe" => self.confirmed(Kind::Channel, &name),
+            b"psubscribe" => self.confirmed(Kind::Pattern, &name),
+            b"ssubscribe" => self.confirmed(Kind::Shard, &name),
+            b"sunsubscribe" => {
+                // The node gave the channel up (its slot moved): put it back where it lives.
+                if self.placed.get(&name) == Some(&id) {
+                    self.placed.remove(&name);
+                    self.proxy.hint(Hint::Refresh);
+                }
+                false
+            }
+            _ => false,
+        };
+        if forward {
+            self.ready(frame);
+        }
+    }
+
+    /// A node confirmed a subscription: the client's oldest confirmation of it may go.
+    fn confirmed(&mut self, kind: Kind, name: &Bytes) -> bool {
+        for out in self.out.iter_mut() {
+            if let Out::Confirm {
+                kind: k,
+                name: n,
+                done,
+                ..
+            } = out
+            {
+                if *k == kind && n == name && !*done {
+                    *done = true;
+                    break;
+                }
+            }
+        }
+        false
+    }
+
+    /// Moves what is ready at the front into `wbuf`.
+    fn drain(&mut self, wbuf: &mut BytesMut) {
+        let timeout = self.proxy.config().hold_timeout;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while let Some(front) = self.out.front_mut() {
+            match front {
+                Out::Ready(bytes) => wbuf.extend_from_slice(bytes),
+                Out::Confirm {
+                    bytes, done, since, ..
+                } => {
+                    if !*done && since.elapsed() < timeout {
+                        break;
+                    }
+                    wbuf.extend_from_slice(bytes);
+                }
+                Out::Reply(pending) => match pending.poll(&mut cx) {
+                    Poll::Ready(bytes) => wbuf.extend_from_slice(&bytes),
+                    Poll::Pending => break,
+                },
+            }
+            self.out.pop_front();
+        }
+    }
+
+    /// Ready when the ordinary reply at the front is.
+    fn poll_front(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.out.front_mut() {
+            Some(Out::Reply(pending)) => pending.poll(cx).map(|bytes| {
+                self.out[0] = Out::Ready(bytes);
+            }),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// (P|S)UNSUBSCRIBE from a client that subscribed to nothing: what Redis answers.
+pub fn not_subscribed(resp3: bool, req: &Request) -> Bytes {
+    let what = req.arg(0).to_ascii_lowercase();
+    let what = std::str::from_utf8(&what).unwrap_or("unsubscribe");
+    if req.len() < 2 {
+        return confirmation(resp3, what, None, 0);
+    }
+    let mut out = BytesMut::new();
+    for i in 1..req.len() {
+        out.extend_from_slice(&confirmation(resp3, what, Some(req.arg(i)), 0));
+    }
+    out.freeze()
+}
+
+/// An element of a push or array the proxy writes itself.
+enum Item<'a> {
+    Text(&'a [u8]),
+    Bulk(Option<&'a [u8]>),
+    Int(usize),
+}
+
+/// A pub/sub frame: a push for RESP3 clients, an array for RESP2 ones.
+fn push(resp3: bool, items: &[Item]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(if resp3 { b'>' } else { b'*' });
+    out.put_slice(items.len().to_string().as_bytes());
+    out.put_slice(b"\r\n");
+    for item in items {
+        match item {
+            Item::Text(text) | Item::Bulk(Some(text)) => reply::bulk(&mut out, text),
+            Item::Bulk(None) if resp3 => out.put_slice(b"_\r\n"),
+            Item::Bulk(None) => out.put_slice(b"$-1\r\n"),
+            Item::Int(n) => {
+                out.put_u8(b':');
+                out.put_slice(n.to_string().as_bytes());
+                out.put_slice(b"\r\n");
+            }
+        }
+    }
+    out.freeze()
+}
+
+/// `subscribe ch 3` and the like.
+fn confirmation(resp3: bool, what: &str, name: Option<&[u8]>, count: usize) -> Bytes {
+    push(
+        resp3,
+        &[
+            Item::Text(what.as_bytes()),
+            Item::Bulk(name),
+            Item::Int(count),
+        ],
+    )
+}
+
+/// The task of one link: writes the commands it is given, reports every frame the node
+/// sends, and reports when the connection ends.
+struct LinkTask {
+    id: u32,
+    addr: String,
+    resp3: bool,
+    limit: Duration,
+    events: mpsc::Sender<Event>,
+    /// Returned to the node's allowance when the task ends.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl LinkTask {
+    async fn run(self, commands: mpsc::UnboundedReceiver<Bytes>) {
+        if let Err(why) = self.serve(commands).await {
+            let _ = self.events.send(Event::Closed(self.id, why)).await;
+        }
+    }
+
+    /// Runs until the subscriber drops the link (`Ok`) or the connection fails.
+    async fn serve(&self, mut commands: mpsc::UnboundedReceiver<Bytes>) -> Result<(), String> {
+        let mut stream = tokio::time::timeout(self.limit, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| format!("connect: {e}"))?;
+        stream.set_nodelay(true).ok();
+        let (mut rd, mut wr) = stream.split();
+        let mut skip = 0;
+        if self.resp3 {
+            wr.write_all(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            skip = 1;
+        }
+        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        let mut scanner = ReplyScanner::default();
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => wr.write_all(&command).await.map_err(|e| format!("write: {e}"))?,
+                    None => return Ok(()),
+                },
+                read = rd.read_buf(&mut rbuf) => {
+                    match read {
+                        Ok(0) => return Err("connection closed by the node".into()),
+                        Ok(_) => {}
+                        Err(e) => return Err(format!("read: {e}")),
+                    }
+                    while let Some(len) = scanner.scan(&rbuf).map_err(|e| e.to_string())? {
+                        let frame = rbuf.split_to(len).freeze();
+                        if skip > 0 {
+                            skip -= 1;
+                            continue;
+                        }
+                        if self.events.send(Event::Frame(self.id, frame)).await.is_err() {
+                            return Ok(()); // the subscriber is gone
+                        }
+                    }
+                    if rbuf.capacity() - rbuf.len() < 4096 {
+                        rbuf.reserve(16 * 1024);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! Commands that need a connection of their own: blocking commands and WATCH.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ask_raw, call, move_slot, tag_on, Harness};
+use slotguard::localcluster::{wait_for, Options};
+use slotguard::protocol::key_slot;
+use tokio::net::TcpStream;
+
+/// How many clients are blocked on the node at `addr`.
+async fn blocked_on(addr: &str) -> usize {
+    let info = call(addr, &["INFO", "clients"]).await;
+    let text = info.as_str().unwrap_or_default().to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO clients has blocked_clients")
+}
+
+async fn wait_blocked(addr: &str, n: usize) {
+    let addr = addr.to_string();
+    wait_for(Duration::from_secs(10), || {
+        let addr = addr.clone();
+        async move { blocked_on(&addr).await == n }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} clients blocked on {addr}"));
+}
+
+async fn ask(s: &mut TcpStream, req: impl AsRef<[u8]>, until: &[u8]) -> String {
+    ask_raw(s, req.as_ref(), until).await
+}
+
+fn dedicated_gauge(h: &Harness) -> i64 {
+    h.proxy.proxy.metrics.backend_dedicated_connections.get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_commands_run_on_a_connection_of_their_own() {
+    let h = Harness::start(3, 0).await;
+    let owner = h.cluster.nodes[0].addr();
+    let t = tag_on(0);
+    let list = format!("{t}list");
+
+    let url = h.url();
+    let l = list.clone();
+    let blocked = tokio::spawn(async move {
+        let mut c = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let got: (String, String) = redis::cmd("BLPOP")
+            .arg(&l)
+            .arg(0)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        got
+    });
+    wait_blocked(&owner, 1).await;
+
+    // Other clients' requests to the same node (one shared connection) are not stalled.
+    let mut c = h.client().await;
+    let mut pipe = redis::pipe();
+    for i in 0..200 {
+        pipe.cmd("SET").arg(format!("{t}:{i}")).arg(i).ignore();
+    }
+    pipe.cmd("GET").arg(format!("{t}:199"));
+    let (last,): (i64,) = pipe.query_async(&mut c).await.unwrap();
+    assert_eq!(last, 199);
+    assert!(!blocked.is_finished(), "BLPOP waits for a push");
+
+    let () = redis::cmd("RPUSH")
+        .arg(&list)
+        .arg("job")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), blocked)
+        .await
+        .expect("BLPOP returns once the list has an element")
+        .unwrap();
+    assert_eq!(got, (list.clone(), "job".to_string()));
+
+    // A timeout answers nil, as Redis does.
+    let none: Option<(String, String)> = redis::cmd("BLPOP")
+        .arg(&list)
+        .arg(0.1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+
+    // More of the family, each answering at once because there is data.
+    let () = redis::cmd("RPUSH")
+        .arg(format!("{t}src"))
+        .arg("a")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let moved: String = redis::cmd("BLMOVE")
+        .arg(format!("{t}src"))
+        .arg(format!("{t}dst"))
+        .arg("LEFT")
+        .arg("RIGHT")
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(moved, "a");
+    let () = redis::cmd("ZADD")
+        .arg(format!("{t}z"))
+        .arg(1)
+        .arg("one")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let popped: (String, String, String) = redis::cmd("BZPOPMIN")
+        .arg(format!("{t}z"))
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(popped.1, "one");
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{t}s"))
+        .arg("*")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let read: redis::Value = redis::cmd("XREAD")
+        .arg("BLOCK")
+        .arg(0)
+        .arg("STREAMS")
+        .arg(format!("{t}s"))
+        .arg("0")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        matches!(read, redis::Value::Array(ref a) if a.len() == 1),
+        "{read:?}"
+    );
+    let nothing: redis::Value = redis::cmd("XREAD")
+        .arg("BLOCK")
+        .arg(100)
+        .arg("STREAMS")
+        .arg(format!("{t}s"))
+        .arg("$")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(nothing, redis::Value::Nil);
+
+    // Keys of two slots: refused before anything blocks.
+    let err = redis::cmd("BLMOVE")
+        .arg(format!("{t}src"))
+        .arg(format!("{}dst", tag_on(1)))
+        .arg("LEFT")
+        .arg("RIGHT")
+        .arg(0)
+        .query_async::<redis::Value>(&mut c)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("CROSSSLOT"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_client_that_disconnects_frees_its_connection() {
+    let h = Harness::start(3, 0).await;
+    let owner = h.cluster.nodes[1].addr();
+    let list = format!("{}gone", tag_on(1));
+    let mut s = TcpStream::connect(h.proxy.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    s.write_all(format!("BLPOP {list} 0\r\n").as_bytes())
+        .await
+        .unwrap();
+    wait_blocked(&owner, 1).await;
+    assert_eq!(dedicated_gauge(&h), 1);
+    drop(s);
+    // The proxy closes the node's connection: the node unblocks and forgets the client.
+    wait_blocked(&owner, 0).await;
+    let p = h.proxy.proxy.clone();
+    wait_for(Duration::from_secs(5), || {
+        let open = p.metrics.backend_dedicated_connections.get();
+        async move { open == 0 }
+    })
+    .await
+    .expect("the dedicated connection is closed");
+    // Nothing was popped on the client's behalf.
+    let mut c = h.client().await;
+    let () = redis::cmd("RPUSH")
+        .arg(&list)
+        .arg("kept")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let len: i64 = redis::cmd("LLEN")
+        .arg(&list)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(len, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_connections_are_bounded_per_node() {
+    let h = Harness::start_with(
+        Options {
+            masters: 3,
+            replicas_per_master: 0,
+            ..Options::default()
+        },
+        |c| c.dedicated_connections = 2,
+    )
+    .await;
+    let owner = h.cluster.nodes[2].addr();
+    let list = format!("{}full", tag_on(2));
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(h.proxy.addr).await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        s.write_all(format!("BLPOP {list} 0\r\n").as_bytes())
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    wait_blocked(&owner, 2).await;
+    // A third is told why at once, and the proxy still serves everything else.
+    let mut s = TcpStream::connect(h.proxy.addr).await.unwrap();
+    let answer = ask_raw(&mut s, format!("BLPOP {list} 0\r\n").as_bytes(), b"\r\n").await;
+    assert!(
+        answer.starts_with("-ERR") && answer.contains("backend.dedicated_connections"),
+        "{answer}"
+    );
+    assert_eq!(
+        ask_raw(&mut s, format!("SET {list}x 1\r\n").as_bytes(), b"\r\n").await,
+        "+OK\r\n"
+    );
+    // One leaves: its place is free again.
+    held.pop();
+    wait_blocked(&owner, 1).await;
+    let p = h.proxy.proxy.clone();
+    wait_for(Duration::from_secs(5), || {
+        let open = p.metrics.backend_dedicated_connections.get();
+        async move { open == 1 }
+    })
+    .await
+    .unwrap();
+    let answer = ask_raw(&mut s, format!("BLPOP {list} 0.05\r\n").as_bytes(), b"\r\n").await;
+    assert_eq!(answer, "*-1\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_makes_exec_conditional() {
+    let h = Harness::start(3, 0).await;
+    let t = tag_on(1);
+    let mut other = h.client().await;
+    let mut s = TcpStream::connect(h.proxy.addr).await.unwrap();
+
+    // Nothing changed: EXEC runs.
+    assert_eq!(
+        ask(&mut s, format!("WATCH {t}a\r\n"), b"\r\n").await,
+        "+OK\r\n"
+    );
+    assert_eq!(
+        ask(&mut s, format!("GET {t}a\r\n"), b"\r\n").await,
+        "$-1\r\n"
+    );
+    assert_eq!(ask(&mut s, "MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(
+        ask(&mut s, format!("SET {t}a 1\r\n"), b"\r\n").await,
+        "+QUEUED\r\n"
+    );
+    assert_eq!(ask(&mut s, "EXEC\r\n", b"+OK\r\n").await, "*1\r\n+OK\r\n");
+
+    // Another client changed the key: EXEC answers nil and runs nothing.
+    assert_eq!(
+        ask(&mut s, format!("WATCH {t}a\r\n"), b"\r\n").await,
+        "+OK\r\n"
+    );
+    let () = redis::cmd("SET")
+        .arg(format!("{t}a"))
+        .arg(2)
+        .query_async(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(ask(&mut s, "MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(
+        ask(&mut s, format!("SET {t}a 3\r\n"), b"\r\n").await,
+        "+QUEUED\r\n"
+    );
+    assert_eq!(ask(&mut s, "EXEC\r\n", b"\r\n").await, "*-1\r\n");
+    let a: i64 = redis::cmd("GET")
+        .arg(format!("{t}a"))
+        .query_async(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(a, 2);
+
+    // UNWATCH forgets; DISCARD too.
+    assert_eq!(
+        ask(&mut s, format!("WATCH {t}a\r\n"), b"\r\n").await,
+        "+OK\r\n"
+    );
+    assert_eq!(ask(&mut s, "UNWATCH\r\n", b"\r\n").await, "+OK\r\n");
+    let () = redis::cmd("SET")
+        .arg(format!("{t}a"))
+        .arg(4)
+        .query_async(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(ask(&mut s, "MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(
+        ask(&mut s, format!("INCR {t}a\r\n"), b"\r\n").await,
+        "+QUEUED\r\n"
+    );
+    assert_eq!(ask(&mut s, "EXEC\r\n", b":5\r\n").await, "*1\r\n:5\r\n");
+
+    // Errors, with Redis's words where Redis has them.
+    let cross = ask(&mut s, format!("WATCH {t}a {}b\r\n", tag_on(2)), b"\r\n").await;
+    assert!(cross.starts_with("-CROSSSLOT"), "{cross}");
+    assert_eq!(
+        ask(&mut s, format!("WATCH {t}a\r\n"), b"\r\n").await,
+        "+OK\r\n"
+    );
+    let cross = ask(&mut s, format!("WATCH {}b\r\n", tag_on(2)), b"\r\n").await;
+    assert!(cross.starts_with("-CROSSSLOT"), "{cross}");
+    assert_eq!(ask(&mut s, "MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(
+        ask(&mut s, format!("WATCH {t}a\r\n"), b"\r\n").await,
+        "-ERR WATCH inside MULTI is not allowed\r\n"
+    );
+    assert_eq!(
+        ask(&mut s, "EXEC\r\n", b"\r\n").await,
+        "-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    assert_eq!(
+        ask(&mut s, "WATCH\r\n", b"\r\n").await,
+        "-ERR wrong number of arguments for 'watch' command\r\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimistic_locking_through_the_proxy_loses_no_update() {
+    let h = Harness::start(3, 0).await;
+    let key = format!("{}counter", tag_on(0));
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let url = h.url();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = redis::Client::open(url).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let mut retries = 0;
+            for _ in 0..40 {
+                loop {
+                    let () = redis::cmd("WATCH")
+                        .arg(&key)
+                        .query_async(&mut c)
+                        .await
+                        .unwrap();
+                    let n: Option<i64> = redis::cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut c)
+                        .await
+                        .unwrap();
+                    let done: Option<((),)> = redis::pipe()
+                        .atomic()
+                        .cmd("SET")
+                        .arg(&key)
+                        .arg(n.unwrap_or(0) + 1)
+                        .query_async(&mut c)
+                        .await
+                        .unwrap();
+                    if done.is_some() {
+                        break;
+                    }
+                    retries += 1;
+                }
+            }
+            retries
+        }));
+    }
+    let mut retries = 0;
+    for t in tasks {
+        retries += t.await.unwrap();
+    }
+    let mut c = h.client().await;
+    let n: i64 = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 120, "every increment is in ({retries} retries)");
+}
+
+/// A client blocked in BLPOP while the list's slot moves to another master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_call_follows_its_slot_to_a_new_owner() {
+    let h = Harness::start(3, 0).await;
+    let list = format!("{}moving", tag_on(0));
+    let slot = key_slot(list.as_bytes());
+    let mut c = h.client().await;
+    // A few keys in the slot, so that the migration has something to move.
+    for i in 0..20 {
+        let () = redis::cmd("SET")
+            .arg(format!("{}:{i}", tag_on(0)))
+            .arg(i)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let url = h.url();
+    let l = list.clone();
+    let blocked = tokio::spawn(async move {
+        let mut c = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("BLPOP")
+            .arg(&l)
+            .arg(0)
+            .query_async::<(String, String)>(&mut c)
+            .await
+    });
+    wait_blocked(&h.cluster.nodes[0].addr(), 1).await;
+    move_slot(&h, slot, 0, 1).await;
+    // The old owner gives the blocked client up; the proxy sends it on to the new one.
+    wait_blocked(&h.cluster.nodes[1].addr(), 1).await;
+    let () = redis::cmd("RPUSH")
+        .arg(&list)
+        .arg("after the move")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), blocked)
+        .await
+        .expect("BLPOP returns")
+        .unwrap()
+        .expect("no error reaches the client");
+    assert_eq!(got.1, "after the move");
+    h.cluster_check().unwrap();
+}
+
+/// A client blocked in BLPOP on a master that is killed: it keeps waiting on the promoted
+/// replica and gets the element pushed there. A WATCH on the dead master makes EXEC answer
+/// nil (the transaction did not run), never an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_call_and_a_watch_survive_a_failover() {
+    let mut h = Harness::start(3, 1).await;
+    let t = tag_on(0);
+    let list = format!("{t}failover");
+    let url = h.url();
+    let l = list.clone();
+    let blocked = tokio::spawn(async move {
+        let mut c = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("BLPOP")
+            .arg(&l)
+            .arg(0)
+            .query_async::<(String, String)>(&mut c)
+            .await
+    });
+    wait_blocked(&h.cluster.nodes[0].addr(), 1).await;
+    let mut s = TcpStream::connect(h.proxy.addr).await.unwrap();
+    assert_eq!(
+        ask_raw(&mut s, format!("WATCH {t}w\r\n").as_bytes(), b"\r\n").await,
+        "+OK\r\n"
+    );
+
+    h.cluster.nodes[0].kill();
+    h.cluster.wait_promoted(0).await.unwrap();
+    let heir = h.cluster.nodes[3].addr();
+    wait_blocked(&heir, 1).await;
+
+    let mut c = h.client().await;
+    let () = redis::cmd("RPUSH")
+        .arg(&list)
+        .arg("after the failover")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), blocked)
+        .await
+        .expect("BLPOP returns")
+        .unwrap()
+        .expect("no error reaches the client");
+    assert_eq!(got.1, "after the failover");
+
+    assert_eq!(ask_raw(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(
+        ask_raw(&mut s, format!("SET {t}w 1\r\n").as_bytes(), b"\r\n").await,
+        "+QUEUED\r\n"
+    );
+    assert_eq!(ask_raw(&mut s, b"EXEC\r\n", b"\r\n").await, "*-1\r\n");
+    // The client retries, as optimistic locking does, and it runs.
+    assert_eq!(
+        ask_raw(&mut s, format!("WATCH {t}w\r\n").as_bytes(), b"\r\n").await,
+        "+OK\r\n"
+    );
+    assert_eq!(ask_raw(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(
+        ask_raw(&mut s, format!("SET {t}w 1\r\n").as_bytes(), b"\r\n").await,
+        "+QUEUED\r\n"
+    );
+    assert_eq!(
+        ask_raw(&mut s, b"EXEC\r\n", b"+OK\r\n").await,
+        "*1\r\n+OK\r\n"
+    );
+
+    h.cluster.restart(0).await.unwrap();
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+    h.cluster_check().unwrap();
+}
