@@ -12,6 +12,38 @@ use serde::Deserialize;
 
 use crate::protocol::Limits;
 
+/// Where reads go (`backend.read_from`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Every request to the slot's master.
+    Master,
+    /// Reads to the master's replicas only; with none up, they wait like a slot without
+    /// an owner.
+    Replica,
+    /// Reads to a replica when one is up, else (or when it fails the read) to the master.
+    PreferReplica,
+}
+
+/// What a proxy user may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Commands that change no data.
+    ReadOnly,
+    /// Everything but commands that wipe data (FLUSHALL, FLUSHDB, SCRIPT FLUSH, FUNCTION
+    /// FLUSH|DELETE|LOAD|RESTORE).
+    ReadWrite,
+    /// Everything the proxy forwards.
+    Admin,
+}
+
+/// A proxy user (`[[users]]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    pub access: Access,
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -21,8 +53,10 @@ pub struct Config {
     pub seeds: Vec<String>,
     /// Worker threads of the runtime.
     pub threads: usize,
-    /// When set, clients must `AUTH` with it first.
+    /// When set, clients must `AUTH` with it first (as the `default` user, full access).
     pub password: Option<String>,
+    /// Proxy users besides `default`, each with a password and an access level.
+    pub users: Vec<User>,
     /// Admin HTTP listener (`/healthz`), off when `None`.
     pub admin_listen: Option<SocketAddr>,
     /// Where the migration journal is kept; `None`: in memory only.
@@ -42,6 +76,10 @@ pub struct Config {
     pub dedicated_connections: usize,
     /// How long a connection attempt to a node may take.
     pub connect_timeout: Duration,
+    /// The cluster's credentials, when its nodes require them.
+    pub backend_auth: Option<crate::cluster::conn::Auth>,
+    /// Where reads go.
+    pub read_from: ReadFrom,
     /// How often the slot map is refreshed when nothing prompts it.
     pub refresh_interval: Duration,
     /// How long a request may wait for its slot to be served again before the client gets
@@ -61,6 +99,16 @@ pub struct Config {
     pub shutdown_grace: Duration,
 }
 
+impl Config {
+    /// How the control plane reaches nodes.
+    pub fn dial(&self) -> crate::cluster::conn::Dial {
+        crate::cluster::conn::Dial {
+            limit: self.connect_timeout,
+            auth: self.backend_auth.clone(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         File::default()
@@ -77,6 +125,7 @@ struct File {
     seeds: Vec<String>,
     threads: usize,
     password: String,
+    users: Vec<UserEntry>,
     state_dir: String,
     admin: AdminSection,
     repair: RepairSection,
@@ -86,6 +135,14 @@ struct File {
     hold: HoldSection,
     log: LogSection,
     shutdown: ShutdownSection,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct UserEntry {
+    name: String,
+    password: String,
+    access: String,
 }
 
 #[derive(Deserialize, Debug)]
@@ -126,6 +183,9 @@ struct ClientSection {
 struct BackendSection {
     connections: usize,
     dedicated_connections: usize,
+    username: String,
+    password: String,
+    read_from: String,
     connect_timeout: String,
 }
 
@@ -162,6 +222,7 @@ impl Default for File {
             seeds: Vec::new(),
             threads: 1,
             password: String::new(),
+            users: Vec::new(),
             state_dir: String::new(),
             admin: AdminSection::default(),
             repair: RepairSection::default(),
@@ -194,6 +255,9 @@ impl Default for BackendSection {
         BackendSection {
             connections: 1,
             dedicated_connections: 256,
+            username: String::new(),
+            password: String::new(),
+            read_from: "master".into(),
             connect_timeout: "1s".into(),
         }
     }
@@ -345,6 +409,11 @@ impl File {
             seeds: self.seeds,
             threads: self.threads,
             password: Some(self.password).filter(|p| !p.is_empty()),
+            users: self
+                .users
+                .into_iter()
+                .map(UserEntry::validate)
+                .collect::<Result<_, _>>()?,
             admin_listen,
             state_dir: Some(self.state_dir)
                 .filter(|d| !d.is_empty())
@@ -364,6 +433,34 @@ impl File {
             backend_connections: self.backend.connections,
             dedicated_connections: self.backend.dedicated_connections,
             connect_timeout: duration("backend.connect_timeout", &self.backend.connect_timeout)?,
+            read_from: match self.backend.read_from.as_str() {
+                "master" => ReadFrom::Master,
+                "replica" => ReadFrom::Replica,
+                "prefer-replica" => ReadFrom::PreferReplica,
+                other => {
+                    return Err(bad(
+                        "backend.read_from",
+                        other,
+                        "expected \"master\", \"replica\" or \"prefer-replica\"",
+                    ))
+                }
+            },
+            backend_auth: match (self.backend.username, self.backend.password) {
+                (user, password) if password.is_empty() => {
+                    if !user.is_empty() {
+                        return Err(bad(
+                            "backend.username",
+                            &user,
+                            "a username needs backend.password too",
+                        ));
+                    }
+                    None
+                }
+                (user, password) => Some(crate::cluster::conn::Auth {
+                    username: Some(user).filter(|u| !u.is_empty()),
+                    password,
+                }),
+            },
             refresh_interval: duration(
                 "topology.refresh_interval",
                 &self.topology.refresh_interval,
@@ -378,6 +475,38 @@ impl File {
                 text => Some(duration("client.idle_timeout", text)?),
             },
             shutdown_grace: duration("shutdown.grace", &self.shutdown.grace)?,
+        })
+    }
+}
+
+impl UserEntry {
+    fn validate(self) -> Result<User, ConfigError> {
+        let access = match self.access.as_str() {
+            "read-only" => Access::ReadOnly,
+            "read-write" => Access::ReadWrite,
+            "admin" => Access::Admin,
+            other => {
+                return Err(bad(
+                    "users.access",
+                    other,
+                    "expected \"read-only\", \"read-write\" or \"admin\"",
+                ))
+            }
+        };
+        if self.name.is_empty() || self.name == "default" || self.name.contains(' ') {
+            return Err(bad(
+                "users.name",
+                &self.name,
+                "expected a name without spaces, other than \"default\"",
+            ));
+        }
+        if self.password.is_empty() {
+            return Err(bad("users.password", "", "every user needs a password"));
+        }
+        Ok(User {
+            name: self.name,
+            password: self.password,
+            access,
         })
     }
 }

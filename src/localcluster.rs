@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cluster::conn::Conn;
+use crate::cluster::conn::{Auth, Conn, Dial};
 use crate::cluster::nodes;
 use crate::protocol::Value;
 
@@ -23,6 +23,8 @@ pub struct Options {
     pub node_timeout_ms: u64,
     /// Extra `--name value` arguments for every node.
     pub extra_args: Vec<(String, String)>,
+    /// `requirepass` (and `masterauth`) for every node.
+    pub password: Option<String>,
 }
 
 impl Default for Options {
@@ -32,6 +34,7 @@ impl Default for Options {
             replicas_per_master: 1,
             node_timeout_ms: 2000,
             extra_args: Vec::new(),
+            password: None,
         }
     }
 }
@@ -174,6 +177,9 @@ impl LocalCluster {
             .args(["--enable-debug-command", "yes"])
             .args(["--repl-diskless-sync-delay", "0"])
             .args(["--daemonize", "no"]);
+        if let Some(password) = &self.options.password {
+            cmd.args(["--requirepass", password, "--masterauth", password]);
+        }
         for (k, v) in &self.options.extra_args {
             cmd.arg(format!("--{k}")).arg(v);
         }
@@ -202,16 +208,19 @@ impl LocalCluster {
         let addr = node.addr();
         self.nodes[i] = node;
         result?;
-        wait_for(Duration::from_secs(10), || async { ping(&addr).await }).await
+        let dial = self.dial(Duration::from_secs(1));
+        wait_for(Duration::from_secs(10), || ping(&addr, &dial)).await
     }
 
     /// Waits until the replica of master `i` (node `i + masters`) answers `ROLE` as a master.
     pub async fn wait_promoted(&self, i: usize) -> Result<(), StartError> {
         let replica = self.nodes[i + self.options.masters].addr();
+        let dial = self.dial(Duration::from_secs(1));
         wait_for(Duration::from_secs(30), || {
             let replica = replica.clone();
+            let dial = dial.clone();
             async move {
-                let Ok(mut conn) = Conn::connect(&replica, Duration::from_secs(1)).await else {
+                let Ok(mut conn) = Conn::dial(&replica, &dial).await else {
                     return false;
                 };
                 let Ok(Value::Array(role)) = conn.call(&["ROLE"]).await else {
@@ -224,6 +233,22 @@ impl LocalCluster {
         .map_err(|_| fail(format!("the replica of master {i} was not promoted")))
     }
 
+    /// The credentials the nodes require, if any.
+    pub fn auth(&self) -> Option<Auth> {
+        self.options.password.clone().map(|password| Auth {
+            username: None,
+            password,
+        })
+    }
+
+    /// How to reach the nodes, `limit` for each step.
+    pub fn dial(&self, limit: Duration) -> Dial {
+        Dial {
+            limit,
+            auth: self.auth(),
+        }
+    }
+
     /// Addresses of every node.
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.iter().map(LocalNode::addr).collect()
@@ -231,20 +256,19 @@ impl LocalCluster {
 
     async fn form(&mut self) -> Result<(), StartError> {
         let addrs = self.addrs();
+        let quick = self.dial(Duration::from_secs(1));
+        let dial = self.dial(Duration::from_secs(5));
         for addr in &addrs {
             let addr = addr.clone();
-            wait_for(Duration::from_secs(10), || {
-                let addr = addr.clone();
-                async move { ping(&addr).await }
-            })
-            .await
-            .map_err(|_| fail(format!("redis-server at {addr} did not start")))?;
+            wait_for(Duration::from_secs(10), || ping(&addr, &quick))
+                .await
+                .map_err(|_| fail(format!("redis-server at {addr} did not start")))?;
         }
         let masters = self.options.masters;
         let per = crate::protocol::SLOTS / masters;
         let mut ids = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
-            let mut conn = connect(addr).await?;
+            let mut conn = connect(addr, &dial).await?;
             if i < masters {
                 let start = i * per;
                 let end = if i + 1 == masters {
@@ -268,22 +292,19 @@ impl LocalCluster {
         }
         let first_port = self.nodes[0].port.to_string();
         for addr in &addrs[1..] {
-            let mut conn = connect(addr).await?;
+            let mut conn = connect(addr, &dial).await?;
             call(&mut conn, &["CLUSTER", "MEET", "127.0.0.1", &first_port]).await?;
         }
         let total = addrs.len();
         for addr in &addrs {
             let addr = addr.clone();
-            wait_for(Duration::from_secs(20), || {
-                let addr = addr.clone();
-                async move { knows_all(&addr, total).await }
-            })
-            .await
-            .map_err(|_| fail(format!("{addr} did not meet every node")))?;
+            wait_for(Duration::from_secs(20), || knows_all(&addr, total, &quick))
+                .await
+                .map_err(|_| fail(format!("{addr} did not meet every node")))?;
         }
         for (i, addr) in addrs.iter().enumerate().skip(masters) {
             let master = &ids[(i - masters) % masters];
-            let mut conn = connect(addr).await?;
+            let mut conn = connect(addr, &dial).await?;
             call(&mut conn, &["CLUSTER", "REPLICATE", master]).await?;
         }
         self.wait_healthy(Duration::from_secs(30)).await
@@ -298,12 +319,10 @@ impl LocalCluster {
             .filter(|n| n.child.is_some())
             .map(LocalNode::addr)
             .collect();
-        wait_for(limit, || {
-            let addrs = addrs.clone();
-            async move { healthy(&addrs).await }
-        })
-        .await
-        .map_err(|_| fail("the cluster did not become healthy in time"))
+        let dial = self.dial(Duration::from_secs(1));
+        wait_for(limit, || healthy(&addrs, &dial))
+            .await
+            .map_err(|_| fail("the cluster did not become healthy in time"))
     }
 }
 
@@ -318,25 +337,23 @@ impl Drop for LocalCluster {
     }
 }
 
-async fn connect(addr: &str) -> Result<Conn, StartError> {
-    Conn::connect(addr, Duration::from_secs(5))
-        .await
-        .map_err(fail)
+async fn connect(addr: &str, dial: &Dial) -> Result<Conn, StartError> {
+    Conn::dial(addr, dial).await.map_err(fail)
 }
 
 async fn call(conn: &mut Conn, args: &[&str]) -> Result<Value, StartError> {
     conn.call_ok(args).await.map_err(fail)
 }
 
-async fn ping(addr: &str) -> bool {
-    match Conn::connect(addr, Duration::from_secs(1)).await {
+async fn ping(addr: &str, dial: &Dial) -> bool {
+    match Conn::dial(addr, dial).await {
         Ok(mut conn) => matches!(conn.call(&["PING"]).await, Ok(Value::Simple(_))),
         Err(_) => false,
     }
 }
 
-async fn knows_all(addr: &str, total: usize) -> bool {
-    let Ok(mut conn) = Conn::connect(addr, Duration::from_secs(1)).await else {
+async fn knows_all(addr: &str, total: usize, dial: &Dial) -> bool {
+    let Ok(mut conn) = Conn::dial(addr, dial).await else {
         return false;
     };
     let Ok(Value::Bulk(text)) = conn.call(&["CLUSTER", "NODES"]).await else {
@@ -351,10 +368,10 @@ type OwnerView = Vec<(String, Vec<(u16, u16)>)>;
 
 /// True when every node answers `cluster_state:ok`, every replica's link is up, and the
 /// nodes' views agree on which address owns each slot.
-pub async fn healthy(addrs: &[String]) -> bool {
+pub async fn healthy(addrs: &[String], dial: &Dial) -> bool {
     let mut first_view: Option<OwnerView> = None;
     for addr in addrs {
-        let Ok(mut conn) = Conn::connect(addr, Duration::from_secs(1)).await else {
+        let Ok(mut conn) = Conn::dial(addr, dial).await else {
             return false;
         };
         let Ok(Value::Bulk(info)) = conn.call(&["CLUSTER", "INFO"]).await else {

@@ -181,11 +181,16 @@ async fn a_blocked_client_that_disconnects_frees_its_connection() {
         .await
         .unwrap();
     wait_blocked(&owner, 1).await;
-    assert_eq!(dedicated_gauge(&h), 1);
+    let p = h.proxy.proxy.clone();
+    wait_for(Duration::from_secs(5), || {
+        let open = p.metrics.backend_dedicated_connections.get();
+        async move { open == 1 }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("one dedicated connection, not {}", dedicated_gauge(&h)));
     drop(s);
     // The proxy closes the node's connection: the node unblocks and forgets the client.
     wait_blocked(&owner, 0).await;
-    let p = h.proxy.proxy.clone();
     wait_for(Duration::from_secs(5), || {
         let open = p.metrics.backend_dedicated_connections.get();
         async move { open == 0 }

@@ -117,7 +117,7 @@ async fn settled(h: &Harness, slot: u16, owner: &str) -> Instant {
                 let Ok(v) = slotguard::cluster::conn::query(
                     addr,
                     &["CLUSTER", "NODES"],
-                    Duration::from_secs(1),
+                    &slotguard::cluster::conn::Dial::new(Duration::from_secs(1)),
                 )
                 .await
                 else {
@@ -512,10 +512,12 @@ async fn a_proxy_restarted_in_the_middle_of_a_repair_finishes_it() {
         .clone();
     assert!(plan.len() >= 5, "{plan:?}");
     // The repair runs its first three steps (bind, import, migrate), then the proxy dies.
-    let views =
-        slotguard::cluster::topology::collect_views(Duration::from_secs(2), &h.cluster.addrs())
-            .await
-            .unwrap();
+    let views = slotguard::cluster::topology::collect_views(
+        &h.cluster.dial(Duration::from_secs(2)),
+        &h.cluster.addrs(),
+    )
+    .await
+    .unwrap();
     let addrs = slotguard::cluster::heal::addresses(&views);
     let journal =
         std::sync::Mutex::new(slotguard::cluster::journal::Journal::open(Some(&state)).unwrap());
@@ -528,7 +530,7 @@ async fn a_proxy_restarted_in_the_middle_of_a_repair_finishes_it() {
         &plan[..3],
         &addrs,
         &journal,
-        Duration::from_secs(5),
+        &h.cluster.dial(Duration::from_secs(5)),
     )
     .await
     {
@@ -651,7 +653,7 @@ async fn s8_no_majority_holds_then_fails_clearly_then_recovers() {
             let info = slotguard::cluster::conn::query(
                 &survivor,
                 &["CLUSTER", "INFO"],
-                Duration::from_secs(1),
+                &slotguard::cluster::conn::Dial::new(Duration::from_secs(1)),
             )
             .await;
             info.ok()

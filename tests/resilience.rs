@@ -86,7 +86,7 @@ async fn a_killed_master_fails_over_without_client_errors() {
             let Ok(reply) = slotguard::cluster::conn::query(
                 &survivor,
                 &["CLUSTER", "NODES"],
-                Duration::from_secs(1),
+                &slotguard::cluster::conn::Dial::new(Duration::from_secs(1)),
             )
             .await
             else {

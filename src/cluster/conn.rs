@@ -26,6 +26,64 @@ impl std::fmt::Display for ConnError {
 
 impl std::error::Error for ConnError {}
 
+/// Credentials for a cluster whose nodes require them (`requirepass`, or an ACL user).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Auth {
+    /// `None`: the `default` user.
+    pub username: Option<String>,
+    pub password: String,
+}
+
+impl Auth {
+    /// `AUTH [username] password`.
+    pub fn args(&self) -> Vec<&str> {
+        match &self.username {
+            Some(user) => vec!["AUTH", user, &self.password],
+            None => vec!["AUTH", &self.password],
+        }
+    }
+
+    /// The `AUTH` request, as it goes on the wire.
+    pub fn request(&self) -> bytes::Bytes {
+        Request::from_args(&self.args()).into_raw()
+    }
+
+    /// MIGRATE's option for the target's credentials.
+    pub fn migrate_option(&self) -> Vec<Vec<u8>> {
+        match &self.username {
+            Some(user) => vec![
+                b"AUTH2".to_vec(),
+                user.as_bytes().to_vec(),
+                self.password.as_bytes().to_vec(),
+            ],
+            None => vec![b"AUTH".to_vec(), self.password.as_bytes().to_vec()],
+        }
+    }
+}
+
+/// How the control plane reaches nodes: a time limit for connecting and for each call, and
+/// the cluster's credentials.
+#[derive(Clone, Debug)]
+pub struct Dial {
+    pub limit: Duration,
+    pub auth: Option<Auth>,
+}
+
+impl Dial {
+    /// No credentials.
+    pub fn new(limit: Duration) -> Dial {
+        Dial { limit, auth: None }
+    }
+
+    /// The same credentials, another time limit.
+    pub fn with_limit(&self, limit: Duration) -> Dial {
+        Dial {
+            limit,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
 /// One control connection.
 pub struct Conn {
     addr: String,
@@ -52,6 +110,17 @@ impl Conn {
             buf: BytesMut::with_capacity(4096),
             timeout: limit,
         })
+    }
+
+    /// Connects and authenticates when `dial` has credentials.
+    pub async fn dial(addr: &str, dial: &Dial) -> Result<Conn, ConnError> {
+        let mut conn = Conn::connect(addr, dial.limit).await?;
+        if let Some(auth) = &dial.auth {
+            if let Value::Error(e) = conn.call(&auth.args()).await? {
+                return Err(conn.err(format!("AUTH: {}", String::from_utf8_lossy(&e))));
+            }
+        }
+        Ok(conn)
     }
 
     pub fn addr(&self) -> &str {
@@ -113,7 +182,7 @@ impl Conn {
 pub async fn query<A: AsRef<[u8]>>(
     addr: &str,
     args: &[A],
-    limit: Duration,
+    dial: &Dial,
 ) -> Result<Value, ConnError> {
-    Conn::connect(addr, limit).await?.call(args).await
+    Conn::dial(addr, dial).await?.call(args).await
 }

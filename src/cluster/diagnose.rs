@@ -24,7 +24,7 @@ async fn discover(config: &Config) -> Result<Vec<(String, Vec<NodeLine>)>, Strin
     }
     let mut known = config.seeds.clone();
     loop {
-        let views = collect_views(config.connect_timeout, &known)
+        let views = collect_views(&config.dial(), &known)
             .await
             .ok_or_else(|| format!("no seed answered: {}", known.join(", ")))?;
         let before = known.len();
@@ -46,7 +46,7 @@ async fn look(
     journal: &Mutex<Journal>,
 ) -> Result<(Vec<(String, Vec<NodeLine>)>, Vec<Decision>), String> {
     let views = discover(config).await?;
-    let (decisions, _) = assess(&views, journal, |c| c.clone(), config.connect_timeout).await;
+    let (decisions, _) = assess(&views, journal, |c| c.clone(), &config.dial()).await;
     Ok((views, decisions))
 }
 
@@ -169,8 +169,10 @@ pub async fn repair(config: &Config, dry_run: bool) -> Result<bool, String> {
             return Ok(decisions.is_empty());
         };
         println!("repairing slot {}", d.slot);
-        let limit = config.connect_timeout.max(Duration::from_secs(5));
-        if let Err(e) = repair::run(d.slot, &d.plan, &addresses(&views), &journal, limit).await {
+        let dial = config
+            .dial()
+            .with_limit(config.connect_timeout.max(Duration::from_secs(5)));
+        if let Err(e) = repair::run(d.slot, &d.plan, &addresses(&views), &journal, &dial).await {
             // Often a node has not heard the news yet (gossip); every step is idempotent,
             // so look again and plan from what the cluster shows then.
             println!("  stopped: {e}; looking again");

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::authority::{self, Cluster, Decision, Migration, State};
-use super::conn::Conn;
+use super::conn::{Conn, Dial};
 use super::journal::Journal;
 use super::nodes::NodeLine;
 use super::repair;
@@ -61,8 +61,7 @@ impl Healer {
                 .map(|(slot, _)| *slot)
                 .collect()
         };
-        let (decisions, interesting) =
-            assess(views, &self.journal, grace, config.connect_timeout).await;
+        let (decisions, interesting) = assess(views, &self.journal, grace, &config.dial()).await;
         // Held: broken and conflicted slots, and any slot of a migration that waits for the
         // cluster to settle (the map may name a node that lacks moved keys). A slot that
         // is merely unowned waits by itself, through the failures it meets.
@@ -100,9 +99,12 @@ impl Healer {
         }
         let journal = self.journal.clone();
         let proxy = proxy.clone();
-        let limit = proxy.config().connect_timeout.max(Duration::from_secs(5));
+        let config = proxy.config();
+        let dial = config
+            .dial()
+            .with_limit(config.connect_timeout.max(Duration::from_secs(5)));
         self.repair = Some(tokio::spawn(async move {
-            let result = repair::run(slot, &plan, &addrs, &journal, limit).await;
+            let result = repair::run(slot, &plan, &addrs, &journal, &dial).await;
             let outcome = if result.is_ok() { "ok" } else { "failed" };
             proxy.metrics.repairs.with_label_values(&[outcome]).inc();
             match result {
@@ -123,13 +125,13 @@ pub async fn assess(
     views: &[(String, Vec<NodeLine>)],
     journal: &Mutex<Journal>,
     grace: impl FnOnce(&BTreeSet<u16>) -> BTreeSet<u16>,
-    limit: Duration,
+    dial: &Dial,
 ) -> (Vec<Decision>, BTreeSet<u16>) {
     let cluster = Cluster::new(views);
     let remembered = remember(journal, &cluster);
     let mut interesting: BTreeSet<u16> = remembered.migrations.keys().copied().collect();
     interesting.extend(cluster.open_migrations().into_keys());
-    let keys = count_keys(&cluster, views, &interesting, limit).await;
+    let keys = count_keys(&cluster, views, &interesting, dial).await;
     let candidates: BTreeSet<u16> = cluster
         .candidates()
         .into_iter()
@@ -237,7 +239,7 @@ async fn count_keys(
     cluster: &Cluster<'_>,
     views: &[(String, Vec<NodeLine>)],
     slots: &BTreeSet<u16>,
-    limit: Duration,
+    dial: &Dial,
 ) -> HashMap<(String, u16), u64> {
     let mut out = HashMap::new();
     if slots.is_empty() {
@@ -254,7 +256,7 @@ async fn count_keys(
         .filter(|(id, _)| cluster.is_live_master(id))
         .collect();
     for (id, addr) in masters {
-        let Ok(mut conn) = Conn::connect(&addr, limit).await else {
+        let Ok(mut conn) = Conn::dial(&addr, dial).await else {
             continue;
         };
         for &slot in slots {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::authority::Step;
-use super::conn::Conn;
+use super::conn::{Conn, Dial};
 use super::journal::Journal;
 use crate::protocol::Value;
 
@@ -26,10 +26,10 @@ pub async fn run(
     plan: &[Step],
     addrs: &HashMap<String, String>,
     journal: &Mutex<Journal>,
-    limit: Duration,
+    dial: &Dial,
 ) -> Result<(), String> {
     begin(slot, journal)?;
-    run_steps(slot, plan, addrs, journal, limit).await?;
+    run_steps(slot, plan, addrs, journal, dial).await?;
     mark(slot, journal, false)
 }
 
@@ -51,7 +51,7 @@ pub async fn run_steps(
     plan: &[Step],
     addrs: &HashMap<String, String>,
     journal: &Mutex<Journal>,
-    limit: Duration,
+    dial: &Dial,
 ) -> Result<(), String> {
     let mut conns: HashMap<String, Conn> = HashMap::new();
     for step in plan {
@@ -60,7 +60,7 @@ pub async fn run_steps(
             j.step(slot, step, "sent")
                 .map_err(|e| format!("cannot write the journal: {e}"))?;
         }
-        let result = run_step(step, addrs, &mut conns, limit).await;
+        let result = run_step(step, addrs, &mut conns, dial).await;
         let outcome = match &result {
             Ok(()) => "ok".to_string(),
             Err(e) => e.clone(),
@@ -80,15 +80,13 @@ async fn conn<'a>(
     id: &str,
     addrs: &HashMap<String, String>,
     conns: &'a mut HashMap<String, Conn>,
-    limit: Duration,
+    dial: &Dial,
 ) -> Result<&'a mut Conn, String> {
     let addr = addrs
         .get(id)
         .ok_or_else(|| format!("no address known for node {id}"))?;
     if !conns.contains_key(id) {
-        let c = Conn::connect(addr, limit)
-            .await
-            .map_err(|e| e.to_string())?;
+        let c = Conn::dial(addr, dial).await.map_err(|e| e.to_string())?;
         conns.insert(id.to_string(), c);
     }
     Ok(conns.get_mut(id).expect("just inserted"))
@@ -98,7 +96,7 @@ async fn run_step(
     step: &Step,
     addrs: &HashMap<String, String>,
     conns: &mut HashMap<String, Conn>,
-    limit: Duration,
+    dial: &Dial,
 ) -> Result<(), String> {
     let setslot = |on: &str, slot: u16, args: Vec<String>| {
         let mut cmd = vec!["CLUSTER".to_string(), "SETSLOT".into(), slot.to_string()];
@@ -119,9 +117,9 @@ async fn run_step(
             to,
             slot,
             replace,
-        } => return move_keys(from, to, *slot, *replace, addrs, conns, limit).await,
+        } => return move_keys(from, to, *slot, *replace, addrs, conns, dial).await,
     };
-    let c = conn(&on, addrs, conns, limit).await?;
+    let c = conn(&on, addrs, conns, dial).await?;
     c.call_ok(&cmd).await.map_err(|e| e.to_string())?;
     Ok(())
 }
@@ -133,7 +131,7 @@ async fn move_keys(
     replace: bool,
     addrs: &HashMap<String, String>,
     conns: &mut HashMap<String, Conn>,
-    limit: Duration,
+    dial: &Dial,
 ) -> Result<(), String> {
     let target = addrs
         .get(to)
@@ -145,7 +143,7 @@ async fn move_keys(
     let (host, port) = (host.to_string(), port.to_string());
     let mut moved = 0usize;
     loop {
-        let c = conn(from, addrs, conns, limit).await?;
+        let c = conn(from, addrs, conns, dial).await?;
         let keys = c
             .call_ok(&[
                 "CLUSTER",
@@ -170,9 +168,7 @@ async fn move_keys(
             // Giving keys back to their owner (S13, S14): a key the owner has too was
             // written there after the migration stopped, so the owner's copy is the newer
             // one. The older copy here is dropped, each by name in the log.
-            let mut owner = Conn::connect(&target, limit)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut owner = Conn::dial(&target, dial).await.map_err(|e| e.to_string())?;
             let mut keep = Vec::new();
             for key in keys {
                 let there = owner
@@ -181,7 +177,7 @@ async fn move_keys(
                     .map_err(|e| e.to_string())?;
                 if there.as_int() == Some(1) {
                     warn!(slot, key = %String::from_utf8_lossy(&key), from, to, "the owner has a newer copy; dropping the old one");
-                    let c = conn(from, addrs, conns, limit).await?;
+                    let c = conn(from, addrs, conns, dial).await?;
                     c.call_ok(&["ASKING"]).await.map_err(|e| e.to_string())?;
                     c.call_ok(&[b"DEL".as_slice(), &key])
                         .await
@@ -195,7 +191,7 @@ async fn move_keys(
             }
             keep
         };
-        let c = conn(from, addrs, conns, limit).await?;
+        let c = conn(from, addrs, conns, dial).await?;
         let mut cmd: Vec<Vec<u8>> = vec![
             b"MIGRATE".to_vec(),
             host.as_bytes().to_vec(),
@@ -207,6 +203,9 @@ async fn move_keys(
         if replace {
             cmd.push(b"REPLACE".to_vec());
         }
+        if let Some(auth) = &dial.auth {
+            cmd.extend(auth.migrate_option());
+        }
         cmd.push(b"KEYS".to_vec());
         cmd.extend(keys.iter().map(|k| k.to_vec()));
         // The node giving keys back may only be importing the slot: ASKING lets it act.
@@ -215,7 +214,7 @@ async fn move_keys(
         moved += keys.len();
     }
     info!(slot, from, to, moved, "keys moved");
-    let c = conn(to, addrs, conns, limit).await?;
+    let c = conn(to, addrs, conns, dial).await?;
     await_replicas(c).await
 }
 

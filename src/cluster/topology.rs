@@ -17,11 +17,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use super::conn::{query, Conn};
+use super::conn::{query, Conn, Dial};
 use super::heal::Healer;
 use super::journal::Journal;
 use super::nodes::{self, NodeLine};
 use super::view::ClusterView;
+use crate::config::ReadFrom;
 use crate::protocol::{Value, SLOTS};
 use crate::proxy::command::Commands;
 use crate::proxy::slot_table::SlotTable;
@@ -49,6 +50,7 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
     let mut healer = Healer::new(journal);
     let mut unsettled = false;
     let mut published: Assignment = vec![None; SLOTS];
+    let mut replicas = Replicas::new();
     let mut have_commands = false;
     loop {
         for seed in &proxy.config().seeds {
@@ -57,7 +59,7 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
             }
         }
         let asked = known.len();
-        let views = collect_views(proxy.config().connect_timeout, &known).await;
+        let views = collect_views(&proxy.config().dial(), &known).await;
         match &views {
             Some(_) => proxy.metrics.refreshes_ok.inc(),
             None => proxy.metrics.refreshes_failed.inc(),
@@ -78,10 +80,12 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
                     }
                 }
             }
-            if assignment != published {
+            let readable = readable_replicas(&proxy);
+            if assignment != published || readable != replicas {
                 let covered = assignment.iter().filter(|o| o.is_some()).count();
                 info!(covered, nodes = known.len(), "slot map updated");
-                publish(&proxy, &assignment);
+                replicas = readable;
+                publish(&proxy, &assignment, &replicas);
                 published = assignment;
             }
             if !have_commands {
@@ -112,7 +116,7 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
                         published[*slot as usize] = Some(addr.clone());
                     }
                     debug!(slots = moved.len(), "applying MOVED");
-                    publish(&proxy, &published);
+                    publish(&proxy, &published, &replicas);
                 }
                 tokio::time::sleep(MIN_GAP.saturating_sub(last.elapsed())).await;
             }
@@ -142,24 +146,54 @@ fn record_slot_states(proxy: &Proxy, view: &ClusterView) {
     slots.with_label_values(&["importing"]).set(importing);
 }
 
-fn publish(proxy: &Proxy, assignment: &Assignment) {
+/// (master address, replica address) for every replica reads may go to.
+type Replicas = Vec<(String, String)>;
+
+/// The replicas that are up, when `backend.read_from` sends reads to them.
+fn readable_replicas(proxy: &Proxy) -> Replicas {
+    if proxy.config().read_from == ReadFrom::Master {
+        return Replicas::new();
+    }
+    let view = proxy.view.load();
+    let mut replicas: Replicas = view
+        .nodes
+        .iter()
+        .filter(|n| n.role == "replica" && n.health == "ok")
+        .filter_map(|n| {
+            let master = view
+                .nodes
+                .iter()
+                .find(|m| Some(&m.id) == n.master_id.as_ref())?;
+            Some((master.addr.clone(), n.addr.clone()))
+        })
+        .collect();
+    replicas.sort();
+    replicas
+}
+
+fn publish(proxy: &Proxy, assignment: &Assignment, replicas: &Replicas) {
     let nodes: Vec<(u16, Arc<crate::proxy::Node>)> = assignment
         .iter()
         .enumerate()
         .filter_map(|(slot, addr)| Some((slot as u16, proxy.node(addr.as_ref()?))))
         .collect();
-    proxy.publish(|generation| SlotTable::build(nodes, generation));
+    let replicas_of = |master: &crate::proxy::Node| {
+        replicas
+            .iter()
+            .filter(|(m, _)| *m == master.addr)
+            .map(|(_, r)| proxy.node(r))
+            .collect()
+    };
+    proxy.publish(|generation| SlotTable::build(nodes, generation).with_replicas(replicas_of));
 }
 
 /// Asks every known node for its view, in parallel. `None` when no node answered.
-pub async fn collect_views(
-    limit: Duration,
-    known: &[String],
-) -> Option<Vec<(String, Vec<NodeLine>)>> {
+pub async fn collect_views(dial: &Dial, known: &[String]) -> Option<Vec<(String, Vec<NodeLine>)>> {
     let mut asks = JoinSet::new();
     for addr in known.iter().cloned() {
+        let dial = dial.clone();
         asks.spawn(async move {
-            let reply = query(&addr, &["CLUSTER", "NODES"], limit).await;
+            let reply = query(&addr, &["CLUSTER", "NODES"], &dial).await;
             (addr, reply)
         });
     }
@@ -217,7 +251,7 @@ pub fn decide(views: &[(String, Vec<NodeLine>)]) -> Assignment {
 
 /// Loads the command table and server version from one node; false if it failed.
 async fn load_commands(proxy: &Proxy, addr: &str) -> bool {
-    let Ok(mut conn) = Conn::connect(addr, proxy.config().connect_timeout).await else {
+    let Ok(mut conn) = Conn::dial(addr, &proxy.config().dial()).await else {
         return false;
     };
     if let Ok(Value::Bulk(info)) = conn.call(&["INFO", "server"]).await {

@@ -31,6 +31,7 @@ use prometheus::Histogram;
 use super::hold::Reason;
 use super::lease::Lease;
 use super::Proxy;
+use crate::config::ReadFrom;
 use crate::metrics::Metrics;
 use crate::protocol::ReplyScanner;
 
@@ -71,6 +72,8 @@ pub struct Job {
     pub lease: Option<Arc<Lease>>,
     /// WATCH, or an EXEC under a WATCH: must run on the connection holding the watch.
     pub watch: bool,
+    /// A read that may go to a replica (`backend.read_from`).
+    pub read_from: ReadFrom,
     pub reply: oneshot::Sender<Bytes>,
 }
 
@@ -95,6 +98,7 @@ impl Job {
             held_since: None,
             lease: None,
             watch: false,
+            read_from: ReadFrom::Master,
             reply,
         };
         (job, rx)
@@ -171,11 +175,13 @@ impl Node {
         dedicated: usize,
         proxy: Weak<Proxy>,
         connect_timeout: Duration,
+        hello: Option<Bytes>,
         metrics: &Arc<Metrics>,
     ) -> Node {
         let target = Target {
             addr: addr.clone(),
             resp3: false,
+            hello,
             connect_timeout,
             metrics: metrics.clone(),
             latency: metrics.node_latency(&addr),
@@ -254,6 +260,8 @@ struct Owner {
 struct Target {
     addr: String,
     resp3: bool,
+    /// Sent first on every connection (`AUTH`, `READONLY`), each answered `+OK`.
+    hello: Option<Bytes>,
     connect_timeout: Duration,
     metrics: Arc<Metrics>,
     /// This node's child of the backend latency histogram.
@@ -278,6 +286,7 @@ async fn run(
     let Target {
         addr,
         resp3,
+        hello,
         connect_timeout: limit,
         metrics,
         latency,
@@ -319,10 +328,14 @@ async fn run(
             metrics: &metrics,
             latency: &latency,
         };
+        // These go out with the first batch; their replies are not any job's.
+        if let Some(hello) = &hello {
+            conn.wbuf.extend_from_slice(hello);
+            conn.skip += hello_replies(hello);
+        }
         if resp3 {
-            // Goes out with the first batch; its reply is not any job's.
             conn.wbuf.extend_from_slice(HELLO3);
-            conn.skip = 1;
+            conn.skip += 1;
         }
         let gauge = if owner.is_some() {
             &metrics.backend_dedicated_connections
@@ -344,6 +357,17 @@ async fn run(
         let lost = inflight.into_iter().map(|f| f.job).chain(batch.drain(..));
         fail_all(&proxy, &addr, lost, &error);
     }
+}
+
+/// How many requests `hello` holds (each starts with `*`).
+fn hello_replies(hello: &[u8]) -> usize {
+    let mut buf = BytesMut::from(hello);
+    let mut scanner = crate::protocol::Scanner::default();
+    let mut n = 0;
+    while let Ok(Some(_)) = scanner.next(&mut buf) {
+        n += 1;
+    }
+    n
 }
 
 /// Ready when the client of the first job in flight has gone away.
@@ -375,7 +399,8 @@ struct Connection<'a> {
     resp3: bool,
     /// The connection is one client's own: it closes when that client goes.
     own: bool,
-    /// Replies still to come that answer no job (the `HELLO 3` sent on connect).
+    /// Replies still to come that answer no job (`AUTH`, `READONLY`, `HELLO 3`, sent on
+    /// connect).
     skip: usize,
     metrics: &'a Metrics,
     latency: &'a Histogram,
@@ -480,7 +505,7 @@ impl Connection<'_> {
                 self.skip -= 1;
                 if frame.first() == Some(&b'-') {
                     let text = String::from_utf8_lossy(&frame).trim_end().to_string();
-                    return Err(format!("HELLO 3 refused: {text}"));
+                    return Err(format!("refused on connect: {text}"));
                 }
                 continue;
             }

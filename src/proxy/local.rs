@@ -6,6 +6,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::router::Client;
 use super::Proxy;
+use crate::config::Access;
 use crate::protocol::reply::{self, array_header, bulk, Value};
 use crate::protocol::{key_slot, Request};
 
@@ -41,36 +42,100 @@ pub fn arity(name: &str) -> Bytes {
 }
 
 /// Checks a password against the proxy's. `user` must be `default` (or absent).
-fn check_password(proxy: &Proxy, user: Option<&[u8]>, pass: &[u8]) -> Result<(), Bytes> {
+/// Checks a user's password; the client becomes that user.
+fn log_in(
+    proxy: &Proxy,
+    client: &mut Client,
+    user: Option<&[u8]>,
+    pass: &[u8],
+) -> Result<(), Bytes> {
     let config = proxy.config();
-    let Some(expected) = &config.password else {
+    let user = user.unwrap_or(b"default");
+    let found = if user == b"default" {
+        if config.password.is_none() && config.users.is_empty() {
+            return Err(reply::error(
+                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            ));
+        }
+        config
+            .password
+            .as_deref()
+            .filter(|expected| same(expected.as_bytes(), pass))
+            .map(|_| ("default", Access::Admin))
+    } else {
+        config
+            .users
+            .iter()
+            .find(|u| u.name.as_bytes() == user && same(u.password.as_bytes(), pass))
+            .map(|u| (u.name.as_str(), u.access))
+    };
+    let Some((name, access)) = found else {
         return Err(reply::error(
-            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            "WRONGPASS invalid username-password pair or user is disabled.",
         ));
     };
-    let user_ok = user.is_none_or(|u| u == b"default");
-    if user_ok && pass == expected.as_bytes() {
-        Ok(())
-    } else {
-        Err(reply::error(
-            "WRONGPASS invalid username-password pair or user is disabled.",
-        ))
-    }
+    client.authenticated = true;
+    client.user = name.into();
+    client.access = access;
+    Ok(())
+}
+
+/// Compares secrets in time that depends on their length only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub fn auth(proxy: &Proxy, client: &mut Client, req: &Request) -> Bytes {
     let result = match req.len() {
-        2 => check_password(proxy, None, req.arg(1)),
-        3 => check_password(proxy, Some(req.arg(1)), req.arg(2)),
+        2 => log_in(proxy, client, None, req.arg(1)),
+        3 => log_in(proxy, client, Some(req.arg(1)), req.arg(2)),
         _ => return reply::error("ERR syntax error"),
     };
     match result {
-        Ok(()) => {
-            client.authenticated = true;
-            Bytes::from_static(reply::OK)
-        }
+        Ok(()) => Bytes::from_static(reply::OK),
         Err(e) => e,
     }
+}
+
+/// The error for a command this client's user may not run, if it may not.
+pub fn forbidden(proxy: &Proxy, client: &Client, name: &[u8], req: &Request) -> Option<Bytes> {
+    let sub = |i: usize| req.len() > i && req.arg(i).eq_ignore_ascii_case(b"FLUSH");
+    let wipes = match name {
+        b"FLUSHALL" | b"FLUSHDB" => true,
+        b"SCRIPT" => sub(1),
+        b"FUNCTION" => {
+            req.len() > 1
+                && [&b"FLUSH"[..], b"DELETE", b"LOAD", b"RESTORE"]
+                    .iter()
+                    .any(|s| req.arg(1).eq_ignore_ascii_case(s))
+        }
+        _ => false,
+    };
+    let allowed = match client.access {
+        Access::Admin => true,
+        Access::ReadWrite => !wipes,
+        Access::ReadOnly => {
+            // Scripts may write unless run read-only; everything else by its flags.
+            let writes = wipes
+                || matches!(name, b"EVAL" | b"EVALSHA" | b"FCALL" | b"FUNCTION")
+                || (name == b"SCRIPT"
+                    && req.len() > 1
+                    && !req.arg(1).eq_ignore_ascii_case(b"EXISTS"))
+                || proxy
+                    .commands
+                    .load()
+                    .lookup(req)
+                    .is_some_and(|c| c.flags.write);
+            !writes
+        }
+    };
+    (!allowed).then(|| {
+        reply::error(&format!(
+            "NOPERM User {} has no permissions to run the '{}' command",
+            client.user,
+            String::from_utf8_lossy(name).to_lowercase()
+        ))
+    })
 }
 
 /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switches the client's protocol.
@@ -90,10 +155,9 @@ pub fn hello(proxy: &Proxy, client: &mut Client, req: &Request) -> Bytes {
         let opt = req.arg(i).to_ascii_uppercase();
         match opt.as_slice() {
             b"AUTH" if i + 2 < req.len() => {
-                if let Err(e) = check_password(proxy, Some(req.arg(i + 1)), req.arg(i + 2)) {
+                if let Err(e) = log_in(proxy, client, Some(req.arg(i + 1)), req.arg(i + 2)) {
                     return e;
                 }
-                client.authenticated = true;
                 i += 3;
             }
             b"SETNAME" if i + 1 < req.len() => {

@@ -34,7 +34,7 @@ use hold::{Hold, Reason};
 use slot_table::SlotTable;
 
 use crate::cluster::view::ClusterView;
-use crate::config::Config;
+use crate::config::{Config, ReadFrom};
 use crate::metrics::{Metrics, RedirectKind};
 
 /// Redirects one request may follow before it waits for the slot map to settle.
@@ -129,6 +129,12 @@ impl Proxy {
         if new.backend_connections != old.backend_connections {
             restart.push("backend.connections");
         }
+        if new.read_from != old.read_from {
+            restart.push("backend.read_from");
+        }
+        if new.backend_auth != old.backend_auth {
+            restart.push("backend.username/password");
+        }
         self.hold.set_limits(new.hold_timeout, new.hold_max_bytes);
         crate::logging::set_level(&new.log_level);
         self.config.store(Arc::new(new));
@@ -148,6 +154,7 @@ impl Proxy {
                     config.dedicated_connections,
                     self.me.clone(),
                     config.connect_timeout,
+                    connect_requests(&config),
                     &self.metrics,
                 ))
             })
@@ -203,9 +210,15 @@ impl Proxy {
     /// Like `send`, but gives back a job that cannot be sent now, with the reason.
     fn try_send(&self, job: Job) -> Result<(), (Job, Reason)> {
         let table = self.table.load();
-        let node = match job.slot {
-            Some(slot) => table.owner(slot),
-            None => table.any_master(job.pin),
+        let node = match (job.slot, job.read_from) {
+            (Some(slot), ReadFrom::Master) => table.owner(slot),
+            (Some(slot), ReadFrom::Replica) => table.replica(slot, job.pin),
+            // A read a replica failed goes to the master.
+            (Some(slot), ReadFrom::PreferReplica) if job.held_since.is_none() => {
+                table.replica(slot, job.pin).or_else(|| table.owner(slot))
+            }
+            (Some(slot), ReadFrom::PreferReplica) => table.owner(slot),
+            (None, _) => table.any_master(job.pin),
         };
         match node {
             Some(node) => node
@@ -327,6 +340,19 @@ impl Proxy {
             self.metrics.held_now.set(self.hold.len() as i64);
         }
     }
+}
+
+/// What every shared backend connection sends first: `AUTH` when the cluster needs it,
+/// `READONLY` when reads may go to replicas (harmless on a master).
+fn connect_requests(config: &Config) -> Option<bytes::Bytes> {
+    let mut out = bytes::BytesMut::new();
+    if let Some(auth) = &config.backend_auth {
+        out.extend_from_slice(&auth.request());
+    }
+    if config.read_from != crate::config::ReadFrom::Master {
+        out.extend_from_slice(b"*1\r\n$8\r\nREADONLY\r\n");
+    }
+    (!out.is_empty()).then(|| out.freeze())
 }
 
 /// A stable 40-hex-digit node id derived from the listen address.

@@ -338,12 +338,13 @@ impl Subscriber<'_> {
         let id = self.next_link;
         self.next_link += 1;
         let (commands, rx) = mpsc::unbounded_channel();
-        let limit = self.proxy.config().connect_timeout;
+        let config = self.proxy.config();
         let task = LinkTask {
             id,
             addr: addr.to_string(),
             resp3,
-            limit,
+            limit: config.connect_timeout,
+            auth: config.backend_auth.as_ref().map(|a| a.request()),
             events: self.events.clone(),
             _permit: permit,
         };
@@ -587,6 +588,8 @@ struct LinkTask {
     addr: String,
     resp3: bool,
     limit: Duration,
+    /// `AUTH ...`, sent first, when the cluster needs credentials.
+    auth: Option<Bytes>,
     events: mpsc::Sender<Event>,
     /// Returned to the node's allowance when the task ends.
     _permit: OwnedSemaphorePermit,
@@ -607,13 +610,17 @@ impl LinkTask {
             .map_err(|e| format!("connect: {e}"))?;
         stream.set_nodelay(true).ok();
         let (mut rd, mut wr) = stream.split();
-        let mut skip = 0;
-        if self.resp3 {
-            wr.write_all(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
-                .await
-                .map_err(|e| format!("write: {e}"))?;
-            skip = 1;
+        let mut hello = BytesMut::new();
+        if let Some(auth) = &self.auth {
+            hello.extend_from_slice(auth);
         }
+        if self.resp3 {
+            hello.extend_from_slice(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
+        }
+        let mut skip = usize::from(self.auth.is_some()) + usize::from(self.resp3);
+        wr.write_all(&hello)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
         let mut scanner = ReplyScanner::default();
         loop {
@@ -632,6 +639,9 @@ impl LinkTask {
                         let frame = rbuf.split_to(len).freeze();
                         if skip > 0 {
                             skip -= 1;
+                            if frame.first() == Some(&b'-') {
+                                return Err(format!("refused on connect: {}", String::from_utf8_lossy(&frame).trim_end()));
+                            }
                             continue;
                         }
                         if self.events.send(Event::Frame(self.id, frame)).await.is_err() {

@@ -23,6 +23,7 @@ use super::lease::Lease;
 use super::local;
 use super::merge::{Join, Merge, GONE};
 use super::{Job, Proxy};
+use crate::config::{Access, ReadFrom};
 use crate::metrics::Class;
 use crate::protocol::{key_slot, reply, Request, SLOTS};
 
@@ -35,6 +36,12 @@ pub struct Client {
     pub local: SocketAddr,
     pub name: Option<Bytes>,
     pub authenticated: bool,
+    /// The proxy user the client is (`default` until AUTH says otherwise).
+    pub user: String,
+    /// What that user may run.
+    pub access: Access,
+    /// Where this client's reads go (`backend.read_from` when it connected).
+    pub read_from: ReadFrom,
     /// Switched to RESP3 by `HELLO 3`.
     pub resp3: bool,
     /// QUIT was received: close once the replies before it are written.
@@ -137,6 +144,14 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
     let name = &buf[..n];
     if !client.authenticated && !matches!(name, b"AUTH" | b"HELLO" | b"QUIT") {
         return (ready(local::noauth()), Class::Local);
+    }
+    if client.access != Access::Admin {
+        if let Some(error) = local::forbidden(proxy, client, name, &req) {
+            if let Some(tx) = &mut client.tx {
+                tx.failed = true; // as Redis does: EXEC then answers EXECABORT
+            }
+            return (ready(error), Class::Other);
+        }
     }
     let local = |bytes: Bytes| (ready(bytes), Class::Local);
     if client.tx.is_some() && !matches!(name, b"MULTI" | b"EXEC" | b"DISCARD" | b"QUIT") {
@@ -410,6 +425,16 @@ fn keyed(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
             let (mut job, rx) = job(client, req, slot);
             job.lease = Some(lease(client));
             (Pending::Turn(Some(job), rx), class)
+        }
+        Ok(Placed {
+            slot: Some(slot),
+            class: Class::Read,
+            ..
+        }) if client.read_from != ReadFrom::Master => {
+            let (mut job, rx) = job(client, req, Some(slot));
+            job.read_from = client.read_from;
+            proxy.dispatch(job);
+            (Pending::Wait(rx), Class::Read)
         }
         Ok(placed) => (one(proxy, client, req, placed.slot), placed.class),
         Err(error) => (ready(error), Class::Other),

@@ -18,6 +18,8 @@ pub struct SlotTable {
     nodes: Vec<Arc<Node>>,
     /// Each master once, with the lowest slot it serves, in slot order.
     masters: Vec<(u16, u16)>,
+    /// The replicas that are up, per entry of `nodes`; empty unless reads may go there.
+    replicas: Vec<Vec<Arc<Node>>>,
     /// Increases with every table published.
     pub generation: u64,
 }
@@ -48,11 +50,29 @@ impl SlotTable {
             }
         }
         SlotTable {
+            replicas: vec![Vec::new(); nodes.len()],
             owner,
             nodes,
             masters,
             generation,
         }
+    }
+
+    /// Adds each master's replicas, for reads.
+    pub fn with_replicas(mut self, replicas_of: impl Fn(&Node) -> Vec<Arc<Node>>) -> SlotTable {
+        self.replicas = self.nodes.iter().map(|n| replicas_of(n)).collect();
+        self
+    }
+
+    /// A replica of the master of `slot`, spread by `pin`.
+    #[inline]
+    pub fn replica(&self, slot: u16, pin: u32) -> Option<&Arc<Node>> {
+        let idx = *self.owner.get(slot as usize)?;
+        let replicas = self.replicas.get(idx as usize)?;
+        if replicas.is_empty() {
+            return None;
+        }
+        replicas.get(pin as usize % replicas.len())
     }
 
     /// The node serving `slot`.

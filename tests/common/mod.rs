@@ -124,7 +124,11 @@ impl Harness {
             .iter()
             .find(|n| n.pid().is_some())
             .expect("a running node");
-        let out = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        if let Some(auth) = self.cluster.auth() {
+            cli.args(["-a", &auth.password, "--no-auth-warning"]);
+        }
+        let out = cli
             .args(["--cluster", "check", &node.addr()])
             .output()
             .map_err(|e| format!("redis-cli: {e}"))?;

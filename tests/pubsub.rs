@@ -1,0 +1,289 @@
+//! Pub/Sub through the proxy: channels, patterns and shard channels, kept in place across
+//! slot moves and failovers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use common::{ask_raw, call, move_slot, tag_on, Harness};
+use slotguard::protocol::{ReplyScanner, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A raw client connection that reads whole frames (replies and pushes).
+struct Raw {
+    s: TcpStream,
+    buf: BytesMut,
+    scanner: ReplyScanner,
+}
+
+impl Raw {
+    async fn connect(h: &Harness) -> Raw {
+        Raw {
+            s: TcpStream::connect(h.proxy.addr).await.unwrap(),
+            buf: BytesMut::new(),
+            scanner: ReplyScanner::default(),
+        }
+    }
+
+    async fn send(&mut self, req: &str) {
+        self.s.write_all(req.as_bytes()).await.unwrap();
+    }
+
+    /// The next frame, or `None` after `limit` without one.
+    async fn frame_within(&mut self, limit: Duration) -> Option<Bytes> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(len) = self.scanner.scan(&self.buf).unwrap() {
+                return Some(self.buf.split_to(len).freeze());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.s.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) => panic!("the proxy closed the connection"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("read: {e}"),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    async fn frame(&mut self) -> Bytes {
+        self.frame_within(Duration::from_secs(10))
+            .await
+            .expect("a frame within 10 s")
+    }
+
+    /// The next frame as text items: `["message", "ch", "payload"]`.
+    async fn items(&mut self) -> Vec<String> {
+        items(&self.frame().await)
+    }
+}
+
+fn items(frame: &Bytes) -> Vec<String> {
+    match Value::parse(frame).unwrap() {
+        Value::Array(items) => items
+            .iter()
+            .map(|v| match v {
+                Value::Int(n) => n.to_string(),
+                Value::Nil => "nil".into(),
+                other => other
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{other:?}")),
+            })
+            .collect(),
+        other => vec![format!("{other:?}")],
+    }
+}
+
+fn strs(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+async fn publish(h: &Harness, command: &str, channel: &str, message: &str) -> i64 {
+    let mut c = h.client().await;
+    redis::cmd(command)
+        .arg(channel)
+        .arg(message)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_and_patterns_flow_through_the_proxy() {
+    let h = Harness::start(3, 0).await;
+    let mut sub = Raw::connect(&h).await;
+    sub.send("SUBSCRIBE news sport\r\n").await;
+    assert_eq!(sub.items().await, strs(&["subscribe", "news", "1"]));
+    assert_eq!(sub.items().await, strs(&["subscribe", "sport", "2"]));
+    sub.send("PSUBSCRIBE n*\r\n").await;
+    assert_eq!(sub.items().await, strs(&["psubscribe", "n*", "3"]));
+
+    // Published through the proxy, and straight to any master: a cluster delivers both.
+    publish(&h, "PUBLISH", "news", "one").await;
+    let mut got = vec![sub.items().await, sub.items().await];
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            strs(&["message", "news", "one"]),
+            strs(&["pmessage", "n*", "news", "one"])
+        ]
+    );
+    for node in &h.cluster.nodes {
+        call(&node.addr(), &["PUBLISH", "sport", "direct"]).await;
+        assert_eq!(sub.items().await, strs(&["message", "sport", "direct"]));
+    }
+
+    // Only subscription commands in RESP2's subscribed mode, as Redis says.
+    sub.send("PING\r\n").await;
+    assert_eq!(sub.items().await, strs(&["pong", ""]));
+    sub.send("GET k\r\n").await;
+    let refused = String::from_utf8_lossy(&sub.frame().await).into_owned();
+    assert!(refused.starts_with("-ERR Can't execute 'get'"), "{refused}");
+
+    // Unsubscribing from everything leaves subscribed mode: ordinary commands work again.
+    sub.send("PUNSUBSCRIBE\r\n").await;
+    assert_eq!(sub.items().await, strs(&["punsubscribe", "n*", "2"]));
+    sub.send("UNSUBSCRIBE\r\n").await;
+    assert_eq!(sub.items().await, strs(&["unsubscribe", "news", "1"]));
+    assert_eq!(sub.items().await, strs(&["unsubscribe", "sport", "0"]));
+    assert_eq!(
+        ask_raw(&mut sub.s, b"SET k v\r\n", b"\r\n").await,
+        "+OK\r\n"
+    );
+    sub.send("UNSUBSCRIBE\r\n").await;
+    assert_eq!(sub.items().await, strs(&["unsubscribe", "nil", "0"]));
+    // Nothing is left open on the nodes.
+    let p = h.proxy.proxy.clone();
+    slotguard::localcluster::wait_for(Duration::from_secs(5), || {
+        let open = p.metrics.backend_dedicated_connections.get();
+        async move { open == 0 }
+    })
+    .await
+    .expect("subscription connections are closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_crate_subscribes_through_the_proxy() {
+    let h = Harness::start(3, 0).await;
+    let client = redis::Client::open(h.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("orders").await.unwrap();
+    // The count is the receivers on the node that took the PUBLISH: any number here.
+    publish(&h, "PUBLISH", "orders", "42").await;
+    use futures_util::StreamExt;
+    let msg = tokio::time::timeout(Duration::from_secs(10), pubsub.on_message().next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.get_channel_name(), "orders");
+    assert_eq!(msg.get_payload::<String>().unwrap(), "42");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_clients_get_pushes_and_may_run_commands_while_subscribed() {
+    let h = Harness::start(3, 0).await;
+    let mut sub = Raw::connect(&h).await;
+    sub.send("HELLO 3\r\n").await;
+    sub.frame().await;
+    sub.send("SUBSCRIBE alerts\r\n").await;
+    let confirm = sub.frame().await;
+    assert!(confirm.starts_with(b">3\r\n"), "{confirm:?}");
+    assert_eq!(items(&confirm), strs(&["subscribe", "alerts", "1"]));
+    sub.send("SET {a}k 1\r\nGET {a}k\r\n").await;
+    assert_eq!(&sub.frame().await[..], b"+OK\r\n");
+    assert_eq!(&sub.frame().await[..], b"$1\r\n1\r\n");
+    publish(&h, "PUBLISH", "alerts", "fire").await;
+    let message = sub.frame().await;
+    assert!(message.starts_with(b">3\r\n"), "{message:?}");
+    assert_eq!(items(&message), strs(&["message", "alerts", "fire"]));
+}
+
+/// Publishes `message-N` on a shard channel until the subscriber gets one; returns what
+/// it saw before. Messages published while a subscription moves are lost, as in Redis.
+async fn spublish_until_received(h: &Harness, sub: &mut Raw, channel: &str) -> Vec<Vec<String>> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut c = h.client().await;
+    for n in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "no message arrived; saw {seen:?}"
+        );
+        let _: i64 = redis::cmd("SPUBLISH")
+            .arg(channel)
+            .arg(format!("message-{n}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        while let Some(frame) = sub.frame_within(Duration::from_millis(100)).await {
+            let items = items(&frame);
+            let done = items.first().map(String::as_str) == Some("smessage");
+            seen.push(items);
+            if done {
+                return seen;
+            }
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_subscription_follows_its_slot_to_a_new_owner() {
+    let h = Harness::start(3, 0).await;
+    let t = tag_on(0);
+    let channel = format!("{t}events");
+    let slot = slotguard::protocol::key_slot(channel.as_bytes());
+    let mut sub = Raw::connect(&h).await;
+    sub.send(&format!("SSUBSCRIBE {channel}\r\n")).await;
+    assert_eq!(sub.items().await, strs(&["ssubscribe", &channel, "1"]));
+    sub.send(&format!("SSUBSCRIBE {channel} {}x\r\n", tag_on(1)))
+        .await;
+    let refused = String::from_utf8_lossy(&sub.frame().await).into_owned();
+    assert!(refused.starts_with("-CROSSSLOT"), "{refused}");
+    let seen = spublish_until_received(&h, &mut sub, &channel).await;
+    assert_eq!(seen, vec![strs(&["smessage", &channel, "message-0"])]);
+
+    move_slot(&h, slot, 0, 1).await;
+    // The old owner dropped the subscription with a `sunsubscribe`; the client never sees
+    // it and keeps getting messages, now from the new owner.
+    let seen = spublish_until_received(&h, &mut sub, &channel).await;
+    assert!(
+        seen.iter()
+            .all(|items| items.first().map(String::as_str) == Some("smessage")),
+        "only messages reach the client: {seen:?}"
+    );
+    let receivers: i64 = call(
+        &h.cluster.nodes[1].addr(),
+        &["SPUBLISH", &channel, "direct"],
+    )
+    .await
+    .as_int()
+    .unwrap();
+    assert_eq!(receivers, 1, "subscribed on the new owner");
+    assert_eq!(sub.items().await, strs(&["smessage", &channel, "direct"]));
+    h.cluster_check().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_survive_the_failover_of_their_node() {
+    let mut h = Harness::start(3, 1).await;
+    let t = tag_on(0);
+    let channel = format!("{t}feed");
+    let mut sub = Raw::connect(&h).await;
+    sub.send(&format!("SSUBSCRIBE {channel}\r\n")).await;
+    assert_eq!(sub.items().await, strs(&["ssubscribe", &channel, "1"]));
+    sub.send("SUBSCRIBE plain\r\n").await;
+    assert_eq!(sub.items().await, strs(&["subscribe", "plain", "1"]));
+
+    // Kill the master of the shard channel's slot, and the one carrying the plain channel
+    // if that is another: both are failed over.
+    h.cluster.nodes[0].kill();
+    h.cluster.wait_promoted(0).await.unwrap();
+
+    let seen = spublish_until_received(&h, &mut sub, &channel).await;
+    assert!(
+        seen.iter()
+            .all(|items| items.first().map(String::as_str) == Some("smessage")),
+        "only messages reach the client: {seen:?}"
+    );
+    // The plain channel works too, wherever its connection went.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no message on the plain channel");
+        publish(&h, "PUBLISH", "plain", "still here").await;
+        if let Some(frame) = sub.frame_within(Duration::from_millis(200)).await {
+            assert_eq!(items(&frame), strs(&["message", "plain", "still here"]));
+            break;
+        }
+    }
+    h.cluster.restart(0).await.unwrap();
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+    h.cluster_check().unwrap();
+}
