@@ -80,6 +80,10 @@ pub struct Config {
     pub backend_auth: Option<crate::cluster::conn::Auth>,
     /// Where reads go.
     pub read_from: ReadFrom,
+    /// TLS on the listener: clients must speak TLS.
+    pub tls: Option<crate::tls::ListenerTls>,
+    /// TLS towards the cluster's nodes.
+    pub backend_tls: Option<crate::tls::BackendTls>,
     /// How often the slot map is refreshed when nothing prompts it.
     pub refresh_interval: Duration,
     /// How long a request may wait for its slot to be served again before the client gets
@@ -105,6 +109,7 @@ impl Config {
         crate::cluster::conn::Dial {
             limit: self.connect_timeout,
             auth: self.backend_auth.clone(),
+            tls: self.backend_tls.clone(),
         }
     }
 }
@@ -131,10 +136,67 @@ struct File {
     repair: RepairSection,
     client: ClientSection,
     backend: BackendSection,
+    tls: TlsSection,
     topology: TopologySection,
     hold: HoldSection,
     log: LogSection,
     shutdown: ShutdownSection,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct TlsSection {
+    cert: String,
+    key: String,
+    client_ca: String,
+    backend: bool,
+    backend_ca: String,
+    backend_cert: String,
+    backend_key: String,
+    backend_server_name: String,
+}
+
+/// A path given, or `None` for an empty string.
+fn some(s: &str) -> Option<&str> {
+    Some(s).filter(|s| !s.is_empty())
+}
+
+impl TlsSection {
+    fn listener(&self) -> Result<Option<crate::tls::ListenerTls>, ConfigError> {
+        match (some(&self.cert), some(&self.key)) {
+            (None, None) if some(&self.client_ca).is_some() => Err(bad(
+                "tls.client_ca",
+                &self.client_ca,
+                "needs tls.cert and tls.key",
+            )),
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => crate::tls::acceptor(cert, key, some(&self.client_ca))
+                .map(Some)
+                .map_err(|e| ConfigError(e.0)),
+            _ => Err(ConfigError("tls.cert and tls.key go together".into())),
+        }
+    }
+
+    fn backend(&self) -> Result<Option<crate::tls::BackendTls>, ConfigError> {
+        if !self.backend {
+            return Ok(None);
+        }
+        let Some(ca) = some(&self.backend_ca) else {
+            return Err(bad(
+                "tls.backend_ca",
+                "",
+                "tls.backend needs the CA that signed the nodes' certificates",
+            ));
+        };
+        crate::tls::backend(
+            ca,
+            some(&self.backend_cert),
+            some(&self.backend_key),
+            some(&self.backend_server_name),
+        )
+        .map(Some)
+        .map_err(|e| ConfigError(e.0))
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -228,6 +290,7 @@ impl Default for File {
             repair: RepairSection::default(),
             client: ClientSection::default(),
             backend: BackendSection::default(),
+            tls: TlsSection::default(),
             topology: TopologySection::default(),
             hold: HoldSection::default(),
             log: LogSection::default(),
@@ -433,6 +496,8 @@ impl File {
             backend_connections: self.backend.connections,
             dedicated_connections: self.backend.dedicated_connections,
             connect_timeout: duration("backend.connect_timeout", &self.backend.connect_timeout)?,
+            tls: self.tls.listener()?,
+            backend_tls: self.tls.backend()?,
             read_from: match self.backend.read_from.as_str() {
                 "master" => ReadFrom::Master,
                 "replica" => ReadFrom::Replica,
@@ -589,6 +654,28 @@ mod tests {
             ("[client]\nmax_pending = 0", "client.max_pending = \"0\""),
             ("[hold]\ntimout = \"1s\"", "unknown field `timout`"),
             ("threads = \"two\"", "invalid type"),
+            (
+                "[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"",
+                "tls.cert = \"/nonexistent.crt\"",
+            ),
+            (
+                "[tls]\ncert = \"/x.crt\"",
+                "tls.cert and tls.key go together",
+            ),
+            ("[tls]\nbackend = true", "tls.backend_ca"),
+            (
+                "[backend]\nread_from = \"any\"",
+                "backend.read_from = \"any\"",
+            ),
+            ("[backend]\nusername = \"u\"", "backend.username = \"u\""),
+            (
+                "[[users]]\nname = \"r\"\npassword = \"p\"\naccess = \"root\"",
+                "users.access = \"root\"",
+            ),
+            (
+                "[[users]]\nname = \"default\"\npassword = \"p\"\naccess = \"admin\"",
+                "users.name = \"default\"",
+            ),
         ];
         for (text, want) in cases {
             let err = Config::parse(text).unwrap_err().0;

@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod server;
+pub mod tls;

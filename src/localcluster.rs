@@ -25,6 +25,17 @@ pub struct Options {
     pub extra_args: Vec<(String, String)>,
     /// `requirepass` (and `masterauth`) for every node.
     pub password: Option<String>,
+    /// TLS only: every node (data, cluster bus, replication) speaks TLS with these files.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for a TLS cluster. The nodes use the same certificate as server and as client
+/// (Redis asks clients for a certificate), so it must name 127.0.0.1.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for Options {
@@ -35,6 +46,7 @@ impl Default for Options {
             node_timeout_ms: 2000,
             extra_args: Vec::new(),
             password: None,
+            tls: None,
         }
     }
 }
@@ -161,9 +173,23 @@ impl LocalCluster {
 
     fn spawn(&self, node: &mut LocalNode) -> Result<(), StartError> {
         let mut cmd = Command::new("redis-server");
-        cmd.current_dir(&node.dir)
-            .args(["--port", &node.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+        cmd.current_dir(&node.dir);
+        match &self.options.tls {
+            None => {
+                cmd.args(["--port", &node.port.to_string()]);
+            }
+            Some(tls) => {
+                cmd.args(["--port", "0", "--tls-port", &node.port.to_string()])
+                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca);
+            }
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", "nodes.conf"])
             .args([
@@ -246,6 +272,16 @@ impl LocalCluster {
         Dial {
             limit,
             auth: self.auth(),
+            tls: self.options.tls.as_ref().map(|files| {
+                let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+                crate::tls::backend(
+                    &path(&files.ca),
+                    Some(&path(&files.cert)),
+                    Some(&path(&files.key)),
+                    None,
+                )
+                .expect("the test cluster's TLS files load")
+            }),
         }
     }
 

@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
+
+use crate::tls::{BackendTls, Stream};
 
 use crate::protocol::{ReplyScanner, Request, Value};
 
@@ -67,19 +68,25 @@ impl Auth {
 pub struct Dial {
     pub limit: Duration,
     pub auth: Option<Auth>,
+    /// TLS towards the nodes, when the cluster speaks it.
+    pub tls: Option<BackendTls>,
 }
 
 impl Dial {
     /// No credentials.
     pub fn new(limit: Duration) -> Dial {
-        Dial { limit, auth: None }
+        Dial {
+            limit,
+            auth: None,
+            tls: None,
+        }
     }
 
     /// The same credentials, another time limit.
     pub fn with_limit(&self, limit: Duration) -> Dial {
         Dial {
             limit,
-            auth: self.auth.clone(),
+            ..self.clone()
         }
     }
 }
@@ -87,7 +94,7 @@ impl Dial {
 /// One control connection.
 pub struct Conn {
     addr: String,
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     timeout: Duration,
 }
@@ -95,15 +102,20 @@ pub struct Conn {
 impl Conn {
     /// Connects to `addr` (`host:port`); `limit` bounds the connect and each later call.
     pub async fn connect(addr: &str, limit: Duration) -> Result<Conn, ConnError> {
-        let err = |what: String| ConnError {
-            addr: addr.to_string(),
-            what,
-        };
-        let stream = timeout(limit, TcpStream::connect(addr))
+        Conn::open(addr, limit, None).await
+    }
+
+    async fn open(
+        addr: &str,
+        limit: Duration,
+        tls: Option<&BackendTls>,
+    ) -> Result<Conn, ConnError> {
+        let stream = crate::tls::connect(addr, limit, tls)
             .await
-            .map_err(|_| err("connect timed out".into()))?
-            .map_err(|e| err(format!("connect: {e}")))?;
-        stream.set_nodelay(true).ok();
+            .map_err(|e| ConnError {
+                addr: addr.to_string(),
+                what: format!("connect: {e}"),
+            })?;
         Ok(Conn {
             addr: addr.to_string(),
             stream,
@@ -114,7 +126,7 @@ impl Conn {
 
     /// Connects and authenticates when `dial` has credentials.
     pub async fn dial(addr: &str, dial: &Dial) -> Result<Conn, ConnError> {
-        let mut conn = Conn::connect(addr, dial.limit).await?;
+        let mut conn = Conn::open(addr, dial.limit, dial.tls.as_ref()).await?;
         if let Some(auth) = &dial.auth {
             if let Value::Error(e) = conn.call(&auth.args()).await? {
                 return Err(conn.err(format!("AUTH: {}", String::from_utf8_lossy(&e))));
@@ -145,8 +157,7 @@ impl Conn {
     }
 
     async fn round_trip(&mut self, req: &Request) -> Result<Value, ConnError> {
-        self.stream
-            .write_all(req.raw())
+        crate::tls::write(&mut self.stream, req.raw())
             .await
             .map_err(|e| self.err(format!("write: {e}")))?;
         let mut scanner = ReplyScanner::default();

@@ -20,9 +20,9 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::tls::{write, BackendTls, Stream};
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
@@ -31,7 +31,7 @@ use prometheus::Histogram;
 use super::hold::Reason;
 use super::lease::Lease;
 use super::Proxy;
-use crate::config::ReadFrom;
+use crate::config::{Config, ReadFrom};
 use crate::metrics::Metrics;
 use crate::protocol::ReplyScanner;
 
@@ -171,23 +171,21 @@ impl Node {
     /// Starts the connection tasks (they connect when the first job arrives).
     pub fn spawn(
         addr: String,
-        conns: usize,
-        dedicated: usize,
+        config: &Config,
         proxy: Weak<Proxy>,
-        connect_timeout: Duration,
-        hello: Option<Bytes>,
         metrics: &Arc<Metrics>,
     ) -> Node {
         let target = Target {
             addr: addr.clone(),
             resp3: false,
-            hello,
-            connect_timeout,
+            hello: connect_requests(config),
+            tls: config.backend_tls.clone(),
+            connect_timeout: config.connect_timeout,
             metrics: metrics.clone(),
             latency: metrics.node_latency(&addr),
         };
         let spawn = |resp3: bool| -> Vec<_> {
-            (0..conns)
+            (0..config.backend_connections)
                 .map(|_| {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let target = Target {
@@ -206,7 +204,7 @@ impl Node {
             conns3,
             target,
             proxy,
-            dedicated: Arc::new(Semaphore::new(dedicated)),
+            dedicated: Arc::new(Semaphore::new(config.dedicated_connections)),
         }
     }
 
@@ -248,6 +246,19 @@ impl Node {
     }
 }
 
+/// What every shared backend connection sends first: `AUTH` when the cluster needs it,
+/// `READONLY` when reads may go to replicas (harmless on a master).
+fn connect_requests(config: &Config) -> Option<bytes::Bytes> {
+    let mut out = bytes::BytesMut::new();
+    if let Some(auth) = &config.backend_auth {
+        out.extend_from_slice(&auth.request());
+    }
+    if config.read_from != crate::config::ReadFrom::Master {
+        out.extend_from_slice(b"*1\r\n$8\r\nREADONLY\r\n");
+    }
+    (!out.is_empty()).then(|| out.freeze())
+}
+
 /// The client a dedicated connection belongs to.
 struct Owner {
     lease: Weak<Lease>,
@@ -262,6 +273,8 @@ struct Target {
     resp3: bool,
     /// Sent first on every connection (`AUTH`, `READONLY`), each answered `+OK`.
     hello: Option<Bytes>,
+    /// TLS towards the node.
+    tls: Option<BackendTls>,
     connect_timeout: Duration,
     metrics: Arc<Metrics>,
     /// This node's child of the backend latency histogram.
@@ -287,6 +300,7 @@ async fn run(
         addr,
         resp3,
         hello,
+        tls,
         connect_timeout: limit,
         metrics,
         latency,
@@ -296,25 +310,18 @@ async fn run(
         if rx.recv_many(&mut batch, BATCH).await == 0 {
             return; // the node was dropped
         }
-        let stream = match tokio::time::timeout(limit, TcpStream::connect(&addr)).await {
-            Ok(Ok(stream)) => {
+        let stream = match crate::tls::connect(&addr, limit, tls.as_ref()).await {
+            Ok(stream) => {
                 metrics.backend_connects_ok.inc();
                 stream
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 metrics.backend_connects_failed.inc();
                 debug!(%addr, error = %e, "connect failed");
                 fail_all(&proxy, &addr, batch.drain(..), &format!("connect: {e}"));
                 continue;
             }
-            Err(_) => {
-                metrics.backend_connects_failed.inc();
-                debug!(%addr, "connect timed out");
-                fail_all(&proxy, &addr, batch.drain(..), "connect timed out");
-                continue;
-            }
         };
-        stream.set_nodelay(true).ok();
         let mut conn = Connection {
             addr: &addr,
             proxy: &proxy,
@@ -417,11 +424,10 @@ impl Connection<'_> {
     /// and every reply is in, or (a dedicated connection) its client is gone (`None`).
     async fn serve(
         &mut self,
-        mut stream: TcpStream,
+        mut stream: Stream,
         rx: &mut mpsc::UnboundedReceiver<Job>,
         batch: &mut Vec<Job>,
     ) -> Option<String> {
-        let (mut rd, mut wr) = stream.split();
         // A stopped node (SIGSTOP, a hung machine) keeps the connection open and never
         // answers: once the cluster has failed it over, what it holds is sent again.
         let mut stall_check = tokio::time::interval(STALL_CHECK);
@@ -454,14 +460,14 @@ impl Connection<'_> {
                         job,
                     });
                 }
-                if let Err(e) = wr.write_all(&self.wbuf).await {
+                if let Err(e) = write(&mut stream, &self.wbuf).await {
                     return Some(format!("write: {e}"));
                 }
                 self.wbuf.clear();
             }
             tokio::select! {
                 biased;
-                read = rd.read_buf(&mut self.rbuf) => match read {
+                read = stream.read_buf(&mut self.rbuf) => match read {
                     Ok(0) => return Some("connection closed by the node".into()),
                     Ok(_) => {
                         if let Err(e) = self.replies() {

@@ -112,7 +112,8 @@ impl Proxy {
     }
 
     /// Takes a reloaded configuration. Settings read at run time (seeds, timeouts, hold,
-    /// password, limits of new clients) apply at once; the rest wait for a restart and are
+    /// password and users, limits of new clients, the listener's TLS certificate) apply at
+    /// once; the rest wait for a restart and are
     /// named in the returned list.
     pub fn reload(&self, new: Config) -> Vec<&'static str> {
         let old = self.config.load();
@@ -128,6 +129,9 @@ impl Proxy {
         }
         if new.backend_connections != old.backend_connections {
             restart.push("backend.connections");
+        }
+        if new.backend_tls.is_some() || old.backend_tls.is_some() {
+            restart.push("tls.backend*");
         }
         if new.read_from != old.read_from {
             restart.push("backend.read_from");
@@ -150,11 +154,8 @@ impl Proxy {
                 let config = self.config();
                 Arc::new(Node::spawn(
                     addr.to_string(),
-                    config.backend_connections,
-                    config.dedicated_connections,
+                    &config,
                     self.me.clone(),
-                    config.connect_timeout,
-                    connect_requests(&config),
                     &self.metrics,
                 ))
             })
@@ -340,19 +341,6 @@ impl Proxy {
             self.metrics.held_now.set(self.hold.len() as i64);
         }
     }
-}
-
-/// What every shared backend connection sends first: `AUTH` when the cluster needs it,
-/// `READONLY` when reads may go to replicas (harmless on a master).
-fn connect_requests(config: &Config) -> Option<bytes::Bytes> {
-    let mut out = bytes::BytesMut::new();
-    if let Some(auth) = &config.backend_auth {
-        out.extend_from_slice(&auth.request());
-    }
-    if config.read_from != crate::config::ReadFrom::Master {
-        out.extend_from_slice(b"*1\r\n$8\r\nREADONLY\r\n");
-    }
-    (!out.is_empty()).then(|| out.freeze())
 }
 
 /// A stable 40-hex-digit node id derived from the listen address.

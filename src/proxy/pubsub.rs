@@ -21,11 +21,10 @@ use std::collections::{BTreeSet, VecDeque};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::tls::{write, BackendTls, Stream};
 use bytes::{BufMut, Bytes, BytesMut};
 use rustc_hash::FxHashMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::debug;
 
@@ -123,8 +122,7 @@ struct Subscriber<'a> {
 pub async fn serve(
     proxy: &Proxy,
     client: &mut Client,
-    rd: &mut ReadHalf<'_>,
-    wr: &mut WriteHalf<'_>,
+    stream: &mut Stream,
     scanner: &mut Scanner,
     rbuf: &mut BytesMut,
     first: Request,
@@ -150,7 +148,7 @@ pub async fn serve(
     loop {
         sub.drain(&mut wbuf);
         if !wbuf.is_empty() {
-            wr.write_all(&wbuf).await?;
+            write(stream, &wbuf).await?;
             wbuf.clear();
         }
         if sub.quit || *shutdown.borrow() {
@@ -166,12 +164,12 @@ pub async fn serve(
             }
             Ok(None) => {}
             Err(e) => {
-                wr.write_all(&reply::error(&format!("ERR {e}"))).await?;
+                write(stream, &reply::error(&format!("ERR {e}"))).await?;
                 return Ok(Left::Close);
             }
         }
         tokio::select! {
-            read = rd.read_buf(rbuf) => if read? == 0 {
+            read = stream.read_buf(rbuf) => if read? == 0 {
                 return Ok(Left::Close);
             },
             Some(event) = inbox.recv() => sub.event(event),
@@ -345,6 +343,7 @@ impl Subscriber<'_> {
             resp3,
             limit: config.connect_timeout,
             auth: config.backend_auth.as_ref().map(|a| a.request()),
+            tls: config.backend_tls.clone(),
             events: self.events.clone(),
             _permit: permit,
         };
@@ -590,6 +589,7 @@ struct LinkTask {
     limit: Duration,
     /// `AUTH ...`, sent first, when the cluster needs credentials.
     auth: Option<Bytes>,
+    tls: Option<BackendTls>,
     events: mpsc::Sender<Event>,
     /// Returned to the node's allowance when the task ends.
     _permit: OwnedSemaphorePermit,
@@ -604,12 +604,9 @@ impl LinkTask {
 
     /// Runs until the subscriber drops the link (`Ok`) or the connection fails.
     async fn serve(&self, mut commands: mpsc::UnboundedReceiver<Bytes>) -> Result<(), String> {
-        let mut stream = tokio::time::timeout(self.limit, TcpStream::connect(&self.addr))
+        let mut stream = crate::tls::connect(&self.addr, self.limit, self.tls.as_ref())
             .await
-            .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| format!("connect: {e}"))?;
-        stream.set_nodelay(true).ok();
-        let (mut rd, mut wr) = stream.split();
         let mut hello = BytesMut::new();
         if let Some(auth) = &self.auth {
             hello.extend_from_slice(auth);
@@ -618,7 +615,7 @@ impl LinkTask {
             hello.extend_from_slice(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
         }
         let mut skip = usize::from(self.auth.is_some()) + usize::from(self.resp3);
-        wr.write_all(&hello)
+        write(&mut stream, &hello)
             .await
             .map_err(|e| format!("write: {e}"))?;
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
@@ -626,10 +623,10 @@ impl LinkTask {
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(command) => wr.write_all(&command).await.map_err(|e| format!("write: {e}"))?,
+                    Some(command) => write(&mut stream, &command).await.map_err(|e| format!("write: {e}"))?,
                     None => return Ok(()),
                 },
-                read = rd.read_buf(&mut rbuf) => {
+                read = stream.read_buf(&mut rbuf) => {
                     match read {
                         Ok(0) => return Err("connection closed by the node".into()),
                         Ok(_) => {}

@@ -16,8 +16,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+
+use crate::tls::{write, Stream};
 use tracing::{debug, Instrument};
 
 use super::pubsub;
@@ -32,6 +34,8 @@ const READ_CHUNK: usize = 16 * 1024;
 const READ_LOW: usize = 2048;
 /// Most reserved at once for a large bulk still arriving.
 const READ_MAX_STEP: usize = 4 * 1024 * 1024;
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most bytes buffered unrouted while a request waits for its turn.
 const TURN_READ: usize = 64 * 1024;
 
@@ -44,11 +48,26 @@ struct Owed {
 
 /// Serves one client until it disconnects, sends QUIT, breaks the protocol, idles past
 /// `client.idle_timeout`, or the proxy shuts down.
-pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream) {
-    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+pub async fn run(proxy: Arc<Proxy>, tcp: TcpStream) {
+    let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
         return;
     };
-    stream.set_nodelay(true).ok();
+    tcp.set_nodelay(true).ok();
+    let tls = proxy.config().tls.clone();
+    let mut stream = match tls {
+        None => Stream::Tcp(tcp),
+        Some(tls) => match tokio::time::timeout(HANDSHAKE, tls.0.accept(tcp)).await {
+            Ok(Ok(stream)) => Stream::Server(Box::new(stream)),
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
     let metrics = proxy.metrics.clone();
     metrics.client_connections.inc();
     metrics.client_connections_total.inc();
@@ -166,8 +185,7 @@ fn waits_for_turn(owed: &VecDeque<Owed>) -> bool {
     owed.back().is_some_and(|o| o.reply.is_turn())
 }
 
-async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> std::io::Result<()> {
-    let (mut rd, mut wr) = stream.split();
+async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::io::Result<()> {
     let config = proxy.config().clone();
     let metrics = &proxy.metrics;
     let mut shutdown = proxy.shutdown_signal();
@@ -183,7 +201,7 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> st
         // Everything already answered goes out in one write.
         take_ready(proxy, &mut owed, &mut out, metrics);
         if !out.is_empty() {
-            wr.write_all(&out).await?;
+            write(stream, &out).await?;
             out.clear();
             if out.capacity() > 4 * READ_MAX_STEP {
                 out = BytesMut::with_capacity(READ_CHUNK);
@@ -194,16 +212,7 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> st
         }
         if let Some(first) = owed.front_mut().and_then(|o| o.reply.subscription()) {
             owed.pop_front();
-            let left = pubsub::serve(
-                proxy,
-                client,
-                &mut rd,
-                &mut wr,
-                &mut scanner,
-                &mut rbuf,
-                first,
-            )
-            .await?;
+            let left = pubsub::serve(proxy, client, stream, &mut scanner, &mut rbuf, first).await?;
             match left {
                 pubsub::Left::Unsubscribed => {
                     backlog = true; // requests may have arrived behind the last UNSUBSCRIBE
@@ -261,7 +270,7 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut TcpStream) -> st
                 let done = owed.pop_front().expect("guarded");
                 emit(&mut out, &bytes, &done, metrics);
             }
-            read = rd.read_buf(&mut rbuf), if want_read => {
+            read = stream.read_buf(&mut rbuf), if want_read => {
                 if read? == 0 {
                     return Ok(()); // the client closed; its outstanding replies are dropped
                 }

@@ -128,6 +128,15 @@ impl Harness {
         if let Some(auth) = self.cluster.auth() {
             cli.args(["-a", &auth.password, "--no-auth-warning"]);
         }
+        if let Some(tls) = &self.cluster.options.tls {
+            cli.arg("--tls")
+                .arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.cert)
+                .arg("--key")
+                .arg(&tls.key);
+        }
         let out = cli
             .args(["--cluster", "check", &node.addr()])
             .output()
