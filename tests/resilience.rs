@@ -253,3 +253,66 @@ async fn transactions_wait_out_a_failover_and_run_whole() {
         .unwrap();
     h.cluster_check().unwrap();
 }
+
+/// A transaction on a slot in migration, some of its keys moved already: the node would
+/// answer ASK inside MULTI and discard it; the proxy holds the transaction until the slot
+/// has moved, then runs it whole on the new owner. The client sees its results, no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_during_a_migration_waits_and_runs_whole() {
+    let h = Harness::start(3, 0).await;
+    let tag = common::tag_on(0);
+    let slot = slotguard::protocol::key_slot(tag.as_bytes());
+    let (moved, stays) = (format!("{tag}moved"), format!("{tag}stays"));
+    let mut c = h.client().await;
+    for k in [&moved, &stays] {
+        let () = redis::cmd("SET")
+            .arg(k)
+            .arg(10)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let (a, b) = (h.cluster.nodes[0].addr(), h.cluster.nodes[1].addr());
+    let (source, target) = (node_id(&h, 0).await, node_id(&h, 1).await);
+    let s = slot.to_string();
+    common::call(&b, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &source]).await;
+    common::call(&a, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &target]).await;
+    let (host, port) = b.rsplit_once(':').unwrap();
+    common::call(&a, &["MIGRATE", host, port, &moved, "0", "5000"]).await;
+
+    let tx = tokio::spawn({
+        let url = h.url();
+        let (moved, stays) = (moved.clone(), stays.clone());
+        async move {
+            let mut c = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            redis::pipe()
+                .atomic()
+                .cmd("INCR")
+                .arg(&moved)
+                .cmd("INCR")
+                .arg(&stays)
+                .query_async::<(i64, i64)>(&mut c)
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !tx.is_finished(),
+        "the transaction waits for the slot to settle"
+    );
+    // Finish the migration: the last key, then the slot.
+    common::call(&a, &["MIGRATE", host, port, &stays, "0", "5000"]).await;
+    for addr in [&b, &a, &h.cluster.nodes[2].addr()] {
+        common::call(addr, &["CLUSTER", "SETSLOT", &s, "NODE", &target]).await;
+    }
+    let result = tokio::time::timeout(Duration::from_secs(20), tx)
+        .await
+        .expect("the transaction completes")
+        .unwrap();
+    assert_eq!(result.expect("no error reaches the client"), (11, 11));
+    h.cluster_check().unwrap();
+}

@@ -288,6 +288,9 @@ struct InFlight {
     sent: Instant,
     /// Replies to the job's prefix and lead still to come.
     skip: u32,
+    /// A queued command of the transaction was redirected: the node discards the
+    /// transaction (EXECABORT), and the proxy follows the redirect with all of it.
+    redirect: Option<Redirect>,
 }
 
 async fn run(
@@ -456,6 +459,7 @@ impl Connection<'_> {
                     self.wbuf.extend_from_slice(&job.raw);
                     self.inflight.push_back(InFlight {
                         skip: job.prefix_replies as u32 + job.lead_replies,
+                        redirect: None,
                         sent,
                         job,
                     });
@@ -523,13 +527,24 @@ impl Connection<'_> {
             };
             if front.skip > 0 {
                 front.skip -= 1;
+                if front.redirect.is_none() && frame.first() == Some(&b'-') {
+                    front.redirect = classify(&frame, self.addr);
+                }
                 continue;
             }
             let done = self.inflight.pop_front().expect("front exists");
             self.metrics.backend_inflight.dec();
             self.latency
                 .observe(now.saturating_duration_since(done.sent).as_secs_f64());
-            self.complete(done.job, frame);
+            match done.redirect {
+                // Nothing of the transaction ran: it goes where its slot is, whole.
+                Some(redirect) if frame.starts_with(b"-EXECABORT") => {
+                    if let Some(proxy) = self.proxy.upgrade() {
+                        proxy.redirect(done.job, redirect);
+                    }
+                }
+                _ => self.complete(done.job, frame),
+            }
         }
         Ok(())
     }
