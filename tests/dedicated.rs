@@ -530,3 +530,61 @@ async fn a_blocked_call_and_a_watch_survive_a_failover() {
         .unwrap();
     h.cluster_check().unwrap();
 }
+
+/// WAIT counts the replicas that acknowledged the client's writes, without stalling the
+/// shared connections: a stopped replica is not counted, and the timeout is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_counts_replicas_that_acknowledged() {
+    let h = Harness::start(3, 1).await;
+    let key = format!("{}w", tag_on(0));
+    let mut c = h.client().await;
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(acked, 1);
+    // Asking for more replicas than there are: the timeout answers with what there is.
+    let started = std::time::Instant::now();
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(2)
+        .arg(200)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(acked, 1);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    // The replica stops: a new write is not acknowledged, and WAIT says so.
+    let replica = &h.cluster.nodes[3];
+    replica.signal("STOP").unwrap();
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(2)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(300)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    replica.signal("CONT").unwrap();
+    assert_eq!(acked, 0);
+
+    let err = redis::cmd("WAIT")
+        .arg(1)
+        .arg(-1)
+        .query_async::<i64>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("timeout is negative"), "{err}");
+}

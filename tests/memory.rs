@@ -134,3 +134,45 @@ async fn a_client_that_never_reads_is_not_buffered_without_bound() {
     setup.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"+PONG\r\n", "other clients are still served");
 }
+
+/// A subscriber that never reads while 640 MB of messages are published to it: the proxy
+/// stops reading its node connection (bounded queues), the node's own output-buffer limit
+/// for pub/sub clients cuts that connection, and the proxy's memory stays put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_is_not_buffered_without_bound() {
+    let cluster = LocalCluster::start(Options {
+        masters: 3,
+        replicas_per_master: 0,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let proxy = Proxy::start(&cluster, "").await;
+    let mut sub = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    sub.write_all(b"SUBSCRIBE flood\r\n").await.unwrap();
+    let mut confirm = [0u8; 32];
+    let n = sub.read(&mut confirm).await.unwrap();
+    assert!(confirm[..n].starts_with(b"*3\r\n$9\r\nsubscribe"));
+    let before = proxy.rss();
+    // Published straight to a node: 10,000 messages of 64 KiB, none read.
+    let node = cluster.nodes[1].addr();
+    let payload = "y".repeat(64 * 1024);
+    let mut publisher = slotguard::cluster::conn::Conn::connect(&node, Duration::from_secs(5))
+        .await
+        .unwrap();
+    for _ in 0..10_000 {
+        publisher
+            .call(&["PUBLISH", "flood", &payload])
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = proxy.rss().saturating_sub(before);
+    assert!(grown < 64 * 1024 * 1024, "memory grew by {grown} bytes");
+    let mut other = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    other.write_all(b"PING\r\n").await.unwrap();
+    let mut buf = [0u8; 7];
+    other.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"+PONG\r\n", "other clients are still served");
+    drop(sub);
+}

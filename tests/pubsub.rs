@@ -5,77 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use common::{ask_raw, call, move_slot, tag_on, Harness};
-use slotguard::protocol::{ReplyScanner, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// A raw client connection that reads whole frames (replies and pushes).
-struct Raw {
-    s: TcpStream,
-    buf: BytesMut,
-    scanner: ReplyScanner,
-}
-
-impl Raw {
-    async fn connect(h: &Harness) -> Raw {
-        Raw {
-            s: TcpStream::connect(h.proxy.addr).await.unwrap(),
-            buf: BytesMut::new(),
-            scanner: ReplyScanner::default(),
-        }
-    }
-
-    async fn send(&mut self, req: &str) {
-        self.s.write_all(req.as_bytes()).await.unwrap();
-    }
-
-    /// The next frame, or `None` after `limit` without one.
-    async fn frame_within(&mut self, limit: Duration) -> Option<Bytes> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(len) = self.scanner.scan(&self.buf).unwrap() {
-                return Some(self.buf.split_to(len).freeze());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.s.read_buf(&mut self.buf)).await {
-                Ok(Ok(0)) => panic!("the proxy closed the connection"),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => panic!("read: {e}"),
-                Err(_) => return None,
-            }
-        }
-    }
-
-    async fn frame(&mut self) -> Bytes {
-        self.frame_within(Duration::from_secs(10))
-            .await
-            .expect("a frame within 10 s")
-    }
-
-    /// The next frame as text items: `["message", "ch", "payload"]`.
-    async fn items(&mut self) -> Vec<String> {
-        items(&self.frame().await)
-    }
-}
-
-fn items(frame: &Bytes) -> Vec<String> {
-    match Value::parse(frame).unwrap() {
-        Value::Array(items) => items
-            .iter()
-            .map(|v| match v {
-                Value::Int(n) => n.to_string(),
-                Value::Nil => "nil".into(),
-                other => other
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("{other:?}")),
-            })
-            .collect(),
-        other => vec![format!("{other:?}")],
-    }
-}
+use common::{ask_raw, call, items, move_slot, tag_on, Harness, Raw};
 
 fn strs(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()

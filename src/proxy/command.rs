@@ -196,6 +196,14 @@ impl Commands {
             let mut words = line.split_whitespace();
             let kind = words.next().unwrap_or_default();
             let mut flags = Flags::default();
+            // `b...`: the command may block, so it must never share a connection.
+            let kind = match kind.strip_prefix('b') {
+                Some(rest) => {
+                    flags.blocking = true;
+                    rest
+                }
+                None => kind,
+            };
             let keys = match kind {
                 "r" | "w" => {
                     flags.readonly = kind == "r";
@@ -213,7 +221,23 @@ impl Commands {
                     }]
                 }
                 "n" => vec![],
-                "numkeys" => {
+                "rstreams" | "wstreams" => {
+                    flags.readonly = kind == "rstreams";
+                    flags.write = kind == "wstreams";
+                    vec![KeySpec {
+                        begin: Begin::Keyword {
+                            keyword: b"STREAMS".to_vec(),
+                            start_from: 1,
+                        },
+                        find: Find::Range {
+                            last_key: -1,
+                            step: 1,
+                            limit: 2,
+                        },
+                    }]
+                }
+                "numkeys" | "wnumkeys" => {
+                    flags.write = kind == "wnumkeys";
                     let at: usize = next_num(&mut words);
                     vec![KeySpec {
                         begin: Begin::Index(at),
@@ -375,6 +399,11 @@ const BUILTIN: &str = "
     numkeys 2 eval evalsha eval_ro evalsha_ro fcall fcall_ro
     numkeys 1 zunion zinter zdiff zintercard sintercard lmpop zmpop
     n ping echo time lastsave dbsize randomkey keys scan info publish
+    bw 1 -2 1 blpop brpop bzpopmin bzpopmax
+    bw 1 2 1 blmove brpoplpush
+    bwnumkeys 2 blmpop bzmpop
+    brstreams xread
+    bwstreams xreadgroup
 ";
 
 #[cfg(test)]
@@ -407,6 +436,31 @@ mod tests {
         assert_eq!(keys_of(&c, &["get"]), Vec::<String>::new());
         assert_eq!(keys_of(&c, &["eval", "s", "5", "x"]), ["x"]);
         assert_eq!(keys_of(&c, &["eval", "s", "-1", "x"]), Vec::<String>::new());
+        // Blocking commands are known before the server's table is: they must never
+        // block a shared connection.
+        assert_eq!(keys_of(&c, &["BLPOP", "a", "b", "0"]), ["a", "b"]);
+        assert_eq!(
+            keys_of(&c, &["blmpop", "0", "2", "a", "b", "LEFT"]),
+            ["a", "b"]
+        );
+        assert_eq!(
+            keys_of(
+                &c,
+                &["XREAD", "BLOCK", "0", "STREAMS", "s1", "s2", "$", "$"]
+            ),
+            ["s1", "s2"]
+        );
+        for name in [
+            "blpop",
+            "brpop",
+            "blmove",
+            "brpoplpush",
+            "bzpopmin",
+            "bzpopmax",
+        ] {
+            let req = Request::from_args(&[name, "k", "0"]);
+            assert!(c.lookup(&req).unwrap().flags.blocking, "{name}");
+        }
     }
 
     #[test]

@@ -242,6 +242,10 @@ pub fn client(client: &mut Client, req: &Request) -> Bytes {
         (b"ID", 2) => reply::int(client.id as i64),
         (b"INFO", 2) | (b"LIST", _) => reply::bulk_reply(client_line(client).as_bytes()),
         (b"SETINFO", 4) | (b"NO-EVICT", 3) | (b"NO-TOUCH", 3) => Bytes::from_static(reply::OK),
+        // Tracking broadcasts (see `tracking`): CACHING changes nothing, and nothing is
+        // redirected.
+        (b"CACHING", 3) => Bytes::from_static(reply::OK),
+        (b"GETREDIR", 2) => reply::int(if client.tracking.is_some() { 0 } else { -1 }),
         _ => reply::error(&format!(
             "ERR slotguard: CLIENT {} is not supported through the proxy",
             String::from_utf8_lossy(&sub)

@@ -19,6 +19,8 @@ mod pubsub;
 mod router;
 pub mod session;
 pub mod slot_table;
+mod tracking;
+mod wait;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -34,8 +34,9 @@ use crate::protocol::{key_slot, reply, ReplyScanner, Request, Scanner, Value};
 
 /// How often subscriptions that lost their place are put back.
 const RECONCILE: Duration = Duration::from_millis(100);
-/// Frames from nodes waiting for the client; past this, the node connections wait.
-const EVENTS: usize = 4096;
+/// Frames from nodes waiting for the client; past this, the node connections stop reading,
+/// and a subscriber that does not read is cut off by the node's own pub/sub output limit.
+const EVENTS: usize = 64;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {

@@ -22,6 +22,7 @@ use super::command::KeyPositions;
 use super::lease::Lease;
 use super::local;
 use super::merge::{Join, Merge, GONE};
+use super::wait::Wait;
 use super::{Job, Proxy};
 use crate::config::{Access, ReadFrom};
 use crate::metrics::Class;
@@ -52,6 +53,10 @@ pub struct Client {
     pub lease: Option<Arc<Lease>>,
     /// After WATCH: the slot of the watched keys.
     pub watch: Option<u16>,
+    /// Slots written to since the last WAIT (empty after many: every master).
+    pub wrote: Vec<u16>,
+    /// `CLIENT TRACKING ON`: the connections that report changed keys.
+    pub tracking: Option<super::tracking::Tracker>,
 }
 
 /// A transaction being queued. It runs as one unit on one connection of the owner of its
@@ -66,11 +71,39 @@ pub struct Tx {
     failed: bool,
 }
 
+/// Slots remembered for WAIT before it asks every master instead.
+const MAX_WROTE: usize = 32;
+/// In `Client::wrote`: WAIT asks every master.
+pub const EVERY_MASTER: u16 = u16::MAX;
+
 /// Most commands one transaction may queue.
 const MAX_QUEUED: u32 = 100_000;
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
+
+/// What a [`Pending::Turn`] starts when its time comes.
+pub enum Start {
+    Job(Job),
+    Wait(Wait),
+}
+
+impl Start {
+    pub fn run(self, proxy: &Proxy) {
+        match self {
+            Start::Job(job) => proxy.dispatch(job),
+            Start::Wait(wait) => {
+                if let Some(proxy) = proxy.me.upgrade() {
+                    super::wait::start(proxy, wait);
+                }
+            }
+        }
+    }
+}
+
+fn turn(job: Job, rx: oneshot::Receiver<Bytes>) -> Pending {
+    Pending::Turn(Some(Start::Job(job)), rx)
+}
 
 /// A reply the client is owed, in request order.
 pub enum Pending {
@@ -81,7 +114,7 @@ pub enum Pending {
     /// WATCH). It is sent only once every earlier reply is in, and the session sends
     /// nothing after it before its reply: its order against the client's other requests,
     /// which go on shared connections, is kept.
-    Turn(Option<Job>, oneshot::Receiver<Bytes>),
+    Turn(Option<Start>, oneshot::Receiver<Bytes>),
     /// A (P|S)SUBSCRIBE: once every earlier reply is written, the session turns to
     /// [`super::pubsub`] with it.
     Subscribe(Option<Request>),
@@ -111,8 +144,8 @@ impl Pending {
         }
     }
 
-    /// A turn whose time has come: the job to send now.
-    pub fn launch(&mut self) -> Option<Job> {
+    /// A turn whose time has come: what to start now.
+    pub fn launch(&mut self) -> Option<Start> {
         match self {
             Pending::Turn(job, _) => job.take(),
             _ => None,
@@ -167,6 +200,16 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         b"SELECT" => local(local::select(&req)),
         b"AUTH" => local(local::auth(proxy, client, &req)),
         b"HELLO" => local(local::hello(proxy, client, &req)),
+        b"CLIENT" if req.len() > 1 && req.arg(1).eq_ignore_ascii_case(b"TRACKING") => {
+            match super::tracking::command(proxy, client, &req) {
+                Ok(answer) => local(answer),
+                // Nothing after it runs before every master tracks.
+                Err(rx) => (Pending::Turn(None, rx), Class::Local),
+            }
+        }
+        b"CLIENT" if req.len() > 1 && req.arg(1).eq_ignore_ascii_case(b"TRACKINGINFO") => {
+            local(super::tracking::info(client))
+        }
         b"CLIENT" => local(local::client(client, &req)),
         b"READONLY" | b"READWRITE" => local(Bytes::from_static(reply::OK)),
         b"CLUSTER" => match local::cluster(proxy, client, &req) {
@@ -181,6 +224,10 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             split(proxy, client, req, 1, SplitKind::MGet),
             Class::MultiKey,
         ),
+        b"MSET" | b"DEL" | b"UNLINK" if client.wrote.first() != Some(&EVERY_MASTER) => {
+            wrote(client, None); // writes to several slots: WAIT will ask every master
+            route(proxy, client, req)
+        }
         b"MSET" => (
             split(proxy, client, req, 2, SplitKind::MSet),
             Class::MultiKey,
@@ -216,7 +263,7 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             }
             None => local(reply::error("ERR DISCARD without MULTI")),
         },
-        b"WATCH" => watch(proxy, client, req),
+        b"WATCH" => watch(client, req),
         b"UNWATCH" => {
             unwatch(client);
             local(Bytes::from_static(reply::OK))
@@ -230,7 +277,8 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => {
             local(super::pubsub::not_subscribed(client.resp3, &req))
         }
-        b"WAIT" | b"WAITAOF" => refused(name, "it waits on one connection of one node"),
+        b"WAIT" => wait(client, &req),
+        b"WAITAOF" => refused(name, "it waits on one connection of one node"),
         b"MONITOR" | b"SYNC" | b"PSYNC" | b"REPLCONF" => {
             refused(name, "it takes over the connection")
         }
@@ -323,6 +371,9 @@ fn exec(client: &mut Client, tx: Tx) -> Pending {
         }
         (w, s) => s.or(w),
     };
+    if slot.is_some() {
+        wrote(client, slot);
+    }
     let (mut job, rx) = Job::new(Bytes::from_static(EXEC), slot, client.id, client.resp3);
     job.lead = Some(tx.body.freeze());
     job.lead_replies = tx.queued + 1;
@@ -331,7 +382,49 @@ fn exec(client: &mut Client, tx: Tx) -> Pending {
         job.watch = true;
         job.lease = Some(lease(client));
     }
-    Pending::Turn(Some(job), rx)
+    turn(job, rx)
+}
+
+/// WAIT numreplicas timeout: carried out by the proxy (see [`super::wait`]) once every
+/// earlier reply is in.
+fn wait(client: &mut Client, req: &Request) -> (Pending, Class) {
+    if req.len() != 3 {
+        return (ready(local::arity("wait")), Class::Other);
+    }
+    let (Some(replicas), Some(ms)) = (
+        crate::protocol::request::parse_i64(req.arg(1)),
+        crate::protocol::request::parse_i64(req.arg(2)),
+    ) else {
+        return (
+            ready(reply::error("ERR value is not an integer or out of range")),
+            Class::Other,
+        );
+    };
+    if ms < 0 {
+        return (ready(reply::error("ERR timeout is negative")), Class::Other);
+    }
+    let (tx, rx) = oneshot::channel();
+    let wait = Wait {
+        slots: std::mem::take(&mut client.wrote),
+        replicas,
+        timeout: (ms > 0).then(|| std::time::Duration::from_millis(ms as u64)),
+        reply: tx,
+    };
+    (Pending::Turn(Some(Start::Wait(wait)), rx), Class::Other)
+}
+
+/// Remembers a slot the client wrote to, for WAIT; past a few (or `None`: a write to
+/// several slots), WAIT asks every master.
+fn wrote(client: &mut Client, slot: Option<u16>) {
+    match (slot, client.wrote.first()) {
+        (_, Some(&EVERY_MASTER)) => {}
+        (Some(slot), _) if client.wrote.len() < MAX_WROTE => {
+            if client.wrote.last() != Some(&slot) {
+                client.wrote.push(slot);
+            }
+        }
+        _ => client.wrote = vec![EVERY_MASTER],
+    }
 }
 
 /// The client's own connection, made on first use.
@@ -341,17 +434,23 @@ fn lease(client: &mut Client) -> Arc<Lease> {
 
 /// WATCH: sent on the client's own connection to the owner of the keys' slot; the
 /// transaction's EXEC will run there.
-fn watch(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
+fn watch(client: &mut Client, req: Request) -> (Pending, Class) {
     if req.len() < 2 {
         return (ready(local::arity("watch")), Class::Other);
     }
-    let slot = match place(proxy, &req) {
-        Ok(placed) => placed.slot,
-        Err(error) => return (ready(error), Class::Other),
-    };
-    let Some(slot) = slot else {
-        return (ready(local::arity("watch")), Class::Other);
-    };
+    // Every argument is a key.
+    let slot = key_slot(req.arg(1));
+    if let Some(other) = req.args().skip(2).find(|k| key_slot(k) != slot) {
+        return (
+            ready(reply::error(&format!(
+                "CROSSSLOT Keys in request don't hash to the same slot (key '{}' is in slot {slot}, key '{}' in slot {})",
+                String::from_utf8_lossy(req.arg(1)),
+                String::from_utf8_lossy(other),
+                key_slot(other)
+            ))),
+            Class::Other,
+        );
+    }
     if let Some(first) = client.watch.filter(|&w| w != slot) {
         return (
             ready(reply::error(&format!(
@@ -364,7 +463,7 @@ fn watch(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
     let (mut job, rx) = job(client, req, Some(slot));
     job.watch = true;
     job.lease = Some(lease(client));
-    (Pending::Turn(Some(job), rx), Class::Read)
+    (turn(job, rx), Class::Read)
 }
 
 /// UNWATCH, DISCARD, EXEC: the client watches nothing any more.
@@ -424,7 +523,7 @@ fn keyed(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
         }) => {
             let (mut job, rx) = job(client, req, slot);
             job.lease = Some(lease(client));
-            (Pending::Turn(Some(job), rx), class)
+            (turn(job, rx), class)
         }
         Ok(Placed {
             slot: Some(slot),
@@ -436,7 +535,12 @@ fn keyed(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
             proxy.dispatch(job);
             (Pending::Wait(rx), Class::Read)
         }
-        Ok(placed) => (one(proxy, client, req, placed.slot), placed.class),
+        Ok(placed) => {
+            if let (Class::Write, Some(slot)) = (placed.class, placed.slot) {
+                wrote(client, Some(slot));
+            }
+            (one(proxy, client, req, placed.slot), placed.class)
+        }
         Err(error) => (ready(error), Class::Other),
     }
 }

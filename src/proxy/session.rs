@@ -86,6 +86,8 @@ pub async fn run(proxy: Arc<Proxy>, tcp: TcpStream) {
         tx: None,
         lease: None,
         watch: None,
+        wrote: Vec::new(),
+        tracking: None,
     };
     drop(config);
     let span = tracing::info_span!("client", id = client.id, %peer);
@@ -103,8 +105,8 @@ pub async fn run(proxy: Arc<Proxy>, tcp: TcpStream) {
 fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut BytesMut, metrics: &Metrics) {
     let mut cx = Context::from_waker(Waker::noop());
     while let Some(front) = owed.front_mut() {
-        if let Some(job) = front.reply.launch() {
-            proxy.dispatch(job);
+        if let Some(start) = front.reply.launch() {
+            start.run(proxy);
         }
         match front.reply.poll(&mut cx) {
             Poll::Ready(bytes) => {
@@ -178,6 +180,14 @@ fn take_requests(
         }
     }
     Taken::Full
+}
+
+/// The next invalidation for a tracking client.
+async fn next_push(client: &mut Client) -> Option<bytes::Bytes> {
+    match &mut client.tracking {
+        Some(tracker) => tracker.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A request waits for its turn: nothing after it is routed until its reply is in.
@@ -283,6 +293,10 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
                 reading = taken != Taken::Done;
                 backlog = taken == Taken::Full;
             }
+            push = next_push(client), if client.tracking.is_some() => match push {
+                Some(push) => out.extend_from_slice(&push),
+                None => client.tracking = None, // its connections gave up
+            },
             _ = shutdown.changed(), if reading => {}
             _ = idle => {
                 debug!("closing an idle client");

@@ -13,6 +13,7 @@ use slotguard::config::Config;
 use slotguard::localcluster::{wait_for, LocalCluster, Options};
 use slotguard::protocol::key_slot;
 use slotguard::server::{self, Running};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub struct Harness {
     pub cluster: LocalCluster,
@@ -364,5 +365,78 @@ pub async fn move_slot(h: &Harness, slot: u16, from: usize, to: usize) {
         if addr != a && addr != b {
             call(&addr, &["CLUSTER", "SETSLOT", &s, "NODE", &target]).await;
         }
+    }
+}
+
+/// A raw client connection that reads whole frames (replies and pushes).
+pub struct Raw {
+    pub s: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+    scanner: slotguard::protocol::ReplyScanner,
+}
+
+impl Raw {
+    pub async fn connect(h: &Harness) -> Raw {
+        Raw {
+            s: tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap(),
+            buf: bytes::BytesMut::new(),
+            scanner: slotguard::protocol::ReplyScanner::default(),
+        }
+    }
+
+    pub async fn send(&mut self, req: &str) {
+        self.s.write_all(req.as_bytes()).await.unwrap();
+    }
+
+    /// The next frame, or `None` after `limit` without one.
+    pub async fn frame_within(&mut self, limit: Duration) -> Option<bytes::Bytes> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(len) = self.scanner.scan(&self.buf).unwrap() {
+                return Some(self.buf.split_to(len).freeze());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match tokio::time::timeout(left, self.s.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) => panic!("the proxy closed the connection"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("read: {e}"),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub async fn frame(&mut self) -> bytes::Bytes {
+        self.frame_within(Duration::from_secs(10))
+            .await
+            .expect("a frame within 10 s")
+    }
+
+    /// Sends a request and reads the next frame.
+    pub async fn ask(&mut self, req: &str) -> bytes::Bytes {
+        self.send(req).await;
+        self.frame().await
+    }
+
+    /// The next frame as text items: `["message", "ch", "payload"]`.
+    pub async fn items(&mut self) -> Vec<String> {
+        items(&self.frame().await)
+    }
+}
+
+/// A push or array frame as text items.
+pub fn items(frame: &bytes::Bytes) -> Vec<String> {
+    match slotguard::protocol::Value::parse(frame).unwrap() {
+        slotguard::protocol::Value::Array(items) => items
+            .iter()
+            .map(|v| match v {
+                slotguard::protocol::Value::Int(n) => n.to_string(),
+                slotguard::protocol::Value::Nil => "nil".into(),
+                other => other
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{other:?}")),
+            })
+            .collect(),
+        other => vec![format!("{other:?}")],
     }
 }

@@ -1,0 +1,340 @@
+//! Client-side caching: `CLIENT TRACKING` for RESP3 clients.
+//!
+//! A node tracks the keys read on a connection and tells that connection when they
+//! change; a client's reads travel on shared connections, so the node cannot track them
+//! per client. Instead a tracking client gets connections of its own, one per master, in
+//! broadcasting mode (`CLIENT TRACKING ON BCAST`, with the client's prefixes if it gave
+//! any): every change of a key on that master is pushed as an `invalidate` message and
+//! passed to the client between its replies. A client that asked for the default mode thus
+//! hears of more keys than it read; it drops from its cache what it does not have, which
+//! is always safe.
+//!
+//! The reply to `CLIENT TRACKING ON` waits until every master's connection tracks, and
+//! nothing the client sends after it runs before. When a tracking connection is lost (a
+//! failover, a node that restarts), or a push cannot be queued for the client, the
+//! client is told to flush its whole cache (`invalidate` with a null key), and the
+//! connection to the slot map's current master is made again.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashSet;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::debug;
+
+use super::router::Client;
+use super::Proxy;
+use crate::protocol::{reply, ReplyScanner, Request, Value};
+use crate::tls::write;
+
+/// Invalidations queued for a client that does not read them; past this, a flush.
+const QUEUE: usize = 1024;
+/// How often lost tracking connections are made again.
+const RECONCILE: Duration = Duration::from_millis(100);
+/// `invalidate` with a null key: flush every cached key.
+const FLUSH_ALL: &[u8] = b">2\r\n$10\r\ninvalidate\r\n_\r\n";
+
+/// A client's tracking: its connections' task and the pushes they send it.
+pub struct Tracker {
+    pushes: mpsc::Receiver<Bytes>,
+    task: JoinHandle<()>,
+    prefixes: Vec<Bytes>,
+    bcast: bool,
+}
+
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker")
+            .field("bcast", &self.bcast)
+            .finish()
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.task.abort(); // its connections are in its JoinSet: they end with it
+    }
+}
+
+impl Tracker {
+    /// The next push for the client.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        self.pushes.recv().await
+    }
+}
+
+/// `CLIENT TRACKING ON|OFF [REDIRECT id] [PREFIX p ...] [BCAST] [OPTIN] [OPTOUT] [NOLOOP]`.
+/// Answers at once, or gives the receiver of the answer (once every master tracks).
+pub fn command(
+    proxy: &Proxy,
+    client: &mut Client,
+    req: &Request,
+) -> Result<Bytes, oneshot::Receiver<Bytes>> {
+    if req.len() < 3 {
+        return Ok(super::local::arity("client|tracking"));
+    }
+    let on = match req.arg(2).to_ascii_uppercase().as_slice() {
+        b"ON" => true,
+        b"OFF" => false,
+        _ => return Ok(reply::error("ERR syntax error")),
+    };
+    let mut prefixes = Vec::new();
+    let mut bcast = false;
+    let mut i = 3;
+    while i < req.len() {
+        match req.arg(i).to_ascii_uppercase().as_slice() {
+            b"BCAST" => bcast = true,
+            b"PREFIX" if i + 1 < req.len() => {
+                prefixes.push(req.arg_bytes(i + 1));
+                i += 1;
+            }
+            // The proxy broadcasts: these only narrow what a node would send.
+            b"OPTIN" | b"OPTOUT" | b"NOLOOP" => {}
+            b"REDIRECT" => {
+                return Ok(reply::error(
+                    "ERR slotguard: CLIENT TRACKING REDIRECT is not supported; switch to RESP3 (HELLO 3) and track on the same connection",
+                ))
+            }
+            _ => return Ok(reply::error("ERR syntax error")),
+        }
+        i += 1;
+    }
+    if !on {
+        client.tracking = None;
+        return Ok(Bytes::from_static(reply::OK));
+    }
+    if !client.resp3 {
+        return Ok(reply::error(
+            "ERR slotguard: client tracking needs RESP3 (HELLO 3), which carries the invalidation pushes",
+        ));
+    }
+    if !prefixes.is_empty() && !bcast {
+        return Ok(reply::error(
+            "ERR PREFIX option requires BCAST mode to be enabled",
+        ));
+    }
+    let Some(proxy) = proxy.me.upgrade() else {
+        return Ok(reply::error("ERR slotguard is shutting down"));
+    };
+    let mut args: Vec<&[u8]> = vec![b"CLIENT", b"TRACKING", b"ON", b"BCAST"];
+    for p in &prefixes {
+        args.push(b"PREFIX");
+        args.push(p);
+    }
+    let setup = Request::from_args(&args).into_raw();
+    let (pushes_tx, pushes) = mpsc::channel(QUEUE);
+    let (ready_tx, ready) = oneshot::channel();
+    let task = tokio::spawn(run(proxy, setup, pushes_tx, ready_tx));
+    client.tracking = Some(Tracker {
+        pushes,
+        task,
+        prefixes,
+        bcast,
+    });
+    Err(ready)
+}
+
+/// `CLIENT TRACKINGINFO`.
+pub fn info(client: &Client) -> Bytes {
+    let mut out = BytesMut::new();
+    let map = |out: &mut BytesMut, n: usize| {
+        if client.resp3 {
+            out.extend_from_slice(format!("%{n}\r\n").as_bytes());
+        } else {
+            reply::array_header(out, n * 2);
+        }
+    };
+    map(&mut out, 3);
+    reply::bulk(&mut out, b"flags");
+    match &client.tracking {
+        None => {
+            reply::array_header(&mut out, 1);
+            reply::bulk(&mut out, b"off");
+        }
+        Some(t) => {
+            reply::array_header(&mut out, if t.bcast { 2 } else { 1 });
+            reply::bulk(&mut out, b"on");
+            if t.bcast {
+                reply::bulk(&mut out, b"bcast");
+            }
+        }
+    }
+    reply::bulk(&mut out, b"redirect");
+    out.extend_from_slice(b":-1\r\n");
+    reply::bulk(&mut out, b"prefixes");
+    let prefixes = client.tracking.as_ref().map_or(&[][..], |t| &t.prefixes);
+    reply::array_header(&mut out, prefixes.len());
+    for p in prefixes {
+        reply::bulk(&mut out, p);
+    }
+    out.freeze()
+}
+
+/// Keeps one tracking connection to every master of the slot map.
+async fn run(
+    proxy: Arc<Proxy>,
+    setup: Bytes,
+    pushes: mpsc::Sender<Bytes>,
+    ready: oneshot::Sender<Bytes>,
+) {
+    let overflow = Arc::new(AtomicBool::new(false));
+    let mut links: JoinSet<String> = JoinSet::new();
+    let mut live: FxHashSet<String> = FxHashSet::default();
+    let mut ready = Some(ready);
+    let mut tick = tokio::time::interval(RECONCILE);
+    loop {
+        let masters: Vec<String> = proxy
+            .table
+            .load()
+            .masters()
+            .map(|(_, n)| n.addr.clone())
+            .collect();
+        let mut first = Vec::new();
+        let missing: Vec<&String> = masters.iter().filter(|a| !live.contains(*a)).collect();
+        for addr in missing {
+            let Some(permit) = proxy.node(addr).dedicated_permit() else {
+                continue; // tried again on the next tick
+            };
+            let (tracking_tx, tracking) = oneshot::channel();
+            let link = Link {
+                addr: addr.clone(),
+                setup: setup.clone(),
+                pushes: pushes.clone(),
+                overflow: overflow.clone(),
+                tracking: Some(tracking_tx),
+                proxy: proxy.clone(),
+            };
+            live.insert(addr.clone());
+            links.spawn(async move {
+                let _permit = permit;
+                link.run().await
+            });
+            first.push(tracking);
+        }
+        if let Some(reply_to) = ready.take() {
+            // The first answer waits for every master's connection to track.
+            let mut ok = !masters.is_empty();
+            for tracking in first {
+                ok &= tracking.await.unwrap_or(false);
+            }
+            let answer = if ok {
+                Bytes::from_static(reply::OK)
+            } else {
+                reply::error("ERR slotguard: could not start tracking on every master; try again")
+            };
+            let _ = reply_to.send(answer);
+            if !ok {
+                return;
+            }
+        }
+        if overflow.load(Ordering::Relaxed)
+            && pushes.try_send(Bytes::from_static(FLUSH_ALL)).is_ok()
+        {
+            overflow.store(false, Ordering::Relaxed);
+        }
+        tokio::select! {
+            Some(ended) = links.join_next() => {
+                if let Ok(addr) = ended {
+                    live.remove(&addr);
+                }
+                // What changed while the connection was down is unknown: flush.
+                if pushes.try_send(Bytes::from_static(FLUSH_ALL)).is_err() {
+                    overflow.store(true, Ordering::Relaxed);
+                }
+            }
+            _ = tick.tick() => {}
+            _ = pushes.closed() => return,
+        }
+    }
+}
+
+/// One master's tracking connection.
+struct Link {
+    addr: String,
+    setup: Bytes,
+    pushes: mpsc::Sender<Bytes>,
+    overflow: Arc<AtomicBool>,
+    /// Told whether tracking started.
+    tracking: Option<oneshot::Sender<bool>>,
+    proxy: Arc<Proxy>,
+}
+
+impl Link {
+    /// Runs until the connection fails; returns the node's address.
+    async fn run(mut self) -> String {
+        if let Err(why) = self.serve().await {
+            debug!(addr = %self.addr, why, "tracking connection lost");
+        }
+        if let Some(tracking) = self.tracking.take() {
+            let _ = tracking.send(false);
+        }
+        self.addr
+    }
+
+    async fn serve(&mut self) -> Result<(), String> {
+        let config = self.proxy.config().clone();
+        let mut stream = crate::tls::connect(
+            &self.addr,
+            config.connect_timeout,
+            config.backend_tls.as_ref(),
+        )
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+        let mut hello = BytesMut::new();
+        let mut skip = 1; // HELLO 3
+        if let Some(auth) = &config.backend_auth {
+            hello.extend_from_slice(&auth.request());
+            skip += 1;
+        }
+        hello.extend_from_slice(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
+        hello.extend_from_slice(&self.setup);
+        write(&mut stream, &hello)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut rbuf = BytesMut::with_capacity(4096);
+        let mut scanner = ReplyScanner::default();
+        loop {
+            if stream
+                .read_buf(&mut rbuf)
+                .await
+                .map_err(|e| format!("read: {e}"))?
+                == 0
+            {
+                return Err("connection closed by the node".into());
+            }
+            while let Some(len) = scanner.scan(&rbuf).map_err(|e| e.to_string())? {
+                let frame = rbuf.split_to(len).freeze();
+                if frame.first() == Some(&b'>') {
+                    self.push(frame);
+                    continue;
+                }
+                if frame.first() == Some(&b'-') {
+                    return Err(String::from_utf8_lossy(&frame).trim_end().to_string());
+                }
+                if skip > 0 {
+                    skip -= 1;
+                } else if let Some(tracking) = self.tracking.take() {
+                    let _ = tracking.send(true); // +OK to CLIENT TRACKING
+                }
+            }
+            if rbuf.capacity() - rbuf.len() < 1024 {
+                rbuf.reserve(4096);
+            }
+        }
+    }
+
+    /// Passes an `invalidate` push to the client.
+    fn push(&self, frame: Bytes) {
+        let invalidate = matches!(
+            Value::parse(&frame),
+            Ok(Value::Array(items)) if items.first().and_then(|v| v.as_bytes()).is_some_and(|k| &k[..] == b"invalidate")
+        );
+        if invalidate && self.pushes.try_send(frame).is_err() {
+            self.overflow.store(true, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Client-side caching through the proxy: CLIENT TRACKING for RESP3 clients.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{tag_on, Harness, Raw};
+use slotguard::protocol::Value;
+
+/// The keys an `invalidate` push names; `None` for a flush of everything.
+fn invalidated(frame: &Bytes) -> Option<Vec<String>> {
+    assert!(frame.starts_with(b">2\r\n"), "a push: {frame:?}");
+    let Ok(Value::Array(items)) = Value::parse(frame) else {
+        panic!("{frame:?}")
+    };
+    assert_eq!(items[0].as_str(), Some("invalidate"));
+    match &items[1] {
+        Value::Nil => None,
+        Value::Array(keys) => Some(
+            keys.iter()
+                .map(|k| k.as_str().unwrap().to_string())
+                .collect(),
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn set(h: &Harness, key: &str, value: &str) {
+    let mut c = h.client().await;
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_clients_hear_of_changed_keys_even_across_a_failover() {
+    let mut h = Harness::start(3, 1).await;
+    let mut c = Raw::connect(&h).await;
+    let refused = c.ask("CLIENT TRACKING ON\r\n").await;
+    assert!(
+        refused.starts_with(b"-ERR slotguard: client tracking needs RESP3"),
+        "{refused:?}"
+    );
+    assert!(c.ask("HELLO 3\r\n").await.starts_with(b"%"));
+    assert_eq!(&c.ask("CLIENT TRACKING ON\r\n").await[..], b"+OK\r\n");
+    let info = c.ask("CLIENT TRACKINGINFO\r\n").await;
+    assert!(String::from_utf8_lossy(&info).contains("on"), "{info:?}");
+
+    let keys: Vec<String> = (0..3).map(|i| format!("{}cached", tag_on(i))).collect();
+    for key in &keys {
+        assert_eq!(&c.ask(&format!("GET {key}\r\n")).await[..], b"_\r\n");
+        set(&h, key, "new").await;
+        assert_eq!(invalidated(&c.frame().await), Some(vec![key.clone()]));
+    }
+
+    // The master of the first key dies: the client is told to flush everything, and once
+    // the replica took over, changes are reported again.
+    h.cluster.nodes[0].kill();
+    assert_eq!(invalidated(&c.frame().await), None);
+    h.cluster.wait_promoted(0).await.unwrap();
+    set(&h, &keys[0], "after").await;
+    loop {
+        match invalidated(&c.frame().await) {
+            None => continue, // more flushes while the map changed
+            Some(named) => {
+                assert_eq!(named, vec![keys[0].clone()]);
+                break;
+            }
+        }
+    }
+    assert_eq!(&c.ask("CLIENT TRACKING OFF\r\n").await[..], b"+OK\r\n");
+    set(&h, &keys[1], "unheard").await;
+    assert_eq!(
+        &c.ask("PING\r\n").await[..],
+        b"+PONG\r\n",
+        "no push after OFF"
+    );
+    h.cluster.restart(0).await.unwrap();
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+}
