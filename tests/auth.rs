@@ -240,3 +240,85 @@ async fn proxy_users_get_the_access_they_were_given() {
     let denied = ask_raw(&mut s, b"SET k v\r\n", b"\r\n").await;
     assert!(denied.starts_with("-NOPERM"), "{denied}");
 }
+
+/// An ACL user (username and password) for the proxy's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_reaches_the_cluster() {
+    let h = Harness::start_with(
+        Options {
+            masters: 3,
+            replicas_per_master: 0,
+            password: Some(SECRET.into()),
+            ..Options::default()
+        },
+        |c| {
+            c.backend_auth = Some(Auth {
+                username: None,
+                password: SECRET.into(),
+            })
+        },
+    )
+    .await;
+    for node in &h.cluster.nodes {
+        node_call(
+            &h,
+            &node.addr(),
+            &[
+                "ACL",
+                "SETUSER",
+                "slotguard",
+                "on",
+                ">proxy-pw",
+                "~*",
+                "&*",
+                "+@all",
+            ],
+        )
+        .await;
+    }
+    let mut config = slotguard::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        seeds: vec![h.cluster.nodes[0].addr()],
+        backend_auth: Some(Auth {
+            username: Some("slotguard".into()),
+            password: "proxy-pw".into(),
+        }),
+        ..slotguard::config::Config::default()
+    };
+    config.dedicated_connections = 4;
+    let proxy = slotguard::server::start(config).await.unwrap();
+    let p = proxy.proxy.clone();
+    wait_for(Duration::from_secs(10), || {
+        let covered = p.table.load().covered();
+        async move { covered == 16384 }
+    })
+    .await
+    .expect("the proxy reads the slot map as the ACL user");
+    let mut c = redis::Client::open(format!("redis://{}/", proxy.addr))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("MSET")
+        .arg("{x}1")
+        .arg("a")
+        .arg("{y}2")
+        .arg("b")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let got: Vec<String> = redis::cmd("MGET")
+        .arg("{x}1")
+        .arg("{y}2")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(got, ["a", "b"]);
+    // The nodes see the proxy's connections as the user's.
+    let mut lists = String::new();
+    for node in &h.cluster.nodes {
+        let list = node_call(&h, &node.addr(), &["CLIENT", "LIST"]).await;
+        lists.push_str(list.as_str().unwrap_or_default());
+    }
+    assert!(lists.contains("user=slotguard"), "{lists}");
+}

@@ -197,3 +197,31 @@ pub async fn query<A: AsRef<[u8]>>(
 ) -> Result<Value, ConnError> {
     Conn::dial(addr, dial).await?.call(args).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_become_auth_and_migrate_options() {
+        let default = Auth {
+            username: None,
+            password: "pw".into(),
+        };
+        assert_eq!(default.args(), ["AUTH", "pw"]);
+        assert_eq!(default.migrate_option(), [b"AUTH".to_vec(), b"pw".to_vec()]);
+        let user = Auth {
+            username: Some("proxy".into()),
+            password: "pw".into(),
+        };
+        assert_eq!(user.args(), ["AUTH", "proxy", "pw"]);
+        assert_eq!(
+            &user.request()[..],
+            b"*3\r\n$4\r\nAUTH\r\n$5\r\nproxy\r\n$2\r\npw\r\n"
+        );
+        assert_eq!(
+            user.migrate_option(),
+            [b"AUTH2".to_vec(), b"proxy".to_vec(), b"pw".to_vec()]
+        );
+    }
+}

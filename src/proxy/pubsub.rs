@@ -106,6 +106,8 @@ struct Subscriber<'a> {
     proxy: &'a Proxy,
     /// The client speaks RESP3, and so do its links.
     resp3: bool,
+    /// Spreads subscribers' channel connections over the masters.
+    pin: u32,
     /// Channels, patterns and shard channels, as the client was told.
     sets: [BTreeSet<Bytes>; 3],
     links: FxHashMap<u32, Link>,
@@ -132,6 +134,7 @@ pub async fn serve(
     let mut sub = Subscriber {
         proxy,
         resp3: client.resp3,
+        pin: client.id,
         sets: Default::default(),
         links: FxHashMap::default(),
         next_link: 0,
@@ -370,7 +373,7 @@ impl Subscriber<'_> {
         let table = self.proxy.table.load_full();
         let globals = self.count(Kind::Channel) > 0;
         if globals && self.global.is_none() {
-            let addr = table.any_master(0).map(|n| n.addr.clone());
+            let addr = table.any_master(self.pin).map(|n| n.addr.clone());
             if let Some(id) = addr.and_then(|addr| self.open(&addr, resp3)) {
                 self.global = Some(id);
                 for kind in [Kind::Channel, Kind::Pattern] {
