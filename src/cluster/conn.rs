@@ -8,9 +8,8 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
-use crate::tls::{BackendTls, Stream};
-
 use crate::protocol::{ReplyScanner, Request, Value};
+use crate::tls::{BackendTls, Stream};
 
 /// A control-plane failure: which node, and what went wrong.
 #[derive(Debug, Clone)]

@@ -20,7 +20,6 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::tls::{write, BackendTls, Stream};
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -34,6 +33,7 @@ use super::Proxy;
 use crate::config::{Config, ReadFrom};
 use crate::metrics::Metrics;
 use crate::protocol::ReplyScanner;
+use crate::tls::{write, BackendTls, Stream};
 
 /// Most jobs taken off a connection's queue for one write.
 const BATCH: usize = 512;

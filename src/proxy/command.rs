@@ -221,6 +221,10 @@ impl Commands {
                     }]
                 }
                 "n" => vec![],
+                "admin" => {
+                    flags.admin = true;
+                    vec![]
+                }
                 "rstreams" | "wstreams" => {
                     flags.readonly = kind == "rstreams";
                     flags.write = kind == "wstreams";
@@ -378,7 +382,9 @@ fn parse_key_spec(spec: &Value) -> Option<KeySpec> {
 
 /// The fallback table. `r|w first last step names...`: read or write commands with keys at
 /// first..=last (negative last counts from the end); `numkeys at names...`: the number of
-/// keys is at `at`, keys follow it; `n names...`: keyless.
+/// keys is at `at`, keys follow it; `n names...`: keyless; `admin names...`: never
+/// forwarded. A `b` in front marks commands that may block; `rstreams|wstreams`: keys after
+/// STREAMS, half of what follows.
 const BUILTIN: &str = "
     r 1 1 1 get getrange strlen ttl pttl type exists hget hgetall hkeys hvals hlen hexists
     r 1 1 1 hmget hstrlen hrandfield hscan lindex llen lrange lpos scard sismember smembers
@@ -404,6 +410,8 @@ const BUILTIN: &str = "
     bwnumkeys 2 blmpop bzmpop
     brstreams xread
     bwstreams xreadgroup
+    admin shutdown debug config failover replicaof slaveof save bgsave bgrewriteaof acl
+    admin module monitor sync psync replconf latency slowlog swapdb migrate restore-asking
 ";
 
 #[cfg(test)]
@@ -460,6 +468,11 @@ mod tests {
         ] {
             let req = Request::from_args(&[name, "k", "0"]);
             assert!(c.lookup(&req).unwrap().flags.blocking, "{name}");
+        }
+        // So are the commands that must never be forwarded.
+        for name in ["SHUTDOWN", "debug", "FAILOVER", "replicaof", "config"] {
+            let req = Request::from_args(&[name, "x"]);
+            assert!(c.lookup(&req).unwrap().flags.admin, "{name}");
         }
     }
 

@@ -55,10 +55,9 @@ impl Lease {
             // EXEC runs only where its WATCH is, and the server forgets the watch after it.
             let watch = state.watch.take();
             let broken = std::mem::take(&mut state.broken);
-            let live = state
-                .conn
-                .as_ref()
-                .is_some_and(|c| c.addr == node.addr && !c.jobs.is_closed());
+            let live = state.conn.as_ref().is_some_and(|c| {
+                c.addr == node.addr && c.resp3 == job.resp3 && !c.jobs.is_closed()
+            });
             if broken || watch.as_deref() != Some(node.addr.as_str()) || !live {
                 let _ = job.reply.send(nil(job.resp3));
                 return Ok(());

@@ -21,7 +21,6 @@ use std::collections::{BTreeSet, VecDeque};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::tls::{write, BackendTls, Stream};
 use bytes::{BufMut, Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use tokio::io::AsyncReadExt;
@@ -31,6 +30,7 @@ use tracing::debug;
 use super::router::{route, Client, Pending};
 use super::{Hint, Proxy};
 use crate::protocol::{key_slot, reply, ReplyScanner, Request, Scanner, Value};
+use crate::tls::{write, BackendTls, Stream};
 
 /// How often subscriptions that lost their place are put back.
 const RECONCILE: Duration = Duration::from_millis(100);

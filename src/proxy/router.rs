@@ -10,13 +10,12 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use smallvec::SmallVec;
 use tokio::sync::oneshot;
-
-use std::sync::Arc;
 
 use super::command::KeyPositions;
 use super::lease::Lease;

@@ -18,8 +18,6 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-
-use crate::tls::{write, Stream};
 use tracing::{debug, Instrument};
 
 use super::pubsub;
@@ -27,6 +25,7 @@ use super::router::{route, Client, Pending};
 use super::Proxy;
 use crate::metrics::{Class, Metrics};
 use crate::protocol::{reply, Scanner};
+use crate::tls::{write, Stream};
 
 /// Read buffer growth step; larger requests grow it to what they announce, in steps.
 const READ_CHUNK: usize = 16 * 1024;
