@@ -80,6 +80,11 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
                     }
                 }
             }
+            // The server's command table first: until it is loaded, only the built-in one
+            // knows where keys are and which commands block or must not be forwarded.
+            if !have_commands {
+                have_commands = load_commands(&proxy, &views[0].0).await;
+            }
             let readable = readable_replicas(&proxy);
             if assignment != published || readable != replicas {
                 let covered = assignment.iter().filter(|o| o.is_some()).count();
@@ -87,9 +92,6 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
                 replicas = readable;
                 publish(&proxy, &assignment, &replicas);
                 published = assignment;
-            }
-            if !have_commands {
-                have_commands = load_commands(&proxy, &views[0].0).await;
             }
         }
         if known.len() > asked {
