@@ -54,6 +54,20 @@ pub struct Job {
     pub pin: u32,
     /// The client speaks RESP3: use a RESP3 connection.
     pub resp3: bool,
+    /// Redirects followed so far.
+    pub hops: u8,
+    /// A read that may go to a replica (`backend.read_from`).
+    pub read_from: ReadFrom,
+    /// When the job first had to wait (for the hold deadline).
+    pub held_since: Option<Instant>,
+    /// What few jobs carry: boxed, so that the common job stays small to move.
+    pub extra: Option<Box<Extra>>,
+    pub reply: oneshot::Sender<Bytes>,
+}
+
+/// The parts of a job that only some requests have.
+#[derive(Debug, Default)]
+pub struct Extra {
     /// Sent first, on the same connection, as one unit with the request; its replies are
     /// not the client's (`ASKING` after an ASK, `SCRIPT LOAD` after a NOSCRIPT, or both).
     pub prefix: Option<Bytes>,
@@ -64,17 +78,10 @@ pub struct Job {
     pub lead: Option<Bytes>,
     /// How many replies the lead gets.
     pub lead_replies: u32,
-    /// Redirects followed so far.
-    pub hops: u8,
-    /// When the job first had to wait (for the hold deadline).
-    pub held_since: Option<Instant>,
     /// Runs on the client's own connection instead of a shared one.
     pub lease: Option<Arc<Lease>>,
     /// WATCH, or an EXEC under a WATCH: must run on the connection holding the watch.
     pub watch: bool,
-    /// A read that may go to a replica (`backend.read_from`).
-    pub read_from: ReadFrom,
-    pub reply: oneshot::Sender<Bytes>,
 }
 
 impl Job {
@@ -90,18 +97,42 @@ impl Job {
             slot,
             pin,
             resp3,
-            prefix: None,
-            prefix_replies: 0,
-            lead: None,
-            lead_replies: 0,
             hops: 0,
-            held_since: None,
-            lease: None,
-            watch: false,
             read_from: ReadFrom::Master,
+            held_since: None,
+            extra: None,
             reply,
         };
         (job, rx)
+    }
+
+    /// The job's rare parts, made on first use.
+    pub fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    pub fn prefix(&self) -> Option<&Bytes> {
+        self.extra.as_ref()?.prefix.as_ref()
+    }
+
+    pub fn lead(&self) -> Option<&Bytes> {
+        self.extra.as_ref()?.lead.as_ref()
+    }
+
+    pub fn lease(&self) -> Option<&Arc<Lease>> {
+        self.extra.as_ref()?.lease.as_ref()
+    }
+
+    /// WATCH, or an EXEC under a WATCH.
+    pub fn watch(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| e.watch)
+    }
+
+    /// Replies to skip before the request's own: the prefix's and the lead's.
+    fn skipped_replies(&self) -> u32 {
+        self.extra
+            .as_ref()
+            .map_or(0, |e| e.prefix_replies as u32 + e.lead_replies)
     }
 }
 
@@ -211,7 +242,7 @@ impl Node {
     /// Queues a job on the connection its pin selects, or on its client's own connection.
     /// Gives the job back if that connection's task is gone.
     pub fn send(&self, job: Job) -> Result<(), Job> {
-        if let Some(lease) = job.lease.clone() {
+        if let Some(lease) = job.lease().cloned() {
             return lease.send(self, job);
         }
         let conns = if job.resp3 { &self.conns3 } else { &self.conns };
@@ -290,7 +321,7 @@ struct InFlight {
     skip: u32,
     /// A queued command of the transaction was redirected: the node discards the
     /// transaction (EXECABORT), and the proxy follows the redirect with all of it.
-    redirect: Option<Redirect>,
+    redirect: Option<Box<Redirect>>,
 }
 
 async fn run(
@@ -450,15 +481,17 @@ impl Connection<'_> {
                 let sent = Instant::now();
                 self.metrics.backend_inflight.add(batch.len() as i64);
                 for job in batch.drain(..) {
-                    if let Some(prefix) = &job.prefix {
-                        self.wbuf.extend_from_slice(prefix);
-                    }
-                    if let Some(lead) = &job.lead {
-                        self.wbuf.extend_from_slice(lead);
+                    if let Some(extra) = &job.extra {
+                        if let Some(prefix) = &extra.prefix {
+                            self.wbuf.extend_from_slice(prefix);
+                        }
+                        if let Some(lead) = &extra.lead {
+                            self.wbuf.extend_from_slice(lead);
+                        }
                     }
                     self.wbuf.extend_from_slice(&job.raw);
                     self.inflight.push_back(InFlight {
-                        skip: job.prefix_replies as u32 + job.lead_replies,
+                        skip: job.skipped_replies(),
                         redirect: None,
                         sent,
                         job,
@@ -528,7 +561,7 @@ impl Connection<'_> {
             if front.skip > 0 {
                 front.skip -= 1;
                 if front.redirect.is_none() && frame.first() == Some(&b'-') {
-                    front.redirect = classify(&frame, self.addr);
+                    front.redirect = classify(&frame, self.addr).map(Box::new);
                 }
                 continue;
             }
@@ -540,7 +573,7 @@ impl Connection<'_> {
                 // Nothing of the transaction ran: it goes where its slot is, whole.
                 Some(redirect) if frame.starts_with(b"-EXECABORT") => {
                     if let Some(proxy) = self.proxy.upgrade() {
-                        proxy.redirect(done.job, redirect);
+                        proxy.redirect(done.job, *redirect);
                     }
                 }
                 _ => self.complete(done.job, frame),
@@ -550,10 +583,7 @@ impl Connection<'_> {
     }
 
     fn complete(&self, mut job: Job, frame: Bytes) {
-        let loaded_before = job
-            .prefix
-            .as_ref()
-            .is_some_and(|p| p.starts_with(SCRIPT_LOAD));
+        let loaded_before = job.prefix().is_some_and(|p| p.starts_with(SCRIPT_LOAD));
         if frame.starts_with(b"-NOSCRIPT") && !loaded_before {
             // The node lost the script (a failover, a restart, SCRIPT FLUSH): if the proxy
             // knows its body, load it and run the request again, as one unit, once. An
@@ -561,11 +591,12 @@ impl Connection<'_> {
             if let Some(proxy) = self.proxy.upgrade() {
                 if let Some(load) = proxy.script_load_for(&job.raw) {
                     let mut prefix = BytesMut::from(&load[..]);
-                    if let Some(asking) = &job.prefix {
+                    let extra = job.extra();
+                    if let Some(asking) = &extra.prefix {
                         prefix.extend_from_slice(asking);
                     }
-                    job.prefix_replies += 1;
-                    job.prefix = Some(prefix.freeze());
+                    extra.prefix_replies += 1;
+                    extra.prefix = Some(prefix.freeze());
                     if let Err(job) = proxy.node(self.addr).send(job) {
                         let _ = job.reply.send(frame);
                     }
@@ -589,6 +620,17 @@ impl Connection<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_stays_small_to_move() {
+        // Every request's job is moved through a channel and two queues; what only a few
+        // carry is boxed.
+        assert!(
+            std::mem::size_of::<Job>() <= 80,
+            "{}",
+            std::mem::size_of::<Job>()
+        );
+    }
 
     #[test]
     fn classifies_cluster_errors() {

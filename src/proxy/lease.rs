@@ -50,7 +50,7 @@ impl Lease {
     /// job back if the connection's task is gone.
     pub fn send(self: &Arc<Self>, node: &Node, job: Job) -> Result<(), Job> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let exec = job.watch && job.lead.is_some();
+        let exec = job.watch() && job.lead().is_some();
         if exec {
             // EXEC runs only where its WATCH is, and the server forgets the watch after it.
             let watch = state.watch.take();
@@ -85,7 +85,7 @@ impl Lease {
                 jobs,
             });
         }
-        if job.watch && !exec {
+        if job.watch() && !exec {
             state.watch = Some(node.addr.clone());
         }
         let conn = state.conn.as_ref().expect("opened above");

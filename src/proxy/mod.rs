@@ -265,8 +265,10 @@ impl Proxy {
                 self.hold.push(job, Reason::NotReady(why));
             }
             Redirect::Moved { slot, addr } => {
-                job.prefix = None;
-                job.prefix_replies = 0;
+                if let Some(extra) = &mut job.extra {
+                    extra.prefix = None;
+                    extra.prefix_replies = 0;
+                }
                 // Forward before the map changes, so that this client's later requests,
                 // routed by the new map, cannot overtake this one.
                 if let Err(job) = self.node(&addr).send(job) {
@@ -274,14 +276,15 @@ impl Proxy {
                 }
                 self.hint(Hint::Moved { slot, addr });
             }
-            Redirect::Ask { .. } if job.lead.is_some() => {
+            Redirect::Ask { .. } if job.lead().is_some() => {
                 // ASKING does not last across a transaction's queued commands: wait for
                 // the migration of the slot to move on, then run it whole at the owner.
                 self.hold.push(job, Reason::TryAgain);
             }
             Redirect::Ask { addr, .. } => {
-                job.prefix = Some(bytes::Bytes::from_static(backend::ASKING));
-                job.prefix_replies = 1;
+                let extra = job.extra();
+                extra.prefix = Some(bytes::Bytes::from_static(backend::ASKING));
+                extra.prefix_replies = 1;
                 if let Err(job) = self.node(&addr).send(job) {
                     self.hold.push(job, Reason::Unreachable(addr));
                 }

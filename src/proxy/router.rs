@@ -374,12 +374,14 @@ fn exec(client: &mut Client, tx: Tx) -> Pending {
         wrote(client, slot);
     }
     let (mut job, rx) = Job::new(Bytes::from_static(EXEC), slot, client.id, client.resp3);
-    job.lead = Some(tx.body.freeze());
-    job.lead_replies = tx.queued + 1;
+    let extra = job.extra();
+    extra.lead = Some(tx.body.freeze());
+    extra.lead_replies = tx.queued + 1;
     if watched.is_some() {
         client.watch = None;
-        job.watch = true;
-        job.lease = Some(lease(client));
+        let extra = job.extra();
+        extra.watch = true;
+        extra.lease = Some(lease(client));
     }
     turn(job, rx)
 }
@@ -460,8 +462,9 @@ fn watch(client: &mut Client, req: Request) -> (Pending, Class) {
     }
     client.watch = Some(slot);
     let (mut job, rx) = job(client, req, Some(slot));
-    job.watch = true;
-    job.lease = Some(lease(client));
+    let extra = job.extra();
+    extra.watch = true;
+    extra.lease = Some(lease(client));
     (turn(job, rx), Class::Read)
 }
 
@@ -521,7 +524,7 @@ fn keyed(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
             blocking: true,
         }) => {
             let (mut job, rx) = job(client, req, slot);
-            job.lease = Some(lease(client));
+            job.extra().lease = Some(lease(client));
             (turn(job, rx), class)
         }
         Ok(Placed {

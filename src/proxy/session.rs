@@ -103,6 +103,7 @@ pub async fn run(proxy: Arc<Proxy>, tcp: TcpStream) {
 /// waits for its turn is sent when it reaches the front.
 fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut BytesMut, metrics: &Metrics) {
     let mut cx = Context::from_waker(Waker::noop());
+    let mut now = None; // one clock read for every reply written together
     while let Some(front) = owed.front_mut() {
         if let Some(start) = front.reply.launch() {
             start.run(proxy);
@@ -110,7 +111,8 @@ fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut BytesMut, metr
         match front.reply.poll(&mut cx) {
             Poll::Ready(bytes) => {
                 let done = owed.pop_front().expect("front exists");
-                emit(out, &bytes, &done, metrics);
+                let now = *now.get_or_insert_with(Instant::now);
+                emit(out, &bytes, &done, metrics, now);
             }
             Poll::Pending => break,
         }
@@ -118,11 +120,12 @@ fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut BytesMut, metr
 }
 
 /// Appends one reply to the output and counts it.
-fn emit(out: &mut BytesMut, bytes: &[u8], done: &Owed, metrics: &Metrics) {
+fn emit(out: &mut BytesMut, bytes: &[u8], done: &Owed, metrics: &Metrics, now: Instant) {
     if bytes.first() == Some(&b'-') {
         metrics.client_error(bytes);
     }
-    metrics.request(done.class, done.since.elapsed().as_secs_f64());
+    let took = now.saturating_duration_since(done.since);
+    metrics.request(done.class, took.as_secs_f64());
     out.extend_from_slice(bytes);
 }
 
@@ -277,7 +280,7 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
             biased;
             bytes = poll_fn(|cx| owed.front_mut().expect("guarded").reply.poll(cx)), if !owed.is_empty() => {
                 let done = owed.pop_front().expect("guarded");
-                emit(&mut out, &bytes, &done, metrics);
+                emit(&mut out, &bytes, &done, metrics, Instant::now());
             }
             read = stream.read_buf(&mut rbuf), if want_read => {
                 if read? == 0 {
