@@ -74,6 +74,8 @@ pub struct Config {
     /// Most connections to one node that single clients hold for themselves (blocking
     /// commands, WATCH, subscriptions).
     pub dedicated_connections: usize,
+    /// A client's own connection with nothing in flight and no WATCH is closed after this.
+    pub dedicated_idle: Duration,
     /// How long a connection attempt to a node may take.
     pub connect_timeout: Duration,
     /// The cluster's credentials, when its nodes require them.
@@ -245,6 +247,7 @@ struct ClientSection {
 struct BackendSection {
     connections: usize,
     dedicated_connections: usize,
+    dedicated_idle: String,
     username: String,
     password: String,
     read_from: String,
@@ -318,6 +321,7 @@ impl Default for BackendSection {
         BackendSection {
             connections: 1,
             dedicated_connections: 256,
+            dedicated_idle: "30s".into(),
             username: String::new(),
             password: String::new(),
             read_from: "master".into(),
@@ -495,6 +499,7 @@ impl File {
             max_pending: self.client.max_pending,
             backend_connections: self.backend.connections,
             dedicated_connections: self.backend.dedicated_connections,
+            dedicated_idle: duration("backend.dedicated_idle", &self.backend.dedicated_idle)?,
             connect_timeout: duration("backend.connect_timeout", &self.backend.connect_timeout)?,
             tls: self.tls.listener()?,
             backend_tls: self.tls.backend()?,

@@ -588,3 +588,64 @@ async fn wait_counts_replicas_that_acknowledged() {
         .unwrap_err();
     assert!(err.to_string().contains("timeout is negative"), "{err}");
 }
+
+/// A client's own connection goes back to the node's allowance once idle, unless it holds
+/// a WATCH; the client's next blocking command opens another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_dedicated_connections_are_given_back() {
+    let h = Harness::start_with(
+        Options {
+            masters: 3,
+            replicas_per_master: 0,
+            ..Options::default()
+        },
+        |c| c.dedicated_idle = Duration::from_millis(500),
+    )
+    .await;
+    let t = tag_on(0);
+    let p = h.proxy.proxy.clone();
+    let open = move || p.metrics.backend_dedicated_connections.get();
+    let mut c = h.client().await;
+    let none: Option<(String, String)> = redis::cmd("BLPOP")
+        .arg(format!("{t}idle"))
+        .arg(0.05)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+    assert_eq!(open(), 1);
+    let closed = open.clone();
+    wait_for(Duration::from_secs(5), || {
+        let n = closed();
+        async move { n == 0 }
+    })
+    .await
+    .expect("the idle connection is given back");
+    let () = redis::cmd("RPUSH")
+        .arg(format!("{t}idle"))
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let got: (String, String) = redis::cmd("BLPOP")
+        .arg(format!("{t}idle"))
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(got.1, "x");
+
+    // A WATCH keeps its connection however long the client thinks.
+    let mut s = TcpStream::connect(h.proxy.addr).await.unwrap();
+    assert_eq!(
+        ask(&mut s, format!("WATCH {t}w\r\n"), b"\r\n").await,
+        "+OK\r\n"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ask(&mut s, "MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(
+        ask(&mut s, format!("SET {t}w 1\r\n"), b"\r\n").await,
+        "+QUEUED\r\n"
+    );
+    assert_eq!(ask(&mut s, "EXEC\r\n", b"+OK\r\n").await, "*1\r\n+OK\r\n");
+}

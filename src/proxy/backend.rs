@@ -212,6 +212,7 @@ impl Node {
             hello: connect_requests(config),
             tls: config.backend_tls.clone(),
             connect_timeout: config.connect_timeout,
+            dedicated_idle: config.dedicated_idle,
             metrics: metrics.clone(),
             latency: metrics.node_latency(&addr),
         };
@@ -307,6 +308,8 @@ struct Target {
     /// TLS towards the node.
     tls: Option<BackendTls>,
     connect_timeout: Duration,
+    /// A dedicated connection idle this long is given back.
+    dedicated_idle: Duration,
     metrics: Arc<Metrics>,
     /// This node's child of the backend latency histogram.
     latency: Histogram,
@@ -336,6 +339,7 @@ async fn run(
         hello,
         tls,
         connect_timeout: limit,
+        dedicated_idle: idle,
         metrics,
         latency,
     } = target;
@@ -364,7 +368,8 @@ async fn run(
             rbuf: BytesMut::with_capacity(16 * 1024),
             scanner: ReplyScanner::default(),
             resp3,
-            own: owner.is_some(),
+            own: owner.as_ref(),
+            idle,
             skip: 0,
             metrics: &metrics,
             latency: &latency,
@@ -438,8 +443,11 @@ struct Connection<'a> {
     scanner: ReplyScanner,
     /// The connection speaks RESP3; push messages are not replies.
     resp3: bool,
-    /// The connection is one client's own: it closes when that client goes.
-    own: bool,
+    /// The connection is one client's own: it closes when that client goes, or when it
+    /// was idle for `backend.dedicated_idle` and holds no WATCH.
+    own: Option<&'a Owner>,
+    /// How long a dedicated connection may stay idle.
+    idle: Duration,
     /// Replies still to come that answer no job (`AUTH`, `READONLY`, `HELLO 3`, sent on
     /// connect).
     skip: usize,
@@ -467,6 +475,7 @@ impl Connection<'_> {
         let mut stall_check = tokio::time::interval(STALL_CHECK);
         stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut closed = false;
+        let idle = self.idle;
         loop {
             if !batch.is_empty() {
                 // Let the other sessions that are ready run first: what they send joins
@@ -525,9 +534,25 @@ impl Connection<'_> {
                     }
                     closed = true; // finish what is in flight first
                 },
-                _ = poll_fn(|cx| client_gone(&mut self.inflight, cx)), if self.own => {
+                _ = poll_fn(|cx| client_gone(&mut self.inflight, cx)), if self.own.is_some() => {
                     // Closing the connection also ends a blocked command on the node.
                     return None;
+                }
+                _ = tokio::time::sleep(idle), if self.own.is_some() && self.inflight.is_empty() => {
+                    let owner = self.own.expect("guarded");
+                    let watching = owner.lease.upgrade().is_some_and(|l| l.holds_watch(self.addr));
+                    if !watching {
+                        // Given back to the node's allowance; the client's next such
+                        // command opens another. Jobs that raced the close go round again.
+                        rx.close();
+                        let proxy = self.proxy.upgrade();
+                        while let Ok(job) = rx.try_recv() {
+                            if let Some(proxy) = &proxy {
+                                proxy.dispatch(job);
+                            }
+                        }
+                        return None;
+                    }
                 }
                 _ = stall_check.tick(), if !self.inflight.is_empty() => {
                     let stalled = self.inflight.front().is_some_and(|f| f.sent.elapsed() > STALL);

@@ -4,9 +4,10 @@
 //! belongs to the connection that sent it, so neither can use the shared connections. A
 //! client that sends one gets a [`Lease`]: one connection, to one node at a time, out of that
 //! node's allowance (`backend.dedicated_connections`). The connection moves when the
-//! client's next such command is for another node, and closes when the client goes; a
-//! client that disconnects while blocked closes it at once, which ends the blocked command
-//! on the node too.
+//! client's next such command is for another node, is given back after
+//! `backend.dedicated_idle` with nothing in flight (unless it holds a WATCH), and closes
+//! when the client goes; a client that disconnects while blocked closes it at once, which
+//! ends the blocked command on the node too.
 //!
 //! Jobs on a lease travel like any other: they wait in the hold queue, follow redirects and
 //! are retried after a lost connection. Only the connection they end up on differs.
@@ -90,6 +91,12 @@ impl Lease {
         }
         let conn = state.conn.as_ref().expect("opened above");
         conn.jobs.send(job).map_err(|e| e.0)
+    }
+
+    /// True when the client's WATCH lives on its connection to `addr`.
+    pub fn holds_watch(&self, addr: &str) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.watch.as_deref() == Some(addr) && !state.broken
     }
 
     /// The connection to `addr` broke: a watch it held is gone.
