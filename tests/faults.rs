@@ -789,3 +789,76 @@ async fn check_and_repair_commands_diagnose_and_fix_a_cut_migration_without_a_pr
         "{text}"
     );
 }
+
+/// S4 with a client blocked in BLPOP on a list of the migrating slot, and another
+/// subscribed to a shard channel of that slot: the source dies, the proxy repairs the
+/// migration onto the target, and both clients carry on there without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s4_with_a_blocked_client_and_a_shard_subscriber() {
+    let (mut h, setup) = migrating(100).await;
+    let tag = setup.keys[0].split(':').next().unwrap().to_string(); // "{tN}"
+    let list = format!("{tag}:queue");
+    let channel = format!("{tag}:events");
+    // The list does not exist yet: the source still owns its name, so BLPOP blocks there.
+    let blocked = tokio::spawn({
+        let url = h.url();
+        let list = list.clone();
+        async move {
+            let mut c = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            redis::cmd("BLPOP")
+                .arg(&list)
+                .arg(0)
+                .query_async::<(String, String)>(&mut c)
+                .await
+        }
+    });
+    let mut sub = common::Raw::connect(&h).await;
+    sub.send(&format!("SSUBSCRIBE {channel}\r\n")).await;
+    assert_eq!(
+        sub.items().await,
+        ["ssubscribe", channel.as_str(), "1"].map(String::from)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!blocked.is_finished(), "BLPOP is blocked");
+
+    kill_and_fail_over(&mut h.cluster, 0).await;
+    settled(&h, setup.slot, &setup.target).await;
+
+    let mut c = h.client().await;
+    let () = redis::cmd("RPUSH")
+        .arg(&list)
+        .arg("after the repair")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), blocked)
+        .await
+        .expect("BLPOP returns")
+        .unwrap()
+        .expect("no error reaches the blocked client");
+    assert_eq!(got.1, "after the repair");
+    // The subscription moved with the slot: a message published now arrives, and nothing
+    // but messages reached the subscriber.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no message after the repair");
+        let _: i64 = redis::cmd("SPUBLISH")
+            .arg(&channel)
+            .arg("hello")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if let Some(frame) = sub.frame_within(Duration::from_millis(200)).await {
+            assert_eq!(
+                common::items(&frame),
+                ["smessage", channel.as_str(), "hello"].map(String::from)
+            );
+            break;
+        }
+    }
+    restore_and_check(&mut h, &[0]).await;
+}
