@@ -20,8 +20,10 @@ use super::Proxy;
 use crate::cluster::conn::Conn;
 use crate::protocol::{reply, Value};
 
-/// How often acknowledgements are looked at.
-const POLL: Duration = Duration::from_millis(10);
+/// How often acknowledgements are looked at: at first, then at most (a long WAIT costs
+/// its masters a few INFO calls a second, not a hundred).
+const POLL_FIRST: Duration = Duration::from_millis(10);
+const POLL_MAX: Duration = Duration::from_millis(200);
 
 /// A WAIT to carry out.
 pub struct Wait {
@@ -65,6 +67,7 @@ async fn run(proxy: Arc<Proxy>, wait: Wait) {
         };
         masters.push((conn, offset));
     }
+    let mut poll = POLL_FIRST;
     loop {
         let mut least = i64::MAX;
         for (conn, target) in &mut masters {
@@ -80,7 +83,11 @@ async fn run(proxy: Arc<Proxy>, wait: Wait) {
             let _ = wait.reply.send(reply::int(least));
             return;
         }
-        tokio::time::sleep(POLL).await;
+        let left = wait
+            .timeout
+            .map_or(poll, |t| t.saturating_sub(started.elapsed()));
+        tokio::time::sleep(poll.min(left)).await;
+        poll = (poll * 2).min(POLL_MAX);
     }
 }
 
