@@ -72,6 +72,52 @@ async fn tracking_clients_hear_of_changed_keys_even_across_a_failover() {
             }
         }
     }
+    // The old master comes back as a replica and takes over again by a manual failover:
+    // the master of the slot changed while every connection stayed up.
+    h.cluster.restart(0).await.unwrap();
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+    // A replica fresh from its full sync may time out its first manual failover: ask again.
+    let old = h.cluster.nodes[0].addr();
+    let mut promoted = false;
+    for _ in 0..3 {
+        common::call(&old, &["CLUSTER", "FAILOVER"]).await;
+        promoted = slotguard::localcluster::wait_for(Duration::from_secs(8), || {
+            let old = old.clone();
+            async move {
+                let role = common::call(&old, &["ROLE"]).await;
+                matches!(role, Value::Array(ref r) if r[0].as_str() == Some("master"))
+            }
+        })
+        .await
+        .is_ok();
+        if promoted {
+            break;
+        }
+    }
+    assert!(promoted, "node 0 is master again");
+    let p = h.proxy.proxy.clone();
+    let slot = slotguard::protocol::key_slot(keys[0].as_bytes());
+    slotguard::localcluster::wait_for(Duration::from_secs(30), || {
+        let owner = p.table.load().owner(slot).map(|n| n.addr.clone());
+        let old = old.clone();
+        async move { owner == Some(old) }
+    })
+    .await
+    .expect("the proxy routes the slot to node 0 again");
+    set(&h, &keys[0], "after the manual failover").await;
+    loop {
+        match invalidated(&c.frame().await) {
+            None => continue,
+            Some(named) => {
+                assert_eq!(named, vec![keys[0].clone()]);
+                break;
+            }
+        }
+    }
+
     assert_eq!(&c.ask("CLIENT TRACKING OFF\r\n").await[..], b"+OK\r\n");
     set(&h, &keys[1], "unheard").await;
     assert_eq!(
@@ -79,9 +125,4 @@ async fn tracking_clients_hear_of_changed_keys_even_across_a_failover() {
         b"+PONG\r\n",
         "no push after OFF"
     );
-    h.cluster.restart(0).await.unwrap();
-    h.cluster
-        .wait_healthy(Duration::from_secs(30))
-        .await
-        .unwrap();
 }

@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rustc_hash::FxHashSet;
+use rustc_hash::FxHashMap;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tracing::debug;
 
 use super::router::Client;
@@ -183,7 +183,8 @@ async fn run(
 ) {
     let overflow = Arc::new(AtomicBool::new(false));
     let mut links: JoinSet<String> = JoinSet::new();
-    let mut live: FxHashSet<String> = FxHashSet::default();
+    // The master each connection tracks, and how to stop it.
+    let mut live: FxHashMap<String, AbortHandle> = FxHashMap::default();
     let mut ready = Some(ready);
     let mut tick = tokio::time::interval(RECONCILE);
     loop {
@@ -193,8 +194,20 @@ async fn run(
             .masters()
             .map(|(_, n)| n.addr.clone())
             .collect();
+        // A node that is no longer a master (a manual failover) has nothing more to say.
+        let gone: Vec<String> = live
+            .keys()
+            .filter(|a| !masters.contains(a))
+            .cloned()
+            .collect();
+        for addr in gone {
+            if let Some(link) = live.remove(&addr) {
+                link.abort();
+            }
+            flush(&pushes, &overflow);
+        }
         let mut first = Vec::new();
-        let missing: Vec<&String> = masters.iter().filter(|a| !live.contains(*a)).collect();
+        let missing: Vec<&String> = masters.iter().filter(|a| !live.contains_key(*a)).collect();
         for addr in missing {
             let Some(permit) = proxy.node(addr).dedicated_permit() else {
                 continue; // tried again on the next tick
@@ -208,11 +221,11 @@ async fn run(
                 tracking: Some(tracking_tx),
                 proxy: proxy.clone(),
             };
-            live.insert(addr.clone());
-            links.spawn(async move {
+            let handle = links.spawn(async move {
                 let _permit = permit;
                 link.run().await
             });
+            live.insert(addr.clone(), handle);
             first.push(tracking);
         }
         if let Some(reply_to) = ready.take() {
@@ -240,15 +253,20 @@ async fn run(
             Some(ended) = links.join_next() => {
                 if let Ok(addr) = ended {
                     live.remove(&addr);
-                }
-                // What changed while the connection was down is unknown: flush.
-                if pushes.try_send(Bytes::from_static(FLUSH_ALL)).is_err() {
-                    overflow.store(true, Ordering::Relaxed);
+                    // What changed while the connection was down is unknown: flush.
+                    flush(&pushes, &overflow);
                 }
             }
             _ = tick.tick() => {}
             _ = pushes.closed() => return,
         }
+    }
+}
+
+/// Tells the client to flush its cache, now or as soon as its queue has room.
+fn flush(pushes: &mpsc::Sender<Bytes>, overflow: &AtomicBool) {
+    if pushes.try_send(Bytes::from_static(FLUSH_ALL)).is_err() {
+        overflow.store(true, Ordering::Relaxed);
     }
 }
 
