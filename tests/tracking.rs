@@ -126,3 +126,27 @@ async fn tracking_clients_hear_of_changed_keys_even_across_a_failover() {
         "no push after OFF"
     );
 }
+
+/// A RESP3 client may subscribe while it tracks: invalidations keep coming, between its
+/// messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_reach_a_subscribed_client() {
+    let h = Harness::start(3, 0).await;
+    let mut c = Raw::connect(&h).await;
+    assert!(c.ask("HELLO 3\r\n").await.starts_with(b"%"));
+    assert_eq!(&c.ask("CLIENT TRACKING ON\r\n").await[..], b"+OK\r\n");
+    let key = format!("{}k", tag_on(1));
+    assert_eq!(&c.ask(&format!("GET {key}\r\n")).await[..], b"_\r\n");
+    let confirm = c.ask("SUBSCRIBE news\r\n").await;
+    assert_eq!(common::items(&confirm), ["subscribe", "news", "1"]);
+    set(&h, &key, "changed").await;
+    assert_eq!(invalidated(&c.frame().await), Some(vec![key.clone()]));
+    let mut p = h.client().await;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("news")
+        .arg("hi")
+        .query_async(&mut p)
+        .await
+        .unwrap();
+    assert_eq!(common::items(&c.frame().await), ["message", "news", "hi"]);
+}

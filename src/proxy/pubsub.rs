@@ -179,6 +179,11 @@ pub async fn serve(
             Some(event) = inbox.recv() => sub.event(event),
             () = std::future::poll_fn(|cx| sub.poll_front(cx)) => {}
             _ = tick.tick() => sub.reconcile(),
+            // A RESP3 client may track keys while subscribed: its invalidations go out too.
+            push = super::session::next_push(client), if client.tracking.is_some() => match push {
+                Some(push) => sub.ready(push),
+                None => client.tracking = None,
+            },
             _ = shutdown.changed() => {}
         }
     }

@@ -185,7 +185,7 @@ fn take_requests(
 }
 
 /// The next invalidation for a tracking client.
-async fn next_push(client: &mut Client) -> Option<bytes::Bytes> {
+pub(super) async fn next_push(client: &mut Client) -> Option<bytes::Bytes> {
     match &mut client.tracking {
         Some(tracker) => tracker.next().await,
         None => std::future::pending().await,
