@@ -217,3 +217,55 @@ async fn subscriptions_survive_the_failover_of_their_node() {
         .unwrap();
     h.cluster_check().unwrap();
 }
+
+/// PUBSUB answers for the whole cluster: the proxy's subscribers are spread over the
+/// masters, and a node knows only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_introspection_counts_every_master() {
+    let h = Harness::start(3, 0).await;
+    let mut subs = Vec::new();
+    for _ in 0..4 {
+        let mut sub = Raw::connect(&h).await;
+        sub.send("SUBSCRIBE news\r\n").await;
+        assert_eq!(sub.items().await, strs(&["subscribe", "news", "1"]));
+        subs.push(sub);
+    }
+    subs[0].send("PSUBSCRIBE n*\r\n").await;
+    assert_eq!(subs[0].items().await, strs(&["psubscribe", "n*", "2"]));
+    let shard = format!("{}s", tag_on(2));
+    let mut sharded = Raw::connect(&h).await;
+    sharded.send(&format!("SSUBSCRIBE {shard}\r\n")).await;
+    assert_eq!(sharded.items().await, strs(&["ssubscribe", &shard, "1"]));
+
+    let mut c = h.client().await;
+    let numsub: Vec<redis::Value> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("news")
+        .arg("none")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let numsub: Vec<String> = numsub
+        .iter()
+        .map(|v| redis::from_redis_value::<String>(v).unwrap())
+        .collect();
+    assert_eq!(numsub, strs(&["news", "4", "none", "0"]));
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(channels, strs(&["news"]));
+    let numpat: i64 = redis::cmd("PUBSUB")
+        .arg("NUMPAT")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(numpat, 1);
+    let shards: Vec<String> = redis::cmd("PUBSUB")
+        .arg("SHARDCHANNELS")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(shards, vec![shard.clone()]);
+}

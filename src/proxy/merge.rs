@@ -27,6 +27,10 @@ pub enum Merge {
     SumInts,
     /// The concatenation of array replies (KEYS).
     Concat,
+    /// The union of array replies, each element once (PUBSUB CHANNELS).
+    Union,
+    /// Name-count pairs summed by name, as an array or a RESP3 map (PUBSUB NUMSUB).
+    SumPairs,
     /// The first reply that is not nil (RANDOMKEY).
     FirstNonNil,
     /// The first reply (SCRIPT LOAD: every master answers the same digest).
@@ -139,6 +143,55 @@ fn merge_values(how: &Merge, values: Vec<Value>) -> Option<Bytes> {
             }
             Value::Array(all).encode(&mut out);
         }
+        Merge::Union => {
+            let mut all: Vec<Value> = Vec::new();
+            for v in values {
+                let Value::Array(items) = v else { return None };
+                for item in items {
+                    if !all.contains(&item) {
+                        all.push(item);
+                    }
+                }
+            }
+            Value::Array(all).encode(&mut out);
+        }
+        Merge::SumPairs => {
+            let mut sums: Vec<(Value, i64)> = Vec::new();
+            let mut map = false;
+            for v in values {
+                let pairs: Vec<(Value, Value)> = match v {
+                    Value::Map(pairs) => {
+                        map = true;
+                        pairs
+                    }
+                    Value::Array(items) if items.len() % 2 == 0 => {
+                        let mut items = items.into_iter();
+                        std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
+                    }
+                    _ => return None,
+                };
+                for (name, count) in pairs {
+                    let count = count.as_int()?;
+                    match sums.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, sum)) => *sum += count,
+                        None => sums.push((name, count)),
+                    }
+                }
+            }
+            if map {
+                out.extend_from_slice(format!("%{}\r\n", sums.len()).as_bytes());
+                for (name, sum) in sums {
+                    name.encode(&mut out);
+                    Value::Int(sum).encode(&mut out);
+                }
+            } else {
+                let flat = sums
+                    .into_iter()
+                    .flat_map(|(name, sum)| [name, Value::Int(sum)])
+                    .collect();
+                Value::Array(flat).encode(&mut out);
+            }
+        }
         Merge::FirstNonNil => values
             .into_iter()
             .find(|v| *v != Value::Nil)
@@ -227,6 +280,28 @@ mod tests {
         };
         let got = merged(how, &[b"*2\r\n$1\r\na\r\n$-1\r\n", b"*1\r\n$1\r\nb\r\n"]);
         assert_eq!(&got[..], b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n");
+    }
+
+    #[test]
+    fn pubsub_counts_are_summed_by_name() {
+        let arrays = merged(
+            Merge::SumPairs,
+            &[
+                b"*4\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n:0\r\n",
+                b"*4\r\n$1\r\na\r\n:2\r\n$1\r\nb\r\n:5\r\n",
+            ],
+        );
+        assert_eq!(&arrays[..], b"*4\r\n$1\r\na\r\n:3\r\n$1\r\nb\r\n:5\r\n");
+        let maps = merged(
+            Merge::SumPairs,
+            &[b"%1\r\n$1\r\na\r\n:1\r\n", b"%1\r\n$1\r\na\r\n:2\r\n"],
+        );
+        assert_eq!(&maps[..], b"%1\r\n$1\r\na\r\n:3\r\n");
+        let union = merged(
+            Merge::Union,
+            &[b"*1\r\n$1\r\na\r\n", b"*2\r\n$1\r\nb\r\n$1\r\na\r\n"],
+        );
+        assert_eq!(&union[..], b"*2\r\n$1\r\na\r\n$1\r\nb\r\n");
     }
 
     #[test]

@@ -237,6 +237,7 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         ),
         b"DBSIZE" | b"KEYS" | b"FLUSHALL" | b"FLUSHDB" | b"RANDOMKEY" | b"SCAN" | b"SCRIPT"
         | b"INFO" => (whole_cluster(proxy, client, name, req), Class::Cluster),
+        b"PUBSUB" if req.len() >= 2 => (pubsub_introspection(proxy, client, req), Class::Cluster),
         b"CONFIG" if req.len() >= 2 && req.arg(1).eq_ignore_ascii_case(b"GET") => {
             (one(proxy, client, req, None), Class::Other)
         }
@@ -492,6 +493,18 @@ fn whole_cluster(proxy: &Proxy, client: &Client, name: &[u8], req: Request) -> P
             all_masters(proxy, client, &info, Merge::Info { head })
         }
     }
+}
+
+/// PUBSUB CHANNELS|NUMSUB|NUMPAT|SHARDCHANNELS|SHARDNUMSUB: a node knows only its own
+/// subscribers, and the proxy's are spread over the masters, so every master is asked.
+fn pubsub_introspection(proxy: &Proxy, client: &Client, req: Request) -> Pending {
+    let merge = match req.arg(1).to_ascii_uppercase().as_slice() {
+        b"CHANNELS" | b"SHARDCHANNELS" => Merge::Union,
+        b"NUMSUB" | b"SHARDNUMSUB" => Merge::SumPairs,
+        b"NUMPAT" => Merge::SumInts,
+        _ => return one(proxy, client, req, None),
+    };
+    all_masters(proxy, client, &req, merge)
 }
 
 fn refused(name: &[u8], why: &str) -> (Pending, Class) {
