@@ -402,6 +402,15 @@ async fn run(
         // retried, as cluster clients do (at-least-once for what was in flight).
         let lost = inflight.into_iter().map(|f| f.job).chain(batch.drain(..));
         fail_all(&proxy, &addr, lost, &error);
+        if owner.is_some() {
+            // A client's own connection is not made again behind its back: what a WATCH
+            // or a blocking command needed of it is gone. Jobs still queued go round again
+            // and find the connection closed (an EXEC then answers nil).
+            rx.close();
+            let queued = std::iter::from_fn(|| rx.try_recv().ok());
+            fail_all(&proxy, &addr, queued, &error);
+            return;
+        }
     }
 }
 
