@@ -98,6 +98,8 @@ pub struct LocalCluster {
     pub nodes: Vec<LocalNode>,
     pub dir: PathBuf,
     pub options: Options,
+    /// How to speak TLS to the nodes, loaded once from `options.tls`.
+    tls: Option<crate::tls::BackendTls>,
     keep_dir: bool,
 }
 
@@ -143,10 +145,25 @@ impl LocalCluster {
             NEXT_DIR.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        let tls = match &options.tls {
+            Some(files) => {
+                let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+                let tls = crate::tls::backend(
+                    &path(&files.ca),
+                    Some(&path(&files.cert)),
+                    Some(&path(&files.key)),
+                    None,
+                )
+                .map_err(|e| fail(e.0))?;
+                Some(tls)
+            }
+            None => None,
+        };
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
             dir,
             options,
+            tls,
             keep_dir: false,
         };
         let total = cluster.options.masters * (1 + cluster.options.replicas_per_master);
@@ -272,16 +289,7 @@ impl LocalCluster {
         Dial {
             limit,
             auth: self.auth(),
-            tls: self.options.tls.as_ref().map(|files| {
-                let path = |p: &PathBuf| p.to_string_lossy().into_owned();
-                crate::tls::backend(
-                    &path(&files.ca),
-                    Some(&path(&files.cert)),
-                    Some(&path(&files.key)),
-                    None,
-                )
-                .expect("the test cluster's TLS files load")
-            }),
+            tls: self.tls.clone(),
         }
     }
 

@@ -209,7 +209,8 @@ impl Node {
         let target = Target {
             addr: addr.clone(),
             resp3: false,
-            hello: connect_requests(config),
+            auth: config.backend_auth.as_ref().map(|a| a.request()),
+            readonly: config.read_from != ReadFrom::Master,
             tls: config.backend_tls.clone(),
             connect_timeout: config.connect_timeout,
             dedicated_idle: config.dedicated_idle,
@@ -278,17 +279,42 @@ impl Node {
     }
 }
 
-/// What every shared backend connection sends first: `AUTH` when the cluster needs it,
-/// `READONLY` when reads may go to replicas (harmless on a master).
-fn connect_requests(config: &Config) -> Option<bytes::Bytes> {
-    let mut out = bytes::BytesMut::new();
-    if let Some(auth) = &config.backend_auth {
-        out.extend_from_slice(&auth.request());
+/// What a connection to a node sends before any request, and how many replies that earns
+/// (none of them a client's): `AUTH` when the cluster needs it (`auth`, the request),
+/// `READONLY` when reads may go to replicas (harmless on a master), `HELLO 3` for a RESP3
+/// connection. Every kind of node connection starts with it.
+pub fn greeting(auth: Option<&[u8]>, readonly: bool, resp3: bool) -> (BytesMut, usize) {
+    let mut out = BytesMut::new();
+    let mut replies = 0;
+    for request in [auth, readonly.then_some(READONLY), resp3.then_some(HELLO3)]
+        .into_iter()
+        .flatten()
+    {
+        out.extend_from_slice(request);
+        replies += 1;
     }
-    if config.read_from != crate::config::ReadFrom::Master {
-        out.extend_from_slice(b"*1\r\n$8\r\nREADONLY\r\n");
-    }
-    (!out.is_empty()).then(|| out.freeze())
+    (out, replies)
+}
+
+/// Connects to a node for a connection managed outside this module (a subscription, a
+/// tracking connection) and sends the greeting, then `then`. Gives the stream and how many
+/// replies belong to the greeting.
+pub async fn dial(
+    addr: &str,
+    config: &Config,
+    resp3: bool,
+    then: &[u8],
+) -> Result<(Stream, usize), String> {
+    let mut stream = crate::tls::connect(addr, config.connect_timeout, config.backend_tls.as_ref())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let auth = config.backend_auth.as_ref().map(|a| a.request());
+    let (mut hello, replies) = greeting(auth.as_deref(), false, resp3);
+    hello.extend_from_slice(then);
+    write(&mut stream, &hello)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    Ok((stream, replies))
 }
 
 /// The client a dedicated connection belongs to.
@@ -303,8 +329,10 @@ struct Owner {
 struct Target {
     addr: String,
     resp3: bool,
-    /// Sent first on every connection (`AUTH`, `READONLY`), each answered `+OK`.
-    hello: Option<Bytes>,
+    /// The cluster's `AUTH` request, when it needs one.
+    auth: Option<Bytes>,
+    /// Reads may go to replicas: connections say `READONLY`.
+    readonly: bool,
     /// TLS towards the node.
     tls: Option<BackendTls>,
     connect_timeout: Duration,
@@ -336,7 +364,8 @@ async fn run(
     let Target {
         addr,
         resp3,
-        hello,
+        auth,
+        readonly,
         tls,
         connect_timeout: limit,
         dedicated_idle: idle,
@@ -374,15 +403,10 @@ async fn run(
             metrics: &metrics,
             latency: &latency,
         };
-        // These go out with the first batch; their replies are not any job's.
-        if let Some(hello) = &hello {
-            conn.wbuf.extend_from_slice(hello);
-            conn.skip += hello_replies(hello);
-        }
-        if resp3 {
-            conn.wbuf.extend_from_slice(HELLO3);
-            conn.skip += 1;
-        }
+        // It goes out with the first batch.
+        let (hello, replies) = greeting(auth.as_deref(), readonly, resp3);
+        conn.wbuf.extend_from_slice(&hello);
+        conn.skip = replies;
         let gauge = if owner.is_some() {
             &metrics.backend_dedicated_connections
         } else {
@@ -412,17 +436,6 @@ async fn run(
             return;
         }
     }
-}
-
-/// How many requests `hello` holds (each starts with `*`).
-fn hello_replies(hello: &[u8]) -> usize {
-    let mut buf = BytesMut::from(hello);
-    let mut scanner = crate::protocol::Scanner::default();
-    let mut n = 0;
-    while let Ok(Some(_)) = scanner.next(&mut buf) {
-        n += 1;
-    }
-    n
 }
 
 /// Ready when the client of the first job in flight has gone away.
@@ -465,6 +478,7 @@ struct Connection<'a> {
 }
 
 const HELLO3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+const READONLY: &[u8] = b"*1\r\n$8\r\nREADONLY\r\n";
 /// `ASKING`, sent before a request that was answered with ASK.
 pub const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 /// How a `SCRIPT LOAD` request begins.

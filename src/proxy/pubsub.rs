@@ -18,6 +18,7 @@
 //! being moved is lost.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -27,10 +28,12 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::debug;
 
+use super::backend::dial;
 use super::router::{route, Client, Pending};
 use super::{Hint, Proxy};
+use crate::config::Config;
 use crate::protocol::{key_slot, reply, ReplyScanner, Request, Scanner, Value};
-use crate::tls::{write, BackendTls, Stream};
+use crate::tls::{write, Stream};
 
 /// How often subscriptions that lost their place are put back.
 const RECONCILE: Duration = Duration::from_millis(100);
@@ -345,14 +348,11 @@ impl Subscriber<'_> {
         let id = self.next_link;
         self.next_link += 1;
         let (commands, rx) = mpsc::unbounded_channel();
-        let config = self.proxy.config();
         let task = LinkTask {
             id,
             addr: addr.to_string(),
             resp3,
-            limit: config.connect_timeout,
-            auth: config.backend_auth.as_ref().map(|a| a.request()),
-            tls: config.backend_tls.clone(),
+            config: self.proxy.config().clone(),
             events: self.events.clone(),
             _permit: permit,
         };
@@ -595,10 +595,7 @@ struct LinkTask {
     id: u32,
     addr: String,
     resp3: bool,
-    limit: Duration,
-    /// `AUTH ...`, sent first, when the cluster needs credentials.
-    auth: Option<Bytes>,
-    tls: Option<BackendTls>,
+    config: Arc<Config>,
     events: mpsc::Sender<Event>,
     /// Returned to the node's allowance when the task ends.
     _permit: OwnedSemaphorePermit,
@@ -613,20 +610,7 @@ impl LinkTask {
 
     /// Runs until the subscriber drops the link (`Ok`) or the connection fails.
     async fn serve(&self, mut commands: mpsc::UnboundedReceiver<Bytes>) -> Result<(), String> {
-        let mut stream = crate::tls::connect(&self.addr, self.limit, self.tls.as_ref())
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let mut hello = BytesMut::new();
-        if let Some(auth) = &self.auth {
-            hello.extend_from_slice(auth);
-        }
-        if self.resp3 {
-            hello.extend_from_slice(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
-        }
-        let mut skip = usize::from(self.auth.is_some()) + usize::from(self.resp3);
-        write(&mut stream, &hello)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
+        let (mut stream, mut skip) = dial(&self.addr, &self.config, self.resp3, b"").await?;
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
         let mut scanner = ReplyScanner::default();
         loop {

@@ -223,18 +223,22 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             split(proxy, client, req, 1, SplitKind::MGet),
             Class::MultiKey,
         ),
-        b"MSET" | b"DEL" | b"UNLINK" if client.wrote.first() != Some(&EVERY_MASTER) => {
+        b"MSET" => {
             wrote(client, None); // writes to several slots: WAIT will ask every master
-            route(proxy, client, req)
+            (
+                split(proxy, client, req, 2, SplitKind::MSet),
+                Class::MultiKey,
+            )
         }
-        b"MSET" => (
-            split(proxy, client, req, 2, SplitKind::MSet),
-            Class::MultiKey,
-        ),
-        b"DEL" | b"UNLINK" | b"EXISTS" | b"TOUCH" => (
-            split(proxy, client, req, 1, SplitKind::Sum),
-            Class::MultiKey,
-        ),
+        b"DEL" | b"UNLINK" | b"EXISTS" | b"TOUCH" => {
+            if matches!(name, b"DEL" | b"UNLINK") {
+                wrote(client, None);
+            }
+            (
+                split(proxy, client, req, 1, SplitKind::Sum),
+                Class::MultiKey,
+            )
+        }
         b"DBSIZE" | b"KEYS" | b"FLUSHALL" | b"FLUSHDB" | b"RANDOMKEY" | b"SCAN" | b"SCRIPT"
         | b"INFO" => (whole_cluster(proxy, client, name, req), Class::Cluster),
         b"PUBSUB" if req.len() >= 2 => (pubsub_introspection(proxy, client, req), Class::Cluster),

@@ -26,10 +26,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tracing::debug;
 
+use super::backend::dial;
 use super::router::Client;
 use super::Proxy;
 use crate::protocol::{reply, ReplyScanner, Request, Value};
-use crate::tls::write;
 
 /// Invalidations queued for a client that does not read them; past this, a flush.
 const QUEUE: usize = 1024;
@@ -295,24 +295,7 @@ impl Link {
 
     async fn serve(&mut self) -> Result<(), String> {
         let config = self.proxy.config().clone();
-        let mut stream = crate::tls::connect(
-            &self.addr,
-            config.connect_timeout,
-            config.backend_tls.as_ref(),
-        )
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-        let mut hello = BytesMut::new();
-        let mut skip = 1; // HELLO 3
-        if let Some(auth) = &config.backend_auth {
-            hello.extend_from_slice(&auth.request());
-            skip += 1;
-        }
-        hello.extend_from_slice(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
-        hello.extend_from_slice(&self.setup);
-        write(&mut stream, &hello)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
+        let (mut stream, mut skip) = dial(&self.addr, &config, true, &self.setup).await?;
         let mut rbuf = BytesMut::with_capacity(4096);
         let mut scanner = ReplyScanner::default();
         loop {
