@@ -51,21 +51,7 @@ async fn a_password_protected_cluster_is_served_and_repaired() {
     assert!(format!("{refused:?}").contains("NOAUTH"), "{refused:?}");
 
     let mut c = h.client().await;
-    let () = redis::cmd("MSET")
-        .arg("{a}1")
-        .arg("x")
-        .arg("{b}2")
-        .arg("y")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let got: Vec<String> = redis::cmd("MGET")
-        .arg("{a}1")
-        .arg("{b}2")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(got, ["x", "y"]);
+    common::mset_mget_across_slots(&mut c).await;
 
     // A dedicated connection.
     let list = format!("{}q", tag_on(1));
@@ -286,34 +272,14 @@ async fn an_acl_user_reaches_the_cluster() {
         ..slotguard::config::Config::default()
     };
     config.dedicated_connections = 4;
-    let proxy = slotguard::server::start(config).await.unwrap();
-    let p = proxy.proxy.clone();
-    wait_for(Duration::from_secs(10), || {
-        let covered = p.table.load().covered();
-        async move { covered == 16384 }
-    })
-    .await
-    .expect("the proxy reads the slot map as the ACL user");
+    // It reads the slot map as the ACL user, and serves with it.
+    let proxy = common::start_proxy(config).await;
     let mut c = redis::Client::open(format!("redis://{}/", proxy.addr))
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let () = redis::cmd("MSET")
-        .arg("{x}1")
-        .arg("a")
-        .arg("{y}2")
-        .arg("b")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let got: Vec<String> = redis::cmd("MGET")
-        .arg("{x}1")
-        .arg("{y}2")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(got, ["a", "b"]);
+    common::mset_mget_across_slots(&mut c).await;
     // The nodes see the proxy's connections as the user's.
     let mut lists = String::new();
     for node in &h.cluster.nodes {

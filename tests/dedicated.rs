@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ask_raw, call, move_slot, tag_on, Harness};
+use common::{ask_raw, blpop_in_background, call, move_slot, tag_on, wait_dedicated, Harness};
 use slotguard::localcluster::{wait_for, Options};
 use slotguard::protocol::key_slot;
 use tokio::net::TcpStream;
@@ -44,22 +44,7 @@ async fn blocking_commands_run_on_a_connection_of_their_own() {
     let t = tag_on(0);
     let list = format!("{t}list");
 
-    let url = h.url();
-    let l = list.clone();
-    let blocked = tokio::spawn(async move {
-        let mut c = redis::Client::open(url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let got: (String, String) = redis::cmd("BLPOP")
-            .arg(&l)
-            .arg(0)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        got
-    });
+    let blocked = blpop_in_background(h.url(), &list);
     wait_blocked(&owner, 1).await;
 
     // Other clients' requests to the same node (one shared connection) are not stalled.
@@ -82,6 +67,7 @@ async fn blocking_commands_run_on_a_connection_of_their_own() {
     let got = tokio::time::timeout(Duration::from_secs(10), blocked)
         .await
         .expect("BLPOP returns once the list has an element")
+        .unwrap()
         .unwrap();
     assert_eq!(got, (list.clone(), "job".to_string()));
 
@@ -181,22 +167,11 @@ async fn a_blocked_client_that_disconnects_frees_its_connection() {
         .await
         .unwrap();
     wait_blocked(&owner, 1).await;
-    let p = h.proxy.proxy.clone();
-    wait_for(Duration::from_secs(5), || {
-        let open = p.metrics.backend_dedicated_connections.get();
-        async move { open == 1 }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("one dedicated connection, not {}", dedicated_gauge(&h)));
+    wait_dedicated(&h, 1, "the blocked client has its own connection").await;
     drop(s);
     // The proxy closes the node's connection: the node unblocks and forgets the client.
     wait_blocked(&owner, 0).await;
-    wait_for(Duration::from_secs(5), || {
-        let open = p.metrics.backend_dedicated_connections.get();
-        async move { open == 0 }
-    })
-    .await
-    .expect("the dedicated connection is closed");
+    wait_dedicated(&h, 0, "the dedicated connection is closed").await;
     // Nothing was popped on the client's behalf.
     let mut c = h.client().await;
     let () = redis::cmd("RPUSH")
@@ -250,13 +225,7 @@ async fn dedicated_connections_are_bounded_per_node() {
     // One leaves: its place is free again.
     held.pop();
     wait_blocked(&owner, 1).await;
-    let p = h.proxy.proxy.clone();
-    wait_for(Duration::from_secs(5), || {
-        let open = p.metrics.backend_dedicated_connections.get();
-        async move { open == 1 }
-    })
-    .await
-    .unwrap();
+    wait_dedicated(&h, 1, "its place is given back").await;
     let answer = ask_raw(&mut s, format!("BLPOP {list} 0.05\r\n").as_bytes(), b"\r\n").await;
     assert_eq!(answer, "*-1\r\n");
 }
@@ -421,20 +390,7 @@ async fn a_blocked_call_follows_its_slot_to_a_new_owner() {
             .await
             .unwrap();
     }
-    let url = h.url();
-    let l = list.clone();
-    let blocked = tokio::spawn(async move {
-        let mut c = redis::Client::open(url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        redis::cmd("BLPOP")
-            .arg(&l)
-            .arg(0)
-            .query_async::<(String, String)>(&mut c)
-            .await
-    });
+    let blocked = blpop_in_background(h.url(), &list);
     wait_blocked(&h.cluster.nodes[0].addr(), 1).await;
     move_slot(&h, slot, 0, 1).await;
     // The old owner gives the blocked client up; the proxy sends it on to the new one.
@@ -462,20 +418,7 @@ async fn a_blocked_call_and_a_watch_survive_a_failover() {
     let mut h = Harness::start(3, 1).await;
     let t = tag_on(0);
     let list = format!("{t}failover");
-    let url = h.url();
-    let l = list.clone();
-    let blocked = tokio::spawn(async move {
-        let mut c = redis::Client::open(url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        redis::cmd("BLPOP")
-            .arg(&l)
-            .arg(0)
-            .query_async::<(String, String)>(&mut c)
-            .await
-    });
+    let blocked = blpop_in_background(h.url(), &list);
     wait_blocked(&h.cluster.nodes[0].addr(), 1).await;
     let mut s = TcpStream::connect(h.proxy.addr).await.unwrap();
     assert_eq!(
@@ -603,8 +546,6 @@ async fn idle_dedicated_connections_are_given_back() {
     )
     .await;
     let t = tag_on(0);
-    let p = h.proxy.proxy.clone();
-    let open = move || p.metrics.backend_dedicated_connections.get();
     let mut c = h.client().await;
     let none: Option<(String, String)> = redis::cmd("BLPOP")
         .arg(format!("{t}idle"))
@@ -613,14 +554,8 @@ async fn idle_dedicated_connections_are_given_back() {
         .await
         .unwrap();
     assert_eq!(none, None);
-    assert_eq!(open(), 1);
-    let closed = open.clone();
-    wait_for(Duration::from_secs(5), || {
-        let n = closed();
-        async move { n == 0 }
-    })
-    .await
-    .expect("the idle connection is given back");
+    assert_eq!(dedicated_gauge(&h), 1);
+    wait_dedicated(&h, 0, "the idle connection is given back").await;
     let () = redis::cmd("RPUSH")
         .arg(format!("{t}idle"))
         .arg("x")

@@ -546,15 +546,8 @@ async fn a_proxy_restarted_in_the_middle_of_a_repair_finishes_it() {
     // A new proxy, repairs allowed, same journal: it plans from where the cluster is.
     config.repair_auto = true;
     config.seeds = vec![cluster.nodes[2].addr()];
-    let proxy = slotguard::server::start(config).await.unwrap();
+    let proxy = common::start_proxy(config).await;
     let mut h = Harness { cluster, proxy };
-    let p = h.proxy.proxy.clone();
-    wait_for(Duration::from_secs(10), || {
-        let covered = p.table.load().covered();
-        async move { covered == 16384 }
-    })
-    .await
-    .unwrap();
     let (report, at) = writers_around(&h, &setup, async {}).await;
     conclude(
         "restart mid-repair (clock from the new proxy)",
@@ -599,15 +592,8 @@ async fn s7_both_ends_failed_over_is_repaired_from_the_journal_by_a_restarted_pr
     // A new proxy with the same journal finds the orphaned keys and finishes the move.
     config.repair_auto = true;
     config.seeds = vec![cluster.nodes[2].addr()];
-    let proxy = slotguard::server::start(config).await.unwrap();
+    let proxy = common::start_proxy(config).await;
     let mut h = Harness { cluster, proxy };
-    let p = h.proxy.proxy.clone();
-    wait_for(Duration::from_secs(10), || {
-        let covered = p.table.load().covered();
-        async move { covered == 16384 }
-    })
-    .await
-    .unwrap();
     let (report, _) = writers_around(&h, &setup, async {}).await;
     let heir = heir_of(&h, 1).await;
     conclude(
@@ -800,22 +786,7 @@ async fn s4_with_a_blocked_client_and_a_shard_subscriber() {
     let list = format!("{tag}:queue");
     let channel = format!("{tag}:events");
     // The list does not exist yet: the source still owns its name, so BLPOP blocks there.
-    let blocked = tokio::spawn({
-        let url = h.url();
-        let list = list.clone();
-        async move {
-            let mut c = redis::Client::open(url)
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            redis::cmd("BLPOP")
-                .arg(&list)
-                .arg(0)
-                .query_async::<(String, String)>(&mut c)
-                .await
-        }
-    });
+    let blocked = common::blpop_in_background(h.url(), &list);
     let mut sub = common::Raw::connect(&h).await;
     sub.send(&format!("SSUBSCRIBE {channel}\r\n")).await;
     assert_eq!(

@@ -67,13 +67,7 @@ async fn channels_and_patterns_flow_through_the_proxy() {
     sub.send("UNSUBSCRIBE\r\n").await;
     assert_eq!(sub.items().await, strs(&["unsubscribe", "nil", "0"]));
     // Nothing is left open on the nodes.
-    let p = h.proxy.proxy.clone();
-    slotguard::localcluster::wait_for(Duration::from_secs(5), || {
-        let open = p.metrics.backend_dedicated_connections.get();
-        async move { open == 0 }
-    })
-    .await
-    .expect("subscription connections are closed");
+    common::wait_dedicated(&h, 0, "subscription connections are closed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,14 +135,7 @@ async fn clients_speak_tls_to_the_proxy() {
         ..Config::default()
     };
     config.tls = Some(slotguard::tls::acceptor(&cert, &key, Some(&path(&certs.ca))).unwrap());
-    let strict = slotguard::server::start(config).await.unwrap();
-    let p = strict.proxy.clone();
-    slotguard::localcluster::wait_for(Duration::from_secs(10), || {
-        let covered = p.table.load().covered();
-        async move { covered == 16384 }
-    })
-    .await
-    .unwrap();
+    let strict = common::start_proxy(config).await;
     let port = strict.addr.port();
     let out = tokio::task::spawn_blocking({
         let certs = make_paths(&certs);
@@ -211,21 +204,7 @@ async fn a_tls_cluster_is_served() {
     .await
     .is_err());
     let mut c = h.client().await;
-    let () = redis::cmd("MSET")
-        .arg("{a}1")
-        .arg("x")
-        .arg("{b}2")
-        .arg("y")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let got: Vec<String> = redis::cmd("MGET")
-        .arg("{a}1")
-        .arg("{b}2")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(got, ["x", "y"]);
+    common::mset_mget_across_slots(&mut c).await;
     let () = redis::cmd("RPUSH")
         .arg("{q}l")
         .arg("job")

@@ -45,14 +45,7 @@ impl Harness {
             ..Config::default()
         };
         tune(&mut config);
-        let proxy = server::start(config).await.expect("proxy starts");
-        let p = proxy.proxy.clone();
-        wait_for(Duration::from_secs(10), || {
-            let covered = p.table.load().covered();
-            async move { covered == 16384 }
-        })
-        .await
-        .expect("the proxy learns the slot map");
+        let proxy = start_proxy(config).await;
         Harness { cluster, proxy }
     }
 
@@ -153,6 +146,74 @@ impl Harness {
             Err(text)
         }
     }
+}
+
+/// Starts a proxy and waits until it has learned the whole slot map.
+pub async fn start_proxy(config: Config) -> Running {
+    let proxy = server::start(config).await.expect("proxy starts");
+    let p = proxy.proxy.clone();
+    wait_for(Duration::from_secs(10), || {
+        let covered = p.table.load().covered();
+        async move { covered == 16384 }
+    })
+    .await
+    .expect("the proxy learns the slot map");
+    proxy
+}
+
+/// A client of `url` that sends `BLPOP list 0` and waits for its answer.
+pub fn blpop_in_background(
+    url: String,
+    list: &str,
+) -> tokio::task::JoinHandle<redis::RedisResult<(String, String)>> {
+    let list = list.to_string();
+    tokio::spawn(async move {
+        let mut c = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("BLPOP")
+            .arg(&list)
+            .arg(0)
+            .query_async(&mut c)
+            .await
+    })
+}
+
+/// Waits until the proxy holds `n` dedicated connections (5 s at most); `why` says what
+/// that shows.
+pub async fn wait_dedicated(h: &Harness, n: i64, why: &str) {
+    let p = h.proxy.proxy.clone();
+    let reached = wait_for(Duration::from_secs(5), || {
+        let open = p.metrics.backend_dedicated_connections.get();
+        async move { open == n }
+    })
+    .await;
+    let now = h.proxy.proxy.metrics.backend_dedicated_connections.get();
+    assert!(
+        reached.is_ok(),
+        "{why}: {n} dedicated connections, not {now}"
+    );
+}
+
+/// MSET and MGET of two keys in two slots: a split command reaches two masters.
+pub async fn mset_mget_across_slots(c: &mut redis::aio::MultiplexedConnection) {
+    let () = redis::cmd("MSET")
+        .arg("{a}1")
+        .arg("x")
+        .arg("{b}2")
+        .arg("y")
+        .query_async(c)
+        .await
+        .unwrap();
+    let got: Vec<String> = redis::cmd("MGET")
+        .arg("{a}1")
+        .arg("{b}2")
+        .query_async(c)
+        .await
+        .unwrap();
+    assert_eq!(got, ["x", "y"]);
 }
 
 /// What writers saw.
