@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use slotguard::protocol::{key_slot, Request, Scanner};
-use slotguard::proxy::command::{Commands, KeyPositions};
+use slotguard::routing::command::{Commands, KeyPositions};
 
 fn pipeline(n: usize) -> Vec<u8> {
     let mut out = Vec::new();

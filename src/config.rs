@@ -79,7 +79,7 @@ pub struct Config {
     /// How long a connection attempt to a node may take.
     pub connect_timeout: Duration,
     /// The cluster's credentials, when its nodes require them.
-    pub backend_auth: Option<crate::cluster::conn::Auth>,
+    pub backend_auth: Option<crate::client::Auth>,
     /// Where reads go.
     pub read_from: ReadFrom,
     /// TLS on the listener: clients must speak TLS.
@@ -107,8 +107,8 @@ pub struct Config {
 
 impl Config {
     /// How the control plane reaches nodes.
-    pub fn dial(&self) -> crate::cluster::conn::Dial {
-        crate::cluster::conn::Dial {
+    pub fn dial(&self) -> crate::client::Dial {
+        crate::client::Dial {
             limit: self.connect_timeout,
             auth: self.backend_auth.clone(),
             tls: self.backend_tls.clone(),
@@ -526,7 +526,7 @@ impl File {
                     }
                     None
                 }
-                (user, password) => Some(crate::cluster::conn::Auth {
+                (user, password) => Some(crate::client::Auth {
                     username: Some(user).filter(|u| !u.is_empty()),
                     password,
                 }),

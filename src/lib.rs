@@ -2,11 +2,14 @@
 //! has no owner, and keeps every acknowledged write.
 //!
 //! Layout: `protocol` (bytes on the wire), `proxy` (the data plane), `cluster` (the
-//! control plane), `admin` (health endpoints), `config`, `server` (wiring), and
-//! `localcluster` (a real local cluster for `slotguard demo` and the tests).
+//! control plane), `routing` (what the two planes share; neither imports the other),
+//! `client` (a one-request-at-a-time node connection), `admin` (health endpoints),
+//! `config`, `server` (wiring), and `localcluster` (a real local cluster for
+//! `slotguard demo` and the tests).
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod demo;
@@ -15,5 +18,6 @@ pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;
+pub mod routing;
 pub mod server;
 pub mod tls;

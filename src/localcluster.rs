@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cluster::conn::{Auth, Conn, Dial};
+use crate::client::{Auth, Conn, Dial};
 use crate::cluster::nodes;
 use crate::protocol::Value;
 

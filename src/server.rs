@@ -15,6 +15,7 @@ use crate::admin;
 use crate::cluster::topology;
 use crate::config::{Config, Overrides};
 use crate::proxy::{session, Proxy};
+use crate::routing::Routing;
 
 /// A running proxy.
 pub struct Running {
@@ -75,9 +76,11 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let (proxy, hints) = Proxy::new(config);
+    let (routing, hints) = Routing::new(config);
+    let proxy = Proxy::new(routing.clone());
     let mut tasks = vec![
-        tokio::spawn(topology::run(proxy.clone(), hints)),
+        tokio::spawn(topology::run(routing, hints)),
+        tokio::spawn(proxy.clone().follow_routing()),
         tokio::spawn(proxy.clone().run_hold()),
     ];
     if let Some(listener) = admin_listener {
@@ -98,8 +101,9 @@ async fn accept(proxy: Arc<Proxy>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((mut stream, _)) => {
-                let max = proxy.config().max_clients;
-                if proxy.metrics.client_connections.get() >= max as i64 {
+                // The place is taken here, before any TLS handshake: a flood of
+                // connections that never finish one cannot go past `max_clients`.
+                let Some(admission) = proxy.admit() else {
                     proxy.metrics.clients_refused.inc();
                     tokio::spawn(async move {
                         let _ = stream
@@ -107,8 +111,8 @@ async fn accept(proxy: Arc<Proxy>, listener: TcpListener) {
                             .await;
                     });
                     continue;
-                }
-                tokio::spawn(session::run(proxy.clone(), stream));
+                };
+                tokio::spawn(session::run(proxy.clone(), stream, admission));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little rather than spin.

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{ask_raw, tag_on, Harness};
-use slotguard::cluster::conn::{Auth, Conn};
+use slotguard::client::{Auth, Conn};
 use slotguard::config::{Access, User};
 use slotguard::localcluster::{wait_for, Options};
 use slotguard::protocol::key_slot;
@@ -116,7 +116,13 @@ async fn a_password_protected_cluster_is_served_and_repaired() {
     }
     let p = h.proxy.proxy.clone();
     wait_for(Duration::from_secs(10), || {
-        let seen = p.decisions.load().iter().any(|d| d.slot == slot);
+        let seen = p
+            .routing
+            .status
+            .load()
+            .decisions
+            .iter()
+            .any(|d| d.slot == slot);
         async move { seen }
     })
     .await

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{assert_unharmed, writers, Harness, Report};
-use slotguard::cluster::conn::Conn;
+use slotguard::client::Conn;
 use slotguard::localcluster::{wait_for, LocalCluster, Options};
 use slotguard::protocol::key_slot;
 
@@ -91,7 +91,13 @@ async fn migrating_with(
     // The proxy sees the migration and remembers it.
     let p = h.proxy.proxy.clone();
     wait_for(Duration::from_secs(10), || {
-        let seen = p.decisions.load().iter().any(|d| d.slot == slot);
+        let seen = p
+            .routing
+            .status
+            .load()
+            .decisions
+            .iter()
+            .any(|d| d.slot == slot);
         async move { seen }
     })
     .await
@@ -114,10 +120,10 @@ async fn settled(h: &Harness, slot: u16, owner: &str) -> Instant {
         let owner = owner.to_string();
         async move {
             for addr in &addrs {
-                let Ok(v) = slotguard::cluster::conn::query(
+                let Ok(v) = slotguard::client::query(
                     addr,
                     &["CLUSTER", "NODES"],
-                    &slotguard::cluster::conn::Dial::new(Duration::from_secs(1)),
+                    &slotguard::client::Dial::new(Duration::from_secs(1)),
                 )
                 .await
                 else {
@@ -494,8 +500,10 @@ async fn a_proxy_restarted_in_the_middle_of_a_repair_finishes_it() {
     let slot = setup.slot;
     wait_for(Duration::from_secs(20), || {
         let ready = p
-            .decisions
+            .routing
+            .status
             .load()
+            .decisions
             .iter()
             .any(|d| d.slot == slot && !d.plan.is_empty());
         async move { ready }
@@ -503,8 +511,10 @@ async fn a_proxy_restarted_in_the_middle_of_a_repair_finishes_it() {
     .await
     .expect("the repair is planned");
     let plan = p
-        .decisions
+        .routing
+        .status
         .load()
+        .decisions
         .iter()
         .find(|d| d.slot == slot)
         .unwrap()
@@ -636,10 +646,10 @@ async fn s8_no_majority_holds_then_fails_clearly_then_recovers() {
     wait_for(Duration::from_secs(20), || {
         let survivor = survivor.clone();
         async move {
-            let info = slotguard::cluster::conn::query(
+            let info = slotguard::client::query(
                 &survivor,
                 &["CLUSTER", "INFO"],
-                &slotguard::cluster::conn::Dial::new(Duration::from_secs(1)),
+                &slotguard::client::Dial::new(Duration::from_secs(1)),
             )
             .await;
             info.ok()

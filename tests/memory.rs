@@ -157,7 +157,7 @@ async fn a_subscriber_that_never_reads_is_not_buffered_without_bound() {
     // Published straight to a node: 10,000 messages of 64 KiB, none read.
     let node = cluster.nodes[1].addr();
     let payload = "y".repeat(64 * 1024);
-    let mut publisher = slotguard::cluster::conn::Conn::connect(&node, Duration::from_secs(5))
+    let mut publisher = slotguard::client::Conn::connect(&node, Duration::from_secs(5))
         .await
         .unwrap();
     for _ in 0..10_000 {

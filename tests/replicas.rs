@@ -25,7 +25,7 @@ async fn replicated(addr: &str, key: &str, value: &str) {
     wait_for(Duration::from_secs(10), || {
         let (addr, key, value) = (addr.clone(), key.clone(), value.clone());
         async move {
-            let mut c = slotguard::cluster::conn::Conn::connect(&addr, Duration::from_secs(1))
+            let mut c = slotguard::client::Conn::connect(&addr, Duration::from_secs(1))
                 .await
                 .unwrap();
             c.call_ok(&["READONLY"]).await.unwrap();

@@ -83,10 +83,10 @@ async fn a_killed_master_fails_over_without_client_errors() {
         let survivor = survivor.clone();
         let victim = victim.clone();
         async move {
-            let Ok(reply) = slotguard::cluster::conn::query(
+            let Ok(reply) = slotguard::client::query(
                 &survivor,
                 &["CLUSTER", "NODES"],
-                &slotguard::cluster::conn::Dial::new(Duration::from_secs(1)),
+                &slotguard::client::Dial::new(Duration::from_secs(1)),
             )
             .await
             else {

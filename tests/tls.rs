@@ -196,10 +196,10 @@ async fn a_tls_cluster_is_served() {
     )
     .await;
     // The nodes refuse plain clients.
-    assert!(slotguard::cluster::conn::query(
+    assert!(slotguard::client::query(
         &h.cluster.nodes[0].addr(),
         &["PING"],
-        &slotguard::cluster::conn::Dial::new(Duration::from_secs(1))
+        &slotguard::client::Dial::new(Duration::from_secs(1))
     )
     .await
     .is_err());

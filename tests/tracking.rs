@@ -79,8 +79,26 @@ async fn tracking_clients_hear_of_changed_keys_even_across_a_failover() {
         .wait_healthy(Duration::from_secs(30))
         .await
         .unwrap();
-    // A replica fresh from its full sync may time out its first manual failover: ask again.
+    // The proxy keeps a standby tracking connection on every replica, so that a promoted
+    // one already tracks; this one must have it before it takes over.
     let old = h.cluster.nodes[0].addr();
+    slotguard::localcluster::wait_for(Duration::from_secs(10), || {
+        let old = old.clone();
+        async move {
+            let clients = common::call(&old, &["CLIENT", "LIST"]).await;
+            let text = match clients {
+                Value::Bulk(text) => String::from_utf8_lossy(&text).into_owned(),
+                _ => String::new(),
+            };
+            text.lines().any(|l| {
+                l.split(' ')
+                    .any(|f| f.strip_prefix("flags=").is_some_and(|v| v.contains('t')))
+            })
+        }
+    })
+    .await
+    .expect("the restarted replica tracks for the proxy");
+    // A replica fresh from its full sync may time out its first manual failover: ask again.
     let mut promoted = false;
     for _ in 0..3 {
         common::call(&old, &["CLUSTER", "FAILOVER"]).await;

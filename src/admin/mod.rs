@@ -20,12 +20,31 @@ use crate::proxy::Proxy;
 const MAX_HEAD: usize = 8192;
 const PAGE: &str = include_str!("page.html");
 
+/// Longest pause after a failed accept.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+    let mut backoff = Duration::ZERO;
     loop {
-        if let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(answer(proxy.clone(), stream));
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = Duration::ZERO;
+                tokio::spawn(answer(proxy.clone(), stream));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait, longer each time, rather
+                // than spin.
+                backoff = next_backoff(backoff);
+                tracing::warn!(error = %e, ?backoff, "admin accept failed");
+                tokio::time::sleep(backoff).await;
+            }
         }
     }
+}
+
+/// 10 ms, doubling up to [`ACCEPT_BACKOFF_MAX`].
+fn next_backoff(last: Duration) -> Duration {
+    (last * 2).clamp(Duration::from_millis(10), ACCEPT_BACKOFF_MAX)
 }
 
 async fn answer(proxy: Arc<Proxy>, mut stream: TcpStream) {
@@ -95,32 +114,19 @@ fn readiness(proxy: &Proxy) -> Result<(), String> {
 
 /// The `/status` document.
 pub fn status(proxy: &Proxy) -> Value {
-    let table = proxy.table.load();
-    let view = proxy.view.load();
+    let map = proxy.routing.map();
+    let status = proxy.routing.status.load();
+    let view = &status.view;
     // Owner ranges of the slot map the proxy routes by.
-    let mut ranges: Vec<Value> = Vec::new();
-    let mut current: Option<(u16, u16, String)> = None;
-    for slot in 0..SLOTS as u16 {
-        let owner = table.owner(slot).map(|n| n.addr.clone());
-        match (&mut current, owner) {
-            (Some((_, end, addr)), Some(o)) if *addr == o && *end + 1 == slot => *end = slot,
-            (cur, owner) => {
-                if let Some((a, b, addr)) = cur.take() {
-                    ranges.push(json!([a, b, addr]));
-                }
-                *cur = owner.map(|o| (slot, slot, o));
-            }
-        }
-    }
-    if let Some((a, b, addr)) = current {
-        ranges.push(json!([a, b, addr]));
-    }
+    let ranges: Vec<Value> = map
+        .ranges()
+        .into_iter()
+        .map(|(a, b, addr)| json!([a, b, addr]))
+        .collect();
     // Every slot the authority does not call stable, with its repair plan.
-    let unsettled: Vec<Value> = proxy
+    let unsettled: Vec<Value> = status
         .decisions
-        .load()
         .iter()
-        .take(1000)
         .map(|d| json!({"slot": d.slot, "state": d.state, "plan": d.plan}))
         .collect();
     let mut migrations: Vec<Value> = Vec::new();
@@ -141,11 +147,27 @@ pub fn status(proxy: &Proxy) -> Value {
         "uptime_seconds": proxy.started.elapsed().as_secs(),
         "clients": proxy.metrics.client_connections.get(),
         "ready": readiness(proxy).is_ok(),
-        "slot_map": {"generation": table.generation, "covered": table.covered(), "ranges": ranges},
+        "slot_map": {"generation": map.generation, "covered": map.covered(), "ranges": ranges},
         "nodes": view.nodes,
         "nodes_answering": view.answered,
         "unsettled": unsettled,
         "held": held,
         "migrations": migrations,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_accepts_back_off_up_to_a_second() {
+        let mut pause = Duration::ZERO;
+        let mut pauses = Vec::new();
+        for _ in 0..10 {
+            pause = next_backoff(pause);
+            pauses.push(pause.as_millis());
+        }
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+    }
 }

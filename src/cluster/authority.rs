@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::nodes::NodeLine;
+pub use crate::routing::decision::{Case, Decision, State, Step};
 
 /// A remembered migration of one slot, between two shards.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,74 +162,6 @@ impl<'a> Cluster<'a> {
     }
 }
 
-/// One step of a repair. Every step is idempotent: repeating it after a crash is safe.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Step {
-    /// `CLUSTER SETSLOT slot NODE id` on `on`.
-    Bind {
-        on: String,
-        slot: u16,
-        owner: String,
-    },
-    /// `CLUSTER SETSLOT slot IMPORTING source` on `on`.
-    Importing {
-        on: String,
-        slot: u16,
-        source: String,
-    },
-    /// `CLUSTER SETSLOT slot MIGRATING target` on `on`.
-    Migrating {
-        on: String,
-        slot: u16,
-        target: String,
-    },
-    /// `CLUSTER SETSLOT slot STABLE` on `on`.
-    Stable { on: String, slot: u16 },
-    /// Move every key of `slot` from `from` to `to` with MIGRATE, then wait until `to`'s
-    /// replicas have them. With `replace` (finishing a migration) `from`'s copy wins over
-    /// one already at `to`: the slot was held since the fault, so `from` has the copy
-    /// clients last wrote. Without (giving keys back to their owner) the owner's copy wins:
-    /// it can only have been written after the migration stopped; the old one is dropped
-    /// and logged by name.
-    MoveKeys {
-        from: String,
-        to: String,
-        slot: u16,
-        replace: bool,
-    },
-}
-
-/// What the authority decided for a slot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub enum State {
-    /// One live owner, nothing open.
-    Stable { owner: String },
-    /// A migration whose ends are both live and agree: left to whoever runs it.
-    Migrating { from: String, to: String },
-    /// Broken by a fault of the catalogue; `plan` repairs it.
-    Broken { case: &'static str, why: String },
-    /// No live owner and nothing to repair with: requests wait (S1, S8).
-    Orphaned { why: String },
-    /// More than one live master claims it.
-    Conflicted { claims: Vec<String> },
-}
-
-/// A slot's state and, when broken, the repair.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Decision {
-    pub slot: u16,
-    pub state: State,
-    /// Steps to run, in order; node ids.
-    pub plan: Vec<Step>,
-}
-
-impl Decision {
-    /// True when requests for the slot must wait (anything but stable or a live migration).
-    pub fn holds(&self) -> bool {
-        !matches!(self.state, State::Stable { .. } | State::Migrating { .. })
-    }
-}
-
 /// Inputs beyond the views.
 pub struct Memory<'a> {
     /// Remembered migrations by slot.
@@ -313,7 +246,7 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
                 let plan = finish_forward(cluster, slot, Some(a), b, &keys);
                 return decision(
                     State::Broken {
-                        case: "resume",
+                        case: Case::Resume,
                         why,
                     },
                     plan,
@@ -359,7 +292,7 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
             );
             return decision(
                 State::Broken {
-                    case: "S13/S14",
+                    case: Case::StrayImport,
                     why,
                 },
                 plan,
@@ -446,11 +379,11 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
         };
     }
     let case = match (source_gone, target_gone, owner.is_none()) {
-        (true, true, _) => "S7",
-        (true, false, _) => "S4/S5/S6",
-        (false, _, true) => "S10",
-        (false, true, false) => "S2/S3/S9",
-        (false, false, false) => "S7",
+        (true, true, _) => Case::Remembered,
+        (true, false, _) => Case::SourceLost,
+        (false, _, true) => Case::BoundToDead,
+        (false, true, false) => Case::TargetLost,
+        (false, false, false) => Case::Remembered,
     };
     let s = owner.or(Some(source_master)).filter(|s| s.id != t.id);
     let why = format!(

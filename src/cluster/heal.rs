@@ -11,11 +11,11 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::authority::{self, Cluster, Decision, Migration, State};
-use super::conn::{Conn, Dial};
 use super::journal::Journal;
 use super::nodes::NodeLine;
 use super::repair;
-use crate::proxy::{Hint, Proxy};
+use crate::client::{Conn, Dial};
+use crate::routing::{Hint, Routing};
 
 /// The healer's state between refreshes.
 pub struct Healer {
@@ -44,10 +44,10 @@ impl Healer {
     /// repair when allowed. Returns the decisions that are not stable.
     pub async fn assess(
         &mut self,
-        proxy: &Arc<Proxy>,
+        routing: &Arc<Routing>,
         views: &[(String, Vec<NodeLine>)],
     ) -> Vec<Decision> {
-        let config = proxy.config().clone();
+        let config = routing.config().clone();
         let now = Instant::now();
         let since = &mut self.unsettled_since;
         let grace = |candidates: &BTreeSet<u16>| {
@@ -74,9 +74,9 @@ impl Healer {
             })
             .map(|d| d.slot)
             .collect();
-        proxy.hold.set_watched(&interesting);
-        proxy.hold.set_blocked(&held);
-        let slots = &proxy.metrics.slots;
+        routing.set_watched(&interesting);
+        routing.set_blocked(&held);
+        let slots = &routing.metrics.slots;
         let broken = decisions
             .iter()
             .filter(|d| matches!(d.state, State::Broken { .. }))
@@ -86,32 +86,37 @@ impl Healer {
         if config.repair_auto && !self.repairing() {
             if let Some(d) = decisions.iter().find(|d| !d.plan.is_empty()) {
                 let addrs = addresses(views);
-                self.start_repair(proxy, addrs, d);
+                self.start_repair(routing, addrs, d);
             }
         }
         decisions
     }
 
-    fn start_repair(&mut self, proxy: &Arc<Proxy>, addrs: HashMap<String, String>, d: &Decision) {
+    fn start_repair(
+        &mut self,
+        routing: &Arc<Routing>,
+        addrs: HashMap<String, String>,
+        d: &Decision,
+    ) {
         let (slot, plan) = (d.slot, d.plan.clone());
         if let State::Broken { case, why } = &d.state {
-            info!(slot, case, why, steps = plan.len(), "repair starts");
+            info!(slot, %case, why, steps = plan.len(), "repair starts");
         }
         let journal = self.journal.clone();
-        let proxy = proxy.clone();
-        let config = proxy.config();
+        let routing = routing.clone();
+        let config = routing.config();
         let dial = config
             .dial()
             .with_limit(config.connect_timeout.max(Duration::from_secs(5)));
         self.repair = Some(tokio::spawn(async move {
             let result = repair::run(slot, &plan, &addrs, &journal, &dial).await;
             let outcome = if result.is_ok() { "ok" } else { "failed" };
-            proxy.metrics.repairs.with_label_values(&[outcome]).inc();
+            routing.metrics.repairs.with_label_values(&[outcome]).inc();
             match result {
                 Ok(()) => info!(slot, "repair finished"),
                 Err(e) => warn!(slot, error = %e, "repair stopped; it will be planned again"),
             }
-            proxy.hint(Hint::Refresh);
+            routing.hint(Hint::Refresh);
         }));
     }
 }

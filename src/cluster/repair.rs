@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::authority::Step;
-use super::conn::{Conn, Dial};
 use super::journal::Journal;
+use crate::client::{Conn, Dial};
 use crate::protocol::Value;
 
 /// Keys moved per MIGRATE.

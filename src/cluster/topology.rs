@@ -17,16 +17,16 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use super::conn::{query, Conn, Dial};
 use super::heal::Healer;
 use super::journal::Journal;
 use super::nodes::{self, NodeLine};
-use super::view::ClusterView;
+use super::view;
+use crate::client::{query, Conn, Dial};
 use crate::config::ReadFrom;
 use crate::protocol::{Value, SLOTS};
-use crate::proxy::command::Commands;
-use crate::proxy::slot_table::SlotTable;
-use crate::proxy::{Hint, Proxy};
+use crate::routing::command::Commands;
+use crate::routing::status::{ClusterView, Health, Role, Status};
+use crate::routing::{Hint, Routing};
 
 /// Shortest pause between two refreshes prompted by hints.
 const MIN_GAP: Duration = Duration::from_millis(20);
@@ -36,10 +36,10 @@ const UNSETTLED_INTERVAL: Duration = Duration::from_millis(100);
 /// Owner address per slot, as last published.
 type Assignment = Vec<Option<String>>;
 
-/// Runs until the proxy is dropped.
-pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
-    let mut known: Vec<String> = proxy.config().seeds.clone();
-    let state_dir = proxy.config().state_dir.clone();
+/// Runs until the data plane is gone (its hint channel closes).
+pub async fn run(routing: Arc<Routing>, mut hints: mpsc::UnboundedReceiver<Hint>) {
+    let mut known: Vec<String> = routing.config().seeds.clone();
+    let state_dir = routing.config().state_dir.clone();
     if state_dir.is_none() {
         warn!("state_dir is not set: the migration journal lives in memory only and a restart forgets it");
     }
@@ -53,25 +53,36 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
     let mut replicas = Replicas::new();
     let mut have_commands = false;
     loop {
-        for seed in &proxy.config().seeds {
+        for seed in &routing.config().seeds {
             if !known.contains(seed) {
                 known.push(seed.clone());
             }
         }
         let asked = known.len();
-        let views = collect_views(&proxy.config().dial(), &known).await;
+        let views = collect_views(&routing.config().dial(), &known).await;
         match &views {
-            Some(_) => proxy.metrics.refreshes_ok.inc(),
-            None => proxy.metrics.refreshes_failed.inc(),
+            Some(_) => routing.metrics.refreshes_ok.inc(),
+            None => routing.metrics.refreshes_failed.inc(),
         }
         if let Some(views) = views {
-            let view = ClusterView::merge(&views);
-            record_slot_states(&proxy, &view);
-            proxy.view.store(Arc::new(view));
+            let view = view::merge(&views);
+            record_slot_states(&routing, &view);
+            let readable = readable_replicas(&routing, &view);
+            // The data plane asks the view whether a silent node has failed: it goes out
+            // before the authority looks (which may take a round of key counts).
+            let before = routing.status.load().decisions.clone();
+            routing.status.store(Arc::new(Status {
+                view: view.clone(),
+                decisions: before,
+            }));
             // Broken slots are held before the new map can route them anywhere.
-            let decisions = healer.assess(&proxy, &views).await;
+            let decisions = healer.assess(&routing, &views).await;
             unsettled = !decisions.is_empty() || healer.repairing();
-            proxy.decisions.store(Arc::new(decisions));
+            let shown = decisions.iter().take(Status::MAX_DECISIONS).cloned();
+            routing.status.store(Arc::new(Status {
+                view,
+                decisions: shown.collect(),
+            }));
             let assignment = decide(&views);
             for (_, lines) in &views {
                 for line in lines.iter().filter(|l| !l.addr.is_empty()) {
@@ -83,14 +94,13 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
             // The server's command table first: until it is loaded, only the built-in one
             // knows where keys are and which commands block or must not be forwarded.
             if !have_commands {
-                have_commands = load_commands(&proxy, &views[0].0).await;
+                have_commands = load_commands(&routing, &views[0].0).await;
             }
-            let readable = readable_replicas(&proxy);
             if assignment != published || readable != replicas {
                 let covered = assignment.iter().filter(|o| o.is_some()).count();
                 info!(covered, nodes = known.len(), "slot map updated");
                 replicas = readable;
-                publish(&proxy, &assignment, &replicas);
+                routing.publish(&assignment, &replicas);
                 published = assignment;
             }
         }
@@ -101,7 +111,7 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
         let interval = if unsettled {
             UNSETTLED_INTERVAL
         } else {
-            proxy.config().refresh_interval
+            routing.config().refresh_interval
         };
         let wait = tokio::time::sleep(interval);
         tokio::select! {
@@ -118,7 +128,7 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
                         published[*slot as usize] = Some(addr.clone());
                     }
                     debug!(slots = moved.len(), "applying MOVED");
-                    publish(&proxy, &published, &replicas);
+                    routing.publish(&published, &replicas);
                 }
                 tokio::time::sleep(MIN_GAP.saturating_sub(last.elapsed())).await;
             }
@@ -128,10 +138,10 @@ pub async fn run(proxy: Arc<Proxy>, mut hints: mpsc::UnboundedReceiver<Hint>) {
 }
 
 /// Sets the slot-state gauges from a fresh view.
-fn record_slot_states(proxy: &Proxy, view: &ClusterView) {
+fn record_slot_states(routing: &Routing, view: &ClusterView) {
     let mut owned = vec![false; SLOTS];
     let (mut migrating, mut importing) = (0i64, 0i64);
-    for node in view.nodes.iter().filter(|n| n.role == "master") {
+    for node in view.nodes.iter().filter(|n| n.role == Role::Master) {
         for &(a, b) in &node.slots {
             owned[a as usize..=b as usize].fill(true);
         }
@@ -139,7 +149,7 @@ fn record_slot_states(proxy: &Proxy, view: &ClusterView) {
         importing += node.importing.len() as i64;
     }
     let served = owned.iter().filter(|&&o| o).count() as i64;
-    let slots = &proxy.metrics.slots;
+    let slots = &routing.metrics.slots;
     slots.with_label_values(&["served"]).set(served);
     slots
         .with_label_values(&["unassigned"])
@@ -152,15 +162,14 @@ fn record_slot_states(proxy: &Proxy, view: &ClusterView) {
 type Replicas = Vec<(String, String)>;
 
 /// The replicas that are up, when `backend.read_from` sends reads to them.
-fn readable_replicas(proxy: &Proxy) -> Replicas {
-    if proxy.config().read_from == ReadFrom::Master {
+fn readable_replicas(routing: &Routing, view: &ClusterView) -> Replicas {
+    if routing.config().read_from == ReadFrom::Master {
         return Replicas::new();
     }
-    let view = proxy.view.load();
     let mut replicas: Replicas = view
         .nodes
         .iter()
-        .filter(|n| n.role == "replica" && n.health == "ok")
+        .filter(|n| n.role == Role::Replica && n.health == Health::Ok)
         .filter_map(|n| {
             let master = view
                 .nodes
@@ -171,22 +180,6 @@ fn readable_replicas(proxy: &Proxy) -> Replicas {
         .collect();
     replicas.sort();
     replicas
-}
-
-fn publish(proxy: &Proxy, assignment: &Assignment, replicas: &Replicas) {
-    let nodes: Vec<(u16, Arc<crate::proxy::Node>)> = assignment
-        .iter()
-        .enumerate()
-        .filter_map(|(slot, addr)| Some((slot as u16, proxy.node(addr.as_ref()?))))
-        .collect();
-    let replicas_of = |master: &crate::proxy::Node| {
-        replicas
-            .iter()
-            .filter(|(m, _)| *m == master.addr)
-            .map(|(_, r)| proxy.node(r))
-            .collect()
-    };
-    proxy.publish(|generation| SlotTable::build(nodes, generation).with_replicas(replicas_of));
 }
 
 /// Asks every known node for its view, in parallel. `None` when no node answered.
@@ -252,21 +245,21 @@ pub fn decide(views: &[(String, Vec<NodeLine>)]) -> Assignment {
 }
 
 /// Loads the command table and server version from one node; false if it failed.
-async fn load_commands(proxy: &Proxy, addr: &str) -> bool {
-    let Ok(mut conn) = Conn::dial(addr, &proxy.config().dial()).await else {
+async fn load_commands(routing: &Routing, addr: &str) -> bool {
+    let Ok(mut conn) = Conn::dial(addr, &routing.config().dial()).await else {
         return false;
     };
     if let Ok(Value::Bulk(info)) = conn.call(&["INFO", "server"]).await {
         let info = String::from_utf8_lossy(&info);
         if let Some(v) = info.lines().find_map(|l| l.strip_prefix("redis_version:")) {
-            proxy.server_version.store(Arc::new(v.trim().to_string()));
+            routing.server_version.store(Arc::new(v.trim().to_string()));
         }
     }
     match conn.call(&["COMMAND"]).await {
         Ok(reply) => match Commands::from_command_reply(&reply) {
             Some(commands) => {
                 info!(%addr, commands = commands.len(), "command table loaded");
-                proxy.commands.store(Arc::new(commands));
+                routing.commands.store(Arc::new(commands));
                 true
             }
             None => {

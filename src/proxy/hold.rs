@@ -14,64 +14,11 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
-use super::backend::Job;
+use super::job::Job;
+use super::redirect::Reason;
 use crate::metrics::Metrics;
 use crate::protocol::reply;
-
-/// Why a request waits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reason {
-    /// Behind earlier requests for the same slot.
-    Queued,
-    /// No node owns the slot in the current map.
-    NoOwner,
-    /// The owner could not be reached.
-    Unreachable(String),
-    /// The owner answered CLUSTERDOWN.
-    ClusterDown(String),
-    /// A multi-key request met a slot in migration.
-    TryAgain,
-    /// The owner is loading, or was a master no more.
-    NotReady(String),
-    /// Redirects did not settle within the hop limit.
-    Redirects,
-    /// The authority holds the slot while it repairs it.
-    Repair,
-}
-
-impl Reason {
-    /// The error a client gets when its request waited too long.
-    fn error(&self, slot: Option<u16>, waited: Duration) -> String {
-        let slot = match slot {
-            Some(s) => format!("slot {s}"),
-            None => "keyless request".to_string(),
-        };
-        let secs = waited.as_secs_f64();
-        match self {
-            Reason::TryAgain => {
-                format!("TRYAGAIN {slot} stayed in migration (held {secs:.1}s)")
-            }
-            Reason::ClusterDown(text) => {
-                format!("CLUSTERDOWN {slot} is not served (held {secs:.1}s): {text}")
-            }
-            Reason::NoOwner | Reason::Queued => {
-                format!("CLUSTERDOWN {slot} has no owner (held {secs:.1}s)")
-            }
-            Reason::Unreachable(why) => {
-                format!("CLUSTERDOWN {slot} has no reachable owner (held {secs:.1}s): {why}")
-            }
-            Reason::NotReady(why) => {
-                format!("CLUSTERDOWN {slot} owner is not ready (held {secs:.1}s): {why}")
-            }
-            Reason::Redirects => {
-                format!("CLUSTERDOWN {slot} redirects did not settle (held {secs:.1}s)")
-            }
-            Reason::Repair => {
-                format!("TRYAGAIN {slot} has no owner: repair in progress (held {secs:.1}s)")
-            }
-        }
-    }
-}
+use crate::routing::Routing;
 
 /// First and longest pause between two attempts for one slot.
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -107,14 +54,10 @@ pub struct Hold {
     state: Mutex<State>,
     /// Per slot: has waiting requests. Read on every request, without the lock.
     held: Box<[AtomicBool]>,
-    /// Per slot: the authority holds it (broken, being repaired): nothing is sent for it,
-    /// whatever the slot map says, until it is unblocked.
-    blocked: Box<[AtomicBool]>,
-    /// Per slot: a migration is open or remembered. Redirects for it are not followed
-    /// blindly: the authority decides where it is served.
-    watched: Box<[AtomicBool]>,
+    /// Where the authority's per-slot flags are: a *blocked* slot is held for a repair.
+    routing: Arc<Routing>,
     wake: Notify,
-    /// Bumped whenever the slot map or the blocked set changes.
+    /// Bumped whenever the slot map or the blocked set changes (`map_changed`).
     generation: AtomicU64,
     /// `hold.timeout` in milliseconds (reloadable).
     timeout_ms: AtomicU64,
@@ -124,18 +67,18 @@ pub struct Hold {
 }
 
 impl Hold {
-    pub fn new(timeout: Duration, max_bytes: usize, metrics: Arc<Metrics>) -> Hold {
+    pub fn new(
+        timeout: Duration,
+        max_bytes: usize,
+        routing: Arc<Routing>,
+        metrics: Arc<Metrics>,
+    ) -> Hold {
         Hold {
             state: Mutex::new(State::default()),
             held: (0..crate::protocol::SLOTS)
                 .map(|_| AtomicBool::new(false))
                 .collect(),
-            blocked: (0..crate::protocol::SLOTS)
-                .map(|_| AtomicBool::new(false))
-                .collect(),
-            watched: (0..crate::protocol::SLOTS)
-                .map(|_| AtomicBool::new(false))
-                .collect(),
+            routing,
             wake: Notify::new(),
             generation: AtomicU64::new(0),
             timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
@@ -177,36 +120,7 @@ impl Hold {
     /// True when requests for `slot` must queue behind waiting ones, or wait for a repair.
     #[inline]
     pub fn is_held(&self, slot: u16) -> bool {
-        self.held[slot as usize].load(Ordering::Acquire)
-            || self.blocked[slot as usize].load(Ordering::Acquire)
-    }
-
-    /// Makes exactly `slots` blocked; requests for a slot unblocked here are sent again.
-    pub fn set_blocked(&self, slots: &std::collections::BTreeSet<u16>) {
-        let mut changed = false;
-        for (slot, flag) in self.blocked.iter().enumerate() {
-            let want = slots.contains(&(slot as u16));
-            if flag.swap(want, Ordering::AcqRel) != want {
-                changed = true;
-            }
-        }
-        if changed {
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            self.wake.notify_one();
-        }
-    }
-
-    /// Makes exactly `slots` watched.
-    pub fn set_watched(&self, slots: &std::collections::BTreeSet<u16>) {
-        for (slot, flag) in self.watched.iter().enumerate() {
-            flag.store(slots.contains(&(slot as u16)), Ordering::Release);
-        }
-    }
-
-    /// True when a migration of `slot` is open or remembered.
-    #[inline]
-    pub fn is_watched(&self, slot: u16) -> bool {
-        self.watched[slot as usize].load(Ordering::Acquire)
+        self.held[slot as usize].load(Ordering::Acquire) || self.routing.is_blocked(slot)
     }
 
     /// Parks a job.
@@ -255,16 +169,11 @@ impl Hold {
         queue.jobs.push_back(Held { job, reason });
     }
 
-    /// Tells the queue a new slot map is out: every slot is worth trying again.
+    /// Tells the queue a new slot map or blocked set is out: every slot is worth trying
+    /// again.
     pub fn map_changed(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.wake.notify_one();
-    }
-
-    /// True when the authority holds `slot` for a repair.
-    #[inline]
-    pub fn is_blocked(&self, slot: u16) -> bool {
-        self.blocked[slot as usize].load(Ordering::Acquire)
     }
 
     /// Number of requests waiting now.
@@ -314,7 +223,7 @@ impl Hold {
         let mut released: Vec<Held> = Vec::new();
         let mut cleared: Vec<u16> = Vec::new();
         for (&slot, q) in state.slots.iter_mut().filter(|(_, q)| due(q)) {
-            if self.blocked[slot as usize].load(Ordering::Acquire) {
+            if self.routing.is_blocked(slot) {
                 // Still held for a repair: only requests past the deadline leave.
                 let (late, waiting): (Vec<Held>, Vec<Held>) = q.jobs.drain(..).partition(|h| {
                     h.job
@@ -376,4 +285,139 @@ fn backoff(attempts: u32) -> Duration {
     BACKOFF_MIN
         .saturating_mul(1 << attempts.min(8))
         .min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use bytes::Bytes;
+    use std::collections::BTreeSet;
+    use tokio::sync::oneshot;
+
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    fn hold(max_bytes: usize) -> (Hold, Arc<Routing>) {
+        let (routing, _hints) = Routing::new(Config::default());
+        let hold = Hold::new(TIMEOUT, max_bytes, routing.clone(), routing.metrics.clone());
+        (hold, routing)
+    }
+
+    /// A job for `slot` that started waiting at `since`.
+    fn job(slot: u16, body: &'static [u8], since: Instant) -> (Job, oneshot::Receiver<Bytes>) {
+        let (mut job, rx) = Job::new(Bytes::from_static(body), Some(slot), 1, false);
+        job.held_since = Some(since);
+        (job, rx)
+    }
+
+    /// Releases at `now`, sending everything; what was sent, in order.
+    fn release_all(hold: &Hold, now: Instant) -> Vec<Bytes> {
+        let mut sent = Vec::new();
+        hold.release(now, |job| {
+            sent.push(job.raw.clone());
+            Ok(())
+        });
+        sent
+    }
+
+    #[test]
+    fn backoff_doubles_from_5_ms_to_200_ms() {
+        let steps: Vec<u128> = (0..8).map(|a| backoff(a).as_millis()).collect();
+        assert_eq!(steps, [5, 10, 20, 40, 80, 160, 200, 200]);
+    }
+
+    #[test]
+    fn a_parked_slot_waits_for_its_backoff_and_keeps_its_order() {
+        let (hold, _routing) = hold(1 << 20);
+        let t0 = Instant::now();
+        let (a, _ra) = job(7, b"first", t0);
+        let (b, _rb) = job(7, b"second", t0);
+        hold.push(a, Reason::NoOwner);
+        hold.push(b, Reason::Queued);
+        assert!(hold.is_held(7), "later requests queue behind");
+        assert!(!hold.is_held(8));
+        assert!(release_all(&hold, t0).is_empty(), "backing off");
+        let sent = release_all(&hold, t0 + Duration::from_millis(50));
+        assert_eq!(sent, ["first", "second"]);
+        assert!(!hold.is_held(7));
+        assert!(hold.is_empty());
+    }
+
+    #[test]
+    fn a_new_map_makes_a_waiting_slot_due_at_once() {
+        let (hold, _routing) = hold(1 << 20);
+        let t0 = Instant::now();
+        let (a, _ra) = job(7, b"a", t0);
+        hold.push(a, Reason::NoOwner);
+        assert!(release_all(&hold, t0).is_empty());
+        hold.map_changed();
+        assert_eq!(release_all(&hold, t0), ["a"]);
+    }
+
+    #[test]
+    fn a_job_that_cannot_be_sent_waits_again_with_a_longer_backoff() {
+        let (hold, _routing) = hold(1 << 20);
+        let t0 = Instant::now();
+        let (a, _ra) = job(7, b"a", t0);
+        hold.push(a, Reason::NoOwner);
+        let at = t0 + Duration::from_millis(50);
+        hold.release(at, |job| Err((job, Reason::NoOwner)));
+        assert!(hold.is_held(7));
+        // Failed twice: 10 ms this time, counted from the failed attempt.
+        assert!(release_all(&hold, at + Duration::from_millis(5)).is_empty());
+        assert_eq!(release_all(&hold, at + Duration::from_millis(11)), ["a"]);
+    }
+
+    #[test]
+    fn past_the_timeout_the_client_gets_an_error_naming_slot_and_reason() {
+        let (hold, routing) = hold(1 << 20);
+        let t0 = Instant::now();
+        let (a, mut ra) = job(7, b"a", t0);
+        hold.push(a, Reason::Unreachable("10.0.0.1:7000: refused".into()));
+        assert!(release_all(&hold, t0 + TIMEOUT).is_empty(), "not sent");
+        let error = ra.try_recv().expect("answered");
+        assert_eq!(
+            &error[..],
+            b"-CLUSTERDOWN slot 7 has no reachable owner (held 2.0s): 10.0.0.1:7000: refused\r\n"
+        );
+        assert_eq!(routing.metrics.hold_timeouts.get(), 1);
+    }
+
+    #[test]
+    fn a_blocked_slot_keeps_its_requests_until_unblocked_or_late() {
+        let (hold, routing) = hold(1 << 20);
+        routing.set_blocked(&BTreeSet::from([7]));
+        let t0 = Instant::now();
+        let (early, mut r_early) = job(7, b"early", t0);
+        let (late, mut r_late) = job(7, b"late", t0 - TIMEOUT);
+        hold.push(late, Reason::Repair);
+        hold.push(early, Reason::Repair);
+        hold.map_changed();
+        assert!(release_all(&hold, t0).is_empty(), "held for the repair");
+        assert!(r_late
+            .try_recv()
+            .unwrap()
+            .starts_with(b"-TRYAGAIN slot 7 has no owner: repair in progress"));
+        assert!(r_early.try_recv().is_err(), "still waiting");
+        routing.set_blocked(&BTreeSet::new());
+        hold.map_changed();
+        assert_eq!(release_all(&hold, t0), ["early"]);
+    }
+
+    #[test]
+    fn past_max_bytes_a_request_fails_at_once() {
+        let (hold, _routing) = hold(8);
+        let t0 = Instant::now();
+        let (a, mut ra) = job(1, b"12345", t0);
+        let (b, mut rb) = job(2, b"67890", t0);
+        hold.push(a, Reason::NoOwner);
+        hold.push(b, Reason::NoOwner);
+        assert!(ra.try_recv().is_err(), "the first fits");
+        let error = rb.try_recv().expect("the second is refused");
+        assert!(
+            String::from_utf8_lossy(&error).contains("hold queue full: 8 bytes"),
+            "{error:?}"
+        );
+        assert_eq!(hold.len(), 1);
+    }
 }

@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::backend::{Job, Node};
+use super::job::Job;
+use super::node::Node;
 use crate::protocol::reply;
 
 /// A client's own backend connection.

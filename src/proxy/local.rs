@@ -2,9 +2,9 @@
 //! CLIENT) and the one-node cluster it shows cluster-aware clients (CLUSTER SLOTS, SHARDS,
 //! NODES, INFO, MYID, KEYSLOT): every slot served at the address the client connected to.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
-use super::router::Client;
+use super::client::Client;
 use super::Proxy;
 use crate::config::Access;
 use crate::protocol::reply::{self, array_header, bulk, Value};
@@ -121,11 +121,7 @@ pub fn forbidden(proxy: &Proxy, client: &Client, name: &[u8], req: &Request) -> 
                 || (name == b"SCRIPT"
                     && req.len() > 1
                     && !req.arg(1).eq_ignore_ascii_case(b"EXISTS"))
-                || proxy
-                    .commands
-                    .load()
-                    .lookup(req)
-                    .is_some_and(|c| c.flags.write);
+                || proxy.commands().lookup(req).is_some_and(|c| c.flags.write);
             !writes
         }
     };
@@ -183,7 +179,7 @@ pub fn hello(proxy: &Proxy, client: &mut Client, req: &Request) -> Bytes {
         ("server", Value::Bulk(Bytes::from_static(b"redis"))),
         (
             "version",
-            Value::Bulk(Bytes::from(proxy.server_version.load().to_string())),
+            Value::Bulk(Bytes::from(proxy.routing.server_version.load().to_string())),
         ),
         ("proto", Value::Int(if resp3 { 3 } else { 2 })),
         ("id", Value::Int(client.id as i64)),
@@ -330,7 +326,7 @@ pub fn info_head(proxy: &Proxy) -> String {
          uptime_in_seconds:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n\
          # Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
          slotguard_redirects_absorbed:{}\r\nslotguard_requests_held:{}\r\n\r\n",
-        proxy.server_version.load(),
+        proxy.routing.server_version.load(),
         env!("CARGO_PKG_VERSION"),
         proxy.started.elapsed().as_secs(),
         m.client_connections.get(),
@@ -338,5 +334,59 @@ pub fn info_head(proxy: &Proxy) -> String {
         m.requests_total(),
         m.redirects_total(),
         proxy.hold.len(),
+    )
+}
+
+/// (P|S)UNSUBSCRIBE from a client that subscribed to nothing: what Redis answers.
+pub fn not_subscribed(resp3: bool, req: &Request) -> Bytes {
+    let what = req.arg(0).to_ascii_lowercase();
+    let what = std::str::from_utf8(&what).unwrap_or("unsubscribe");
+    if req.len() < 2 {
+        return confirmation(resp3, what, None, 0);
+    }
+    let mut out = BytesMut::new();
+    for i in 1..req.len() {
+        out.extend_from_slice(&confirmation(resp3, what, Some(req.arg(i)), 0));
+    }
+    out.freeze()
+}
+
+/// An element of a push or array the proxy writes itself.
+pub enum Item<'a> {
+    Text(&'a [u8]),
+    Bulk(Option<&'a [u8]>),
+    Int(usize),
+}
+
+/// A pub/sub frame: a push for RESP3 clients, an array for RESP2 ones.
+pub fn push(resp3: bool, items: &[Item]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(if resp3 { b'>' } else { b'*' });
+    out.put_slice(items.len().to_string().as_bytes());
+    out.put_slice(b"\r\n");
+    for item in items {
+        match item {
+            Item::Text(text) | Item::Bulk(Some(text)) => reply::bulk(&mut out, text),
+            Item::Bulk(None) if resp3 => out.put_slice(b"_\r\n"),
+            Item::Bulk(None) => out.put_slice(b"$-1\r\n"),
+            Item::Int(n) => {
+                out.put_u8(b':');
+                out.put_slice(n.to_string().as_bytes());
+                out.put_slice(b"\r\n");
+            }
+        }
+    }
+    out.freeze()
+}
+
+/// `subscribe ch 3` and the like.
+pub fn confirmation(resp3: bool, what: &str, name: Option<&[u8]>, count: usize) -> Bytes {
+    push(
+        resp3,
+        &[
+            Item::Text(what.as_bytes()),
+            Item::Bulk(name),
+            Item::Int(count),
+        ],
     )
 }

@@ -1,116 +1,144 @@
-//! The data plane: client sessions, routing, backend connections, the hold queue.
+//! The data plane: client sessions, routing, node connections, the hold queue.
 //!
-//! [`Proxy`] is what every task shares: the slot map, the command table, the node
-//! registry and the hold queue. A request becomes a [`Job`]; [`Proxy::dispatch`] sends it
-//! to the node serving its slot, or parks it in the hold queue when the slot already has
-//! waiting requests or no owner. Redirects come back through [`Proxy::redirect`].
+//! [`Proxy`] is what every task of this plane shares: its slot table (connection handles
+//! made from the map `routing` publishes), the node registry, the hold queue and the
+//! script cache. A request becomes a [`Job`]; [`Proxy::dispatch`] sends it to the node
+//! serving its slot, or parks it in the hold queue when the slot already has waiting
+//! requests, is blocked by the authority, or has no owner. Redirects come back through
+//! [`Proxy::redirect`].
+//!
+//! The files, by what they hold: `session` (one client connection), `client` (its state),
+//! `owed` (the replies it is owed), `router` (what to do with a request), `local` (what
+//! the proxy answers itself), `merge` (joining split replies), `job`, `redirect`, `node`
+//! and `connection` (the way to a node and back), `lease` (a client's own connection),
+//! `hold`, `slot_table`, `pubsub`, `tracking`, `wait`.
 //!
 //! A job that cannot be sent is handed back by value (`Result<(), Job>`); boxing it to
 //! please `clippy::result_large_err` would cost an allocation per request.
 #![allow(clippy::result_large_err)]
 
-pub mod backend;
-pub mod command;
+mod client;
+pub mod connection;
 pub mod hold;
+pub mod job;
 pub mod lease;
 mod local;
 mod merge;
+pub mod node;
+mod owed;
 mod pubsub;
+pub mod redirect;
 mod router;
 pub mod session;
 pub mod slot_table;
 mod tracking;
 mod wait;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-pub use backend::{Job, Node, Redirect};
-use command::Commands;
-use hold::{Hold, Reason};
+use connection::Dispatch;
+use hold::Hold;
+pub use job::Job;
+pub use node::Node;
+pub use redirect::{Reason, Redirect};
 use slot_table::SlotTable;
 
-use crate::cluster::view::ClusterView;
 use crate::config::{Config, ReadFrom};
 use crate::metrics::{Metrics, RedirectKind};
+use crate::routing::command::Commands;
+use crate::routing::{Hint, Routing};
 
 /// Redirects one request may follow before it waits for the slot map to settle.
 const MAX_HOPS: u8 = 5;
 /// Most script bodies remembered for NOSCRIPT healing.
 const MAX_SCRIPTS: usize = 10_000;
+/// A node the slot map has not named for this long is forgotten, and its connections
+/// close (a node removed from the cluster, a master that became a replica nobody reads).
+const FORGET_NODE: Duration = Duration::from_secs(60);
 
-/// What the data plane tells the control plane.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Hint {
-    /// A node answered MOVED: `slot` is served by `addr` now.
-    Moved { slot: u16, addr: String },
-    /// Something failed; the slot map may be stale.
-    Refresh,
+/// A node connection pool, and when the slot map last named it.
+struct Known {
+    node: Arc<Node>,
+    named: Instant,
 }
 
-/// State shared by every task of the proxy.
+/// State shared by every task of the data plane.
 pub struct Proxy {
-    config: ArcSwap<Config>,
+    /// What the control plane publishes: read, never written, here.
+    pub routing: Arc<Routing>,
+    /// The slot map with this plane's connection handles, made from `routing`'s.
     pub table: ArcSwap<SlotTable>,
-    pub commands: ArcSwap<Commands>,
     pub hold: Hold,
     pub metrics: Arc<Metrics>,
-    /// The cluster as last seen, for `/status`.
-    pub view: ArcSwap<ClusterView>,
-    /// The authority's decisions for unsettled slots, for `/status`.
-    pub decisions: ArcSwap<Vec<crate::cluster::authority::Decision>>,
     /// The proxy's node id in the one-node cluster it shows clients.
     pub id: String,
-    /// Version of the servers behind, for `INFO` and `HELLO`.
-    pub server_version: ArcSwap<String>,
     pub started: Instant,
-    nodes: Mutex<FxHashMap<String, Arc<Node>>>,
+    nodes: Mutex<FxHashMap<String, Known>>,
     /// Script bodies by SHA1 (lower-case hex), to heal NOSCRIPT; bounded.
     scripts: Mutex<FxHashMap<String, bytes::Bytes>>,
-    hints: mpsc::UnboundedSender<Hint>,
+    /// Connections WAIT reads replication offsets on.
+    wait_pool: wait::Pool,
     /// Becomes true when the proxy shuts down.
     shutdown: watch::Sender<bool>,
     next_session: AtomicU32,
-    generation: AtomicU64,
+    /// Client connections accepted and not yet closed (`client.max_clients`).
+    admitted: Arc<AtomicUsize>,
     me: std::sync::Weak<Proxy>,
 }
 
+/// A client connection's place under `client.max_clients`, given back when dropped.
+pub struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Proxy {
-    /// Creates the shared state; the receiver carries hints to the topology task.
-    pub fn new(config: Config) -> (Arc<Proxy>, mpsc::UnboundedReceiver<Hint>) {
-        let (hints, rx) = mpsc::unbounded_channel();
+    /// The data plane over the shared routing state.
+    pub fn new(routing: Arc<Routing>) -> Arc<Proxy> {
+        let config = routing.config();
         let id = node_id(&config.listen.to_string());
-        let metrics = Arc::new(Metrics::new());
-        let proxy = Arc::new_cyclic(|me| Proxy {
+        let metrics = routing.metrics.clone();
+        let hold = Hold::new(
+            config.hold_timeout,
+            config.hold_max_bytes,
+            routing.clone(),
+            metrics.clone(),
+        );
+        drop(config);
+        Arc::new_cyclic(|me| Proxy {
             table: ArcSwap::from_pointee(SlotTable::empty()),
-            commands: ArcSwap::from_pointee(Commands::builtin()),
-            hold: Hold::new(config.hold_timeout, config.hold_max_bytes, metrics.clone()),
+            hold,
             metrics,
-            view: ArcSwap::from_pointee(ClusterView::default()),
-            decisions: ArcSwap::from_pointee(Vec::new()),
             id,
-            server_version: ArcSwap::from_pointee("7.0.0".to_string()),
             started: Instant::now(),
             nodes: Mutex::new(FxHashMap::default()),
             scripts: Mutex::new(FxHashMap::default()),
-            hints,
+            wait_pool: wait::Pool::default(),
             shutdown: watch::Sender::new(false),
             next_session: AtomicU32::new(1),
-            generation: AtomicU64::new(1),
+            admitted: Arc::new(AtomicUsize::new(0)),
             me: me.clone(),
-            config: ArcSwap::from_pointee(config),
-        });
-        (proxy, rx)
+            routing,
+        })
     }
 
     /// The configuration in force.
     pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
-        self.config.load()
+        self.routing.config()
+    }
+
+    /// The server's command table.
+    pub fn commands(&self) -> arc_swap::Guard<Arc<Commands>> {
+        self.routing.commands.load()
     }
 
     /// Takes a reloaded configuration. Settings read at run time (seeds, timeouts, hold,
@@ -118,7 +146,7 @@ impl Proxy {
     /// once; the rest wait for a restart and are
     /// named in the returned list.
     pub fn reload(&self, new: Config) -> Vec<&'static str> {
-        let old = self.config.load();
+        let old = self.config();
         let mut restart = Vec::new();
         if new.listen != old.listen {
             restart.push("listen");
@@ -143,7 +171,7 @@ impl Proxy {
         }
         self.hold.set_limits(new.hold_timeout, new.hold_max_bytes);
         crate::logging::set_level(&new.log_level);
-        self.config.store(Arc::new(new));
+        self.routing.set_config(new);
         restart
     }
 
@@ -152,24 +180,79 @@ impl Proxy {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         nodes
             .entry(addr.to_string())
-            .or_insert_with(|| {
-                let config = self.config();
-                Arc::new(Node::spawn(
+            .or_insert_with(|| Known {
+                node: Arc::new(Node::spawn(
                     addr.to_string(),
-                    &config,
+                    &self.config(),
                     self.me.clone(),
                     &self.metrics,
-                ))
+                )),
+                named: Instant::now(),
             })
+            .node
             .clone()
     }
 
-    /// Publishes a new slot map and lets held requests try again.
-    pub fn publish(&self, build: impl FnOnce(u64) -> SlotTable) {
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let table = build(generation);
-        self.table.store(Arc::new(table));
-        self.hold.map_changed();
+    /// Follows what the control plane publishes: a new slot map becomes this plane's
+    /// table, and the hold queue tries again whenever the map or the blocked set changed.
+    /// Nodes the map stops naming are forgotten after [`FORGET_NODE`].
+    pub async fn follow_routing(self: Arc<Self>) {
+        let mut changes = self.routing.changes();
+        let mut sweep = tokio::time::interval(FORGET_NODE / 4);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let map = self.routing.map();
+                    if map.generation != self.table.load().generation {
+                        let table = SlotTable::from_map(&map, |addr| self.node(addr));
+                        self.table.store(Arc::new(table));
+                        self.named(map.addresses(), Instant::now());
+                    }
+                    self.hold.map_changed();
+                }
+                _ = sweep.tick() => self.forget_nodes(Instant::now()),
+            }
+        }
+    }
+
+    /// Notes that the map names these nodes now.
+    fn named<'a>(&self, addrs: impl Iterator<Item = &'a str>, now: Instant) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        for addr in addrs {
+            if let Some(known) = nodes.get_mut(addr) {
+                known.named = now;
+            }
+        }
+    }
+
+    /// Drops the nodes the map has not named for [`FORGET_NODE`]. Their connection tasks
+    /// end once the last table naming them is gone and what they have in flight is
+    /// answered.
+    fn forget_nodes(&self, now: Instant) {
+        let map = self.routing.map();
+        self.named(map.addresses(), now);
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.retain(|addr, known| {
+            let keep = now.duration_since(known.named) < FORGET_NODE;
+            if !keep {
+                tracing::info!(%addr, "node no longer in the slot map; closing its connections");
+            }
+            keep
+        });
+    }
+
+    /// Connections WAIT keeps to read replication offsets.
+    pub fn wait_connections(&self) -> usize {
+        self.wait_pool.idle()
+    }
+
+    /// Nodes with connection pools now.
+    pub fn nodes_known(&self) -> usize {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Tells every session to stop reading and finish what it owes.
@@ -182,6 +265,17 @@ impl Proxy {
         self.shutdown.subscribe()
     }
 
+    /// A place for a new client connection; `None` at `client.max_clients`.
+    pub fn admit(&self) -> Option<Admission> {
+        let max = self.config().max_clients;
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admission(self.admitted.clone()))
+    }
+
     /// A fresh id for a client session; it also pins the session's backend connections.
     pub fn session_id(&self) -> u32 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
@@ -192,7 +286,7 @@ impl Proxy {
     pub fn dispatch(&self, job: Job) {
         match job.slot {
             Some(slot) if self.hold.is_held(slot) => {
-                let reason = if self.hold.is_blocked(slot) {
+                let reason = if self.routing.is_blocked(slot) {
                     Reason::Repair
                 } else {
                     Reason::Queued
@@ -256,7 +350,7 @@ impl Proxy {
                 // The slot waits for earlier requests or a repair: so does this one.
                 self.hold.push(job, Reason::Queued);
             }
-            Redirect::Moved { slot, addr } if self.hold.is_watched(slot) => {
+            Redirect::Moved { slot, addr } if self.routing.is_watched(slot) => {
                 // A slot in migration moved: that is the cluster's epoch speaking, and the
                 // authority must look before anything is sent there (the new owner may
                 // lack keys). Wait for the next refresh instead.
@@ -283,7 +377,7 @@ impl Proxy {
             }
             Redirect::Ask { addr, .. } => {
                 let extra = job.extra();
-                extra.prefix = Some(bytes::Bytes::from_static(backend::ASKING));
+                extra.prefix = Some(bytes::Bytes::from_static(redirect::ASKING));
                 extra.prefix_replies = 1;
                 if let Err(job) = self.node(&addr).send(job) {
                     self.hold.push(job, Reason::Unreachable(addr));
@@ -327,15 +421,11 @@ impl Proxy {
 
     /// True when the cluster agrees the node at `addr` has failed, or it is a replica now.
     pub fn node_failed(&self, addr: &str) -> bool {
-        self.view
-            .load()
-            .nodes
-            .iter()
-            .any(|n| n.addr == addr && (n.health == "fail" || n.role == "replica"))
+        self.routing.status.load().node_failed(addr)
     }
 
     pub fn hint(&self, hint: Hint) {
-        let _ = self.hints.send(hint);
+        self.routing.hint(hint);
     }
 
     /// Runs the hold queue: sends due requests again, fails those past the deadline.
@@ -345,6 +435,37 @@ impl Proxy {
             self.hold.release(Instant::now(), |job| self.try_send(job));
             self.metrics.held_now.set(self.hold.len() as i64);
         }
+    }
+}
+
+/// What connection tasks hand back to the proxy.
+impl Dispatch for Proxy {
+    fn dispatch(&self, job: Job) {
+        Proxy::dispatch(self, job);
+    }
+
+    fn park(&self, job: Job, reason: Reason) {
+        self.hold.push(job, reason);
+    }
+
+    fn redirect(&self, job: Job, redirect: Redirect) {
+        Proxy::redirect(self, job, redirect);
+    }
+
+    fn send_to(&self, addr: &str, job: Job) -> Result<(), Job> {
+        self.node(addr).send(job)
+    }
+
+    fn node_failed(&self, addr: &str) -> bool {
+        Proxy::node_failed(self, addr)
+    }
+
+    fn script_load_for(&self, raw: &bytes::Bytes) -> Option<bytes::Bytes> {
+        Proxy::script_load_for(self, raw)
+    }
+
+    fn hint(&self, hint: Hint) {
+        Proxy::hint(self, hint);
     }
 }
 

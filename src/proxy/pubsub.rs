@@ -22,14 +22,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::debug;
 
-use super::backend::dial;
-use super::router::{route, Client, Pending};
+use super::client::Client;
+use super::local::{confirmation, push, Item};
+use super::node::dial;
+use super::owed::Pending;
+use super::router::route;
 use super::{Hint, Proxy};
 use crate::config::Config;
 use crate::protocol::{key_slot, reply, ReplyScanner, Request, Scanner, Value};
@@ -183,7 +186,7 @@ pub async fn serve(
             () = std::future::poll_fn(|cx| sub.poll_front(cx)) => {}
             _ = tick.tick() => sub.reconcile(),
             // A RESP3 client may track keys while subscribed: its invalidations go out too.
-            push = super::session::next_push(client), if client.tracking.is_some() => match push {
+            push = client.next_push(), if client.tracking.is_some() => match push {
                 Some(push) => sub.ready(push),
                 None => client.tracking = None,
             },
@@ -533,60 +536,6 @@ impl Subscriber<'_> {
             _ => Poll::Pending,
         }
     }
-}
-
-/// (P|S)UNSUBSCRIBE from a client that subscribed to nothing: what Redis answers.
-pub fn not_subscribed(resp3: bool, req: &Request) -> Bytes {
-    let what = req.arg(0).to_ascii_lowercase();
-    let what = std::str::from_utf8(&what).unwrap_or("unsubscribe");
-    if req.len() < 2 {
-        return confirmation(resp3, what, None, 0);
-    }
-    let mut out = BytesMut::new();
-    for i in 1..req.len() {
-        out.extend_from_slice(&confirmation(resp3, what, Some(req.arg(i)), 0));
-    }
-    out.freeze()
-}
-
-/// An element of a push or array the proxy writes itself.
-enum Item<'a> {
-    Text(&'a [u8]),
-    Bulk(Option<&'a [u8]>),
-    Int(usize),
-}
-
-/// A pub/sub frame: a push for RESP3 clients, an array for RESP2 ones.
-fn push(resp3: bool, items: &[Item]) -> Bytes {
-    let mut out = BytesMut::new();
-    out.put_u8(if resp3 { b'>' } else { b'*' });
-    out.put_slice(items.len().to_string().as_bytes());
-    out.put_slice(b"\r\n");
-    for item in items {
-        match item {
-            Item::Text(text) | Item::Bulk(Some(text)) => reply::bulk(&mut out, text),
-            Item::Bulk(None) if resp3 => out.put_slice(b"_\r\n"),
-            Item::Bulk(None) => out.put_slice(b"$-1\r\n"),
-            Item::Int(n) => {
-                out.put_u8(b':');
-                out.put_slice(n.to_string().as_bytes());
-                out.put_slice(b"\r\n");
-            }
-        }
-    }
-    out.freeze()
-}
-
-/// `subscribe ch 3` and the like.
-fn confirmation(resp3: bool, what: &str, name: Option<&[u8]>, count: usize) -> Bytes {
-    push(
-        resp3,
-        &[
-            Item::Text(what.as_bytes()),
-            Item::Bulk(name),
-            Item::Int(count),
-        ],
-    )
 }
 
 /// The task of one link: writes the commands it is given, reports every frame the node

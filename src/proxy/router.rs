@@ -7,150 +7,26 @@
 //! - any master (keyless commands);
 //! - refused with a clear error (commands that need a connection of their own).
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
 use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
-use super::command::KeyPositions;
-use super::lease::Lease;
+use super::client::{Client, Tx};
+use super::job::Job;
 use super::local;
-use super::merge::{Join, Merge, GONE};
+use super::merge::{Join, Merge};
+use super::owed::{Pending, Start};
 use super::wait::Wait;
-use super::{Job, Proxy};
+use super::Proxy;
 use crate::config::{Access, ReadFrom};
 use crate::metrics::Class;
 use crate::protocol::{key_slot, reply, Request, SLOTS};
-
-/// A client connection's state.
-#[derive(Debug)]
-pub struct Client {
-    pub id: u32,
-    pub peer: SocketAddr,
-    /// The proxy address this client connected to; what CLUSTER SLOTS reports.
-    pub local: SocketAddr,
-    pub name: Option<Bytes>,
-    pub authenticated: bool,
-    /// The proxy user the client is (`default` until AUTH says otherwise).
-    pub user: String,
-    /// What that user may run.
-    pub access: Access,
-    /// Where this client's reads go (`backend.read_from` when it connected).
-    pub read_from: ReadFrom,
-    /// Switched to RESP3 by `HELLO 3`.
-    pub resp3: bool,
-    /// QUIT was received: close once the replies before it are written.
-    pub quit: bool,
-    /// Between MULTI and EXEC: the commands queued so far.
-    pub tx: Option<Tx>,
-    /// The client's own backend connection, once it needed one.
-    pub lease: Option<Arc<Lease>>,
-    /// After WATCH: the slot of the watched keys.
-    pub watch: Option<u16>,
-    /// Slots written to since the last WAIT (empty after many: every master).
-    pub wrote: Vec<u16>,
-    /// `CLIENT TRACKING ON`: the connections that report changed keys.
-    pub tracking: Option<super::tracking::Tracker>,
-}
-
-/// A transaction being queued. It runs as one unit on one connection of the owner of its
-/// slot: every key must be in the slot of the first.
-#[derive(Debug)]
-pub struct Tx {
-    /// `MULTI` and the queued commands, as they go on the wire.
-    body: bytes::BytesMut,
-    queued: u32,
-    slot: Option<u16>,
-    /// A command was refused while queueing: EXEC answers EXECABORT, as Redis does.
-    failed: bool,
-}
-
-/// Slots remembered for WAIT before it asks every master instead.
-const MAX_WROTE: usize = 32;
-/// In `Client::wrote`: WAIT asks every master.
-pub const EVERY_MASTER: u16 = u16::MAX;
+use crate::routing::command::KeyPositions;
 
 /// Most commands one transaction may queue.
 const MAX_QUEUED: u32 = 100_000;
 
-const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
-
-/// What a [`Pending::Turn`] starts when its time comes.
-pub enum Start {
-    Job(Job),
-    Wait(Wait),
-}
-
-impl Start {
-    pub fn run(self, proxy: &Proxy) {
-        match self {
-            Start::Job(job) => proxy.dispatch(job),
-            Start::Wait(wait) => {
-                if let Some(proxy) = proxy.me.upgrade() {
-                    super::wait::start(proxy, wait);
-                }
-            }
-        }
-    }
-}
-
-fn turn(job: Job, rx: oneshot::Receiver<Bytes>) -> Pending {
-    Pending::Turn(Some(Start::Job(job)), rx)
-}
-
-/// A reply the client is owed, in request order.
-pub enum Pending {
-    Ready(Bytes),
-    Wait(oneshot::Receiver<Bytes>),
-    Join(Join),
-    /// A request on the client's own connection (a blocking command, WATCH, EXEC after
-    /// WATCH). It is sent only once every earlier reply is in, and the session sends
-    /// nothing after it before its reply: its order against the client's other requests,
-    /// which go on shared connections, is kept.
-    Turn(Option<Start>, oneshot::Receiver<Bytes>),
-    /// A (P|S)SUBSCRIBE: once every earlier reply is written, the session turns to
-    /// [`super::pubsub`] with it.
-    Subscribe(Option<Request>),
-}
-
-impl Pending {
-    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
-        match self {
-            Pending::Ready(bytes) => Poll::Ready(std::mem::take(bytes)),
-            Pending::Wait(rx) | Pending::Turn(_, rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or_else(|_| reply::error(GONE))),
-            Pending::Join(join) => join.poll(cx),
-            Pending::Subscribe(_) => Poll::Pending,
-        }
-    }
-
-    pub fn is_turn(&self) -> bool {
-        matches!(self, Pending::Turn(..) | Pending::Subscribe(_))
-    }
-
-    /// A subscription whose time has come: the command that starts it.
-    pub fn subscription(&mut self) -> Option<Request> {
-        match self {
-            Pending::Subscribe(req) => req.take(),
-            _ => None,
-        }
-    }
-
-    /// A turn whose time has come: what to start now.
-    pub fn launch(&mut self) -> Option<Start> {
-        match self {
-            Pending::Turn(job, _) => job.take(),
-            _ => None,
-        }
-    }
-}
 
 fn ready(bytes: Bytes) -> Pending {
     Pending::Ready(bytes)
@@ -200,15 +76,15 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         b"AUTH" => local(local::auth(proxy, client, &req)),
         b"HELLO" => local(local::hello(proxy, client, &req)),
         b"CLIENT" if req.len() > 1 && req.arg(1).eq_ignore_ascii_case(b"TRACKING") => {
-            match super::tracking::command(proxy, client, &req) {
+            match super::tracking::command(proxy, &mut client.tracking, client.resp3, &req) {
                 Ok(answer) => local(answer),
                 // Nothing after it runs before every master tracks.
                 Err(rx) => (Pending::Turn(None, rx), Class::Local),
             }
         }
-        b"CLIENT" if req.len() > 1 && req.arg(1).eq_ignore_ascii_case(b"TRACKINGINFO") => {
-            local(super::tracking::info(client))
-        }
+        b"CLIENT" if req.len() > 1 && req.arg(1).eq_ignore_ascii_case(b"TRACKINGINFO") => local(
+            super::tracking::info(client.tracking.as_ref(), client.resp3),
+        ),
         b"CLIENT" => local(local::client(client, &req)),
         b"READONLY" | b"READWRITE" => local(Bytes::from_static(reply::OK)),
         b"CLUSTER" => match local::cluster(proxy, client, &req) {
@@ -224,7 +100,7 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             Class::MultiKey,
         ),
         b"MSET" => {
-            wrote(client, None); // writes to several slots: WAIT will ask every master
+            client.wrote(None); // writes to several slots: WAIT will ask every master
             (
                 split(proxy, client, req, 2, SplitKind::MSet),
                 Class::MultiKey,
@@ -232,7 +108,7 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         }
         b"DEL" | b"UNLINK" | b"EXISTS" | b"TOUCH" => {
             if matches!(name, b"DEL" | b"UNLINK") {
-                wrote(client, None);
+                client.wrote(None);
             }
             (
                 split(proxy, client, req, 1, SplitKind::Sum),
@@ -248,12 +124,7 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         b"COMMAND" => (one(proxy, client, req, None), Class::Other),
         b"MULTI" if client.tx.is_some() => local(reply::error("ERR MULTI calls can not be nested")),
         b"MULTI" => {
-            client.tx = Some(Tx {
-                body: bytes::BytesMut::from(MULTI),
-                queued: 0,
-                slot: None,
-                failed: false,
-            });
+            client.tx = Some(Tx::new());
             local(Bytes::from_static(reply::OK))
         }
         b"EXEC" => match client.tx.take() {
@@ -262,14 +133,14 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         },
         b"DISCARD" => match client.tx.take() {
             Some(_) => {
-                unwatch(client);
+                client.unwatch();
                 local(Bytes::from_static(reply::OK))
             }
             None => local(reply::error("ERR DISCARD without MULTI")),
         },
         b"WATCH" => watch(client, req),
         b"UNWATCH" => {
-            unwatch(client);
+            client.unwatch();
             local(Bytes::from_static(reply::OK))
         }
         b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" if req.len() >= 2 => {
@@ -279,7 +150,7 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             local(local::arity(&String::from_utf8_lossy(name).to_lowercase()))
         }
         b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => {
-            local(super::pubsub::not_subscribed(client.resp3, &req))
+            local(local::not_subscribed(client.resp3, &req))
         }
         b"WAIT" => wait(client, &req),
         b"WAITAOF" => refused(name, "it waits on one connection of one node"),
@@ -361,14 +232,14 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
 fn exec(client: &mut Client, tx: Tx) -> Pending {
     let watched = client.watch;
     if tx.failed {
-        unwatch(client);
+        client.unwatch();
         return ready(reply::error(
             "EXECABORT Transaction discarded because of previous errors.",
         ));
     }
     let slot = match (watched, tx.slot) {
         (Some(w), Some(s)) if w != s => {
-            unwatch(client);
+            client.unwatch();
             return ready(reply::error(&format!(
                 "CROSSSLOT slotguard: the transaction's keys are in slot {s}, the watched keys in slot {w}; EXEC discarded"
             )));
@@ -376,7 +247,7 @@ fn exec(client: &mut Client, tx: Tx) -> Pending {
         (w, s) => s.or(w),
     };
     if slot.is_some() {
-        wrote(client, slot);
+        client.wrote(slot);
     }
     let (mut job, rx) = Job::new(Bytes::from_static(EXEC), slot, client.id, client.resp3);
     let extra = job.extra();
@@ -386,9 +257,9 @@ fn exec(client: &mut Client, tx: Tx) -> Pending {
         client.watch = None;
         let extra = job.extra();
         extra.watch = true;
-        extra.lease = Some(lease(client));
+        extra.lease = Some(client.lease());
     }
-    turn(job, rx)
+    Pending::turn(job, rx)
 }
 
 /// WAIT numreplicas timeout: carried out by the proxy (see [`super::wait`]) once every
@@ -417,25 +288,6 @@ fn wait(client: &mut Client, req: &Request) -> (Pending, Class) {
         reply: tx,
     };
     (Pending::Turn(Some(Start::Wait(wait)), rx), Class::Other)
-}
-
-/// Remembers a slot the client wrote to, for WAIT; past a few (or `None`: a write to
-/// several slots), WAIT asks every master.
-fn wrote(client: &mut Client, slot: Option<u16>) {
-    match (slot, client.wrote.first()) {
-        (_, Some(&EVERY_MASTER)) => {}
-        (Some(slot), _) if client.wrote.len() < MAX_WROTE => {
-            if client.wrote.last() != Some(&slot) {
-                client.wrote.push(slot);
-            }
-        }
-        _ => client.wrote = vec![EVERY_MASTER],
-    }
-}
-
-/// The client's own connection, made on first use.
-fn lease(client: &mut Client) -> Arc<Lease> {
-    client.lease.get_or_insert_with(Default::default).clone()
 }
 
 /// WATCH: sent on the client's own connection to the owner of the keys' slot; the
@@ -469,17 +321,8 @@ fn watch(client: &mut Client, req: Request) -> (Pending, Class) {
     let (mut job, rx) = job(client, req, Some(slot));
     let extra = job.extra();
     extra.watch = true;
-    extra.lease = Some(lease(client));
-    (turn(job, rx), Class::Read)
-}
-
-/// UNWATCH, DISCARD, EXEC: the client watches nothing any more.
-fn unwatch(client: &mut Client) {
-    if client.watch.take().is_some() {
-        if let Some(lease) = &client.lease {
-            lease.unwatch();
-        }
-    }
+    extra.lease = Some(client.lease());
+    (Pending::turn(job, rx), Class::Read)
 }
 
 /// Commands that run on every master.
@@ -541,8 +384,8 @@ fn keyed(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
             blocking: true,
         }) => {
             let (mut job, rx) = job(client, req, slot);
-            job.extra().lease = Some(lease(client));
-            (turn(job, rx), class)
+            job.extra().lease = Some(client.lease());
+            (Pending::turn(job, rx), class)
         }
         Ok(Placed {
             slot: Some(slot),
@@ -556,7 +399,7 @@ fn keyed(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
         }
         Ok(placed) => {
             if let (Class::Write, Some(slot)) = (placed.class, placed.slot) {
-                wrote(client, Some(slot));
+                client.wrote(Some(slot));
             }
             (one(proxy, client, req, placed.slot), placed.class)
         }
@@ -576,7 +419,7 @@ struct Placed {
 /// Where a command goes, or the error to answer instead (refused, or keys in more than one
 /// slot).
 fn place(proxy: &Proxy, req: &Request) -> Result<Placed, Bytes> {
-    let commands = proxy.commands.load();
+    let commands = proxy.commands();
     let Some(spec) = commands.lookup(req) else {
         // Unknown here, maybe known to the server: it will answer for itself.
         return Ok(Placed {

@@ -20,9 +20,11 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tracing::{debug, Instrument};
 
+use super::client::Client;
+use super::owed::Pending;
 use super::pubsub;
-use super::router::{route, Client, Pending};
-use super::Proxy;
+use super::router::route;
+use super::{Admission, Proxy};
 use crate::metrics::{Class, Metrics};
 use crate::protocol::{reply, Scanner};
 use crate::tls::{write, Stream};
@@ -47,7 +49,7 @@ struct Owed {
 
 /// Serves one client until it disconnects, sends QUIT, breaks the protocol, idles past
 /// `client.idle_timeout`, or the proxy shuts down.
-pub async fn run(proxy: Arc<Proxy>, tcp: TcpStream) {
+pub async fn run(proxy: Arc<Proxy>, tcp: TcpStream, _admission: Admission) {
     let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
         return;
     };
@@ -184,14 +186,6 @@ fn take_requests(
     Taken::Full
 }
 
-/// The next invalidation for a tracking client.
-pub(super) async fn next_push(client: &mut Client) -> Option<bytes::Bytes> {
-    match &mut client.tracking {
-        Some(tracker) => tracker.next().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// A request waits for its turn: nothing after it is routed until its reply is in.
 fn waits_for_turn(owed: &VecDeque<Owed>) -> bool {
     owed.back().is_some_and(|o| o.reply.is_turn())
@@ -295,7 +289,7 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
                 reading = taken != Taken::Done;
                 backlog = taken == Taken::Full;
             }
-            push = next_push(client), if client.tracking.is_some() => match push {
+            push = client.next_push(), if client.tracking.is_some() => match push {
                 Some(push) => out.extend_from_slice(&push),
                 None => client.tracking = None, // its connections gave up
             },

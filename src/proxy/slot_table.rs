@@ -1,12 +1,14 @@
-//! The slot map the data plane routes by: for each of the 16384 slots, the node serving it.
+//! The slot map the data plane routes by: for each of the 16384 slots, the node serving it,
+//! as a connection handle.
 //!
-//! Immutable once built; the control plane publishes a new one through `ArcSwap`, so a
-//! lookup is a few loads with no lock.
+//! Made from the control plane's [`SlotMap`] (addresses) each time a new one is published,
+//! and immutable after; it is swapped in through `ArcSwap`, so a lookup is a few loads with
+//! no lock.
 
 use std::sync::Arc;
 
-use super::backend::Node;
-use crate::protocol::SLOTS;
+use super::node::Node;
+use crate::routing::map::SlotMap;
 
 const NONE: u16 = u16::MAX;
 
@@ -20,29 +22,24 @@ pub struct SlotTable {
     masters: Vec<(u16, u16)>,
     /// The replicas that are up, per entry of `nodes`; empty unless reads may go there.
     replicas: Vec<Vec<Arc<Node>>>,
-    /// Increases with every table published.
+    /// The generation of the map it was made from.
     pub generation: u64,
 }
 
 impl SlotTable {
     pub fn empty() -> SlotTable {
-        SlotTable::build(std::iter::empty(), 0)
+        SlotTable::from_map(&SlotMap::default(), |_| {
+            unreachable!("an empty map names no node")
+        })
     }
 
-    /// Builds a table from (slot, node) assignments; later ones win.
-    pub fn build(assign: impl IntoIterator<Item = (u16, Arc<Node>)>, generation: u64) -> SlotTable {
-        let mut owner = vec![NONE; SLOTS].into_boxed_slice();
-        let mut nodes: Vec<Arc<Node>> = Vec::new();
-        for (slot, node) in assign {
-            let idx = match nodes.iter().position(|n| Arc::ptr_eq(n, &node)) {
-                Some(i) => i,
-                None => {
-                    nodes.push(node);
-                    nodes.len() - 1
-                }
-            };
-            owner[slot as usize] = idx as u16;
-        }
+    /// The published map, with `node` giving the handle for an address.
+    pub fn from_map(map: &SlotMap, mut node: impl FnMut(&str) -> Arc<Node>) -> SlotTable {
+        let owner: Box<[u16]> = map.owner_indices().into();
+        let nodes: Vec<Arc<Node>> = map.nodes().iter().map(|addr| node(addr)).collect();
+        let replicas = (0..nodes.len())
+            .map(|i| map.replicas(i).iter().map(|addr| node(addr)).collect())
+            .collect();
         let mut masters: Vec<(u16, u16)> = Vec::new();
         for (slot, &idx) in owner.iter().enumerate() {
             if idx != NONE && !masters.iter().any(|&(_, i)| i == idx) {
@@ -50,18 +47,12 @@ impl SlotTable {
             }
         }
         SlotTable {
-            replicas: vec![Vec::new(); nodes.len()],
             owner,
             nodes,
             masters,
-            generation,
+            replicas,
+            generation: map.generation,
         }
-    }
-
-    /// Adds each master's replicas, for reads.
-    pub fn with_replicas(mut self, replicas_of: impl Fn(&Node) -> Vec<Arc<Node>>) -> SlotTable {
-        self.replicas = self.nodes.iter().map(|n| replicas_of(n)).collect();
-        self
     }
 
     /// A replica of the master of `slot`, spread by `pin`.

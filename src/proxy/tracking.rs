@@ -9,15 +9,21 @@
 //! hears of more keys than it read; it drops from its cache what it does not have, which
 //! is always safe.
 //!
+//! The replicas of those masters get such a connection too, kept silent: when one is
+//! promoted, it already tracks, so a write to it right after the failover is reported
+//! like any other (a connection made only after the failover would miss the writes that
+//! came first).
+//!
 //! The reply to `CLIENT TRACKING ON` waits until every master's connection tracks, and
-//! nothing the client sends after it runs before. When a tracking connection is lost (a
-//! failover, a node that restarts), or a push cannot be queued for the client, the
-//! client is told to flush its whole cache (`invalidate` with a null key), and the
-//! connection to the slot map's current master is made again.
+//! nothing the client sends after it runs before. When the slot map's masters change,
+//! when a master's tracking connection is lost (a failover, a node that restarts), or
+//! when a push cannot be queued for the client, the client is told to flush its whole
+//! cache (`invalidate` with a null key): what changed meanwhile is unknown. Lost
+//! connections are made again at most every [`RECONCILE`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
@@ -26,10 +32,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tracing::debug;
 
-use super::backend::dial;
-use super::router::Client;
+use super::node::dial;
 use super::Proxy;
 use crate::protocol::{reply, ReplyScanner, Request, Value};
+use crate::routing::status::{Health, Role};
 
 /// Invalidations queued for a client that does not read them; past this, a flush.
 const QUEUE: usize = 1024;
@@ -71,7 +77,8 @@ impl Tracker {
 /// Answers at once, or gives the receiver of the answer (once every master tracks).
 pub fn command(
     proxy: &Proxy,
-    client: &mut Client,
+    tracking: &mut Option<Tracker>,
+    resp3: bool,
     req: &Request,
 ) -> Result<Bytes, oneshot::Receiver<Bytes>> {
     if req.len() < 3 {
@@ -104,10 +111,10 @@ pub fn command(
         i += 1;
     }
     if !on {
-        client.tracking = None;
+        *tracking = None;
         return Ok(Bytes::from_static(reply::OK));
     }
-    if !client.resp3 {
+    if !resp3 {
         return Ok(reply::error(
             "ERR slotguard: client tracking needs RESP3 (HELLO 3), which carries the invalidation pushes",
         ));
@@ -129,7 +136,7 @@ pub fn command(
     let (pushes_tx, pushes) = mpsc::channel(QUEUE);
     let (ready_tx, ready) = oneshot::channel();
     let task = tokio::spawn(run(proxy, setup, pushes_tx, ready_tx));
-    client.tracking = Some(Tracker {
+    *tracking = Some(Tracker {
         pushes,
         task,
         prefixes,
@@ -138,11 +145,11 @@ pub fn command(
     Err(ready)
 }
 
-/// `CLIENT TRACKINGINFO`.
-pub fn info(client: &Client) -> Bytes {
+/// `CLIENT TRACKINGINFO` of a client with this tracking.
+pub fn info(tracking: Option<&Tracker>, resp3: bool) -> Bytes {
     let mut out = BytesMut::new();
     let map = |out: &mut BytesMut, n: usize| {
-        if client.resp3 {
+        if resp3 {
             out.extend_from_slice(format!("%{n}\r\n").as_bytes());
         } else {
             reply::array_header(out, n * 2);
@@ -150,7 +157,7 @@ pub fn info(client: &Client) -> Bytes {
     };
     map(&mut out, 3);
     reply::bulk(&mut out, b"flags");
-    match &client.tracking {
+    match tracking {
         None => {
             reply::array_header(&mut out, 1);
             reply::bulk(&mut out, b"off");
@@ -166,7 +173,7 @@ pub fn info(client: &Client) -> Bytes {
     reply::bulk(&mut out, b"redirect");
     out.extend_from_slice(b":-1\r\n");
     reply::bulk(&mut out, b"prefixes");
-    let prefixes = client.tracking.as_ref().map_or(&[][..], |t| &t.prefixes);
+    let prefixes = tracking.map_or(&[][..], |t| &t.prefixes);
     reply::array_header(&mut out, prefixes.len());
     for p in prefixes {
         reply::bulk(&mut out, p);
@@ -174,7 +181,32 @@ pub fn info(client: &Client) -> Bytes {
     out.freeze()
 }
 
-/// Keeps one tracking connection to every master of the slot map.
+/// The masters of the slot map, and the other nodes that may become one: every replica
+/// (as it reports itself, so a restarted one counts before the cluster clears its `fail`
+/// flag), and every master that is up but serves no slot in the map yet (a replica
+/// promoted a moment before the map shows it).
+fn targets(proxy: &Proxy) -> (Vec<String>, Vec<String>) {
+    let mut masters: Vec<String> = proxy
+        .table
+        .load()
+        .masters()
+        .map(|(_, n)| n.addr.clone())
+        .collect();
+    masters.sort();
+    let status = proxy.routing.status.load();
+    let standby = status
+        .view
+        .nodes
+        .iter()
+        .filter(|n| n.role == Role::Replica || matches!(n.health, Health::Ok | Health::Pfail))
+        .map(|n| n.addr.clone())
+        .filter(|addr| !masters.contains(addr))
+        .collect();
+    (masters, standby)
+}
+
+/// Keeps one tracking connection to every master of the slot map and to every node that
+/// may become one.
 async fn run(
     proxy: Arc<Proxy>,
     setup: Bytes,
@@ -182,33 +214,39 @@ async fn run(
     ready: oneshot::Sender<Bytes>,
 ) {
     let overflow = Arc::new(AtomicBool::new(false));
-    let mut links: JoinSet<String> = JoinSet::new();
-    // The master each connection tracks, and how to stop it.
+    let mut links: JoinSet<(String, bool)> = JoinSet::new();
+    // The node each connection tracks, and how to stop it.
     let mut live: FxHashMap<String, AbortHandle> = FxHashMap::default();
+    // Nodes whose connection ended: when to try again, and failures in a row.
+    let mut retry_at: FxHashMap<String, Instant> = FxHashMap::default();
+    let mut failures: FxHashMap<String, u32> = FxHashMap::default();
+    let mut known_masters: Vec<String> = Vec::new();
     let mut ready = Some(ready);
     let mut tick = tokio::time::interval(RECONCILE);
     loop {
-        let masters: Vec<String> = proxy
-            .table
-            .load()
-            .masters()
-            .map(|(_, n)| n.addr.clone())
-            .collect();
-        // A node that is no longer a master (a manual failover) has nothing more to say.
-        let gone: Vec<String> = live
-            .keys()
-            .filter(|a| !masters.contains(a))
-            .cloned()
-            .collect();
+        let (masters, replicas) = targets(&proxy);
+        if masters != known_masters {
+            // A master the proxy did not know of may have reported changes nobody passed
+            // on; one that left may have taken some with it.
+            if !known_masters.is_empty() {
+                flush(&pushes, &overflow);
+            }
+            known_masters = masters.clone();
+        }
+        let wanted = |addr: &String| masters.contains(addr) || replicas.contains(addr);
+        let gone: Vec<String> = live.keys().filter(|a| !wanted(a)).cloned().collect();
         for addr in gone {
             if let Some(link) = live.remove(&addr) {
                 link.abort();
             }
-            flush(&pushes, &overflow);
         }
+        let now = Instant::now();
+        retry_at.retain(|_, at| *at > now);
         let mut first = Vec::new();
-        let missing: Vec<&String> = masters.iter().filter(|a| !live.contains_key(*a)).collect();
-        for addr in missing {
+        for addr in masters.iter().chain(&replicas) {
+            if live.contains_key(addr) || retry_at.contains_key(addr) {
+                continue;
+            }
             let Some(permit) = proxy.node(addr).dedicated_permit() else {
                 continue; // tried again on the next tick
             };
@@ -219,6 +257,7 @@ async fn run(
                 pushes: pushes.clone(),
                 overflow: overflow.clone(),
                 tracking: Some(tracking_tx),
+                late: ready.is_none(),
                 proxy: proxy.clone(),
             };
             let handle = links.spawn(async move {
@@ -226,13 +265,14 @@ async fn run(
                 link.run().await
             });
             live.insert(addr.clone(), handle);
-            first.push(tracking);
+            first.push((masters.contains(addr), tracking));
         }
         if let Some(reply_to) = ready.take() {
-            // The first answer waits for every master's connection to track.
+            // The first answer waits for every connection; every master's must track.
             let mut ok = !masters.is_empty();
-            for tracking in first {
-                ok &= tracking.await.unwrap_or(false);
+            for (master, tracking) in first {
+                let tracks = tracking.await.unwrap_or(false);
+                ok &= tracks || !master;
             }
             let answer = if ok {
                 Bytes::from_static(reply::OK)
@@ -251,10 +291,16 @@ async fn run(
         }
         tokio::select! {
             Some(ended) = links.join_next() => {
-                if let Ok(addr) = ended {
+                if let Ok((addr, tracked)) = ended {
                     live.remove(&addr);
-                    // What changed while the connection was down is unknown: flush.
-                    flush(&pushes, &overflow);
+                    if masters.contains(&addr) {
+                        // What changed while the connection was down is unknown: flush.
+                        flush(&pushes, &overflow);
+                    }
+                    // A node that is down is asked less and less often.
+                    let failed = failures.entry(addr.clone()).or_default();
+                    *failed = if tracked { 0 } else { (*failed + 1).min(4) };
+                    retry_at.insert(addr, Instant::now() + RECONCILE * (1 << *failed));
                 }
             }
             _ = tick.tick() => {}
@@ -278,19 +324,23 @@ struct Link {
     overflow: Arc<AtomicBool>,
     /// Told whether tracking started.
     tracking: Option<oneshot::Sender<bool>>,
+    /// Made after the client was told tracking is on.
+    late: bool,
     proxy: Arc<Proxy>,
 }
 
 impl Link {
-    /// Runs until the connection fails; returns the node's address.
-    async fn run(mut self) -> String {
+    /// Runs until the connection fails; returns the node's address, and whether it
+    /// tracked before it failed.
+    async fn run(mut self) -> (String, bool) {
         if let Err(why) = self.serve().await {
             debug!(addr = %self.addr, why, "tracking connection lost");
         }
+        let tracked = self.tracking.is_none();
         if let Some(tracking) = self.tracking.take() {
             let _ = tracking.send(false);
         }
-        self.addr
+        (self.addr, tracked)
     }
 
     async fn serve(&mut self) -> Result<(), String> {
@@ -320,6 +370,10 @@ impl Link {
                     skip -= 1;
                 } else if let Some(tracking) = self.tracking.take() {
                     let _ = tracking.send(true); // +OK to CLIENT TRACKING
+                    if self.late && self.is_master() {
+                        // Writes to this master before it tracked were not reported.
+                        flush(&self.pushes, &self.overflow);
+                    }
                 }
             }
             if rbuf.capacity() - rbuf.len() < 1024 {
@@ -328,8 +382,19 @@ impl Link {
         }
     }
 
-    /// Passes an `invalidate` push to the client.
+    /// True while the node is a master of the slot map.
+    fn is_master(&self) -> bool {
+        let table = self.proxy.table.load();
+        let mut masters = table.masters();
+        masters.any(|(_, n)| n.addr == self.addr)
+    }
+
+    /// Passes an `invalidate` push to the client, while the node is a master of the slot
+    /// map (a replica's connection is a standby).
     fn push(&self, frame: Bytes) {
+        if !self.is_master() {
+            return;
+        }
         let invalidate = matches!(
             Value::parse(&frame),
             Ok(Value::Array(items)) if items.first().and_then(|v| v.as_bytes()).is_some_and(|k| &k[..] == b"invalidate")

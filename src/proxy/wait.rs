@@ -9,21 +9,63 @@
 //! that did (the fewest over the masters involved). Replicas acknowledge once a second
 //! unless a node's own WAIT asks sooner, so a WAIT through the proxy may take up to a
 //! second longer than on a single node.
+//!
+//! The offsets are read on request-reply connections ([`Conn`]) kept in a small pool per
+//! master, so a client that WAITs after every write costs no connection set-up each time.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 
 use super::Proxy;
-use crate::cluster::conn::Conn;
+use crate::client::{Conn, Dial};
 use crate::protocol::{reply, Value};
 
 /// How often acknowledgements are looked at: at first, then at most (a long WAIT costs
 /// its masters a few INFO calls a second, not a hundred).
 const POLL_FIRST: Duration = Duration::from_millis(10);
 const POLL_MAX: Duration = Duration::from_millis(200);
+
+/// Idle connections kept per master.
+const POOL_PER_NODE: usize = 4;
+
+/// Idle connections to masters, for reading replication offsets.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<FxHashMap<String, Vec<Conn>>>,
+}
+
+impl Pool {
+    /// An idle connection to `addr`, or a new one.
+    async fn take(&self, addr: &str, dial: &Dial) -> Option<Conn> {
+        let pooled = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.get_mut(addr).and_then(Vec::pop)
+        };
+        match pooled {
+            Some(conn) => Some(conn),
+            None => Conn::dial(addr, dial).await.ok(),
+        }
+    }
+
+    /// Keeps a connection that answered its last call, up to [`POOL_PER_NODE`] a master.
+    fn give(&self, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let conns = idle.entry(conn.addr().to_string()).or_default();
+        if conns.len() < POOL_PER_NODE {
+            conns.push(conn);
+        }
+    }
+
+    /// Connections kept now.
+    pub fn idle(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.values().map(Vec::len).sum()
+    }
+}
 
 /// A WAIT to carry out.
 pub struct Wait {
@@ -42,7 +84,7 @@ pub fn start(proxy: Arc<Proxy>, wait: Wait) {
 async fn run(proxy: Arc<Proxy>, wait: Wait) {
     let started = Instant::now();
     let table = proxy.table.load_full();
-    let every = wait.slots.is_empty() || wait.slots.contains(&super::router::EVERY_MASTER);
+    let every = wait.slots.is_empty() || wait.slots.contains(&super::client::EVERY_MASTER);
     let mut addrs: Vec<String> = if every {
         table.masters().map(|(_, n)| n.addr.clone()).collect()
     } else {
@@ -54,40 +96,86 @@ async fn run(proxy: Arc<Proxy>, wait: Wait) {
     addrs.sort();
     addrs.dedup();
     let dial = proxy.config().dial();
-    // What each master had reached once the client's writes were answered.
-    let mut masters = Vec::new();
+    let pool = &proxy.wait_pool;
+    // What each master had reached once the client's writes were answered; a master whose
+    // offset cannot be read makes the answer 0, as a WAIT that saw no replica would.
+    let mut masters: Vec<Master> = Vec::new();
     for addr in addrs {
-        let Ok(mut conn) = Conn::dial(&addr, &dial).await else {
-            let _ = wait.reply.send(reply::int(0));
-            return;
-        };
-        let Some(offset) = replication(&mut conn).await.map(|r| r.0) else {
-            let _ = wait.reply.send(reply::int(0));
-            return;
-        };
-        masters.push((conn, offset));
+        match Master::start(pool, &addr, &dial).await {
+            Some(master) => masters.push(master),
+            None => {
+                masters.clear();
+                break;
+            }
+        }
     }
-    let mut poll = POLL_FIRST;
+    let acked = if masters.is_empty() {
+        0
+    } else {
+        poll(&mut masters, &wait, started).await
+    };
+    for master in masters.into_iter().filter(|m| m.answers) {
+        pool.give(master.conn);
+    }
+    let _ = wait.reply.send(reply::int(acked));
+}
+
+/// A master a WAIT waits on.
+struct Master {
+    conn: Conn,
+    /// Its replication offset when the WAIT started.
+    target: i64,
+    /// Its last call answered: the connection may go back to the pool.
+    answers: bool,
+}
+
+impl Master {
+    /// Reads the master's offset, on a pooled connection if one still answers.
+    async fn start(pool: &Pool, addr: &str, dial: &Dial) -> Option<Master> {
+        let mut conn = pool.take(addr, dial).await?;
+        let offset = match replication(&mut conn).await {
+            Some((offset, _)) => offset,
+            None => {
+                // A pooled connection may have gone stale (a restarted node): one new try.
+                conn = Conn::dial(addr, dial).await.ok()?;
+                replication(&mut conn).await?.0
+            }
+        };
+        Some(Master {
+            conn,
+            target: offset,
+            answers: true,
+        })
+    }
+}
+
+/// Polls until enough replicas of every master acknowledged its offset, the timeout
+/// passes, or the client is gone; the fewest replicas that did, over the masters.
+async fn poll(masters: &mut [Master], wait: &Wait, started: Instant) -> i64 {
+    let mut pause = POLL_FIRST;
     loop {
         let mut least = i64::MAX;
-        for (conn, target) in &mut masters {
-            let acked = match replication(conn).await {
-                Some((_, replicas)) => replicas.iter().filter(|&&o| o >= *target).count() as i64,
-                None => 0,
+        for master in masters.iter_mut() {
+            let acked = match replication(&mut master.conn).await {
+                Some((_, replicas)) => {
+                    replicas.iter().filter(|&&o| o >= master.target).count() as i64
+                }
+                None => {
+                    master.answers = false;
+                    0
+                }
             };
             least = least.min(acked);
         }
-        let least = if least == i64::MAX { 0 } else { least };
         let expired = wait.timeout.is_some_and(|t| started.elapsed() >= t);
         if least >= wait.replicas || expired || wait.reply.is_closed() {
-            let _ = wait.reply.send(reply::int(least));
-            return;
+            return least;
         }
         let left = wait
             .timeout
-            .map_or(poll, |t| t.saturating_sub(started.elapsed()));
-        tokio::time::sleep(poll.min(left)).await;
-        poll = (poll * 2).min(POLL_MAX);
+            .map_or(pause, |t| t.saturating_sub(started.elapsed()));
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(POLL_MAX);
     }
 }
 

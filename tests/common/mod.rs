@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use slotguard::cluster::conn::Conn;
+use slotguard::client::Conn;
 use slotguard::config::Config;
 use slotguard::localcluster::{wait_for, LocalCluster, Options};
 use slotguard::protocol::key_slot;

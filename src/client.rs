@@ -1,6 +1,7 @@
-//! A plain request-reply connection to one node, for the control plane (topology
-//! refreshes, `COMMAND`, cluster set-up): one request at a time, every step under a
-//! timeout. The data plane never uses it.
+//! A plain request-reply connection to one node: one request at a time, every step under
+//! a timeout. The control plane asks with it (topology refreshes, `COMMAND`, repairs,
+//! cluster set-up), and the data plane's WAIT reads replication offsets with it. Client
+//! requests never travel on it: they have `proxy`'s pipelined connections.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tokio::time::timeout;
 use crate::protocol::{ReplyScanner, Request, Value};
 use crate::tls::{BackendTls, Stream};
 
-/// A control-plane failure: which node, and what went wrong.
+/// A failed call: which node, and what went wrong.
 #[derive(Debug, Clone)]
 pub struct ConnError {
     pub addr: String,
@@ -61,7 +62,7 @@ impl Auth {
     }
 }
 
-/// How the control plane reaches nodes: a time limit for connecting and for each call, and
+/// How such connections reach nodes: a time limit for connecting and for each call, and
 /// the cluster's credentials.
 #[derive(Clone, Debug)]
 pub struct Dial {
@@ -90,7 +91,7 @@ impl Dial {
     }
 }
 
-/// One control connection.
+/// One request-reply connection.
 pub struct Conn {
     addr: String,
     stream: Stream,

@@ -1,0 +1,157 @@
+//! What the proxy knows of one client connection: who it is, what it may run, the protocol
+//! it speaks, and the state its commands leave behind (a transaction being queued, a
+//! WATCH, the client's own backend connection, slots written since its last WAIT, its
+//! tracking). The session owns it; the router reads and changes it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::lease::Lease;
+use super::tracking::Tracker;
+use crate::config::{Access, ReadFrom};
+
+/// Slots remembered for WAIT before it asks every master instead.
+const MAX_WROTE: usize = 32;
+/// In `Client::wrote`: WAIT asks every master.
+pub const EVERY_MASTER: u16 = u16::MAX;
+
+const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+
+/// A client connection's state.
+#[derive(Debug)]
+pub struct Client {
+    pub id: u32,
+    pub peer: SocketAddr,
+    /// The proxy address this client connected to; what CLUSTER SLOTS reports.
+    pub local: SocketAddr,
+    pub name: Option<Bytes>,
+    pub authenticated: bool,
+    /// The proxy user the client is (`default` until AUTH says otherwise).
+    pub user: String,
+    /// What that user may run.
+    pub access: Access,
+    /// Where this client's reads go (`backend.read_from` when it connected).
+    pub read_from: ReadFrom,
+    /// Switched to RESP3 by `HELLO 3`.
+    pub resp3: bool,
+    /// QUIT was received: close once the replies before it are written.
+    pub quit: bool,
+    /// Between MULTI and EXEC: the commands queued so far.
+    pub tx: Option<Tx>,
+    /// The client's own backend connection, once it needed one.
+    pub lease: Option<Arc<Lease>>,
+    /// After WATCH: the slot of the watched keys.
+    pub watch: Option<u16>,
+    /// Slots written to since the last WAIT (empty after many: every master).
+    pub wrote: Vec<u16>,
+    /// `CLIENT TRACKING ON`: the connections that report changed keys.
+    pub tracking: Option<Tracker>,
+}
+
+/// A transaction being queued. It runs as one unit on one connection of the owner of its
+/// slot: every key must be in the slot of the first.
+#[derive(Debug)]
+pub struct Tx {
+    /// `MULTI` and the queued commands, as they go on the wire.
+    pub body: BytesMut,
+    pub queued: u32,
+    pub slot: Option<u16>,
+    /// A command was refused while queueing: EXEC answers EXECABORT, as Redis does.
+    pub failed: bool,
+}
+
+impl Tx {
+    /// A transaction that has queued nothing yet.
+    pub fn new() -> Tx {
+        Tx {
+            body: BytesMut::from(MULTI),
+            queued: 0,
+            slot: None,
+            failed: false,
+        }
+    }
+}
+
+impl Client {
+    /// Remembers a slot the client wrote to, for WAIT; past a few (or `None`: a write to
+    /// several slots), WAIT asks every master.
+    pub fn wrote(&mut self, slot: Option<u16>) {
+        match (slot, self.wrote.first()) {
+            (_, Some(&EVERY_MASTER)) => {}
+            (Some(slot), _) if self.wrote.len() < MAX_WROTE => {
+                if self.wrote.last() != Some(&slot) {
+                    self.wrote.push(slot);
+                }
+            }
+            _ => self.wrote = vec![EVERY_MASTER],
+        }
+    }
+
+    /// The client's own connection, made on first use.
+    pub fn lease(&mut self) -> Arc<Lease> {
+        self.lease.get_or_insert_with(Default::default).clone()
+    }
+
+    /// UNWATCH, DISCARD, EXEC: the client watches nothing any more.
+    pub fn unwatch(&mut self) {
+        if self.watch.take().is_some() {
+            if let Some(lease) = &self.lease {
+                lease.unwatch();
+            }
+        }
+    }
+
+    /// The next invalidation for a tracking client; never, for one that does not track.
+    pub async fn next_push(&mut self) -> Option<Bytes> {
+        match &mut self.tracking {
+            Some(tracker) => tracker.next().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Client {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        Client {
+            id: 1,
+            peer: addr,
+            local: addr,
+            name: None,
+            authenticated: true,
+            user: "default".into(),
+            access: Access::Admin,
+            read_from: ReadFrom::Master,
+            resp3: false,
+            quit: false,
+            tx: None,
+            lease: None,
+            watch: None,
+            wrote: Vec::new(),
+            tracking: None,
+        }
+    }
+
+    #[test]
+    fn writes_are_remembered_per_slot_until_there_are_too_many() {
+        let mut c = client();
+        c.wrote(Some(5));
+        c.wrote(Some(5));
+        c.wrote(Some(7));
+        assert_eq!(c.wrote, [5, 7]);
+        for slot in 100..100 + MAX_WROTE as u16 {
+            c.wrote(Some(slot));
+        }
+        assert_eq!(c.wrote, [EVERY_MASTER], "past a few slots, every master");
+        c.wrote(Some(9));
+        assert_eq!(c.wrote, [EVERY_MASTER]);
+        let mut c = client();
+        c.wrote(None);
+        assert_eq!(c.wrote, [EVERY_MASTER], "a write to several slots");
+    }
+}

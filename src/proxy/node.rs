@@ -1,0 +1,168 @@
+//! One cluster node, by address, and its connections.
+//!
+//! A [`Node`] keeps a few shared connections (RESP2 and RESP3), each owned by one task
+//! (`connection`), and an allowance of dedicated ones for clients that need a connection
+//! of their own (`lease`). A client's jobs for one node always go to the same connection
+//! (chosen by the client's pin), which is what keeps its pipeline in order across nodes
+//! and redirects.
+//!
+//! RESP3 clients' jobs go to connections that said `HELLO 3` themselves, so the node
+//! answers in the protocol the client speaks and replies still pass through untouched.
+//!
+//! `node` and `lease` use each other: a node hands a leased job to its lease, and a lease
+//! opens its connection from the node's allowance. That is one collaboration in two files.
+
+use std::sync::{Arc, Weak};
+
+use bytes::BytesMut;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use super::connection::{self, Dispatch, Owner, Target};
+use super::job::Job;
+use super::lease::Lease;
+use crate::config::{Config, ReadFrom};
+use crate::metrics::Metrics;
+use crate::tls::{write, Stream};
+
+const HELLO3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+const READONLY: &[u8] = b"*1\r\n$8\r\nREADONLY\r\n";
+
+/// One cluster node and its connections.
+pub struct Node {
+    pub addr: String,
+    /// RESP2 connections.
+    conns: Vec<mpsc::UnboundedSender<Job>>,
+    /// RESP3 connections, for clients that said `HELLO 3`.
+    conns3: Vec<mpsc::UnboundedSender<Job>>,
+    /// What a new connection task needs.
+    target: Target,
+    /// Where the connection tasks hand back what is not simply a client's reply.
+    proxy: Weak<dyn Dispatch>,
+    /// Dedicated connections still free (see [`Lease`]).
+    dedicated: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("addr", &self.addr).finish()
+    }
+}
+
+impl Node {
+    /// Starts the connection tasks (they connect when the first job arrives).
+    pub fn spawn(
+        addr: String,
+        config: &Config,
+        proxy: Weak<dyn Dispatch>,
+        metrics: &Arc<Metrics>,
+    ) -> Node {
+        let target = Target {
+            addr: addr.clone(),
+            resp3: false,
+            auth: config.backend_auth.as_ref().map(|a| a.request()),
+            readonly: config.read_from != ReadFrom::Master,
+            tls: config.backend_tls.clone(),
+            connect_timeout: config.connect_timeout,
+            dedicated_idle: config.dedicated_idle,
+            metrics: metrics.clone(),
+            latency: metrics.node_latency(&addr),
+        };
+        let spawn = |resp3: bool| -> Vec<_> {
+            (0..config.backend_connections)
+                .map(|_| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let target = Target {
+                        resp3,
+                        ..target.clone()
+                    };
+                    tokio::spawn(connection::run(target, rx, proxy.clone(), None));
+                    tx
+                })
+                .collect()
+        };
+        let (conns, conns3) = (spawn(false), spawn(true));
+        Node {
+            addr,
+            conns,
+            conns3,
+            target,
+            proxy,
+            dedicated: Arc::new(Semaphore::new(config.dedicated_connections)),
+        }
+    }
+
+    /// Queues a job on the connection its pin selects, or on its client's own connection.
+    /// Gives the job back if that connection's task is gone.
+    pub fn send(&self, job: Job) -> Result<(), Job> {
+        if let Some(lease) = job.lease().cloned() {
+            return lease.send(self, job);
+        }
+        let conns = if job.resp3 { &self.conns3 } else { &self.conns };
+        let conn = &conns[job.pin as usize % conns.len()];
+        conn.send(job).map_err(|e| e.0)
+    }
+
+    /// One of the node's dedicated connections, for a connection managed elsewhere
+    /// (subscriptions); `None` when all are taken.
+    pub fn dedicated_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.dedicated.clone().try_acquire_owned().ok()
+    }
+
+    /// Opens a connection for `lease` alone; `None` when the node's allowance is used up.
+    pub fn open_dedicated(
+        &self,
+        lease: &Arc<Lease>,
+        resp3: bool,
+    ) -> Option<mpsc::UnboundedSender<Job>> {
+        let permit = self.dedicated_permit()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let target = Target {
+            resp3,
+            ..self.target.clone()
+        };
+        let owner = Owner {
+            lease: Arc::downgrade(lease),
+            _permit: permit,
+        };
+        tokio::spawn(connection::run(target, rx, self.proxy.clone(), Some(owner)));
+        Some(tx)
+    }
+}
+
+/// What a connection to a node sends before any request, and how many replies that earns
+/// (none of them a client's): `AUTH` when the cluster needs it (`auth`, the request),
+/// `READONLY` when reads may go to replicas (harmless on a master), `HELLO 3` for a RESP3
+/// connection. Every kind of node connection starts with it.
+pub fn greeting(auth: Option<&[u8]>, readonly: bool, resp3: bool) -> (BytesMut, usize) {
+    let mut out = BytesMut::new();
+    let mut replies = 0;
+    for request in [auth, readonly.then_some(READONLY), resp3.then_some(HELLO3)]
+        .into_iter()
+        .flatten()
+    {
+        out.extend_from_slice(request);
+        replies += 1;
+    }
+    (out, replies)
+}
+
+/// Connects to a node for a connection managed outside this module (a subscription, a
+/// tracking connection) and sends the greeting, then `then`. Gives the stream and how many
+/// replies belong to the greeting.
+pub async fn dial(
+    addr: &str,
+    config: &Config,
+    resp3: bool,
+    then: &[u8],
+) -> Result<(Stream, usize), String> {
+    let mut stream = crate::tls::connect(addr, config.connect_timeout, config.backend_tls.as_ref())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let auth = config.backend_auth.as_ref().map(|a| a.request());
+    let (mut hello, replies) = greeting(auth.as_deref(), false, resp3);
+    hello.extend_from_slice(then);
+    write(&mut stream, &hello)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    Ok((stream, replies))
+}

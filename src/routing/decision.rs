@@ -1,0 +1,124 @@
+//! What the authority decides for a slot, and the repair it plans: the vocabulary in
+//! which the control plane reports unsettled slots (`/status`, `slotguard check`) and
+//! journals repair steps. `cluster::authority` makes these; nothing here decides anything.
+
+use serde::{Deserialize, Serialize};
+
+/// One step of a repair. Every step is idempotent: repeating it after a crash is safe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    /// `CLUSTER SETSLOT slot NODE id` on `on`.
+    Bind {
+        on: String,
+        slot: u16,
+        owner: String,
+    },
+    /// `CLUSTER SETSLOT slot IMPORTING source` on `on`.
+    Importing {
+        on: String,
+        slot: u16,
+        source: String,
+    },
+    /// `CLUSTER SETSLOT slot MIGRATING target` on `on`.
+    Migrating {
+        on: String,
+        slot: u16,
+        target: String,
+    },
+    /// `CLUSTER SETSLOT slot STABLE` on `on`.
+    Stable { on: String, slot: u16 },
+    /// Move every key of `slot` from `from` to `to` with MIGRATE, then wait until `to`'s
+    /// replicas have them. With `replace` (finishing a migration) `from`'s copy wins over
+    /// one already at `to`: the slot was held since the fault, so `from` has the copy
+    /// clients last wrote. Without (giving keys back to their owner) the owner's copy wins:
+    /// it can only have been written after the migration stopped; the old one is dropped
+    /// and logged by name.
+    MoveKeys {
+        from: String,
+        to: String,
+        slot: u16,
+        replace: bool,
+    },
+}
+
+/// Which fault of the catalogue (FAULTS.md) broke a slot. It shows as the catalogue's
+/// names in `/status`, logs and `slotguard check`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Case {
+    /// The target of a migration failed over (or is failing): finished forward onto it.
+    #[serde(rename = "S2/S3/S9")]
+    TargetLost,
+    /// The source of a migration failed over: finished forward onto the target.
+    #[serde(rename = "S4/S5/S6")]
+    SourceLost,
+    /// A migration only the journal remembers (both ends lost, or forgotten by both).
+    #[serde(rename = "S7")]
+    Remembered,
+    /// Every live node binds the slot to a dead master that had finished the migration.
+    #[serde(rename = "S10")]
+    BoundToDead,
+    /// A node imports a slot its owner does not migrate: its keys go back.
+    #[serde(rename = "S13/S14")]
+    StrayImport,
+    /// A repair of the proxy's own, cut short.
+    #[serde(rename = "resume")]
+    Resume,
+}
+
+impl Case {
+    /// The catalogue's name for the case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::TargetLost => "S2/S3/S9",
+            Case::SourceLost => "S4/S5/S6",
+            Case::Remembered => "S7",
+            Case::BoundToDead => "S10",
+            Case::StrayImport => "S13/S14",
+            Case::Resume => "resume",
+        }
+    }
+}
+
+impl std::fmt::Display for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Compared by the catalogue's name (the case table's rows say "S4/S5/S6").
+impl PartialEq<&str> for Case {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
+}
+
+/// What the authority decided for a slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum State {
+    /// One live owner, nothing open.
+    Stable { owner: String },
+    /// A migration whose ends are both live and agree: left to whoever runs it.
+    Migrating { from: String, to: String },
+    /// Broken by a fault of the catalogue; `plan` repairs it.
+    Broken { case: Case, why: String },
+    /// No live owner and nothing to repair with: requests wait (S1, S8).
+    Orphaned { why: String },
+    /// More than one live master claims it.
+    Conflicted { claims: Vec<String> },
+}
+
+/// A slot's state and, when broken, the repair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub slot: u16,
+    pub state: State,
+    /// Steps to run, in order; node ids.
+    pub plan: Vec<Step>,
+}
+
+impl Decision {
+    /// True when requests for the slot must wait (anything but stable or a live migration).
+    pub fn holds(&self) -> bool {
+        !matches!(self.state, State::Stable { .. } | State::Migrating { .. })
+    }
+}

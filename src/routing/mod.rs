@@ -1,0 +1,184 @@
+//! Where the two planes meet.
+//!
+//! The control plane (`cluster`) learns what the cluster looks like and decides what may be
+//! served; the data plane (`proxy`) serves clients by it. Neither imports the other: what
+//! they share lives here, written by the control plane and read by the data plane and the
+//! admin listener.
+//!
+//! - the slot map, by address ([`map::SlotMap`]); the data plane makes its own connection
+//!   handles from it;
+//! - two per-slot flags the authority sets: *blocked* (held for a repair: nothing is sent
+//!   for it) and *watched* (a migration is open or remembered: a `MOVED` for it is not
+//!   followed blindly);
+//! - the server's command table ([`command::Commands`]) and version;
+//! - a status snapshot ([`status::Status`]) for `/status` and for the data plane's one
+//!   question about node health;
+//! - the settings in force and the metrics registry, which both planes use.
+//!
+//! Every change to the map or to the blocked set bumps [`Routing::changes`], which the data
+//! plane follows. The data plane speaks back only through [`Hint`]s on a channel.
+
+pub mod command;
+pub mod decision;
+pub mod map;
+pub mod status;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::protocol::SLOTS;
+use command::Commands;
+use map::SlotMap;
+use status::Status;
+
+/// What the data plane tells the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// A node answered MOVED: `slot` is served by `addr` now.
+    Moved { slot: u16, addr: String },
+    /// Something failed; the slot map may be stale.
+    Refresh,
+}
+
+/// The state the planes share.
+pub struct Routing {
+    config: ArcSwap<Config>,
+    pub metrics: Arc<Metrics>,
+    map: ArcSwap<SlotMap>,
+    /// Per slot: the authority holds it (broken, being repaired): nothing is sent for it,
+    /// whatever the slot map says, until it is unblocked.
+    blocked: Box<[AtomicBool]>,
+    /// Per slot: a migration is open or remembered. Redirects for it are not followed
+    /// blindly: the authority decides where it is served.
+    watched: Box<[AtomicBool]>,
+    /// The server's command table (a built-in one until it is loaded).
+    pub commands: ArcSwap<Commands>,
+    /// Version of the servers behind, for `INFO` and `HELLO`.
+    pub server_version: ArcSwap<String>,
+    pub status: ArcSwap<Status>,
+    hints: mpsc::UnboundedSender<Hint>,
+    /// Bumped when the map or the blocked set changes.
+    changes: watch::Sender<u64>,
+}
+
+impl Routing {
+    /// The shared state; the receiver carries the data plane's hints to the control plane.
+    pub fn new(config: Config) -> (Arc<Routing>, mpsc::UnboundedReceiver<Hint>) {
+        let (hints, rx) = mpsc::unbounded_channel();
+        let flags = || (0..SLOTS).map(|_| AtomicBool::new(false)).collect();
+        let routing = Routing {
+            config: ArcSwap::from_pointee(config),
+            metrics: Arc::new(Metrics::new()),
+            map: ArcSwap::from_pointee(SlotMap::default()),
+            blocked: flags(),
+            watched: flags(),
+            commands: ArcSwap::from_pointee(Commands::builtin()),
+            server_version: ArcSwap::from_pointee("7.0.0".to_string()),
+            status: ArcSwap::from_pointee(Status::default()),
+            hints,
+            changes: watch::Sender::new(0),
+        };
+        (Arc::new(routing), rx)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// Puts a reloaded configuration in force.
+    pub fn set_config(&self, config: Config) {
+        self.config.store(Arc::new(config));
+    }
+
+    /// The slot map last published.
+    pub fn map(&self) -> Arc<SlotMap> {
+        self.map.load_full()
+    }
+
+    /// Publishes a slot map built from an owner per slot and readable replicas; it gets
+    /// the next generation.
+    pub fn publish(&self, owners: &[Option<String>], replicas: &[(String, String)]) {
+        let generation = self.map.load().generation + 1;
+        self.map
+            .store(Arc::new(SlotMap::build(owners, replicas, generation)));
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Makes exactly `slots` blocked.
+    pub fn set_blocked(&self, slots: &BTreeSet<u16>) {
+        let mut changed = false;
+        for (slot, flag) in self.blocked.iter().enumerate() {
+            let want = slots.contains(&(slot as u16));
+            if flag.swap(want, Ordering::AcqRel) != want {
+                changed = true;
+            }
+        }
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// True when the authority holds `slot` for a repair.
+    #[inline]
+    pub fn is_blocked(&self, slot: u16) -> bool {
+        self.blocked[slot as usize].load(Ordering::Acquire)
+    }
+
+    /// Makes exactly `slots` watched.
+    pub fn set_watched(&self, slots: &BTreeSet<u16>) {
+        for (slot, flag) in self.watched.iter().enumerate() {
+            flag.store(slots.contains(&(slot as u16)), Ordering::Release);
+        }
+    }
+
+    /// True when a migration of `slot` is open or remembered.
+    #[inline]
+    pub fn is_watched(&self, slot: u16) -> bool {
+        self.watched[slot as usize].load(Ordering::Acquire)
+    }
+
+    /// Wakes when the map or the blocked set changed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Tells the control plane something (the data plane's only way back).
+    pub fn hint(&self, hint: Hint) {
+        let _ = self.hints.send(hint);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_published_map_and_a_blocked_change_wake_the_follower() {
+        let (routing, _hints) = Routing::new(Config::default());
+        let mut changes = routing.changes();
+        let owners = vec![Some("a:1".to_string()); SLOTS];
+        routing.publish(&owners, &[]);
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        assert_eq!(routing.map().generation, 1);
+        assert_eq!(routing.map().covered(), SLOTS);
+
+        routing.set_blocked(&BTreeSet::from([5]));
+        assert!(routing.is_blocked(5) && !routing.is_blocked(6));
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        // The same set again changes nothing.
+        routing.set_blocked(&BTreeSet::from([5]));
+        assert!(!changes.has_changed().unwrap());
+
+        routing.set_watched(&BTreeSet::from([9]));
+        assert!(routing.is_watched(9) && !routing.is_watched(5));
+    }
+}

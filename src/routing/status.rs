@@ -1,0 +1,120 @@
+//! The cluster as the control plane last saw it: every node with its role, health, slots
+//! and open migrations, and every slot the authority does not call stable. The admin
+//! listener renders it (`/status`, the slot page); the data plane asks it one question:
+//! has the cluster given up on a node (`Status::node_failed`).
+
+use serde::Serialize;
+
+use super::decision::Decision;
+
+/// A node's role, as it reports it.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Master,
+    Replica,
+}
+
+/// A node's health, as the cluster sees it.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// It answered the last refresh and no node suspects it.
+    Ok,
+    /// Some node suspects it (`fail?`).
+    Pfail,
+    /// The cluster agreed it failed.
+    Fail,
+    /// It did not answer, and no node flags it.
+    Unreachable,
+}
+
+/// One node, as reported.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: String,
+    pub addr: String,
+    pub role: Role,
+    pub master_id: Option<String>,
+    pub health: Health,
+    pub config_epoch: u64,
+    /// Owned slot ranges, inclusive.
+    pub slots: Vec<(u16, u16)>,
+    /// (slot, target node id) this node migrates away.
+    pub migrating: Vec<(u16, String)>,
+    /// (slot, source node id) this node imports.
+    pub importing: Vec<(u16, String)>,
+}
+
+/// The merged view of every node that answered.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClusterView {
+    pub nodes: Vec<NodeStatus>,
+    /// Nodes that answered the last refresh.
+    pub answered: usize,
+}
+
+impl ClusterView {
+    /// The address of the node with this id.
+    pub fn addr_of(&self, id: &str) -> Option<&str> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.addr.as_str())
+    }
+
+    /// True when the cluster agrees the node at `addr` has failed, or it is a replica now.
+    pub fn node_failed(&self, addr: &str) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.addr == addr && (n.health == Health::Fail || n.role == Role::Replica))
+    }
+}
+
+/// What the control plane last published about the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub view: ClusterView,
+    /// The authority's decisions for the slots it does not call stable, with their
+    /// repair plans; at most [`Status::MAX_DECISIONS`], lowest slots first.
+    pub decisions: Vec<Decision>,
+}
+
+impl Status {
+    /// Most decisions kept (a broken cluster can have 16384 unsettled slots).
+    pub const MAX_DECISIONS: usize = 1000;
+
+    /// True when the cluster agrees the node at `addr` has failed, or it is a replica now.
+    pub fn node_failed(&self, addr: &str) -> bool {
+        self.view.node_failed(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_and_health_render_as_before() {
+        let node = NodeStatus {
+            id: "n".into(),
+            addr: "a:1".into(),
+            role: Role::Replica,
+            master_id: None,
+            health: Health::Pfail,
+            config_epoch: 0,
+            slots: vec![],
+            migrating: vec![],
+            importing: vec![],
+        };
+        let json = serde_json::to_value(&node).unwrap();
+        assert_eq!(json["role"], "replica");
+        assert_eq!(json["health"], "pfail");
+        let view = ClusterView {
+            nodes: vec![node],
+            answered: 1,
+        };
+        assert!(view.node_failed("a:1"), "a replica serves no writes");
+        assert!(!view.node_failed("b:1"));
+    }
+}
