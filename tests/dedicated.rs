@@ -532,6 +532,65 @@ async fn wait_counts_replicas_that_acknowledged() {
     assert!(err.to_string().contains("timeout is negative"), "{err}");
 }
 
+/// WAIT reads replication offsets on connections it keeps: a client that WAITs after
+/// every write makes the master accept no new connection for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_reuses_its_connections_to_the_masters() {
+    let h = Harness::start(3, 1).await;
+    let key = format!("{}pooled", tag_on(0));
+    let master = h.cluster.nodes[0].addr();
+    let mut c = h.client().await;
+    let accepted = || async {
+        let info = call(&master, &["INFO", "stats"]).await;
+        let slotguard::protocol::Value::Bulk(info) = info else {
+            panic!("{info:?}")
+        };
+        let info = String::from_utf8_lossy(&info).into_owned();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("INFO stats counts connections")
+    };
+    write_and_wait(&mut c, &key, 0).await;
+    assert_eq!(
+        h.proxy.proxy.wait_connections(),
+        1,
+        "kept for the next WAIT"
+    );
+    let metrics = &h.proxy.proxy.metrics;
+    let refreshes = || metrics.refreshes_ok.get() + metrics.refreshes_failed.get();
+    let (before, refreshed) = (accepted().await, refreshes());
+    for n in 1..=5 {
+        write_and_wait(&mut c, &key, n).await;
+    }
+    // The master accepted this test's own INFO call and one connection per topology
+    // refresh (one more if a refresh was under way), none for the five WAITs.
+    let (after, refreshed) = (accepted().await, refreshes() - refreshed);
+    assert!(
+        after - before <= 2 + refreshed,
+        "{} connections for {refreshed} refreshes",
+        after - before
+    );
+    assert_eq!(h.proxy.proxy.wait_connections(), 1);
+}
+
+/// SET, then WAIT for one replica.
+async fn write_and_wait(c: &mut redis::aio::MultiplexedConnection, key: &str, n: i64) {
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg(n)
+        .query_async(c)
+        .await
+        .unwrap();
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query_async(c)
+        .await
+        .unwrap();
+    assert_eq!(acked, 1);
+}
+
 /// A client's own connection goes back to the node's allowance once idle, unless it holds
 /// a WATCH; the client's next blocking command opens another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -273,3 +273,59 @@ async fn a_tls_cluster_is_served() {
     h.cluster_check().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A connection holds its place under `client.max_clients` from the moment it is
+/// accepted: clients that never finish their TLS handshake cannot push the proxy past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_handshakes_count_toward_max_clients() {
+    use tokio::io::AsyncReadExt;
+    let dir = temp_dir("max-clients");
+    let certs = make_certs(&dir);
+    let (cert, key) = (path(&certs.server.0), path(&certs.server.1));
+    let h = Harness::start_with(
+        Options {
+            masters: 3,
+            replicas_per_master: 0,
+            ..Options::default()
+        },
+        |c| {
+            c.max_clients = 2;
+            c.tls = Some(slotguard::tls::acceptor(&cert, &key, None).unwrap());
+        },
+    )
+    .await;
+    // Two connections that never say a word: their handshakes are pending.
+    let silent: Vec<tokio::net::TcpStream> = futures_util::future::join_all(
+        (0..2).map(|_| tokio::net::TcpStream::connect(h.proxy.addr)),
+    )
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect();
+    let mut third = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut out))
+        .await
+        .expect("refused at once, before any handshake")
+        .unwrap();
+    assert_eq!(out, b"-ERR max number of clients reached\r\n");
+    // Their places come back when they go.
+    drop(silent);
+    let port = h.port();
+    let certs = make_paths(&certs);
+    let served = slotguard::localcluster::wait_for(Duration::from_secs(10), || {
+        let certs = make_paths(&certs);
+        async move {
+            tokio::task::spawn_blocking(move || cli(port, &certs, false, &["PING"]))
+                .await
+                .unwrap()
+                .is_ok_and(|out| out == "PONG")
+        }
+    })
+    .await;
+    assert!(
+        served.is_ok(),
+        "a TLS client is served once the silent ones left"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -401,3 +401,188 @@ impl Connection<'_> {
         let _ = job.reply.send(frame);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{duplex, DuplexStream};
+    use tokio::sync::{oneshot, Semaphore};
+
+    use super::*;
+
+    /// Records what a connection hands back.
+    #[derive(Default)]
+    struct Recorder {
+        parked: Mutex<Vec<(Bytes, Reason)>>,
+        redirected: Mutex<Vec<(Bytes, Redirect)>>,
+        dispatched: Mutex<Vec<Bytes>>,
+    }
+
+    impl Dispatch for Recorder {
+        fn dispatch(&self, job: Job) {
+            self.dispatched.lock().unwrap().push(job.raw);
+        }
+        fn park(&self, job: Job, reason: Reason) {
+            self.parked.lock().unwrap().push((job.raw, reason));
+        }
+        fn redirect(&self, job: Job, redirect: Redirect) {
+            self.redirected.lock().unwrap().push((job.raw, redirect));
+        }
+        fn send_to(&self, _: &str, job: Job) -> Result<(), Job> {
+            Err(job)
+        }
+        fn node_failed(&self, _: &str) -> bool {
+            false
+        }
+        fn script_load_for(&self, _: &Bytes) -> Option<Bytes> {
+            None
+        }
+        fn hint(&self, _: Hint) {}
+    }
+
+    const ADDR: &str = "10.0.0.1:7000";
+
+    struct Fixture {
+        recorder: Arc<Recorder>,
+        weak: Weak<dyn Dispatch>,
+        metrics: Metrics,
+        latency: Histogram,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let recorder = Arc::new(Recorder::default());
+            let weak: Weak<dyn Dispatch> = Arc::downgrade(&recorder) as Weak<dyn Dispatch>;
+            let metrics = Metrics::new();
+            let latency = metrics.node_latency(ADDR);
+            Fixture {
+                recorder,
+                weak,
+                metrics,
+                latency,
+            }
+        }
+
+        fn connection<'a>(&'a self, own: Option<&'a Owner>) -> Connection<'a> {
+            Connection {
+                addr: ADDR,
+                proxy: &self.weak,
+                inflight: VecDeque::new(),
+                wbuf: BytesMut::new(),
+                rbuf: BytesMut::new(),
+                scanner: ReplyScanner::default(),
+                resp3: false,
+                own,
+                idle: Duration::from_secs(30),
+                skip: 0,
+                metrics: &self.metrics,
+                latency: &self.latency,
+            }
+        }
+    }
+
+    fn job(raw: &'static [u8]) -> (Job, oneshot::Receiver<Bytes>) {
+        Job::new(Bytes::from_static(raw), Some(1), 1, false)
+    }
+
+    /// Reads from the node's end until `want` bytes came.
+    async fn read_exactly(node: &mut DuplexStream, want: usize) -> Vec<u8> {
+        let mut got = vec![0; want];
+        node.read_exact(&mut got).await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn replies_are_matched_in_order_and_redirects_handed_back() {
+        let fx = Fixture::new();
+        let mut conn = fx.connection(None);
+        let (ours, mut node) = duplex(4096);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (a, ra) = job(b"*1\r\n$1\r\na\r\n");
+        let (b, _rb) = job(b"*1\r\n$1\r\nb\r\n");
+        let (c, rc) = job(b"*1\r\n$1\r\nc\r\n");
+        let (d, rd) = job(b"*1\r\n$1\r\nd\r\n");
+        let mut batch = vec![a, b, c, d];
+        let node_side = async {
+            let sent = read_exactly(&mut node, 4 * 11).await;
+            assert_eq!(
+                sent,
+                b"*1\r\n$1\r\na\r\n*1\r\n$1\r\nb\r\n*1\r\n$1\r\nc\r\n*1\r\n$1\r\nd\r\n"
+            );
+            // Replies in two pieces, the cut inside a frame.
+            node.write_all(b"+first\r\n-MOVED 1 10.0.0.2:7000\r\n$5\r\nth")
+                .await
+                .unwrap();
+            node.write_all(b"ird\r\n-ERR plain\r\n").await.unwrap();
+            drop(tx); // nothing more to send: the connection ends once replies are in
+            node
+        };
+        let (ended, _node) = tokio::join!(conn.serve(ours, &mut rx, &mut batch), node_side);
+        assert_eq!(ended, None, "closed cleanly");
+        assert_eq!(&ra.await.unwrap()[..], b"+first\r\n");
+        assert_eq!(&rc.await.unwrap()[..], b"$5\r\nthird\r\n");
+        assert_eq!(&rd.await.unwrap()[..], b"-ERR plain\r\n");
+        let redirected = fx.recorder.redirected.lock().unwrap();
+        assert_eq!(redirected.len(), 1);
+        assert_eq!(&redirected[0].0[..], b"*1\r\n$1\r\nb\r\n");
+        assert_eq!(
+            redirected[0].1,
+            Redirect::Moved {
+                slot: 1,
+                addr: "10.0.0.2:7000".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_break_mid_batch_keeps_the_unanswered_jobs_in_order_to_retry() {
+        let fx = Fixture::new();
+        let mut conn = fx.connection(None);
+        let (ours, mut node) = duplex(4096);
+        let (_tx, mut rx) = mpsc::unbounded_channel();
+        let (a, ra) = job(b"*1\r\n$1\r\na\r\n");
+        let (b, _rb) = job(b"*1\r\n$1\r\nb\r\n");
+        let (c, _rc) = job(b"*1\r\n$1\r\nc\r\n");
+        let mut batch = vec![a, b, c];
+        let node_side = async move {
+            read_exactly(&mut node, 3 * 11).await;
+            // One reply and half of the next, then the node goes away.
+            node.write_all(b"+one\r\n$3\r\ntw").await.unwrap();
+            drop(node);
+        };
+        let (ended, ()) = tokio::join!(conn.serve(ours, &mut rx, &mut batch), node_side);
+        assert_eq!(ended.as_deref(), Some("connection closed by the node"));
+        assert_eq!(&ra.await.unwrap()[..], b"+one\r\n");
+        let lost = conn.inflight.drain(..).map(|f| f.job);
+        fail_all(&fx.weak, ADDR, lost, "connection closed by the node");
+        let parked = fx.recorder.parked.lock().unwrap();
+        let raws: Vec<&[u8]> = parked.iter().map(|(raw, _)| &raw[..]).collect();
+        assert_eq!(raws, [&b"*1\r\n$1\r\nb\r\n"[..], b"*1\r\n$1\r\nc\r\n"]);
+        assert!(parked.iter().all(|(_, reason)| matches!(
+            reason,
+            Reason::Unreachable(why) if why == "10.0.0.1:7000: connection closed by the node"
+        )));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_dedicated_connection_is_given_back_after_dedicated_idle() {
+        let fx = Fixture::new();
+        let lease = Arc::new(Lease::default());
+        let owner = Owner {
+            lease: Arc::downgrade(&lease),
+            _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+        };
+        let mut conn = fx.connection(Some(&owner));
+        let (ours, _node) = duplex(4096);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let started = tokio::time::Instant::now();
+        let ended = conn.serve(ours, &mut rx, &mut Vec::new()).await;
+        assert_eq!(ended, None, "given back, not failed");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        // The node's handle sees the queue closed and gives the next job back (its lease
+        // then opens another connection).
+        let (late, _r) = job(b"*1\r\n$4\r\nlate\r\n");
+        assert!(tx.send(late).is_err(), "the queue is closed");
+    }
+}

@@ -483,3 +483,28 @@ fn node_id(seed: &str) -> String {
     out.truncate(40);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::SLOTS;
+
+    #[tokio::test]
+    async fn nodes_the_map_stops_naming_are_forgotten() {
+        let (routing, _hints) = Routing::new(Config::default());
+        let owners = vec![Some("127.0.0.1:1".to_string()); SLOTS];
+        routing.publish(&owners, &[]);
+        let proxy = Proxy::new(routing);
+        let start = Instant::now();
+        proxy.node("127.0.0.1:1");
+        proxy.node("127.0.0.1:2"); // a redirect's target, never in the map
+        assert_eq!(proxy.nodes_known(), 2);
+        proxy.forget_nodes(start + FORGET_NODE / 2);
+        assert_eq!(proxy.nodes_known(), 2, "not yet");
+        proxy.forget_nodes(start + FORGET_NODE + Duration::from_secs(1));
+        assert_eq!(proxy.nodes_known(), 1, "the map still names the first");
+        let later = start + 3 * FORGET_NODE;
+        proxy.forget_nodes(later);
+        assert_eq!(proxy.nodes_known(), 1);
+    }
+}

@@ -618,3 +618,151 @@ fn script(proxy: &Proxy, client: &Client, req: &Request) -> Pending {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::routing::Routing;
+
+    /// What kind of reply a request is owed.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Kind {
+        /// Answered by the proxy, with this first line.
+        Local(String),
+        /// From one node.
+        One,
+        /// Joined from several.
+        Joined,
+        /// On the client's own connection, after every earlier reply.
+        Turn,
+        Subscribe,
+    }
+
+    fn proxy() -> Arc<Proxy> {
+        let (routing, _hints) = Routing::new(Config::default());
+        Proxy::new(routing)
+    }
+
+    fn client() -> Client {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        Client {
+            id: 1,
+            peer: addr,
+            local: addr,
+            name: None,
+            authenticated: true,
+            user: "default".into(),
+            access: Access::Admin,
+            read_from: ReadFrom::Master,
+            resp3: false,
+            quit: false,
+            tx: None,
+            lease: None,
+            watch: None,
+            wrote: Vec::new(),
+            tracking: None,
+        }
+    }
+
+    fn routed(proxy: &Proxy, client: &mut Client, args: &[&str]) -> (Kind, Class) {
+        let (pending, class) = route(proxy, client, Request::from_args(args));
+        let kind = match pending {
+            Pending::Ready(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                Kind::Local(text.lines().next().unwrap_or_default().to_string())
+            }
+            Pending::Wait(_) => Kind::One,
+            Pending::Join(_) => Kind::Joined,
+            Pending::Turn(..) => Kind::Turn,
+            Pending::Subscribe(_) => Kind::Subscribe,
+        };
+        (kind, class)
+    }
+
+    #[test]
+    fn requests_are_classified_by_where_they_go() {
+        let proxy = proxy();
+        let mut c = client();
+        let local = |text: &str| Kind::Local(text.to_string());
+        let cases: &[(&[&str], Kind, Class)] = &[
+            (&["PING"], local("+PONG"), Class::Local),
+            (&["get", "k"], Kind::One, Class::Read),
+            (&["SET", "k", "v"], Kind::One, Class::Write),
+            // Keys of one slot stay one request; of several, they are split and joined.
+            (&["MGET", "{t}a", "{t}b"], Kind::One, Class::MultiKey),
+            (&["MGET", "a", "b"], Kind::Joined, Class::MultiKey),
+            (&["MSET", "a", "1", "b", "2"], Kind::Joined, Class::MultiKey),
+            (&["DEL", "a", "b"], Kind::Joined, Class::MultiKey),
+            (&["BLPOP", "l", "0"], Kind::Turn, Class::Write),
+            (&["XREAD", "STREAMS", "s", "0"], Kind::One, Class::Read),
+            (&["SUBSCRIBE", "ch"], Kind::Subscribe, Class::Other),
+            (&["WAIT", "1", "0"], Kind::Turn, Class::Other),
+            (&["WATCH", "k"], Kind::Turn, Class::Read),
+            (
+                &["SUNION", "a", "b"],
+                local("-CROSSSLOT Keys in request don't hash to the same slot (key 'a' is in slot 15495, key 'b' in slot 3300)"),
+                Class::Other,
+            ),
+            (
+                &["SHUTDOWN"],
+                local("-ERR slotguard: 'shutdown' is not supported: admin commands are not forwarded; run them on the nodes"),
+                Class::Other,
+            ),
+            (
+                &["MONITOR"],
+                local("-ERR slotguard: 'monitor' is not supported: it takes over the connection"),
+                Class::Other,
+            ),
+            // No master known yet: a command for every master says so.
+            (
+                &["DBSIZE"],
+                local("-CLUSTERDOWN slotguard: no master is known yet (is any seed reachable?)"),
+                Class::Cluster,
+            ),
+        ];
+        for (args, kind, class) in cases {
+            assert_eq!(
+                routed(&proxy, &mut c, args),
+                (kind.clone(), *class),
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_transaction_queues_in_the_session_and_refuses_a_second_slot() {
+        let proxy = proxy();
+        let mut c = client();
+        let ok = Kind::Local("+OK".into());
+        let queued = Kind::Local("+QUEUED".into());
+        assert_eq!(routed(&proxy, &mut c, &["MULTI"]).0, ok);
+        assert_eq!(routed(&proxy, &mut c, &["SET", "{t}a", "1"]).0, queued);
+        assert_eq!(routed(&proxy, &mut c, &["INCR", "{t}b"]).0, queued);
+        let (Kind::Local(error), _) = routed(&proxy, &mut c, &["SET", "other", "1"]) else {
+            panic!("refused at once");
+        };
+        assert!(error.starts_with("-CROSSSLOT Keys in a transaction must all be in one slot"));
+        let (Kind::Local(abort), _) = routed(&proxy, &mut c, &["EXEC"]) else {
+            panic!("EXEC after a refused command answers at once");
+        };
+        assert_eq!(
+            abort,
+            "-EXECABORT Transaction discarded because of previous errors."
+        );
+        assert!(c.tx.is_none());
+    }
+
+    #[test]
+    fn an_unauthenticated_client_may_only_authenticate() {
+        let proxy = proxy();
+        let mut c = client();
+        c.authenticated = false;
+        let (kind, _) = routed(&proxy, &mut c, &["GET", "k"]);
+        assert_eq!(kind, Kind::Local("-NOAUTH Authentication required.".into()));
+        let (kind, _) = routed(&proxy, &mut c, &["QUIT"]);
+        assert_eq!(kind, Kind::Local("+OK".into()));
+    }
+}
