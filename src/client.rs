@@ -3,9 +3,11 @@
 //! cluster set-up), and the data plane's WAIT reads replication offsets with it. Client
 //! requests never travel on it: they have `proxy`'s pipelined connections.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use rustc_hash::FxHashMap;
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
@@ -186,6 +188,45 @@ impl Conn {
             addr: self.addr.clone(),
             what,
         }
+    }
+}
+
+/// Idle connections a [`Pool`] keeps per node.
+const POOL_PER_NODE: usize = 4;
+
+/// Idle connections to nodes, taken for a few calls and given back (WAIT reads
+/// replication offsets on them).
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<FxHashMap<String, Vec<Conn>>>,
+}
+
+impl Pool {
+    /// An idle connection to `addr`, or a new one.
+    pub async fn take(&self, addr: &str, dial: &Dial) -> Option<Conn> {
+        let pooled = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.get_mut(addr).and_then(Vec::pop)
+        };
+        match pooled {
+            Some(conn) => Some(conn),
+            None => Conn::dial(addr, dial).await.ok(),
+        }
+    }
+
+    /// Keeps a connection that answered its last call, up to [`POOL_PER_NODE`] a node.
+    pub fn give(&self, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let conns = idle.entry(conn.addr().to_string()).or_default();
+        if conns.len() < POOL_PER_NODE {
+            conns.push(conn);
+        }
+    }
+
+    /// Connections kept now.
+    pub fn idle(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.values().map(Vec::len).sum()
     }
 }
 

@@ -321,6 +321,13 @@ pub fn error(text: &str) -> Bytes {
 }
 
 /// A status reply such as `+OK`.
+/// Redis's error for a command given the wrong number of arguments; `name` in lower case.
+pub fn arity(name: &str) -> Bytes {
+    error(&format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+
 pub fn simple(text: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(text.len() + 3);
     line(&mut out, b'+', text.as_bytes());

@@ -22,7 +22,6 @@ use tracing::{debug, warn};
 
 use super::job::Job;
 use super::lease::Lease;
-use super::node::greeting;
 use super::redirect::{classify, Reason, Redirect};
 use crate::metrics::Metrics;
 use crate::protocol::ReplyScanner;
@@ -35,6 +34,26 @@ const BATCH: usize = 512;
 const STALL_CHECK: Duration = Duration::from_millis(250);
 /// A request unanswered this long, on a node the cluster has failed, is sent elsewhere.
 const STALL: Duration = Duration::from_secs(1);
+
+const HELLO3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+const READONLY: &[u8] = b"*1\r\n$8\r\nREADONLY\r\n";
+
+/// What a connection to a node sends before any request, and how many replies that earns
+/// (none of them a client's): `AUTH` when the cluster needs it (`auth`, the request),
+/// `READONLY` when reads may go to replicas (harmless on a master), `HELLO 3` for a RESP3
+/// connection. Every kind of node connection starts with it.
+pub fn greeting(auth: Option<&[u8]>, readonly: bool, resp3: bool) -> (BytesMut, usize) {
+    let mut out = BytesMut::new();
+    let mut replies = 0;
+    for request in [auth, readonly.then_some(READONLY), resp3.then_some(HELLO3)]
+        .into_iter()
+        .flatten()
+    {
+        out.extend_from_slice(request);
+        replies += 1;
+    }
+    (out, replies)
+}
 
 /// What a connection task asks of the rest of the data plane: everything it does with a
 /// job other than handing the client its reply. The proxy implements it.

@@ -15,6 +15,8 @@
 //! A WATCH is only as good as the connection that holds it. When that connection is lost,
 //! or the watched slot's owner changes, EXEC answers nil without running, exactly what a
 //! client sees when a watched key changed; it retries, as optimistic locking always does.
+//!
+//! `lease`, `job`, `node` and `connection` use each other: one collaboration (see `node`).
 
 use std::sync::{Arc, Mutex};
 

@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::client::Client;
 use super::Proxy;
 use crate::config::Access;
-use crate::protocol::reply::{self, array_header, bulk, Value};
+use crate::protocol::reply::{self, arity, array_header, bulk, Value};
 use crate::protocol::{key_slot, Request};
 
 pub fn ping(req: &Request) -> Bytes {
@@ -33,12 +33,6 @@ pub fn select(req: &Request) -> Bytes {
         b"0" => Bytes::from_static(reply::OK),
         _ => reply::error("ERR SELECT is not allowed in cluster mode"),
     }
-}
-
-pub fn arity(name: &str) -> Bytes {
-    reply::error(&format!(
-        "ERR wrong number of arguments for '{name}' command"
-    ))
 }
 
 /// Checks a password against the proxy's. `user` must be `default` (or absent).

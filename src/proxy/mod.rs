@@ -49,6 +49,7 @@ pub use node::Node;
 pub use redirect::{Reason, Redirect};
 use slot_table::SlotTable;
 
+use crate::client::Pool;
 use crate::config::{Config, ReadFrom};
 use crate::metrics::{Metrics, RedirectKind};
 use crate::routing::command::Commands;
@@ -83,7 +84,7 @@ pub struct Proxy {
     /// Script bodies by SHA1 (lower-case hex), to heal NOSCRIPT; bounded.
     scripts: Mutex<FxHashMap<String, bytes::Bytes>>,
     /// Connections WAIT reads replication offsets on.
-    wait_pool: wait::Pool,
+    wait_pool: Pool,
     /// Becomes true when the proxy shuts down.
     shutdown: watch::Sender<bool>,
     next_session: AtomicU32,
@@ -122,7 +123,7 @@ impl Proxy {
             started: Instant::now(),
             nodes: Mutex::new(FxHashMap::default()),
             scripts: Mutex::new(FxHashMap::default()),
-            wait_pool: wait::Pool::default(),
+            wait_pool: Pool::default(),
             shutdown: watch::Sender::new(false),
             next_session: AtomicU32::new(1),
             admitted: Arc::new(AtomicUsize::new(0)),

@@ -9,23 +9,22 @@
 //! RESP3 clients' jobs go to connections that said `HELLO 3` themselves, so the node
 //! answers in the protocol the client speaks and replies still pass through untouched.
 //!
-//! `node` and `lease` use each other: a node hands a leased job to its lease, and a lease
-//! opens its connection from the node's allowance. That is one collaboration in two files.
+//! The way to a node is one collaboration in four files, and the only import cycle left
+//! in the data plane: a [`Job`] may carry its client's [`Lease`]; a node hands such a job
+//! to the lease, and the lease opens its connection from the node's allowance (`lease`
+//! imports `node`, `node` imports `lease`); that connection tells its lease when it is lost
+//! (`connection` imports `lease`).
 
 use std::sync::{Arc, Weak};
 
-use bytes::BytesMut;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::connection::{self, Dispatch, Owner, Target};
+use super::connection::{self, greeting, Dispatch, Owner, Target};
 use super::job::Job;
 use super::lease::Lease;
 use crate::config::{Config, ReadFrom};
 use crate::metrics::Metrics;
 use crate::tls::{write, Stream};
-
-const HELLO3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
-const READONLY: &[u8] = b"*1\r\n$8\r\nREADONLY\r\n";
 
 /// One cluster node and its connections.
 pub struct Node {
@@ -127,23 +126,6 @@ impl Node {
         tokio::spawn(connection::run(target, rx, self.proxy.clone(), Some(owner)));
         Some(tx)
     }
-}
-
-/// What a connection to a node sends before any request, and how many replies that earns
-/// (none of them a client's): `AUTH` when the cluster needs it (`auth`, the request),
-/// `READONLY` when reads may go to replicas (harmless on a master), `HELLO 3` for a RESP3
-/// connection. Every kind of node connection starts with it.
-pub fn greeting(auth: Option<&[u8]>, readonly: bool, resp3: bool) -> (BytesMut, usize) {
-    let mut out = BytesMut::new();
-    let mut replies = 0;
-    for request in [auth, readonly.then_some(READONLY), resp3.then_some(HELLO3)]
-        .into_iter()
-        .flatten()
-    {
-        out.extend_from_slice(request);
-        replies += 1;
-    }
-    (out, replies)
 }
 
 /// Connects to a node for a connection managed outside this module (a subscription, a

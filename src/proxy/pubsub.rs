@@ -217,7 +217,7 @@ impl Subscriber<'_> {
             (b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE", Some(kind)) => {
                 if names.is_empty() {
                     let name = String::from_utf8_lossy(&name).to_lowercase();
-                    self.ready(crate::proxy::local::arity(&name));
+                    self.ready(reply::arity(&name));
                 } else {
                     self.subscribe(kind, names);
                 }

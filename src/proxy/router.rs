@@ -147,7 +147,7 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             (Pending::Subscribe(Some(req)), Class::Other)
         }
         b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => {
-            local(local::arity(&String::from_utf8_lossy(name).to_lowercase()))
+            local(reply::arity(&String::from_utf8_lossy(name).to_lowercase()))
         }
         b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => {
             local(local::not_subscribed(client.resp3, &req))
@@ -266,7 +266,7 @@ fn exec(client: &mut Client, tx: Tx) -> Pending {
 /// earlier reply is in.
 fn wait(client: &mut Client, req: &Request) -> (Pending, Class) {
     if req.len() != 3 {
-        return (ready(local::arity("wait")), Class::Other);
+        return (ready(reply::arity("wait")), Class::Other);
     }
     let (Some(replicas), Some(ms)) = (
         crate::protocol::request::parse_i64(req.arg(1)),
@@ -294,7 +294,7 @@ fn wait(client: &mut Client, req: &Request) -> (Pending, Class) {
 /// transaction's EXEC will run there.
 fn watch(client: &mut Client, req: Request) -> (Pending, Class) {
     if req.len() < 2 {
-        return (ready(local::arity("watch")), Class::Other);
+        return (ready(reply::arity("watch")), Class::Other);
     }
     // Every argument is a key.
     let slot = key_slot(req.arg(1));
@@ -501,7 +501,7 @@ enum SplitKind {
 /// long (MSET: key and value). One slot: sent as it is.
 fn split(proxy: &Proxy, client: &Client, req: Request, stride: usize, kind: SplitKind) -> Pending {
     if req.len() < 2 || !(req.len() - 1).is_multiple_of(stride) {
-        return ready(local::arity(
+        return ready(reply::arity(
             &String::from_utf8_lossy(req.arg(0)).to_lowercase(),
         ));
     }
@@ -569,7 +569,7 @@ fn all_masters(proxy: &Proxy, client: &Client, req: &Request, merge: Merge) -> P
 /// `node_cursor * 16384 + slot`, `slot` being the lowest slot of the master being walked.
 fn scan(proxy: &Proxy, client: &Client, req: Request) -> Pending {
     if req.len() < 2 {
-        return ready(local::arity("scan"));
+        return ready(reply::arity("scan"));
     }
     let Some(cursor) = std::str::from_utf8(req.arg(1))
         .ok()
@@ -600,7 +600,7 @@ fn scan(proxy: &Proxy, client: &Client, req: Request) -> Pending {
 
 fn script(proxy: &Proxy, client: &Client, req: &Request) -> Pending {
     if req.len() < 2 {
-        return ready(local::arity("script"));
+        return ready(reply::arity("script"));
     }
     let sub = req.arg(1).to_ascii_uppercase();
     match sub.as_slice() {

@@ -82,7 +82,7 @@ pub fn command(
     req: &Request,
 ) -> Result<Bytes, oneshot::Receiver<Bytes>> {
     if req.len() < 3 {
-        return Ok(super::local::arity("client|tracking"));
+        return Ok(reply::arity("client|tracking"));
     }
     let on = match req.arg(2).to_ascii_uppercase().as_slice() {
         b"ON" => true,

@@ -10,62 +10,23 @@
 //! unless a node's own WAIT asks sooner, so a WAIT through the proxy may take up to a
 //! second longer than on a single node.
 //!
-//! The offsets are read on request-reply connections ([`Conn`]) kept in a small pool per
-//! master, so a client that WAITs after every write costs no connection set-up each time.
+//! The offsets are read on request-reply connections ([`Conn`]) kept in a [`Pool`], so a
+//! client that WAITs after every write costs no connection set-up each time.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 
 use super::Proxy;
-use crate::client::{Conn, Dial};
+use crate::client::{Conn, Dial, Pool};
 use crate::protocol::{reply, Value};
 
 /// How often acknowledgements are looked at: at first, then at most (a long WAIT costs
 /// its masters a few INFO calls a second, not a hundred).
 const POLL_FIRST: Duration = Duration::from_millis(10);
 const POLL_MAX: Duration = Duration::from_millis(200);
-
-/// Idle connections kept per master.
-const POOL_PER_NODE: usize = 4;
-
-/// Idle connections to masters, for reading replication offsets.
-#[derive(Default)]
-pub struct Pool {
-    idle: Mutex<FxHashMap<String, Vec<Conn>>>,
-}
-
-impl Pool {
-    /// An idle connection to `addr`, or a new one.
-    async fn take(&self, addr: &str, dial: &Dial) -> Option<Conn> {
-        let pooled = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.get_mut(addr).and_then(Vec::pop)
-        };
-        match pooled {
-            Some(conn) => Some(conn),
-            None => Conn::dial(addr, dial).await.ok(),
-        }
-    }
-
-    /// Keeps a connection that answered its last call, up to [`POOL_PER_NODE`] a master.
-    fn give(&self, conn: Conn) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let conns = idle.entry(conn.addr().to_string()).or_default();
-        if conns.len() < POOL_PER_NODE {
-            conns.push(conn);
-        }
-    }
-
-    /// Connections kept now.
-    pub fn idle(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.values().map(Vec::len).sum()
-    }
-}
 
 /// A WAIT to carry out.
 pub struct Wait {
