@@ -15,8 +15,9 @@
 //! came first).
 //!
 //! The reply to `CLIENT TRACKING ON` waits until every master's connection tracks, and
-//! nothing the client sends after it runs before. When the slot map's masters change,
-//! when a master's tracking connection is lost (a failover, a node that restarts), or
+//! nothing the client sends after it runs before. When a master's tracking connection is
+//! lost (a failover, a node that restarts), when one is made only after its node became a
+//! master, when a standby dropped an invalidation before its node became a master, or
 //! when a push cannot be queued for the client, the client is told to flush its whole
 //! cache (`invalidate` with a null key): what changed meanwhile is unknown. Lost
 //! connections are made again at most every [`RECONCILE`].
@@ -220,19 +221,10 @@ async fn run(
     // Nodes whose connection ended: when to try again, and failures in a row.
     let mut retry_at: FxHashMap<String, Instant> = FxHashMap::default();
     let mut failures: FxHashMap<String, u32> = FxHashMap::default();
-    let mut known_masters: Vec<String> = Vec::new();
     let mut ready = Some(ready);
     let mut tick = tokio::time::interval(RECONCILE);
     loop {
         let (masters, replicas) = targets(&proxy);
-        if masters != known_masters {
-            // A master the proxy did not know of may have reported changes nobody passed
-            // on; one that left may have taken some with it.
-            if !known_masters.is_empty() {
-                flush(&pushes, &overflow);
-            }
-            known_masters = masters.clone();
-        }
         let wanted = |addr: &String| masters.contains(addr) || replicas.contains(addr);
         let gone: Vec<String> = live.keys().filter(|a| !wanted(a)).cloned().collect();
         for addr in gone {
@@ -258,6 +250,7 @@ async fn run(
                 overflow: overflow.clone(),
                 tracking: Some(tracking_tx),
                 late: ready.is_none(),
+                missed: false,
                 proxy: proxy.clone(),
             };
             let handle = links.spawn(async move {
@@ -293,7 +286,7 @@ async fn run(
             Some(ended) = links.join_next() => {
                 if let Ok((addr, tracked)) = ended {
                     live.remove(&addr);
-                    if masters.contains(&addr) {
+                    if is_master(&proxy, &addr) {
                         // What changed while the connection was down is unknown: flush.
                         flush(&pushes, &overflow);
                     }
@@ -307,6 +300,13 @@ async fn run(
             _ = pushes.closed() => return,
         }
     }
+}
+
+/// True while the node at `addr` is a master of the slot map.
+fn is_master(proxy: &Proxy, addr: &str) -> bool {
+    let table = proxy.table.load();
+    let mut masters = table.masters();
+    masters.any(|(_, n)| n.addr == addr)
 }
 
 /// Tells the client to flush its cache, now or as soon as its queue has room.
@@ -326,6 +326,8 @@ struct Link {
     tracking: Option<oneshot::Sender<bool>>,
     /// Made after the client was told tracking is on.
     late: bool,
+    /// An invalidation was dropped while the node was not a master.
+    missed: bool,
     proxy: Arc<Proxy>,
 }
 
@@ -370,7 +372,7 @@ impl Link {
                     skip -= 1;
                 } else if let Some(tracking) = self.tracking.take() {
                     let _ = tracking.send(true); // +OK to CLIENT TRACKING
-                    if self.late && self.is_master() {
+                    if self.late && is_master(&self.proxy, &self.addr) {
                         // Writes to this master before it tracked were not reported.
                         flush(&self.pushes, &self.overflow);
                     }
@@ -382,24 +384,26 @@ impl Link {
         }
     }
 
-    /// True while the node is a master of the slot map.
-    fn is_master(&self) -> bool {
-        let table = self.proxy.table.load();
-        let mut masters = table.masters();
-        masters.any(|(_, n)| n.addr == self.addr)
-    }
-
-    /// Passes an `invalidate` push to the client, while the node is a master of the slot
-    /// map (a replica's connection is a standby).
-    fn push(&self, frame: Bytes) {
-        if !self.is_master() {
-            return;
-        }
+    /// Passes an `invalidate` push to the client while the node is a master of the slot
+    /// map. A standby's are dropped, but remembered: the first push after its node became a
+    /// master is preceded by a flush (what was dropped may have been a write the proxy sent
+    /// there before its map named the node, after a MOVED).
+    fn push(&mut self, frame: Bytes) {
         let invalidate = matches!(
             Value::parse(&frame),
             Ok(Value::Array(items)) if items.first().and_then(|v| v.as_bytes()).is_some_and(|k| &k[..] == b"invalidate")
         );
-        if invalidate && self.pushes.try_send(frame).is_err() {
+        if !invalidate {
+            return;
+        }
+        if !is_master(&self.proxy, &self.addr) {
+            self.missed = true;
+            return;
+        }
+        if std::mem::take(&mut self.missed) {
+            flush(&self.pushes, &self.overflow);
+        }
+        if self.pushes.try_send(frame).is_err() {
             self.overflow.store(true, Ordering::Relaxed);
         }
     }
