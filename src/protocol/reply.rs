@@ -194,24 +194,39 @@ impl Value {
     }
 
     /// Encodes the value as RESP2.
+    /// Encodes the value in RESP2: a null is `$-1`, a map a flat array, a boolean `:1` or
+    /// `:0`, a double or big number a bulk string.
     pub fn encode(&self, out: &mut BytesMut) {
+        self.encode_for(out, false);
+    }
+
+    /// Encodes the value in the protocol a client speaks: in RESP3 a null is `_`, a map
+    /// `%`, and booleans, doubles and big numbers keep their own types. (Sets and pushes
+    /// were decoded as arrays and stay arrays.)
+    pub fn encode_for(&self, out: &mut BytesMut, resp3: bool) {
         match self {
             Value::Simple(s) => line(out, b'+', s),
             Value::Error(s) => line(out, b'-', s),
             Value::Int(n) => line(out, b':', n.to_string().as_bytes()),
             Value::Bulk(b) => bulk(out, b),
+            Value::Nil if resp3 => out.put_slice(b"_\r\n"),
             Value::Nil => out.put_slice(b"$-1\r\n"),
             Value::Array(items) => {
                 array_header(out, items.len());
-                items.iter().for_each(|v| v.encode(out));
+                items.iter().for_each(|v| v.encode_for(out, resp3));
             }
             Value::Map(pairs) => {
-                array_header(out, pairs.len() * 2);
+                if resp3 {
+                    line(out, b'%', pairs.len().to_string().as_bytes());
+                } else {
+                    array_header(out, pairs.len() * 2);
+                }
                 for (k, v) in pairs {
-                    k.encode(out);
-                    v.encode(out);
+                    k.encode_for(out, resp3);
+                    v.encode_for(out, resp3);
                 }
             }
+            Value::Other(kind, text) if resp3 => line(out, *kind, text),
             Value::Other(b'#', text) => {
                 line(out, b':', if &text[..] == b"t" { b"1" } else { b"0" })
             }
@@ -346,6 +361,24 @@ pub fn bulk_reply(data: &[u8]) -> Bytes {
 
 pub const OK: &[u8] = b"+OK\r\n";
 pub const NIL: &[u8] = b"$-1\r\n";
+
+/// A null in the client's protocol.
+pub fn nil(resp3: bool) -> Bytes {
+    Bytes::from_static(if resp3 { b"_\r\n" } else { NIL })
+}
+
+/// A text reply the way Redis sends `INFO` and `CLIENT LIST`: a verbatim string (`=`,
+/// format `txt`) in RESP3, a bulk string in RESP2.
+pub fn text(out: &mut BytesMut, text: &[u8], resp3: bool) {
+    if resp3 {
+        line(out, b'=', (text.len() + 4).to_string().as_bytes());
+        out.put_slice(b"txt:");
+        out.put_slice(text);
+        out.put_slice(b"\r\n");
+    } else {
+        bulk(out, text);
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -227,10 +227,14 @@ pub fn client(client: &mut Client, req: &Request) -> Bytes {
         }
         (b"GETNAME", 2) => match &client.name {
             Some(name) => reply::bulk_reply(name),
-            None => Bytes::from_static(reply::NIL),
+            None => reply::nil(client.resp3),
         },
         (b"ID", 2) => reply::int(client.id as i64),
-        (b"INFO", 2) | (b"LIST", _) => reply::bulk_reply(client_line(client).as_bytes()),
+        (b"INFO", 2) | (b"LIST", _) => {
+            let mut out = BytesMut::new();
+            reply::text(&mut out, client_line(client).as_bytes(), client.resp3);
+            out.freeze()
+        }
         (b"SETINFO", 4) | (b"NO-EVICT", 3) | (b"NO-TOUCH", 3) => Bytes::from_static(reply::OK),
         // Tracking broadcasts (see `tracking`): CACHING changes nothing, and nothing is
         // redirected.

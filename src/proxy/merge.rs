@@ -48,14 +48,17 @@ pub struct Join {
     parts: Vec<oneshot::Receiver<Bytes>>,
     got: Vec<Bytes>,
     merge: Merge,
+    /// The client speaks RESP3: the merged reply is encoded in it.
+    resp3: bool,
 }
 
 impl Join {
-    pub fn new(parts: Vec<oneshot::Receiver<Bytes>>, merge: Merge) -> Join {
+    pub fn new(parts: Vec<oneshot::Receiver<Bytes>>, merge: Merge, resp3: bool) -> Join {
         Join {
             got: Vec::with_capacity(parts.len()),
             parts,
             merge,
+            resp3,
         }
     }
 
@@ -69,14 +72,15 @@ impl Join {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        Poll::Ready(merge(&self.merge, &self.got))
+        Poll::Ready(merge(&self.merge, &self.got, self.resp3))
     }
 }
 
 /// Said when a part's reply channel closed without a reply (the proxy is stopping).
 pub const GONE: &str = "ERR slotguard: request dropped while shutting down";
 
-fn merge(how: &Merge, parts: &[Bytes]) -> Bytes {
+/// Merges the parts' replies; `resp3`: the client's protocol (the parts came in it too).
+fn merge(how: &Merge, parts: &[Bytes], resp3: bool) -> Bytes {
     // The common cases need no decoding: every part `+OK`, or every part an integer.
     match how {
         Merge::AllOk if parts.iter().all(|p| p.first() == Some(&b'+')) => {
@@ -103,13 +107,13 @@ fn merge(how: &Merge, parts: &[Bytes]) -> Bytes {
             Err(e) => return reply::error(&format!("ERR slotguard: bad reply from a node: {e}")),
         }
     }
-    match merge_values(how, values) {
+    match merge_values(how, values, resp3) {
         Some(bytes) => bytes,
         None => reply::error("ERR slotguard: a node answered a part of this command unexpectedly"),
     }
 }
 
-fn merge_values(how: &Merge, values: Vec<Value>) -> Option<Bytes> {
+fn merge_values(how: &Merge, values: Vec<Value>, resp3: bool) -> Option<Bytes> {
     let mut out = BytesMut::new();
     match how {
         Merge::MGet { positions, total } => {
@@ -125,9 +129,9 @@ fn merge_values(how: &Merge, values: Vec<Value>) -> Option<Bytes> {
                     slots[pos] = item;
                 }
             }
-            Value::Array(slots).encode(&mut out);
+            Value::Array(slots).encode_for(&mut out, resp3);
         }
-        Merge::AllOk | Merge::First => values.into_iter().next()?.encode(&mut out),
+        Merge::AllOk | Merge::First => values.into_iter().next()?.encode_for(&mut out, resp3),
         Merge::SumInts => {
             let mut sum = 0i64;
             for v in &values {
@@ -141,7 +145,7 @@ fn merge_values(how: &Merge, values: Vec<Value>) -> Option<Bytes> {
                 let Value::Array(items) = v else { return None };
                 all.extend(items);
             }
-            Value::Array(all).encode(&mut out);
+            Value::Array(all).encode_for(&mut out, resp3);
         }
         Merge::Union => {
             let mut all: Vec<Value> = Vec::new();
@@ -153,7 +157,7 @@ fn merge_values(how: &Merge, values: Vec<Value>) -> Option<Bytes> {
                     }
                 }
             }
-            Value::Array(all).encode(&mut out);
+            Value::Array(all).encode_for(&mut out, resp3);
         }
         Merge::SumPairs => {
             let mut sums: Vec<(Value, i64)> = Vec::new();
@@ -181,22 +185,22 @@ fn merge_values(how: &Merge, values: Vec<Value>) -> Option<Bytes> {
             if map {
                 out.extend_from_slice(format!("%{}\r\n", sums.len()).as_bytes());
                 for (name, sum) in sums {
-                    name.encode(&mut out);
-                    Value::Int(sum).encode(&mut out);
+                    name.encode_for(&mut out, resp3);
+                    Value::Int(sum).encode_for(&mut out, resp3);
                 }
             } else {
                 let flat = sums
                     .into_iter()
                     .flat_map(|(name, sum)| [name, Value::Int(sum)])
                     .collect();
-                Value::Array(flat).encode(&mut out);
+                Value::Array(flat).encode_for(&mut out, resp3);
             }
         }
         Merge::FirstNonNil => values
             .into_iter()
             .find(|v| *v != Value::Nil)
             .unwrap_or(Value::Nil)
-            .encode(&mut out),
+            .encode_for(&mut out, resp3),
         Merge::MinEach => {
             let mut mins: Option<Vec<i64>> = None;
             for v in &values {
@@ -207,7 +211,7 @@ fn merge_values(how: &Merge, values: Vec<Value>) -> Option<Bytes> {
                     Some(m) => m.iter().zip(&ints).map(|(a, b)| *a.min(b)).collect(),
                 });
             }
-            Value::Array(mins?.into_iter().map(Value::Int).collect()).encode(&mut out);
+            Value::Array(mins?.into_iter().map(Value::Int).collect()).encode_for(&mut out, resp3);
         }
         Merge::Scan { slot, table } => {
             let [Value::Array(pair)] = &values[..] else {
@@ -224,7 +228,7 @@ fn merge_values(how: &Merge, values: Vec<Value>) -> Option<Bytes> {
             };
             array_header(&mut out, 2);
             reply::bulk(&mut out, next.to_string().as_bytes());
-            keys.encode(&mut out);
+            keys.encode_for(&mut out, resp3);
         }
         Merge::Info { head } => {
             let mut dbs: Vec<(String, i64, i64)> = Vec::new();
@@ -257,7 +261,7 @@ fn merge_values(how: &Merge, values: Vec<Value>) -> Option<Bytes> {
             for (db, keys, expires) in dbs {
                 text.push_str(&format!("{db}:keys={keys},expires={expires},avg_ttl=0\r\n"));
             }
-            reply::bulk(&mut out, text.as_bytes());
+            reply::text(&mut out, text.as_bytes(), resp3);
         }
     }
     Some(out.freeze())
@@ -269,7 +273,44 @@ mod tests {
 
     fn merged(how: Merge, parts: &[&'static [u8]]) -> Bytes {
         let parts: Vec<Bytes> = parts.iter().map(|p| Bytes::from_static(p)).collect();
-        merge(&how, &parts)
+        merge(&how, &parts, false)
+    }
+
+    /// The same for a RESP3 client (whose parts came over RESP3 connections).
+    fn merged3(how: Merge, parts: &[&'static [u8]]) -> Bytes {
+        let parts: Vec<Bytes> = parts.iter().map(|p| Bytes::from_static(p)).collect();
+        merge(&how, &parts, true)
+    }
+
+    #[test]
+    fn resp3_clients_get_resp3_nulls_maps_and_text() {
+        let how = Merge::MGet {
+            positions: vec![vec![0, 2], vec![1]],
+            total: 3,
+        };
+        let got = merged3(how, &[b"*2\r\n$1\r\na\r\n_\r\n", b"*1\r\n_\r\n"]);
+        assert_eq!(&got[..], b"*3\r\n$1\r\na\r\n_\r\n_\r\n");
+        assert_eq!(
+            &merged3(Merge::FirstNonNil, &[b"_\r\n", b"_\r\n"])[..],
+            b"_\r\n"
+        );
+        assert_eq!(
+            &merged(Merge::FirstNonNil, &[b"$-1\r\n", b"$-1\r\n"])[..],
+            b"$-1\r\n"
+        );
+        let got = merged3(
+            Merge::SumPairs,
+            &[b"%1\r\n$1\r\nc\r\n:1\r\n", b"%1\r\n$1\r\nc\r\n:2\r\n"],
+        );
+        assert_eq!(&got[..], b"%1\r\n$1\r\nc\r\n:3\r\n");
+        let head = "# Proxy\r\n".to_string();
+        let got = merged3(
+            Merge::Info { head: head.clone() },
+            &[b"=16\r\ntxt:# Keyspace\r\n\r\n"],
+        );
+        assert_eq!(&got[..], b"=25\r\ntxt:# Proxy\r\n# Keyspace\r\n\r\n");
+        let got = merged(Merge::Info { head }, &[b"$12\r\n# Keyspace\r\n\r\n"]);
+        assert_eq!(&got[..], b"$21\r\n# Proxy\r\n# Keyspace\r\n\r\n");
     }
 
     #[test]

@@ -542,7 +542,7 @@ fn split(proxy: &Proxy, client: &Client, req: Request, stride: usize, kind: Spli
         SplitKind::MSet => Merge::AllOk,
         SplitKind::Sum => Merge::SumInts,
     };
-    Pending::Join(Join::new(parts, merge))
+    Pending::Join(Join::new(parts, merge, client.resp3))
 }
 
 /// Sends the same request to every master; each part follows its master's lowest slot,
@@ -562,7 +562,7 @@ fn all_masters(proxy: &Proxy, client: &Client, req: &Request, merge: Merge) -> P
             "CLUSTERDOWN slotguard: no master is known yet (is any seed reachable?)",
         ));
     }
-    Pending::Join(Join::new(parts, merge))
+    Pending::Join(Join::new(parts, merge, client.resp3))
 }
 
 /// SCAN walks the masters one after another. The proxy's cursor is
@@ -595,7 +595,11 @@ fn scan(proxy: &Proxy, client: &Client, req: Request) -> Pending {
     args[1] = node_cursor.as_bytes();
     let (job, rx) = job(client, Request::from_args(&args), Some(slot));
     proxy.dispatch(job);
-    Pending::Join(Join::new(vec![rx], Merge::Scan { slot, table }))
+    Pending::Join(Join::new(
+        vec![rx],
+        Merge::Scan { slot, table },
+        client.resp3,
+    ))
 }
 
 fn script(proxy: &Proxy, client: &Client, req: &Request) -> Pending {
