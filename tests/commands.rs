@@ -694,3 +694,93 @@ async fn transactions_run_whole_on_their_slots_owner() {
         .unwrap();
     assert_eq!(n, 11);
 }
+
+/// CONFIG SET, RESETSTAT and REWRITE reach every node, replicas included; CONFIG GET is
+/// answered by a master; a node's refusal comes back naming the node; users without admin
+/// access may not touch the nodes' settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_set_reaches_every_node() {
+    use slotguard::config::{Access, User};
+    let h = Harness::start_with(slotguard::localcluster::Options::default(), |c| {
+        c.password = Some("root-pw".into());
+        c.users = vec![User {
+            name: "writer".into(),
+            password: "writer-pw".into(),
+            access: Access::ReadWrite,
+        }];
+    })
+    .await;
+    let nodes: Vec<String> = h.cluster.nodes.iter().map(|n| n.addr()).collect();
+    assert_eq!(nodes.len(), 6, "three masters and their replicas");
+    let mut s = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
+    let mut ask = async |req: &str| ask_raw(&mut s, req.as_bytes(), b"\r\n").await;
+    assert_eq!(ask("AUTH writer writer-pw\r\n").await, "+OK\r\n");
+    for req in [
+        "CONFIG SET maxmemory-policy allkeys-lru\r\n",
+        "CONFIG GET maxmemory\r\n",
+    ] {
+        assert_eq!(
+            ask(req).await,
+            "-NOPERM User writer has no permissions to run the 'config' command\r\n"
+        );
+    }
+    assert_eq!(ask("AUTH root-pw\r\n").await, "+OK\r\n");
+    assert_eq!(
+        ask("CONFIG SET maxmemory-policy allkeys-lru\r\n").await,
+        "+OK\r\n"
+    );
+    for addr in &nodes {
+        let got = common::call(addr, &["CONFIG", "GET", "maxmemory-policy"]).await;
+        let slotguard::protocol::Value::Array(pair) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(pair[1].as_str(), Some("allkeys-lru"), "{addr}");
+    }
+    let refused = ask("CONFIG SET no-such-option 1\r\n").await;
+    assert!(refused.starts_with("-ERR "), "{refused}");
+    assert!(refused.contains("(node 127.0.0.1:"), "{refused}");
+    assert_eq!(ask("CONFIG RESETSTAT\r\n").await, "+OK\r\n");
+
+    // redis-py, in both protocols.
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import redis"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: redis-py is not installed (pip install redis); .ci/run installs it");
+        return;
+    }
+    let script = format!(
+        r#"
+import redis
+for proto in (2, 3):
+    r = redis.Redis(host="127.0.0.1", port={port}, password="root-pw", protocol=proto,
+                    decode_responses=True, socket_timeout=5)
+    assert r.config_set("slowlog-log-slower-than", 1000 + proto) is True
+    assert r.config_get("slowlog-log-slower-than") == {{"slowlog-log-slower-than": str(1000 + proto)}}
+    assert r.config_resetstat() is True
+print("ok")
+"#,
+        port = h.port()
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("timeout")
+            .args(["60", "python3", "-c", &script])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for addr in &nodes {
+        let got = common::call(addr, &["CONFIG", "GET", "slowlog-log-slower-than"]).await;
+        let slotguard::protocol::Value::Array(pair) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(pair[1].as_str(), Some("1003"), "{addr}");
+    }
+}

@@ -105,6 +105,10 @@ pub fn forbidden(proxy: &Proxy, client: &Client, name: &[u8], req: &Request) -> 
         }
         _ => false,
     };
+    // The nodes' settings, credentials among them, are the operator's.
+    if name == b"CONFIG" && client.access != Access::Admin {
+        return Some(noperm(client, name));
+    }
     let allowed = match client.access {
         Access::Admin => true,
         Access::ReadWrite => !wipes,
@@ -119,13 +123,16 @@ pub fn forbidden(proxy: &Proxy, client: &Client, name: &[u8], req: &Request) -> 
             !writes
         }
     };
-    (!allowed).then(|| {
-        reply::error(&format!(
-            "NOPERM User {} has no permissions to run the '{}' command",
-            client.user,
-            String::from_utf8_lossy(name).to_lowercase()
-        ))
-    })
+    (!allowed).then(|| noperm(client, name))
+}
+
+/// Redis's refusal of a command to a user without the right.
+fn noperm(client: &Client, name: &[u8]) -> Bytes {
+    reply::error(&format!(
+        "NOPERM User {} has no permissions to run the '{}' command",
+        client.user,
+        String::from_utf8_lossy(name).to_lowercase()
+    ))
 }
 
 /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switches the client's protocol.

@@ -11,7 +11,7 @@
 //! `owed` (the replies it is owed), `router` (what to do with a request), `local` (what
 //! the proxy answers itself), `merge` (joining split replies), `job`, `redirect`, `node`
 //! and `connection` (the way to a node and back), `lease` (a client's own connection),
-//! `hold`, `slot_table`, `pubsub`, `tracking`, `wait`.
+//! `hold`, `slot_table`, `pubsub`, `tracking`, `wait`, `every_node` (CONFIG SET).
 //!
 //! A job that cannot be sent is handed back by value (`Result<(), Job>`); boxing it to
 //! please `clippy::result_large_err` would cost an allocation per request.
@@ -19,6 +19,7 @@
 
 mod client;
 pub mod connection;
+mod every_node;
 pub mod hold;
 pub mod job;
 pub mod lease;
@@ -83,8 +84,9 @@ pub struct Proxy {
     nodes: Mutex<FxHashMap<String, Known>>,
     /// Script bodies by SHA1 (lower-case hex), to heal NOSCRIPT; bounded.
     scripts: Mutex<FxHashMap<String, bytes::Bytes>>,
-    /// Connections WAIT reads replication offsets on.
-    wait_pool: Pool,
+    /// Request-reply connections to nodes, for what the proxy asks them itself (WAIT's
+    /// replication offsets, CONFIG SET on every node).
+    pool: Pool,
     /// Becomes true when the proxy shuts down.
     shutdown: watch::Sender<bool>,
     next_session: AtomicU32,
@@ -123,7 +125,7 @@ impl Proxy {
             started: Instant::now(),
             nodes: Mutex::new(FxHashMap::default()),
             scripts: Mutex::new(FxHashMap::default()),
-            wait_pool: Pool::default(),
+            pool: Pool::default(),
             shutdown: watch::Sender::new(false),
             next_session: AtomicU32::new(1),
             admitted: Arc::new(AtomicUsize::new(0)),
@@ -246,9 +248,9 @@ impl Proxy {
         });
     }
 
-    /// Connections WAIT keeps to read replication offsets.
+    /// Request-reply connections the proxy keeps to nodes (WAIT, CONFIG SET).
     pub fn wait_connections(&self) -> usize {
-        self.wait_pool.idle()
+        self.pool.idle()
     }
 
     /// Nodes with connection pools now.

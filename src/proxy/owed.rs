@@ -19,6 +19,8 @@ use crate::protocol::{reply, Request};
 pub enum Start {
     Job(Job),
     Wait(Wait),
+    /// A command every node must hear (`every_node`), and where its answer goes.
+    EveryNode(Request, oneshot::Sender<Bytes>),
 }
 
 impl Start {
@@ -28,6 +30,11 @@ impl Start {
             Start::Wait(wait) => {
                 if let Some(proxy) = proxy.me.upgrade() {
                     super::wait::start(proxy, wait);
+                }
+            }
+            Start::EveryNode(req, reply_to) => {
+                if let Some(proxy) = proxy.me.upgrade() {
+                    super::every_node::start(proxy, req, reply_to);
                 }
             }
         }

@@ -118,6 +118,15 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         b"DBSIZE" | b"KEYS" | b"FLUSHALL" | b"FLUSHDB" | b"RANDOMKEY" | b"SCAN" | b"SCRIPT"
         | b"INFO" => (whole_cluster(proxy, client, name, req), Class::Cluster),
         b"PUBSUB" if req.len() >= 2 => (pubsub_introspection(proxy, client, req), Class::Cluster),
+        b"CONFIG" if req.len() >= 2 && reconfigures(&req) => {
+            // Every node hears it, in its turn: nothing the client sent after it runs on
+            // the old setting.
+            let (tx, rx) = oneshot::channel();
+            (
+                Pending::Turn(Some(Start::EveryNode(req, tx)), rx),
+                Class::Other,
+            )
+        }
         b"CONFIG" if req.len() >= 2 && req.arg(1).eq_ignore_ascii_case(b"GET") => {
             (one(proxy, client, req, None), Class::Other)
         }
@@ -352,6 +361,13 @@ fn pubsub_introspection(proxy: &Proxy, client: &Client, req: Request) -> Pending
         _ => return one(proxy, client, req, None),
     };
     all_masters(proxy, client, &req, merge)
+}
+
+/// CONFIG SET, RESETSTAT and REWRITE: what every node must hear.
+fn reconfigures(req: &Request) -> bool {
+    [&b"SET"[..], b"RESETSTAT", b"REWRITE"]
+        .iter()
+        .any(|sub| req.arg(1).eq_ignore_ascii_case(sub))
 }
 
 fn refused(name: &[u8], why: &str) -> (Pending, Class) {

@@ -57,7 +57,7 @@ async fn run(proxy: Arc<Proxy>, wait: Wait) {
     addrs.sort();
     addrs.dedup();
     let dial = proxy.config().dial();
-    let pool = &proxy.wait_pool;
+    let pool = &proxy.pool;
     // What each master had reached once the client's writes were answered; a master whose
     // offset cannot be read makes the answer 0, as a WAIT that saw no replica would.
     let mut masters: Vec<Master> = Vec::new();

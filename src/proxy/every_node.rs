@@ -1,0 +1,83 @@
+//! Commands every node of the cluster must hear: `CONFIG SET`, `CONFIG RESETSTAT` and
+//! `CONFIG REWRITE`. A client that changes a setting through the proxy changes it on the
+//! whole cluster, replicas included (a replica promoted later must behave the same).
+//!
+//! They are sent on request-reply connections from the proxy's pool, to every node the
+//! last refresh saw up, at once. The answer is `+OK` when every node said so; otherwise
+//! the first error, in node order, with the node's address after it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+
+use super::Proxy;
+use crate::protocol::{reply, Request, Value};
+use crate::routing::status::Health;
+
+/// Sends `req` to every node and answers on `reply_to`.
+pub fn start(proxy: Arc<Proxy>, req: Request, reply_to: oneshot::Sender<Bytes>) {
+    tokio::spawn(async move {
+        let answer = run(proxy, &req).await;
+        let _ = reply_to.send(answer);
+    });
+}
+
+async fn run(proxy: Arc<Proxy>, req: &Request) -> Bytes {
+    let mut addrs: Vec<String> = proxy
+        .routing
+        .status
+        .load()
+        .view
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.health, Health::Ok | Health::Pfail))
+        .map(|n| n.addr.clone())
+        .collect();
+    addrs.sort();
+    if addrs.is_empty() {
+        return reply::error(
+            "CLUSTERDOWN slotguard: no node is known yet (is any seed reachable?)",
+        );
+    }
+    let args: Arc<Vec<Bytes>> = Arc::new((0..req.len()).map(|i| req.arg_bytes(i)).collect());
+    let dial = proxy.config().dial();
+    let mut calls = JoinSet::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let (addr, args, dial) = (addr.clone(), args.clone(), dial.clone());
+        let proxy = proxy.clone();
+        calls.spawn(async move {
+            let Some(mut conn) = proxy.pool.take(&addr, &dial).await else {
+                return (i, Err("cannot connect".to_string()));
+            };
+            let answer = conn.call(&args).await;
+            if answer.is_ok() {
+                proxy.pool.give(conn);
+            }
+            (i, answer.map_err(|e| e.what))
+        });
+    }
+    let mut answers: Vec<Option<Result<Value, String>>> = vec![None; addrs.len()];
+    while let Some(done) = calls.join_next().await {
+        if let Ok((i, answer)) = done {
+            answers[i] = Some(answer);
+        }
+    }
+    for (addr, answer) in addrs.iter().zip(answers) {
+        match answer {
+            Some(Ok(Value::Simple(_))) => {}
+            Some(Ok(Value::Error(text))) => {
+                return reply::error(&format!("{} (node {addr})", String::from_utf8_lossy(&text)));
+            }
+            Some(Ok(other)) => {
+                return reply::error(&format!("ERR slotguard: node {addr} answered {other:?}"))
+            }
+            Some(Err(why)) => {
+                return reply::error(&format!("ERR slotguard: node {addr} did not answer: {why}"))
+            }
+            None => return reply::error(&format!("ERR slotguard: node {addr} did not answer")),
+        }
+    }
+    Bytes::from_static(reply::OK)
+}
