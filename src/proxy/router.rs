@@ -183,7 +183,12 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
         (ready(error), Class::Other)
     };
     if name == b"WATCH" {
-        return fail(reply::error("ERR WATCH inside MULTI is not allowed"));
+        // Redis runs WATCH at once, even inside MULTI: refused, it leaves the transaction
+        // as it was.
+        return (
+            ready(reply::error("ERR WATCH inside MULTI is not allowed")),
+            Class::Other,
+        );
     }
     // What the proxy answers itself, or spreads over several nodes, cannot run inside a
     // transaction that runs on one node.
