@@ -87,13 +87,6 @@ async fn redis_cli_talks_to_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_py_works_unmodified() {
-    let probe = Command::new("python3")
-        .args(["-c", "import redis"])
-        .status();
-    if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED: redis-py is not installed (pip install redis); .ci/run installs it");
-        return;
-    }
     let h = Harness::start(3, 0).await;
     let script = format!(
         r#"
@@ -119,21 +112,7 @@ print("redis-py ok")
 "#,
         port = h.port()
     );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::redis_py(script).await;
 }
 
 /// What the proxy builds itself (merged replies, CLIENT answers) is in the client's
@@ -141,13 +120,6 @@ print("redis-py ok")
 /// missing keys among them. (A RESP2 null in a RESP3 reply made redis-py wait forever.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_py_gets_merged_replies_in_its_protocol() {
-    let probe = Command::new("python3")
-        .args(["-c", "import redis"])
-        .status();
-    if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED: redis-py is not installed (pip install redis); .ci/run installs it");
-        return;
-    }
     let h = Harness::start(3, 0).await;
     let script = format!(
         r#"
@@ -176,20 +148,7 @@ print("ok")
 "#,
         port = h.port()
     );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(["60", "python3", "-c", &script])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::redis_py(script).await;
 }
 
 /// A merged MGET is, byte for byte, what one node sends for the same keys in the same

@@ -742,13 +742,6 @@ async fn config_set_reaches_every_node() {
     assert_eq!(ask("CONFIG RESETSTAT\r\n").await, "+OK\r\n");
 
     // redis-py, in both protocols.
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import redis"])
-        .status();
-    if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED: redis-py is not installed (pip install redis); .ci/run installs it");
-        return;
-    }
     let script = format!(
         r#"
 import redis
@@ -762,20 +755,9 @@ print("ok")
 "#,
         port = h.port()
     );
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("timeout")
-            .args(["60", "python3", "-c", &script])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !common::redis_py(script).await {
+        return;
+    }
     for addr in &nodes {
         let got = common::call(addr, &["CONFIG", "GET", "slowlog-log-slower-than"]).await;
         let slotguard::protocol::Value::Array(pair) = got else {

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::lease::Lease;
 use super::tracking::Tracker;
-use crate::config::{Access, ReadFrom};
+use crate::config::{Access, Config, ReadFrom};
 
 /// Slots remembered for WAIT before it asks every master instead.
 const MAX_WROTE: usize = 32;
@@ -75,6 +75,28 @@ impl Tx {
 }
 
 impl Client {
+    /// A client that just connected: the `default` user, authenticated unless the proxy
+    /// has a password or users, speaking RESP2.
+    pub fn new(id: u32, peer: SocketAddr, local: SocketAddr, config: &Config) -> Client {
+        Client {
+            id,
+            peer,
+            local,
+            name: None,
+            authenticated: config.password.is_none() && config.users.is_empty(),
+            user: "default".into(),
+            access: Access::Admin,
+            read_from: config.read_from,
+            resp3: false,
+            quit: false,
+            tx: None,
+            lease: None,
+            watch: None,
+            wrote: Vec::new(),
+            tracking: None,
+        }
+    }
+
     /// Remembers a slot the client wrote to, for WAIT; past a few (or `None`: a write to
     /// several slots), WAIT asks every master.
     pub fn wrote(&mut self, slot: Option<u16>) {
@@ -118,23 +140,7 @@ mod tests {
 
     fn client() -> Client {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        Client {
-            id: 1,
-            peer: addr,
-            local: addr,
-            name: None,
-            authenticated: true,
-            user: "default".into(),
-            access: Access::Admin,
-            read_from: ReadFrom::Master,
-            resp3: false,
-            quit: false,
-            tx: None,
-            lease: None,
-            watch: None,
-            wrote: Vec::new(),
-            tracking: None,
-        }
+        Client::new(1, addr, addr, &Config::default())
     }
 
     #[test]

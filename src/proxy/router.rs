@@ -673,23 +673,7 @@ mod tests {
 
     fn client() -> Client {
         let addr = "127.0.0.1:1".parse().unwrap();
-        Client {
-            id: 1,
-            peer: addr,
-            local: addr,
-            name: None,
-            authenticated: true,
-            user: "default".into(),
-            access: Access::Admin,
-            read_from: ReadFrom::Master,
-            resp3: false,
-            quit: false,
-            tx: None,
-            lease: None,
-            watch: None,
-            wrote: Vec::new(),
-            tracking: None,
-        }
+        Client::new(1, addr, addr, &Config::default())
     }
 
     fn routed(proxy: &Proxy, client: &mut Client, args: &[&str]) -> (Kind, Class) {

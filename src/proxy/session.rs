@@ -72,25 +72,7 @@ pub async fn run(proxy: Arc<Proxy>, tcp: TcpStream, _admission: Admission) {
     let metrics = proxy.metrics.clone();
     metrics.client_connections.inc();
     metrics.client_connections_total.inc();
-    let config = proxy.config();
-    let mut client = Client {
-        id: proxy.session_id(),
-        peer,
-        local,
-        name: None,
-        authenticated: config.password.is_none() && config.users.is_empty(),
-        user: "default".into(),
-        access: crate::config::Access::Admin,
-        read_from: config.read_from,
-        resp3: false,
-        quit: false,
-        tx: None,
-        lease: None,
-        watch: None,
-        wrote: Vec::new(),
-        tracking: None,
-    };
-    drop(config);
+    let mut client = Client::new(proxy.session_id(), peer, local, &proxy.config());
     let span = tracing::info_span!("client", id = client.id, %peer);
     let result = serve(&proxy, &mut client, &mut stream)
         .instrument(span.clone())

@@ -371,6 +371,34 @@ pub async fn ask_raw(s: &mut tokio::net::TcpStream, req: &[u8], until: &[u8]) ->
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Runs a redis-py script (with a 60 s limit, so a client that hangs fails instead) and
+/// asserts it succeeded. Returns false, saying so, when redis-py is not installed
+/// (`.ci/run` installs it).
+pub async fn redis_py(script: String) -> bool {
+    let probe = Command::new("python3")
+        .args(["-c", "import redis"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: redis-py is not installed (pip install redis); .ci/run installs it");
+        return false;
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["60", "python3", "-c", &script])
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
 /// A key tag whose slot is served by master `i` of a three-master cluster.
 pub fn tag_on(i: usize) -> String {
     let range = match i {
