@@ -54,6 +54,7 @@ use crate::client::Pool;
 use crate::config::{Config, ReadFrom};
 use crate::metrics::{Metrics, RedirectKind};
 use crate::routing::command::Commands;
+use crate::routing::status::Health;
 use crate::routing::{Hint, Routing};
 
 /// Redirects one request may follow before it waits for the slot map to settle.
@@ -198,31 +199,38 @@ impl Proxy {
 
     /// Follows what the control plane publishes: a new slot map becomes this plane's
     /// table, and the hold queue tries again whenever the map or the blocked set changed.
-    /// Nodes the map stops naming are forgotten after [`FORGET_NODE`].
+    /// Nodes neither the map nor the cluster's view name are forgotten after
+    /// [`FORGET_NODE`].
     pub async fn follow_routing(self: Arc<Self>) {
         let mut changes = self.routing.changes();
         let mut sweep = tokio::time::interval(FORGET_NODE / 4);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.take_routing(); // what was published before this task began
         loop {
             tokio::select! {
                 changed = changes.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    let map = self.routing.map();
-                    if map.generation != self.table.load().generation {
-                        let table = SlotTable::from_map(&map, |addr| self.node(addr));
-                        self.table.store(Arc::new(table));
-                        self.named(map.addresses(), Instant::now());
-                    }
-                    self.hold.map_changed();
+                    self.take_routing();
                 }
                 _ = sweep.tick() => self.forget_nodes(Instant::now()),
             }
         }
     }
 
-    /// Notes that the map names these nodes now.
+    /// Makes the table from a map of a new generation, and lets held requests try again.
+    fn take_routing(&self) {
+        let map = self.routing.map();
+        if map.generation != self.table.load().generation {
+            let table = SlotTable::from_map(&map, |addr| self.node(addr));
+            self.table.store(Arc::new(table));
+            self.named(map.addresses(), Instant::now());
+        }
+        self.hold.map_changed();
+    }
+
+    /// Notes that these nodes are named now.
     fn named<'a>(&self, addrs: impl Iterator<Item = &'a str>, now: Instant) {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         for addr in addrs {
@@ -232,17 +240,25 @@ impl Proxy {
         }
     }
 
-    /// Drops the nodes the map has not named for [`FORGET_NODE`]. Their connection tasks
-    /// end once the last table naming them is gone and what they have in flight is
-    /// answered.
+    /// Drops the nodes that for [`FORGET_NODE`] the map has not named and the cluster's
+    /// view has not shown up (a replica is not in the map unless reads go to replicas, but
+    /// tracking and CONFIG SET reach it). Their connection tasks end once the last table
+    /// naming them is gone and what they have in flight is answered.
     fn forget_nodes(&self, now: Instant) {
         let map = self.routing.map();
         self.named(map.addresses(), now);
+        let status = self.routing.status.load();
+        let up = status
+            .view
+            .nodes
+            .iter()
+            .filter(|n| n.health != Health::Fail && n.health != Health::Unreachable);
+        self.named(up.map(|n| n.addr.as_str()), now);
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         nodes.retain(|addr, known| {
             let keep = now.duration_since(known.named) < FORGET_NODE;
             if !keep {
-                tracing::info!(%addr, "node no longer in the slot map; closing its connections");
+                tracing::info!(%addr, "node no longer in the cluster; closing its connections");
             }
             keep
         });
@@ -491,23 +507,50 @@ fn node_id(seed: &str) -> String {
 mod tests {
     use super::*;
     use crate::protocol::SLOTS;
+    use crate::routing::status::{ClusterView, NodeStatus, Role, Status};
 
     #[tokio::test]
-    async fn nodes_the_map_stops_naming_are_forgotten() {
+    async fn nodes_neither_the_map_nor_the_view_shows_are_forgotten() {
         let (routing, _hints) = Routing::new(Config::default());
         let owners = vec![Some("127.0.0.1:1".to_string()); SLOTS];
         routing.publish(&owners, &[]);
         let proxy = Proxy::new(routing);
         let start = Instant::now();
-        proxy.node("127.0.0.1:1");
-        proxy.node("127.0.0.1:2"); // a redirect's target, never in the map
-        assert_eq!(proxy.nodes_known(), 2);
+        let node = |addr: &str, role, health| NodeStatus {
+            id: addr.into(),
+            addr: addr.into(),
+            role,
+            master_id: None,
+            health,
+            config_epoch: 0,
+            slots: vec![],
+            migrating: vec![],
+            importing: vec![],
+        };
+        proxy.routing.status.store(Arc::new(Status {
+            view: ClusterView {
+                nodes: vec![
+                    node("127.0.0.1:1", Role::Master, Health::Ok),
+                    node("127.0.0.1:3", Role::Replica, Health::Ok),
+                    node("127.0.0.1:4", Role::Master, Health::Fail),
+                ],
+                answered: 2,
+            },
+            decisions: vec![],
+        }));
+        for addr in ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"] {
+            proxy.node(addr); // :2 is a redirect's target, never in the map or the view
+        }
+        assert_eq!(proxy.nodes_known(), 4);
         proxy.forget_nodes(start + FORGET_NODE / 2);
-        assert_eq!(proxy.nodes_known(), 2, "not yet");
+        assert_eq!(proxy.nodes_known(), 4, "not yet");
         proxy.forget_nodes(start + FORGET_NODE + Duration::from_secs(1));
-        assert_eq!(proxy.nodes_known(), 1, "the map still names the first");
-        let later = start + 3 * FORGET_NODE;
-        proxy.forget_nodes(later);
-        assert_eq!(proxy.nodes_known(), 1);
+        let mut known: Vec<String> = proxy.nodes.lock().unwrap().keys().cloned().collect();
+        known.sort();
+        assert_eq!(
+            known,
+            ["127.0.0.1:1", "127.0.0.1:3"],
+            "the map's master and a replica that is up stay"
+        );
     }
 }
