@@ -87,6 +87,8 @@ pub struct Metrics {
     redirects: Vec<IntCounter>,
     backend_latency: HistogramVec,
     pub client_connections: IntGauge,
+    /// Clients waiting in a blocking command or WAIT (`blocked_clients` in INFO).
+    pub clients_blocked: IntGauge,
     pub client_connections_total: IntCounter,
     pub clients_refused: IntCounter,
     pub backend_connections: IntGauge,
@@ -203,6 +205,10 @@ impl Metrics {
                 .collect(),
             backend_latency,
             client_connections: gauge("slotguard_client_connections", "Clients connected now"),
+            clients_blocked: gauge(
+                "slotguard_clients_blocked",
+                "Clients waiting in a blocking command or WAIT",
+            ),
             client_connections_total: counter(
                 "slotguard_client_connections_total",
                 "Client connections accepted",
@@ -266,6 +272,7 @@ impl Metrics {
             Box::new(redirects_vec),
             Box::new(metrics.backend_latency.clone()),
             Box::new(metrics.client_connections.clone()),
+            Box::new(metrics.clients_blocked.clone()),
             Box::new(metrics.client_connections_total.clone()),
             Box::new(metrics.clients_refused.clone()),
             Box::new(metrics.backend_connections.clone()),

@@ -106,6 +106,55 @@ async fn resp3_clients_get_pushes_and_may_run_commands_while_subscribed() {
     assert_eq!(items(&message), strs(&["message", "alerts", "fire"]));
 }
 
+/// A RESP3 subscriber may block too: BLPOP and WAIT start in their turn (they never did
+/// while subscribed, and the client waited forever), and INFO counts the client as
+/// blocked meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_resp3_client_may_block_and_counts_as_blocked() {
+    let h = Harness::start(3, 0).await;
+    let mut sub = Raw::connect(&h).await;
+    sub.send("HELLO 3\r\n").await;
+    sub.frame().await;
+    sub.send("SUBSCRIBE alerts\r\n").await;
+    sub.frame().await;
+    let list = format!("{}jobs", tag_on(1));
+    sub.send(&format!("BLPOP {list} 0\r\n")).await;
+    let blocked = |h: &Harness| {
+        let addr = h.proxy.addr.to_string();
+        async move {
+            let info = call(&addr, &["INFO", "clients"]).await;
+            let slotguard::protocol::Value::Bulk(info) = info else {
+                panic!("{info:?}")
+            };
+            String::from_utf8_lossy(&info)
+                .lines()
+                .find_map(|l| l.strip_prefix("blocked_clients:"))
+                .map(|v| v.trim().to_string())
+        }
+    };
+    let counted = slotguard::localcluster::wait_for(Duration::from_secs(5), || async {
+        blocked(&h).await.as_deref() == Some("1")
+    })
+    .await;
+    assert!(
+        counted.is_ok(),
+        "INFO shows the blocked client: {:?}",
+        blocked(&h).await
+    );
+    let mut c = h.client().await;
+    let () = redis::cmd("RPUSH")
+        .arg(&list)
+        .arg("job-1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let popped = sub.frame().await;
+    assert_eq!(items(&popped), strs(&[&list, "job-1"]));
+    assert_eq!(blocked(&h).await.as_deref(), Some("0"));
+    sub.send("WAIT 0 0\r\n").await;
+    assert_eq!(&sub.frame().await[..], b":0\r\n");
+}
+
 /// Publishes `message-N` on a shard channel until the subscriber gets one; returns what
 /// it saw before. Messages published while a subscription moves are lost, as in Redis.
 async fn spublish_until_received(h: &Harness, sub: &mut Raw, channel: &str) -> Vec<Vec<String>> {

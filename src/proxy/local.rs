@@ -328,13 +328,14 @@ pub fn info_head(proxy: &Proxy) -> String {
     let m = &proxy.metrics;
     format!(
         "# Server\r\nredis_version:{}\r\nredis_mode:cluster\r\nslotguard_version:{}\r\n\
-         uptime_in_seconds:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n\
+         uptime_in_seconds:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nblocked_clients:{}\r\n\r\n\
          # Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
          slotguard_redirects_absorbed:{}\r\nslotguard_requests_held:{}\r\n\r\n",
         proxy.routing.server_version.load(),
         env!("CARGO_PKG_VERSION"),
         proxy.started.elapsed().as_secs(),
         m.client_connections.get(),
+        m.clients_blocked.get(),
         m.client_connections_total.get(),
         m.requests_total(),
         m.redirects_total(),

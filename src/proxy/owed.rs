@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use prometheus::IntGauge;
 use tokio::sync::oneshot;
 
 use super::job::Job;
@@ -18,15 +19,22 @@ use crate::protocol::{reply, Request};
 /// What a [`Pending::Turn`] starts when its time comes.
 pub enum Start {
     Job(Job),
+    /// A blocking command: the client counts as blocked until its reply.
+    Block(Job),
+    /// WAIT: the client counts as blocked until its reply, as in Redis.
     Wait(Wait),
     /// A command every node must hear (`every_node`), and where its answer goes.
     EveryNode(Request, oneshot::Sender<Bytes>),
 }
 
 impl Start {
-    pub fn run(self, proxy: &Proxy) {
+    /// Sends it on its way; for a blocking command or WAIT, the client counts as blocked
+    /// while the returned guard lives.
+    pub fn run(self, proxy: &Proxy) -> Option<Blocked> {
+        let blocked = matches!(self, Start::Block(_) | Start::Wait(_))
+            .then(|| Blocked::new(&proxy.metrics.clients_blocked));
         match self {
-            Start::Job(job) => proxy.dispatch(job),
+            Start::Job(job) | Start::Block(job) => proxy.dispatch(job),
             Start::Wait(wait) => {
                 if let Some(proxy) = proxy.me.upgrade() {
                     super::wait::start(proxy, wait);
@@ -38,7 +46,36 @@ impl Start {
                 }
             }
         }
+        blocked
     }
+}
+
+/// A client counted in `blocked_clients` while this lives.
+pub struct Blocked(IntGauge);
+
+impl Blocked {
+    fn new(gauge: &IntGauge) -> Blocked {
+        gauge.inc();
+        Blocked(gauge.clone())
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A request on the client's own connection (a blocking command, WATCH, EXEC after
+/// WATCH), WAIT, or CONFIG SET on every node. It starts only once every earlier reply is
+/// in, and the session sends nothing after it before its reply: its order against the
+/// client's other requests, which go on shared connections, is kept.
+pub struct Turn {
+    /// What to start when the turn comes; `None` once started (or nothing to start).
+    start: Option<Start>,
+    reply: oneshot::Receiver<Bytes>,
+    /// Set while the client is blocked in it.
+    blocked: Option<Blocked>,
 }
 
 /// A reply the client is owed, in request order.
@@ -46,26 +83,35 @@ pub enum Pending {
     Ready(Bytes),
     Wait(oneshot::Receiver<Bytes>),
     Join(Join),
-    /// A request on the client's own connection (a blocking command, WATCH, EXEC after
-    /// WATCH). It is sent only once every earlier reply is in, and the session sends
-    /// nothing after it before its reply: its order against the client's other requests,
-    /// which go on shared connections, is kept.
-    Turn(Option<Start>, oneshot::Receiver<Bytes>),
+    Turn(Turn),
     /// A (P|S)SUBSCRIBE: once every earlier reply is written, the session turns to
     /// [`super::pubsub`] with it.
     Subscribe(Option<Request>),
 }
 
 impl Pending {
-    /// A job that waits for its turn.
-    pub fn turn(job: Job, rx: oneshot::Receiver<Bytes>) -> Pending {
-        Pending::Turn(Some(Start::Job(job)), rx)
+    /// Waits for its turn, then starts `start`.
+    pub fn turn(start: Start, reply: oneshot::Receiver<Bytes>) -> Pending {
+        Pending::Turn(Turn {
+            start: Some(start),
+            reply,
+            blocked: None,
+        })
+    }
+
+    /// Waits for its turn and for `reply`, started elsewhere (CLIENT TRACKING ON).
+    pub fn turn_for(reply: oneshot::Receiver<Bytes>) -> Pending {
+        Pending::Turn(Turn {
+            start: None,
+            reply,
+            blocked: None,
+        })
     }
 
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
         match self {
             Pending::Ready(bytes) => Poll::Ready(std::mem::take(bytes)),
-            Pending::Wait(rx) | Pending::Turn(_, rx) => Pin::new(rx)
+            Pending::Wait(rx) | Pending::Turn(Turn { reply: rx, .. }) => Pin::new(rx)
                 .poll(cx)
                 .map(|r| r.unwrap_or_else(|_| reply::error(GONE))),
             Pending::Join(join) => join.poll(cx),
@@ -85,11 +131,12 @@ impl Pending {
         }
     }
 
-    /// A turn whose time has come: what to start now.
-    pub fn launch(&mut self) -> Option<Start> {
-        match self {
-            Pending::Turn(job, _) => job.take(),
-            _ => None,
+    /// A turn whose time has come: starts what it waited to start.
+    pub fn launch(&mut self, proxy: &Proxy) {
+        if let Pending::Turn(turn) = self {
+            if let Some(start) = turn.start.take() {
+                turn.blocked = start.run(proxy);
+            }
         }
     }
 }

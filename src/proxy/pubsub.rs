@@ -518,10 +518,15 @@ impl Subscriber<'_> {
                     }
                     wbuf.extend_from_slice(bytes);
                 }
-                Out::Reply(pending) => match pending.poll(&mut cx) {
-                    Poll::Ready(bytes) => wbuf.extend_from_slice(&bytes),
-                    Poll::Pending => break,
-                },
+                Out::Reply(pending) => {
+                    // A request that waits for its turn (a blocking command, WAIT)
+                    // starts once every earlier reply is out.
+                    pending.launch(self.proxy);
+                    match pending.poll(&mut cx) {
+                        Poll::Ready(bytes) => wbuf.extend_from_slice(&bytes),
+                        Poll::Pending => break,
+                    }
+                }
             }
             self.out.pop_front();
         }

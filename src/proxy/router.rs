@@ -79,7 +79,7 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             match super::tracking::command(proxy, &mut client.tracking, client.resp3, &req) {
                 Ok(answer) => local(answer),
                 // Nothing after it runs before every master tracks.
-                Err(rx) => (Pending::Turn(None, rx), Class::Local),
+                Err(rx) => (Pending::turn_for(rx), Class::Local),
             }
         }
         b"CLIENT" if req.len() > 1 && req.arg(1).eq_ignore_ascii_case(b"TRACKINGINFO") => local(
@@ -122,10 +122,7 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             // Every node hears it, in its turn: nothing the client sent after it runs on
             // the old setting.
             let (tx, rx) = oneshot::channel();
-            (
-                Pending::Turn(Some(Start::EveryNode(req, tx)), rx),
-                Class::Other,
-            )
+            (Pending::turn(Start::EveryNode(req, tx), rx), Class::Other)
         }
         b"CONFIG" if req.len() >= 2 && req.arg(1).eq_ignore_ascii_case(b"GET") => {
             (one(proxy, client, req, None), Class::Other)
@@ -273,7 +270,7 @@ fn exec(client: &mut Client, tx: Tx) -> Pending {
         extra.watch = true;
         extra.lease = Some(client.lease());
     }
-    Pending::turn(job, rx)
+    Pending::turn(Start::Job(job), rx)
 }
 
 /// WAIT numreplicas timeout: carried out by the proxy (see [`super::wait`]) once every
@@ -301,7 +298,7 @@ fn wait(client: &mut Client, req: &Request) -> (Pending, Class) {
         timeout: (ms > 0).then(|| std::time::Duration::from_millis(ms as u64)),
         reply: tx,
     };
-    (Pending::Turn(Some(Start::Wait(wait)), rx), Class::Other)
+    (Pending::turn(Start::Wait(wait), rx), Class::Other)
 }
 
 /// WATCH: sent on the client's own connection to the owner of the keys' slot; the
@@ -336,7 +333,7 @@ fn watch(client: &mut Client, req: Request) -> (Pending, Class) {
     let extra = job.extra();
     extra.watch = true;
     extra.lease = Some(client.lease());
-    (Pending::turn(job, rx), Class::Read)
+    (Pending::turn(Start::Job(job), rx), Class::Read)
 }
 
 /// Commands that run on every master.
@@ -406,7 +403,7 @@ fn keyed(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
         }) => {
             let (mut job, rx) = job(client, req, slot);
             job.extra().lease = Some(client.lease());
-            (Pending::turn(job, rx), class)
+            (Pending::turn(Start::Block(job), rx), class)
         }
         Ok(Placed {
             slot: Some(slot),

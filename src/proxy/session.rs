@@ -89,9 +89,7 @@ fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut BytesMut, metr
     let mut cx = Context::from_waker(Waker::noop());
     let mut now = None; // one clock read for every reply written together
     while let Some(front) = owed.front_mut() {
-        if let Some(start) = front.reply.launch() {
-            start.run(proxy);
-        }
+        front.reply.launch(proxy);
         match front.reply.poll(&mut cx) {
             Poll::Ready(bytes) => {
                 let done = owed.pop_front().expect("front exists");
