@@ -323,23 +323,48 @@ pub fn cluster(proxy: &Proxy, client: &Client, req: &Request) -> Option<Bytes> {
     Some(out.freeze())
 }
 
-/// The proxy's own INFO sections.
-pub fn info_head(proxy: &Proxy) -> String {
+/// The `INFO` sections that describe the proxy's own process, in Redis's format: `server`,
+/// `clients`, `replication` (a master with no replica), `cpu`, and `proxy`.
+pub fn info_sections(proxy: &Proxy, client: &Client) -> String {
     let m = &proxy.metrics;
+    let uptime = proxy.started.elapsed().as_secs();
+    let now_usec = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let (user, sys) = super::info::cpu_seconds();
+    let zeros = "0".repeat(40);
     format!(
-        "# Server\r\nredis_version:{}\r\nredis_mode:cluster\r\nslotguard_version:{}\r\n\
-         uptime_in_seconds:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nblocked_clients:{}\r\n\r\n\
-         # Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
-         slotguard_redirects_absorbed:{}\r\nslotguard_requests_held:{}\r\n\r\n",
-        proxy.routing.server_version.load(),
-        env!("CARGO_PKG_VERSION"),
-        proxy.started.elapsed().as_secs(),
-        m.client_connections.get(),
-        m.clients_blocked.get(),
-        m.client_connections_total.get(),
-        m.requests_total(),
-        m.redirects_total(),
-        proxy.hold.len(),
+        "# Server\r\nredis_version:{version}\r\nredis_git_sha1:00000000\r\nredis_git_dirty:0\r\n\
+         redis_mode:cluster\r\nos:{os} {arch}\r\narch_bits:64\r\nprocess_id:{pid}\r\n\
+         run_id:{id}\r\ntcp_port:{port}\r\nserver_time_usec:{now_usec}\r\n\
+         uptime_in_seconds:{uptime}\r\nuptime_in_days:{days}\r\nhz:10\r\n\r\n\
+         # Clients\r\nconnected_clients:{clients}\r\ncluster_connections:0\r\n\
+         maxclients:{maxclients}\r\nblocked_clients:{blocked}\r\n\r\n\
+         # Replication\r\nrole:master\r\nconnected_slaves:0\r\n\
+         master_failover_state:no-failover\r\nmaster_replid:{id}\r\nmaster_replid2:{zeros}\r\n\
+         master_repl_offset:0\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:0\r\n\
+         repl_backlog_size:0\r\nrepl_backlog_first_byte_offset:0\r\nrepl_backlog_histlen:0\r\n\r\n\
+         # CPU\r\nused_cpu_sys:{sys:.6}\r\nused_cpu_user:{user:.6}\r\n\
+         used_cpu_sys_children:0.000000\r\nused_cpu_user_children:0.000000\r\n\
+         used_cpu_sys_main_thread:{sys:.6}\r\nused_cpu_user_main_thread:{user:.6}\r\n\r\n\
+         # Proxy\r\nslotguard_version:{ours}\r\nslotguard_redirects_absorbed:{redirects}\r\n\
+         slotguard_requests_held:{held}\r\nslotguard_slot_map_generation:{generation}\r\n\
+         slotguard_nodes:{nodes}\r\n",
+        version = proxy.routing.server_version.load(),
+        os = std::env::consts::OS,
+        arch = std::env::consts::ARCH,
+        pid = std::process::id(),
+        id = proxy.id,
+        port = client.local.port(),
+        days = uptime / 86400,
+        clients = m.client_connections.get(),
+        maxclients = proxy.config().max_clients,
+        blocked = m.clients_blocked.get(),
+        ours = env!("CARGO_PKG_VERSION"),
+        redirects = m.redirects_total(),
+        held = proxy.hold.len(),
+        generation = proxy.table.load().generation,
+        nodes = proxy.nodes_known(),
     )
 }
 

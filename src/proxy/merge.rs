@@ -39,8 +39,12 @@ pub enum Merge {
     MinEach,
     /// SCAN on the master serving `slot`: the node's cursor is folded into the proxy's.
     Scan { slot: u16, table: Arc<SlotTable> },
-    /// INFO: the proxy's own sections, then the summed keyspace of the masters.
-    Info { head: String },
+    /// INFO: the proxy's own sections (`own`, in Redis's format) and the masters' merged,
+    /// those the client asked for.
+    Info {
+        own: String,
+        wanted: super::info::Wanted,
+    },
 }
 
 /// A reply still being assembled.
@@ -230,37 +234,9 @@ fn merge_values(how: &Merge, values: Vec<Value>, resp3: bool) -> Option<Bytes> {
             reply::bulk(&mut out, next.to_string().as_bytes());
             keys.encode_for(&mut out, resp3);
         }
-        Merge::Info { head } => {
-            let mut dbs: Vec<(String, i64, i64)> = Vec::new();
-            for v in &values {
-                for line in v.as_str()?.lines() {
-                    let Some((db, fields)) = line.split_once(':') else {
-                        continue;
-                    };
-                    if !db.starts_with("db") {
-                        continue;
-                    }
-                    let field = |name: &str| -> i64 {
-                        fields
-                            .split(',')
-                            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-                            .and_then(|n| n.parse().ok())
-                            .unwrap_or(0)
-                    };
-                    match dbs.iter_mut().find(|(name, _, _)| name == db) {
-                        Some(entry) => {
-                            entry.1 += field("keys");
-                            entry.2 += field("expires");
-                        }
-                        None => dbs.push((db.to_string(), field("keys"), field("expires"))),
-                    }
-                }
-            }
-            let mut text = head.clone();
-            text.push_str("# Keyspace\r\n");
-            for (db, keys, expires) in dbs {
-                text.push_str(&format!("{db}:keys={keys},expires={expires},avg_ttl=0\r\n"));
-            }
+        Merge::Info { own, wanted } => {
+            let texts: Option<Vec<&str>> = values.iter().map(Value::as_str).collect();
+            let text = super::info::merge(wanted, own, &texts?);
             reply::text(&mut out, text.as_bytes(), resp3);
         }
     }
@@ -303,14 +279,22 @@ mod tests {
             &[b"%1\r\n$1\r\nc\r\n:1\r\n", b"%1\r\n$1\r\nc\r\n:2\r\n"],
         );
         assert_eq!(&got[..], b"%1\r\n$1\r\nc\r\n:3\r\n");
-        let head = "# Proxy\r\n".to_string();
-        let got = merged3(
-            Merge::Info { head: head.clone() },
-            &[b"=16\r\ntxt:# Keyspace\r\n\r\n"],
-        );
-        assert_eq!(&got[..], b"=25\r\ntxt:# Proxy\r\n# Keyspace\r\n\r\n");
-        let got = merged(Merge::Info { head }, &[b"$12\r\n# Keyspace\r\n\r\n"]);
-        assert_eq!(&got[..], b"$21\r\n# Proxy\r\n# Keyspace\r\n\r\n");
+        let own = "# Proxy\r\nslotguard_version:0\r\n".to_string();
+        let wanted =
+            super::super::info::Wanted::from_request(&crate::protocol::Request::from_args(&[
+                "INFO",
+            ]));
+        let info = || Merge::Info {
+            own: own.clone(),
+            wanted: wanted.clone(),
+        };
+        let text = "# Keyspace\r\ndb0:keys=1\r\n\r\n# Proxy\r\nslotguard_version:0\r\n";
+        let got = merged3(info(), &[b"=28\r\ntxt:# Keyspace\r\ndb0:keys=1\r\n\r\n"]);
+        let want = format!("={}\r\ntxt:{text}\r\n", text.len() + 4);
+        assert_eq!(String::from_utf8_lossy(&got), want);
+        let got = merged(info(), &[b"$24\r\n# Keyspace\r\ndb0:keys=1\r\n\r\n"]);
+        let want = format!("${}\r\n{text}\r\n", text.len());
+        assert_eq!(String::from_utf8_lossy(&got), want);
     }
 
     #[test]

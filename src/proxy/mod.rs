@@ -21,6 +21,7 @@ mod client;
 pub mod connection;
 mod every_node;
 pub mod hold;
+mod info;
 pub mod job;
 pub mod lease;
 mod local;

@@ -346,9 +346,9 @@ fn whole_cluster(proxy: &Proxy, client: &Client, name: &[u8], req: Request) -> P
         b"SCAN" => scan(proxy, client, req),
         b"SCRIPT" => script(proxy, client, &req),
         _ => {
-            let head = local::info_head(proxy);
-            let info = Request::from_args(&["INFO", "keyspace"]);
-            all_masters(proxy, client, &info, Merge::Info { head })
+            let own = local::info_sections(proxy, client);
+            let wanted = super::info::Wanted::from_request(&req);
+            all_masters(proxy, client, &req, Merge::Info { own, wanted })
         }
     }
 }
