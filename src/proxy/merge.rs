@@ -31,8 +31,9 @@ pub enum Merge {
     Union,
     /// Name-count pairs summed by name, as an array or a RESP3 map (PUBSUB NUMSUB).
     SumPairs,
-    /// The first reply that is not nil (RANDOMKEY).
-    FirstNonNil,
+    /// RANDOMKEY: parts are (DBSIZE, RANDOMKEY) pairs, one per master; a master's key is
+    /// chosen in proportion to its key count.
+    RandomKey,
     /// The first reply (SCRIPT LOAD: every master answers the same digest).
     First,
     /// Element-wise minimum of integer arrays (SCRIPT EXISTS: known everywhere).
@@ -78,6 +79,14 @@ impl Join {
         }
         Poll::Ready(merge(&self.merge, &self.got, self.resp3))
     }
+}
+
+/// A random number, from the standard library's randomly keyed hasher.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    hasher.finish()
 }
 
 /// Said when a part's reply channel closed without a reply (the proxy is stopping).
@@ -200,11 +209,29 @@ fn merge_values(how: &Merge, values: Vec<Value>, resp3: bool) -> Option<Bytes> {
                 Value::Array(flat).encode_for(&mut out, resp3);
             }
         }
-        Merge::FirstNonNil => values
-            .into_iter()
-            .find(|v| *v != Value::Nil)
-            .unwrap_or(Value::Nil)
-            .encode_for(&mut out, resp3),
+        Merge::RandomKey => {
+            let pairs: Vec<(i64, Value)> = values
+                .chunks_exact(2)
+                .map(|pair| Some((pair[0].as_int()?.max(0), pair[1].clone())))
+                .collect::<Option<_>>()?;
+            let total: i64 = pairs.iter().map(|(n, _)| n).sum();
+            let mut pick = if total > 0 {
+                random() % total as u64
+            } else {
+                0
+            } as i64;
+            // A master that emptied between its count and its pick gives no key: then
+            // any other's.
+            let chosen = pairs
+                .iter()
+                .find(|(n, key)| {
+                    pick -= n;
+                    pick < 0 && *key != Value::Nil
+                })
+                .or_else(|| pairs.iter().find(|(_, key)| *key != Value::Nil))
+                .map_or(Value::Nil, |(_, key)| key.clone());
+            chosen.encode_for(&mut out, resp3);
+        }
         Merge::MinEach => {
             let mut mins: Option<Vec<i64>> = None;
             for v in &values {
@@ -259,6 +286,21 @@ mod tests {
     }
 
     #[test]
+    fn randomkey_picks_masters_in_proportion_to_their_keys() {
+        let only_second: &[&[u8]] = &[b":0\r\n", b"$-1\r\n", b":5\r\n", b"$1\r\nb\r\n"];
+        for _ in 0..20 {
+            assert_eq!(&merged(Merge::RandomKey, only_second)[..], b"$1\r\nb\r\n");
+        }
+        let both: &[&[u8]] = &[b":1\r\n", b"$1\r\na\r\n", b":1\r\n", b"$1\r\nb\r\n"];
+        let picks: Vec<Bytes> = (0..200).map(|_| merged(Merge::RandomKey, both)).collect();
+        assert!(picks.iter().any(|p| &p[..] == b"$1\r\na\r\n"));
+        assert!(picks.iter().any(|p| &p[..] == b"$1\r\nb\r\n"));
+        // Counted, then emptied before its pick: another master's key.
+        let emptied: &[&[u8]] = &[b":9\r\n", b"$-1\r\n", b":1\r\n", b"$1\r\nb\r\n"];
+        assert_eq!(&merged(Merge::RandomKey, emptied)[..], b"$1\r\nb\r\n");
+    }
+
+    #[test]
     fn resp3_clients_get_resp3_nulls_maps_and_text() {
         let how = Merge::MGet {
             positions: vec![vec![0, 2], vec![1]],
@@ -267,11 +309,14 @@ mod tests {
         let got = merged3(how, &[b"*2\r\n$1\r\na\r\n_\r\n", b"*1\r\n_\r\n"]);
         assert_eq!(&got[..], b"*3\r\n$1\r\na\r\n_\r\n_\r\n");
         assert_eq!(
-            &merged3(Merge::FirstNonNil, &[b"_\r\n", b"_\r\n"])[..],
+            &merged3(
+                Merge::RandomKey,
+                &[b":0\r\n", b"_\r\n", b":0\r\n", b"_\r\n"]
+            )[..],
             b"_\r\n"
         );
         assert_eq!(
-            &merged(Merge::FirstNonNil, &[b"$-1\r\n", b"$-1\r\n"])[..],
+            &merged(Merge::RandomKey, &[b":0\r\n", b"$-1\r\n"])[..],
             b"$-1\r\n"
         );
         let got = merged3(

@@ -342,7 +342,7 @@ fn whole_cluster(proxy: &Proxy, client: &Client, name: &[u8], req: Request) -> P
         b"DBSIZE" => all_masters(proxy, client, &req, Merge::SumInts),
         b"KEYS" => all_masters(proxy, client, &req, Merge::Concat),
         b"FLUSHALL" | b"FLUSHDB" => all_masters(proxy, client, &req, Merge::AllOk),
-        b"RANDOMKEY" => all_masters(proxy, client, &req, Merge::FirstNonNil),
+        b"RANDOMKEY" => random_key(proxy, client),
         b"SCAN" => scan(proxy, client, req),
         b"SCRIPT" => script(proxy, client, &req),
         _ => {
@@ -581,6 +581,27 @@ fn all_masters(proxy: &Proxy, client: &Client, req: &Request, merge: Merge) -> P
         ));
     }
     Pending::Join(Join::new(parts, merge, client.resp3))
+}
+
+/// RANDOMKEY: every master is asked for its key count and a random key, in that order on
+/// one connection, and one master's key is chosen in proportion to its count, so every
+/// key is as likely as on one node.
+fn random_key(proxy: &Proxy, client: &Client) -> Pending {
+    let table = proxy.table.load();
+    let mut parts = Vec::new();
+    for (slot, _) in table.masters() {
+        for args in [["DBSIZE"], ["RANDOMKEY"]] {
+            let (job, rx) = job(client, Request::from_args(&args), Some(slot));
+            proxy.dispatch(job);
+            parts.push(rx);
+        }
+    }
+    if parts.is_empty() {
+        return ready(reply::error(
+            "CLUSTERDOWN slotguard: no master is known yet (is any seed reachable?)",
+        ));
+    }
+    Pending::Join(Join::new(parts, Merge::RandomKey, client.resp3))
 }
 
 /// SCAN walks the masters one after another. The proxy's cursor is
