@@ -766,3 +766,28 @@ print("ok")
         assert_eq!(pair[1].as_str(), Some("1003"), "{addr}");
     }
 }
+
+/// CLIENT REPLY OFF, ON and SKIP, as Redis keeps them: only the replies the client wants
+/// are written, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reply_off_on_and_skip() {
+    let h = Harness::start(3, 0).await;
+    let mut s = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
+    let got = ask_raw(
+        &mut s,
+        b"CLIENT REPLY SKIP\r\nSET {r}a 1\r\nGET {r}a\r\n",
+        b"\r\n1\r\n",
+    )
+    .await;
+    assert_eq!(
+        got, "$1\r\n1\r\n",
+        "SKIP and the SET after it answer nothing"
+    );
+    let got = ask_raw(
+        &mut s,
+        b"CLIENT REPLY OFF\r\nSET {r}b 2\r\nGET {r}b\r\nCLIENT REPLY ON\r\nGET {r}b\r\n",
+        b"\r\n2\r\n",
+    )
+    .await;
+    assert_eq!(got, "+OK\r\n$1\r\n2\r\n", "nothing between OFF and ON");
+}

@@ -48,6 +48,34 @@ pub struct Client {
     pub wrote: Vec<u16>,
     /// `CLIENT TRACKING ON`: the connections that report changed keys.
     pub tracking: Option<Tracker>,
+    /// `CLIENT REPLY`: which replies are written.
+    pub replies: Replies,
+}
+
+/// `CLIENT REPLY ON|OFF|SKIP`, as Redis keeps it.
+#[derive(Debug, Default)]
+pub struct Replies {
+    /// OFF: no reply is written until ON.
+    pub off: bool,
+    /// SKIP was said: the next command's reply is not written.
+    pub skip_next: bool,
+    /// This command's reply is not written.
+    skip: bool,
+}
+
+impl Replies {
+    /// Whether the reply of the request just routed goes unwritten; moves SKIP on by one
+    /// request.
+    pub fn next_silent(&mut self) -> bool {
+        let silent = self.off || self.skip;
+        self.skip = std::mem::take(&mut self.skip_next);
+        silent
+    }
+
+    /// `CLIENT REPLY ON`.
+    pub fn on(&mut self) {
+        *self = Replies::default();
+    }
 }
 
 /// A transaction being queued. It runs as one unit on one connection of the owner of its
@@ -94,6 +122,7 @@ impl Client {
             watch: None,
             wrote: Vec::new(),
             tracking: None,
+            replies: Replies::default(),
         }
     }
 
@@ -141,6 +170,21 @@ mod tests {
     fn client() -> Client {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         Client::new(1, addr, addr, &Config::default())
+    }
+
+    #[test]
+    fn client_reply_skip_silences_the_next_reply_and_off_all_until_on() {
+        let mut r = Replies::default();
+        assert!(!r.next_silent());
+        r.skip_next = true; // CLIENT REPLY SKIP (its own reply is empty)
+        assert!(!r.next_silent());
+        assert!(r.next_silent(), "the command after SKIP");
+        assert!(!r.next_silent());
+        r.off = true; // CLIENT REPLY OFF
+        assert!(r.next_silent());
+        assert!(r.next_silent());
+        r.on();
+        assert!(!r.next_silent(), "CLIENT REPLY ON answers");
     }
 
     #[test]

@@ -243,6 +243,22 @@ pub fn client(client: &mut Client, req: &Request) -> Bytes {
             out.freeze()
         }
         (b"SETINFO", 4) | (b"NO-EVICT", 3) | (b"NO-TOUCH", 3) => Bytes::from_static(reply::OK),
+        // OFF and SKIP have no reply of their own; SKIP silences the next command's.
+        (b"REPLY", 3) => match req.arg(2).to_ascii_uppercase().as_slice() {
+            b"ON" => {
+                client.replies.on();
+                Bytes::from_static(reply::OK)
+            }
+            b"OFF" => {
+                client.replies.off = true;
+                Bytes::new()
+            }
+            b"SKIP" => {
+                client.replies.skip_next = !client.replies.off;
+                Bytes::new()
+            }
+            _ => reply::error("ERR syntax error"),
+        },
         // Tracking broadcasts (see `tracking`): CACHING changes nothing, and nothing is
         // redirected.
         (b"CACHING", 3) => Bytes::from_static(reply::OK),

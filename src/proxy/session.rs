@@ -45,6 +45,8 @@ struct Owed {
     reply: Pending,
     class: Class,
     since: Instant,
+    /// Not written: the client said `CLIENT REPLY OFF` or `SKIP`.
+    silent: bool,
 }
 
 /// Serves one client until it disconnects, sends QUIT, breaks the protocol, idles past
@@ -108,7 +110,9 @@ fn emit(out: &mut BytesMut, bytes: &[u8], done: &Owed, metrics: &Metrics, now: I
     }
     let took = now.saturating_duration_since(done.since);
     metrics.request(done.class, took.as_secs_f64());
-    out.extend_from_slice(bytes);
+    if !done.silent {
+        out.extend_from_slice(bytes);
+    }
 }
 
 /// Why [`take_requests`] stopped.
@@ -142,6 +146,7 @@ fn take_requests(
                     reply,
                     class,
                     since: now,
+                    silent: client.replies.next_silent(),
                 });
                 if client.quit {
                     return Taken::Done;
@@ -158,6 +163,7 @@ fn take_requests(
                     reply,
                     class: Class::Other,
                     since: now,
+                    silent: false,
                 });
                 return Taken::Done;
             }
