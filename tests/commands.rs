@@ -791,3 +791,57 @@ async fn client_reply_off_on_and_skip() {
     .await;
     assert_eq!(got, "+OK\r\n$1\r\n2\r\n", "nothing between OFF and ON");
 }
+
+/// SCRIPT KILL reaches the master running the script, on a connection of its own (the
+/// shared ones to that master wait behind the script): the script stops, the client that
+/// ran it gets Redis's error, and with nothing running SCRIPT KILL answers NOTBUSY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_kill_reaches_the_busy_master() {
+    let h = Harness::start(3, 0).await;
+    let mut c = h.client().await;
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("busy-reply-threshold")
+        .arg(100)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let url = h.url();
+    let busy = tokio::spawn(async move {
+        let mut c = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("EVAL")
+            .arg("while true do end")
+            .arg(0)
+            .query_async::<()>(&mut c)
+            .await
+    });
+    let killed = slotguard::localcluster::wait_for(std::time::Duration::from_secs(10), || {
+        let url = h.url();
+        async move {
+            let mut c = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            redis::cmd("SCRIPT")
+                .arg("KILL")
+                .query_async::<()>(&mut c)
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    assert!(killed.is_ok(), "SCRIPT KILL stopped the script");
+    let err = busy.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("killed"), "{err}");
+    let idle = redis::cmd("SCRIPT")
+        .arg("KILL")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(idle.to_string().to_lowercase().contains("notbusy"), "{idle}");
+}

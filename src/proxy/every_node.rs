@@ -1,10 +1,13 @@
-//! Commands every node of the cluster must hear: `CONFIG SET`, `CONFIG RESETSTAT` and
-//! `CONFIG REWRITE`. A client that changes a setting through the proxy changes it on the
-//! whole cluster, replicas included (a replica promoted later must behave the same).
+//! Commands for every node of the cluster, sent on request-reply connections from the
+//! proxy's pool rather than the shared ones (where a node busy with a script would never
+//! read them), to every node the last refresh saw up, at once.
 //!
-//! They are sent on request-reply connections from the proxy's pool, to every node the
-//! last refresh saw up, at once. The answer is `+OK` when every node said so; otherwise
-//! the first error, in node order, with the node's address after it.
+//! - `CONFIG SET`, `CONFIG RESETSTAT` and `CONFIG REWRITE` go to every node, replicas
+//!   included (a replica promoted later must behave the same). The answer is `+OK` when
+//!   every node said so; otherwise the first error, in node order, with the node's
+//!   address after it.
+//! - `SCRIPT KILL` and `FUNCTION KILL` go to every master: the script runs on one. The
+//!   answer is `+OK` when one master killed it, otherwise the first error (`NOTBUSY`).
 
 use std::sync::Arc;
 
@@ -14,17 +17,26 @@ use tokio::task::JoinSet;
 
 use super::Proxy;
 use crate::protocol::{reply, Request, Value};
-use crate::routing::status::Health;
+use crate::routing::status::{Health, Role};
 
-/// Sends `req` to every node and answers on `reply_to`.
-pub fn start(proxy: Arc<Proxy>, req: Request, reply_to: oneshot::Sender<Bytes>) {
+/// Which nodes hear a command, and what the client is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Every node: `+OK` when all said so.
+    EveryNode,
+    /// Every master: `+OK` when any said so.
+    AnyMaster,
+}
+
+/// Sends `req` where `reach` says and answers on `reply_to`.
+pub fn start(proxy: Arc<Proxy>, req: Request, reach: Reach, reply_to: oneshot::Sender<Bytes>) {
     tokio::spawn(async move {
-        let answer = run(proxy, &req).await;
+        let answer = run(proxy, &req, reach).await;
         let _ = reply_to.send(answer);
     });
 }
 
-async fn run(proxy: Arc<Proxy>, req: &Request) -> Bytes {
+async fn run(proxy: Arc<Proxy>, req: &Request, reach: Reach) -> Bytes {
     let mut addrs: Vec<String> = proxy
         .routing
         .status
@@ -33,6 +45,7 @@ async fn run(proxy: Arc<Proxy>, req: &Request) -> Bytes {
         .nodes
         .iter()
         .filter(|n| matches!(n.health, Health::Ok | Health::Pfail))
+        .filter(|n| reach == Reach::EveryNode || n.role == Role::Master)
         .map(|n| n.addr.clone())
         .collect();
     addrs.sort();
@@ -62,6 +75,20 @@ async fn run(proxy: Arc<Proxy>, req: &Request) -> Bytes {
     while let Some(done) = calls.join_next().await {
         if let Ok((i, answer)) = done {
             answers[i] = Some(answer);
+        }
+    }
+    if reach == Reach::AnyMaster {
+        if answers
+            .iter()
+            .any(|a| matches!(a, Some(Ok(Value::Simple(_)))))
+        {
+            return Bytes::from_static(reply::OK);
+        }
+        if let Some(Some(Ok(Value::Error(text)))) = answers
+            .iter()
+            .find(|a| matches!(a, Some(Ok(Value::Error(_)))))
+        {
+            return reply::error(&String::from_utf8_lossy(text));
         }
     }
     for (addr, answer) in addrs.iter().zip(answers) {

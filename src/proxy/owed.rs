@@ -10,6 +10,7 @@ use bytes::Bytes;
 use prometheus::IntGauge;
 use tokio::sync::oneshot;
 
+use super::every_node::Reach;
 use super::job::Job;
 use super::merge::{Join, GONE};
 use super::wait::Wait;
@@ -23,8 +24,8 @@ pub enum Start {
     Block(Job),
     /// WAIT: the client counts as blocked until its reply, as in Redis.
     Wait(Wait),
-    /// A command every node must hear (`every_node`), and where its answer goes.
-    EveryNode(Request, oneshot::Sender<Bytes>),
+    /// A command for every node or master (`every_node`), and where its answer goes.
+    EveryNode(Request, Reach, oneshot::Sender<Bytes>),
 }
 
 impl Start {
@@ -40,9 +41,9 @@ impl Start {
                     super::wait::start(proxy, wait);
                 }
             }
-            Start::EveryNode(req, reply_to) => {
+            Start::EveryNode(req, reach, reply_to) => {
                 if let Some(proxy) = proxy.me.upgrade() {
-                    super::every_node::start(proxy, req, reply_to);
+                    super::every_node::start(proxy, req, reach, reply_to);
                 }
             }
         }

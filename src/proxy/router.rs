@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use super::client::{Client, Tx};
+use super::every_node::Reach;
 use super::job::Job;
 use super::local;
 use super::merge::{Join, Merge};
@@ -122,7 +123,11 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             // Every node hears it, in its turn: nothing the client sent after it runs on
             // the old setting.
             let (tx, rx) = oneshot::channel();
-            (Pending::turn(Start::EveryNode(req, tx), rx), Class::Other)
+            let start = Start::EveryNode(req, Reach::EveryNode, tx);
+            (Pending::turn(start, rx), Class::Other)
+        }
+        b"FUNCTION" if req.len() == 2 && req.arg(1).eq_ignore_ascii_case(b"KILL") => {
+            (kill_script(req), Class::Cluster)
         }
         b"CONFIG" if req.len() >= 2 && req.arg(1).eq_ignore_ascii_case(b"GET") => {
             (one(proxy, client, req, None), Class::Other)
@@ -363,6 +368,13 @@ fn pubsub_introspection(proxy: &Proxy, client: &Client, req: Request) -> Pending
         _ => return one(proxy, client, req, None),
     };
     all_masters(proxy, client, &req, merge)
+}
+
+/// SCRIPT KILL, FUNCTION KILL: to every master, on connections of their own (the shared
+/// ones to the busy master wait behind the script).
+fn kill_script(req: Request) -> Pending {
+    let (tx, rx) = oneshot::channel();
+    Pending::turn(Start::EveryNode(req, Reach::AnyMaster, tx), rx)
 }
 
 /// CONFIG SET, RESETSTAT and REWRITE: what every node must hear.
@@ -655,9 +667,10 @@ fn script(proxy: &Proxy, client: &Client, req: &Request) -> Pending {
         }
         b"FLUSH" => all_masters(proxy, client, req, Merge::AllOk),
         b"EXISTS" => all_masters(proxy, client, req, Merge::MinEach),
+        b"KILL" => kill_script(req.clone()),
         _ => unsupported(
             b"script",
-            "only SCRIPT LOAD, FLUSH and EXISTS go through the proxy",
+            "only SCRIPT LOAD, FLUSH, EXISTS and KILL go through the proxy",
         ),
     }
 }
