@@ -843,5 +843,50 @@ async fn script_kill_reaches_the_busy_master() {
         .query_async::<()>(&mut c)
         .await
         .unwrap_err();
-    assert!(idle.to_string().to_lowercase().contains("notbusy"), "{idle}");
+    assert!(
+        idle.to_string().to_lowercase().contains("notbusy"),
+        "{idle}"
+    );
+}
+
+/// A library loaded through the proxy is on every master, so FCALL works whatever master
+/// its keys are on; FUNCTION DELETE removes it everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_are_loaded_on_every_master() {
+    let h = Harness::start(3, 0).await;
+    let mut c = h.client().await;
+    let lib = "#!lua name=echolib\nredis.register_function('echokey', function(keys, args) return redis.call('SET', keys[1], args[1]) end)";
+    let name: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(lib)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(name, "echolib");
+    for i in 0..3 {
+        let key = format!("{}f", common::tag_on(i));
+        let () = redis::cmd("FCALL")
+            .arg("echokey")
+            .arg(1)
+            .arg(&key)
+            .arg("v")
+            .query_async(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("FCALL on master {i}: {e}"));
+    }
+    let () = redis::cmd("FUNCTION")
+        .arg("DELETE")
+        .arg("echolib")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for node in &h.cluster.nodes {
+        let listed = common::call(&node.addr(), &["FUNCTION", "LIST"]).await;
+        assert_eq!(
+            listed,
+            slotguard::protocol::Value::Array(vec![]),
+            "{}",
+            node.addr()
+        );
+    }
 }

@@ -129,6 +129,18 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         b"FUNCTION" if req.len() == 2 && req.arg(1).eq_ignore_ascii_case(b"KILL") => {
             (kill_script(req), Class::Cluster)
         }
+        b"FUNCTION" if req.len() >= 2 => match req.arg(1).to_ascii_uppercase().as_slice() {
+            // Every master must have a library, since FCALL runs where its keys are.
+            b"LOAD" => (
+                all_masters(proxy, client, &req, Merge::First),
+                Class::Cluster,
+            ),
+            b"DELETE" | b"FLUSH" | b"RESTORE" => (
+                all_masters(proxy, client, &req, Merge::AllOk),
+                Class::Cluster,
+            ),
+            _ => keyed(proxy, client, req),
+        },
         b"CONFIG" if req.len() >= 2 && req.arg(1).eq_ignore_ascii_case(b"GET") => {
             (one(proxy, client, req, None), Class::Other)
         }
