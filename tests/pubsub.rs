@@ -312,3 +312,31 @@ async fn pubsub_introspection_counts_every_master() {
         .unwrap();
     assert_eq!(shards, vec![shard.clone()]);
 }
+
+/// PUBLISH answers how many of the proxy's clients receive the message, as one node
+/// would, although their subscriptions are spread over the masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_counts_every_receiver_of_the_proxy() {
+    let h = Harness::start(3, 0).await;
+    let mut subs = Vec::new();
+    for _ in 0..3 {
+        let mut s = Raw::connect(&h).await;
+        s.send("SUBSCRIBE news\r\n").await;
+        s.frame().await;
+        subs.push(s);
+    }
+    let mut p = Raw::connect(&h).await;
+    p.send("PSUBSCRIBE new?\r\n").await;
+    p.frame().await;
+    assert_eq!(publish(&h, "PUBLISH", "news", "a").await, 4);
+    assert_eq!(publish(&h, "PUBLISH", "newt", "b").await, 1, "the pattern alone");
+    subs[0].send("UNSUBSCRIBE news\r\n").await;
+    subs[0].frame().await;
+    drop(subs.pop()); // a subscriber that goes away is no longer counted
+    let counted = slotguard::localcluster::wait_for(Duration::from_secs(5), || async {
+        publish(&h, "PUBLISH", "news", "c").await == 2
+    })
+    .await;
+    assert!(counted.is_ok(), "one channel subscriber and the pattern are left");
+    assert_eq!(publish(&h, "PUBLISH", "nobody-listens", "d").await, 0);
+}

@@ -23,6 +23,8 @@ pub enum Merge {
     },
     /// `+OK` when every part says so (MSET, FLUSHALL, SCRIPT FLUSH).
     AllOk,
+    /// PUBLISH: the node's count of receivers, or the proxy's own when larger.
+    Publish { local: u64 },
     /// The sum of integer replies (DEL, EXISTS, DBSIZE, ...).
     SumInts,
     /// The concatenation of array replies (KEYS).
@@ -145,6 +147,10 @@ fn merge_values(how: &Merge, values: Vec<Value>, resp3: bool) -> Option<Bytes> {
             Value::Array(slots).encode_for(&mut out, resp3);
         }
         Merge::AllOk | Merge::First => values.into_iter().next()?.encode_for(&mut out, resp3),
+        Merge::Publish { local } => {
+            let node = values.into_iter().next()?.as_int()?;
+            return Some(reply::int(node.max(*local as i64)));
+        }
         Merge::SumInts => {
             let mut sum = 0i64;
             for v in &values {

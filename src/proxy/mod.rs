@@ -33,6 +33,7 @@ pub mod redirect;
 mod router;
 pub mod session;
 pub mod slot_table;
+mod subscribers;
 mod tracking;
 mod wait;
 
@@ -50,6 +51,7 @@ pub use job::Job;
 pub use node::Node;
 pub use redirect::{Reason, Redirect};
 use slot_table::SlotTable;
+use subscribers::Subscribers;
 
 use crate::client::Pool;
 use crate::config::{Config, ReadFrom};
@@ -89,6 +91,8 @@ pub struct Proxy {
     /// Request-reply connections to nodes, for what the proxy asks them itself (WAIT's
     /// replication offsets, CONFIG SET on every node).
     pool: Pool,
+    /// The proxy's clients' channel and pattern subscriptions, counted (for PUBLISH).
+    subscribers: Subscribers,
     /// Becomes true when the proxy shuts down.
     shutdown: watch::Sender<bool>,
     next_session: AtomicU32,
@@ -128,6 +132,7 @@ impl Proxy {
             nodes: Mutex::new(FxHashMap::default()),
             scripts: Mutex::new(FxHashMap::default()),
             pool: Pool::default(),
+            subscribers: Subscribers::default(),
             shutdown: watch::Sender::new(false),
             next_session: AtomicU32::new(1),
             admitted: Arc::new(AtomicUsize::new(0)),

@@ -127,6 +127,17 @@ struct Subscriber<'a> {
     quit: bool,
 }
 
+impl Drop for Subscriber<'_> {
+    /// A client that leaves subscribed mode, or goes away, no longer receives anything.
+    fn drop(&mut self) {
+        for (kind, pattern) in [(Kind::Channel, false), (Kind::Pattern, true)] {
+            for name in &self.sets[kind.index()] {
+                self.proxy.subscribers.remove(pattern, name);
+            }
+        }
+    }
+}
+
 /// Serves a client in subscribed mode, starting with the command that subscribed it.
 pub async fn serve(
     proxy: &Proxy,
@@ -276,7 +287,9 @@ impl Subscriber<'_> {
         }
         let now = Instant::now();
         for name in &names {
-            self.sets[kind.index()].insert(name.clone());
+            if self.sets[kind.index()].insert(name.clone()) && kind != Kind::Shard {
+                self.proxy.subscribers.add(kind == Kind::Pattern, name);
+            }
             let count = self.count(kind);
             let bytes = confirmation(self.resp3, kind.subscribe(), Some(name), count);
             self.out.push_back(Out::Confirm {
@@ -319,7 +332,9 @@ impl Subscriber<'_> {
             self.ready(confirmation(self.resp3, kind.unsubscribe(), None, count));
         }
         for name in names {
-            self.sets[kind.index()].remove(&name);
+            if self.sets[kind.index()].remove(&name) && kind != Kind::Shard {
+                self.proxy.subscribers.remove(kind == Kind::Pattern, &name);
+            }
             let count = self.count(kind);
             self.ready(confirmation(
                 self.resp3,

@@ -119,6 +119,17 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         b"DBSIZE" | b"KEYS" | b"FLUSHALL" | b"FLUSHDB" | b"RANDOMKEY" | b"SCAN" | b"SCRIPT"
         | b"INFO" => (whole_cluster(proxy, client, name, req), Class::Cluster),
         b"PUBSUB" if req.len() >= 2 => (pubsub_introspection(proxy, client, req), Class::Cluster),
+        b"PUBLISH" if req.len() == 3 => {
+            // Counted as one node would: every client of this proxy that receives it.
+            let local = proxy.subscribers.receivers(req.arg(1));
+            let (job, rx) = job(client, req, None);
+            proxy.dispatch(job);
+            let merge = Merge::Publish { local };
+            (
+                Pending::Join(Join::new(vec![rx], merge, client.resp3)),
+                Class::Other,
+            )
+        }
         b"CONFIG" if req.len() >= 2 && reconfigures(&req) => {
             // Every node hears it, in its turn: nothing the client sent after it runs on
             // the old setting.
