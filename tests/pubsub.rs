@@ -329,7 +329,11 @@ async fn publish_counts_every_receiver_of_the_proxy() {
     p.send("PSUBSCRIBE new?\r\n").await;
     p.frame().await;
     assert_eq!(publish(&h, "PUBLISH", "news", "a").await, 4);
-    assert_eq!(publish(&h, "PUBLISH", "newt", "b").await, 1, "the pattern alone");
+    assert_eq!(
+        publish(&h, "PUBLISH", "newt", "b").await,
+        1,
+        "the pattern alone"
+    );
     subs[0].send("UNSUBSCRIBE news\r\n").await;
     subs[0].frame().await;
     drop(subs.pop()); // a subscriber that goes away is no longer counted
@@ -337,6 +341,9 @@ async fn publish_counts_every_receiver_of_the_proxy() {
         publish(&h, "PUBLISH", "news", "c").await == 2
     })
     .await;
-    assert!(counted.is_ok(), "one channel subscriber and the pattern are left");
+    assert!(
+        counted.is_ok(),
+        "one channel subscriber and the pattern are left"
+    );
     assert_eq!(publish(&h, "PUBLISH", "nobody-listens", "d").await, 0);
 }
