@@ -1,6 +1,6 @@
 //! Commands for every node of the cluster, sent on request-reply connections from the
 //! proxy's pool rather than the shared ones (where a node busy with a script would never
-//! read them), to every node the last refresh saw up, at once.
+//! read them), at once, to every node of the cluster that the cluster has not failed.
 //!
 //! - `CONFIG SET`, `CONFIG RESETSTAT` and `CONFIG REWRITE` go to every node, replicas
 //!   included (a replica promoted later must behave the same). The answer is `+OK` when
@@ -44,7 +44,9 @@ async fn run(proxy: Arc<Proxy>, req: &Request, reach: Reach) -> Bytes {
         .view
         .nodes
         .iter()
-        .filter(|n| matches!(n.health, Health::Ok | Health::Pfail))
+        // A node that has not answered the proxy yet, or answers it only BUSY (running a
+        // script), is still a node of the cluster; one the cluster failed is not.
+        .filter(|n| n.health != Health::Fail)
         .filter(|n| reach == Reach::EveryNode || n.role == Role::Master)
         .map(|n| n.addr.clone())
         .collect();
