@@ -808,11 +808,7 @@ async fn script_kill_reaches_the_busy_master() {
         .unwrap();
     let url = h.url();
     let busy = tokio::spawn(async move {
-        let mut c = redis::Client::open(url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut c = common::connect(&url).await;
         redis::cmd("EVAL")
             .arg("while true do end")
             .arg(0)
@@ -822,11 +818,7 @@ async fn script_kill_reaches_the_busy_master() {
     let killed = slotguard::localcluster::wait_for(std::time::Duration::from_secs(10), || {
         let url = h.url();
         async move {
-            let mut c = redis::Client::open(url)
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
+            let mut c = common::connect(&url).await;
             redis::cmd("SCRIPT")
                 .arg("KILL")
                 .query_async::<()>(&mut c)

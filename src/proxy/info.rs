@@ -110,17 +110,9 @@ pub fn merge(wanted: &Wanted, own: &str, parts: &[&str]) -> String {
     for section in &mut merged {
         finish(section);
     }
-    // Redis's order: the proxy's sections where Redis puts them, the merged ones after
-    // each, in the first master's order.
-    let order = [
-        "server",
-        "clients",
-        "memory",
-        "persistence",
-        "stats",
-        "replication",
-        "cpu",
-    ];
+    // Redis's order (the default set's, `server` to `cpu`): the proxy's sections where
+    // Redis puts them; the other merged ones after, in the first master's order.
+    let order = &DEFAULT[..7];
     let mut out = String::new();
     let mut write = |s: &Section| {
         let _ = write!(out, "# {}\r\n", s.title);
@@ -130,7 +122,7 @@ pub fn merge(wanted: &Wanted, own: &str, parts: &[&str]) -> String {
         out.push_str("\r\n");
     };
     let title = |s: &Section| s.title.to_ascii_lowercase();
-    for name in order {
+    for &name in order {
         if !wanted.wants(name) {
             continue;
         }

@@ -161,6 +161,15 @@ pub async fn start_proxy(config: Config) -> Running {
     proxy
 }
 
+/// A plain client of `url` (for tasks that cannot borrow the harness).
+pub async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the proxy")
+}
+
 /// A client of `url` that sends `BLPOP list 0` and waits for its answer.
 pub fn blpop_in_background(
     url: String,
