@@ -64,11 +64,12 @@ use crate::routing::{Hint, Routing};
 const MAX_HOPS: u8 = 5;
 /// Most script bodies remembered for NOSCRIPT healing.
 const MAX_SCRIPTS: usize = 10_000;
-/// A node the slot map has not named for this long is forgotten, and its connections
-/// close (a node removed from the cluster, a master that became a replica nobody reads).
+/// A node that for this long the slot map has not named and the cluster's view has not
+/// shown up is forgotten, and its connections close (a node removed from the cluster, or
+/// down for good).
 const FORGET_NODE: Duration = Duration::from_secs(60);
 
-/// A node connection pool, and when the slot map last named it.
+/// A node connection pool, and when the map or the view last named it.
 struct Known {
     node: Arc<Node>,
     named: Instant,
@@ -231,7 +232,6 @@ impl Proxy {
         if map.generation != self.table.load().generation {
             let table = SlotTable::from_map(&map, |addr| self.node(addr));
             self.table.store(Arc::new(table));
-            self.named(map.addresses(), Instant::now());
         }
         self.hold.map_changed();
     }
