@@ -615,6 +615,26 @@ async fn noscript_is_healed_from_the_proxys_script_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_reply_nested_1000_deep_reaches_the_client_whole() {
+    let h = Harness::start(3, 0).await;
+    let mut raw = common::Raw::connect(&h).await;
+    let script = "local top = {} local at = top for i = 1, 1000 do local t = {} at[1] = t at = t end return top";
+    let eval = format!("EVAL \"{script}\" 0\r\n");
+    let through = raw.ask(&eval).await;
+    let mut direct = tokio::net::TcpStream::connect(&h.cluster.addrs()[0])
+        .await
+        .unwrap();
+    let node = common::ask_raw(&mut direct, eval.as_bytes(), b"*0\r\n").await;
+    assert!(through.starts_with(b"*1\r\n*1\r\n*1\r\n"));
+    assert_eq!(through, node.as_bytes(), "the node's bytes, as they came");
+    // The node connection the reply came on still serves this client and others.
+    assert_eq!(&raw.ask("PING\r\n").await[..], b"+PONG\r\n");
+    let mut other = h.client().await;
+    let pong: String = redis::cmd("PING").query_async(&mut other).await.unwrap();
+    assert_eq!(pong, "PONG");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_run_whole_on_their_slots_owner() {
     let h = Harness::start(3, 0).await;
     let mut c = h.client().await;

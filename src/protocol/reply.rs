@@ -9,7 +9,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::request::{memchr, parse_i64, ProtocolError};
 
-/// Deepest nesting accepted in a reply.
+/// Deepest nesting [`Value::parse`] decodes; it recurses. The scanner has no such bound:
+/// it keeps one counter per open aggregate, 8 bytes for at least 4 bytes of reply, so a
+/// reply nested as deep as Redis will make it (a script's, say) passes to the client.
 const MAX_DEPTH: usize = 512;
 
 /// Finds the end of the reply at the front of a buffer; resumable across reads, so a huge
@@ -80,9 +82,6 @@ impl ReplyScanner {
                             return Ok(Some(std::mem::take(&mut self.pos)));
                         }
                     } else {
-                        if self.open.len() >= MAX_DEPTH {
-                            return Err(ProtocolError("reply nested too deeply".into()));
-                        }
                         self.open.push(children as u64);
                     }
                 }
@@ -417,6 +416,15 @@ mod tests {
         let v = Value::parse(&frame).unwrap();
         assert_eq!(v.as_array().unwrap()[1], Value::Int(42));
         assert_eq!(v.to_bytes(), frame);
+    }
+
+    #[test]
+    fn scans_replies_nested_deeper_than_decode_goes() {
+        let depth = 10_000;
+        let mut input = b"*1\r\n".repeat(depth);
+        input.extend_from_slice(b":1\r\n");
+        assert_eq!(frames(&input), vec![input.len()]);
+        assert!(Value::parse(&Bytes::from(input)).is_err());
     }
 
     #[test]
