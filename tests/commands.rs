@@ -735,13 +735,15 @@ async fn config_set_reaches_every_node() {
     let mut s = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
     let mut ask = async |req: &str| ask_raw(&mut s, req.as_bytes(), b"\r\n").await;
     assert_eq!(ask("AUTH writer writer-pw\r\n").await, "+OK\r\n");
-    for req in [
-        "CONFIG SET maxmemory-policy allkeys-lru\r\n",
-        "CONFIG GET maxmemory\r\n",
+    for (req, name) in [
+        ("CONFIG SET maxmemory-policy allkeys-lru\r\n", "config"),
+        ("CONFIG GET maxmemory\r\n", "config"),
+        ("SLOWLOG GET\r\n", "slowlog"),
+        ("LATENCY RESET\r\n", "latency"),
     ] {
         assert_eq!(
             ask(req).await,
-            "-NOPERM User writer has no permissions to run the 'config' command\r\n"
+            format!("-NOPERM User writer has no permissions to run the '{name}' command\r\n")
         );
     }
     assert_eq!(ask("AUTH root-pw\r\n").await, "+OK\r\n");
@@ -901,4 +903,104 @@ async fn functions_are_loaded_on_every_master() {
             node.addr()
         );
     }
+}
+
+/// LATENCY and SLOWLOG answer for the whole cluster: every master's slow commands and
+/// histograms, merged; in both protocols, with redis-py too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_and_slowlog_cover_every_master() {
+    let h = Harness::start(3, 0).await;
+    let mut c = h.client().await;
+    let mut run = async |args: &[&str]| -> Value {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut c).await.unwrap()
+    };
+    run(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]).await;
+    run(&["SLOWLOG", "RESET"]).await;
+    run(&["CONFIG", "RESETSTAT"]).await;
+    let keys: Vec<String> = (0..3).map(|i| format!("{}k", common::tag_on(i))).collect();
+    for k in &keys {
+        run(&["SET", k, "v"]).await;
+    }
+    // Every master logged its SET; newest first (by the second: ties come in any order).
+    let log = run(&["SLOWLOG", "GET", "-1"]).await;
+    let Value::Array(entries) = &log else {
+        panic!("{log:?}")
+    };
+    let args_of = |e: &Value| -> Vec<String> {
+        let Value::Array(fields) = e else { panic!() };
+        redis::from_redis_value(&fields[3]).unwrap()
+    };
+    let sets: Vec<Vec<String>> = entries
+        .iter()
+        .map(args_of)
+        .filter(|a| a[0] == "SET")
+        .collect();
+    let mut logged: Vec<&String> = sets.iter().map(|a| &a[1]).collect();
+    logged.sort();
+    let mut want: Vec<&String> = keys.iter().collect();
+    want.sort();
+    assert_eq!(logged, want);
+    let times: Vec<i64> = entries
+        .iter()
+        .map(|e| redis::from_redis_value(&e.as_sequence().unwrap()[1]).unwrap())
+        .collect();
+    assert!(times.is_sorted_by(|a, b| a >= b), "{times:?}");
+    assert_eq!(
+        run(&["SLOWLOG", "GET", "1"])
+            .await
+            .as_sequence()
+            .unwrap()
+            .len(),
+        1
+    );
+    let len: i64 = redis::from_redis_value(&run(&["SLOWLOG", "LEN"]).await).unwrap();
+    assert!(len >= 3, "{len}");
+
+    // Three SETs on three masters are three calls; CONFIG RESETSTAT, sent once to each
+    // master, is one.
+    let histogram = run(&["LATENCY", "HISTOGRAM", "set", "config|resetstat"]).await;
+    let map: std::collections::HashMap<String, Value> =
+        redis::from_redis_value(&histogram).unwrap();
+    let calls = |name: &str| -> i64 {
+        let figures: std::collections::HashMap<String, Value> =
+            redis::from_redis_value(&map[name]).unwrap();
+        redis::from_redis_value(&figures["calls"]).unwrap()
+    };
+    assert_eq!(calls("set"), 3);
+    assert_eq!(calls("config|resetstat"), 1);
+    let doctor: String = redis::from_redis_value(&run(&["LATENCY", "DOCTOR"]).await).unwrap();
+    for addr in h.cluster.addrs() {
+        assert!(doctor.contains(&format!("# {addr}\n")), "{doctor}");
+    }
+    let reset: i64 = redis::from_redis_value(&run(&["LATENCY", "RESET"]).await).unwrap();
+    assert!(reset >= 0);
+    assert_eq!(run(&["LATENCY", "LATEST"]).await, Value::Array(vec![]));
+
+    let script = format!(
+        r#"
+import redis
+for proto in (2, 3):
+    r = redis.Redis(host="127.0.0.1", port={port}, protocol=proto, decode_responses=True,
+                    socket_timeout=5)
+    assert r.slowlog_reset() is True
+    for i in range(3):
+        r.set("{keys0}" if i == 0 else "{keys1}", "v")
+    log = r.slowlog_get(2)
+    assert len(log) == 2, log
+    assert r.slowlog_len() >= 3
+    h = r.execute_command("LATENCY", "HISTOGRAM", "set")
+    assert "set" in h, h
+    assert r.execute_command("LATENCY", "LATEST") == []
+    assert isinstance(r.execute_command("LATENCY", "DOCTOR"), str)
+print("ok")
+"#,
+        port = h.port(),
+        keys0 = keys[0],
+        keys1 = keys[1],
+    );
+    common::redis_py(script).await;
 }

@@ -105,8 +105,9 @@ pub fn forbidden(proxy: &Proxy, client: &Client, name: &[u8], req: &Request) -> 
         }
         _ => false,
     };
-    // The nodes' settings, credentials among them, are the operator's.
-    if name == b"CONFIG" && client.access != Access::Admin {
+    // The nodes' settings, credentials among them, are the operator's; so are their
+    // diagnostics, which show other clients' commands.
+    if matches!(name, b"CONFIG" | b"LATENCY" | b"SLOWLOG") && client.access != Access::Admin {
         return Some(noperm(client, name));
     }
     let allowed = match client.access {

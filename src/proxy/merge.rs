@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
+use super::diagnostics::{self, Diagnostic};
 use super::slot_table::SlotTable;
 use crate::protocol::reply::{self, array_header, Value};
 
@@ -48,6 +49,8 @@ pub enum Merge {
         own: String,
         wanted: super::info::Wanted,
     },
+    /// LATENCY and SLOWLOG replies of every master.
+    Diagnostic(Diagnostic),
 }
 
 /// A reply still being assembled.
@@ -272,6 +275,10 @@ fn merge_values(how: &Merge, values: Vec<Value>, resp3: bool) -> Option<Bytes> {
             let text = super::info::merge(wanted, own, &texts?);
             reply::text(&mut out, text.as_bytes(), resp3);
         }
+        Merge::Diagnostic(how) => match diagnostics::merge(how, values)? {
+            Value::Bulk(text) => reply::text(&mut out, &text, resp3),
+            merged => merged.encode_for(&mut out, resp3),
+        },
     }
     Some(out.freeze())
 }

@@ -19,6 +19,7 @@
 
 mod client;
 pub mod connection;
+mod diagnostics;
 mod every_node;
 pub mod hold;
 mod info;

@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use super::client::{Client, Tx};
+use super::diagnostics::Diagnostic;
 use super::every_node::Reach;
 use super::job::Job;
 use super::local;
@@ -119,6 +120,9 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         b"DBSIZE" | b"KEYS" | b"FLUSHALL" | b"FLUSHDB" | b"RANDOMKEY" | b"SCAN" | b"SCRIPT"
         | b"INFO" => (whole_cluster(proxy, client, name, req), Class::Cluster),
         b"PUBSUB" if req.len() >= 2 => (pubsub_introspection(proxy, client, req), Class::Cluster),
+        b"LATENCY" | b"SLOWLOG" if req.len() >= 2 => {
+            (diagnostics(proxy, client, name, req), Class::Cluster)
+        }
         b"PUBLISH" if req.len() == 3 => {
             // Counted as one node would: every client of this proxy that receives it.
             let local = proxy.subscribers.receivers(req.arg(1));
@@ -237,6 +241,8 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
             | b"UNWATCH"
             | b"CONFIG"
             | b"COMMAND"
+            | b"LATENCY"
+            | b"SLOWLOG"
     ) {
         return fail(unsupported_error(name, "not inside a transaction"));
     }
@@ -388,6 +394,36 @@ fn pubsub_introspection(proxy: &Proxy, client: &Client, req: Request) -> Pending
         b"CHANNELS" | b"SHARDCHANNELS" => Merge::Union,
         b"NUMSUB" | b"SHARDNUMSUB" => Merge::SumPairs,
         b"NUMPAT" => Merge::SumInts,
+        _ => return one(proxy, client, req, None),
+    };
+    all_masters(proxy, client, &req, merge)
+}
+
+/// LATENCY and SLOWLOG: the masters' events, histograms and slow commands, merged (see
+/// [`super::diagnostics`]); HELP and anything unknown from one master.
+fn diagnostics(proxy: &Proxy, client: &Client, name: &[u8], req: Request) -> Pending {
+    let sub = req.arg(1).to_ascii_uppercase();
+    let merge = match (name, sub.as_slice()) {
+        (b"LATENCY", b"LATEST") => Merge::Diagnostic(Diagnostic::Latest),
+        (b"LATENCY", b"HISTORY") => Merge::Diagnostic(Diagnostic::History),
+        (b"LATENCY", b"HISTOGRAM") => Merge::Diagnostic(Diagnostic::Histogram),
+        (b"LATENCY", b"DOCTOR" | b"GRAPH") => {
+            let table = proxy.table.load();
+            let nodes = table.masters().map(|(_, n)| n.addr.clone()).collect();
+            Merge::Diagnostic(Diagnostic::Texts { nodes })
+        }
+        (b"LATENCY", b"RESET") | (b"SLOWLOG", b"LEN") => Merge::SumInts,
+        (b"SLOWLOG", b"RESET") => Merge::AllOk,
+        (b"SLOWLOG", b"GET") => {
+            // Each master gives its `count` newest; the newest `count` of them all are
+            // kept. A count the nodes refuse comes back as their error.
+            let count = match req.len() {
+                2 => Some(10),
+                _ => crate::protocol::request::parse_i64(req.arg(2))
+                    .and_then(|n| usize::try_from(n).ok()),
+            };
+            Merge::Diagnostic(Diagnostic::Slowlog { count })
+        }
         _ => return one(proxy, client, req, None),
     };
     all_masters(proxy, client, &req, merge)
