@@ -26,6 +26,18 @@ pub enum Stream {
     Server(Box<server::TlsStream<TcpStream>>),
 }
 
+impl Stream {
+    /// This end's address.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.local_addr(),
+            Stream::Client(s) => s.get_ref().0.local_addr(),
+            Stream::Server(s) => s.get_ref().0.local_addr(),
+        }
+        .ok()
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,

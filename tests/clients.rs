@@ -208,3 +208,161 @@ async fn second_reply(addr: &str, req: &str) -> Vec<u8> {
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// CLIENT LIST, INFO, KILL and UNBLOCK see the proxy's own clients, in Redis's format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_list_kill_and_unblock_see_the_proxys_clients() {
+    use common::Raw;
+    let h = Harness::start(3, 0).await;
+    let mut me = Raw::connect(&h).await;
+    let mut other = Raw::connect(&h).await;
+    assert_eq!(
+        &other.ask("CLIENT SETNAME worker\r\n").await[..],
+        b"+OK\r\n"
+    );
+    let id_of = |frame: bytes::Bytes| -> i64 {
+        std::str::from_utf8(&frame[1..frame.len() - 2])
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let other_id = id_of(other.ask("CLIENT ID\r\n").await);
+    let my_id = id_of(me.ask("CLIENT ID\r\n").await);
+
+    let list = String::from_utf8(me.ask("CLIENT LIST\r\n").await.to_vec()).unwrap();
+    let mine = list
+        .lines()
+        .find(|l| l.contains(&format!("id={my_id} ")))
+        .unwrap_or_else(|| panic!("{list}"));
+    // Redis's own test pattern for CLIENT LIST (unit/introspection).
+    for field in [
+        "flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=26 ",
+        "obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|list user=default redir=-1 resp=2",
+    ] {
+        assert!(mine.contains(field), "{mine}");
+    }
+    let theirs = list
+        .lines()
+        .find(|l| l.contains(&format!("id={other_id} ")))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(theirs.contains(" name=worker "), "{theirs}");
+    assert!(theirs.contains(" cmd=client|id "), "{theirs}");
+    let one = me.ask(&format!("CLIENT LIST ID {other_id}\r\n")).await;
+    assert_eq!(String::from_utf8_lossy(&one).matches("id=").count(), 1);
+    let info = me.ask("CLIENT INFO\r\n").await;
+    assert!(String::from_utf8_lossy(&info).contains("cmd=client|info"));
+
+    // A client blocked through the proxy is unblocked on its node, with a timeout or an
+    // error, as the node would say it.
+    let mut blocked = Raw::connect(&h).await;
+    let blocked_id = id_of(blocked.ask("CLIENT ID\r\n").await);
+    blocked.send("BLPOP unblock-me 0\r\n").await;
+    let mut unblocked = 0;
+    for _ in 0..50 {
+        let answer = me
+            .ask(&format!("CLIENT UNBLOCK {blocked_id} ERROR\r\n"))
+            .await;
+        unblocked = id_of(answer);
+        if unblocked == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(unblocked, 1, "the BLPOP was unblocked");
+    let error = blocked.frame().await;
+    assert!(error.starts_with(b"-UNBLOCKED"), "{error:?}");
+    assert_eq!(
+        &me.ask(&format!("CLIENT UNBLOCK {blocked_id}\r\n")).await[..],
+        b":0\r\n",
+        "nothing left to unblock"
+    );
+
+    // KILL: the errors Redis gives, another client by id, then everyone but me.
+    for (req, want) in [
+        (
+            "CLIENT KILL\r\n",
+            "-ERR wrong number of arguments for 'client|kill' command",
+        ),
+        (
+            "CLIENT KILL ID 0\r\n",
+            "-ERR client-id should be greater than 0",
+        ),
+        (
+            "CLIENT KILL TYPE nope\r\n",
+            "-ERR Unknown client type 'nope'",
+        ),
+        ("CLIENT KILL USER nobody\r\n", "-ERR No such user 'nobody'"),
+        ("CLIENT KILL SKIPME maybe\r\n", "-ERR syntax error"),
+        ("CLIENT KILL 10.0.0.1:1\r\n", "-ERR No such client"),
+    ] {
+        let got = me.ask(req).await;
+        assert!(
+            String::from_utf8_lossy(&got).starts_with(want),
+            "{req}: {got:?}"
+        );
+    }
+    assert_eq!(
+        &me.ask(&format!("CLIENT KILL ID {other_id}\r\n")).await[..],
+        b":1\r\n"
+    );
+    let mut buf = [0u8; 16];
+    use tokio::io::AsyncReadExt;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), other.s.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "the killed client was closed"
+    );
+    let left = id_of(me.ask("CLIENT KILL SKIPME yes\r\n").await);
+    assert_eq!(left, 1, "the blocked client was the only other one");
+    assert_eq!(&me.ask("PING\r\n").await[..], b"+PONG\r\n");
+    // And myself: the reply comes, then the connection closes.
+    assert_eq!(&me.ask("CLIENT KILL SKIPME no\r\n").await[..], b":1\r\n");
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), me.s.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(closed, Ok(0) | Err(_)));
+}
+
+/// redis-py's CLIENT helpers parse the proxy's answers in both protocols; CLIENT PAUSE
+/// reaches every master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_lists_kills_and_pauses_clients() {
+    let h = Harness::start(3, 0).await;
+    let script = format!(
+        r#"
+import redis
+for proto in (2, 3):
+    r = redis.Redis(host="127.0.0.1", port={port}, protocol=proto, decode_responses=True,
+                    socket_timeout=5)
+    other = redis.Redis(host="127.0.0.1", port={port}, protocol=proto, decode_responses=True,
+                        socket_timeout=5)
+    other.client_setname("victim")
+    me = r.client_info()
+    assert me["cmd"] == "client|info", me
+    assert me["resp"] == str(proto), me
+    names = [c["name"] for c in r.client_list()]
+    assert "victim" in names, names
+    victim = other.client_id()
+    killed = r.client_kill_filter(_id=victim)
+    assert killed == 1, (killed, victim, r.client_list())
+    assert r.client_pause(50) is True
+    unpaused = r.client_unpause()
+    assert unpaused == "OK", unpaused  # redis-py has no callback for it
+    assert r.info("clients")["connected_clients"] >= 1
+print("ok")
+"#,
+        port = h.port()
+    );
+    common::redis_py(script).await;
+    // Every master heard the pause: CLIENT PAUSE shows in each one's command stats.
+    for addr in h.cluster.addrs() {
+        let info = common::call(&addr, &["INFO", "commandstats"]).await;
+        let text = info.as_str().unwrap_or_default().to_string();
+        assert!(
+            text.contains("cmdstat_client|pause:calls=2"),
+            "{addr}: {text}"
+        );
+    }
+}

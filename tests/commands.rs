@@ -634,6 +634,37 @@ async fn a_script_reply_nested_1000_deep_reaches_the_client_whole() {
     assert_eq!(pong, "PONG");
 }
 
+/// A script that declares no key but touches one runs on the master that serves it, as
+/// on one node; its write is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_touching_an_undeclared_key_finds_its_master() {
+    let h = Harness::start(3, 0).await;
+    let mut c = h.client().await;
+    for i in 0..3 {
+        let key = format!("{}undeclared", common::tag_on(i));
+        for expected in 1..=3 {
+            let n: i64 = redis::cmd("EVAL")
+                .arg("return redis.call('incr', ARGV[1])")
+                .arg(0)
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            assert_eq!(n, expected, "{key}");
+        }
+    }
+    // A script that touches keys of two masters still fails, as in any cluster.
+    let err = redis::cmd("EVAL")
+        .arg("redis.call('get', ARGV[1]) return redis.call('get', ARGV[2])")
+        .arg(0)
+        .arg(format!("{}a", common::tag_on(0)))
+        .arg(format!("{}b", common::tag_on(1)))
+        .query_async::<Value>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("non local key"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_run_whole_on_their_slots_owner() {
     let h = Harness::start(3, 0).await;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::clients::Entry;
 use super::lease::Lease;
 use super::tracking::Tracker;
 use crate::config::{Access, Config, ReadFrom};
@@ -50,6 +51,8 @@ pub struct Client {
     pub tracking: Option<Tracker>,
     /// `CLIENT REPLY`: which replies are written.
     pub replies: Replies,
+    /// What other clients see of this one (CLIENT LIST, KILL, UNBLOCK).
+    pub entry: Arc<Entry>,
 }
 
 /// `CLIENT REPLY ON|OFF|SKIP`, as Redis keeps it.
@@ -123,6 +126,7 @@ impl Client {
             wrote: Vec::new(),
             tracking: None,
             replies: Replies::default(),
+            entry: Arc::new(Entry::new(id, peer, local)),
         }
     }
 
@@ -142,7 +146,14 @@ impl Client {
 
     /// The client's own connection, made on first use.
     pub fn lease(&mut self) -> Arc<Lease> {
-        self.lease.get_or_insert_with(Default::default).clone()
+        let entry = &self.entry;
+        self.lease
+            .get_or_insert_with(|| {
+                let lease = Arc::new(Lease::default());
+                entry.leased(&lease);
+                lease
+            })
+            .clone()
     }
 
     /// UNWATCH, DISCARD, EXEC: the client watches nothing any more.

@@ -70,9 +70,15 @@ pub trait Dispatch: Send + Sync {
     fn node_failed(&self, addr: &str) -> bool;
     /// For an EVALSHA whose script the proxy knows: the `SCRIPT LOAD` that restores it.
     fn script_load_for(&self, raw: &Bytes) -> Option<Bytes>;
+    /// Sends a keyless job to the next master in turn; gives it back once every master
+    /// has had it.
+    fn next_master(&self, job: Job) -> Result<(), Job>;
     /// Tells the control plane something.
     fn hint(&self, hint: Hint);
 }
+
+/// A script's error for a key its node does not serve (Redis 7).
+const NON_LOCAL_KEY: &[u8] = b"-ERR Script attempted to access a non local key";
 
 /// The client a dedicated connection belongs to.
 pub struct Owner {
@@ -146,6 +152,12 @@ pub async fn run(
                 continue;
             }
         };
+        if let (Some(lease), Some(local)) = (
+            owner.as_ref().and_then(|o| o.lease.upgrade()),
+            stream.local_addr(),
+        ) {
+            lease.connected(&addr, local);
+        }
         let mut conn = Connection {
             addr: &addr,
             proxy: &proxy,
@@ -408,6 +420,17 @@ impl Connection<'_> {
                 }
             }
         }
+        if frame.starts_with(NON_LOCAL_KEY) && job.slot.is_none() && job.lease().is_none() {
+            // A script that declared no key touched one this master does not serve. It
+            // stopped at that access, before any write of its own to a key: another
+            // master may serve it (each is asked once, as one node would have).
+            if let Some(proxy) = self.proxy.upgrade() {
+                match proxy.next_master(job) {
+                    Ok(()) => return,
+                    Err(back) => job = back,
+                }
+            }
+        }
         if frame.first() == Some(&b'-') {
             if let Some(redirect) = classify(&frame, self.addr) {
                 if let Some(proxy) = self.proxy.upgrade() {
@@ -456,6 +479,9 @@ mod tests {
         }
         fn script_load_for(&self, _: &Bytes) -> Option<Bytes> {
             None
+        }
+        fn next_master(&self, job: Job) -> Result<(), Job> {
+            Err(job)
         }
         fn hint(&self, _: Hint) {}
     }

@@ -47,6 +47,8 @@ struct Conn {
     addr: String,
     resp3: bool,
     jobs: mpsc::UnboundedSender<Job>,
+    /// The connection's own address, once connected: how the node knows it.
+    local: Option<std::net::SocketAddr>,
 }
 
 impl Lease {
@@ -87,6 +89,7 @@ impl Lease {
                 addr: node.addr.clone(),
                 resp3: job.resp3,
                 jobs,
+                local: None,
             });
         }
         if job.watch() && !exec {
@@ -100,6 +103,21 @@ impl Lease {
     pub fn holds_watch(&self, addr: &str) -> bool {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.watch.as_deref() == Some(addr) && !state.broken
+    }
+
+    /// The lease's connection to `addr` connected from `local`.
+    pub fn connected(&self, addr: &str, local: std::net::SocketAddr) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(conn) = state.conn.as_mut().filter(|c| c.addr == addr) {
+            conn.local = Some(local);
+        }
+    }
+
+    /// The node and the address its connection comes from, while it is open.
+    pub fn connection(&self) -> Option<(String, std::net::SocketAddr)> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = state.conn.as_ref().filter(|c| !c.jobs.is_closed())?;
+        Some((conn.addr.clone(), conn.local?))
     }
 
     /// The connection to `addr` broke: a watch it held is gone.

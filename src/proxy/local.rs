@@ -107,7 +107,14 @@ pub fn forbidden(proxy: &Proxy, client: &Client, name: &[u8], req: &Request) -> 
     };
     // The nodes' settings, credentials among them, are the operator's; so are their
     // diagnostics, which show other clients' commands.
-    if matches!(name, b"CONFIG" | b"LATENCY" | b"SLOWLOG") && client.access != Access::Admin {
+    let other_clients = name == b"CLIENT"
+        && req.len() > 1
+        && [&b"KILL"[..], b"UNBLOCK", b"PAUSE", b"UNPAUSE"]
+            .iter()
+            .any(|s| req.arg(1).eq_ignore_ascii_case(s));
+    if (matches!(name, b"CONFIG" | b"LATENCY" | b"SLOWLOG") || other_clients)
+        && client.access != Access::Admin
+    {
         return Some(noperm(client, name));
     }
     let allowed = match client.access {
@@ -206,18 +213,6 @@ pub fn noauth() -> Bytes {
     reply::error("NOAUTH Authentication required.")
 }
 
-fn client_line(client: &Client) -> String {
-    let name = client
-        .name
-        .as_ref()
-        .map(|n| String::from_utf8_lossy(n).into_owned())
-        .unwrap_or_default();
-    format!(
-        "id={} addr={} laddr={} name={} db=0 cmd=client|info\n",
-        client.id, client.peer, client.local, name
-    )
-}
-
 pub fn client(client: &mut Client, req: &Request) -> Bytes {
     if req.len() < 2 {
         return arity("client");
@@ -238,11 +233,6 @@ pub fn client(client: &mut Client, req: &Request) -> Bytes {
             None => reply::nil(client.resp3),
         },
         (b"ID", 2) => reply::int(client.id as i64),
-        (b"INFO", 2) | (b"LIST", _) => {
-            let mut out = BytesMut::new();
-            reply::text(&mut out, client_line(client).as_bytes(), client.resp3);
-            out.freeze()
-        }
         (b"SETINFO", 4) | (b"NO-EVICT", 3) | (b"NO-TOUCH", 3) => Bytes::from_static(reply::OK),
         // OFF and SKIP have no reply of their own; SKIP silences the next command's.
         (b"REPLY", 3) => match req.arg(2).to_ascii_uppercase().as_slice() {
@@ -356,7 +346,7 @@ pub fn info_sections(proxy: &Proxy, client: &Client) -> String {
          run_id:{id}\r\ntcp_port:{port}\r\nserver_time_usec:{now_usec}\r\n\
          uptime_in_seconds:{uptime}\r\nuptime_in_days:{days}\r\nhz:10\r\n\r\n\
          # Clients\r\nconnected_clients:{clients}\r\ncluster_connections:0\r\n\
-         maxclients:{maxclients}\r\nblocked_clients:{blocked}\r\n\r\n\
+         maxclients:{maxclients}\r\nblocked_clients:{blocked}\r\ntracking_clients:{tracking}\r\n\r\n\
          # Replication\r\nrole:master\r\nconnected_slaves:0\r\n\
          master_failover_state:no-failover\r\nmaster_replid:{id}\r\nmaster_replid2:{zeros}\r\n\
          master_repl_offset:0\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:0\r\n\
@@ -374,7 +364,8 @@ pub fn info_sections(proxy: &Proxy, client: &Client) -> String {
         id = proxy.id,
         port = client.local.port(),
         days = uptime / 86400,
-        clients = m.client_connections.get(),
+        clients = proxy.clients.count(),
+        tracking = proxy.clients.tracking(),
         maxclients = proxy.config().max_clients,
         blocked = m.clients_blocked.get(),
         ours = env!("CARGO_PKG_VERSION"),

@@ -18,6 +18,7 @@
 #![allow(clippy::result_large_err)]
 
 mod client;
+mod clients;
 pub mod connection;
 mod diagnostics;
 mod every_node;
@@ -95,6 +96,8 @@ pub struct Proxy {
     pool: Pool,
     /// The proxy's clients' channel and pattern subscriptions, counted (for PUBLISH).
     subscribers: Subscribers,
+    /// Every client connection, as CLIENT LIST and KILL see them.
+    clients: Arc<clients::Clients>,
     /// Becomes true when the proxy shuts down.
     shutdown: watch::Sender<bool>,
     next_session: AtomicU32,
@@ -135,6 +138,7 @@ impl Proxy {
             scripts: Mutex::new(FxHashMap::default()),
             pool: Pool::default(),
             subscribers: Subscribers::default(),
+            clients: Arc::default(),
             shutdown: watch::Sender::new(false),
             next_session: AtomicU32::new(1),
             admitted: Arc::new(AtomicUsize::new(0)),
@@ -488,6 +492,16 @@ impl Dispatch for Proxy {
 
     fn script_load_for(&self, raw: &bytes::Bytes) -> Option<bytes::Bytes> {
         Proxy::script_load_for(self, raw)
+    }
+
+    fn next_master(&self, mut job: Job) -> Result<(), Job> {
+        if job.hops as usize + 1 >= self.table.load().masters().count() {
+            return Err(job);
+        }
+        job.hops += 1;
+        job.pin = job.pin.wrapping_add(1);
+        self.dispatch(job);
+        Ok(())
     }
 
     fn hint(&self, hint: Hint) {

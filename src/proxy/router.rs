@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use super::client::{Client, Tx};
+use super::clients;
 use super::diagnostics::Diagnostic;
 use super::every_node::Reach;
 use super::job::Job;
@@ -87,6 +88,7 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         b"CLIENT" if req.len() > 1 && req.arg(1).eq_ignore_ascii_case(b"TRACKINGINFO") => local(
             super::tracking::info(client.tracking.as_ref(), client.resp3),
         ),
+        b"CLIENT" if req.len() > 1 => client_command(proxy, client, req),
         b"CLIENT" => local(local::client(client, &req)),
         b"READONLY" | b"READWRITE" => local(Bytes::from_static(reply::OK)),
         b"CLUSTER" => match local::cluster(proxy, client, &req) {
@@ -397,6 +399,33 @@ fn pubsub_introspection(proxy: &Proxy, client: &Client, req: Request) -> Pending
         _ => return one(proxy, client, req, None),
     };
     all_masters(proxy, client, &req, merge)
+}
+
+/// CLIENT subcommands about the proxy's clients (see [`clients`]) or the whole cluster;
+/// the rest concern only the client that asks ([`local::client`]).
+fn client_command(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
+    let local = |bytes: Bytes| (ready(bytes), Class::Local);
+    match req.arg(1).to_ascii_uppercase().as_slice() {
+        b"LIST" => local(clients::list(proxy, client, &req)),
+        b"INFO" if req.len() == 2 => local(clients::info(proxy, client, &req)),
+        b"KILL" => {
+            let killed = clients::kill(proxy, client, &req);
+            // Killed by its own hand: closed once this reply is written, as on a node.
+            client.quit |= killed.me;
+            local(killed.reply)
+        }
+        b"UNBLOCK" => match proxy.me.upgrade().map(|p| clients::unblock(&p, &req)) {
+            Some(Ok(rx)) => (Pending::Wait(rx), Class::Other),
+            Some(Err(error)) => local(error),
+            None => local(reply::error(super::merge::GONE)),
+        },
+        // Every master stops serving clients for a while: so do the proxy's.
+        b"PAUSE" | b"UNPAUSE" => (
+            all_masters(proxy, client, &req, Merge::AllOk),
+            Class::Cluster,
+        ),
+        _ => local(local::client(client, &req)),
+    }
 }
 
 /// LATENCY and SLOWLOG: the masters' events, histograms and slow commands, merged (see

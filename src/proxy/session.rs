@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, Instrument};
 
 use super::client::Client;
+use super::clients::LastCommand;
 use super::owed::Pending;
 use super::pubsub;
 use super::router::route;
@@ -75,10 +76,16 @@ pub async fn run(proxy: Arc<Proxy>, tcp: TcpStream, _admission: Admission) {
     metrics.client_connections.inc();
     metrics.client_connections_total.inc();
     let mut client = Client::new(proxy.session_id(), peer, local, &proxy.config());
+    let entry = client.entry.clone();
+    let _registered = proxy.clients.register(entry.clone());
     let span = tracing::info_span!("client", id = client.id, %peer);
-    let result = serve(&proxy, &mut client, &mut stream)
-        .instrument(span.clone())
-        .await;
+    let result = tokio::select! {
+        result = serve(&proxy, &mut client, &mut stream).instrument(span.clone()) => result,
+        () = entry.killed() => {
+            debug!(parent: &span, "killed by CLIENT KILL");
+            Ok(())
+        }
+    };
     if let Err(e) = result {
         debug!(parent: &span, error = %e, "client connection ended");
     }
@@ -138,9 +145,29 @@ fn take_requests(
     max: usize,
 ) -> Taken {
     let now = Instant::now();
+    let mut last = None;
+    let taken = take(proxy, client, scanner, rbuf, owed, max, now, &mut last);
+    if last.is_some() {
+        client.entry.publish(client, last);
+    }
+    taken
+}
+
+#[allow(clippy::too_many_arguments)]
+fn take(
+    proxy: &Proxy,
+    client: &mut Client,
+    scanner: &mut Scanner,
+    rbuf: &mut BytesMut,
+    owed: &mut VecDeque<Owed>,
+    max: usize,
+    now: Instant,
+    last: &mut Option<LastCommand>,
+) -> Taken {
     while owed.len() < max {
         match scanner.next(rbuf) {
             Ok(Some(req)) => {
+                *last = Some(LastCommand::of(&req));
                 let (reply, class) = route(proxy, client, req);
                 owed.push_back(Owed {
                     reply,
@@ -204,7 +231,9 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
         }
         if let Some(first) = owed.front_mut().and_then(|o| o.reply.subscription()) {
             owed.pop_front();
+            client.entry.subscribed(true);
             let left = pubsub::serve(proxy, client, stream, &mut scanner, &mut rbuf, first).await?;
+            client.entry.subscribed(false);
             match left {
                 pubsub::Left::Unsubscribed => {
                     backlog = true; // requests may have arrived behind the last UNSUBSCRIBE
