@@ -103,6 +103,21 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// On SIGTERM, how long in-flight and held requests may take to finish.
     pub shutdown_grace: Duration,
+    /// When a write is answered (`[durability]`).
+    pub ack: Ack,
+    /// How long one `WAIT` for the replicas may take before it is asked again
+    /// (`durability.wait_timeout`); asked again until `hold.timeout`.
+    pub wait_timeout: Duration,
+}
+
+/// When a write is answered (`durability.ack`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// When the master has applied it (Redis's own behaviour).
+    Master,
+    /// When every replica of the master that is up has it too: a `WAIT` follows each batch
+    /// of writes on a node connection.
+    Replicated,
 }
 
 impl Config {
@@ -143,6 +158,23 @@ struct File {
     hold: HoldSection,
     log: LogSection,
     shutdown: ShutdownSection,
+    durability: DurabilitySection,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct DurabilitySection {
+    ack: String,
+    wait_timeout: String,
+}
+
+impl Default for DurabilitySection {
+    fn default() -> Self {
+        DurabilitySection {
+            ack: "master".into(),
+            wait_timeout: "100ms".into(),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -298,6 +330,7 @@ impl Default for File {
             hold: HoldSection::default(),
             log: LogSection::default(),
             shutdown: ShutdownSection::default(),
+            durability: DurabilitySection::default(),
         }
     }
 }
@@ -545,6 +578,18 @@ impl File {
                 text => Some(duration("client.idle_timeout", text)?),
             },
             shutdown_grace: duration("shutdown.grace", &self.shutdown.grace)?,
+            ack: match self.durability.ack.as_str() {
+                "master" => Ack::Master,
+                "replicated" => Ack::Replicated,
+                other => {
+                    return Err(bad(
+                        "durability.ack",
+                        other,
+                        "expected \"master\" or \"replicated\"",
+                    ))
+                }
+            },
+            wait_timeout: duration("durability.wait_timeout", &self.durability.wait_timeout)?,
         })
     }
 }

@@ -106,6 +106,12 @@ pub struct Metrics {
     pub repairs: IntCounterVec,
     pub migrations: IntCounterVec,
     pub reloads: IntCounterVec,
+    /// `durability.ack = "replicated"`: WAITs asked again because they came back short.
+    pub wait_retries: IntCounter,
+    /// Writes answered an error: applied on a master, not confirmed by its replicas.
+    pub writes_unconfirmed: IntCounter,
+    /// Writes not sent again after their connection broke, since they could apply twice.
+    pub writes_not_retried: IntCounter,
 }
 
 impl Metrics {
@@ -263,6 +269,18 @@ impl Metrics {
                 "slotguard_config_reloads_total",
                 "Configuration reloads, by outcome",
             ),
+            wait_retries: counter(
+                "slotguard_wait_retries_total",
+                "WAITs for replicas asked again after a short answer (durability.ack = replicated)",
+            ),
+            writes_unconfirmed: counter(
+                "slotguard_writes_unconfirmed_total",
+                "Writes applied on a master but not confirmed by its replicas, answered an error",
+            ),
+            writes_not_retried: counter(
+                "slotguard_writes_not_retried_total",
+                "Writes in flight on a connection that broke, answered an error rather than sent twice",
+            ),
             registry: Registry::new(),
         };
         for c in [
@@ -288,6 +306,9 @@ impl Metrics {
             Box::new(metrics.repairs.clone()),
             Box::new(metrics.migrations.clone()),
             Box::new(metrics.reloads.clone()),
+            Box::new(metrics.wait_retries.clone()),
+            Box::new(metrics.writes_unconfirmed.clone()),
+            Box::new(metrics.writes_not_retried.clone()),
         ] {
             reg(c);
         }

@@ -91,6 +91,10 @@ pub struct Tx {
     pub slot: Option<u16>,
     /// A command was refused while queueing: EXEC answers EXECABORT, as Redis does.
     pub failed: bool,
+    /// A queued command must not run twice, so neither may the transaction.
+    pub once: bool,
+    /// A queued command writes.
+    pub writes: bool,
 }
 
 impl Tx {
@@ -101,6 +105,8 @@ impl Tx {
             queued: 0,
             slot: None,
             failed: false,
+            once: false,
+            writes: false,
         }
     }
 }

@@ -23,8 +23,9 @@ use tracing::{debug, warn};
 use super::job::Job;
 use super::lease::Lease;
 use super::redirect::{classify, Reason, Redirect};
+use crate::config::Ack;
 use crate::metrics::Metrics;
-use crate::protocol::ReplyScanner;
+use crate::protocol::{ReplyScanner, Request};
 use crate::routing::Hint;
 use crate::tls::BackendTls;
 
@@ -70,6 +71,10 @@ pub trait Dispatch: Send + Sync {
     fn node_failed(&self, addr: &str) -> bool;
     /// For an EVALSHA whose script the proxy knows: the `SCRIPT LOAD` that restores it.
     fn script_load_for(&self, raw: &Bytes) -> Option<Bytes>;
+    /// How many replicas of the master at `addr` are up: what a write's `WAIT` asks for.
+    fn replicas_up(&self, addr: &str) -> usize;
+    /// Counts a write answered an error rather than sent twice.
+    fn not_retried(&self);
     /// Sends a keyless job to the next master in turn; gives it back once every master
     /// has had it.
     fn next_master(&self, job: Job) -> Result<(), Job>;
@@ -104,6 +109,23 @@ pub struct Target {
     pub(super) metrics: Arc<Metrics>,
     /// This node's child of the backend latency histogram.
     pub(super) latency: Histogram,
+    /// `durability.ack`, `durability.wait_timeout` and `hold.timeout`.
+    pub(super) ack: Ack,
+    pub(super) wait_timeout: Duration,
+    pub(super) hold_timeout: Duration,
+}
+
+/// A `WAIT` sent after a batch of writes (`durability.ack = "replicated"`), and the
+/// replies of those writes, held until the replicas have them.
+struct Barrier {
+    /// Jobs in flight between the previous barrier and this one.
+    ahead: usize,
+    /// The replicas it waits for.
+    replicas: usize,
+    /// When the first `WAIT` for these writes went out.
+    since: Instant,
+    /// Replies of writes the node applied, not yet given to their clients.
+    held: Vec<(Job, Bytes)>,
 }
 
 /// A job written to the connection and waiting for its reply.
@@ -134,6 +156,9 @@ pub async fn run(
         dedicated_idle: idle,
         metrics,
         latency,
+        ack,
+        wait_timeout,
+        hold_timeout,
     } = target;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -171,6 +196,11 @@ pub async fn run(
             skip: 0,
             metrics: &metrics,
             latency: &latency,
+            barriers: VecDeque::new(),
+            unfenced: 0,
+            ack,
+            wait_timeout,
+            hold_timeout,
         };
         // It goes out with the first batch.
         let (hello, replies) = greeting(auth.as_deref(), readonly, resp3);
@@ -184,17 +214,15 @@ pub async fn run(
         gauge.inc();
         let error = conn.serve(stream, &mut rx, &mut batch).await;
         gauge.dec();
-        let Connection { inflight, .. } = conn;
-        metrics.backend_inflight.sub(inflight.len() as i64);
+        let in_flight = conn.inflight.len();
+        metrics.backend_inflight.sub(in_flight as i64);
+        let unanswered = conn.unanswered(&mut batch);
         let Some(error) = error else { return };
         if let Some(lease) = owner.as_ref().and_then(|o| o.lease.upgrade()) {
             lease.lost(&addr);
         }
-        warn!(%addr, %error, in_flight = inflight.len(), "backend connection lost");
-        // A request written to a connection that broke may or may not have run; it is
-        // retried, as cluster clients do (at-least-once for what was in flight).
-        let lost = inflight.into_iter().map(|f| f.job).chain(batch.drain(..));
-        fail_all(&proxy, &addr, lost, &error);
+        warn!(%addr, %error, in_flight, "backend connection lost");
+        lost(&proxy, &addr, unanswered.into_iter(), &error);
         if owner.is_some() {
             // A client's own connection is not made again behind its back: what a WATCH
             // or a blocking command needed of it is gone. Jobs still queued go round again
@@ -216,9 +244,43 @@ fn client_gone(inflight: &mut VecDeque<InFlight>, cx: &mut Context<'_>) -> Poll<
 }
 
 fn fail_all(proxy: &Weak<dyn Dispatch>, addr: &str, jobs: impl Iterator<Item = Job>, error: &str) {
+    lost(proxy, addr, jobs.map(|job| (job, Fate::NotSent)), error);
+}
+
+/// What is known of a job on a connection that broke.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// It never left the proxy.
+    NotSent,
+    /// It was written; no reply came.
+    MayHaveRun,
+    /// The node applied it; its replicas did not confirm it.
+    Unconfirmed,
+}
+
+/// Jobs of a connection that broke: sent again where that cannot apply a write twice,
+/// else answered an error that says what is known.
+fn lost(
+    proxy: &Weak<dyn Dispatch>,
+    addr: &str,
+    jobs: impl Iterator<Item = (Job, Fate)>,
+    error: &str,
+) {
     let Some(proxy) = proxy.upgrade() else { return };
     proxy.hint(Hint::Refresh);
-    for job in jobs {
+    for (job, fate) in jobs {
+        if job.once && fate != Fate::NotSent {
+            let what = match fate {
+                Fate::Unconfirmed => "was applied on the master but not confirmed by its replicas",
+                _ => "may or may not have been applied",
+            };
+            let text = format!(
+                "ERR slotguard: the connection to {addr} broke ({error}); this write {what}, and it is not sent again because it would apply twice"
+            );
+            proxy.not_retried();
+            let _ = job.reply.send(crate::protocol::reply::error(&text));
+            continue;
+        }
         proxy.park(job, Reason::Unreachable(format!("{addr}: {error}")));
     }
 }
@@ -242,6 +304,13 @@ struct Connection<'a> {
     skip: usize,
     metrics: &'a Metrics,
     latency: &'a Histogram,
+    /// `WAIT`s in flight, in the order sent (`durability.ack = "replicated"`).
+    barriers: VecDeque<Barrier>,
+    /// Jobs in flight after the last barrier.
+    unfenced: usize,
+    ack: Ack,
+    wait_timeout: Duration,
+    hold_timeout: Duration,
 }
 
 /// How a `SCRIPT LOAD` request begins.
@@ -275,6 +344,8 @@ impl Connection<'_> {
                 }
                 let sent = Instant::now();
                 self.metrics.backend_inflight.add(batch.len() as i64);
+                let writes = self.ack == Ack::Replicated && batch.iter().any(|j| j.write);
+                self.unfenced += batch.len();
                 for job in batch.drain(..) {
                     if let Some(extra) = &job.extra {
                         if let Some(prefix) = &extra.prefix {
@@ -292,6 +363,11 @@ impl Connection<'_> {
                         job,
                     });
                 }
+                if writes {
+                    self.fence(sent, Vec::new());
+                }
+            }
+            if !self.wbuf.is_empty() {
                 // A TLS stream buffers records until flushed; TCP's flush does nothing.
                 let written = async {
                     stream.write_all(&self.wbuf).await?;
@@ -310,7 +386,7 @@ impl Connection<'_> {
                         if let Err(e) = self.replies() {
                             return Some(e);
                         }
-                        if closed && self.inflight.is_empty() {
+                        if closed && self.settled() {
                             return None;
                         }
                         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
@@ -320,7 +396,7 @@ impl Connection<'_> {
                     Err(e) => return Some(format!("read: {e}")),
                 },
                 n = rx.recv_many(batch, BATCH), if !closed => if n == 0 {
-                    if self.inflight.is_empty() {
+                    if self.settled() {
                         return None;
                     }
                     closed = true; // finish what is in flight first
@@ -329,7 +405,7 @@ impl Connection<'_> {
                     // Closing the connection also ends a blocked command on the node.
                     return None;
                 }
-                _ = tokio::time::sleep(idle), if self.own.is_some() && self.inflight.is_empty() => {
+                _ = tokio::time::sleep(idle), if self.own.is_some() && self.settled() => {
                     let owner = self.own.expect("guarded");
                     let watching = owner.lease.upgrade().is_some_and(|l| l.holds_watch(self.addr));
                     if !watching {
@@ -345,8 +421,10 @@ impl Connection<'_> {
                         return None;
                     }
                 }
-                _ = stall_check.tick(), if !self.inflight.is_empty() => {
-                    let stalled = self.inflight.front().is_some_and(|f| f.sent.elapsed() > STALL);
+                _ = stall_check.tick(), if !self.settled() => {
+                    let oldest = self.inflight.front().map(|f| f.sent);
+                    let oldest = oldest.or_else(|| self.barriers.front().map(|b| b.since));
+                    let stalled = oldest.is_some_and(|sent| sent.elapsed() > STALL);
                     if stalled && self.proxy.upgrade().is_some_and(|p| p.node_failed(self.addr)) {
                         return Some("no reply, and the cluster has failed the node".into());
                     }
@@ -371,6 +449,11 @@ impl Connection<'_> {
             if self.resp3 && frame.first() == Some(&b'>') {
                 continue; // an out-of-band push, not a reply
             }
+            if self.barriers.front().is_some_and(|b| b.ahead == 0) {
+                let barrier = self.barriers.pop_front().expect("front exists");
+                self.waited(barrier, &frame);
+                continue;
+            }
             let Some(front) = self.inflight.front_mut() else {
                 return Err("reply without a request".into());
             };
@@ -385,6 +468,23 @@ impl Connection<'_> {
             self.metrics.backend_inflight.dec();
             self.latency
                 .observe(now.saturating_duration_since(done.sent).as_secs_f64());
+            let fence = match self.barriers.front_mut() {
+                Some(barrier) => {
+                    barrier.ahead -= 1;
+                    Some(barrier)
+                }
+                None => {
+                    self.unfenced -= 1;
+                    None
+                }
+            };
+            if let Some(barrier) = fence {
+                // Applied by the node: its client hears of it once the replicas have it.
+                if done.job.write && frame.first() != Some(&b'-') && done.redirect.is_none() {
+                    barrier.held.push((done.job, frame));
+                    continue;
+                }
+            }
             match done.redirect {
                 // Nothing of the transaction ran: it goes where its slot is, whole.
                 Some(redirect) if frame.starts_with(b"-EXECABORT") => {
@@ -396,6 +496,88 @@ impl Connection<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Every job not answered, with what is known of it: written (in flight), applied
+    /// and not confirmed (held for a `WAIT`), or never sent (`batch`).
+    fn unanswered(&mut self, batch: &mut Vec<Job>) -> Vec<(Job, Fate)> {
+        let sent = self.inflight.drain(..).map(|f| (f.job, Fate::MayHaveRun));
+        let held = self
+            .barriers
+            .drain(..)
+            .flat_map(|b| b.held)
+            .map(|(job, _)| (job, Fate::Unconfirmed));
+        let unsent = batch.drain(..).map(|job| (job, Fate::NotSent));
+        sent.chain(held).chain(unsent).collect()
+    }
+
+    /// Nothing is in flight: no request, no `WAIT`.
+    fn settled(&self) -> bool {
+        self.inflight.is_empty() && self.barriers.is_empty()
+    }
+
+    /// Sends `WAIT` for the replicas of this master after everything written so far;
+    /// `held`: replies already waiting for it. Without a replica up, they go out at once.
+    fn fence(&mut self, since: Instant, held: Vec<(Job, Bytes)>) {
+        let replicas = self.proxy.upgrade().map_or(0, |p| p.replicas_up(self.addr));
+        if replicas == 0 {
+            for (job, frame) in held {
+                self.complete(job, frame);
+            }
+            return;
+        }
+        let timeout = self.wait_timeout.as_millis().max(1).to_string();
+        let wait = Request::from_args(&["WAIT", &replicas.to_string(), &timeout]);
+        self.wbuf.extend_from_slice(wait.raw());
+        self.barriers.push_back(Barrier {
+            ahead: std::mem::take(&mut self.unfenced),
+            replicas,
+            since,
+            held,
+        });
+    }
+
+    /// A `WAIT` answered: its writes' replies go to their clients once the replicas have
+    /// them; while short, it is asked again until `hold.timeout`, and then the clients
+    /// hear that the write was applied but not confirmed.
+    fn waited(&mut self, barrier: Barrier, frame: &Bytes) {
+        let acked = crate::protocol::Value::parse(frame)
+            .ok()
+            .and_then(|v| v.as_int());
+        let Barrier {
+            replicas,
+            since,
+            held,
+            ..
+        } = barrier;
+        if acked.is_some_and(|n| n >= replicas as i64) || held.is_empty() {
+            for (job, frame) in held {
+                self.complete(job, frame);
+            }
+            return;
+        }
+        if acked.is_some() && since.elapsed() < self.hold_timeout {
+            self.metrics.wait_retries.inc();
+            self.fence(since, held);
+            return;
+        }
+        self.metrics.writes_unconfirmed.inc_by(held.len() as u64);
+        let answer = match acked {
+            Some(n) => format!("WAIT answered {n} of {replicas}"),
+            None => format!(
+                "WAIT answered {}",
+                String::from_utf8_lossy(frame).trim_end()
+            ),
+        };
+        let text = format!(
+            "ERR slotguard: applied on the master {} but not confirmed by its replicas within {:.1}s ({answer})",
+            self.addr,
+            since.elapsed().as_secs_f64()
+        );
+        let error = crate::protocol::reply::error(&text);
+        for (job, _) in held {
+            let _ = job.reply.send(error.clone());
+        }
     }
 
     fn complete(&self, mut job: Job, frame: Bytes) {
@@ -459,6 +641,7 @@ mod tests {
         parked: Mutex<Vec<(Bytes, Reason)>>,
         redirected: Mutex<Vec<(Bytes, Redirect)>>,
         dispatched: Mutex<Vec<Bytes>>,
+        replicas: std::sync::atomic::AtomicUsize,
     }
 
     impl Dispatch for Recorder {
@@ -483,6 +666,10 @@ mod tests {
         fn next_master(&self, job: Job) -> Result<(), Job> {
             Err(job)
         }
+        fn replicas_up(&self, _: &str) -> usize {
+            self.replicas.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        fn not_retried(&self) {}
         fn hint(&self, _: Hint) {}
     }
 
@@ -523,6 +710,22 @@ mod tests {
                 skip: 0,
                 metrics: &self.metrics,
                 latency: &self.latency,
+                barriers: VecDeque::new(),
+                unfenced: 0,
+                ack: Ack::Master,
+                wait_timeout: Duration::from_millis(100),
+                hold_timeout: Duration::from_secs(5),
+            }
+        }
+
+        /// A connection answering writes once `replicas` replicas have them.
+        fn replicated<'a>(&'a self, replicas: usize) -> Connection<'a> {
+            self.recorder
+                .replicas
+                .store(replicas, std::sync::atomic::Ordering::Relaxed);
+            Connection {
+                ack: Ack::Replicated,
+                ..self.connection(None)
             }
         }
     }
@@ -599,8 +802,13 @@ mod tests {
         let (ended, ()) = tokio::join!(conn.serve(ours, &mut rx, &mut batch), node_side);
         assert_eq!(ended.as_deref(), Some("connection closed by the node"));
         assert_eq!(&ra.await.unwrap()[..], b"+one\r\n");
-        let lost = conn.inflight.drain(..).map(|f| f.job);
-        fail_all(&fx.weak, ADDR, lost, "connection closed by the node");
+        let unanswered = conn.unanswered(&mut Vec::new());
+        lost(
+            &fx.weak,
+            ADDR,
+            unanswered.into_iter(),
+            "connection closed by the node",
+        );
         let parked = fx.recorder.parked.lock().unwrap();
         let raws: Vec<&[u8]> = parked.iter().map(|(raw, _)| &raw[..]).collect();
         assert_eq!(raws, [&b"*1\r\n$1\r\nb\r\n"[..], b"*1\r\n$1\r\nc\r\n"]);
@@ -629,5 +837,83 @@ mod tests {
         // then opens another connection).
         let (late, _r) = job(b"*1\r\n$4\r\nlate\r\n");
         assert!(tx.send(late).is_err(), "the queue is closed");
+    }
+
+    fn write(raw: &'static [u8], once: bool) -> (Job, oneshot::Receiver<Bytes>) {
+        let (mut job, rx) = job(raw);
+        job.write = true;
+        job.once = once;
+        (job, rx)
+    }
+
+    const WAIT_1: &[u8] = b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$3\r\n100\r\n";
+
+    #[tokio::test]
+    async fn replicated_writes_are_answered_once_their_wait_is() {
+        let fx = Fixture::new();
+        let mut conn = fx.replicated(1);
+        let (ours, mut node) = duplex(4096);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (set, mut r_set) = write(b"*1\r\n$1\r\ns\r\n", false);
+        let (get, r_get) = job(b"*1\r\n$1\r\ng\r\n");
+        let mut batch = vec![set, get];
+        let node_side = async {
+            // One WAIT after the batch, not one per write.
+            let sent = read_exactly(&mut node, 2 * 11 + WAIT_1.len()).await;
+            assert!(sent.ends_with(WAIT_1), "{}", String::from_utf8_lossy(&sent));
+            node.write_all(b"+OK\r\n$1\r\nv\r\n").await.unwrap();
+            // The read is answered; the write waits for its replica.
+            assert_eq!(&r_get.await.unwrap()[..], b"$1\r\nv\r\n");
+            tokio::task::yield_now().await;
+            assert!(r_set.try_recv().is_err(), "held until WAIT answers");
+            // Short: asked again, and answered once the replica has it.
+            node.write_all(b":0\r\n").await.unwrap();
+            assert_eq!(read_exactly(&mut node, WAIT_1.len()).await, WAIT_1);
+            node.write_all(b":1\r\n").await.unwrap();
+            drop(tx);
+            (node, r_set)
+        };
+        let (ended, (_node, r_set)) =
+            tokio::join!(conn.serve(ours, &mut rx, &mut batch), node_side);
+        assert_eq!(ended, None);
+        assert_eq!(&r_set.await.unwrap()[..], b"+OK\r\n");
+        assert_eq!(fx.metrics.wait_retries.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_broken_connection_sends_again_only_what_cannot_apply_twice() {
+        let fx = Fixture::new();
+        let mut conn = fx.replicated(1);
+        let (ours, mut node) = duplex(4096);
+        let (_tx, mut rx) = mpsc::unbounded_channel();
+        let (incr_applied, r_applied) = write(b"*1\r\n$1\r\na\r\n", true);
+        let (incr_sent, r_sent) = write(b"*1\r\n$1\r\nb\r\n", true);
+        let (set_sent, _r) = write(b"*1\r\n$1\r\nc\r\n", false);
+        let mut batch = vec![incr_applied, incr_sent, set_sent];
+        let node_side = async move {
+            read_exactly(&mut node, 3 * 11 + WAIT_1.len()).await;
+            // The first INCR is applied; then the node goes away.
+            node.write_all(b":1\r\n").await.unwrap();
+            drop(node);
+        };
+        let (ended, ()) = tokio::join!(conn.serve(ours, &mut rx, &mut batch), node_side);
+        assert!(ended.is_some());
+        let (never_sent, _r) = write(b"*1\r\n$1\r\nd\r\n", true);
+        let unanswered = conn.unanswered(&mut vec![never_sent]);
+        lost(&fx.weak, ADDR, unanswered.into_iter(), "gone");
+        let applied = r_applied.await.unwrap();
+        assert!(
+            applied.starts_with(b"-ERR slotguard: the connection to 10.0.0.1:7000 broke (gone); this write was applied on the master but not confirmed by its replicas"),
+            "{applied:?}"
+        );
+        let sent = r_sent.await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&sent).contains("may or may not have been applied"),
+            "{sent:?}"
+        );
+        // The SET can run twice, and the never-sent INCR never ran: both go again.
+        let parked = fx.recorder.parked.lock().unwrap();
+        let raws: Vec<&[u8]> = parked.iter().map(|(raw, _)| &raw[..]).collect();
+        assert_eq!(raws, [&b"*1\r\n$1\r\nc\r\n"[..], b"*1\r\n$1\r\nd\r\n"]);
     }
 }

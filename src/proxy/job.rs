@@ -27,6 +27,11 @@ pub struct Job {
     pub hops: u8,
     /// A read that may go to a replica (`backend.read_from`).
     pub read_from: ReadFrom,
+    /// It writes: with `durability.ack = "replicated"` its reply waits for the replicas.
+    pub write: bool,
+    /// It must not run twice (INCR, LPUSH, a script, ...): once written to a connection
+    /// that then broke, it is answered an error instead of being sent again.
+    pub once: bool,
     /// When the job first had to wait (for the hold deadline).
     pub held_since: Option<Instant>,
     /// What few jobs carry: boxed, so that the common job stays small to move.
@@ -68,6 +73,8 @@ impl Job {
             resp3,
             hops: 0,
             read_from: ReadFrom::Master,
+            write: false,
+            once: false,
             held_since: None,
             extra: None,
             reply,

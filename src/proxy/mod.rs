@@ -494,6 +494,14 @@ impl Dispatch for Proxy {
         Proxy::script_load_for(self, raw)
     }
 
+    fn replicas_up(&self, addr: &str) -> usize {
+        self.routing.status.load().view.replicas_up(addr)
+    }
+
+    fn not_retried(&self) {
+        self.metrics.writes_not_retried.inc();
+    }
+
     fn next_master(&self, mut job: Job) -> Result<(), Job> {
         if job.hops as usize + 1 >= self.table.load().masters().count() {
             return Err(job);

@@ -249,7 +249,11 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
         return fail(unsupported_error(name, "not inside a transaction"));
     }
     let slot = match place(proxy, &req) {
-        Ok(placed) => placed.slot,
+        Ok(placed) => {
+            tx.once |= placed.once;
+            tx.writes |= placed.class == Class::Write || placed.once;
+            placed.slot
+        }
         Err(error) => return fail(error),
     };
     if let Some(s) = slot {
@@ -297,6 +301,8 @@ fn exec(client: &mut Client, tx: Tx) -> Pending {
         client.wrote(slot);
     }
     let (mut job, rx) = Job::new(Bytes::from_static(EXEC), slot, client.id, client.resp3);
+    job.once = tx.once;
+    job.write = tx.writes;
     let extra = job.extra();
     extra.lead = Some(tx.body.freeze());
     extra.lead_replies = tx.queued + 1;
@@ -495,34 +501,26 @@ fn unsupported_error(name: &[u8], why: &str) -> Bytes {
 /// Any other command: by its keys' slot, or to any master when it has none. A blocking
 /// command runs on the client's own connection.
 fn keyed(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
-    match place(proxy, &req) {
-        Ok(Placed {
-            slot,
-            class,
-            blocking: true,
-        }) => {
-            let (mut job, rx) = job(client, req, slot);
-            job.extra().lease = Some(client.lease());
-            (Pending::turn(Start::Block(job), rx), class)
-        }
-        Ok(Placed {
-            slot: Some(slot),
-            class: Class::Read,
-            ..
-        }) if client.read_from != ReadFrom::Master => {
-            let (mut job, rx) = job(client, req, Some(slot));
-            job.read_from = client.read_from;
-            proxy.dispatch(job);
-            (Pending::Wait(rx), Class::Read)
-        }
-        Ok(placed) => {
-            if let (Class::Write, Some(slot)) = (placed.class, placed.slot) {
-                client.wrote(Some(slot));
-            }
-            (one(proxy, client, req, placed.slot), placed.class)
-        }
-        Err(error) => (ready(error), Class::Other),
+    let placed = match place(proxy, &req) {
+        Ok(placed) => placed,
+        Err(error) => return (ready(error), Class::Other),
+    };
+    let (mut job, rx) = job(client, req, placed.slot);
+    job.once = placed.once;
+    job.write = placed.class == Class::Write || placed.once;
+    if placed.blocking {
+        job.extra().lease = Some(client.lease());
+        return (Pending::turn(Start::Block(job), rx), placed.class);
     }
+    match (placed.slot, placed.class) {
+        (Some(_), Class::Read) if client.read_from != ReadFrom::Master => {
+            job.read_from = client.read_from;
+        }
+        (Some(slot), Class::Write) => client.wrote(Some(slot)),
+        _ => {}
+    }
+    proxy.dispatch(job);
+    (Pending::Wait(rx), placed.class)
 }
 
 /// Where a command goes.
@@ -532,6 +530,8 @@ struct Placed {
     class: Class,
     /// It may block: it needs a connection of its own.
     blocking: bool,
+    /// It must not run twice (see [`Job::once`]).
+    once: bool,
 }
 
 /// Where a command goes, or the error to answer instead (refused, or keys in more than one
@@ -540,10 +540,12 @@ fn place(proxy: &Proxy, req: &Request) -> Result<Placed, Bytes> {
     let commands = proxy.commands();
     let Some(spec) = commands.lookup(req) else {
         // Unknown here, maybe known to the server: it will answer for itself.
+        // Nothing is known of what it does: it is not sent twice.
         return Ok(Placed {
             slot: None,
             class: Class::Other,
             blocking: false,
+            once: true,
         });
     };
     let flags = spec.flags;
@@ -591,6 +593,7 @@ fn place(proxy: &Proxy, req: &Request) -> Result<Placed, Bytes> {
         slot: slot.map(|(s, _)| s),
         class,
         blocking,
+        once: spec.runs_once(req),
     })
 }
 

@@ -25,6 +25,63 @@ pub struct Flags {
     pub blocking: bool,
     pub pubsub: bool,
     pub movable_keys: bool,
+    /// Not safe to run twice: a write (or script) that changes data again when repeated.
+    /// See [`CommandSpec::runs_once`].
+    pub once: bool,
+}
+
+/// Writes that leave the data as it was after one run when they run twice. Their reply to
+/// a second run may differ (DEL counts 0), but nothing is applied twice.
+const REPEATABLE: &[&str] = &[
+    "SET",
+    "SETEX",
+    "PSETEX",
+    "MSET",
+    "DEL",
+    "UNLINK",
+    "HSET",
+    "HMSET",
+    "HDEL",
+    "SADD",
+    "SREM",
+    "ZADD",
+    "ZREM",
+    "EXPIRE",
+    "PEXPIRE",
+    "EXPIREAT",
+    "PEXPIREAT",
+    "PERSIST",
+    "SETBIT",
+    "SETRANGE",
+    "PFADD",
+    "PFMERGE",
+    "GEOADD",
+    "LSET",
+    "XACK",
+    "XDEL",
+    "FLUSHALL",
+    "FLUSHDB",
+    "SUNIONSTORE",
+    "SINTERSTORE",
+    "SDIFFSTORE",
+    "ZUNIONSTORE",
+    "ZINTERSTORE",
+    "ZDIFFSTORE",
+    "ZRANGESTORE",
+    "GEOSEARCHSTORE",
+    "TOUCH",
+];
+
+/// Blocking pops. One whose reply was lost took its element whether the proxy sends it
+/// again or answers an error; sent again, the client keeps waiting, as it expects to.
+const BLOCKING_POPS: &[&str] = &[
+    "BLPOP", "BRPOP", "BZPOPMIN", "BZPOPMAX", "BLMPOP", "BZMPOP", "XREAD",
+];
+
+/// Whether a command with these flags (`may_replicate`: it may write although it is not
+/// flagged a write, as scripts) is [`Flags::once`].
+fn once(name: &str, flags: &Flags, may_replicate: bool) -> bool {
+    (flags.write || may_replicate) && !REPEATABLE.contains(&name) && !BLOCKING_POPS.contains(&name)
 }
 
 /// Where a key search begins.
@@ -79,6 +136,22 @@ pub struct CommandSpec {
 pub type KeyPositions = SmallVec<[usize; 4]>;
 
 impl CommandSpec {
+    /// Whether `req` must not run twice: [`Flags::once`], or a repeatable write given an
+    /// option that makes it conditional or counting (`SET ... NX|XX|GET`, `ZADD ... INCR`).
+    pub fn runs_once(&self, req: &Request) -> bool {
+        let option = |from: usize, options: &[&[u8]]| {
+            req.args()
+                .skip(from)
+                .any(|a| options.iter().any(|o| a.eq_ignore_ascii_case(o)))
+        };
+        self.flags.once
+            || match self.name.as_str() {
+                "SET" => option(3, &[b"NX", b"XX", b"GET"]),
+                "ZADD" => option(2, &[b"INCR"]),
+                _ => false,
+            }
+    }
+
     /// Positions of the keys in `req`. Arguments that do not fit the spec (a wrong
     /// argument count) yield no key; the server will report the error itself.
     pub fn key_positions(&self, req: &Request, out: &mut KeyPositions) {
@@ -255,8 +328,14 @@ impl Commands {
                 _ => continue,
             };
             for name in words {
+                let name = name.to_ascii_uppercase();
+                let scripted = matches!(name.as_str(), "EVAL" | "EVALSHA" | "FCALL");
+                let flags = Flags {
+                    once: once(&name, &flags, scripted),
+                    ..flags
+                };
                 let spec = CommandSpec {
-                    name: name.to_ascii_uppercase(),
+                    name,
                     flags,
                     keys: keys.clone(),
                     ..CommandSpec::default()
@@ -290,6 +369,7 @@ fn parse_entry(entry: &Value) -> Option<CommandSpec> {
     let fields = entry.as_array()?;
     let name = fields.first()?.as_str()?.to_ascii_uppercase();
     let mut flags = Flags::default();
+    let mut may_replicate = false;
     for flag in fields.get(2)?.as_array()? {
         match flag.as_str()? {
             "write" => flags.write = true,
@@ -298,9 +378,11 @@ fn parse_entry(entry: &Value) -> Option<CommandSpec> {
             "blocking" => flags.blocking = true,
             "pubsub" => flags.pubsub = true,
             "movablekeys" => flags.movable_keys = true,
+            "may_replicate" => may_replicate = true,
             _ => {}
         }
     }
+    flags.once = once(&name, &flags, may_replicate);
     let first = fields.get(3)?.as_int()?;
     let last = fields.get(4)?.as_int()?;
     let step = fields.get(5)?.as_int()?;
@@ -423,6 +505,38 @@ mod tests {
         let mut out = KeyPositions::new();
         commands.lookup(&req).unwrap().key_positions(&req, &mut out);
         out.iter().map(|&i| args[i].to_string()).collect()
+    }
+
+    #[test]
+    fn writes_that_change_data_again_when_repeated_run_once() {
+        let c = Commands::builtin();
+        let once = |args: &[&str]| {
+            let req = Request::from_args(args);
+            c.lookup(&req).unwrap().runs_once(&req)
+        };
+        for args in [
+            &["INCR", "n"][..],
+            &["LPUSH", "l", "a"],
+            &["APPEND", "s", "x"],
+            &["XADD", "s", "*", "f", "v"],
+            &["EVAL", "return 1", "0"],
+            &["SET", "lock", "me", "NX", "PX", "100"],
+            &["set", "k", "v", "get"],
+            &["ZADD", "z", "INCR", "1", "m"],
+            &["BLMOVE", "a", "b", "LEFT", "RIGHT", "0"],
+        ] {
+            assert!(once(args), "{args:?}");
+        }
+        for args in [
+            &["GET", "k"][..],
+            &["SET", "k", "v"],
+            &["SET", "k", "NX"], // the value happens to read NX
+            &["DEL", "a", "b"],
+            &["ZADD", "z", "1", "m"],
+            &["BLPOP", "l", "0"],
+        ] {
+            assert!(!once(args), "{args:?}");
+        }
     }
 
     #[test]

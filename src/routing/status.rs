@@ -63,6 +63,21 @@ impl ClusterView {
             .map(|n| n.addr.as_str())
     }
 
+    /// How many replicas of the master at `addr` are up (no node suspects them).
+    pub fn replicas_up(&self, addr: &str) -> usize {
+        let Some(master) = self.nodes.iter().find(|n| n.addr == addr) else {
+            return 0;
+        };
+        self.nodes
+            .iter()
+            .filter(|n| {
+                n.role == Role::Replica
+                    && n.health == Health::Ok
+                    && n.master_id.as_deref() == Some(master.id.as_str())
+            })
+            .count()
+    }
+
     /// True when the cluster agrees the node at `addr` has failed, or it is a replica now.
     pub fn node_failed(&self, addr: &str) -> bool {
         self.nodes
