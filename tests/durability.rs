@@ -33,6 +33,16 @@ async fn replica_of(h: &Harness, i: usize) -> redis::aio::MultiplexedConnection 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicated_ack_means_the_replica_has_the_write() {
     let h = start(Ack::Replicated).await;
+    let status = slotguard::admin::status(&h.proxy.proxy);
+    assert_eq!(status["durability"]["ack"], "replicated");
+    // Once the proxy has seen every replica up, no master is left unprotected.
+    slotguard::localcluster::wait_for(Duration::from_secs(10), || {
+        let status = slotguard::admin::status(&h.proxy.proxy);
+        let none = status["durability"]["masters_without_replica"] == serde_json::json!([]);
+        async move { none }
+    })
+    .await
+    .expect("every master has its replica");
     let key = format!("{}counter", tag_on(0));
     let mut c = h.client().await;
     let mut replica = replica_of(&h, 0).await;
@@ -133,6 +143,15 @@ async fn a_write_in_flight_on_a_dying_master_is_never_applied_twice() {
         .unwrap();
     assert_eq!(n, 10);
     assert_eq!(h.proxy.proxy.metrics.writes_not_retried.get(), 1);
+    // The promoted replica has no replica of its own: /status names it.
+    let heir = h.cluster.nodes[3].addr();
+    slotguard::localcluster::wait_for(Duration::from_secs(10), || {
+        let status = slotguard::admin::status(&h.proxy.proxy);
+        let listed = status["durability"]["masters_without_replica"] == serde_json::json!([heir]);
+        async move { listed }
+    })
+    .await
+    .expect("the unprotected master is listed");
     h.cluster.restart(0).await.unwrap();
     h.cluster
         .wait_healthy(Duration::from_secs(30))

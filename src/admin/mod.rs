@@ -153,6 +153,13 @@ pub fn status(proxy: &Proxy) -> Value {
         "unsettled": unsettled,
         "held": held,
         "migrations": migrations,
+        "durability": {
+            "ack": match proxy.config().ack {
+                crate::config::Ack::Master => "master",
+                crate::config::Ack::Replicated => "replicated",
+            },
+            "masters_without_replica": view.unprotected(),
+        },
     })
 }
 

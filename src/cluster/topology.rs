@@ -37,6 +37,23 @@ const UNSETTLED_INTERVAL: Duration = Duration::from_millis(100);
 type Assignment = Vec<Option<String>>;
 
 /// Runs until the data plane is gone (its hint channel closes).
+/// With `durability.ack = "replicated"`, names the masters that have no replica up each
+/// time that set changes: their writes are acknowledged with nothing to wait for.
+fn warn_unprotected(routing: &Routing, view: &ClusterView, last: &mut Vec<String>) {
+    if routing.config().ack != crate::config::Ack::Replicated {
+        return;
+    }
+    let now = view.unprotected();
+    if now != *last {
+        if now.is_empty() {
+            info!("every master has a replica up: every write waits for its replicas");
+        } else {
+            warn!(masters = ?now, "masters with no replica up: their writes are acknowledged without one (durability.ack = replicated cannot wait)");
+        }
+        *last = now;
+    }
+}
+
 pub async fn run(routing: Arc<Routing>, mut hints: mpsc::UnboundedReceiver<Hint>) {
     let mut known: Vec<String> = routing.config().seeds.clone();
     let state_dir = routing.config().state_dir.clone();
@@ -52,6 +69,7 @@ pub async fn run(routing: Arc<Routing>, mut hints: mpsc::UnboundedReceiver<Hint>
     let mut published: Assignment = vec![None; SLOTS];
     let mut replicas = Replicas::new();
     let mut have_commands = false;
+    let mut unprotected: Vec<String> = Vec::new();
     loop {
         for seed in &routing.config().seeds {
             if !known.contains(seed) {
@@ -67,6 +85,7 @@ pub async fn run(routing: Arc<Routing>, mut hints: mpsc::UnboundedReceiver<Hint>
         if let Some(views) = views {
             let view = view::merge(&views);
             record_slot_states(&routing, &view);
+            warn_unprotected(&routing, &view, &mut unprotected);
             let readable = readable_replicas(&routing, &view);
             // The data plane asks the view whether a silent node has failed: it goes out
             // before the authority looks (which may take a round of key counts).

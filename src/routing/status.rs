@@ -78,6 +78,17 @@ impl ClusterView {
             .count()
     }
 
+    /// Masters serving slots with no replica up: a write they acknowledge is lost with
+    /// them (`durability.ack = "replicated"` cannot wait for a replica there).
+    pub fn unprotected(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role == Role::Master && !n.slots.is_empty() && n.health != Health::Fail)
+            .filter(|n| self.replicas_up(&n.addr) == 0)
+            .map(|n| n.addr.clone())
+            .collect()
+    }
+
     /// True when the cluster agrees the node at `addr` has failed, or it is a replica now.
     pub fn node_failed(&self, addr: &str) -> bool {
         self.nodes
