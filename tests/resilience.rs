@@ -221,6 +221,10 @@ async fn transactions_wait_out_a_failover_and_run_whole() {
                 .await;
             match r {
                 Ok((a, b)) if a == b => acked += 1,
+                // redis-rs reads an error reply to EXEC as a malformed transaction.
+                Err(e) if e.kind() == redis::ErrorKind::ResponseError => {
+                    errors.push(format!("ResponseError: {e}"))
+                }
                 Ok(other) => errors.push(format!("the two halves disagree: {other:?}")),
                 Err(e) => errors.push(e.to_string()),
             }
@@ -233,7 +237,13 @@ async fn transactions_wait_out_a_failover_and_run_whole() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let (acked, errors) = load.await.unwrap();
-    assert!(errors.is_empty(), "{errors:?}");
+    // Only a transaction written to the master as it died may fail: it may or may not
+    // have run, and it is not sent twice (the proxy says so; redis-rs reports the error
+    // reply to EXEC as a ResponseError).
+    assert!(
+        errors.len() <= 1 && errors.iter().all(|e| e.contains("ResponseError")),
+        "{errors:?}"
+    );
     assert!(acked > 50, "transactions ran: {acked}");
     let mut c = h.client().await;
     let n: i64 = redis::cmd("GET")
@@ -241,10 +251,16 @@ async fn transactions_wait_out_a_failover_and_run_whole() {
         .query_async(&mut c)
         .await
         .unwrap();
-    // A transaction in flight on the dead connection may have run there too (at-least-once).
+    let shadow: i64 = redis::cmd("GET")
+        .arg(format!("{key}:shadow"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, shadow, "every transaction ran whole or not at all");
+    let in_doubt = errors.len() as i64;
     assert!(
-        n >= acked,
-        "every acknowledged transaction is in: {n} < {acked}"
+        (acked..=acked + in_doubt).contains(&n),
+        "every acknowledged transaction is in, none twice: {n} for {acked} acknowledged, {in_doubt} in doubt"
     );
     h.cluster.restart(0).await.unwrap();
     h.cluster
