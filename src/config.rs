@@ -703,6 +703,7 @@ mod tests {
             ("[backend]\nconnections = 0", "backend.connections = \"0\""),
             ("[client]\nmax_pending = 0", "client.max_pending = \"0\""),
             ("[hold]\ntimout = \"1s\"", "unknown field `timout`"),
+            ("[durability]\nack = \"all\"", "durability.ack = \"all\""),
             ("threads = \"two\"", "invalid type"),
             (
                 "[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"",
