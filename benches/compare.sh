@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # redis-benchmark against the cluster directly (--cluster) and through slotguard, in the
 # same run on the same machine. Prints req/s, p50, p99, the ratio to direct, and requests
-# per proxy CPU-second (from /proc/PID/stat).
+# per proxy CPU-second (from /proc/PID/stat). A second proxy with
+# `durability.ack = "replicated"` on the same cluster gives the `replicated` rows (SET and
+# MSET, the writes), with their ratio to direct and, last, to the `master` proxy.
 #
 #   benches/compare.sh [requests] [clients]      (defaults: 200000 50)
 #
@@ -20,21 +22,34 @@ for _ in $(seq 1 200); do grep -q "^connect with" "$log" && break; sleep 0.1; do
 node=$(awk '/^cluster nodes:/ {print $3}' "$log")
 [ -n "$node" ] || { cat "$log"; exit 1; }
 nhost=${node%:*}; nport=${node##*:}
+# The same cluster through a proxy that answers writes once the replicas have them.
+rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+rconf=$(mktemp)
+printf '[durability]\nack = "replicated"\n' >"$rconf"
+target/release/slotguard --config "$rconf" --listen "127.0.0.1:$rport" --seed "$node" >"$log.replicated" 2>&1 &
+rproxy=$!
+trap 'kill $proxy $rproxy 2>/dev/null; wait $proxy $rproxy 2>/dev/null; rm -f "$log" "$log".* "$rconf"' EXIT
+for _ in $(seq 1 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
 hz=$(getconf CLK_TCK)
-cpu() { awk '{print $14 + $15}' "/proc/$proxy/stat"; }
+cpu() { awk '{print $14 + $15}' "/proc/${1:-$proxy}/stat"; }
 
 run() { # name target pipeline tests...
   local name=$1 target=$2 pipe=$3; shift 3
   local args=(-n "$N" -c "$C" -r 100000 -P "$pipe" --csv -t "$@")
-  if [ "$target" = direct ]; then args+=(--cluster -h "$nhost" -p "$nport"); else args+=(-p "$port"); fi
+  local pid=$proxy
+  case "$target" in
+    direct) args+=(--cluster -h "$nhost" -p "$nport") ;;
+    replicated) args+=(-p "$rport"); pid=$rproxy ;;
+    *) args+=(-p "$port") ;;
+  esac
   local before after
-  before=$(cpu)
+  before=$(cpu "$pid")
   redis-benchmark "${args[@]}" 2>"$log.$name.err" | grep -E '^"[A-Z]' | grep -v '^"test"' | tr -d '"' >"$log.$name"; [ -s "$log.$name" ] || { echo "redis-benchmark failed: ${args[*]}" >&2; cat "$log.$name.err" "$log" >&2; exit 1; }
-  after=$(cpu)
+  after=$(cpu "$pid")
   echo "$((after - before))" >"$log.$name.cpu"
 }
 
-printf '%-8s %-4s %-6s %12s %8s %8s %10s %16s\n' test P target req/s p50_ms p99_ms vs_direct ops/proxy_cpu_s
+printf '%-8s %-4s %-10s %12s %8s %8s %10s %16s %10s\n' test P target req/s p50_ms p99_ms vs_direct ops/proxy_cpu_s vs_master
 for pipe in 1 16; do
   for t in set get mset; do
     run "d$t$pipe" direct "$pipe" "$t"
@@ -44,8 +59,16 @@ for pipe in 1 16; do
     ticks=$(cat "$log.p$t$pipe.cpu")
     per_cpu=$(python3 -c "t=$ticks/$hz; print(f'{$N/t/1000:.0f}k' if t > 0 else 'n/a')")
     ratio=$(python3 -c "print(f'{$prps/$drps:.2f}')")
-    printf '%-8s %-4s %-6s %12s %8s %8s %10s %16s\n' "$t" "$pipe" direct "$drps" "$dp50" "$dp99" 1.00 -
-    printf '%-8s %-4s %-6s %12s %8s %8s %10s %16s\n' "$t" "$pipe" proxy "$prps" "$pp50" "$pp99" "$ratio" "$per_cpu"
+    printf '%-8s %-4s %-10s %12s %8s %8s %10s %16s %10s\n' "$t" "$pipe" direct "$drps" "$dp50" "$dp99" 1.00 - -
+    printf '%-8s %-4s %-10s %12s %8s %8s %10s %16s %10s\n' "$t" "$pipe" proxy "$prps" "$pp50" "$pp99" "$ratio" "$per_cpu" 1.00
+    if [ "$t" != get ]; then
+      run "r$t$pipe" replicated "$pipe" "$t"
+      IFS=, read -r _ rrps _ _ rp50 _ rp99 _ <"$log.r$t$pipe"
+      ticks=$(cat "$log.r$t$pipe.cpu")
+      per_cpu=$(python3 -c "t=$ticks/$hz; print(f'{$N/t/1000:.0f}k' if t > 0 else 'n/a')")
+      ratio=$(python3 -c "print(f'{$rrps/$drps:.2f}')")
+      vs=$(python3 -c "print(f'{$rrps/$prps:.2f}')")
+      printf '%-8s %-4s %-10s %12s %8s %8s %10s %16s %10s\n' "$t" "$pipe" replicated "$rrps" "$rp50" "$rp99" "$ratio" "$per_cpu" "$vs"
+    fi
   done
 done
-rm -f "$log".*
