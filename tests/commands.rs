@@ -919,6 +919,23 @@ async fn functions_are_loaded_on_every_master() {
             .await
             .unwrap_or_else(|e| panic!("FCALL on master {i}: {e}"));
     }
+    // A master that lost its libraries (a promoted replica that missed the load, a new
+    // master) gets them from the proxy on the first FCALL that misses them.
+    let key = format!("{}f", common::tag_on(1));
+    let owner = h
+        .owner_of(slotguard::protocol::key_slot(key.as_bytes()))
+        .await;
+    common::call(&owner, &["FUNCTION", "FLUSH"]).await;
+    let () = redis::cmd("FCALL")
+        .arg("echokey")
+        .arg(1)
+        .arg(&key)
+        .arg("again")
+        .query_async(&mut c)
+        .await
+        .expect("the library is loaded again where it was missing");
+    let listed = common::call(&owner, &["FUNCTION", "LIST"]).await;
+    assert_eq!(listed.as_array().map(<[_]>::len), Some(1), "{listed:?}");
     let () = redis::cmd("FUNCTION")
         .arg("DELETE")
         .arg("echolib")
@@ -934,6 +951,16 @@ async fn functions_are_loaded_on_every_master() {
             node.addr()
         );
     }
+    // Deleted through the proxy: not loaded again; the node's own error comes back.
+    let err = redis::cmd("FCALL")
+        .arg("echokey")
+        .arg(1)
+        .arg(&key)
+        .arg("v")
+        .query_async::<Value>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Function not found"), "{err}");
 }
 
 /// LATENCY and SLOWLOG answer for the whole cluster: every master's slow commands and

@@ -70,7 +70,7 @@ pub trait Dispatch: Send + Sync {
     /// True when the cluster has given up on the node at `addr`.
     fn node_failed(&self, addr: &str) -> bool;
     /// For an EVALSHA whose script the proxy knows: the `SCRIPT LOAD` that restores it.
-    fn script_load_for(&self, raw: &Bytes) -> Option<Bytes>;
+    fn script_load_for(&self, raw: &Bytes) -> Option<(Bytes, u8)>;
     /// How many replicas of the master at `addr` are up: what a write's `WAIT` asks for.
     fn replicas_up(&self, addr: &str) -> usize;
     /// Counts a write answered an error rather than sent twice.
@@ -315,6 +315,10 @@ struct Connection<'a> {
 
 /// How a `SCRIPT LOAD` request begins.
 const SCRIPT_LOAD: &[u8] = b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n";
+/// How the proxy's `FUNCTION LOAD REPLACE` begins.
+const FUNCTION_LOAD: &[u8] = b"*4\r\n$8\r\nFUNCTION\r\n$4\r\nLOAD\r\n";
+/// A node's answer to an FCALL of a function it does not have.
+const FUNCTION_NOT_FOUND: &[u8] = b"-ERR Function not found";
 
 impl Connection<'_> {
     /// Runs the connection until it fails (`Some(reason)`), or until its job queue is closed
@@ -581,19 +585,22 @@ impl Connection<'_> {
     }
 
     fn complete(&self, mut job: Job, frame: Bytes) {
-        let loaded_before = job.prefix().is_some_and(|p| p.starts_with(SCRIPT_LOAD));
-        if frame.starts_with(b"-NOSCRIPT") && !loaded_before {
-            // The node lost the script (a failover, a restart, SCRIPT FLUSH): if the proxy
-            // knows its body, load it and run the request again, as one unit, once. An
+        let loaded_before = job
+            .prefix()
+            .is_some_and(|p| p.starts_with(SCRIPT_LOAD) || p.starts_with(FUNCTION_LOAD));
+        let missing = frame.starts_with(b"-NOSCRIPT") || frame.starts_with(FUNCTION_NOT_FOUND);
+        if missing && !loaded_before {
+            // The node lost the script or the library (a failover, a restart, a flush): if
+            // the proxy knows it, load it and run the request again, as one unit, once. An
             // ASKING already in front stays right before the request.
             if let Some(proxy) = self.proxy.upgrade() {
-                if let Some(load) = proxy.script_load_for(&job.raw) {
+                if let Some((load, replies)) = proxy.script_load_for(&job.raw) {
                     let mut prefix = BytesMut::from(&load[..]);
                     let extra = job.extra();
                     if let Some(asking) = &extra.prefix {
                         prefix.extend_from_slice(asking);
                     }
-                    extra.prefix_replies += 1;
+                    extra.prefix_replies += replies;
                     extra.prefix = Some(prefix.freeze());
                     if let Err(job) = proxy.send_to(self.addr, job) {
                         let _ = job.reply.send(frame);
@@ -660,7 +667,7 @@ mod tests {
         fn node_failed(&self, _: &str) -> bool {
             false
         }
-        fn script_load_for(&self, _: &Bytes) -> Option<Bytes> {
+        fn script_load_for(&self, _: &Bytes) -> Option<(Bytes, u8)> {
             None
         }
         fn next_master(&self, job: Job) -> Result<(), Job> {

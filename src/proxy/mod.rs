@@ -91,6 +91,8 @@ pub struct Proxy {
     nodes: Mutex<FxHashMap<String, Known>>,
     /// Script bodies by SHA1 (lower-case hex), to heal NOSCRIPT; bounded.
     scripts: Mutex<FxHashMap<String, bytes::Bytes>>,
+    /// Function libraries' code by library name, to heal a missing function; bounded.
+    libraries: Mutex<FxHashMap<String, bytes::Bytes>>,
     /// Request-reply connections to nodes, for what the proxy asks them itself (WAIT's
     /// replication offsets, CONFIG SET on every node).
     pool: Pool,
@@ -136,6 +138,7 @@ impl Proxy {
             started: Instant::now(),
             nodes: Mutex::new(FxHashMap::default()),
             scripts: Mutex::new(FxHashMap::default()),
+            libraries: Mutex::new(FxHashMap::default()),
             pool: Pool::default(),
             subscribers: Subscribers::default(),
             clients: Arc::default(),
@@ -432,21 +435,59 @@ impl Proxy {
         }
     }
 
-    /// For an EVALSHA whose script the proxy knows: the `SCRIPT LOAD` request that restores
-    /// it on a node.
-    pub fn script_load_for(&self, raw: &bytes::Bytes) -> Option<bytes::Bytes> {
+    /// `FUNCTION LOAD`, `DELETE` and `FLUSH` as they go to every master: the proxy keeps
+    /// each library's code (by its name, from its `#!engine name=...` line), to load it
+    /// where an FCALL finds it missing (a promoted replica that missed it, a new master).
+    pub fn remember_functions(&self, req: &crate::protocol::Request) {
+        let mut libraries = self.libraries.lock().unwrap_or_else(|e| e.into_inner());
+        let sub = req.arg(1).to_ascii_uppercase();
+        match sub.as_slice() {
+            b"LOAD" if req.len() >= 3 => {
+                let code = req.arg_bytes(req.len() - 1);
+                let Some(name) = library_name(&code) else {
+                    return;
+                };
+                if libraries.len() < MAX_SCRIPTS || libraries.contains_key(&name) {
+                    libraries.insert(name, code);
+                }
+            }
+            b"DELETE" if req.len() == 3 => {
+                libraries.remove(String::from_utf8_lossy(req.arg(2)).as_ref());
+            }
+            b"FLUSH" => libraries.clear(),
+            _ => {}
+        }
+    }
+
+    /// What restores on a node what `raw` needs: for an EVALSHA whose script the proxy
+    /// knows, its `SCRIPT LOAD`; for an FCALL, a `FUNCTION LOAD REPLACE` of every library
+    /// the proxy knows. With how many replies they get.
+    pub fn script_load_for(&self, raw: &bytes::Bytes) -> Option<(bytes::Bytes, u8)> {
         let mut buf = bytes::BytesMut::from(&raw[..]);
         let req = crate::protocol::Scanner::default().next(&mut buf).ok()??;
-        let name = req.arg(0);
-        if req.len() < 2
-            || !(name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVALSHA_RO"))
-        {
-            return None;
+        let name = req.arg(0).to_ascii_uppercase();
+        match name.as_slice() {
+            b"EVALSHA" | b"EVALSHA_RO" if req.len() >= 2 => {
+                let sha = std::str::from_utf8(req.arg(1)).ok()?.to_ascii_lowercase();
+                let scripts = self.scripts.lock().unwrap_or_else(|e| e.into_inner());
+                let body = scripts.get(&sha)?;
+                let load = crate::protocol::Request::from_args(&[&b"SCRIPT"[..], b"LOAD", body]);
+                Some((load.into_raw(), 1))
+            }
+            b"FCALL" | b"FCALL_RO" => {
+                let libraries = self.libraries.lock().unwrap_or_else(|e| e.into_inner());
+                if libraries.is_empty() || libraries.len() > u8::MAX as usize {
+                    return None;
+                }
+                let mut loads = bytes::BytesMut::new();
+                for code in libraries.values() {
+                    let args: [&[u8]; 4] = [b"FUNCTION", b"LOAD", b"REPLACE", code];
+                    loads.extend_from_slice(crate::protocol::Request::from_args(&args).raw());
+                }
+                Some((loads.freeze(), libraries.len() as u8))
+            }
+            _ => None,
         }
-        let sha = std::str::from_utf8(req.arg(1)).ok()?.to_ascii_lowercase();
-        let scripts = self.scripts.lock().unwrap_or_else(|e| e.into_inner());
-        let body = scripts.get(&sha)?;
-        Some(crate::protocol::Request::from_args(&[&b"SCRIPT"[..], b"LOAD", body]).into_raw())
     }
 
     /// True when the cluster agrees the node at `addr` has failed, or it is a replica now.
@@ -490,7 +531,7 @@ impl Dispatch for Proxy {
         Proxy::node_failed(self, addr)
     }
 
-    fn script_load_for(&self, raw: &bytes::Bytes) -> Option<bytes::Bytes> {
+    fn script_load_for(&self, raw: &bytes::Bytes) -> Option<(bytes::Bytes, u8)> {
         Proxy::script_load_for(self, raw)
     }
 
@@ -515,6 +556,16 @@ impl Dispatch for Proxy {
     fn hint(&self, hint: Hint) {
         Proxy::hint(self, hint);
     }
+}
+
+/// A library's name, from the first line of its code: `#!lua name=mylib`.
+fn library_name(code: &[u8]) -> Option<String> {
+    let first = code.split(|&b| b == b'\n').next()?;
+    let first = std::str::from_utf8(first).ok()?.strip_prefix("#!")?;
+    first
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("name="))
+        .map(String::from)
 }
 
 /// A stable 40-hex-digit node id derived from the listen address.

@@ -147,15 +147,22 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             (kill_script(req), Class::Cluster)
         }
         b"FUNCTION" if req.len() >= 2 => match req.arg(1).to_ascii_uppercase().as_slice() {
-            // Every master must have a library, since FCALL runs where its keys are.
-            b"LOAD" => (
-                all_masters(proxy, client, &req, Merge::First),
-                Class::Cluster,
-            ),
-            b"DELETE" | b"FLUSH" | b"RESTORE" => (
-                all_masters(proxy, client, &req, Merge::AllOk),
-                Class::Cluster,
-            ),
+            // Every master must have a library, since FCALL runs where its keys are; the
+            // proxy keeps them for masters that come later.
+            b"LOAD" => {
+                proxy.remember_functions(&req);
+                (
+                    all_masters(proxy, client, &req, Merge::First),
+                    Class::Cluster,
+                )
+            }
+            b"DELETE" | b"FLUSH" | b"RESTORE" => {
+                proxy.remember_functions(&req);
+                (
+                    all_masters(proxy, client, &req, Merge::AllOk),
+                    Class::Cluster,
+                )
+            }
             _ => keyed(proxy, client, req),
         },
         b"CONFIG" if req.len() >= 2 && req.arg(1).eq_ignore_ascii_case(b"GET") => {
