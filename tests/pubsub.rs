@@ -347,3 +347,84 @@ async fn publish_counts_every_receiver_of_the_proxy() {
     );
     assert_eq!(publish(&h, "PUBLISH", "nobody-listens", "d").await, 0);
 }
+
+/// Keyspace notifications are published by each node to its own subscribers only: through
+/// the proxy a subscriber hears them from every master, each once, and an ordinary
+/// PUBLISH still arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_notifications_come_from_every_master_once() {
+    let h = Harness::start(3, 0).await;
+    let mut c = h.client().await;
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("KEA")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut sub = Raw::connect(&h).await;
+    sub.send("PSUBSCRIBE __keyevent@0__:* *\r\n").await;
+    assert_eq!(sub.items().await, ["psubscribe", "__keyevent@0__:*", "1"]);
+    assert_eq!(sub.items().await, ["psubscribe", "*", "2"]);
+    // Give the other masters' subscriptions a moment to be in place, then write a key on
+    // each master.
+    let keys: Vec<String> = (0..3).map(|i| format!("{}ks", tag_on(i))).collect();
+    let mut events: Vec<Vec<String>> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    'until: loop {
+        assert!(Instant::now() < deadline, "events: {events:?}");
+        for k in &keys {
+            let () = redis::cmd("SET")
+                .arg(k)
+                .arg("v")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+        while let Some(frame) = sub.frame_within(Duration::from_millis(300)).await {
+            events.push(items(&frame));
+        }
+        let seen = |k: &String, pattern: &str| {
+            events
+                .iter()
+                .any(|e| e[1] == pattern && e[2] == "__keyevent@0__:set" && e[3] == *k)
+        };
+        if keys
+            .iter()
+            .all(|k| seen(k, "__keyevent@0__:*") && seen(k, "*"))
+        {
+            break 'until;
+        }
+        events.clear();
+    }
+    // One round more, counted: every event exactly once per pattern.
+    events.clear();
+    for k in &keys {
+        let () = redis::cmd("SET")
+            .arg(k)
+            .arg("w")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("plain")
+        .arg("hello")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    while let Some(frame) = sub.frame_within(Duration::from_millis(500)).await {
+        events.push(items(&frame));
+    }
+    for k in &keys {
+        for pattern in ["__keyevent@0__:*", "*"] {
+            let n = events
+                .iter()
+                .filter(|e| e[1] == pattern && e[2] == "__keyevent@0__:set" && e[3] == *k)
+                .count();
+            assert_eq!(n, 1, "{pattern} {k}: {events:?}");
+        }
+    }
+    let plain = events.iter().filter(|e| e[2] == "plain").count();
+    assert_eq!(plain, 1, "an ordinary message once: {events:?}");
+}

@@ -6,6 +6,10 @@
 //!
 //! - SUBSCRIBE and PSUBSCRIBE: a cluster delivers every PUBLISH to every node, so one
 //!   connection to any master carries them all. When it breaks, another master takes over.
+//! - Keyspace notifications (`__keyspace@0__:key`, `__keyevent@0__:set`) are the one
+//!   exception: a node publishes them to its own subscribers only. A channel or pattern
+//!   that can name one is subscribed on every master too, and from those other masters
+//!   only keyspace notifications are passed on, so nothing arrives twice.
 //! - SSUBSCRIBE: a shard channel lives on the master of its slot, one connection per such
 //!   master. When the slot moves or its master fails over, the node drops the subscription
 //!   (`sunsubscribe`) or the connection breaks; the proxy subscribes again on the slot's
@@ -73,6 +77,36 @@ impl Kind {
     }
 }
 
+/// The channels a node publishes keyspace notifications on.
+const NOTIFICATIONS: [&[u8]; 2] = [b"__keyspace@", b"__keyevent@"];
+
+/// A keyspace notification's channel.
+fn notification(channel: &[u8]) -> bool {
+    NOTIFICATIONS.iter().any(|p| channel.starts_with(p))
+}
+
+/// A channel or pattern that can name a keyspace notification: subscribed on every
+/// master. A pattern can when its text before the first wildcard is a prefix of a
+/// notification channel, or starts with one.
+fn local(kind: Kind, name: &[u8]) -> bool {
+    match kind {
+        Kind::Channel => notification(name),
+        Kind::Pattern => {
+            let wildcard = name
+                .iter()
+                .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'));
+            let Some(at) = wildcard else {
+                return notification(name);
+            };
+            let literal = &name[..at];
+            NOTIFICATIONS
+                .iter()
+                .any(|p| p.starts_with(literal) || literal.starts_with(p))
+        }
+        Kind::Shard => false,
+    }
+}
+
 /// A connection to one node carrying some of the client's subscriptions.
 struct Link {
     addr: String,
@@ -120,6 +154,8 @@ struct Subscriber<'a> {
     next_link: u32,
     /// The link carrying channels and patterns.
     global: Option<u32>,
+    /// Links to the other masters, for keyspace notifications (see [`local`]).
+    locals: Vec<u32>,
     /// Shard channel -> the link it is subscribed on (or being subscribed on).
     placed: FxHashMap<Bytes, u32>,
     out: VecDeque<Out>,
@@ -156,6 +192,7 @@ pub async fn serve(
         links: FxHashMap::default(),
         next_link: 0,
         global: None,
+        locals: Vec::new(),
         placed: FxHashMap::default(),
         out: VecDeque::new(),
         events,
@@ -256,6 +293,7 @@ impl Subscriber<'_> {
                 }
                 self.links.clear();
                 self.global = None;
+                self.locals.clear();
                 self.placed.clear();
                 client.resp3 = false;
                 self.ready(Bytes::from_static(b"+RESET\r\n"));
@@ -316,6 +354,13 @@ impl Subscriber<'_> {
                     args.extend(names.iter().map(|n| &n[..]));
                     self.send(id, &args);
                 }
+                let mut args: Vec<&[u8]> = vec![kind.subscribe().as_bytes()];
+                args.extend(names.iter().filter(|n| local(kind, n)).map(|n| &n[..]));
+                if args.len() > 1 {
+                    for &id in &self.locals {
+                        self.send(id, &args);
+                    }
+                }
             }
         }
         self.reconcile();
@@ -348,6 +393,11 @@ impl Subscriber<'_> {
             };
             if let Some(id) = link {
                 self.send(id, &[kind.unsubscribe().as_bytes(), &name]);
+            }
+            if kind != Kind::Shard && local(kind, &name) {
+                for &id in &self.locals {
+                    self.send(id, &[kind.unsubscribe().as_bytes(), &name]);
+                }
             }
         }
     }
@@ -408,6 +458,7 @@ impl Subscriber<'_> {
                 }
             }
         }
+        self.reconcile_locals(&table);
         let shard: Vec<Bytes> = self.sets[Kind::Shard.index()].iter().cloned().collect();
         for name in shard {
             let Some(owner) = table.owner(key_slot(&name)) else {
@@ -434,6 +485,59 @@ impl Subscriber<'_> {
         }
     }
 
+    /// Keeps a link to every master but the global link's while a channel or pattern can
+    /// name a keyspace notification, and none otherwise.
+    fn reconcile_locals(&mut self, table: &super::slot_table::SlotTable) {
+        let global = self
+            .global
+            .and_then(|id| self.links.get(&id))
+            .map(|l| l.addr.clone());
+        let wanted: Vec<String> = match &global {
+            Some(global) if self.wants_locals() => table
+                .masters()
+                .map(|(_, n)| n.addr.clone())
+                .filter(|a| a != global)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let stale: Vec<u32> = self
+            .locals
+            .iter()
+            .copied()
+            .filter(|id| self.links.get(id).is_none_or(|l| !wanted.contains(&l.addr)))
+            .collect();
+        for id in stale {
+            self.drop_link(id);
+        }
+        for addr in wanted {
+            let linked = self
+                .locals
+                .iter()
+                .any(|id| self.links.get(id).is_some_and(|l| l.addr == addr));
+            if linked {
+                continue;
+            }
+            let Some(id) = self.open(&addr, self.resp3) else {
+                continue;
+            };
+            self.locals.push(id);
+            for kind in [Kind::Channel, Kind::Pattern] {
+                let mut args: Vec<&[u8]> = vec![kind.subscribe().as_bytes()];
+                let names = self.sets[kind.index()].iter().filter(|n| local(kind, n));
+                args.extend(names.map(|n| &n[..]));
+                if args.len() > 1 {
+                    self.send(id, &args);
+                }
+            }
+        }
+    }
+
+    fn wants_locals(&self) -> bool {
+        [Kind::Channel, Kind::Pattern]
+            .iter()
+            .any(|&k| self.sets[k.index()].iter().any(|n| local(k, n)))
+    }
+
     /// A frame or the end of a link.
     fn event(&mut self, event: Event) {
         match event {
@@ -449,6 +553,7 @@ impl Subscriber<'_> {
 
     fn drop_link(&mut self, id: u32) {
         self.links.remove(&id);
+        self.locals.retain(|&l| l != id);
         if self.global == Some(id) {
             self.global = None;
         }
@@ -477,6 +582,22 @@ impl Subscriber<'_> {
         let (Some(kind), Some(name)) = (text(0), text(1)) else {
             return;
         };
+        if self.locals.contains(&id) {
+            // Another master: only its keyspace notifications, which the global link's
+            // master does not see.
+            let forward = match kind.as_ref() {
+                b"message" => self.sets[Kind::Channel.index()].contains(&name),
+                b"pmessage" => {
+                    self.sets[Kind::Pattern.index()].contains(&name)
+                        && text(2).is_some_and(|channel| notification(&channel))
+                }
+                _ => false,
+            };
+            if forward {
+                self.ready(frame);
+            }
+            return;
+        }
         let forward = match kind.as_ref() {
             b"message" => self.sets[Kind::Channel.index()].contains(&name),
             b"pmessage" => self.sets[Kind::Pattern.index()].contains(&name),
@@ -612,6 +733,37 @@ impl LinkTask {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_and_patterns_that_can_name_a_keyspace_notification() {
+        assert!(local(Kind::Channel, b"__keyspace@0__:foo"));
+        assert!(!local(Kind::Channel, b"news"));
+        for pattern in [
+            &b"*"[..],
+            b"__key*",
+            b"__keyevent@0__:*",
+            b"__k?y*",
+            b"__keyspace@*__:user:*",
+        ] {
+            assert!(
+                local(Kind::Pattern, pattern),
+                "{}",
+                String::from_utf8_lossy(pattern)
+            );
+        }
+        for pattern in [&b"news.*"[..], b"_x*", b"__keys"] {
+            assert!(
+                !local(Kind::Pattern, pattern),
+                "{}",
+                String::from_utf8_lossy(pattern)
+            );
         }
     }
 }
