@@ -42,7 +42,7 @@ async fn tracking_clients_hear_of_changed_keys_even_across_a_failover() {
     let mut c = Raw::connect(&h).await;
     let refused = c.ask("CLIENT TRACKING ON\r\n").await;
     assert!(
-        refused.starts_with(b"-ERR slotguard: client tracking needs RESP3"),
+        refused.starts_with(b"-ERR Client tracking in RESP2 needs a redirect"),
         "{refused:?}"
     );
     assert!(c.ask("HELLO 3\r\n").await.starts_with(b"%"));
@@ -167,4 +167,60 @@ async fn invalidations_reach_a_subscribed_client() {
         .await
         .unwrap();
     assert_eq!(common::items(&c.frame().await), ["message", "news", "hi"]);
+}
+
+/// RESP2 client-side caching, as Redis does it: the tracking client redirects its
+/// invalidations to another client subscribed to `__redis__:invalidate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp2_tracking_redirects_invalidations_to_a_subscriber() {
+    let h = Harness::start(3, 0).await;
+    let key = format!("{}cached", tag_on(2));
+    let mut listener = Raw::connect(&h).await;
+    let id = listener.ask("CLIENT ID\r\n").await;
+    let id = std::str::from_utf8(&id[1..id.len() - 2])
+        .unwrap()
+        .to_string();
+    listener.send("SUBSCRIBE __redis__:invalidate\r\n").await;
+    assert_eq!(
+        listener.items().await,
+        ["subscribe", "__redis__:invalidate", "1"]
+    );
+    let mut cache = Raw::connect(&h).await;
+    assert!(cache
+        .ask("CLIENT TRACKING ON\r\n")
+        .await
+        .starts_with(b"-ERR Client tracking in RESP2 needs a redirect"));
+    assert_eq!(
+        &cache.ask("CLIENT TRACKING ON REDIRECT 999999\r\n").await[..],
+        b"-ERR The client ID you want redirect to does not exist\r\n"
+    );
+    assert_eq!(
+        &cache
+            .ask(&format!("CLIENT TRACKING ON REDIRECT {id}\r\n"))
+            .await[..],
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        cache.ask("CLIENT GETREDIR\r\n").await,
+        Bytes::from(format!(":{id}\r\n"))
+    );
+    let info = cache.ask("CLIENT TRACKINGINFO\r\n").await;
+    assert!(
+        String::from_utf8_lossy(&info).contains(&format!("$8\r\nredirect\r\n:{id}\r\n")),
+        "{info:?}"
+    );
+    let _ = cache.ask(&format!("GET {key}\r\n")).await;
+    set(&h, &key, "changed").await;
+    // The keys come as an array after the channel, as a node sends them.
+    let message = listener.frame().await;
+    let want = format!(
+        "*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*1\r\n${}\r\n{key}\r\n",
+        key.len()
+    );
+    assert_eq!(String::from_utf8_lossy(&message), want);
+    // The listener leaves: the tracking client's invalidations go nowhere, and nothing
+    // breaks for it.
+    drop(listener);
+    set(&h, &key, "again").await;
+    assert_eq!(&cache.ask("PING\r\n").await[..], b"+PONG\r\n");
 }

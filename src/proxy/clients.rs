@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::client::Client;
 use super::lease::Lease;
@@ -46,6 +46,9 @@ pub struct Entry {
     kill: Notify,
     /// The client's own node connection, once it had one (blocking commands, WATCH).
     lease: Mutex<Weak<Lease>>,
+    /// While the client is subscribed to `__redis__:invalidate`: where other clients'
+    /// tracking sends the keys they redirect to it (`CLIENT TRACKING ON REDIRECT id`).
+    inbox: Mutex<Option<mpsc::Sender<Bytes>>>,
 }
 
 /// What the session last published.
@@ -97,6 +100,7 @@ impl Entry {
             }),
             kill: Notify::new(),
             lease: Mutex::new(Weak::new()),
+            inbox: Mutex::new(None),
         }
     }
 
@@ -129,6 +133,12 @@ impl Entry {
             seen.cmd.clear();
             command_name(&mut seen.cmd, name, sub);
         }
+    }
+
+    /// The client subscribed to `__redis__:invalidate` (`Some`: where redirected
+    /// invalidations go), or no longer is.
+    pub fn set_inbox(&self, inbox: Option<mpsc::Sender<Bytes>>) {
+        *self.inbox.lock().unwrap_or_else(|e| e.into_inner()) = inbox;
     }
 
     /// The client entered (true) or left pub/sub mode.
@@ -236,6 +246,22 @@ impl Clients {
 
     fn get(&self, id: u32) -> Option<Arc<Entry>> {
         self.lock().get(&id).cloned()
+    }
+
+    pub fn exists(&self, id: u32) -> bool {
+        self.lock().contains_key(&id)
+    }
+
+    /// Where invalidations redirected to client `id` go: `None` when there is no such
+    /// client, `Some(None)` while it is not subscribed to `__redis__:invalidate`.
+    pub fn inbox(&self, id: u32) -> Option<Option<mpsc::Sender<Bytes>>> {
+        let entry = self.get(id)?;
+        let inbox = entry
+            .inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Some(inbox)
     }
 }
 

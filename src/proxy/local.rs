@@ -253,7 +253,10 @@ pub fn client(client: &mut Client, req: &Request) -> Bytes {
         // Tracking broadcasts (see `tracking`): CACHING changes nothing, and nothing is
         // redirected.
         (b"CACHING", 3) => Bytes::from_static(reply::OK),
-        (b"GETREDIR", 2) => reply::int(if client.tracking.is_some() { 0 } else { -1 }),
+        (b"GETREDIR", 2) => reply::int(match &client.tracking {
+            Some(t) => t.redirect.map_or(0, i64::from),
+            None => -1,
+        }),
         _ => reply::error(&format!(
             "ERR slotguard: CLIENT {} is not supported through the proxy",
             String::from_utf8_lossy(&sub)

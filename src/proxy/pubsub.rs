@@ -77,6 +77,9 @@ impl Kind {
     }
 }
 
+/// The channel redirected tracking invalidations are published on.
+const INVALIDATE: &[u8] = b"__redis__:invalidate";
+
 /// The channels a node publishes keyspace notifications on.
 const NOTIFICATIONS: [&[u8]; 2] = [b"__keyspace@", b"__keyevent@"];
 
@@ -161,11 +164,16 @@ struct Subscriber<'a> {
     out: VecDeque<Out>,
     events: mpsc::Sender<Event>,
     quit: bool,
+    /// What other clients' tracking redirects here, while subscribed to
+    /// `__redis__:invalidate` (see [`super::tracking`]).
+    invalidations: Option<mpsc::Receiver<Bytes>>,
+    entry: Arc<super::clients::Entry>,
 }
 
 impl Drop for Subscriber<'_> {
     /// A client that leaves subscribed mode, or goes away, no longer receives anything.
     fn drop(&mut self) {
+        self.entry.set_inbox(None);
         for (kind, pattern) in [(Kind::Channel, false), (Kind::Pattern, true)] {
             for name in &self.sets[kind.index()] {
                 self.proxy.subscribers.remove(pattern, name);
@@ -197,6 +205,8 @@ pub async fn serve(
         out: VecDeque::new(),
         events,
         quit: false,
+        invalidations: None,
+        entry: client.entry.clone(),
     };
     let mut shutdown = proxy.shutdown_signal();
     let mut tick = tokio::time::interval(RECONCILE);
@@ -226,11 +236,19 @@ pub async fn serve(
                 return Ok(Left::Close);
             }
         }
+        // Out of `sub` while it is polled; only commands, handled above, change it.
+        let mut invalidations = sub.invalidations.take();
         tokio::select! {
             read = stream.read_buf(rbuf) => if read? == 0 {
                 return Ok(Left::Close);
             },
             Some(event) = inbox.recv() => sub.event(event),
+            Some(keys) = async {
+                match &mut invalidations {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => sub.ready(super::tracking::invalidation(&keys, sub.resp3)),
             () = std::future::poll_fn(|cx| sub.poll_front(cx)) => {}
             _ = tick.tick() => sub.reconcile(),
             // A RESP3 client may track keys while subscribed: its invalidations go out too.
@@ -240,6 +258,7 @@ pub async fn serve(
             },
             _ = shutdown.changed() => {}
         }
+        sub.invalidations = invalidations;
     }
 }
 
@@ -295,6 +314,7 @@ impl Subscriber<'_> {
                 self.global = None;
                 self.locals.clear();
                 self.placed.clear();
+                self.redirected(false);
                 client.resp3 = false;
                 self.ready(Bytes::from_static(b"+RESET\r\n"));
             }
@@ -306,6 +326,21 @@ impl Subscriber<'_> {
                 "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
                 String::from_utf8_lossy(&name).to_lowercase()
             ))),
+        }
+    }
+
+    /// Starts (or stops) taking the invalidations other clients redirect here.
+    fn redirected(&mut self, on: bool) {
+        if on == self.invalidations.is_some() {
+            return;
+        }
+        if on {
+            let (tx, rx) = mpsc::channel(EVENTS * 16);
+            self.entry.set_inbox(Some(tx));
+            self.invalidations = Some(rx);
+        } else {
+            self.entry.set_inbox(None);
+            self.invalidations = None;
         }
     }
 
@@ -324,6 +359,9 @@ impl Subscriber<'_> {
             }
         }
         let now = Instant::now();
+        if kind == Kind::Channel && names.iter().any(|n| &n[..] == INVALIDATE) {
+            self.redirected(true);
+        }
         for name in &names {
             if self.sets[kind.index()].insert(name.clone()) && kind != Kind::Shard {
                 self.proxy.subscribers.add(kind == Kind::Pattern, name);
@@ -375,6 +413,9 @@ impl Subscriber<'_> {
         if names.is_empty() {
             let count = self.count(kind);
             self.ready(confirmation(self.resp3, kind.unsubscribe(), None, count));
+        }
+        if kind == Kind::Channel && names.iter().any(|n| &n[..] == INVALIDATE) {
+            self.redirected(false);
         }
         for name in names {
             if self.sets[kind.index()].remove(&name) && kind != Kind::Shard {

@@ -1,4 +1,5 @@
-//! Client-side caching: `CLIENT TRACKING` for RESP3 clients.
+//! Client-side caching: `CLIENT TRACKING`, in RESP3, or with `REDIRECT id` to another
+//! client of the proxy subscribed to `__redis__:invalidate` (as RESP2 clients cache).
 //!
 //! A node tracks the keys read on a connection and tells that connection when they
 //! change; a client's reads travel on shared connections, so the node cannot track them
@@ -47,10 +48,13 @@ const FLUSH_ALL: &[u8] = b">2\r\n$10\r\ninvalidate\r\n_\r\n";
 
 /// A client's tracking: its connections' task and the pushes they send it.
 pub struct Tracker {
-    pushes: mpsc::Receiver<Bytes>,
+    /// `None` with a redirect: the invalidations go to the other client.
+    pushes: Option<mpsc::Receiver<Bytes>>,
     task: JoinHandle<()>,
     prefixes: Vec<Bytes>,
     bcast: bool,
+    /// The client the invalidations go to (`REDIRECT id`).
+    pub redirect: Option<u32>,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -70,7 +74,10 @@ impl Drop for Tracker {
 impl Tracker {
     /// The next push for the client.
     pub async fn next(&mut self) -> Option<Bytes> {
-        self.pushes.recv().await
+        match &mut self.pushes {
+            Some(pushes) => pushes.recv().await,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -92,6 +99,7 @@ pub fn command(
     };
     let mut prefixes = Vec::new();
     let mut bcast = false;
+    let mut redirect = None;
     let mut i = 3;
     while i < req.len() {
         match req.arg(i).to_ascii_uppercase().as_slice() {
@@ -102,10 +110,18 @@ pub fn command(
             }
             // The proxy broadcasts: these only narrow what a node would send.
             b"OPTIN" | b"OPTOUT" | b"NOLOOP" => {}
-            b"REDIRECT" => {
-                return Ok(reply::error(
-                    "ERR slotguard: CLIENT TRACKING REDIRECT is not supported; switch to RESP3 (HELLO 3) and track on the same connection",
-                ))
+            b"REDIRECT" if i + 1 < req.len() => {
+                let id = crate::protocol::request::parse_i64(req.arg(i + 1))
+                    .and_then(|id| u32::try_from(id).ok());
+                redirect = match id.filter(|&id| proxy.clients.exists(id)) {
+                    Some(id) => Some(id),
+                    None => {
+                        return Ok(reply::error(
+                            "ERR The client ID you want redirect to does not exist",
+                        ))
+                    }
+                };
+                i += 1;
             }
             _ => return Ok(reply::error("ERR syntax error")),
         }
@@ -115,9 +131,9 @@ pub fn command(
         *tracking = None;
         return Ok(Bytes::from_static(reply::OK));
     }
-    if !resp3 {
+    if !resp3 && redirect.is_none() {
         return Ok(reply::error(
-            "ERR slotguard: client tracking needs RESP3 (HELLO 3), which carries the invalidation pushes",
+            "ERR Client tracking in RESP2 needs a redirect: CLIENT TRACKING ON REDIRECT <id>, to a client subscribed to __redis__:invalidate (or HELLO 3)",
         ));
     }
     if !prefixes.is_empty() && !bcast {
@@ -136,14 +152,62 @@ pub fn command(
     let setup = Request::from_args(&args).into_raw();
     let (pushes_tx, pushes) = mpsc::channel(QUEUE);
     let (ready_tx, ready) = oneshot::channel();
+    let proxy_clients = proxy.clients.clone();
     let task = tokio::spawn(run(proxy, setup, pushes_tx, ready_tx));
+    let (pushes, redirect) = match redirect {
+        Some(id) => {
+            tokio::spawn(forward(pushes, proxy_clients, id));
+            (None, Some(id))
+        }
+        None => (Some(pushes), None),
+    };
     *tracking = Some(Tracker {
         pushes,
         task,
         prefixes,
         bcast,
+        redirect,
     });
     Err(ready)
+}
+
+/// Passes a tracking client's invalidations to the client it redirects them to, as
+/// `message __redis__:invalidate [keys]` (a null for "flush everything"), until either
+/// goes away.
+async fn forward(
+    mut pushes: mpsc::Receiver<Bytes>,
+    clients: Arc<super::clients::Clients>,
+    id: u32,
+) {
+    while let Some(push) = pushes.recv().await {
+        let Ok(Value::Array(items)) = Value::parse(&push) else {
+            continue;
+        };
+        let Some(keys) = items.get(1) else { continue };
+        match clients.inbox(id) {
+            // Gone: the redirect is broken; nothing more goes anywhere.
+            None => return,
+            Some(None) => {} // not subscribed to __redis__:invalidate: dropped, as on a node
+            Some(Some(inbox)) => {
+                let _ = inbox.try_send(keys.to_bytes());
+            }
+        }
+    }
+}
+
+/// What a client subscribed to `__redis__:invalidate` receives for `keys` (the encoded
+/// array of keys, or a null), in its protocol.
+pub fn invalidation(keys: &[u8], resp3: bool) -> Bytes {
+    let mut out = BytesMut::new();
+    out.extend_from_slice(if resp3 { b">3\r\n" } else { b"*3\r\n" });
+    reply::bulk(&mut out, b"message");
+    reply::bulk(&mut out, b"__redis__:invalidate");
+    if keys == b"$-1\r\n" || keys == b"_\r\n" {
+        out.extend_from_slice(if resp3 { b"_\r\n" } else { b"$-1\r\n" });
+    } else {
+        out.extend_from_slice(keys);
+    }
+    out.freeze()
 }
 
 /// `CLIENT TRACKINGINFO` of a client with this tracking.
@@ -172,7 +236,11 @@ pub fn info(tracking: Option<&Tracker>, resp3: bool) -> Bytes {
         }
     }
     reply::bulk(&mut out, b"redirect");
-    out.extend_from_slice(b":-1\r\n");
+    let redirect = match tracking {
+        Some(t) => t.redirect.map_or(0, i64::from),
+        None => -1,
+    };
+    out.extend_from_slice(format!(":{redirect}\r\n").as_bytes());
     reply::bulk(&mut out, b"prefixes");
     let prefixes = tracking.map_or(&[][..], |t| &t.prefixes);
     reply::array_header(&mut out, prefixes.len());
