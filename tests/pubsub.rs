@@ -275,6 +275,12 @@ async fn pubsub_introspection_counts_every_master() {
     }
     subs[0].send("PSUBSCRIBE n*\r\n").await;
     assert_eq!(subs[0].items().await, strs(&["psubscribe", "n*", "2"]));
+    // The same pattern from clients whose subscriptions live on other masters: still one
+    // pattern.
+    for sub in &mut subs[1..] {
+        sub.send("PSUBSCRIBE n*\r\n").await;
+        assert_eq!(sub.items().await, strs(&["psubscribe", "n*", "2"]));
+    }
     let shard = format!("{}s", tag_on(2));
     let mut sharded = Raw::connect(&h).await;
     sharded.send(&format!("SSUBSCRIBE {shard}\r\n")).await;

@@ -24,8 +24,9 @@ pub enum Merge {
     },
     /// `+OK` when every part says so (MSET, FLUSHALL, SCRIPT FLUSH).
     AllOk,
-    /// PUBLISH: the node's count of receivers, or the proxy's own when larger.
-    Publish { local: u64 },
+    /// The largest count: the proxy's own (`local`) or any part's (PUBLISH's receivers,
+    /// PUBSUB NUMPAT's unique patterns).
+    Largest { local: u64 },
     /// The sum of integer replies (DEL, EXISTS, DBSIZE, ...).
     SumInts,
     /// The concatenation of array replies (KEYS).
@@ -150,9 +151,12 @@ fn merge_values(how: &Merge, values: Vec<Value>, resp3: bool) -> Option<Bytes> {
             Value::Array(slots).encode_for(&mut out, resp3);
         }
         Merge::AllOk | Merge::First => values.into_iter().next()?.encode_for(&mut out, resp3),
-        Merge::Publish { local } => {
-            let node = values.into_iter().next()?.as_int()?;
-            return Some(reply::int(node.max(*local as i64)));
+        Merge::Largest { local } => {
+            let mut largest = *local as i64;
+            for v in &values {
+                largest = largest.max(v.as_int()?);
+            }
+            return Some(reply::int(largest));
         }
         Merge::SumInts => {
             let mut sum = 0i64;

@@ -130,7 +130,7 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             let local = proxy.subscribers.receivers(req.arg(1));
             let (job, rx) = job(client, req, None);
             proxy.dispatch(job);
-            let merge = Merge::Publish { local };
+            let merge = Merge::Largest { local };
             (
                 Pending::Join(Join::new(vec![rx], merge, client.resp3)),
                 Class::Other,
@@ -408,7 +408,10 @@ fn pubsub_introspection(proxy: &Proxy, client: &Client, req: Request) -> Pending
     let merge = match req.arg(1).to_ascii_uppercase().as_slice() {
         b"CHANNELS" | b"SHARDCHANNELS" => Merge::Union,
         b"NUMSUB" | b"SHARDNUMSUB" => Merge::SumPairs,
-        b"NUMPAT" => Merge::SumInts,
+        // Unique patterns: a pattern subscribed through two masters is one.
+        b"NUMPAT" => Merge::Largest {
+            local: proxy.subscribers.patterns(),
+        },
         _ => return one(proxy, client, req, None),
     };
     all_masters(proxy, client, &req, merge)

@@ -51,6 +51,12 @@ impl Subscribers {
         }
     }
 
+    /// How many different patterns the proxy's clients subscribe to (`PUBSUB NUMPAT`).
+    pub fn patterns(&self) -> u64 {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.patterns.len() as u64
+    }
+
     /// The clients a message on `channel` reaches: its subscribers, and every pattern
     /// subscription that matches it.
     pub fn receivers(&self, channel: &[u8]) -> u64 {
