@@ -146,28 +146,13 @@ fn take_requests(
 ) -> Taken {
     let now = Instant::now();
     let mut last = None;
-    let taken = take(proxy, client, scanner, rbuf, owed, max, now, &mut last);
-    if last.is_some() {
-        client.entry.publish(client, last);
-    }
-    taken
-}
-
-#[allow(clippy::too_many_arguments)]
-fn take(
-    proxy: &Proxy,
-    client: &mut Client,
-    scanner: &mut Scanner,
-    rbuf: &mut BytesMut,
-    owed: &mut VecDeque<Owed>,
-    max: usize,
-    now: Instant,
-    last: &mut Option<LastCommand>,
-) -> Taken {
-    while owed.len() < max {
+    let taken = loop {
+        if owed.len() >= max {
+            break Taken::Full;
+        }
         match scanner.next(rbuf) {
             Ok(Some(req)) => {
-                *last = Some(LastCommand::of(&req));
+                last = Some(LastCommand::of(&req));
                 let (reply, class) = route(proxy, client, req);
                 owed.push_back(Owed {
                     reply,
@@ -176,13 +161,13 @@ fn take(
                     silent: client.replies.next_silent(),
                 });
                 if client.quit {
-                    return Taken::Done;
+                    break Taken::Done;
                 }
                 if waits_for_turn(owed) {
-                    return Taken::Full;
+                    break Taken::Full;
                 }
             }
-            Ok(None) => return Taken::All,
+            Ok(None) => break Taken::All,
             Err(e) => {
                 // As Redis does: say what was wrong, then close.
                 let reply = Pending::Ready(reply::error(&format!("ERR {e}")));
@@ -192,11 +177,15 @@ fn take(
                     since: now,
                     silent: false,
                 });
-                return Taken::Done;
+                break Taken::Done;
             }
         }
+    };
+    // What other clients see of this one (CLIENT LIST), once per batch.
+    if last.is_some() {
+        client.entry.publish(client, last);
     }
-    Taken::Full
+    taken
 }
 
 /// A request waits for its turn: nothing after it is routed until its reply is in.
