@@ -206,11 +206,13 @@ const CONTAINERS: &[&[u8]] = &[
 ];
 
 fn command_name(out: &mut String, name: &[u8], sub: &[u8]) {
-    let lower = |b: &[u8]| String::from_utf8_lossy(b).to_ascii_lowercase();
-    out.push_str(&lower(name));
+    let push = |out: &mut String, text: &[u8]| {
+        out.extend(text.iter().map(|b| b.to_ascii_lowercase() as char));
+    };
+    push(out, name);
     if CONTAINERS.iter().any(|c| c.eq_ignore_ascii_case(name)) && !sub.is_empty() {
         out.push('|');
-        out.push_str(&lower(sub));
+        push(out, sub);
     }
 }
 
