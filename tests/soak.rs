@@ -313,6 +313,16 @@ async fn soak(length: Duration, ack: Ack) {
         report.stale.len(),
         report.longest.as_secs_f64(),
     );
+    for line in report
+        .errors
+        .iter()
+        .chain(&errors)
+        .chain(&report.stale)
+        .chain(&lost)
+        .take(20)
+    {
+        eprintln!("REPORT | {line}");
+    }
     assert!(doubled.is_empty(), "applied twice: {doubled:?}");
     assert!(
         report.errors.is_empty() && errors.is_empty(),

@@ -37,8 +37,9 @@ const UNSETTLED_INTERVAL: Duration = Duration::from_millis(100);
 type Assignment = Vec<Option<String>>;
 
 /// Runs until the data plane is gone (its hint channel closes).
-/// With `durability.ack = "replicated"`, names the masters that have no replica up each
-/// time that set changes: their writes are acknowledged with nothing to wait for.
+/// With `durability.ack = "replicated"`, names the masters that have no replica but
+/// failed ones each time that set changes: their writes are acknowledged with nothing to
+/// wait for.
 fn warn_unprotected(routing: &Routing, view: &ClusterView, last: &mut Vec<String>) {
     if routing.config().ack != crate::config::Ack::Replicated {
         return;
@@ -46,9 +47,9 @@ fn warn_unprotected(routing: &Routing, view: &ClusterView, last: &mut Vec<String
     let now = view.unprotected();
     if now != *last {
         if now.is_empty() {
-            info!("every master has a replica up: every write waits for its replicas");
+            info!("every master has a replica: every write waits for its replicas");
         } else {
-            warn!(masters = ?now, "masters with no replica up: their writes are acknowledged without one (durability.ack = replicated cannot wait)");
+            warn!(masters = ?now, "masters with no replica but failed ones: their writes are acknowledged without one (durability.ack = replicated has none to wait for)");
         }
         *last = now;
     }

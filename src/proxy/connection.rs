@@ -71,8 +71,9 @@ pub trait Dispatch: Send + Sync {
     fn node_failed(&self, addr: &str) -> bool;
     /// For an EVALSHA whose script the proxy knows: the `SCRIPT LOAD` that restores it.
     fn script_load_for(&self, raw: &Bytes) -> Option<(Bytes, u8)>;
-    /// How many replicas of the master at `addr` are up: what a write's `WAIT` asks for.
-    fn replicas_up(&self, addr: &str) -> usize;
+    /// How many replicas of the master at `addr` a write's `WAIT` asks for (see
+    /// `ClusterView::replicas_to_wait`).
+    fn replicas_to_wait(&self, addr: &str) -> usize;
     /// Counts a write answered an error rather than sent twice.
     fn not_retried(&self);
     /// Sends a keyless job to the next master in turn; gives it back once every master
@@ -523,7 +524,10 @@ impl Connection<'_> {
     /// Sends `WAIT` for the replicas of this master after everything written so far;
     /// `held`: replies already waiting for it. Without a replica up, they go out at once.
     fn fence(&mut self, since: Instant, held: Vec<(Job, Bytes)>) {
-        let replicas = self.proxy.upgrade().map_or(0, |p| p.replicas_up(self.addr));
+        let replicas = self
+            .proxy
+            .upgrade()
+            .map_or(0, |p| p.replicas_to_wait(self.addr));
         if replicas == 0 {
             for (job, frame) in held {
                 self.complete(job, frame);
@@ -551,7 +555,7 @@ impl Connection<'_> {
         let Barrier {
             replicas,
             since,
-            held,
+            mut held,
             ..
         } = barrier;
         if acked.is_some_and(|n| n >= replicas as i64) || held.is_empty() {
@@ -565,14 +569,32 @@ impl Connection<'_> {
             self.fence(since, held);
             return;
         }
-        self.metrics.writes_unconfirmed.inc_by(held.len() as u64);
         let answer = match acked {
             Some(n) => format!("WAIT answered {n} of {replicas}"),
-            None => format!(
-                "WAIT answered {}",
-                String::from_utf8_lossy(frame).trim_end()
-            ),
+            None => {
+                // WAIT refused: the node is a master no more (a failover unblocked it).
+                // What can run twice is sent again, to the new master, where it is
+                // waited for in turn; the rest cannot be known to have reached it.
+                let Some(proxy) = self.proxy.upgrade() else {
+                    return;
+                };
+                let reason = format!("{}: a master no more", self.addr);
+                let (in_doubt, again): (Vec<_>, Vec<_>) =
+                    held.into_iter().partition(|(job, _)| job.once);
+                for (job, _) in again {
+                    proxy.park(job, Reason::NotReady(reason.clone()));
+                }
+                held = in_doubt;
+                format!(
+                    "WAIT answered {}",
+                    String::from_utf8_lossy(frame).trim_end()
+                )
+            }
         };
+        if held.is_empty() {
+            return;
+        }
+        self.metrics.writes_unconfirmed.inc_by(held.len() as u64);
         let text = format!(
             "ERR slotguard: applied on the master {} but not confirmed by its replicas within {:.1}s ({answer})",
             self.addr,
@@ -673,7 +695,7 @@ mod tests {
         fn next_master(&self, job: Job) -> Result<(), Job> {
             Err(job)
         }
-        fn replicas_up(&self, _: &str) -> usize {
+        fn replicas_to_wait(&self, _: &str) -> usize {
             self.replicas.load(std::sync::atomic::Ordering::Relaxed)
         }
         fn not_retried(&self) {}
@@ -922,5 +944,34 @@ mod tests {
         let parked = fx.recorder.parked.lock().unwrap();
         let raws: Vec<&[u8]> = parked.iter().map(|(raw, _)| &raw[..]).collect();
         assert_eq!(raws, [&b"*1\r\n$1\r\nc\r\n"[..], b"*1\r\n$1\r\nd\r\n"]);
+    }
+
+    #[tokio::test]
+    async fn a_wait_refused_by_a_demoted_master_sends_again_what_can_run_twice() {
+        let fx = Fixture::new();
+        let mut conn = fx.replicated(1);
+        let (ours, mut node) = duplex(4096);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (set, _r_set) = write(b"*1\r\n$1\r\ns\r\n", false);
+        let (incr, r_incr) = write(b"*1\r\n$1\r\ni\r\n", true);
+        let mut batch = vec![set, incr];
+        let node_side = async {
+            read_exactly(&mut node, 2 * 11 + WAIT_1.len()).await;
+            node.write_all(b"+OK\r\n:1\r\n-UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)\r\n")
+                .await
+                .unwrap();
+            drop(tx);
+            node
+        };
+        let (ended, _node) = tokio::join!(conn.serve(ours, &mut rx, &mut batch), node_side);
+        assert_eq!(ended, None);
+        let incr = r_incr.await.unwrap();
+        let parked = fx.recorder.parked.lock().unwrap();
+        let raws: Vec<&[u8]> = parked.iter().map(|(raw, _)| &raw[..]).collect();
+        assert_eq!(raws, [&b"*1\r\n$1\r\ns\r\n"[..]], "the SET goes again");
+        assert!(
+            String::from_utf8_lossy(&incr).contains("not confirmed by its replicas"),
+            "{incr:?}"
+        );
     }
 }

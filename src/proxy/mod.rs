@@ -535,8 +535,8 @@ impl Dispatch for Proxy {
         Proxy::script_load_for(self, raw)
     }
 
-    fn replicas_up(&self, addr: &str) -> usize {
-        self.routing.status.load().view.replicas_up(addr)
+    fn replicas_to_wait(&self, addr: &str) -> usize {
+        self.routing.status.load().view.replicas_to_wait(addr)
     }
 
     fn not_retried(&self) {

@@ -63,28 +63,39 @@ impl ClusterView {
             .map(|n| n.addr.as_str())
     }
 
-    /// How many replicas of the master at `addr` are up (no node suspects them).
-    pub fn replicas_up(&self, addr: &str) -> usize {
+    /// How many replicas of the master at `addr` a write must reach before it is
+    /// acknowledged (`durability.ack = "replicated"`): every one that is up; at least one
+    /// while a replica the cluster has not failed is known (one rejoining, or suspected:
+    /// the write waits for it rather than go unprotected); none when every replica has
+    /// failed or there is none.
+    pub fn replicas_to_wait(&self, addr: &str) -> usize {
         let Some(master) = self.nodes.iter().find(|n| n.addr == addr) else {
             return 0;
         };
-        self.nodes
-            .iter()
-            .filter(|n| {
-                n.role == Role::Replica
-                    && n.health == Health::Ok
-                    && n.master_id.as_deref() == Some(master.id.as_str())
-            })
-            .count()
+        let replicas = self.nodes.iter().filter(|n| {
+            n.role == Role::Replica
+                && n.health != Health::Fail
+                && n.master_id.as_deref() == Some(master.id.as_str())
+        });
+        let (mut known, mut up) = (0, 0);
+        for replica in replicas {
+            known += 1;
+            up += usize::from(replica.health == Health::Ok);
+        }
+        if up > 0 {
+            up
+        } else {
+            known.min(1)
+        }
     }
 
-    /// Masters serving slots with no replica up: a write they acknowledge is lost with
-    /// them (`durability.ack = "replicated"` cannot wait for a replica there).
+    /// Masters serving slots with no replica but failed ones: a write they acknowledge is
+    /// lost with them (`durability.ack = "replicated"` has no replica to wait for).
     pub fn unprotected(&self) -> Vec<String> {
         self.nodes
             .iter()
             .filter(|n| n.role == Role::Master && !n.slots.is_empty() && n.health != Health::Fail)
-            .filter(|n| self.replicas_up(&n.addr) == 0)
+            .filter(|n| self.replicas_to_wait(&n.addr) == 0)
             .map(|n| n.addr.clone())
             .collect()
     }
@@ -142,5 +153,48 @@ mod tests {
         };
         assert!(view.node_failed("a:1"), "a replica serves no writes");
         assert!(!view.node_failed("b:1"));
+    }
+
+    #[test]
+    fn a_write_waits_for_every_replica_up_or_one_that_has_not_failed() {
+        let node = |id: &str, role: Role, master: Option<&str>, health: Health| NodeStatus {
+            id: id.into(),
+            addr: format!("{id}:1"),
+            role,
+            master_id: master.map(String::from),
+            health,
+            config_epoch: 0,
+            slots: if role == Role::Master {
+                vec![(0, 1)]
+            } else {
+                vec![]
+            },
+            migrating: vec![],
+            importing: vec![],
+        };
+        let view = |replicas: &[Health]| ClusterView {
+            nodes: std::iter::once(node("m", Role::Master, None, Health::Ok))
+                .chain(
+                    replicas
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &h)| node(&format!("r{i}"), Role::Replica, Some("m"), h)),
+                )
+                .collect(),
+            answered: 1,
+        };
+        assert_eq!(view(&[Health::Ok, Health::Ok]).replicas_to_wait("m:1"), 2);
+        assert_eq!(
+            view(&[Health::Ok, Health::Pfail]).replicas_to_wait("m:1"),
+            1
+        );
+        // Rejoining or suspected: the write waits for it rather than go unprotected.
+        assert_eq!(view(&[Health::Unreachable]).replicas_to_wait("m:1"), 1);
+        // Failed, or none: nothing to wait for, and the master is named.
+        let failed = view(&[Health::Fail]);
+        assert_eq!(failed.replicas_to_wait("m:1"), 0);
+        assert_eq!(failed.unprotected(), ["m:1"]);
+        assert_eq!(view(&[]).unprotected(), ["m:1"]);
+        assert!(view(&[Health::Ok]).unprotected().is_empty());
     }
 }
