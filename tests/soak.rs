@@ -199,8 +199,37 @@ async fn migrate(h: &Harness, rng: &mut Rng, from: usize, to: usize) -> String {
     format!("slot {slot} moved from {a} to {b}")
 }
 
+/// Waits until every replica has synced with its master (`ROLE` says `connected`): a
+/// replica still loading its first copy cannot take over, and a fault then would take the
+/// shard down for good, which is not what the soak is about.
+async fn until_synced(h: &Harness) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut synced = true;
+        for node in h.cluster.nodes.iter().filter(|n| n.pid().is_some()) {
+            let role = slotguard::client::query(
+                &node.addr(),
+                &["ROLE"],
+                &h.cluster.dial(Duration::from_secs(1)),
+            )
+            .await;
+            if let Ok(Value::Array(role)) = role {
+                if role.first().and_then(Value::as_str) == Some("slave") {
+                    synced &= role.get(3).and_then(Value::as_str) == Some("connected");
+                }
+            }
+        }
+        if synced {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replicas did not sync");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Injects one random fault and waits for the cluster to heal from it.
 async fn fault(h: &mut Harness, rng: &mut Rng) -> String {
+    until_synced(h).await;
     let shards = shards(h).await;
     let (m, replica) = shards[rng.below(shards.len())];
     let addr = h.cluster.nodes[m].addr();
