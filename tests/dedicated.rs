@@ -645,3 +645,58 @@ async fn idle_dedicated_connections_are_given_back() {
     );
     assert_eq!(ask(&mut s, "EXEC\r\n", b"+OK\r\n").await, "*1\r\n+OK\r\n");
 }
+
+/// The addresses of the node's client connections that have run no command yet.
+async fn idle_connections(addr: &str) -> Vec<String> {
+    let list = call(addr, &["CLIENT", "LIST"]).await;
+    let text = list.as_str().unwrap_or_default().to_string();
+    text.lines()
+        .filter(|l| l.contains(" cmd=NULL "))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("addr=")))
+        .map(String::from)
+        .collect()
+}
+
+/// After a node's first dedicated connection the proxy keeps connected spares, and the
+/// next blocking command starts on one: as soon as a shared request would, not after a
+/// connect (so a write another client sends at once cannot overtake it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_command_starts_on_a_connected_spare() {
+    let h = Harness::start(3, 0).await;
+    let t = tag_on(0);
+    let node = h.cluster.nodes[0].addr();
+    let first = blpop_in_background(h.url(), &format!("{t}first"));
+    wait_blocked(&node, 1).await;
+    let node_addr = node.clone();
+    wait_for(Duration::from_secs(5), || {
+        let node = node_addr.clone();
+        async move { idle_connections(&node).await.len() >= 2 }
+    })
+    .await
+    .expect("two spare connections wait on the node");
+    let spares = idle_connections(&node).await;
+    let second = blpop_in_background(h.url(), &format!("{t}second"));
+    wait_blocked(&node, 2).await;
+    let list = call(&node, &["CLIENT", "LIST"]).await;
+    let text = list.as_str().unwrap_or_default().to_string();
+    let blocked: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" cmd=blpop "))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("addr=")))
+        .collect();
+    assert!(
+        blocked.iter().any(|a| spares.iter().any(|s| s == a)),
+        "the second BLPOP runs on a spare: blocked {blocked:?}, spares {spares:?}"
+    );
+    for (list, task) in [("first", first), ("second", second)] {
+        let mut c = h.client().await;
+        let () = redis::cmd("RPUSH")
+            .arg(format!("{t}{list}"))
+            .arg("x")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let (_, got) = task.await.unwrap().unwrap();
+        assert_eq!(got, "x");
+    }
+}

@@ -91,6 +91,8 @@ pub struct Owner {
     pub(super) lease: Weak<Lease>,
     /// Returned to the node's allowance when the connection task ends.
     pub(super) _permit: OwnedSemaphorePermit,
+    /// A socket already connected to the node (a node's spare), used first.
+    pub(super) connected: Option<crate::tls::Stream>,
 }
 
 /// What a connection task connects to.
@@ -162,11 +164,17 @@ pub async fn run(
         hold_timeout,
     } = target;
     let mut batch = Vec::with_capacity(BATCH);
+    let mut owner = owner;
+    let mut connected = owner.as_mut().and_then(|o| o.connected.take());
     loop {
         if rx.recv_many(&mut batch, BATCH).await == 0 {
             return; // the node was dropped
         }
-        let stream = match crate::tls::connect(&addr, limit, tls.as_ref()).await {
+        let stream = match connected.take() {
+            Some(stream) => Ok(stream),
+            None => crate::tls::connect(&addr, limit, tls.as_ref()).await,
+        };
+        let stream = match stream {
             Ok(stream) => {
                 metrics.backend_connects_ok.inc();
                 stream
@@ -854,6 +862,7 @@ mod tests {
         let owner = Owner {
             lease: Arc::downgrade(&lease),
             _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+            connected: None,
         };
         let mut conn = fx.connection(Some(&owner));
         let (ours, _node) = duplex(4096);

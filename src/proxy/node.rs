@@ -15,8 +15,9 @@
 //! imports `node`, `node` imports `lease`); that connection tells its lease when it is lost
 //! (`connection` imports `lease`).
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::connection::{self, greeting, Dispatch, Owner, Target};
@@ -39,7 +40,22 @@ pub struct Node {
     proxy: Weak<dyn Dispatch>,
     /// Dedicated connections still free (see [`Lease`]).
     dedicated: Arc<Semaphore>,
+    /// Connected sockets kept ready for dedicated connections (see [`Spares`]).
+    spares: Arc<Mutex<Spares>>,
 }
+
+/// Sockets already connected to the node, for the next dedicated connections: a blocking
+/// command then starts as soon as a shared request would, instead of after a connect (a
+/// write another client sends at the same moment would otherwise reach the node first).
+/// Made after the node's first dedicated connection, [`SPARES`] at most, plain TCP only.
+#[derive(Default)]
+struct Spares {
+    ready: Vec<TcpStream>,
+    connecting: usize,
+}
+
+/// Most sockets kept ready per node.
+const SPARES: usize = 2;
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,6 +106,7 @@ impl Node {
             target,
             proxy,
             dedicated: Arc::new(Semaphore::new(config.dedicated_connections)),
+            spares: Arc::default(),
         }
     }
 
@@ -125,9 +142,43 @@ impl Node {
         let owner = Owner {
             lease: Arc::downgrade(lease),
             _permit: permit,
+            connected: self.take_spare(),
         };
         tokio::spawn(connection::run(target, rx, self.proxy.clone(), Some(owner)));
         Some(tx)
+    }
+
+    /// A spare socket that is still open, if one is ready; more are made for next time.
+    fn take_spare(&self) -> Option<crate::tls::Stream> {
+        if self.target.tls.is_some() {
+            return None;
+        }
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taken = None;
+        while let Some(socket) = spares.ready.pop() {
+            // Still open: nothing to read yet. A node that closed it (a restart) is not.
+            let mut probe = [0u8; 1];
+            let open = matches!(socket.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            if open {
+                taken = Some(crate::tls::Stream::Tcp(socket));
+                break;
+            }
+        }
+        for _ in spares.ready.len() + spares.connecting..SPARES {
+            spares.connecting += 1;
+            let (addr, limit) = (self.addr.clone(), self.target.connect_timeout);
+            let pool = self.spares.clone();
+            tokio::spawn(async move {
+                let socket = tokio::time::timeout(limit, TcpStream::connect(&addr)).await;
+                let mut spares = pool.lock().unwrap_or_else(|e| e.into_inner());
+                spares.connecting -= 1;
+                if let Ok(Ok(socket)) = socket {
+                    socket.set_nodelay(true).ok();
+                    spares.ready.push(socket);
+                }
+            });
+        }
+        taken
     }
 }
 
