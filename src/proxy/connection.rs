@@ -210,6 +210,8 @@ pub async fn run(
             ack,
             wait_timeout,
             hold_timeout,
+            job_last: false,
+            tail_unread: false,
         };
         // It goes out with the first batch.
         let (hello, replies) = greeting(auth.as_deref(), readonly, resp3);
@@ -261,6 +263,14 @@ fn fail_all(proxy: &Weak<dyn Dispatch>, addr: &str, jobs: impl Iterator<Item = J
 enum Fate {
     /// It never left the proxy.
     NotSent,
+    /// It was the last thing written, and its end never reached the node: the write failed,
+    /// or the node reset the connection (`ECONNRESET`).
+    /// A socket is reset when it is closed with data unread, or when data reaches it after
+    /// it was closed (a killed node; a connection still in the listen backlog when the
+    /// node's listener closed): either way the last bytes sent were never read, and a
+    /// command runs only once read whole. A node does not reset a connection it has read
+    /// to the end (Redis never closes with a zero linger).
+    Unread,
     /// It was written; no reply came.
     MayHaveRun,
     /// The node applied it; its replicas did not confirm it.
@@ -278,7 +288,7 @@ fn lost(
     let Some(proxy) = proxy.upgrade() else { return };
     proxy.hint(Hint::Refresh);
     for (job, fate) in jobs {
-        if job.once && fate != Fate::NotSent {
+        if job.once && matches!(fate, Fate::MayHaveRun | Fate::Unconfirmed) {
             let what = match fate {
                 Fate::Unconfirmed => "was applied on the master but not confirmed by its replicas",
                 _ => "may or may not have been applied",
@@ -287,6 +297,7 @@ fn lost(
                 "ERR slotguard: the connection to {addr} broke ({error}); this write {what}, and it is not sent again because it would apply twice"
             );
             proxy.not_retried();
+            tracing::warn!(addr, error, what, "write not sent again");
             let _ = job.reply.send(crate::protocol::reply::error(&text));
             continue;
         }
@@ -320,6 +331,11 @@ struct Connection<'a> {
     ack: Ack,
     wait_timeout: Duration,
     hold_timeout: Duration,
+    /// The last bytes written are the newest job's: no `WAIT` went out after it.
+    job_last: bool,
+    /// The node never read the last bytes written: a write failed, or the node reset the
+    /// connection (see [`Fate::Unread`]).
+    tail_unread: bool,
 }
 
 /// How a `SCRIPT LOAD` request begins.
@@ -359,6 +375,7 @@ impl Connection<'_> {
                 self.metrics.backend_inflight.add(batch.len() as i64);
                 let writes = self.ack == Ack::Replicated && batch.iter().any(|j| j.write);
                 self.unfenced += batch.len();
+                self.job_last = true;
                 for job in batch.drain(..) {
                     if let Some(extra) = &job.extra {
                         if let Some(prefix) = &extra.prefix {
@@ -387,6 +404,8 @@ impl Connection<'_> {
                     stream.flush().await
                 };
                 if let Err(e) = written.await {
+                    // Some of the buffer, its end at least, never reached the socket.
+                    self.tail_unread = true;
                     return Some(format!("write: {e}"));
                 }
                 self.wbuf.clear();
@@ -406,7 +425,10 @@ impl Connection<'_> {
                             self.rbuf.reserve(16 * 1024);
                         }
                     }
-                    Err(e) => return Some(format!("read: {e}")),
+                    Err(e) => {
+                        self.tail_unread = e.kind() == std::io::ErrorKind::ConnectionReset;
+                        return Some(format!("read: {e}"));
+                    }
                 },
                 n = rx.recv_many(batch, BATCH), if !closed => if n == 0 {
                     if self.settled() {
@@ -514,6 +536,10 @@ impl Connection<'_> {
     /// Every job not answered, with what is known of it: written (in flight), applied
     /// and not confirmed (held for a `WAIT`), or never sent (`batch`).
     fn unanswered(&mut self, batch: &mut Vec<Job>) -> Vec<(Job, Fate)> {
+        let unread = (self.tail_unread && self.job_last)
+            .then(|| self.inflight.pop_back())
+            .flatten()
+            .map(|f| (f.job, Fate::Unread));
         let sent = self.inflight.drain(..).map(|f| (f.job, Fate::MayHaveRun));
         let held = self
             .barriers
@@ -521,7 +547,7 @@ impl Connection<'_> {
             .flat_map(|b| b.held)
             .map(|(job, _)| (job, Fate::Unconfirmed));
         let unsent = batch.drain(..).map(|job| (job, Fate::NotSent));
-        sent.chain(held).chain(unsent).collect()
+        sent.chain(unread).chain(held).chain(unsent).collect()
     }
 
     /// Nothing is in flight: no request, no `WAIT`.
@@ -545,6 +571,7 @@ impl Connection<'_> {
         let timeout = self.wait_timeout.as_millis().max(1).to_string();
         let wait = Request::from_args(&["WAIT", &replicas.to_string(), &timeout]);
         self.wbuf.extend_from_slice(wait.raw());
+        self.job_last = false;
         self.barriers.push_back(Barrier {
             ahead: std::mem::take(&mut self.unfenced),
             replicas,
@@ -752,6 +779,8 @@ mod tests {
                 ack: Ack::Master,
                 wait_timeout: Duration::from_millis(100),
                 hold_timeout: Duration::from_secs(5),
+                job_last: false,
+                tail_unread: false,
             }
         }
 
@@ -953,6 +982,47 @@ mod tests {
         let parked = fx.recorder.parked.lock().unwrap();
         let raws: Vec<&[u8]> = parked.iter().map(|(raw, _)| &raw[..]).collect();
         assert_eq!(raws, [&b"*1\r\n$1\r\nc\r\n"[..], b"*1\r\n$1\r\nd\r\n"]);
+    }
+
+    /// A node killed with the last write unread resets the connection: that write never
+    /// ran and goes again; the one before it may have run and does not.
+    #[tokio::test]
+    async fn a_reset_sends_again_the_write_the_node_never_read() {
+        let fx = Fixture::new();
+        let mut conn = fx.connection(None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (node, _) = listener.accept().await.unwrap();
+        let (_tx, mut rx) = mpsc::unbounded_channel();
+        let (read, r_read) = write(b"*1\r\n$1\r\na\r\n", true);
+        let (unread, _r) = write(b"*1\r\n$1\r\nb\r\n", true);
+        let mut batch = vec![read, unread];
+        let node_side = async move {
+            let mut node = node;
+            let mut first = [0u8; 11];
+            node.read_exact(&mut first).await.unwrap();
+            // The second has arrived; the node dies without reading it.
+            let mut peek = [0u8; 11];
+            while node.peek(&mut peek).await.unwrap() < peek.len() {}
+            drop(node);
+        };
+        let (ended, ()) = tokio::join!(conn.serve(ours, &mut rx, &mut batch), node_side);
+        assert!(
+            ended.as_ref().is_some_and(|e| e.contains("reset")),
+            "{ended:?}"
+        );
+        let unanswered = conn.unanswered(&mut Vec::new());
+        lost(&fx.weak, ADDR, unanswered.into_iter(), "reset");
+        let answered = r_read.await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&answered).contains("may or may not have been applied"),
+            "{answered:?}"
+        );
+        let parked = fx.recorder.parked.lock().unwrap();
+        let raws: Vec<&[u8]> = parked.iter().map(|(raw, _)| &raw[..]).collect();
+        assert_eq!(raws, [&b"*1\r\n$1\r\nb\r\n"[..]]);
     }
 
     #[tokio::test]
