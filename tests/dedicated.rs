@@ -700,3 +700,60 @@ async fn a_blocking_command_starts_on_a_connected_spare() {
         assert_eq!(got, "x");
     }
 }
+
+/// Two clients send a blocking command each, one right after the other, and a third pushes
+/// at once. The node serves blocked clients first come, first served; through the proxy the
+/// first must still be first (Redis's suite: "BRPOPLPUSH with multiple blocked clients"),
+/// though each gets a new connection, and the scheduler may run the task of the second
+/// first. The second sends once the proxy has taken the first's request (it counts the
+/// client as blocked): the order is the proxy's to keep from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_clients_reach_the_node_in_the_order_they_came() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(3, 0).await;
+    let t = tag_on(0);
+    let (list, wrong, right) = (format!("{t}list"), format!("{t}wrong"), format!("{t}right"));
+    let blocked = h.proxy.proxy.metrics.clients_blocked.clone();
+    let mut r = TcpStream::connect(h.proxy.addr).await.unwrap();
+    for round in 0..20 {
+        ask(&mut r, cmd(&["DEL", &list, &wrong, &right]), b"\r\n").await;
+        ask(&mut r, cmd(&["SET", &wrong, "not a list"]), b"\r\n").await;
+        let mut first = TcpStream::connect(h.proxy.addr).await.unwrap();
+        let mut second = TcpStream::connect(h.proxy.addr).await.unwrap();
+        let pop = |to: &str| cmd(&["BRPOPLPUSH", &list, to, "0"]);
+        first.write_all(&pop(&wrong)).await.unwrap();
+        wait_for(Duration::from_secs(5), || {
+            let n = blocked.get();
+            async move { n == 1 }
+        })
+        .await
+        .expect("the proxy takes the first request");
+        second.write_all(&pop(&right)).await.unwrap();
+        ask(&mut r, cmd(&["LPUSH", &list, "foo"]), b"\r\n").await;
+        // The first is served first and fails; the element stays for the second.
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the first client is still blocked"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("-WRONGTYPE"), "round {round}: {answer}");
+        let answer = ask(&mut second, b"", b"foo\r\n").await;
+        assert_eq!(answer, "$3\r\nfoo\r\n", "round {round}");
+        drop((first, second));
+        wait_for(Duration::from_secs(5), || {
+            let n = blocked.get();
+            async move { n == 0 }
+        })
+        .await
+        .expect("no client blocked between rounds");
+    }
+}
+
+fn cmd(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}

@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 use super::job::Job;
 use super::lease::Lease;
 use super::redirect::{classify, Reason, Redirect};
+use super::turns::Turn;
 use crate::config::Ack;
 use crate::metrics::Metrics;
 use crate::protocol::{ReplyScanner, Request};
@@ -93,6 +94,9 @@ pub struct Owner {
     pub(super) _permit: OwnedSemaphorePermit,
     /// A socket already connected to the node (a node's spare), used first.
     pub(super) connected: Option<crate::tls::Stream>,
+    /// Its place among the node's new dedicated connections: it writes first after
+    /// those opened before it (see `turns`).
+    pub(super) turn: Option<Turn>,
 }
 
 /// What a connection task connects to.
@@ -166,6 +170,7 @@ pub async fn run(
     let mut batch = Vec::with_capacity(BATCH);
     let mut owner = owner;
     let mut connected = owner.as_mut().and_then(|o| o.connected.take());
+    let mut turn = owner.as_mut().and_then(|o| o.turn.take());
     loop {
         if rx.recv_many(&mut batch, BATCH).await == 0 {
             return; // the node was dropped
@@ -182,6 +187,7 @@ pub async fn run(
             Err(e) => {
                 metrics.backend_connects_failed.inc();
                 debug!(%addr, error = %e, "connect failed");
+                turn = None; // it gives up its turn
                 fail_all(&proxy, &addr, batch.drain(..), &format!("connect: {e}"));
                 continue;
             }
@@ -212,6 +218,7 @@ pub async fn run(
             hold_timeout,
             job_last: false,
             tail_unread: false,
+            turn: turn.take(),
         };
         // It goes out with the first batch.
         let (hello, replies) = greeting(auth.as_deref(), readonly, resp3);
@@ -333,6 +340,8 @@ struct Connection<'a> {
     hold_timeout: Duration,
     /// The last bytes written are the newest job's: no `WAIT` went out after it.
     job_last: bool,
+    /// Until the first write: waited for before it (see [`Owner::turn`]).
+    turn: Option<Turn>,
     /// The node never read the last bytes written: a write failed, or the node reset the
     /// connection (see [`Fate::Unread`]).
     tail_unread: bool,
@@ -398,6 +407,9 @@ impl Connection<'_> {
                 }
             }
             if !self.wbuf.is_empty() {
+                if let Some(turn) = &self.turn {
+                    turn.wait().await;
+                }
                 // A TLS stream buffers records until flushed; TCP's flush does nothing.
                 let written = async {
                     stream.write_all(&self.wbuf).await?;
@@ -409,6 +421,7 @@ impl Connection<'_> {
                     return Some(format!("write: {e}"));
                 }
                 self.wbuf.clear();
+                self.turn = None; // the next new connection to the node may write
             }
             tokio::select! {
                 biased;
@@ -781,6 +794,7 @@ mod tests {
                 hold_timeout: Duration::from_secs(5),
                 job_last: false,
                 tail_unread: false,
+                turn: None,
             }
         }
 
@@ -892,6 +906,7 @@ mod tests {
             lease: Arc::downgrade(&lease),
             _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
             connected: None,
+            turn: None,
         };
         let mut conn = fx.connection(Some(&owner));
         let (ours, _node) = duplex(4096);

@@ -37,6 +37,7 @@ pub mod session;
 pub mod slot_table;
 mod subscribers;
 mod tracking;
+mod turns;
 mod wait;
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};

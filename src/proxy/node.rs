@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use super::connection::{self, greeting, Dispatch, Owner, Target};
 use super::job::Job;
 use super::lease::Lease;
+use super::turns::Turns;
 use crate::config::{Config, ReadFrom};
 use crate::metrics::Metrics;
 use crate::tls::{write, Stream};
@@ -42,6 +43,8 @@ pub struct Node {
     dedicated: Arc<Semaphore>,
     /// Connected sockets kept ready for dedicated connections (see [`Spares`]).
     spares: Arc<Mutex<Spares>>,
+    /// The order new dedicated connections write their first request in.
+    turns: Arc<Turns>,
 }
 
 /// Sockets already connected to the node, for the next dedicated connections: a blocking
@@ -107,6 +110,7 @@ impl Node {
             proxy,
             dedicated: Arc::new(Semaphore::new(config.dedicated_connections)),
             spares: Arc::default(),
+            turns: Arc::default(),
         }
     }
 
@@ -143,6 +147,7 @@ impl Node {
             lease: Arc::downgrade(lease),
             _permit: permit,
             connected: self.take_spare(),
+            turn: Some(self.turns.ticket()),
         };
         tokio::spawn(connection::run(target, rx, self.proxy.clone(), Some(owner)));
         Some(tx)
