@@ -14,8 +14,13 @@
 //! - a node importing a slot that its owner is not migrating gets its keys moved back to
 //!   the owner (S13, S14), once that has lasted `grace` (a starting migration looks the
 //!   same for a moment);
-//! - two live masters claiming the slot, or no live master for it, is reported and held:
-//!   nothing safe can be done without a human or a returning node (S1, S8).
+//! - a slot bound to a failed master, with no migration open or remembered (S10 when the
+//!   proxy never saw the migration), goes where its keys are: to the one live master that
+//!   holds keys of it (the dead master's successor, which replicated them), or, with no
+//!   keys anywhere, to the dead master's remembered successor;
+//! - two live masters claiming the slot, keys on two, or no live master for it, is
+//!   reported and held: nothing safe can be done without a human or a returning node (S1,
+//!   S8).
 //!
 //! This module is pure: it takes views and key counts and returns decisions and plans.
 
@@ -160,6 +165,16 @@ impl<'a> Cluster<'a> {
     fn claims(&self, slot: u16) -> Vec<&'a NodeLine> {
         self.live_masters().filter(|m| m.owns(slot)).collect()
     }
+
+    /// Masters, not live, that some view binds the slot to.
+    pub fn bound_to_dead(&self, slot: u16) -> BTreeSet<&'a str> {
+        self.views
+            .iter()
+            .flat_map(|v| v.iter())
+            .filter(|l| l.master && l.owns(slot) && !self.is_live_master(&l.id))
+            .map(|l| l.id.as_str())
+            .collect()
+    }
 }
 
 /// Inputs beyond the views.
@@ -177,6 +192,11 @@ pub struct Memory<'a> {
 }
 
 impl Memory<'_> {
+    /// Keys of `slot` counted on `id` (0 when not counted).
+    fn keys(&self, id: &str, slot: u16) -> u64 {
+        self.keys.get(&(id.to_string(), slot)).copied().unwrap_or(0)
+    }
+
     /// Every node known to have belonged to the shard `id` led or belonged to.
     fn shard(&self, slot: u16, id: &str) -> Vec<String> {
         let mut out = vec![id.to_string()];
@@ -206,13 +226,7 @@ impl Memory<'_> {
 /// Decides one slot.
 pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
     let decision = |state, plan| Decision { slot, state, plan };
-    let keys = |id: &str| {
-        memory
-            .keys
-            .get(&(id.to_string(), slot))
-            .copied()
-            .unwrap_or(0)
-    };
+    let keys = |id: &str| memory.keys(id, slot);
     let claims = cluster.claims(slot);
     if claims.len() > 1 {
         let claims = claims.iter().map(|c| c.id.clone()).collect();
@@ -319,10 +333,7 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
                 },
                 vec![],
             ),
-            None => {
-                let why = "no live master serves the slot".to_string();
-                decision(State::Orphaned { why }, vec![])
-            }
+            None => unremembered(cluster, memory, slot),
         };
     };
     // Act only on what the cluster has settled: a silent node may be back in a moment, or
@@ -394,6 +405,71 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
     decision(State::Broken { case, why }, plan)
 }
 
+/// A slot no live master owns and no migration explains. Bound to a failed master, it
+/// goes where its keys are: a migration finished on that master, or a slot it was given,
+/// that its replica never heard of when it took over (S10, the migration unseen). The
+/// replica holds the keys, replicated; nobody else should.
+fn unremembered(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
+    let decision = |state, plan| Decision { slot, state, plan };
+    let orphaned = |why: String| decision(State::Orphaned { why }, vec![]);
+    let dead = cluster.bound_to_dead(slot);
+    if dead.is_empty() {
+        return orphaned("no live master serves the slot".to_string());
+    }
+    if let Some(d) = dead.iter().find(|d| !cluster.is_gone(d)) {
+        return orphaned(format!(
+            "waiting: {d} does not answer and is not failed over yet"
+        ));
+    }
+    let dead: Vec<&str> = dead.into_iter().collect();
+    let mut holders = Vec::new();
+    for m in cluster.live_masters() {
+        match memory.keys.get(&(m.id.clone(), slot)) {
+            Some(0) => {}
+            Some(_) => holders.push(m),
+            None => {
+                return orphaned(format!(
+                    "bound to {}, failed; waiting for it to return (keys of the slot not counted)",
+                    dead.join(", ")
+                ))
+            }
+        }
+    }
+    // Those known to have replicated the dead masters (journal), if known at all.
+    let lineage: Vec<String> = dead.iter().flat_map(|d| memory.shard(slot, d)).collect();
+    let known = lineage.len() > dead.len();
+    let heir = match &holders[..] {
+        [t] if !known || lineage.contains(&t.id) => *t,
+        [] => match cluster.shard_master(&lineage) {
+            Some(t) => t,
+            None => {
+                return orphaned(format!(
+                    "bound to {}, failed; no live master holds keys of the slot or is known to have replicated it: waiting for it to return",
+                    dead.join(", ")
+                ))
+            }
+        },
+        // Keys on several, or on a node outside the dead master's shard: never guessed.
+        _ => {
+            let claims = holders.iter().map(|h| h.id.clone()).collect();
+            return decision(State::Conflicted { claims }, vec![]);
+        }
+    };
+    let why = format!(
+        "bound to {}, failed; {} holds its keys and takes it",
+        dead.join(", "),
+        heir.id
+    );
+    let plan = finish_forward(cluster, slot, None, heir, &|id| memory.keys(id, slot));
+    decision(
+        State::Broken {
+            case: Case::BoundToDead,
+            why,
+        },
+        plan,
+    )
+}
+
 /// Finishes a migration onto `t`, the live master of the target shard, from `s`, the
 /// node that still owns the slot (if any). Keys move with REPLACE: the source copy is the
 /// one clients last wrote through the proxy, since the slot was held.
@@ -410,8 +486,9 @@ fn finish_forward(
         .or_else(|| {
             cluster
                 .live_masters()
-                .find(|m| m.id != t.id)
+                .filter(|m| m.id != t.id)
                 .map(|m| m.id.clone())
+                .min()
         })
         .unwrap_or_else(|| t.id.clone());
     // The target may already own the slot (a promoted replica that heard its master's

@@ -136,12 +136,24 @@ pub async fn assess(
     let remembered = remember(journal, &cluster);
     let mut interesting: BTreeSet<u16> = remembered.migrations.keys().copied().collect();
     interesting.extend(cluster.open_migrations().into_keys());
-    let keys = count_keys(&cluster, views, &interesting, dial).await;
     let candidates: BTreeSet<u16> = cluster
         .candidates()
         .into_iter()
         .chain(interesting.iter().copied())
         .collect();
+    // Slots bound to a failed master and explained by no migration are decided by where
+    // their keys are. After a migration nobody saw there are a few; a shard down with no
+    // heir has thousands, which wait for their master uncounted.
+    let stray: BTreeSet<u16> = candidates
+        .iter()
+        .copied()
+        .filter(|s| !interesting.contains(s) && !cluster.bound_to_dead(*s).is_empty())
+        .collect();
+    let mut counted = interesting.clone();
+    if stray.len() <= STRAYS_COUNTED {
+        counted.extend(stray);
+    }
+    let keys = count_keys(&cluster, views, &counted, dial).await;
     let grace = grace(&candidates);
     let memory = authority::Memory {
         migrations: &remembered.migrations,
@@ -172,6 +184,9 @@ pub async fn assess(
     }
     (decisions, interesting)
 }
+
+/// Most slots bound to a failed master whose keys are counted at each refresh.
+const STRAYS_COUNTED: usize = 128;
 
 /// What the authority needs from the journal (not its step log).
 struct Remembered {

@@ -139,6 +139,8 @@ struct Case {
     grace_over: bool,
     /// The proxy's own repair of the slot was cut short.
     ours: bool,
+    /// The journal knows the shards' members (a proxy that watched the cluster before).
+    lineage: bool,
     slot: u16,
     want_case: Option<&'static str>,
     want_state: &'static str,
@@ -148,11 +150,14 @@ struct Case {
 fn run(case: Case) {
     let views = views(&case.nodes);
     let cluster = Cluster::new(&views);
-    let shards = BTreeMap::from([
-        ("A".to_string(), vec!["A2".to_string()]),
-        ("B".to_string(), vec!["B2".to_string()]),
-        ("C".to_string(), vec!["C2".to_string()]),
-    ]);
+    let shards = match case.lineage {
+        true => BTreeMap::from([
+            ("A".to_string(), vec!["A2".to_string()]),
+            ("B".to_string(), vec!["B2".to_string()]),
+            ("C".to_string(), vec!["C2".to_string()]),
+        ]),
+        false => BTreeMap::new(),
+    };
     let keys: HashMap<(String, u16), u64> = case
         .keys
         .iter()
@@ -206,6 +211,7 @@ fn case(name: &'static str, nodes: Vec<Node>) -> Case {
         keys: vec![],
         grace_over: false,
         ours: false,
+        lineage: true,
         slot: X,
         want_case: None,
         want_state: "stable",
@@ -494,6 +500,67 @@ fn s10_slot_bound_to_a_dead_target() {
             bind("C", "B2"),
         ],
         ..case("S10", nodes)
+    });
+}
+
+/// S10 with no memory of the migration: the slot goes where its keys are.
+#[test]
+fn s10_unseen_the_slot_goes_to_the_live_master_holding_its_keys() {
+    let mut nodes = base();
+    get(&mut nodes, "A").slots = vec![(0, 49), (51, 99)];
+    get(&mut nodes, "B").slots.push((X, X));
+    fail_over(&mut nodes, "B", "B2");
+    // B2 never heard of the slot: the others still bind it to B.
+    get(&mut nodes, "B2").slots.retain(|&(a, _)| a != X);
+    get(&mut nodes, "B").slots.push((X, X));
+    let plan = vec![
+        Importing {
+            on: "B2".into(),
+            slot: X,
+            source: "A".into(),
+        },
+        bind("B2", "B2"),
+        bind("A", "B2"),
+        bind("C", "B2"),
+    ];
+    let unseen = |lineage, keys| Case {
+        journal: BTreeMap::new(),
+        lineage,
+        keys,
+        ..case("S10 unseen", nodes.clone())
+    };
+    // The heir holds the keys, with or without a memory of the shards.
+    for lineage in [false, true] {
+        run(Case {
+            want_state: "broken",
+            want_case: Some("S10"),
+            want_plan: plan.clone(),
+            ..unseen(lineage, vec![("A", 0), ("B2", 60), ("C", 0)])
+        });
+    }
+    // An empty slot: the heir the journal remembers takes it; with no memory, it waits.
+    run(Case {
+        want_state: "broken",
+        want_plan: plan.clone(),
+        ..unseen(true, vec![("A", 0), ("B2", 0), ("C", 0)])
+    });
+    run(Case {
+        want_state: "orphaned",
+        ..unseen(false, vec![("A", 0), ("B2", 0), ("C", 0)])
+    });
+    // Keys on two masters, or on one outside the dead master's shard: never guessed.
+    run(Case {
+        want_state: "conflicted",
+        ..unseen(false, vec![("A", 3), ("B2", 60), ("C", 0)])
+    });
+    run(Case {
+        want_state: "conflicted",
+        ..unseen(true, vec![("A", 3), ("B2", 0), ("C", 0)])
+    });
+    // Keys not counted (a whole shard down): it waits for its master.
+    run(Case {
+        want_state: "orphaned",
+        ..unseen(false, vec![])
     });
 }
 
