@@ -230,10 +230,10 @@ async fn kill_under_load(h: &mut Harness, setup: &Setup, victim: usize) -> (Repo
 }
 
 /// A manual failover: the replica of master `i` takes over (`CLUSTER FAILOVER`).
-async fn manual_failover(h: &Harness, i: usize) {
-    let replica = h.cluster.nodes[i + h.cluster.options.masters].addr();
+async fn manual_failover(cluster: &LocalCluster, i: usize) {
+    let replica = cluster.nodes[i + cluster.options.masters].addr();
     call(&replica, &["CLUSTER", "FAILOVER"]).await;
-    wait_promoted(&h.cluster, i).await;
+    wait_promoted(cluster, i).await;
 }
 
 async fn heir_of(h: &Harness, i: usize) -> String {
@@ -311,7 +311,7 @@ async fn s2_target_killed_mid_migration_is_finished_onto_its_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_target_manually_failed_over_mid_migration() {
     let (mut h, setup) = migrating(100).await;
-    let (report, at) = writers_around(&h, &setup, manual_failover(&h, 1)).await;
+    let (report, at) = writers_around(&h, &setup, manual_failover(&h.cluster, 1)).await;
     let heir = heir_of(&h, 1).await;
     conclude(
         "S3 target manually failed over",
@@ -329,7 +329,7 @@ async fn s3_target_manually_failed_over_mid_migration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s5_source_manually_failed_over_mid_migration() {
     let (mut h, setup) = migrating(100).await;
-    let (report, at) = writers_around(&h, &setup, manual_failover(&h, 0)).await;
+    let (report, at) = writers_around(&h, &setup, manual_failover(&h.cluster, 0)).await;
     conclude(
         "S5 source manually failed over",
         &h,
@@ -369,17 +369,7 @@ async fn s9_target_finalizes_then_segfaults_before_telling_anyone() {
     let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let at = Instant::now();
-    {
-        // MULTI; CLUSTER SETSLOT x NODE B; DEBUG SEGFAULT; EXEC: B takes the slot and dies
-        // before its first PING carries the news.
-        let mut c = Conn::connect(&b, Duration::from_secs(5)).await.unwrap();
-        c.call_ok(&["MULTI"]).await.unwrap();
-        c.call_ok(&["CLUSTER", "SETSLOT", &slot, "NODE", &setup.target])
-            .await
-            .unwrap();
-        c.call_ok(&["DEBUG", "SEGFAULT"]).await.unwrap();
-        let _ = c.call(&["EXEC"]).await;
-    }
+    finalize_and_crash(&b, &slot, &setup.target).await;
     h.cluster.nodes[1].kill(); // reaps the crashed process
     wait_promoted(&h.cluster, 1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -397,6 +387,18 @@ async fn s9_target_finalizes_then_segfaults_before_telling_anyone() {
     )
     .await;
     restore_and_check(&mut h, &[1]).await;
+}
+
+/// MULTI; CLUSTER SETSLOT x NODE B; DEBUG SEGFAULT; EXEC on B (`addr`): B takes the slot
+/// and dies before its first PING carries the news.
+async fn finalize_and_crash(addr: &str, slot: &str, target: &str) {
+    let mut c = Conn::connect(addr, Duration::from_secs(5)).await.unwrap();
+    c.call_ok(&["MULTI"]).await.unwrap();
+    c.call_ok(&["CLUSTER", "SETSLOT", slot, "NODE", target])
+        .await
+        .unwrap();
+    c.call_ok(&["DEBUG", "SEGFAULT"]).await.unwrap();
+    let _ = c.call(&["EXEC"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -927,4 +929,100 @@ async fn s10_unseen_by_a_proxy_started_after_the_fault() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s10_unseen_by_a_proxy_refreshing_too_seldom() {
     s10_unseen(true).await;
+}
+
+/// A fault of the catalogue, for the variants no proxy watches.
+enum Fault {
+    /// kill -9 of master `i`, failed over to its replica.
+    Kill(usize),
+    /// `CLUSTER FAILOVER` on the replica of master `i`.
+    ManualFailover(usize),
+    /// S9: the target finalizes and crashes before telling anyone; its replica takes over.
+    FinalizeAndCrash,
+    /// S13: the source closes the migration on its side only.
+    AbortOnSource,
+}
+
+/// The migration is open (`moved` keys moved) when the proxy stops; `fault` happens with
+/// no proxy running; a new proxy with an empty journal starts after it, and must find the
+/// right owner from what the cluster shows. Node `heir` (1 for the target, `None` for the
+/// target's replica) must own the slot at the end.
+async fn unseen(name: &str, moved: usize, fault: Fault, heir: Option<usize>) {
+    let (h, setup) = migrating(moved).await;
+    let slot = setup.slot.to_string();
+    let mut config = h.proxy.proxy.config().as_ref().clone();
+    let Harness { mut cluster, proxy } = h;
+    proxy.stop();
+    let at = Instant::now();
+    let killed = match fault {
+        Fault::Kill(i) => {
+            kill_and_fail_over(&mut cluster, i).await;
+            vec![i]
+        }
+        Fault::ManualFailover(i) => {
+            manual_failover(&cluster, i).await;
+            vec![]
+        }
+        Fault::FinalizeAndCrash => {
+            finalize_and_crash(&cluster.nodes[1].addr(), &slot, &setup.target).await;
+            cluster.nodes[1].kill(); // reaps the crashed process
+            wait_promoted(&cluster, 1).await;
+            vec![1]
+        }
+        Fault::AbortOnSource => {
+            call(
+                &cluster.nodes[0].addr(),
+                &["CLUSTER", "SETSLOT", &slot, "STABLE"],
+            )
+            .await;
+            vec![]
+        }
+    };
+    config.repair_auto = true;
+    // As an operator would: every node a seed, the dead one among them.
+    config.seeds = cluster.nodes.iter().map(|n| n.addr()).collect();
+    let proxy = common::start_proxy(config).await;
+    let mut h = Harness { cluster, proxy };
+    let (report, _) = writers_around(&h, &setup, async {}).await;
+    let owner = match heir {
+        Some(i) => node_id(&h.cluster.nodes[i].addr()).await,
+        None => heir_of(&h, 1).await,
+    };
+    conclude(name, &h, &report, &setup, &owner, at, false).await;
+    restore_and_check(&mut h, &killed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2_unseen_target_killed() {
+    unseen("S2 unseen", 100, Fault::Kill(1), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_unseen_target_manually_failed_over() {
+    unseen("S3 unseen", 100, Fault::ManualFailover(1), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s4_unseen_source_killed() {
+    unseen("S4 unseen", 100, Fault::Kill(0), Some(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s5_unseen_source_manually_failed_over() {
+    unseen("S5 unseen", 100, Fault::ManualFailover(0), Some(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_unseen_source_killed_after_every_key_moved() {
+    unseen("S6 unseen", 200, Fault::Kill(0), Some(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s9_unseen_target_finalizes_then_crashes() {
+    unseen("S9 unseen", 200, Fault::FinalizeAndCrash, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s13_unseen_migration_aborted_on_the_source_only() {
+    unseen("S13 unseen", 100, Fault::AbortOnSource, Some(0)).await;
 }

@@ -166,6 +166,14 @@ impl<'a> Cluster<'a> {
         self.live_masters().filter(|m| m.owns(slot)).collect()
     }
 
+    /// True when some view shows `id` as a master that owns slots.
+    fn claims_any(&self, id: &str) -> bool {
+        self.views
+            .iter()
+            .flat_map(|v| v.iter())
+            .any(|l| l.id == id && l.master && !l.slots.is_empty())
+    }
+
     /// Masters, not live, that some view binds the slot to.
     pub fn bound_to_dead(&self, slot: u16) -> BTreeSet<&'a str> {
         self.views
@@ -344,9 +352,36 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
             return decision(State::Orphaned { why }, vec![]);
         }
     }
-    let Some(t) = cluster.shard_master(&memory.shard(slot, &target)) else {
-        let why = format!("the target shard of the migration ({target}) has no live master");
-        return decision(State::Orphaned { why }, vec![]);
+    let t = match cluster.shard_master(&memory.shard(slot, &target)) {
+        Some(t) => t,
+        // Nothing remembers the target's shard. Its heir, if it has one, replicated the
+        // keys the migration moved: it is the live master holding keys of the slot.
+        None => {
+            let moved: Vec<&NodeLine> = cluster
+                .live_masters()
+                .filter(|m| m.id != source && keys(&m.id) > 0)
+                .collect();
+            match moved[..] {
+                [t] => t,
+                // No keys moved, and the dead target's slots all went to an heir: the
+                // migration is undone on the source, which still has every key.
+                [] if cluster.is_gone(&target)
+                    && !cluster.claims_any(&target)
+                    && owner.is_some_and(|o| o.id == source) =>
+                {
+                    return undo(cluster, slot, &source, &target);
+                }
+                [] => {
+                    let why =
+                        format!("the target shard of the migration ({target}) has no live master");
+                    return decision(State::Orphaned { why }, vec![]);
+                }
+                _ => {
+                    let claims = moved.iter().map(|m| m.id.clone()).collect();
+                    return decision(State::Conflicted { claims }, vec![]);
+                }
+            }
+        }
     };
     if nothing_open && owner.is_some_and(|o| o.id == t.id) {
         // Finished: the target shard owns it and nothing is open.
@@ -468,6 +503,37 @@ fn unremembered(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
         },
         plan,
     )
+}
+
+/// Undoes a migration whose target is lost and took no keys with it: the live nodes that
+/// still have the slot open close it, and the source keeps it.
+fn undo(cluster: &Cluster, slot: u16, source: &str, target: &str) -> Decision {
+    let mut open: Vec<&NodeLine> = cluster
+        .live_masters()
+        .filter(|m| {
+            let this = |v: &Vec<(u16, String)>| v.iter().any(|(s, _)| *s == slot);
+            this(&m.migrating) || this(&m.importing)
+        })
+        .collect();
+    open.sort_by(|a, b| a.id.cmp(&b.id));
+    let plan = open
+        .iter()
+        .map(|m| Step::Stable {
+            on: m.id.clone(),
+            slot,
+        })
+        .collect();
+    let why = format!(
+        "migration {source} -> {target} was cut; {target} failed over and its heir holds no key of the slot: undone"
+    );
+    Decision {
+        slot,
+        state: State::Broken {
+            case: Case::TargetLost,
+            why,
+        },
+        plan,
+    }
 }
 
 /// Finishes a migration onto `t`, the live master of the target shard, from `s`, the

@@ -235,37 +235,71 @@ fn a_live_migration_is_left_to_its_driver() {
     });
 }
 
+/// The migration of slot 50 finished from A onto B2, the target's heir.
+fn finish_onto_b2() -> Vec<Step> {
+    vec![
+        bind("B2", "A"),
+        Importing {
+            on: "B2".into(),
+            slot: X,
+            source: "A".into(),
+        },
+        Migrating {
+            on: "A".into(),
+            slot: X,
+            target: "B2".into(),
+        },
+        MoveKeys {
+            from: "A".into(),
+            to: "B2".into(),
+            slot: X,
+            replace: true,
+        },
+        bind("B2", "B2"),
+        bind("A", "B2"),
+        bind("C", "B2"),
+    ]
+}
+
+/// S2, remembered or not. With no memory of the target's shard, its heir is the live
+/// master holding the moved keys; with none moved, the migration is undone on the source.
 #[test]
 fn s2_target_killed_and_failed_over() {
     let mut nodes = mid_migration();
     fail_over(&mut nodes, "B", "B2");
+    let finish = finish_onto_b2();
     run(Case {
         keys: vec![("A", 7), ("B2", 3)],
         want_state: "broken",
         want_case: Some("S2/S3/S9"),
-        want_plan: vec![
-            bind("B2", "A"),
-            Importing {
-                on: "B2".into(),
-                slot: X,
-                source: "A".into(),
-            },
-            Migrating {
-                on: "A".into(),
-                slot: X,
-                target: "B2".into(),
-            },
-            MoveKeys {
-                from: "A".into(),
-                to: "B2".into(),
-                slot: X,
-                replace: true,
-            },
-            bind("B2", "B2"),
-            bind("A", "B2"),
-            bind("C", "B2"),
-        ],
-        ..case("S2", nodes)
+        want_plan: finish.clone(),
+        ..case("S2", nodes.clone())
+    });
+    let unseen = |keys| Case {
+        journal: BTreeMap::new(),
+        lineage: false,
+        keys,
+        ..case("S2 unseen", nodes.clone())
+    };
+    run(Case {
+        want_state: "broken",
+        want_case: Some("S2/S3/S9"),
+        want_plan: finish,
+        ..unseen(vec![("A", 100), ("B2", 100), ("C", 0)])
+    });
+    run(Case {
+        want_state: "broken",
+        want_case: Some("S2/S3/S9"),
+        want_plan: vec![Stable {
+            on: "A".into(),
+            slot: X,
+        }],
+        ..unseen(vec![("A", 200), ("B2", 0), ("C", 0)])
+    });
+    // Keys on two others: never guessed.
+    run(Case {
+        want_state: "conflicted",
+        ..unseen(vec![("A", 100), ("B2", 50), ("C", 50)])
     });
 }
 
@@ -286,28 +320,7 @@ fn s3_target_manually_failed_over() {
         keys: vec![("A", 7)],
         want_state: "broken",
         want_case: Some("S2/S3/S9"),
-        want_plan: vec![
-            bind("B2", "A"),
-            Importing {
-                on: "B2".into(),
-                slot: X,
-                source: "A".into(),
-            },
-            Migrating {
-                on: "A".into(),
-                slot: X,
-                target: "B2".into(),
-            },
-            MoveKeys {
-                from: "A".into(),
-                to: "B2".into(),
-                slot: X,
-                replace: true,
-            },
-            bind("B2", "B2"),
-            bind("A", "B2"),
-            bind("C", "B2"),
-        ],
+        want_plan: finish_onto_b2(),
         ..case("S3", nodes)
     });
 }
