@@ -16,6 +16,7 @@ use common::{assert_unharmed, writers, Harness, Report};
 use slotguard::client::Conn;
 use slotguard::localcluster::{wait_for, LocalCluster, Options};
 use slotguard::protocol::key_slot;
+use slotguard::routing::decision::State;
 
 /// A slot of node 0 being migrated to node 1, and its keys.
 struct Setup {
@@ -1025,4 +1026,57 @@ async fn s9_unseen_target_finalizes_then_crashes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s13_unseen_migration_aborted_on_the_source_only() {
     unseen("S13 unseen", 100, Fault::AbortOnSource, Some(0)).await;
+}
+
+/// S1: the target is killed mid-migration, its replica may not fail over, and it restarts
+/// (persistence on) with `[x-<-A]` from nodes.conf. Requests for moved keys wait for it;
+/// then the proxy finishes the migration, which nobody drives any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_target_restarts_without_failover_and_the_migration_is_finished() {
+    let options = Options {
+        extra_args: vec![
+            ("appendonly".into(), "yes".into()),
+            ("appendfsync".into(), "always".into()),
+        ],
+        ..Options::default()
+    };
+    let (mut h, setup) = migrating_with(100, options, |_| {}).await;
+    let replica = h.cluster.nodes[1 + h.cluster.options.masters].addr();
+    call(
+        &replica,
+        &["CONFIG", "SET", "cluster-replica-no-failover", "yes"],
+    )
+    .await;
+    let p = h.proxy.proxy.clone();
+    let slot = setup.slot;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at = Instant::now();
+    h.cluster.nodes[1].kill();
+    // The cluster fails it, and the proxy sees the migration lost its target.
+    wait_for(Duration::from_secs(30), || {
+        let waiting = p.routing.status.load().decisions.iter().any(|d| {
+            d.slot == slot
+                && matches!(&d.state, State::Orphaned { why } if why.contains("no live master"))
+        });
+        async move { waiting }
+    })
+    .await
+    .expect("the proxy holds the slot while its target is failed");
+    h.cluster.restart(1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let report = load.await.unwrap();
+    conclude(
+        "S1 target restarted, no failover",
+        &h,
+        &report,
+        &setup,
+        &setup.target,
+        at,
+        false,
+    )
+    .await;
+    restore_and_check(&mut h, &[]).await;
 }

@@ -6,7 +6,9 @@
 //! migration it remembers (its direction, and which nodes formed each shard when it was
 //! seen) and by key presence, never by comparing epochs across shards:
 //!
-//! - a migration whose two ends are live and agree is left alone (someone is running it);
+//! - a migration whose two ends are live and agree is left alone (someone is running it),
+//!   unless an end was failed by the cluster while it was open and came back (S1): its
+//!   driver gave up, and it is finished forward;
 //! - when one end of a migration failed over, the migration is finished forward onto the
 //!   live master of the target shard (S2, S3, S4, S5, S6, S9, S10);
 //! - a migration no node remembers any more but the journal does, with keys left on the
@@ -197,6 +199,8 @@ pub struct Memory<'a> {
     pub settled_long_enough: &'a BTreeSet<u16>,
     /// Slots whose repair by this proxy started and did not finish.
     pub repairing: &'a BTreeSet<u16>,
+    /// Slots whose migration had an end failed by the cluster while it was open.
+    pub interrupted: &'a BTreeSet<u16>,
 }
 
 impl Memory<'_> {
@@ -257,14 +261,19 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
     let nothing_open = migrating.is_empty() && importing.is_empty();
 
     // A live migration whose ends agree: left to whoever runs it, unless that was this
-    // proxy's own repair, cut short (the journal says so): then it is finished.
+    // proxy's own repair, cut short, or an end went down under it and came back (S1: the
+    // target restarts and reloads its importing state): then it is finished.
     if let ([(a, to)], [(b, from)]) = (&migrating[..], &importing[..]) {
         if *to == b.id && *from == a.id && owner.is_some_and(|o| o.id == a.id) {
-            if memory.repairing.contains(&slot) {
-                let why = format!(
-                    "a repair moving the slot from {} to {} was cut short",
-                    a.id, b.id
-                );
+            let cut = if memory.repairing.contains(&slot) {
+                Some("a repair moving the slot from {a} to {b} was cut short")
+            } else if memory.interrupted.contains(&slot) {
+                Some("the migration from {a} to {b} lost an end that came back")
+            } else {
+                None
+            };
+            if let Some(what) = cut {
+                let why = what.replace("{a}", &a.id).replace("{b}", &b.id);
                 let plan = finish_forward(cluster, slot, Some(a), b, &keys);
                 return decision(
                     State::Broken {

@@ -161,6 +161,7 @@ pub async fn assess(
         keys: &keys,
         settled_long_enough: &grace,
         repairing: &remembered.repairing,
+        interrupted: &remembered.interrupted,
     };
     let decisions: Vec<Decision> = candidates
         .iter()
@@ -175,6 +176,7 @@ pub async fn assess(
         .migrations
         .retain(|slot, _| unsettled.contains(slot));
     j.memory.repairing.retain(|slot| unsettled.contains(slot));
+    j.memory.interrupted.retain(|slot| unsettled.contains(slot));
     if j.memory.migrations.len() != before {
         info!(
             forgotten = before - j.memory.migrations.len(),
@@ -193,6 +195,7 @@ struct Remembered {
     migrations: BTreeMap<u16, Migration>,
     shards: BTreeMap<String, Vec<String>>,
     repairing: BTreeSet<u16>,
+    interrupted: BTreeSet<u16>,
 }
 
 /// Records open migrations and shard members in the journal (saving only when something
@@ -220,6 +223,12 @@ fn remember(journal: &Mutex<Journal>, cluster: &Cluster) -> Remembered {
             changed = true;
         }
     }
+    let memory = &mut j.memory;
+    for (slot, m) in &memory.migrations {
+        if cluster.is_gone(&m.source) || cluster.is_gone(&m.target) {
+            changed |= memory.interrupted.insert(*slot);
+        }
+    }
     // Entries that name no node of this cluster belong to another one: drop them.
     let known = |id: &String| cluster.addr(id).is_some();
     let before = j.memory.migrations.len();
@@ -235,6 +244,7 @@ fn remember(journal: &Mutex<Journal>, cluster: &Cluster) -> Remembered {
         migrations: j.memory.migrations.clone(),
         shards: j.memory.shards.clone(),
         repairing: j.memory.repairing.clone(),
+        interrupted: j.memory.interrupted.clone(),
     }
 }
 

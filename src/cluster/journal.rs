@@ -38,6 +38,10 @@ pub struct Memory {
     /// live is the proxy's own, cut short, and is to be finished.
     #[serde(default)]
     pub repairing: BTreeSet<u16>,
+    /// Slots whose migration had an end flagged failed while open: once both ends are
+    /// back, whoever ran it has given up (its MIGRATE failed), and the proxy finishes it.
+    #[serde(default)]
+    pub interrupted: BTreeSet<u16>,
     /// The most recent repair steps, oldest first (bounded).
     pub steps: Vec<StepRecord>,
 }

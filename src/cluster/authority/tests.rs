@@ -139,6 +139,8 @@ struct Case {
     grace_over: bool,
     /// The proxy's own repair of the slot was cut short.
     ours: bool,
+    /// An end of the migration was seen failed while it was open.
+    interrupted: bool,
     /// The journal knows the shards' members (a proxy that watched the cluster before).
     lineage: bool,
     slot: u16,
@@ -168,6 +170,11 @@ fn run(case: Case) {
     } else {
         BTreeSet::new()
     };
+    let interrupted = if case.interrupted {
+        BTreeSet::from([case.slot])
+    } else {
+        BTreeSet::new()
+    };
     let repairing = if case.ours {
         BTreeSet::from([case.slot])
     } else {
@@ -179,6 +186,7 @@ fn run(case: Case) {
         keys: &keys,
         settled_long_enough: &grace,
         repairing: &repairing,
+        interrupted: &interrupted,
     };
     let d = decide(&cluster, &memory, case.slot);
     let state = match &d.state {
@@ -211,6 +219,7 @@ fn case(name: &'static str, nodes: Vec<Node>) -> Case {
         keys: vec![],
         grace_over: false,
         ours: false,
+        interrupted: false,
         lineage: true,
         slot: X,
         want_case: None,
@@ -846,5 +855,48 @@ fn s12_and_s15_plan_as_s4() {
             bind("C", "B"),
         ],
         ..case("S12/S15", nodes)
+    });
+}
+
+/// S1: the target went down mid-migration (failed by the cluster, no failover) and came
+/// back with its importing state from nodes.conf. Whoever ran the migration gave up when
+/// its MIGRATE failed: the proxy finishes it. Without the interruption, it is left alone.
+#[test]
+fn s1_a_migration_whose_target_came_back_is_finished() {
+    let c = |interrupted| Case {
+        keys: vec![("A", 5), ("B", 5)],
+        interrupted,
+        ..case("S1", mid_migration())
+    };
+    run(Case {
+        want_state: "migrating",
+        ..c(false)
+    });
+    run(Case {
+        want_state: "broken",
+        want_case: Some("resume"),
+        want_plan: vec![
+            bind("B", "A"),
+            Importing {
+                on: "B".into(),
+                slot: X,
+                source: "A".into(),
+            },
+            Migrating {
+                on: "A".into(),
+                slot: X,
+                target: "B".into(),
+            },
+            MoveKeys {
+                from: "A".into(),
+                to: "B".into(),
+                slot: X,
+                replace: true,
+            },
+            bind("B", "B"),
+            bind("A", "B"),
+            bind("C", "B"),
+        ],
+        ..c(true)
     });
 }
