@@ -1080,3 +1080,49 @@ async fn s1_target_restarts_without_failover_and_the_migration_is_finished() {
     .await;
     restore_and_check(&mut h, &[]).await;
 }
+
+/// S14: a master restarts holding keys of a slot it does not own (copies left by an
+/// aborted import). On load it marks itself importing the slot from its owner; the proxy
+/// gives the keys back without replacing the owner's, and closes the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s14_a_master_restarts_holding_keys_of_a_slot_it_does_not_own() {
+    let options = Options {
+        extra_args: vec![("appendonly".into(), "yes".into())],
+        ..Options::default()
+    };
+    let (mut h, setup) = migrating_with(0, options, |_| {}).await;
+    let (a, b) = (h.cluster.nodes[0].addr(), h.cluster.nodes[1].addr());
+    let source = node_id(&a).await;
+    let s = setup.slot.to_string();
+    // Copies of some keys reach B, then the import is aborted on both sides.
+    let (host, port) = b.rsplit_once(':').unwrap();
+    let mut copy = vec!["MIGRATE", host, port, "", "0", "5000", "COPY", "KEYS"];
+    copy.extend(setup.keys.iter().take(20).map(String::as_str));
+    call(&a, &copy).await;
+    for on in [&a, &b] {
+        call(on, &["CLUSTER", "SETSLOT", &s, "STABLE"]).await;
+    }
+    let replica = h.cluster.nodes[1 + h.cluster.options.masters].addr();
+    call(
+        &replica,
+        &["CONFIG", "SET", "cluster-replica-no-failover", "yes"],
+    )
+    .await;
+    let (report, at) = writers_around(&h, &setup, async {}).await;
+    h.cluster.restart(1).await.unwrap();
+    let owned_elsewhere = call(&b, &["CLUSTER", "COUNTKEYSINSLOT", &s]).await;
+    assert_eq!(owned_elsewhere.as_int(), Some(20), "B reloaded its copies");
+    let (after, _) = writers_around(&h, &setup, async {}).await;
+    conclude(
+        "S14 a master restarts with stray keys",
+        &h,
+        &after,
+        &setup,
+        &source,
+        at,
+        false,
+    )
+    .await;
+    assert!(report.errors.is_empty());
+    restore_and_check(&mut h, &[]).await;
+}

@@ -413,7 +413,13 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
 
     let source_gone = !cluster.is_live_master(&source);
     let target_gone = !cluster.is_live_master(&target);
-    let orphan_keys = owner.is_some_and(|o| o.id != t.id) && keys(&t.id) > 0;
+    // Keys left on the target shard are orphans of a cut migration, unless both ends are
+    // the ones that ran it, alive all along, and closed it: then its driver undid it on
+    // purpose, and what it left on the target is not the proxy's to move (S14 when the
+    // target restarts).
+    let closed_by_its_ends =
+        !source_gone && !target_gone && nothing_open && !memory.interrupted.contains(&slot);
+    let orphan_keys = owner.is_some_and(|o| o.id != t.id) && keys(&t.id) > 0 && !closed_by_its_ends;
     if !(source_gone || target_gone || orphan_keys || owner.is_none()) {
         // Both ends live, nothing remembered is wrong: the migration was finished or
         // undone by someone else.

@@ -24,7 +24,15 @@ pub struct Healer {
     unsettled_since: HashMap<u16, Instant>,
     /// The repair running now, if any.
     repair: Option<JoinHandle<()>>,
+    /// Repairs that failed in a row, and when the next may start: a node that refuses a
+    /// step (a restarted node whose cluster is still down) is not asked again at once.
+    retry: Arc<Mutex<(u32, Instant)>>,
 }
+
+/// The wait after the first failed repair, doubled after each further one up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl Healer {
     pub fn new(journal: Journal) -> Healer {
@@ -32,6 +40,7 @@ impl Healer {
             journal: Arc::new(Mutex::new(journal)),
             unsettled_since: HashMap::new(),
             repair: None,
+            retry: Arc::new(Mutex::new((0, Instant::now()))),
         }
     }
 
@@ -83,7 +92,8 @@ impl Healer {
             .count();
         slots.with_label_values(&["held"]).set(held.len() as i64);
         slots.with_label_values(&["broken"]).set(broken as i64);
-        if config.repair_auto && !self.repairing() {
+        let due = self.retry.lock().unwrap_or_else(|e| e.into_inner()).1 <= now;
+        if config.repair_auto && due && !self.repairing() {
             if let Some(d) = decisions.iter().find(|d| !d.plan.is_empty()) {
                 let addrs = addresses(views);
                 self.start_repair(routing, addrs, d);
@@ -103,6 +113,7 @@ impl Healer {
             info!(slot, %case, why, steps = plan.len(), "repair starts");
         }
         let journal = self.journal.clone();
+        let retry = self.retry.clone();
         let routing = routing.clone();
         let config = routing.config();
         let dial = config
@@ -112,6 +123,17 @@ impl Healer {
             let result = repair::run(slot, &plan, &addrs, &journal, &dial).await;
             let outcome = if result.is_ok() { "ok" } else { "failed" };
             routing.metrics.repairs.with_label_values(&[outcome]).inc();
+            {
+                let mut retry = retry.lock().unwrap_or_else(|e| e.into_inner());
+                let failures = if result.is_ok() { 0 } else { retry.0 + 1 };
+                let wait = match failures {
+                    0 => Duration::ZERO,
+                    n => RETRY_FIRST
+                        .saturating_mul(1 << (n - 1).min(5))
+                        .min(RETRY_MAX),
+                };
+                *retry = (failures, Instant::now() + wait);
+            }
             match result {
                 Ok(()) => info!(slot, "repair finished"),
                 Err(e) => warn!(slot, error = %e, "repair stopped; it will be planned again"),

@@ -900,3 +900,43 @@ fn s1_a_migration_whose_target_came_back_is_finished() {
         ..c(true)
     });
 }
+
+/// A remembered migration closed by its own ends, both alive all along, with copies left on
+/// the target: undone on purpose, left alone. Had an end failed meanwhile, the copies are
+/// orphans of a cut migration, and it is finished.
+#[test]
+fn a_migration_its_ends_closed_is_not_finished_by_the_proxy() {
+    let c = |interrupted| Case {
+        keys: vec![("A", 80), ("B", 20)],
+        interrupted,
+        ..case("closed by its ends", base())
+    };
+    run(c(false));
+    run(Case {
+        want_state: "broken",
+        want_case: Some("S7"),
+        want_plan: vec![
+            bind("B", "A"),
+            Importing {
+                on: "B".into(),
+                slot: X,
+                source: "A".into(),
+            },
+            Migrating {
+                on: "A".into(),
+                slot: X,
+                target: "B".into(),
+            },
+            MoveKeys {
+                from: "A".into(),
+                to: "B".into(),
+                slot: X,
+                replace: true,
+            },
+            bind("B", "B"),
+            bind("A", "B"),
+            bind("C", "B"),
+        ],
+        ..c(true)
+    });
+}
