@@ -244,6 +244,32 @@ fn a_live_migration_is_left_to_its_driver() {
     });
 }
 
+/// The migration of slot 50 finished from A onto B.
+fn finish_onto_b() -> Vec<Step> {
+    vec![
+        bind("B", "A"),
+        Importing {
+            on: "B".into(),
+            slot: X,
+            source: "A".into(),
+        },
+        Migrating {
+            on: "A".into(),
+            slot: X,
+            target: "B".into(),
+        },
+        MoveKeys {
+            from: "A".into(),
+            to: "B".into(),
+            slot: X,
+            replace: true,
+        },
+        bind("B", "B"),
+        bind("A", "B"),
+        bind("C", "B"),
+    ]
+}
+
 /// The migration of slot 50 finished from A onto B2, the target's heir.
 fn finish_onto_b2() -> Vec<Step> {
     vec![
@@ -875,28 +901,7 @@ fn s1_a_migration_whose_target_came_back_is_finished() {
     run(Case {
         want_state: "broken",
         want_case: Some("resume"),
-        want_plan: vec![
-            bind("B", "A"),
-            Importing {
-                on: "B".into(),
-                slot: X,
-                source: "A".into(),
-            },
-            Migrating {
-                on: "A".into(),
-                slot: X,
-                target: "B".into(),
-            },
-            MoveKeys {
-                from: "A".into(),
-                to: "B".into(),
-                slot: X,
-                replace: true,
-            },
-            bind("B", "B"),
-            bind("A", "B"),
-            bind("C", "B"),
-        ],
+        want_plan: finish_onto_b(),
         ..c(true)
     });
 }
@@ -915,28 +920,7 @@ fn a_migration_its_ends_closed_is_not_finished_by_the_proxy() {
     run(Case {
         want_state: "broken",
         want_case: Some("S7"),
-        want_plan: vec![
-            bind("B", "A"),
-            Importing {
-                on: "B".into(),
-                slot: X,
-                source: "A".into(),
-            },
-            Migrating {
-                on: "A".into(),
-                slot: X,
-                target: "B".into(),
-            },
-            MoveKeys {
-                from: "A".into(),
-                to: "B".into(),
-                slot: X,
-                replace: true,
-            },
-            bind("B", "B"),
-            bind("A", "B"),
-            bind("C", "B"),
-        ],
+        want_plan: finish_onto_b(),
         ..c(true)
     });
 }
