@@ -90,14 +90,16 @@ async fn a_replicated_ack_means_the_replica_has_the_write() {
     );
 }
 
-/// An INCR written to a master that then dies without answering may or may not have run:
-/// the client is told so, and it is not sent twice. A SET in the same place can run twice
-/// without harm: it is sent again to the promoted replica and answered OK.
+/// A master dies while busy in a script. The script was read and was running: it may or
+/// may not have applied its writes, the client is told so, and it is not sent twice. An
+/// INCR queued behind it was never read (the node resets that connection): it cannot have
+/// run, and is sent again to the promoted replica and answered once. A SET can run twice
+/// without harm: it is sent again too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_in_flight_on_a_dying_master_is_never_applied_twice() {
     let mut h = start(Ack::Master).await;
     let tag = tag_on(0);
-    let (counter, plain) = (format!("{tag}n"), format!("{tag}s"));
+    let (counter, plain, scripted) = (format!("{tag}n"), format!("{tag}s"), format!("{tag}e"));
     let mut c = h.client().await;
     let () = redis::cmd("SET")
         .arg(&counter)
@@ -113,17 +115,25 @@ async fn a_write_in_flight_on_a_dying_master_is_never_applied_twice() {
         .await
         .unwrap();
 
-    // The master stops: what the proxy writes to it now stays unanswered.
-    h.cluster.nodes[0].signal("STOP").unwrap();
-    let mut incr = Raw::connect(&h).await;
-    incr.send(&format!("INCR {counter}\r\n")).await;
+    // The master runs a script for 3 s: what the proxy writes to it meanwhile stays unread.
+    let mut script = Raw::connect(&h).await;
+    script
+        .send(&format!(
+            "EVAL \"redis.call('incr', KEYS[1]) local t = redis.call('time')[1] while redis.call('time')[1] - t < 3 do end return 1\" 1 {scripted}\r\n"
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut set = Raw::connect(&h).await;
     set.send(&format!("SET {plain} v\r\n")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Written last: on whichever connection it travels, nothing follows it.
+    let mut incr = Raw::connect(&h).await;
+    incr.send(&format!("INCR {counter}\r\n")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.cluster.nodes[0].kill();
     h.cluster.wait_promoted(0).await.unwrap();
 
-    let answer = incr.frame_within(Duration::from_secs(30)).await.unwrap();
+    let answer = script.frame_within(Duration::from_secs(30)).await.unwrap();
     let text = String::from_utf8_lossy(&answer);
     assert!(
         text.starts_with("-ERR slotguard: the connection to ")
@@ -132,16 +142,20 @@ async fn a_write_in_flight_on_a_dying_master_is_never_applied_twice() {
         "{text}"
     );
     assert_eq!(
+        &incr.frame_within(Duration::from_secs(30)).await.unwrap()[..],
+        b":11\r\n"
+    );
+    assert_eq!(
         &set.frame_within(Duration::from_secs(30)).await.unwrap()[..],
         b"+OK\r\n"
     );
-    // The stopped master never ran the INCR; it was not run anywhere else either.
+    // Applied once: the dead master never read it; the promoted replica ran it once.
     let n: i64 = redis::cmd("GET")
         .arg(&counter)
         .query_async(&mut c)
         .await
         .unwrap();
-    assert_eq!(n, 10);
+    assert_eq!(n, 11);
     assert_eq!(h.proxy.proxy.metrics.writes_not_retried.get(), 1);
     // The promoted replica has no replica of its own: /status names it.
     let heir = h.cluster.nodes[3].addr();

@@ -382,7 +382,9 @@ fn parse_entry(entry: &Value) -> Option<CommandSpec> {
             _ => {}
         }
     }
-    flags.once = once(&name, &flags, may_replicate);
+    // Redis 7.0 flags scripts neither `write` nor `may_replicate`: named here.
+    let scripted = matches!(name.as_str(), "EVAL" | "EVALSHA" | "FCALL");
+    flags.once = once(&name, &flags, may_replicate || scripted);
     let first = fields.get(3)?.as_int()?;
     let last = fields.get(4)?.as_int()?;
     let step = fields.get(5)?.as_int()?;
@@ -537,6 +539,32 @@ mod tests {
         ] {
             assert!(!once(args), "{args:?}");
         }
+    }
+
+    /// Redis 7.0's COMMAND flags EVAL neither `write` nor `may_replicate`: a script still
+    /// runs once.
+    #[test]
+    fn a_script_from_a_7_0_command_table_runs_once() {
+        use bytes::Bytes;
+        let text = |t: &str| Value::Simple(Bytes::copy_from_slice(t.as_bytes()));
+        let flags = [
+            "noscript",
+            "stale",
+            "skip_monitor",
+            "no_mandatory_keys",
+            "movablekeys",
+        ];
+        let entry = Value::Array(vec![
+            Value::Bulk(Bytes::from_static(b"eval")),
+            Value::Int(-3),
+            Value::Array(flags.iter().map(|f| text(f)).collect()),
+            Value::Int(0),
+            Value::Int(0),
+            Value::Int(0),
+        ]);
+        let c = Commands::from_command_reply(&Value::Array(vec![entry])).unwrap();
+        let req = Request::from_args(&["EVAL", "return 1", "0"]);
+        assert!(c.lookup(&req).unwrap().runs_once(&req));
     }
 
     #[test]
