@@ -265,15 +265,19 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
     // target restarts and reloads its importing state): then it is finished.
     if let ([(a, to)], [(b, from)]) = (&migrating[..], &importing[..]) {
         if *to == b.id && *from == a.id && owner.is_some_and(|o| o.id == a.id) {
+            let (from, to) = (&a.id, &b.id);
             let cut = if memory.repairing.contains(&slot) {
-                Some("a repair moving the slot from {a} to {b} was cut short")
+                Some(format!(
+                    "a repair moving the slot from {from} to {to} was cut short"
+                ))
             } else if memory.interrupted.contains(&slot) {
-                Some("the migration from {a} to {b} lost an end that came back")
+                Some(format!(
+                    "the migration from {from} to {to} lost an end that came back"
+                ))
             } else {
                 None
             };
-            if let Some(what) = cut {
-                let why = what.replace("{a}", &a.id).replace("{b}", &b.id);
+            if let Some(why) = cut {
                 let plan = finish_forward(cluster, slot, Some(a), b, &keys);
                 return decision(
                     State::Broken {
