@@ -158,10 +158,41 @@ impl Conn {
         }
     }
 
+    /// Sends many commands in one write and reads their replies, in order; `limit`
+    /// bounds the whole exchange.
+    pub async fn pipeline<A: AsRef<[u8]>>(
+        &mut self,
+        commands: &[Vec<A>],
+        limit: Duration,
+    ) -> Result<Vec<Value>, ConnError> {
+        let mut raw = Vec::new();
+        for args in commands {
+            raw.extend_from_slice(Request::from_args(args).raw());
+        }
+        let exchange = async {
+            crate::tls::write(&mut self.stream, &raw)
+                .await
+                .map_err(|e| self.err(format!("write: {e}")))?;
+            let mut replies = Vec::with_capacity(commands.len());
+            for _ in commands {
+                replies.push(self.read_reply().await?);
+            }
+            Ok(replies)
+        };
+        match timeout(limit, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(self.err("no reply in time".into())),
+        }
+    }
+
     async fn round_trip(&mut self, req: &Request) -> Result<Value, ConnError> {
         crate::tls::write(&mut self.stream, req.raw())
             .await
             .map_err(|e| self.err(format!("write: {e}")))?;
+        self.read_reply().await
+    }
+
+    async fn read_reply(&mut self) -> Result<Value, ConnError> {
         let mut scanner = ReplyScanner::default();
         loop {
             if let Some(len) = scanner

@@ -114,19 +114,8 @@ async fn a_password_protected_cluster_is_served_and_repaired() {
         )
         .await;
     }
-    let p = h.proxy.proxy.clone();
-    wait_for(Duration::from_secs(10), || {
-        let seen = p
-            .routing
-            .status
-            .load()
-            .decisions
-            .iter()
-            .any(|d| d.slot == slot);
-        async move { seen }
-    })
-    .await
-    .expect("the proxy sees the migration");
+    let (limit, seen) = (Duration::from_secs(10), "the proxy sees the migration");
+    common::wait_decision(&h, slot, limit, |_| true, seen).await;
     h.cluster.nodes[0].kill();
     h.cluster.wait_promoted(0).await.unwrap();
     // The proxy finishes the migration onto the target: every key is there.

@@ -16,7 +16,7 @@ use common::{assert_unharmed, writers, Harness, Report};
 use slotguard::client::Conn;
 use slotguard::localcluster::{wait_for, LocalCluster, Options};
 use slotguard::protocol::key_slot;
-use slotguard::routing::decision::State;
+use slotguard::routing::decision::{Decision, State};
 
 /// A slot of node 0 being migrated to node 1, and its keys.
 struct Setup {
@@ -24,6 +24,14 @@ struct Setup {
     keys: Vec<String>,
     /// Node id of the target master (node 1).
     target: String,
+}
+
+impl Setup {
+    /// The keys writers write: every other one, so that moved and unmoved keys nobody
+    /// writes are there to show whether they kept their value.
+    fn written(&self) -> Vec<String> {
+        self.keys.iter().step_by(2).cloned().collect()
+    }
 }
 
 async fn call(addr: &str, args: &[&str]) -> slotguard::protocol::Value {
@@ -52,6 +60,26 @@ async fn migrating_with(
     options: Options,
     tune: impl FnOnce(&mut slotguard::config::Config),
 ) -> (Harness, Setup) {
+    let h = with_keys(options, tune).await;
+    let setup = open_migration(&h.cluster, moved).await;
+    // The proxy sees the migration and remembers it.
+    let (limit, seen) = (Duration::from_secs(10), "the proxy sees the open slot");
+    common::wait_decision(&h, setup.slot, limit, |_| true, seen).await;
+    (h, setup)
+}
+
+/// The slot of node 0 whose 200 keys the fault tests use, and the keys.
+fn the_slot() -> (u16, Vec<String>) {
+    let tag = (0..)
+        .map(|i| format!("t{i}"))
+        .find(|t| key_slot(t.as_bytes()) < 5000)
+        .unwrap();
+    let keys = (0..200).map(|i| format!("{{{tag}}}:{i}")).collect();
+    (key_slot(tag.as_bytes()), keys)
+}
+
+/// A 3+3 cluster with the proxy, and the slot's 200 keys written through it.
+async fn with_keys(options: Options, tune: impl FnOnce(&mut slotguard::config::Config)) -> Harness {
     let h = Harness::start_with(
         Options {
             masters: 3,
@@ -65,37 +93,26 @@ async fn migrating_with(
         },
     )
     .await;
-    let (a, b) = (h.cluster.nodes[0].addr(), h.cluster.nodes[1].addr());
-    let tag = (0..)
-        .map(|i| format!("t{i}"))
-        .find(|t| key_slot(t.as_bytes()) < 5000)
-        .unwrap();
-    let slot = key_slot(tag.as_bytes());
-    let keys: Vec<String> = (0..200).map(|i| format!("{{{tag}}}:{i}")).collect();
-    set_initial(&h, &keys).await;
+    set_initial(&h, &the_slot().1).await;
+    h
+}
+
+/// Opens a migration of the slot from node 0 to node 1 and moves `moved` of its keys, as
+/// an operator's tool does.
+async fn open_migration(cluster: &LocalCluster, moved: usize) -> Setup {
+    let (slot, keys) = the_slot();
+    let (a, b) = (cluster.nodes[0].addr(), cluster.nodes[1].addr());
     let (source, target) = (node_id(&a).await, node_id(&b).await);
     let s = slot.to_string();
     call(&b, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &source]).await;
     call(&a, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &target]).await;
     let (host, port) = b.rsplit_once(':').unwrap();
-    for k in keys.iter().take(moved) {
-        call(&a, &["MIGRATE", host, port, k, "0", "5000"]).await;
+    if moved > 0 {
+        let mut migrate = vec!["MIGRATE", host, port, "", "0", "5000", "KEYS"];
+        migrate.extend(keys.iter().take(moved).map(String::as_str));
+        call(&a, &migrate).await;
     }
-    // The proxy sees the migration and remembers it.
-    let p = h.proxy.proxy.clone();
-    wait_for(Duration::from_secs(10), || {
-        let seen = p
-            .routing
-            .status
-            .load()
-            .decisions
-            .iter()
-            .any(|d| d.slot == slot);
-        async move { seen }
-    })
-    .await
-    .expect("the proxy sees the open slot");
-    (h, Setup { slot, keys, target })
+    Setup { slot, keys, target }
 }
 
 /// Sets every key to "initial" through the proxy.
@@ -168,6 +185,19 @@ async fn conclude(
     stale_allowed: bool,
 ) {
     let clean_at = settled(h, setup.slot, owner).await;
+    outcome(name, h, report, setup, fault_at, clean_at, stale_allowed).await;
+}
+
+/// Prints the report line and asserts everything a fault test asserts.
+async fn outcome(
+    name: &str,
+    h: &Harness,
+    report: &Report,
+    setup: &Setup,
+    fault_at: Instant,
+    clean_at: Instant,
+    stale_allowed: bool,
+) {
     eprintln!(
         "REPORT | {name} | writes {} | client errors {} | stale reads {} | longest stall {:.2}s | clean {:.2}s after the fault",
         report.writes,
@@ -195,7 +225,7 @@ async fn writers_around(
     fault: impl std::future::Future<Output = ()>,
 ) -> (Report, Instant) {
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
+    let load = tokio::spawn(writers(h.url(), 6, setup.written(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let fault_at = Instant::now();
     fault.await;
@@ -221,7 +251,7 @@ async fn wait_promoted(cluster: &LocalCluster, i: usize) {
 /// more. Returns what they saw and when the kill happened.
 async fn kill_under_load(h: &mut Harness, setup: &Setup, victim: usize) -> (Report, Instant) {
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
+    let load = tokio::spawn(writers(h.url(), 6, setup.written(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let at = Instant::now();
     kill_and_fail_over(&mut h.cluster, victim).await;
@@ -367,7 +397,7 @@ async fn s9_target_finalizes_then_segfaults_before_telling_anyone() {
     let b = h.cluster.nodes[1].addr();
     let slot = setup.slot.to_string();
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
+    let load = tokio::spawn(writers(h.url(), 6, setup.written(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let at = Instant::now();
     finalize_and_crash(&b, &slot, &setup.target).await;
@@ -408,7 +438,7 @@ async fn s10_slot_bound_to_a_target_that_then_dies() {
     let slot = setup.slot.to_string();
     let (a, c) = (h.cluster.nodes[0].addr(), h.cluster.nodes[2].addr());
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
+    let load = tokio::spawn(writers(h.url(), 6, setup.written(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let at = Instant::now();
     // SETSLOT NODE B reaches A and C but not B (no epoch bump), then B dies.
@@ -506,18 +536,9 @@ async fn a_proxy_restarted_in_the_middle_of_a_repair_finishes_it() {
     kill_and_fail_over(&mut h.cluster, 0).await;
     let p = h.proxy.proxy.clone();
     let slot = setup.slot;
-    wait_for(Duration::from_secs(20), || {
-        let ready = p
-            .routing
-            .status
-            .load()
-            .decisions
-            .iter()
-            .any(|d| d.slot == slot && !d.plan.is_empty());
-        async move { ready }
-    })
-    .await
-    .expect("the repair is planned");
+    let planned = |d: &Decision| !d.plan.is_empty();
+    let limit = Duration::from_secs(20);
+    common::wait_decision(&h, slot, limit, planned, "the repair is planned").await;
     let plan = p
         .routing
         .status
@@ -942,90 +963,215 @@ enum Fault {
     FinalizeAndCrash,
     /// S13: the source closes the migration on its side only.
     AbortOnSource,
+    /// S7: the source dies and fails over, then the target: no node remembers the
+    /// migration, and the moved keys sit on a master that does not own their slot.
+    KillBothEnds,
+    /// S12: a MIGRATE cut after the target stored a key and before the source deleted it
+    /// (the target's copy older), then the source killed.
+    CutMigrateThenKill,
+    /// S1: the target killed with its replica barred from failing over; it restarts
+    /// (persistence on) once the proxy holds the slot.
+    TargetDownNoFailover,
+    /// S14: 20 keys copied to the target, the migration closed on both ends, and the target
+    /// restarted (persistence on), its replica barred from failing over: it reloads keys
+    /// of a slot it does not own.
+    StrayCopies,
 }
 
-/// The migration is open (`moved` keys moved) when the proxy stops; `fault` happens with
-/// no proxy running; a new proxy with an empty journal starts after it, and must find the
-/// right owner from what the cluster shows. Node `heir` (1 for the target, `None` for the
-/// target's replica) must own the slot at the end.
-async fn unseen(name: &str, moved: usize, fault: Fault, heir: Option<usize>) {
-    let (h, setup) = migrating(moved).await;
-    let slot = setup.slot.to_string();
+/// The key S12 puts on both sides.
+const BOTH_SIDES: usize = 150;
+
+/// Where the slot must end up.
+enum Owner {
+    /// Node 0, which owned the slot.
+    Source,
+    /// Node 1.
+    Target,
+    /// The replica of master `i`, promoted.
+    ReplicaOf(usize),
+}
+
+/// How the proxy misses the migration.
+#[derive(Clone, Copy, PartialEq)]
+enum Missed {
+    /// No proxy runs while the migration opens and the fault happens; one with an empty
+    /// journal starts after the fault, every node a seed (the dead one among them).
+    StartedAfter,
+    /// The proxy runs throughout but looks every 10 s: the migration opens and the fault
+    /// happens between two looks.
+    FasterThanRefresh,
+}
+
+/// One fault test the proxy did not watch: the migration of the slot from node 0 to node 1
+/// opens (`moved` keys moved), `fault` happens, and the proxy must find `owner` from what
+/// the cluster shows, with the outcomes every fault test asserts.
+async fn unseen(name: &str, moved: usize, fault: Fault, owner: Owner, missed: Missed) {
+    let extra_args = match fault {
+        Fault::TargetDownNoFailover | Fault::StrayCopies => {
+            vec![("appendonly".into(), "yes".into())]
+        }
+        _ if name.starts_with("S15") => {
+            vec![("cluster-require-full-coverage".into(), "no".into())]
+        }
+        _ => vec![],
+    };
+    let options = Options {
+        extra_args,
+        ..Options::default()
+    };
+    let h = with_keys(options, |c| {
+        if missed == Missed::FasterThanRefresh {
+            c.refresh_interval = Duration::from_secs(10);
+        }
+    })
+    .await;
     let mut config = h.proxy.proxy.config().as_ref().clone();
     let Harness { mut cluster, proxy } = h;
-    proxy.stop();
+    let watching = match missed {
+        Missed::FasterThanRefresh => Some(proxy),
+        Missed::StartedAfter => {
+            proxy.stop();
+            None
+        }
+    };
+    let setup = open_migration(&cluster, moved).await;
+    let slot = setup.slot.to_string();
+    if let Some(p) = &watching {
+        let seen = p
+            .proxy
+            .routing
+            .status
+            .load()
+            .decisions
+            .iter()
+            .any(|d| d.slot == setup.slot);
+        assert!(!seen, "the migration opened between two looks of the proxy");
+    }
+    let (a, b) = (cluster.nodes[0].addr(), cluster.nodes[1].addr());
+    let source = node_id(&a).await;
     let at = Instant::now();
-    let killed = match fault {
+    let target_replica = cluster.nodes[1 + cluster.options.masters].addr();
+    let no_failover = ["CONFIG", "SET", "cluster-replica-no-failover", "yes"];
+    let mut killed = vec![];
+    match fault {
         Fault::Kill(i) => {
             kill_and_fail_over(&mut cluster, i).await;
-            vec![i]
+            killed.push(i);
         }
-        Fault::ManualFailover(i) => {
-            manual_failover(&cluster, i).await;
-            vec![]
-        }
+        Fault::ManualFailover(i) => manual_failover(&cluster, i).await,
         Fault::FinalizeAndCrash => {
-            finalize_and_crash(&cluster.nodes[1].addr(), &slot, &setup.target).await;
+            finalize_and_crash(&b, &slot, &setup.target).await;
             cluster.nodes[1].kill(); // reaps the crashed process
             wait_promoted(&cluster, 1).await;
-            vec![1]
+            killed.push(1);
         }
         Fault::AbortOnSource => {
-            call(
-                &cluster.nodes[0].addr(),
-                &["CLUSTER", "SETSLOT", &slot, "STABLE"],
-            )
-            .await;
-            vec![]
+            call(&a, &["CLUSTER", "SETSLOT", &slot, "STABLE"]).await;
+        }
+        Fault::KillBothEnds => {
+            kill_and_fail_over(&mut cluster, 0).await;
+            kill_and_fail_over(&mut cluster, 1).await;
+            killed.extend([0, 1]);
+        }
+        Fault::CutMigrateThenKill => {
+            let mut c = Conn::connect(&b, Duration::from_secs(5)).await.unwrap();
+            c.call_ok(&["ASKING"]).await.unwrap();
+            let key = &setup.keys[BOTH_SIDES];
+            c.call_ok(&["SET", key, "older copy"]).await.unwrap();
+            kill_and_fail_over(&mut cluster, 0).await;
+            killed.push(0);
+        }
+        Fault::TargetDownNoFailover => {
+            call(&target_replica, &no_failover).await;
+            cluster.nodes[1].kill();
+        }
+        Fault::StrayCopies => {
+            let (host, port) = b.rsplit_once(':').unwrap();
+            let mut copy = vec!["MIGRATE", host, port, "", "0", "5000", "COPY", "KEYS"];
+            copy.extend(setup.keys.iter().skip(moved).take(20).map(String::as_str));
+            call(&a, &copy).await;
+            for on in [&a, &b] {
+                call(on, &["CLUSTER", "SETSLOT", &slot, "STABLE"]).await;
+            }
+            call(&target_replica, &no_failover).await;
+            cluster.restart(1).await.unwrap();
+            let copies = call(&b, &["CLUSTER", "COUNTKEYSINSLOT", &slot]).await;
+            assert_eq!(copies.as_int(), Some(20), "B reloaded its copies");
+        }
+    }
+    let proxy = match watching {
+        Some(proxy) => proxy,
+        None => {
+            config.repair_auto = true;
+            config.seeds = cluster.nodes.iter().map(|n| n.addr()).collect();
+            common::start_proxy(config).await
         }
     };
-    config.repair_auto = true;
-    // As an operator would: every node a seed, the dead one among them.
-    config.seeds = cluster.nodes.iter().map(|n| n.addr()).collect();
-    let proxy = common::start_proxy(config).await;
     let mut h = Harness { cluster, proxy };
-    let (report, _) = writers_around(&h, &setup, async {}).await;
-    let owner = match heir {
-        Some(i) => node_id(&h.cluster.nodes[i].addr()).await,
-        None => heir_of(&h, 1).await,
+    let owner = match owner {
+        Owner::Source => source,
+        Owner::Target => setup.target.clone(),
+        Owner::ReplicaOf(i) => heir_of(&h, i).await,
     };
-    conclude(name, &h, &report, &setup, &owner, at, false).await;
+    // Writers run until the slot is clean, and 1.5 s more.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(writers(h.url(), 6, setup.written(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Fault::TargetDownNoFailover = fault {
+        // The cluster fails the target, the proxy holds the slot, and the target comes
+        // back as it was: importing the slot.
+        wait_held_for_target(&h, setup.slot).await;
+        h.cluster.restart(1).await.unwrap();
+    }
+    let clean_at = settled(&h, setup.slot, &owner).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let report = load.await.unwrap();
+    outcome(name, &h, &report, &setup, at, clean_at, false).await;
+    if let Fault::CutMigrateThenKill = fault {
+        let v = call(&h.proxy.addr.to_string(), &["GET", &setup.keys[BOTH_SIDES]]).await;
+        assert_ne!(v.as_str(), Some("older copy"), "the source copy won");
+    }
     restore_and_check(&mut h, &killed).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s2_unseen_target_killed() {
-    unseen("S2 unseen", 100, Fault::Kill(1), None).await;
+/// Waits until the proxy holds the slot because the migration's target is down.
+async fn wait_held_for_target(h: &Harness, slot: u16) {
+    let waiting = |d: &Decision| matches!(&d.state, State::Orphaned { why } if why.contains("no live master"));
+    let what = "the proxy holds the slot while its target is failed";
+    common::wait_decision(h, slot, Duration::from_secs(30), waiting, what).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_unseen_target_manually_failed_over() {
-    unseen("S3 unseen", 100, Fault::ManualFailover(1), None).await;
+use Missed::{FasterThanRefresh, StartedAfter};
+use Owner::{ReplicaOf, Source, Target};
+
+macro_rules! unseen_tests {
+    ($($after:ident, $fast:ident: $name:literal, $moved:expr, $fault:expr, $owner:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $after() {
+            unseen(concat!($name, " unseen, proxy started after"), $moved, $fault, $owner, StartedAfter).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $fast() {
+            unseen(concat!($name, " unseen, faster than a refresh"), $moved, $fault, $owner, FasterThanRefresh).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s4_unseen_source_killed() {
-    unseen("S4 unseen", 100, Fault::Kill(0), Some(1)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s5_unseen_source_manually_failed_over() {
-    unseen("S5 unseen", 100, Fault::ManualFailover(0), Some(1)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s6_unseen_source_killed_after_every_key_moved() {
-    unseen("S6 unseen", 200, Fault::Kill(0), Some(1)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s9_unseen_target_finalizes_then_crashes() {
-    unseen("S9 unseen", 200, Fault::FinalizeAndCrash, None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s13_unseen_migration_aborted_on_the_source_only() {
-    unseen("S13 unseen", 100, Fault::AbortOnSource, Some(0)).await;
+unseen_tests! {
+    s1_unseen_started_after, s1_unseen_faster: "S1", 100, Fault::TargetDownNoFailover, Target;
+    s2_unseen_started_after, s2_unseen_faster: "S2", 100, Fault::Kill(1), ReplicaOf(1);
+    s3_unseen_started_after, s3_unseen_faster: "S3", 100, Fault::ManualFailover(1), ReplicaOf(1);
+    s4_unseen_started_after, s4_unseen_faster: "S4", 100, Fault::Kill(0), Target;
+    s5_unseen_started_after, s5_unseen_faster: "S5", 100, Fault::ManualFailover(0), Target;
+    s6_unseen_started_after, s6_unseen_faster: "S6", 200, Fault::Kill(0), Target;
+    s7_unseen_started_after, s7_unseen_faster: "S7", 100, Fault::KillBothEnds, ReplicaOf(0);
+    s9_unseen_started_after, s9_unseen_faster: "S9", 200, Fault::FinalizeAndCrash, ReplicaOf(1);
+    s12_unseen_started_after, s12_unseen_faster: "S12", 100, Fault::CutMigrateThenKill, Target;
+    s13_unseen_started_after, s13_unseen_faster: "S13", 100, Fault::AbortOnSource, Source;
+    s14_unseen_started_after, s14_unseen_faster: "S14", 0, Fault::StrayCopies, Source;
+    s15_unseen_started_after, s15_unseen_faster: "S15", 100, Fault::Kill(0), Target;
 }
 
 /// S1: the target is killed mid-migration, its replica may not fail over, and it restarts
@@ -1047,23 +1193,13 @@ async fn s1_target_restarts_without_failover_and_the_migration_is_finished() {
         &["CONFIG", "SET", "cluster-replica-no-failover", "yes"],
     )
     .await;
-    let p = h.proxy.proxy.clone();
-    let slot = setup.slot;
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(writers(h.url(), 6, setup.keys.clone(), stop.clone()));
+    let load = tokio::spawn(writers(h.url(), 6, setup.written(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let at = Instant::now();
     h.cluster.nodes[1].kill();
     // The cluster fails it, and the proxy sees the migration lost its target.
-    wait_for(Duration::from_secs(30), || {
-        let waiting = p.routing.status.load().decisions.iter().any(|d| {
-            d.slot == slot
-                && matches!(&d.state, State::Orphaned { why } if why.contains("no live master"))
-        });
-        async move { waiting }
-    })
-    .await
-    .expect("the proxy holds the slot while its target is failed");
+    wait_held_for_target(&h, setup.slot).await;
     h.cluster.restart(1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);

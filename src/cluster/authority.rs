@@ -15,7 +15,8 @@
 //!   target shard, is finished forward too (S7);
 //! - a node importing a slot that its owner is not migrating gets its keys moved back to
 //!   the owner (S13, S14), once that has lasted `grace` (a starting migration looks the
-//!   same for a moment);
+//!   same for a moment); so does a master holding keys of a slot another owns with
+//!   nothing open (S7 when no journal remembers the migration);
 //! - a slot bound to a failed master, with no migration open or remembered (S10 when the
 //!   proxy never saw the migration), goes where its keys are: to the one live master that
 //!   holds keys of it (the dead master's successor, which replicated them), or, with no
@@ -348,12 +349,7 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
         });
     let Some((source, target)) = ends else {
         return match owner {
-            Some(o) => decision(
-                State::Stable {
-                    owner: o.id.clone(),
-                },
-                vec![],
-            ),
+            Some(o) => strays(cluster, memory, slot, o),
             None => unremembered(cluster, memory, slot),
         };
     };
@@ -522,6 +518,57 @@ fn unremembered(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
         },
         plan,
     )
+}
+
+/// A slot its owner serves while other live masters hold keys of it, nothing open and no
+/// migration remembered: S7 unseen (both ends failed over, the moved keys on the target's
+/// heir, which never heard of the migration), or S14 on a node that did not mark itself
+/// importing. The keys go to the owner without replacing its own, which were written
+/// after: each holder imports the slot for the move (so that it may act on its keys),
+/// then closes it.
+fn strays(cluster: &Cluster, memory: &Memory, slot: u16, owner: &NodeLine) -> Decision {
+    let mut holders: Vec<&NodeLine> = cluster
+        .live_masters()
+        .filter(|m| m.id != owner.id && memory.keys(&m.id, slot) > 0)
+        .collect();
+    let owner = owner.id.clone();
+    if holders.is_empty() {
+        let state = State::Stable { owner };
+        return Decision {
+            slot,
+            state,
+            plan: vec![],
+        };
+    }
+    holders.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut plan = Vec::new();
+    for h in &holders {
+        let on = h.id.clone();
+        plan.extend([
+            Step::Importing {
+                on: on.clone(),
+                slot,
+                source: owner.clone(),
+            },
+            Step::MoveKeys {
+                from: on.clone(),
+                to: owner.clone(),
+                slot,
+                replace: false,
+            },
+            Step::Stable { on, slot },
+        ]);
+    }
+    let names: Vec<&str> = holders.iter().map(|h| h.id.as_str()).collect();
+    let why = format!(
+        "{} holds keys of the slot, which {owner} owns; they go to the owner",
+        names.join(", ")
+    );
+    let state = State::Broken {
+        case: Case::StrayKeys,
+        why,
+    };
+    Decision { slot, state, plan }
 }
 
 /// Undoes a migration whose target is lost and took no keys with it: the live nodes that

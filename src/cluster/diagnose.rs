@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::authority::{Decision, State, Step};
-use super::heal::{addresses, assess};
+use super::heal::{addresses, assess, Strays};
 use super::journal::Journal;
 use super::nodes::NodeLine;
 use super::repair;
@@ -46,7 +46,8 @@ async fn look(
     journal: &Mutex<Journal>,
 ) -> Result<(Vec<(String, Vec<NodeLine>)>, Vec<Decision>), String> {
     let views = discover(config).await?;
-    let (decisions, _) = assess(&views, journal, |c| c.clone(), &config.dial()).await;
+    let strays = &mut Strays::default();
+    let (decisions, _) = assess(&views, journal, |c| c.clone(), &config.dial(), strays).await;
     Ok((views, decisions))
 }
 

@@ -27,6 +27,7 @@ pub struct Healer {
     /// Repairs that failed in a row, and when the next may start: a node that refuses a
     /// step (a restarted node whose cluster is still down) is not asked again at once.
     retry: Arc<Mutex<(u32, Instant)>>,
+    strays: Strays,
 }
 
 /// The wait after the first failed repair, doubled after each further one up to
@@ -41,6 +42,7 @@ impl Healer {
             unsettled_since: HashMap::new(),
             repair: None,
             retry: Arc::new(Mutex::new((0, Instant::now()))),
+            strays: Strays::default(),
         }
     }
 
@@ -70,7 +72,9 @@ impl Healer {
                 .map(|(slot, _)| *slot)
                 .collect()
         };
-        let (decisions, interesting) = assess(views, &self.journal, grace, &config.dial()).await;
+        let dial = config.dial();
+        let (decisions, interesting) =
+            assess(views, &self.journal, grace, &dial, &mut self.strays).await;
         // Held: broken and conflicted slots, and any slot of a migration that waits for the
         // cluster to settle (the map may name a node that lacks moved keys). A slot that
         // is merely unowned waits by itself, through the failures it meets.
@@ -143,25 +147,123 @@ impl Healer {
     }
 }
 
+/// Keys on masters that do not own their slot, with nothing open there: what a migration
+/// leaves on the target's heir when both its ends failed over unwatched (S7). Found by an
+/// audit of every live master's key counts, run when the set of live masters changes
+/// (a failover, a restart, a proxy's first look); the slots found stay of interest until
+/// they are settled.
+#[derive(Default)]
+pub struct Strays {
+    /// The live masters when last audited.
+    masters: BTreeSet<String>,
+    /// Slots found with keys on a master that does not own them.
+    slots: BTreeSet<u16>,
+}
+
+impl Strays {
+    /// Audits the live masters if they changed since the last audit. A master that does
+    /// not answer leaves the audit to be run again at the next look.
+    async fn audit(
+        &mut self,
+        cluster: &Cluster<'_>,
+        views: &[(String, Vec<NodeLine>)],
+        dial: &Dial,
+    ) {
+        let masters: BTreeSet<String> = live_masters(cluster, views)
+            .map(|(id, _)| id.to_string())
+            .collect();
+        if masters == self.masters {
+            return;
+        }
+        let mut found = BTreeSet::new();
+        for (addr, lines) in views {
+            let Some(line) = lines.iter().find(|l| l.myself) else {
+                continue;
+            };
+            if !cluster.is_live_master(&line.id) {
+                continue;
+            }
+            let id = line.id.as_str();
+            let open = |slot: u16| {
+                line.migrating
+                    .iter()
+                    .chain(&line.importing)
+                    .any(|(s, _)| *s == slot)
+            };
+            let slots: Vec<u16> = (0..crate::protocol::SLOTS as u16)
+                .filter(|&s| !line.owns(s) && !open(s))
+                .collect();
+            let commands: Vec<Vec<String>> = slots
+                .iter()
+                .map(|s| vec!["CLUSTER".into(), "COUNTKEYSINSLOT".into(), s.to_string()])
+                .collect();
+            let counts = match Conn::dial(addr, dial).await {
+                Ok(mut conn) => conn.pipeline(&commands, AUDIT_LIMIT).await,
+                Err(e) => Err(e),
+            };
+            let counts = match counts {
+                Ok(counts) => counts,
+                Err(e) => {
+                    warn!(node = id, error = %e, "cannot count keys for the stray-key audit");
+                    return;
+                }
+            };
+            for (&slot, n) in slots.iter().zip(counts) {
+                if n.as_int().is_some_and(|n| n > 0) {
+                    warn!(
+                        slot,
+                        node = id,
+                        keys = n.as_int(),
+                        "keys of a slot this master does not own"
+                    );
+                    found.insert(slot);
+                }
+            }
+        }
+        self.masters = masters;
+        self.slots.extend(found);
+    }
+}
+
+/// The longest a stray-key audit of one master may take.
+const AUDIT_LIMIT: Duration = Duration::from_secs(2);
+
+/// (id, address) of every live master that answered.
+fn live_masters<'v>(
+    cluster: &'v Cluster<'_>,
+    views: &'v [(String, Vec<NodeLine>)],
+) -> impl Iterator<Item = (&'v str, &'v str)> + 'v {
+    views
+        .iter()
+        .filter_map(|(addr, lines)| {
+            let me = lines.iter().find(|l| l.myself)?;
+            Some((me.id.as_str(), addr.as_str()))
+        })
+        .filter(|(id, _)| cluster.is_live_master(id))
+}
+
 /// The authority's assessment of fresh views: remembers what they show in the journal,
 /// counts keys where it matters, decides every unsettled slot, and forgets migrations that
 /// have settled. `grace` gets the candidate slots and returns those past `repair.grace`.
-/// Returns the decisions that are not stable, and the slots with a migration open or
-/// remembered.
+/// `strays` carries the stray-key audit from one look to the next. Returns the decisions
+/// that are not stable, and the slots with a migration open or remembered.
 pub async fn assess(
     views: &[(String, Vec<NodeLine>)],
     journal: &Mutex<Journal>,
     grace: impl FnOnce(&BTreeSet<u16>) -> BTreeSet<u16>,
     dial: &Dial,
+    strays: &mut Strays,
 ) -> (Vec<Decision>, BTreeSet<u16>) {
     let cluster = Cluster::new(views);
     let remembered = remember(journal, &cluster);
     let mut interesting: BTreeSet<u16> = remembered.migrations.keys().copied().collect();
     interesting.extend(cluster.open_migrations().into_keys());
+    strays.audit(&cluster, views, dial).await;
     let candidates: BTreeSet<u16> = cluster
         .candidates()
         .into_iter()
         .chain(interesting.iter().copied())
+        .chain(strays.slots.iter().copied())
         .collect();
     // Slots bound to a failed master and explained by no migration are decided by where
     // their keys are. After a migration nobody saw there are a few; a shard down with no
@@ -172,6 +274,7 @@ pub async fn assess(
         .filter(|s| !interesting.contains(s) && !cluster.bound_to_dead(*s).is_empty())
         .collect();
     let mut counted = interesting.clone();
+    counted.extend(&strays.slots);
     if stray.len() <= STRAYS_COUNTED {
         counted.extend(stray);
     }
@@ -199,6 +302,7 @@ pub async fn assess(
         .retain(|slot, _| unsettled.contains(slot));
     j.memory.repairing.retain(|slot| unsettled.contains(slot));
     j.memory.interrupted.retain(|slot| unsettled.contains(slot));
+    strays.slots.retain(|slot| unsettled.contains(slot));
     if j.memory.migrations.len() != before {
         info!(
             forgotten = before - j.memory.migrations.len(),
@@ -297,24 +401,17 @@ async fn count_keys(
     if slots.is_empty() {
         return out;
     }
-    let masters: Vec<(String, String)> = views
-        .iter()
-        .filter_map(|(addr, lines)| {
-            lines
-                .iter()
-                .find(|l| l.myself)
-                .map(|l| (l.id.clone(), addr.clone()))
-        })
-        .filter(|(id, _)| cluster.is_live_master(id))
-        .collect();
-    for (id, addr) in masters {
-        let Ok(mut conn) = Conn::dial(&addr, dial).await else {
+    for (id, addr) in live_masters(cluster, views) {
+        let Ok(mut conn) = Conn::dial(addr, dial).await else {
             continue;
         };
         for &slot in slots {
             let count = ["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()];
             if let Ok(n) = conn.call_ok(&count).await {
-                out.insert((id.clone(), slot), n.as_int().unwrap_or(0).max(0) as u64);
+                out.insert(
+                    (id.to_string(), slot),
+                    n.as_int().unwrap_or(0).max(0) as u64,
+                );
             }
         }
     }

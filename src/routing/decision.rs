@@ -60,6 +60,9 @@ pub enum Case {
     /// A node imports a slot its owner does not migrate: its keys go back.
     #[serde(rename = "S13/S14")]
     StrayImport,
+    /// A master holds keys of a slot another owns, with nothing open: they go to the owner.
+    #[serde(rename = "S7/S14 strays")]
+    StrayKeys,
     /// A repair of the proxy's own, cut short.
     #[serde(rename = "resume")]
     Resume,
@@ -74,6 +77,7 @@ impl Case {
             Case::Remembered => "S7",
             Case::BoundToDead => "S10",
             Case::StrayImport => "S13/S14",
+            Case::StrayKeys => "S7/S14 strays",
             Case::Resume => "resume",
         }
     }

@@ -421,6 +421,30 @@ pub fn tag_on(i: usize) -> String {
         .unwrap()
 }
 
+/// Waits until the proxy's status shows a decision on `slot` that `holds`; panics with
+/// `what` after `limit`.
+pub async fn wait_decision(
+    h: &Harness,
+    slot: u16,
+    limit: Duration,
+    holds: impl Fn(&slotguard::routing::decision::Decision) -> bool,
+    what: &str,
+) {
+    let p = h.proxy.proxy.clone();
+    wait_for(limit, || {
+        let found = p
+            .routing
+            .status
+            .load()
+            .decisions
+            .iter()
+            .any(|d| d.slot == slot && holds(d));
+        async move { found }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"));
+}
+
 pub async fn call(addr: &str, args: &[&str]) -> slotguard::protocol::Value {
     let mut c = Conn::connect(addr, Duration::from_secs(5)).await.unwrap();
     c.call_ok(args)

@@ -494,11 +494,37 @@ fn s7_both_ends_failed_over_is_seen_only_through_the_journal() {
         want_plan: plan,
         ..case("S7", nodes.clone())
     });
-    // Without the journal nothing looks wrong: this is what the journal is for.
+    // Without the journal, the moved keys are strays on B2, which does not own the slot:
+    // they go to the owner A2 (nothing replaced), and the slot stays there.
     run(Case {
         journal: BTreeMap::new(),
         keys: vec![("A2", 2), ("B2", 6)],
-        ..case("S7 forgotten", nodes)
+        want_state: "broken",
+        want_case: Some("S7/S14 strays"),
+        want_plan: vec![
+            Importing {
+                on: "B2".into(),
+                slot: X,
+                source: "A2".into(),
+            },
+            MoveKeys {
+                from: "B2".into(),
+                to: "A2".into(),
+                slot: X,
+                replace: false,
+            },
+            Stable {
+                on: "B2".into(),
+                slot: X,
+            },
+        ],
+        ..case("S7 unseen", nodes.clone())
+    });
+    // Once they are moved, nothing is left to do.
+    run(Case {
+        journal: BTreeMap::new(),
+        keys: vec![("A2", 8), ("B2", 0)],
+        ..case("S7 unseen, repaired", nodes)
     });
 }
 
