@@ -27,6 +27,10 @@ pub struct Options {
     pub password: Option<String>,
     /// TLS only: every node (data, cluster bus, replication) speaks TLS with these files.
     pub tls: Option<TlsFiles>,
+    /// Each node in a network namespace of its own, joined by a bridge that this process
+    /// reaches too, so that links between nodes can be cut ([`LocalCluster::cut`]). Root
+    /// only (`ip netns`).
+    pub namespaces: bool,
 }
 
 /// PEM files for a TLS cluster. The nodes use the same certificate as server and as client
@@ -47,6 +51,7 @@ impl Default for Options {
             extra_args: Vec::new(),
             password: None,
             tls: None,
+            namespaces: false,
         }
     }
 }
@@ -56,12 +61,16 @@ impl Default for Options {
 pub struct LocalNode {
     pub port: u16,
     pub dir: PathBuf,
+    /// The address it listens on: 127.0.0.1, or its own in its namespace.
+    pub ip: String,
+    /// Its network namespace, with `Options::namespaces`.
+    netns: Option<String>,
     child: Option<Child>,
 }
 
 impl LocalNode {
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -100,7 +109,91 @@ pub struct LocalCluster {
     pub options: Options,
     /// How to speak TLS to the nodes, loaded once from `options.tls`.
     tls: Option<crate::tls::BackendTls>,
+    /// The bridge and subnet of `Options::namespaces`.
+    network: Option<Network>,
     keep_dir: bool,
+}
+
+/// A bridge in this process's namespace, and a /24 on it: `prefix.1` is the bridge's
+/// address, `prefix.(10 + i)` node i's, each in a namespace of its own.
+#[derive(Debug)]
+struct Network {
+    name: String,
+    prefix: String,
+    namespaces: Vec<String>,
+}
+
+/// Runs `ip` (or, with `netns`, `ip netns exec NS ip`) with `args`.
+fn ip(netns: Option<&str>, args: &[&str]) -> Result<(), StartError> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["netns", "exec", ns, "ip"]);
+    }
+    let out = cmd
+        .args(args)
+        .output()
+        .map_err(|e| fail(format!("ip: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+impl Network {
+    /// A bridge named and numbered after this process and a counter.
+    fn create() -> Result<Network, StartError> {
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let id = (std::process::id().wrapping_mul(16).wrapping_add(n)) % (192 * 256);
+        let network = Network {
+            name: format!("sgb{id}"),
+            prefix: format!("10.{}.{}", 64 + id / 256, id % 256),
+            namespaces: Vec::new(),
+        };
+        let _ = ip(None, &["link", "del", &network.name]); // a leftover of a killed run
+        ip(None, &["link", "add", &network.name, "type", "bridge"])?;
+        let bridge_ip = format!("{}.1/24", network.prefix);
+        ip(None, &["addr", "add", &bridge_ip, "dev", &network.name])?;
+        ip(None, &["link", "set", &network.name, "up"])?;
+        Ok(network)
+    }
+
+    /// A namespace for node `i` on the bridge; returns its name and the node's address.
+    fn attach(&mut self, i: usize) -> Result<(String, String), StartError> {
+        let ns = format!("{}n{i}", self.name);
+        let veth = format!("{}v{i}", self.name);
+        let node_ip = format!("{}.{}", self.prefix, 10 + i);
+        let _ = ip(None, &["netns", "del", &ns]);
+        ip(None, &["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        ip(
+            None,
+            &[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )?;
+        ip(None, &["link", "set", &veth, "master", &self.name, "up"])?;
+        ip(
+            Some(&ns),
+            &["addr", "add", &format!("{node_ip}/24"), "dev", "eth0"],
+        )?;
+        ip(Some(&ns), &["link", "set", "eth0", "up"])?;
+        ip(Some(&ns), &["link", "set", "lo", "up"])?;
+        Ok((ns, node_ip))
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let _ = ip(None, &["link", "del", &format!("{}v{i}", self.name)]);
+            let _ = ip(None, &["netns", "del", ns]);
+        }
+        let _ = ip(None, &["link", "del", &self.name]);
+    }
 }
 
 /// Why a cluster could not be started.
@@ -159,21 +252,35 @@ impl LocalCluster {
             }
             None => None,
         };
+        let network = match options.namespaces {
+            true => Some(Network::create()?),
+            false => None,
+        };
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
             dir,
             options,
             tls,
+            network,
             keep_dir: false,
         };
         let total = cluster.options.masters * (1 + cluster.options.replicas_per_master);
-        for _ in 0..total {
+        for i in 0..total {
             let port = free_port_pair().ok_or_else(|| fail("no free port pair below 22767"))?;
             let node_dir = cluster.dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).map_err(fail)?;
+            let (netns, ip) = match &mut cluster.network {
+                Some(network) => {
+                    let (ns, ip) = network.attach(i)?;
+                    (Some(ns), ip)
+                }
+                None => (None, "127.0.0.1".to_string()),
+            };
             let mut node = LocalNode {
                 port,
                 dir: node_dir,
+                ip,
+                netns,
                 child: None,
             };
             cluster.spawn(&mut node)?;
@@ -189,7 +296,15 @@ impl LocalCluster {
     }
 
     fn spawn(&self, node: &mut LocalNode) -> Result<(), StartError> {
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = match &node.netns {
+            // `ip netns exec` execs the server: the child's pid is the server's.
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "redis-server"]);
+                cmd
+            }
+            None => Command::new("redis-server"),
+        };
         cmd.current_dir(&node.dir);
         match &self.options.tls {
             None => {
@@ -206,7 +321,11 @@ impl LocalCluster {
                     .arg(&tls.ca);
             }
         }
-        cmd.args(["--bind", "127.0.0.1"])
+        if node.netns.is_some() {
+            // Reached over the bridge, not loopback: only this process's sandbox can.
+            cmd.args(["--protected-mode", "no"]);
+        }
+        cmd.args(["--bind", &node.ip])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", "nodes.conf"])
             .args([
@@ -243,6 +362,8 @@ impl LocalCluster {
             LocalNode {
                 port: 0,
                 dir: PathBuf::new(),
+                ip: String::new(),
+                netns: None,
                 child: None,
             },
         );
@@ -334,10 +455,10 @@ impl LocalCluster {
             let id = call(&mut conn, &["CLUSTER", "MYID"]).await?;
             ids.push(id.as_str().unwrap_or_default().to_string());
         }
-        let first_port = self.nodes[0].port.to_string();
+        let (first_ip, first_port) = (&self.nodes[0].ip, self.nodes[0].port.to_string());
         for addr in &addrs[1..] {
             let mut conn = connect(addr, &dial).await?;
-            call(&mut conn, &["CLUSTER", "MEET", "127.0.0.1", &first_port]).await?;
+            call(&mut conn, &["CLUSTER", "MEET", first_ip, &first_port]).await?;
         }
         let total = addrs.len();
         for addr in &addrs {
@@ -367,6 +488,31 @@ impl LocalCluster {
         wait_for(limit, || healthy(&addrs, &dial))
             .await
             .map_err(|_| fail("the cluster did not become healthy in time"))
+    }
+}
+
+impl LocalCluster {
+    /// Cuts the link between nodes `i` and `j` both ways (a blackhole route to the other
+    /// in each one's namespace); this process still reaches both. `Options::namespaces`
+    /// only.
+    pub fn cut(&self, i: usize, j: usize) -> Result<(), StartError> {
+        self.route("add", i, j)?;
+        self.route("add", j, i)
+    }
+
+    /// Mends a link [`LocalCluster::cut`] cut.
+    pub fn mend(&self, i: usize, j: usize) -> Result<(), StartError> {
+        self.route("del", i, j)?;
+        self.route("del", j, i)
+    }
+
+    fn route(&self, op: &str, from: usize, to: usize) -> Result<(), StartError> {
+        let ns = self.nodes[from]
+            .netns
+            .as_deref()
+            .ok_or_else(|| fail("links can be cut only between nodes in namespaces"))?;
+        let to = format!("{}/32", self.nodes[to].ip);
+        ip(Some(ns), &["route", op, "blackhole", &to])
     }
 }
 

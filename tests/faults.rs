@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_unharmed, writers, Harness, Report};
+use common::{assert_unharmed, node_id, writers, Harness, Report};
 use slotguard::client::Conn;
 use slotguard::localcluster::{wait_for, LocalCluster, Options};
 use slotguard::protocol::key_slot;
@@ -39,14 +39,6 @@ async fn call(addr: &str, args: &[&str]) -> slotguard::protocol::Value {
     c.call_ok(args)
         .await
         .unwrap_or_else(|e| panic!("{args:?} on {addr}: {e}"))
-}
-
-async fn node_id(addr: &str) -> String {
-    call(addr, &["CLUSTER", "MYID"])
-        .await
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 async fn migrating(moved: usize) -> (Harness, Setup) {
@@ -102,16 +94,7 @@ async fn with_keys(options: Options, tune: impl FnOnce(&mut slotguard::config::C
 async fn open_migration(cluster: &LocalCluster, moved: usize) -> Setup {
     let (slot, keys) = the_slot();
     let (a, b) = (cluster.nodes[0].addr(), cluster.nodes[1].addr());
-    let (source, target) = (node_id(&a).await, node_id(&b).await);
-    let s = slot.to_string();
-    call(&b, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &source]).await;
-    call(&a, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &target]).await;
-    let (host, port) = b.rsplit_once(':').unwrap();
-    if moved > 0 {
-        let mut migrate = vec!["MIGRATE", host, port, "", "0", "5000", "KEYS"];
-        migrate.extend(keys.iter().take(moved).map(String::as_str));
-        call(&a, &migrate).await;
-    }
+    let (_, target) = common::open_migration(&a, &b, slot, &keys[..moved]).await;
     Setup { slot, keys, target }
 }
 
@@ -131,46 +114,9 @@ async fn set_initial(h: &Harness, keys: &[String]) {
 /// Waits until every live node agrees the slot is owned by `owner` and nothing is open;
 /// returns when that was seen.
 async fn settled(h: &Harness, slot: u16, owner: &str) -> Instant {
-    let addrs: Vec<String> = h
-        .cluster
-        .nodes
-        .iter()
-        .filter(|n| n.pid().is_some())
-        .map(|n| n.addr())
-        .collect();
-    wait_for(Duration::from_secs(30), || {
-        let addrs = addrs.clone();
-        let owner = owner.to_string();
-        async move {
-            for addr in &addrs {
-                let Ok(v) = slotguard::client::query(
-                    addr,
-                    &["CLUSTER", "NODES"],
-                    &slotguard::client::Dial::new(Duration::from_secs(1)),
-                )
-                .await
-                else {
-                    return false;
-                };
-                let text = v.as_str().unwrap_or_default().to_string();
-                let Ok(lines) = slotguard::cluster::nodes::parse(&text, "127.0.0.1") else {
-                    return false;
-                };
-                let me = lines.iter().find(|l| l.myself).unwrap();
-                if !me.migrating.is_empty() || !me.importing.is_empty() {
-                    return false;
-                }
-                let holder = lines.iter().find(|l| l.owns(slot));
-                if holder.map(|l| l.id.as_str()) != Some(owner.as_str()) {
-                    return false;
-                }
-            }
-            true
-        }
-    })
-    .await
-    .expect("the slot settles on its new owner");
-    Instant::now()
+    common::settled(h, slot, Some(owner), Duration::from_secs(30))
+        .await
+        .0
 }
 
 /// Waits for the slot to settle on `owner`, asserts everything a fault test asserts, and
@@ -198,14 +144,7 @@ async fn outcome(
     clean_at: Instant,
     stale_allowed: bool,
 ) {
-    eprintln!(
-        "REPORT | {name} | writes {} | client errors {} | stale reads {} | longest stall {:.2}s | clean {:.2}s after the fault",
-        report.writes,
-        report.errors.len(),
-        report.stale.len(),
-        report.longest.as_secs_f64(),
-        clean_at.duration_since(fault_at).as_secs_f64(),
-    );
+    report.print(name, fault_at, clean_at);
     assert_unharmed(h, report, 100, stale_allowed).await;
     let mut c = h.client().await;
     // Keys no writer touched kept their value.
@@ -651,6 +590,17 @@ async fn s7_both_ends_failed_over_is_repaired_from_the_journal_by_a_restarted_pr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s8_no_majority_holds_then_fails_clearly_then_recovers() {
+    s8(false).await;
+}
+
+/// S8 has no migration to miss: its other variant is a proxy started while the cluster
+/// has no majority, seeded with every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s8_a_proxy_started_without_a_majority_holds_then_fails_clearly_then_recovers() {
+    s8(true).await;
+}
+
+async fn s8(started_after: bool) {
     let mut h = Harness::start_with(
         Options {
             masters: 3,
@@ -688,6 +638,17 @@ async fn s8_no_majority_holds_then_fails_clearly_then_recovers() {
     })
     .await
     .expect("the survivor sees it has no majority");
+    if started_after {
+        let mut config = h.proxy.proxy.config().as_ref().clone();
+        config.seeds = h.cluster.addrs();
+        let Harness { cluster, proxy } = h;
+        proxy.stop();
+        h = Harness {
+            cluster,
+            proxy: common::start_proxy(config).await,
+        };
+        c = h.client().await;
+    }
     let start = Instant::now();
     let err = redis::cmd("GET")
         .arg(&key)
@@ -911,15 +872,9 @@ async fn s10_unseen(watching: bool) {
         cluster.nodes[1].addr(),
         cluster.nodes[2].addr(),
     );
-    let (source, target) = (node_id(&a).await, node_id(&b).await);
     let s = slot.to_string();
     let at = Instant::now();
-    call(&b, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &source]).await;
-    call(&a, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &target]).await;
-    let (host, port) = b.rsplit_once(':').unwrap();
-    let mut migrate = vec!["MIGRATE", host, port, "", "0", "5000", "KEYS"];
-    migrate.extend(keys.iter().map(String::as_str));
-    call(&a, &migrate).await;
+    let (_, target) = common::open_migration(&a, &b, slot, &keys).await;
     for on in [&a, &c] {
         call(on, &["CLUSTER", "SETSLOT", &s, "NODE", &target]).await;
     }

@@ -51,6 +51,8 @@ pub struct Cluster<'a> {
     views: Vec<&'a [NodeLine]>,
     /// id -> the node's own line (from its own view).
     own: HashMap<&'a str, &'a NodeLine>,
+    /// id -> the node's whole view.
+    view_of: HashMap<&'a str, &'a [NodeLine]>,
     /// ids flagged `fail` by some answering node.
     failed: BTreeSet<&'a str>,
     /// id -> address, from any view.
@@ -60,12 +62,14 @@ pub struct Cluster<'a> {
 impl<'a> Cluster<'a> {
     pub fn new(views: &'a [(String, Vec<NodeLine>)]) -> Cluster<'a> {
         let mut own = HashMap::new();
+        let mut view_of = HashMap::new();
         let mut failed = BTreeSet::new();
         let mut addrs = HashMap::new();
         for (_, lines) in views {
             for l in lines {
                 if l.myself {
                     own.insert(l.id.as_str(), l);
+                    view_of.insert(l.id.as_str(), lines.as_slice());
                 } else if l.fail {
                     failed.insert(l.id.as_str());
                 }
@@ -77,6 +81,7 @@ impl<'a> Cluster<'a> {
         Cluster {
             views: views.iter().map(|(_, l)| l.as_slice()).collect(),
             own,
+            view_of,
             failed,
             addrs,
         }
@@ -146,9 +151,46 @@ impl<'a> Cluster<'a> {
         out
     }
 
-    /// Slots that need a look: open on any live master, or without a live owner.
+    /// Masters that answer but that the cluster flags failed: cut off from it by a
+    /// partition (or just back, and not yet cleared).
+    fn cut_off(&self) -> impl Iterator<Item = &'a NodeLine> + '_ {
+        self.own
+            .values()
+            .copied()
+            .filter(|l| l.master && self.failed.contains(l.id.as_str()))
+    }
+
+    /// Slots that a cut-off master claims in its own view while a live master that is not
+    /// its replica (as the cut-off master last saw its shard) claims them too: the claim
+    /// of one side of a partition that the other never heard (S11).
+    pub fn contested(&self) -> BTreeSet<u16> {
+        let mut out = BTreeSet::new();
+        for n in self.cut_off() {
+            for o in self.live_masters() {
+                if self.was_replica_of(&o.id, &n.id) {
+                    continue;
+                }
+                for &(a, b) in &o.slots {
+                    out.extend((a..=b).filter(|&s| n.owns(s)));
+                }
+            }
+        }
+        out
+    }
+
+    /// True when `id` is a replica of `master` in `master`'s own view.
+    fn was_replica_of(&self, id: &str, master: &str) -> bool {
+        self.view_of.get(master).is_some_and(|v| {
+            v.iter()
+                .any(|l| l.id == id && l.master_id.as_deref() == Some(master))
+        })
+    }
+
+    /// Slots that need a look: open on any live master, without a live owner, or
+    /// contested across a partition.
     pub fn candidates(&self) -> BTreeSet<u16> {
         let mut out: BTreeSet<u16> = self.open_migrations().into_keys().collect();
+        out.extend(self.contested());
         let mut owned = vec![false; crate::protocol::SLOTS];
         for m in self.live_masters() {
             for &(a, b) in &m.slots {
@@ -246,6 +288,9 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
         return decision(State::Conflicted { claims }, vec![]);
     }
     let owner = claims.first().copied();
+    if let Some(d) = claimed_across_a_partition(cluster, memory, slot, owner) {
+        return d;
+    }
     let open = |pick: fn(&NodeLine) -> &Vec<(u16, String)>| -> Vec<(&NodeLine, String)> {
         cluster
             .live_masters()
@@ -453,6 +498,62 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
     );
     let plan = finish_forward(cluster, slot, s, t, &keys);
     decision(State::Broken { case, why }, plan)
+}
+
+/// S11: a master finalized a migration and was cut off before anyone heard of it; the
+/// source's replica, elected without hearing it, claims the slot too, with none of its
+/// keys. When the two meet, Redis gives the slot to the higher config epoch, and the loser
+/// deletes its keys of the slot as dirty. Which one wins is not for the proxy to know: a
+/// node whose epoch collides with another's bumps its own after the partition heals, and
+/// then wins every claim it makes. So, while they are apart, the keys are copied, through
+/// the proxy, to the live claimant, and the slot is held: whichever side wins has every
+/// key, and no write reaches the side that may lose. Not when the live claimant is the
+/// cut-off master's own heir (an ordinary failover across a partition).
+fn claimed_across_a_partition(
+    cluster: &Cluster,
+    memory: &Memory,
+    slot: u16,
+    owner: Option<&NodeLine>,
+) -> Option<Decision> {
+    let mut cut_off: Vec<&NodeLine> = cluster
+        .cut_off()
+        .filter(|n| n.owns(slot) && memory.keys(&n.id, slot) > 0)
+        .collect();
+    cut_off.sort_by(|a, b| a.id.cmp(&b.id));
+    let [n] = cut_off[..] else {
+        return None;
+    };
+    // With no live claimant yet, the other side may be electing one: acting now could make
+    // its voters refuse an heir, and a whole shard would stay down.
+    let o = owner?;
+    if memory.shard(slot, &n.id).contains(&o.id) || cluster.was_replica_of(&o.id, &n.id) {
+        return None;
+    }
+    let (plan, why) = match memory.keys(&o.id, slot) {
+        0 => (
+            vec![Step::CopyKeys {
+                from: n.id.clone(),
+                to: o.id.clone(),
+                slot,
+            }],
+            format!(
+                "{} claims the slot with its keys and is cut off; {} claims it without them: the keys are copied there, and the slot is held until the partition heals",
+                n.id, o.id
+            ),
+        ),
+        _ => (
+            vec![],
+            format!(
+                "{} claims the slot with its keys and is cut off; {} claims it too and has keys: held until the partition heals",
+                n.id, o.id
+            ),
+        ),
+    };
+    let state = State::Broken {
+        case: Case::Partitioned,
+        why,
+    };
+    Some(Decision { slot, state, plan })
 }
 
 /// A slot no live master owns and no migration explains. Bound to a failed master, it

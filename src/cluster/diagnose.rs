@@ -84,6 +84,27 @@ pub fn describe(step: &Step, addrs: &HashMap<String, String>) -> String {
                 " (MIGRATE, no REPLACE)"
             }
         ),
+        Step::CopyKeys { from, to, slot } => format!(
+            "copy every key of slot {slot} from {} to {} (DUMP there, RESTORE here, no REPLACE)",
+            at(from),
+            at(to)
+        ),
+    }
+}
+
+/// What slotguard would need to know to settle a conflict on its own.
+const CONFLICT_NEEDS: &str = "which side is newer. Give the journal of a proxy that watched the migration (--state-dir), or settle it by hand: the keys of the slot on each claimant (CLUSTER COUNTKEYSINSLOT), then CLUSTER SETSLOT <slot> NODE <id> on every master, after moving the keys to keep with MIGRATE";
+
+/// What slotguard waits for, or would need, to settle a slot no live master serves.
+fn orphan_needs(why: &str) -> &'static str {
+    if why.contains("does not answer") {
+        "the cluster to fail the silent node (after cluster-node-timeout) or the node to answer again"
+    } else if why.contains("not counted") {
+        "the keys of the slot on every live master: a look with every master answering"
+    } else if why.contains("no live master") || why.contains("waiting for it to return") {
+        "the failed master back, or a replica of it promoted (CLUSTER FAILOVER TAKEOVER on a replica that has its keys); slotguard then finishes the repair"
+    } else {
+        "a live master to serve the slot"
     }
 }
 
@@ -129,6 +150,7 @@ pub fn report(views: &[(String, Vec<NodeLine>)], decisions: &[Decision]) -> Stri
                     d.slot,
                     claims.join(", ")
                 );
+                let _ = writeln!(out, "  needs: {CONFLICT_NEEDS}");
             }
             State::Stable { .. } => {}
         }
@@ -140,6 +162,7 @@ pub fn report(views: &[(String, Vec<NodeLine>)], decisions: &[Decision]) -> Stri
             format!("slots {a}-{b}")
         };
         let _ = writeln!(out, "{range}: orphaned: {why}");
+        let _ = writeln!(out, "  needs: {}", orphan_needs(&why));
     }
     if decisions.is_empty() {
         let _ = writeln!(
@@ -184,4 +207,38 @@ pub async fn repair(config: &Config, dry_run: bool) -> Result<bool, String> {
     Err(format!(
         "still repairing after {MAX_ROUNDS} rounds; run again or look at the cluster"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsettled_slots_say_what_would_settle_them() {
+        let decisions = [
+            Decision {
+                slot: 7,
+                state: State::Conflicted {
+                    claims: vec!["a".into(), "b".into()],
+                },
+                plan: vec![],
+            },
+            Decision {
+                slot: 8,
+                state: State::Orphaned {
+                    why: "the target shard of the migration (b) has no live master".into(),
+                },
+                plan: vec![],
+            },
+        ];
+        let text = report(&[], &decisions);
+        assert!(
+            text.contains("slot 7: conflicted: claimed by a, b\n  needs: which side is newer"),
+            "{text}"
+        );
+        assert!(
+            text.contains("slot 8: orphaned: the target shard of the migration (b) has no live master\n  needs: the failed master back"),
+            "{text}"
+        );
+    }
 }

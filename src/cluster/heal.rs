@@ -228,6 +228,16 @@ impl Strays {
 /// The longest a stray-key audit of one master may take.
 const AUDIT_LIMIT: Duration = Duration::from_secs(2);
 
+/// (id, address) of every node that answered as a master, live or flagged failed.
+fn answering_masters<'v>(
+    views: &'v [(String, Vec<NodeLine>)],
+) -> impl Iterator<Item = (&'v str, &'v str)> + 'v {
+    views.iter().filter_map(|(addr, lines)| {
+        let me = lines.iter().find(|l| l.myself && l.master)?;
+        Some((me.id.as_str(), addr.as_str()))
+    })
+}
+
 /// (id, address) of every live master that answered.
 fn live_masters<'v>(
     cluster: &'v Cluster<'_>,
@@ -275,10 +285,11 @@ pub async fn assess(
         .collect();
     let mut counted = interesting.clone();
     counted.extend(&strays.slots);
+    counted.extend(cluster.contested());
     if stray.len() <= STRAYS_COUNTED {
         counted.extend(stray);
     }
-    let keys = count_keys(&cluster, views, &counted, dial).await;
+    let keys = count_keys(views, &counted, dial).await;
     let grace = grace(&candidates);
     let memory = authority::Memory {
         migrations: &remembered.migrations,
@@ -390,9 +401,8 @@ fn save(j: &Journal) {
     }
 }
 
-/// `CLUSTER COUNTKEYSINSLOT` for each slot of interest on every live master.
+/// `CLUSTER COUNTKEYSINSLOT` for each slot of interest on every master that answered.
 async fn count_keys(
-    cluster: &Cluster<'_>,
     views: &[(String, Vec<NodeLine>)],
     slots: &BTreeSet<u16>,
     dial: &Dial,
@@ -401,7 +411,8 @@ async fn count_keys(
     if slots.is_empty() {
         return out;
     }
-    for (id, addr) in live_masters(cluster, views) {
+    // Masters cut off by a partition count too: their keys decide S11.
+    for (id, addr) in answering_masters(views) {
         let Ok(mut conn) = Conn::dial(addr, dial).await else {
             continue;
         };

@@ -17,6 +17,8 @@ use crate::protocol::Value;
 const BATCH: usize = 100;
 /// How long a moved batch may take to reach the target's replicas.
 const REPLICA_WAIT: Duration = Duration::from_secs(2);
+/// How long a repair waits for every node to hear of the slot's new owner.
+const AGREEMENT_WAIT: Duration = Duration::from_secs(3);
 
 /// Runs `plan` for `slot`: marks the slot as being repaired in the journal, runs the
 /// steps, and clears the mark once every step succeeded. `addrs` maps node ids to
@@ -30,7 +32,52 @@ pub async fn run(
 ) -> Result<(), String> {
     begin(slot, journal)?;
     run_steps(slot, plan, addrs, journal, dial).await?;
+    if let Some(owner) = new_owner(plan) {
+        await_agreement(slot, owner, addrs, dial).await;
+    }
     mark(slot, journal, false)
+}
+
+/// The master a plan binds the slot to last: its new owner.
+fn new_owner(plan: &[Step]) -> Option<&str> {
+    plan.iter().rev().find_map(|step| match step {
+        Step::Bind { owner, .. } => Some(owner.as_str()),
+        _ => None,
+    })
+}
+
+/// Waits until every node that answers, replicas included, binds the slot to `owner`
+/// (the news travels by gossip), for [`AGREEMENT_WAIT`] at most. The slot stays held
+/// until the repair ends, so no write is acknowledged on the new owner before the source
+/// shard's replicas know of it: none of them, elected later, can claim the slot back
+/// with a higher epoch (S11) and take acknowledged writes with it.
+async fn await_agreement(slot: u16, owner: &str, addrs: &HashMap<String, String>, dial: &Dial) {
+    let quick = dial.with_limit(Duration::from_millis(500));
+    let deadline = Instant::now() + AGREEMENT_WAIT;
+    let mut waiting: Vec<&String> = addrs.values().collect();
+    while !waiting.is_empty() && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for addr in waiting {
+            let Ok(v) = crate::client::query(addr, &["CLUSTER", "NODES"], &quick).await else {
+                continue; // down: it learns when it comes back
+            };
+            let text = v.as_str().unwrap_or_default();
+            let binds = super::nodes::parse(text, "")
+                .ok()
+                .and_then(|lines| lines.into_iter().find(|l| l.master && l.owns(slot)))
+                .map(|l| l.id);
+            if binds.as_deref() != Some(owner) {
+                still.push(addr);
+            }
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    if !waiting.is_empty() {
+        warn!(slot, owner, nodes = ?waiting, "not every node binds the slot to its new owner yet; going on");
+    }
 }
 
 fn mark(slot: u16, journal: &Mutex<Journal>, repairing: bool) -> Result<(), String> {
@@ -53,14 +100,18 @@ pub async fn run_steps(
     journal: &Mutex<Journal>,
     dial: &Dial,
 ) -> Result<(), String> {
-    let mut conns: HashMap<String, Conn> = HashMap::new();
+    let mut nodes = Nodes {
+        addrs,
+        conns: HashMap::new(),
+        dial,
+    };
     for step in plan {
         {
             let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
             j.step(slot, step, "sent")
                 .map_err(|e| format!("cannot write the journal: {e}"))?;
         }
-        let result = run_step(step, addrs, &mut conns, dial).await;
+        let result = run_step(step, &mut nodes).await;
         let outcome = match &result {
             Ok(()) => "ok".to_string(),
             Err(e) => e.clone(),
@@ -76,28 +127,35 @@ pub async fn run_steps(
     Ok(())
 }
 
-async fn conn<'a>(
-    id: &str,
-    addrs: &HashMap<String, String>,
-    conns: &'a mut HashMap<String, Conn>,
-    dial: &Dial,
-) -> Result<&'a mut Conn, String> {
-    let addr = addrs
-        .get(id)
-        .ok_or_else(|| format!("no address known for node {id}"))?;
-    if !conns.contains_key(id) {
-        let c = Conn::dial(addr, dial).await.map_err(|e| e.to_string())?;
-        conns.insert(id.to_string(), c);
-    }
-    Ok(conns.get_mut(id).expect("just inserted"))
+/// The nodes a repair talks to: their addresses, the connections opened so far, and how
+/// to open more.
+struct Nodes<'a> {
+    addrs: &'a HashMap<String, String>,
+    conns: HashMap<String, Conn>,
+    dial: &'a Dial,
 }
 
-async fn run_step(
-    step: &Step,
-    addrs: &HashMap<String, String>,
-    conns: &mut HashMap<String, Conn>,
-    dial: &Dial,
-) -> Result<(), String> {
+impl Nodes<'_> {
+    fn addr(&self, id: &str) -> Result<&str, String> {
+        self.addrs
+            .get(id)
+            .map(String::as_str)
+            .ok_or_else(|| format!("no address known for node {id}"))
+    }
+
+    /// The connection to node `id`, opened on first use.
+    async fn conn(&mut self, id: &str) -> Result<&mut Conn, String> {
+        if !self.conns.contains_key(id) {
+            let c = Conn::dial(self.addr(id)?, self.dial)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.conns.insert(id.to_string(), c);
+        }
+        Ok(self.conns.get_mut(id).expect("just inserted"))
+    }
+}
+
+async fn run_step(step: &Step, nodes: &mut Nodes<'_>) -> Result<(), String> {
     let setslot = |on: &str, slot: u16, args: Vec<String>| {
         let mut cmd = vec!["CLUSTER".to_string(), "SETSLOT".into(), slot.to_string()];
         cmd.extend(args);
@@ -117,9 +175,10 @@ async fn run_step(
             to,
             slot,
             replace,
-        } => return move_keys(from, to, *slot, *replace, addrs, conns, dial).await,
+        } => return move_keys(from, to, *slot, *replace, nodes).await,
+        Step::CopyKeys { from, to, slot } => return copy_keys(from, to, *slot, nodes).await,
     };
-    let c = conn(&on, addrs, conns, dial).await?;
+    let c = nodes.conn(&on).await?;
     c.call_ok(&cmd).await.map_err(|e| e.to_string())?;
     Ok(())
 }
@@ -129,36 +188,18 @@ async fn move_keys(
     to: &str,
     slot: u16,
     replace: bool,
-    addrs: &HashMap<String, String>,
-    conns: &mut HashMap<String, Conn>,
-    dial: &Dial,
+    nodes: &mut Nodes<'_>,
 ) -> Result<(), String> {
-    let target = addrs
-        .get(to)
-        .ok_or_else(|| format!("no address known for node {to}"))?
-        .clone();
+    let dial = nodes.dial;
+    let target = nodes.addr(to)?.to_string();
     let (host, port) = target
         .rsplit_once(':')
         .ok_or_else(|| format!("bad address {target}"))?;
     let (host, port) = (host.to_string(), port.to_string());
     let mut moved = 0usize;
     loop {
-        let c = conn(from, addrs, conns, dial).await?;
-        let keys = c
-            .call_ok(&[
-                "CLUSTER",
-                "GETKEYSINSLOT",
-                &slot.to_string(),
-                &BATCH.to_string(),
-            ])
-            .await
-            .map_err(|e| e.to_string())?;
-        let keys: Vec<bytes::Bytes> = keys
-            .as_array()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|k| k.as_bytes().cloned())
-            .collect();
+        let c = nodes.conn(from).await?;
+        let keys = keys_in_slot(c, slot, BATCH as i64).await?;
         if keys.is_empty() {
             break;
         }
@@ -177,7 +218,7 @@ async fn move_keys(
                     .map_err(|e| e.to_string())?;
                 if there.as_int() == Some(1) {
                     warn!(slot, key = %String::from_utf8_lossy(&key), from, to, "the owner has a newer copy; dropping the old one");
-                    let c = conn(from, addrs, conns, dial).await?;
+                    let c = nodes.conn(from).await?;
                     c.call_ok(&["ASKING"]).await.map_err(|e| e.to_string())?;
                     c.call_ok(&[b"DEL".as_slice(), &key])
                         .await
@@ -191,7 +232,7 @@ async fn move_keys(
             }
             keep
         };
-        let c = conn(from, addrs, conns, dial).await?;
+        let c = nodes.conn(from).await?;
         let mut cmd: Vec<Vec<u8>> = vec![
             b"MIGRATE".to_vec(),
             host.as_bytes().to_vec(),
@@ -214,8 +255,89 @@ async fn move_keys(
         moved += keys.len();
     }
     info!(slot, from, to, moved, "keys moved");
-    let c = conn(to, addrs, conns, dial).await?;
+    let c = nodes.conn(to).await?;
     await_replicas(c).await
+}
+
+/// Up to `count` key names of `slot` on the node behind `c`.
+async fn keys_in_slot(c: &mut Conn, slot: u16, count: i64) -> Result<Vec<bytes::Bytes>, String> {
+    let (slot, count) = (slot.to_string(), count.max(0).to_string());
+    let keys = c
+        .call_ok(&["CLUSTER", "GETKEYSINSLOT", &slot, &count])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(keys
+        .as_array()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|k| k.as_bytes().cloned())
+        .collect())
+}
+
+/// Copies every key of `slot` from `from` to `to` through this process (S11: the two
+/// cannot reach each other). Keys `to` has already are left as they are.
+async fn copy_keys(from: &str, to: &str, slot: u16, nodes: &mut Nodes<'_>) -> Result<(), String> {
+    let fail = |e: crate::client::ConnError| e.to_string();
+    let allow = ["CONFIG", "GET", "cluster-allow-reads-when-down"];
+    let c = nodes.conn(from).await?;
+    let before = match c.call_ok(&allow).await.map_err(fail)? {
+        Value::Array(v) => v
+            .get(1)
+            .and_then(|v| v.as_str())
+            .unwrap_or("no")
+            .to_string(),
+        _ => "no".to_string(),
+    };
+    let set =
+        |value: &str| ["CONFIG", "SET", "cluster-allow-reads-when-down", value].map(str::to_string);
+    c.call_ok(&set("yes")).await.map_err(fail)?;
+    let copied = copy_each_key(from, to, slot, nodes).await;
+    let c = nodes.conn(from).await?;
+    c.call_ok(&set(&before)).await.map_err(fail)?;
+    let copied = copied?;
+    info!(slot, from, to, copied, "keys copied");
+    let c = nodes.conn(to).await?;
+    await_replicas(c).await
+}
+
+async fn copy_each_key(
+    from: &str,
+    to: &str,
+    slot: u16,
+    nodes: &mut Nodes<'_>,
+) -> Result<usize, String> {
+    let fail = |e: crate::client::ConnError| e.to_string();
+    let s = slot.to_string();
+    let c = nodes.conn(from).await?;
+    let count = c
+        .call_ok(&["CLUSTER", "COUNTKEYSINSLOT", &s])
+        .await
+        .map_err(fail)?;
+    let keys = keys_in_slot(c, slot, count.as_int().unwrap_or(0)).await?;
+    let mut copied = 0;
+    for key in keys {
+        let c = nodes.conn(from).await?;
+        let dump = c.call_ok(&[b"DUMP".as_slice(), &key]).await.map_err(fail)?;
+        let Some(payload) = dump.as_bytes().cloned() else {
+            continue; // expired meanwhile
+        };
+        let ttl = c.call_ok(&[b"PTTL".as_slice(), &key]).await.map_err(fail)?;
+        let ttl = match ttl.as_int() {
+            Some(-2) => continue,
+            Some(ms) if ms > 0 => ms.to_string(),
+            _ => "0".to_string(),
+        };
+        let c = nodes.conn(to).await?;
+        let restore = [b"RESTORE".as_slice(), &key, ttl.as_bytes(), &payload];
+        match c.call(&restore).await.map_err(fail)? {
+            Value::Error(e) if e.starts_with(b"BUSYKEY") => {
+                warn!(slot, key = %String::from_utf8_lossy(&key), from, to, "the winner has its own copy; keeping it");
+            }
+            Value::Error(e) => return Err(String::from_utf8_lossy(&e).into_owned()),
+            _ => copied += 1,
+        }
+    }
+    Ok(copied)
 }
 
 /// Waits until every online replica of the node behind `c` has its replication offset as

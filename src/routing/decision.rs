@@ -39,6 +39,11 @@ pub enum Step {
         slot: u16,
         replace: bool,
     },
+    /// Copy every key of `slot` from `from`, a master cut off by a partition, to `to`,
+    /// through the proxy (DUMP and PTTL there, RESTORE here, nothing replaced), then wait
+    /// until `to`'s replicas have them. `from` refuses reads while its cluster is down, so
+    /// `cluster-allow-reads-when-down` is set there for the copy and put back after.
+    CopyKeys { from: String, to: String, slot: u16 },
 }
 
 /// Which fault of the catalogue (FAULTS.md) broke a slot. It shows as the catalogue's
@@ -63,6 +68,10 @@ pub enum Case {
     /// A master holds keys of a slot another owns, with nothing open: they go to the owner.
     #[serde(rename = "S7/S14 strays")]
     StrayKeys,
+    /// A master cut off by a partition claims the slot and holds its keys; the other side
+    /// gave it, with a higher epoch, to a node that never heard: the keys are copied there.
+    #[serde(rename = "S11")]
+    Partitioned,
     /// A repair of the proxy's own, cut short.
     #[serde(rename = "resume")]
     Resume,
@@ -78,6 +87,7 @@ impl Case {
             Case::BoundToDead => "S10",
             Case::StrayImport => "S13/S14",
             Case::StrayKeys => "S7/S14 strays",
+            Case::Partitioned => "S11",
             Case::Resume => "resume",
         }
     }

@@ -240,6 +240,19 @@ pub struct Report {
 }
 
 impl Report {
+    /// Prints the `REPORT` line of a fault test: what writers saw, and how long after
+    /// the fault the slot was clean.
+    pub fn print(&self, name: &str, fault_at: std::time::Instant, clean_at: std::time::Instant) {
+        eprintln!(
+            "REPORT | {name} | writes {} | client errors {} | stale reads {} | longest stall {:.2}s | clean {:.2}s after the fault",
+            self.writes,
+            self.errors.len(),
+            self.stale.len(),
+            self.longest.as_secs_f64(),
+            clean_at.duration_since(fault_at).as_secs_f64(),
+        );
+    }
+
     fn merge(&mut self, other: Report) {
         self.acked.extend(other.acked);
         self.errors.extend(other.errors);
@@ -443,6 +456,87 @@ pub async fn wait_decision(
     })
     .await
     .unwrap_or_else(|_| panic!("{what}"));
+}
+
+/// Waits until every running node binds the slot to one master (`owner`, if given) and
+/// has nothing open; returns when that was seen, and the owner's id.
+pub async fn settled(
+    h: &Harness,
+    slot: u16,
+    owner: Option<&str>,
+    limit: Duration,
+) -> (std::time::Instant, String) {
+    let addrs: Vec<String> = h
+        .cluster
+        .nodes
+        .iter()
+        .filter(|n| n.pid().is_some())
+        .map(|n| n.addr())
+        .collect();
+    let seen = std::sync::Mutex::new(String::new());
+    wait_for(limit, || {
+        let addrs = addrs.clone();
+        let seen = &seen;
+        async move {
+            let mut owners = std::collections::BTreeSet::new();
+            for addr in &addrs {
+                let Ok(v) = slotguard::client::query(
+                    addr,
+                    &["CLUSTER", "NODES"],
+                    &slotguard::client::Dial::new(Duration::from_secs(1)),
+                )
+                .await
+                else {
+                    return false;
+                };
+                let text = v.as_str().unwrap_or_default().to_string();
+                let Ok(lines) = slotguard::cluster::nodes::parse(&text, "127.0.0.1") else {
+                    return false;
+                };
+                let me = lines.iter().find(|l| l.myself).unwrap();
+                if !me.migrating.is_empty() || !me.importing.is_empty() {
+                    return false;
+                }
+                let holder = lines.iter().find(|l| l.master && l.owns(slot));
+                owners.insert(holder.map(|l| l.id.clone()));
+            }
+            let one = match (owners.len(), owners.first()) {
+                (1, Some(Some(id))) if owner.is_none_or(|o| o == id) => id.clone(),
+                _ => return false,
+            };
+            *seen.lock().unwrap() = one;
+            true
+        }
+    })
+    .await
+    .expect("the slot settles on one owner");
+    let id = seen.into_inner().unwrap();
+    (std::time::Instant::now(), id)
+}
+
+/// Opens a migration of `slot` from the master at `a` to the master at `b` and moves
+/// `keys` with one MIGRATE, as an operator's tool does; returns the two node ids.
+pub async fn open_migration(a: &str, b: &str, slot: u16, keys: &[String]) -> (String, String) {
+    let (source, target) = (node_id(a).await, node_id(b).await);
+    let s = slot.to_string();
+    call(b, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &source]).await;
+    call(a, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &target]).await;
+    if !keys.is_empty() {
+        let (host, port) = b.rsplit_once(':').unwrap();
+        let mut migrate = vec!["MIGRATE", host, port, "", "0", "5000", "KEYS"];
+        migrate.extend(keys.iter().map(String::as_str));
+        call(a, &migrate).await;
+    }
+    (source, target)
+}
+
+/// The node id of the node at `addr`.
+pub async fn node_id(addr: &str) -> String {
+    call(addr, &["CLUSTER", "MYID"])
+        .await
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 pub async fn call(addr: &str, args: &[&str]) -> slotguard::protocol::Value {

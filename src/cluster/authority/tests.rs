@@ -1,5 +1,8 @@
 //! The authority's decisions as a table: cluster views (and the journal) in, slot state and
-//! repair plan out, one row per FAULTS.md case, plus mixed cases.
+//! repair plan out, one row per FAULTS.md case, plus mixed cases. Each case runs a second
+//! time with no memory of the migration (no journal, no shard lineage), as a proxy started
+//! after the fault sees it: the same decision (`run_with_and_without_memory`), or, where
+//! memory changes it, a row of its own that says what is decided instead (S1, S2, S7).
 //!
 //! The cluster: masters A (slots 0-99), B (100-199), C (200-16383) with replicas A2, B2,
 //! C2. Slot 50 migrates from A to B unless a case says otherwise.
@@ -131,6 +134,7 @@ fn mid_migration() -> Vec<Node> {
     nodes
 }
 
+#[derive(Clone)]
 struct Case {
     name: &'static str,
     nodes: Vec<Node>,
@@ -201,6 +205,19 @@ fn run(case: Case) {
         assert_eq!(*got, want, "{}", case.name);
     }
     assert_eq!(d.plan, case.want_plan, "{}", case.name);
+}
+
+/// Runs a case as watched, then again with no memory of the migration at all (no journal,
+/// no shard lineage: a proxy started after the fault): the cluster alone shows enough, and
+/// the decision is the same.
+fn run_with_and_without_memory(case: Case) {
+    let unseen = Case {
+        journal: BTreeMap::new(),
+        lineage: false,
+        ..case.clone()
+    };
+    run(case);
+    run(unseen);
 }
 
 fn bind(on: &str, owner: &str) -> Step {
@@ -351,8 +368,8 @@ fn s3_target_manually_failed_over() {
     b2.master = true;
     b2.master_of = None;
     b2.slots = slots;
-    run(Case {
-        keys: vec![("A", 7)],
+    run_with_and_without_memory(Case {
+        keys: vec![("A", 7), ("B2", 3)],
         want_state: "broken",
         want_case: Some("S2/S3/S9"),
         want_plan: finish_onto_b2(),
@@ -364,7 +381,7 @@ fn s3_target_manually_failed_over() {
 fn s4_source_killed_and_failed_over() {
     let mut nodes = mid_migration();
     fail_over(&mut nodes, "A", "A2");
-    run(Case {
+    run_with_and_without_memory(Case {
         keys: vec![("A2", 5), ("B", 4)],
         want_state: "broken",
         want_case: Some("S4/S5/S6"),
@@ -406,7 +423,7 @@ fn s5_source_manually_failed_over() {
     a2.master = true;
     a2.master_of = None;
     a2.slots = slots;
-    run(Case {
+    run_with_and_without_memory(Case {
         keys: vec![("A2", 5)],
         want_state: "broken",
         want_case: Some("S4/S5/S6"),
@@ -440,7 +457,7 @@ fn s5_source_manually_failed_over() {
 fn s6_source_killed_after_every_key_moved() {
     let mut nodes = mid_migration();
     fail_over(&mut nodes, "A", "A2");
-    run(Case {
+    run_with_and_without_memory(Case {
         keys: vec![("B", 9)],
         want_state: "broken",
         want_case: Some("S4/S5/S6"),
@@ -532,7 +549,7 @@ fn s7_both_ends_failed_over_is_seen_only_through_the_journal() {
 fn s9_target_finalized_itself_then_died() {
     let mut nodes = mid_migration();
     fail_over(&mut nodes, "B", "B2");
-    run(Case {
+    run_with_and_without_memory(Case {
         keys: vec![("A", 0), ("B2", 10)],
         want_state: "broken",
         want_case: Some("S2/S3/S9"),
@@ -648,11 +665,11 @@ fn s13_abort_on_the_source_only_is_rolled_back() {
         ..case("S13", nodes.clone())
     };
     // Without keys on B it may be a migration being set up: wait for the grace.
-    run(Case {
+    run_with_and_without_memory(Case {
         want_state: "migrating",
         ..c(false, 0)
     });
-    run(Case {
+    run_with_and_without_memory(Case {
         want_state: "broken",
         want_case: Some("S13/S14"),
         want_plan: vec![Stable {
@@ -663,7 +680,7 @@ fn s13_abort_on_the_source_only_is_rolled_back() {
     });
     // With keys on B it cannot be one: rolled back at once, grace or not.
     for grace_over in [false, true] {
-        run(Case {
+        run_with_and_without_memory(Case {
             want_state: "broken",
             want_case: Some("S13/S14"),
             want_plan: vec![
@@ -716,7 +733,7 @@ fn s1_target_down_without_failover_waits() {
     b.dead = true;
     b.failed = true;
     get(&mut nodes, "B2").dead = true;
-    run(Case {
+    run_with_and_without_memory(Case {
         want_state: "orphaned",
         ..case("S1", nodes)
     });
@@ -851,7 +868,7 @@ fn s9_when_the_promoted_replica_already_owns_the_slot_only_the_others_are_told()
     get(&mut nodes, "A").slots = vec![(0, 49), (51, 99)];
     get(&mut nodes, "B").slots.push((X, X));
     fail_over(&mut nodes, "B", "B2");
-    run(Case {
+    run_with_and_without_memory(Case {
         keys: vec![("A", 0), ("B2", 10)],
         want_state: "broken",
         want_case: Some("S2/S3/S9"),
@@ -880,7 +897,7 @@ fn s12_and_s15_plan_as_s4() {
     // looks at: the plan is S4's, and its MoveKeys replaces (the source copy wins).
     let mut nodes = mid_migration();
     fail_over(&mut nodes, "A", "A2");
-    run(Case {
+    run_with_and_without_memory(Case {
         keys: vec![("A2", 5), ("B", 4)],
         want_state: "broken",
         want_case: Some("S4/S5/S6"),
@@ -930,6 +947,14 @@ fn s1_a_migration_whose_target_came_back_is_finished() {
         want_plan: finish_onto_b(),
         ..c(true)
     });
+    // Without memory of the target going down (a proxy started once it was back), the
+    // migration looks like any live one: left to its driver, clients served through ASK.
+    run(Case {
+        journal: BTreeMap::new(),
+        lineage: false,
+        want_state: "migrating",
+        ..c(false)
+    });
 }
 
 /// A remembered migration closed by its own ends, both alive all along, with copies left on
@@ -948,5 +973,61 @@ fn a_migration_its_ends_closed_is_not_finished_by_the_proxy() {
         want_case: Some("S7"),
         want_plan: finish_onto_b(),
         ..c(true)
+    });
+}
+
+/// S11: B finalized slot 50 and was cut off before anyone heard; A died and A2, elected
+/// without hearing B, claims the slot with none of its keys. B still answers the proxy.
+fn s11() -> Vec<Node> {
+    let mut nodes = base();
+    let b = get(&mut nodes, "B");
+    b.slots.push((X, X));
+    b.failed = true;
+    fail_over(&mut nodes, "A", "A2");
+    nodes
+}
+
+#[test]
+fn s11_the_keys_of_a_cut_off_target_are_copied_to_the_live_claimant() {
+    // The keys are copied to A2, the live claimant.
+    let copy = vec![CopyKeys {
+        from: "B".into(),
+        to: "A2".into(),
+        slot: X,
+    }];
+    for journal in [journal_a_to_b(), BTreeMap::new()] {
+        run(Case {
+            journal,
+            keys: vec![("B", 60), ("A2", 0)],
+            want_state: "broken",
+            want_case: Some("S11"),
+            want_plan: copy.clone(),
+            ..case("S11", s11())
+        });
+    }
+    // Once A2 has them, the slot is held until the partition heals: either side may win.
+    run(Case {
+        journal: BTreeMap::new(),
+        keys: vec![("B", 60), ("A2", 60)],
+        want_state: "broken",
+        want_case: Some("S11"),
+        ..case("S11 copied", s11())
+    });
+}
+
+#[test]
+fn a_failover_across_a_partition_is_not_s11() {
+    // B is cut off and its own replica took its slots, lagging: B has keys B2 lacks. B2
+    // is B's heir (the journal knows the shard): an ordinary failover, left to Redis.
+    let mut nodes = base();
+    fail_over(&mut nodes, "B", "B2");
+    let b = get(&mut nodes, "B");
+    b.dead = false;
+    b.slots = vec![(100, 199)];
+    run(Case {
+        journal: BTreeMap::new(),
+        keys: vec![("B", 5), ("B2", 0)],
+        slot: 150,
+        ..case("failover across a partition", nodes)
     });
 }
