@@ -102,7 +102,13 @@ async fn s11(watching: bool) {
     }
 
     // B is cut off from every node, then finalizes; the others raise their epoch (as any
-    // failover on their side would), and A dies: A' is elected without hearing of B.
+    // failover on their side would), and A dies: A' is elected without hearing of B. B's
+    // replica waits until then: were it promoted first, holding the moved keys, the
+    // proxy would give it the slot (S10) before A' could claim it, and S11 would not
+    // happen at all.
+    let b_replica = cluster.nodes[B + MASTERS].addr();
+    let barred = |no: &'static str| ["CONFIG", "SET", "cluster-replica-no-failover", no];
+    call(&b_replica, &barred("yes")).await;
     let at = Instant::now();
     let total = cluster.nodes.len();
     for other in (0..total).filter(|&i| i != B) {
@@ -112,8 +118,6 @@ async fn s11(watching: bool) {
     call(&cluster.nodes[2].addr(), &["CLUSTER", "BUMPEPOCH"]).await;
     cluster.nodes[A].kill();
     cluster.wait_promoted(A).await.unwrap();
-    // B's replica, on the majority's side too, takes B's other slots.
-    cluster.wait_promoted(B).await.unwrap();
     let heir = cluster.nodes[A + MASTERS].addr();
     let c_addr = cluster.nodes[2].addr();
     wait_for(Duration::from_secs(20), || {
@@ -133,6 +137,9 @@ async fn s11(watching: bool) {
         Some(node_id(&heir).await.as_str()),
         "A' claims the slot: S11 is set up"
     );
+    // B's replica, on the majority's side too, takes B's other slots.
+    call(&b_replica, &barred("no")).await;
+    cluster.wait_promoted(B).await.unwrap();
 
     let proxy = match proxy.take() {
         Some(p) => p,
