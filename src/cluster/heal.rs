@@ -149,38 +149,33 @@ impl Healer {
 
 /// Keys on masters that do not own their slot, with nothing open there: what a migration
 /// leaves on the target's heir when both its ends failed over unwatched (S7). Found by an
-/// audit of every live master's key counts, run when the set of live masters changes
-/// (a failover, a restart, a proxy's first look); the slots found stay of interest until
-/// they are settled.
+/// audit of a master's key counts, once each time a node becomes a live master (a
+/// failover, a restart, the proxy's first look at it); the slots found stay of interest
+/// until they are settled.
 #[derive(Default)]
 pub struct Strays {
-    /// The live masters when last audited.
+    /// The live masters already audited.
     masters: BTreeSet<String>,
     /// Slots found with keys on a master that does not own them.
     slots: BTreeSet<u16>,
 }
 
 impl Strays {
-    /// Audits the live masters if they changed since the last audit. A master that does
-    /// not answer leaves the audit to be run again at the next look.
+    /// Audits the live masters not audited yet, and forgets those that are no longer
+    /// live masters (audited again if they become one). A master that does not answer is
+    /// audited at a later look.
     async fn audit(
         &mut self,
         cluster: &Cluster<'_>,
         views: &[(String, Vec<NodeLine>)],
         dial: &Dial,
     ) {
-        let masters: BTreeSet<String> = live_masters(cluster, views)
-            .map(|(id, _)| id.to_string())
-            .collect();
-        if masters == self.masters {
-            return;
-        }
-        let mut found = BTreeSet::new();
+        self.masters.retain(|id| cluster.is_live_master(id));
         for (addr, lines) in views {
             let Some(line) = lines.iter().find(|l| l.myself) else {
                 continue;
             };
-            if !cluster.is_live_master(&line.id) {
+            if !cluster.is_live_master(&line.id) || self.masters.contains(&line.id) {
                 continue;
             }
             let id = line.id.as_str();
@@ -205,7 +200,7 @@ impl Strays {
                 Ok(counts) => counts,
                 Err(e) => {
                     warn!(node = id, error = %e, "cannot count keys for the stray-key audit");
-                    return;
+                    continue;
                 }
             };
             for (&slot, n) in slots.iter().zip(counts) {
@@ -216,12 +211,11 @@ impl Strays {
                         keys = n.as_int(),
                         "keys of a slot this master does not own"
                     );
-                    found.insert(slot);
+                    self.slots.insert(slot);
                 }
             }
+            self.masters.insert(line.id.clone());
         }
-        self.masters = masters;
-        self.slots.extend(found);
     }
 }
 
@@ -236,20 +230,6 @@ fn answering_masters<'v>(
         let me = lines.iter().find(|l| l.myself && l.master)?;
         Some((me.id.as_str(), addr.as_str()))
     })
-}
-
-/// (id, address) of every live master that answered.
-fn live_masters<'v>(
-    cluster: &'v Cluster<'_>,
-    views: &'v [(String, Vec<NodeLine>)],
-) -> impl Iterator<Item = (&'v str, &'v str)> + 'v {
-    views
-        .iter()
-        .filter_map(|(addr, lines)| {
-            let me = lines.iter().find(|l| l.myself)?;
-            Some((me.id.as_str(), addr.as_str()))
-        })
-        .filter(|(id, _)| cluster.is_live_master(id))
 }
 
 /// The authority's assessment of fresh views: remembers what they show in the journal,

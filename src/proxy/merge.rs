@@ -99,7 +99,7 @@ fn random() -> u64 {
 pub const GONE: &str = "ERR slotguard: request dropped while shutting down";
 
 /// Merges the parts' replies; `resp3`: the client's protocol (the parts came in it too).
-fn merge(how: &Merge, parts: &[Bytes], resp3: bool) -> Bytes {
+pub(super) fn merge(how: &Merge, parts: &[Bytes], resp3: bool) -> Bytes {
     // The common cases need no decoding: every part `+OK`, or every part an integer.
     match how {
         Merge::AllOk if parts.iter().all(|p| p.first() == Some(&b'+')) => {

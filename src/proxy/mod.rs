@@ -40,6 +40,35 @@ mod tracking;
 mod turns;
 mod wait;
 
+#[doc(hidden)]
+pub mod fuzzing {
+    //! Entry points for the fuzz targets in `fuzz/`; not part of the API.
+
+    use bytes::Bytes;
+
+    use super::merge::Merge;
+
+    /// Merges `parts` as the merge numbered `kind` does (those that need no other state).
+    /// For MGET, part `i` answers for key `i`.
+    pub fn merge(kind: u8, parts: &[Bytes], resp3: bool) -> Bytes {
+        let how = match kind % 9 {
+            0 => Merge::MGet {
+                positions: (0..parts.len()).map(|i| vec![i]).collect(),
+                total: parts.len(),
+            },
+            1 => Merge::AllOk,
+            2 => Merge::Largest { local: 1 },
+            3 => Merge::SumInts,
+            4 => Merge::Concat,
+            5 => Merge::Union,
+            6 => Merge::SumPairs,
+            7 => Merge::First,
+            _ => Merge::MinEach,
+        };
+        super::merge::merge(&how, parts, resp3)
+    }
+}
+
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
