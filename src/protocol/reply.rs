@@ -204,8 +204,8 @@ impl Value {
     /// were decoded as arrays and stay arrays.)
     pub fn encode_for(&self, out: &mut BytesMut, resp3: bool) {
         match self {
-            Value::Simple(s) => line(out, b'+', s),
-            Value::Error(s) => line(out, b'-', s),
+            Value::Simple(s) => one_line(out, b'+', s),
+            Value::Error(s) => one_line(out, b'-', s),
             Value::Int(n) => line(out, b':', n.to_string().as_bytes()),
             Value::Bulk(b) => bulk(out, b),
             Value::Nil if resp3 => out.put_slice(b"_\r\n"),
@@ -305,6 +305,19 @@ fn parse_at(frame: &Bytes, at: &mut usize, depth: usize) -> Result<Value, Protoc
             )))
         }
     })
+}
+
+/// A status or an error: one line, so a line break in its text (a RESP3 blob error from a
+/// node) becomes a space, as Redis does for error texts. Found by the `reply` fuzz target.
+fn one_line(out: &mut BytesMut, kind: u8, text: &[u8]) {
+    if !text.iter().any(|&b| b == b'\r' || b == b'\n') {
+        return line(out, kind, text);
+    }
+    let flat: Vec<u8> = text
+        .iter()
+        .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b })
+        .collect();
+    line(out, kind, &flat);
 }
 
 fn line(out: &mut BytesMut, kind: u8, text: &[u8]) {
@@ -408,6 +421,16 @@ mod tests {
             assert_eq!(s.scan(&input[..end]).unwrap(), None, "at {end}");
         }
         assert_eq!(s.scan(input).unwrap(), Some(input.len()));
+    }
+
+    #[test]
+    fn a_blob_error_with_line_breaks_is_sent_on_one_line() {
+        let frame = Bytes::from_static(b"!10\r\nERR a\r\nb c\r\n");
+        let v = Value::parse(&frame).unwrap();
+        let mut out = BytesMut::new();
+        v.encode_for(&mut out, true);
+        assert_eq!(&out[..], b"-ERR a  b c\r\n");
+        assert_eq!(frames(&out), vec![out.len()]);
     }
 
     #[test]
