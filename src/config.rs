@@ -59,6 +59,9 @@ pub struct Config {
     pub users: Vec<User>,
     /// Admin HTTP listener (`/healthz`), off when `None`.
     pub admin_listen: Option<SocketAddr>,
+    /// When set, every admin path but `/healthz` and the page needs
+    /// `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
     /// Where the migration journal is kept; `None`: in memory only.
     pub state_dir: Option<std::path::PathBuf>,
     /// Repair broken slots (`true`), or only detect, hold and report.
@@ -261,6 +264,9 @@ impl Default for RepairSection {
 #[serde(deny_unknown_fields, default)]
 struct AdminSection {
     listen: String,
+    token: String,
+    /// The admin listener may listen beyond loopback only when this says so.
+    allow_remote: bool,
 }
 
 #[derive(Deserialize, Debug)]
@@ -464,6 +470,14 @@ impl File {
             "" => None,
             addr => Some(socket_addr("admin.listen", addr)?),
         };
+        if let Some(addr) = admin_listen.filter(|a| !a.ip().is_loopback()) {
+            if !self.admin.allow_remote {
+                return Err(ConfigError(format!(
+                    "admin.listen = \"{addr}\" is beyond loopback: set admin.allow_remote = true to allow it (and admin.token to require a token)"
+                )));
+            }
+        }
+        let admin_token = Some(self.admin.token.clone()).filter(|t| !t.is_empty());
         if self.threads == 0 || self.threads > 1024 {
             return Err(bad(
                 "threads",
@@ -515,6 +529,7 @@ impl File {
                 .map(UserEntry::validate)
                 .collect::<Result<_, _>>()?,
             admin_listen,
+            admin_token,
             state_dir: Some(self.state_dir)
                 .filter(|d| !d.is_empty())
                 .map(std::path::PathBuf::from),
@@ -727,11 +742,24 @@ mod tests {
                 "[[users]]\nname = \"default\"\npassword = \"p\"\naccess = \"admin\"",
                 "users.name = \"default\"",
             ),
+            (
+                "[admin]\nlisten = \"0.0.0.0:9000\"",
+                "admin.listen = \"0.0.0.0:9000\" is beyond loopback",
+            ),
         ];
         for (text, want) in cases {
             let err = Config::parse(text).unwrap_err().0;
             assert!(err.contains(want), "{text:?} gave {err:?}, wanted {want:?}");
         }
+    }
+
+    #[test]
+    fn the_admin_listener_goes_beyond_loopback_only_when_told() {
+        let local = Config::parse("[admin]\nlisten = \"127.0.0.1:9000\"").unwrap();
+        assert_eq!(local.admin_token, None);
+        let remote = "[admin]\nlisten = \"0.0.0.0:9000\"\nallow_remote = true\ntoken = \"s3cret\"";
+        let remote = Config::parse(remote).unwrap();
+        assert_eq!(remote.admin_token.as_deref(), Some("s3cret"));
     }
 
     #[test]

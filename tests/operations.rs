@@ -14,8 +14,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A GET over plain HTTP/1.1; returns (status code, body).
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_get_with(addr, path, "").await
+}
+
+/// A GET with extra header lines (each ending in `\r\n`).
+async fn http_get_with(addr: std::net::SocketAddr, path: &str, headers: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n{headers}\r\n").as_bytes())
         .await
         .unwrap();
     let mut out = Vec::new();
@@ -59,6 +64,36 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
         samples.insert(series.to_string(), value);
     }
     samples
+}
+
+/// With `admin.token`, the admin listener answers only requests that carry it, except the
+/// health check and the (data-free) page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_requires_its_token() {
+    let h = Harness::start_with(
+        Options {
+            masters: 3,
+            replicas_per_master: 0,
+            ..Options::default()
+        },
+        |c| {
+            c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.admin_token = Some("s3cret".into());
+        },
+    )
+    .await;
+    let admin = h.proxy.admin_addr.unwrap();
+    for path in ["/status", "/metrics", "/readyz"] {
+        let (code, body) = http_get(admin, path).await;
+        assert_eq!(code, 401, "{path}: {body}");
+        assert!(!body.contains("slotguard_"), "{path} leaked: {body}");
+        let wrong = "authorization: Bearer s3creT\r\n";
+        assert_eq!(http_get_with(admin, path, wrong).await.0, 401, "{path}");
+        let right = "Authorization: bearer s3cret\r\n";
+        assert_eq!(http_get_with(admin, path, right).await.0, 200, "{path}");
+    }
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(admin, "/").await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,9 @@
 //! - `/healthz`: 200 while the process runs.
 //! - `/readyz`: 200 once the slot map is loaded and every slot is served or held.
 //! - `/`: a page that draws the 16384 slots, refreshed from `/status`.
+//!
+//! With `admin.token` set, every path but `/healthz` and the page needs `Authorization:
+//! Bearer <token>` (the page takes it from its address, `/#token=...`, for `/status`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,7 +65,18 @@ async fn answer(proxy: Arc<Proxy>, mut stream: TcpStream) {
     let method = parts.next().unwrap_or_default();
     let path = parts.next().unwrap_or_default();
     let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-    let (status, kind, body) = if method != b"GET" {
+    let token = proxy.config().admin_token.clone();
+    // The health check and the page itself (static, no data) are open.
+    let allowed = path == b"/healthz"
+        || path == b"/"
+        || token.is_none_or(|t| bearer(&head).is_some_and(|b| same(b, t.as_bytes())));
+    let (status, kind, body) = if !allowed {
+        (
+            "401 Unauthorized\r\nwww-authenticate: Bearer",
+            "text/plain",
+            "a bearer token is required (admin.token)\n".to_string(),
+        )
+    } else if method != b"GET" {
         (
             "405 Method Not Allowed",
             "text/plain",
@@ -76,6 +90,28 @@ async fn answer(proxy: Arc<Proxy>, mut stream: TcpStream) {
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
+}
+
+/// The token of an `Authorization: Bearer` header in a request head.
+fn bearer(head: &[u8]) -> Option<&[u8]> {
+    head.split(|&b| b == b'\n').find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if !name.eq_ignore_ascii_case(b"authorization") {
+            return None;
+        }
+        let value = value.trim_ascii();
+        let (scheme, token) = value.split_at(value.iter().position(|&b| b == b' ')?);
+        scheme
+            .eq_ignore_ascii_case(b"bearer")
+            .then(|| token.trim_ascii())
+    })
+}
+
+/// Compares in time that depends on the length only, not on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn route(proxy: &Proxy, path: &[u8]) -> (&'static str, &'static str, String) {
