@@ -222,6 +222,45 @@ async fn proxy_users_get_the_access_they_were_given() {
     assert!(denied.starts_with("-NOPERM"), "{denied}");
 }
 
+/// Failed AUTH attempts are limited per source address: after a burst of ten, AUTH is
+/// refused (even with the right password, so a guesser learns nothing) until a second
+/// passes; a client already logged in carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_auth_attempts_are_limited_per_address() {
+    let h = Harness::start_with(
+        Options {
+            masters: 3,
+            replicas_per_master: 0,
+            ..Options::default()
+        },
+        |c| c.password = Some("right".into()),
+    )
+    .await;
+    let mut good = TcpStream::connect(h.proxy.addr).await.unwrap();
+    assert_eq!(
+        ask_raw(&mut good, b"AUTH right\r\n", b"\r\n").await,
+        "+OK\r\n"
+    );
+    let mut s = TcpStream::connect(h.proxy.addr).await.unwrap();
+    for _ in 0..10 {
+        let wrong = ask_raw(&mut s, b"AUTH wrong\r\n", b"\r\n").await;
+        assert!(wrong.starts_with("-WRONGPASS"), "{wrong}");
+    }
+    let limited = ask_raw(&mut s, b"AUTH right\r\n", b"\r\n").await;
+    assert!(
+        limited.starts_with("-ERR slotguard: too many failed AUTH attempts from 127.0.0.1"),
+        "{limited}"
+    );
+    let inline = ask_raw(&mut s, b"GET k\r\n", b"\r\n").await;
+    assert!(
+        inline.starts_with("-NOAUTH"),
+        "still not logged in: {inline}"
+    );
+    assert_eq!(ask_raw(&mut good, b"PING\r\n", b"\r\n").await, "+PONG\r\n");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(ask_raw(&mut s, b"AUTH right\r\n", b"\r\n").await, "+OK\r\n");
+}
+
 /// An ACL user (username and password) for the proxy's connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acl_user_reaches_the_cluster() {

@@ -2,6 +2,8 @@
 //! CLIENT) and the one-node cluster it shows cluster-aware clients (CLUSTER SLOTS, SHARDS,
 //! NODES, INFO, MYID, KEYSLOT): every slot served at the address the client connected to.
 
+use std::time::Instant;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::client::Client;
@@ -45,6 +47,13 @@ fn log_in(
 ) -> Result<(), Bytes> {
     let config = proxy.config();
     let user = user.unwrap_or(b"default");
+    let (ip, now) = (client.peer.ip(), Instant::now());
+    if let Err(wait) = proxy.auth_limit.check(ip, now) {
+        return Err(reply::error(&format!(
+            "ERR slotguard: too many failed AUTH attempts from {ip}; try again in {:.1}s",
+            wait.as_secs_f64()
+        )));
+    }
     let found = if user == b"default" {
         if config.password.is_none() && config.users.is_empty() {
             return Err(reply::error(
@@ -64,6 +73,7 @@ fn log_in(
             .map(|u| (u.name.as_str(), u.access))
     };
     let Some((name, access)) = found else {
+        proxy.auth_limit.failed(ip, now);
         return Err(reply::error(
             "WRONGPASS invalid username-password pair or user is disabled.",
         ));

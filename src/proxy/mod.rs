@@ -17,6 +17,7 @@
 //! please `clippy::result_large_err` would cost an allocation per request.
 #![allow(clippy::result_large_err)]
 
+mod auth_limit;
 mod client;
 mod clients;
 pub mod connection;
@@ -135,6 +136,8 @@ pub struct Proxy {
     next_session: AtomicU32,
     /// Client connections accepted and not yet closed (`client.max_clients`).
     admitted: Arc<AtomicUsize>,
+    /// Failed AUTH attempts per source address.
+    auth_limit: auth_limit::AuthLimit,
     me: std::sync::Weak<Proxy>,
 }
 
@@ -175,6 +178,7 @@ impl Proxy {
             shutdown: watch::Sender::new(false),
             next_session: AtomicU32::new(1),
             admitted: Arc::new(AtomicUsize::new(0)),
+            auth_limit: auth_limit::AuthLimit::default(),
             me: me.clone(),
             routing,
         })
