@@ -203,16 +203,21 @@ impl Strays {
                     continue;
                 }
             };
-            for (&slot, n) in slots.iter().zip(counts) {
-                if n.as_int().is_some_and(|n| n > 0) {
-                    warn!(
-                        slot,
-                        node = id,
-                        keys = n.as_int(),
-                        "keys of a slot this master does not own"
-                    );
-                    self.slots.insert(slot);
-                }
+            let found: Vec<u16> = slots
+                .iter()
+                .zip(counts)
+                .filter(|(_, n)| n.as_int().is_some_and(|n| n > 0))
+                .map(|(&slot, _)| slot)
+                .collect();
+            if !found.is_empty() {
+                let first: Vec<u16> = found.iter().copied().take(10).collect();
+                warn!(
+                    node = id,
+                    slots = found.len(),
+                    ?first,
+                    "keys of slots this master does not own"
+                );
+                self.slots.extend(found);
             }
             self.masters.insert(line.id.clone());
         }
