@@ -695,6 +695,12 @@ pub fn duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
     Ok(d)
 }
 
+/// Compares secrets (passwords, tokens) in time that depends on their length only, not
+/// on where they differ.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

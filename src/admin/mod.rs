@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::same_secret;
 use crate::protocol::SLOTS;
 use crate::proxy::Proxy;
 
@@ -69,7 +70,7 @@ async fn answer(proxy: Arc<Proxy>, mut stream: TcpStream) {
     // The health check and the page itself (static, no data) are open.
     let allowed = path == b"/healthz"
         || path == b"/"
-        || token.is_none_or(|t| bearer(&head).is_some_and(|b| same(b, t.as_bytes())));
+        || token.is_none_or(|t| bearer(&head).is_some_and(|b| same_secret(b, t.as_bytes())));
     let (status, kind, body) = if !allowed {
         (
             "401 Unauthorized\r\nwww-authenticate: Bearer",
@@ -107,11 +108,6 @@ fn bearer(head: &[u8]) -> Option<&[u8]> {
             .eq_ignore_ascii_case(b"bearer")
             .then(|| token.trim_ascii())
     })
-}
-
-/// Compares in time that depends on the length only, not on where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn route(proxy: &Proxy, path: &[u8]) -> (&'static str, &'static str, String) {

@@ -8,7 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::client::Client;
 use super::Proxy;
-use crate::config::Access;
+use crate::config::{same_secret, Access};
 use crate::protocol::reply::{self, arity, array_header, bulk, Value};
 use crate::protocol::{key_slot, Request};
 
@@ -63,13 +63,13 @@ fn log_in(
         config
             .password
             .as_deref()
-            .filter(|expected| same(expected.as_bytes(), pass))
+            .filter(|expected| same_secret(expected.as_bytes(), pass))
             .map(|_| ("default", Access::Admin))
     } else {
         config
             .users
             .iter()
-            .find(|u| u.name.as_bytes() == user && same(u.password.as_bytes(), pass))
+            .find(|u| u.name.as_bytes() == user && same_secret(u.password.as_bytes(), pass))
             .map(|u| (u.name.as_str(), u.access))
     };
     let Some((name, access)) = found else {
@@ -82,11 +82,6 @@ fn log_in(
     client.user = name.into();
     client.access = access;
     Ok(())
-}
-
-/// Compares secrets in time that depends on their length only.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub fn auth(proxy: &Proxy, client: &mut Client, req: &Request) -> Bytes {
