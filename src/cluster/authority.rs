@@ -186,11 +186,9 @@ impl<'a> Cluster<'a> {
         })
     }
 
-    /// Slots that need a look: open on any live master, without a live owner, or
-    /// contested across a partition.
+    /// Slots that need a look: open on any live master, or without a live owner.
     pub fn candidates(&self) -> BTreeSet<u16> {
         let mut out: BTreeSet<u16> = self.open_migrations().into_keys().collect();
-        out.extend(self.contested());
         let mut owned = vec![false; crate::protocol::SLOTS];
         for m in self.live_masters() {
             for &(a, b) in &m.slots {

@@ -254,11 +254,13 @@ pub async fn assess(
     let mut interesting: BTreeSet<u16> = remembered.migrations.keys().copied().collect();
     interesting.extend(cluster.open_migrations().into_keys());
     strays.audit(&cluster, views, dial).await;
+    let contested = cluster.contested();
     let candidates: BTreeSet<u16> = cluster
         .candidates()
         .into_iter()
         .chain(interesting.iter().copied())
         .chain(strays.slots.iter().copied())
+        .chain(contested.iter().copied())
         .collect();
     // Slots bound to a failed master and explained by no migration are decided by where
     // their keys are. After a migration nobody saw there are a few; a shard down with no
@@ -270,7 +272,7 @@ pub async fn assess(
         .collect();
     let mut counted = interesting.clone();
     counted.extend(&strays.slots);
-    counted.extend(cluster.contested());
+    counted.extend(contested);
     if stray.len() <= STRAYS_COUNTED {
         counted.extend(stray);
     }

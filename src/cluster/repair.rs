@@ -54,12 +54,19 @@ fn new_owner(plan: &[Step]) -> Option<&str> {
 async fn await_agreement(slot: u16, owner: &str, addrs: &HashMap<String, String>, dial: &Dial) {
     let quick = dial.with_limit(Duration::from_millis(500));
     let deadline = Instant::now() + AGREEMENT_WAIT;
-    let mut waiting: Vec<&String> = addrs.values().collect();
+    // One connection per node that answers, asked again until it agrees; a node that
+    // does not answer is down, and learns when it comes back.
+    let mut waiting: Vec<Conn> = Vec::new();
+    for addr in addrs.values() {
+        if let Ok(conn) = Conn::dial(addr, &quick).await {
+            waiting.push(conn);
+        }
+    }
     while !waiting.is_empty() && Instant::now() < deadline {
         let mut still = Vec::new();
-        for addr in waiting {
-            let Ok(v) = crate::client::query(addr, &["CLUSTER", "NODES"], &quick).await else {
-                continue; // down: it learns when it comes back
+        for mut conn in waiting {
+            let Ok(v) = conn.call_ok(&["CLUSTER", "NODES"]).await else {
+                continue;
             };
             let text = v.as_str().unwrap_or_default();
             let binds = super::nodes::parse(text, "")
@@ -67,7 +74,7 @@ async fn await_agreement(slot: u16, owner: &str, addrs: &HashMap<String, String>
                 .and_then(|lines| lines.into_iter().find(|l| l.master && l.owns(slot)))
                 .map(|l| l.id);
             if binds.as_deref() != Some(owner) {
-                still.push(addr);
+                still.push(conn);
             }
         }
         waiting = still;
@@ -76,7 +83,13 @@ async fn await_agreement(slot: u16, owner: &str, addrs: &HashMap<String, String>
         }
     }
     if !waiting.is_empty() {
-        warn!(slot, owner, nodes = ?waiting, "not every node binds the slot to its new owner yet; going on");
+        let nodes: Vec<&str> = waiting.iter().map(Conn::addr).collect();
+        warn!(
+            slot,
+            owner,
+            ?nodes,
+            "not every node binds the slot to its new owner yet; going on"
+        );
     }
 }
 
