@@ -212,13 +212,10 @@ async fn owner_in_view_of(addr: &str, slot: u16) -> Option<String> {
         .map(|l| l.id)
 }
 
-/// Ignored in CI: it exposes a real race, not yet fixed. Writers run through the cut, and
-/// a write the cut-off B acknowledges after the keys were copied to A' (B accepts writes
-/// until it notices it lost the majority; the proxy copies once the majority flags B)
-/// is missing from A's copy, and lost if A' wins when the partition heals. Seen once, on
-/// a loaded machine, as a read of an older value. Run it with `--ignored`.
+/// Writers run through the cut. B acknowledges writes until it notices it lost the
+/// majority, which may be after the majority flags it: the copy waits for B to refuse
+/// writes, or a write it acknowledged after the copy would be lost if A' wins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a write B acknowledges after the copy can be lost (see the comment)"]
 async fn s11_watched_the_cut_off_target_keeps_the_slot_and_every_key() {
     s11(true).await;
 }

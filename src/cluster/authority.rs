@@ -186,20 +186,23 @@ impl<'a> Cluster<'a> {
         })
     }
 
-    /// Slots that need a look: open on any live master, or without a live owner.
+    /// Slots that need a look: open on any live master, without a live owner, or claimed
+    /// by two (the two sides of a healed partition, until Redis settles which keeps it).
     pub fn candidates(&self) -> BTreeSet<u16> {
         let mut out: BTreeSet<u16> = self.open_migrations().into_keys().collect();
-        let mut owned = vec![false; crate::protocol::SLOTS];
+        let mut claims = vec![0u8; crate::protocol::SLOTS];
         for m in self.live_masters() {
             for &(a, b) in &m.slots {
-                owned[a as usize..=b as usize].fill(true);
+                for c in &mut claims[a as usize..=b as usize] {
+                    *c = c.saturating_add(1);
+                }
             }
         }
         out.extend(
-            owned
+            claims
                 .iter()
                 .enumerate()
-                .filter(|(_, o)| !**o)
+                .filter(|(_, &c)| c != 1)
                 .map(|(s, _)| s as u16),
         );
         out
@@ -527,8 +530,11 @@ fn claimed_across_a_partition(
     if memory.shard(slot, &n.id).contains(&o.id) || cluster.was_replica_of(&o.id, &n.id) {
         return None;
     }
-    let (plan, why) = match memory.keys(&o.id, slot) {
-        0 => (
+    // A copy cut short is run again: the keys the claimant has came from it (the cut-off
+    // side changes nothing once it knows it is cut off, and the copy waits for that).
+    let copy = memory.keys(&o.id, slot) == 0 || memory.repairing.contains(&slot);
+    let (plan, why) = match copy {
+        true => (
             vec![Step::CopyKeys {
                 from: n.id.clone(),
                 to: o.id.clone(),
@@ -539,7 +545,7 @@ fn claimed_across_a_partition(
                 n.id, o.id
             ),
         ),
-        _ => (
+        false => (
             vec![],
             format!(
                 "{} claims the slot with its keys and is cut off; {} claims it too and has keys: held until the partition heals",

@@ -289,10 +289,24 @@ async fn keys_in_slot(c: &mut Conn, slot: u16, count: i64) -> Result<Vec<bytes::
 
 /// Copies every key of `slot` from `from` to `to` through this process (S11: the two
 /// cannot reach each other). Keys `to` has already are left as they are.
+///
+/// Only once `from` knows it is cut off (`cluster_state:fail`): until then it still
+/// acknowledges writes, and one sent before the slot was held may still be on its way.
+/// Once it refuses them, what it has is final until the partition heals: a write that
+/// arrives later gets CLUSTERDOWN, and the proxy holds it with the slot.
 async fn copy_keys(from: &str, to: &str, slot: u16, nodes: &mut Nodes<'_>) -> Result<(), String> {
     let fail = |e: crate::client::ConnError| e.to_string();
-    let allow = ["CONFIG", "GET", "cluster-allow-reads-when-down"];
     let c = nodes.conn(from).await?;
+    let info = c.call_ok(&["CLUSTER", "INFO"]).await.map_err(fail)?;
+    let down = info
+        .as_str()
+        .is_some_and(|t| t.lines().any(|l| l.trim() == "cluster_state:fail"));
+    if !down {
+        return Err(format!(
+            "{from} still takes writes (it has not seen it is cut off); the copy waits"
+        ));
+    }
+    let allow = ["CONFIG", "GET", "cluster-allow-reads-when-down"];
     let before = match c.call_ok(&allow).await.map_err(fail)? {
         Value::Array(v) => v
             .get(1)

@@ -759,8 +759,17 @@ fn two_live_claims_are_a_conflict() {
     run(Case {
         journal: BTreeMap::new(),
         want_state: "conflicted",
-        ..case("conflict", nodes)
+        ..case("conflict", nodes.clone())
     });
+    // And the slot is looked at with no migration open or remembered: the two sides of a
+    // healed partition, before Redis settles which one keeps it.
+    let views = views(&nodes);
+    let candidates = Cluster::new(&views).candidates();
+    assert!(
+        candidates.contains(&X),
+        "a slot claimed twice is a candidate"
+    );
+    assert!(!candidates.contains(&(X + 1)), "a slot claimed once is not");
 }
 
 #[test]
@@ -1012,6 +1021,16 @@ fn s11_the_keys_of_a_cut_off_target_are_copied_to_the_live_claimant() {
         want_state: "broken",
         want_case: Some("S11"),
         ..case("S11 copied", s11())
+    });
+    // A copy cut short (A2 has some of them) is run again.
+    run(Case {
+        journal: BTreeMap::new(),
+        keys: vec![("B", 60), ("A2", 20)],
+        ours: true,
+        want_state: "broken",
+        want_case: Some("S11"),
+        want_plan: copy.clone(),
+        ..case("S11 copy cut short", s11())
     });
 }
 
