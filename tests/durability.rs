@@ -173,3 +173,163 @@ async fn a_write_in_flight_on_a_dying_master_is_never_applied_twice() {
         .unwrap();
     h.cluster_check().unwrap();
 }
+
+/// A write that must not run twice, in flight when its connection broke after the node
+/// ran it: its reply is lost with the connection. With `ack = "master"` the client hears
+/// that it may or may not have been applied. With `ack = "replicated"` it travelled as a
+/// script that runs it once: sent again, it answers the reply of its first run, and the
+/// counter moved once.
+///
+/// The node is stopped while the INCR, and then a `CLIENT KILL` of the proxy's
+/// connections, reach it: continued, it reads both in one turn of its loop and, when it
+/// reads the INCR first, runs it and frees the proxy's connection before writing the
+/// reply. Read the other way round, the INCR never ran and is simply sent again; so the
+/// fault is repeated until the INCR ran, and every round must count once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_reply_was_lost_is_answered_once() {
+    for ack in [Ack::Master, Ack::Replicated] {
+        let h = start(ack).await;
+        let node = h.cluster.nodes[0].addr();
+        let mut client = Raw::connect(&h).await;
+        let mut ran_then_lost = false;
+        for round in 0..8 {
+            let counter = format!("{}n{round}", tag_on(0));
+            assert_eq!(
+                &client.ask(&format!("SET {counter} 9\r\n")).await[..],
+                b"+OK\r\n"
+            );
+            // The first INCR also has the node learn the script (NOSCRIPT, then loaded).
+            let first = client.ask(&format!("INCR {counter}\r\n")).await;
+            assert_eq!(&first[..], b":10\r\n");
+            let runs_before = script_runs(&node).await;
+            let mut killer = Raw::connect_to(&node).await;
+            h.cluster.nodes[0].signal("STOP").unwrap();
+            client.send(&format!("INCR {counter}\r\n")).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            killer.send("CLIENT KILL TYPE normal SKIPME yes\r\n").await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            h.cluster.nodes[0].signal("CONT").unwrap();
+            let reply = client.frame_within(Duration::from_secs(30)).await.unwrap();
+            let reply = String::from_utf8_lossy(&reply).into_owned();
+            let n = common::call(&node, &["GET", &counter]).await;
+            assert_eq!(n.as_int(), Some(11), "the INCR ran once ({ack:?})");
+            match ack {
+                Ack::Master if reply == ":11\r\n" => {} // never read: sent again
+                Ack::Master => {
+                    assert!(
+                        reply.contains("may or may not have been applied"),
+                        "{reply}"
+                    );
+                    ran_then_lost = true;
+                }
+                Ack::Replicated => {
+                    assert_eq!(reply, ":11\r\n");
+                    // Run, then answered from its marker; or run once, never read before.
+                    let runs = script_runs(&node).await - runs_before;
+                    assert!(matches!(runs, 1 | 2), "script runs: {runs}");
+                    ran_then_lost = runs == 2;
+                }
+            }
+            if ran_then_lost {
+                break;
+            }
+        }
+        assert!(
+            ran_then_lost,
+            "the INCR ran and lost its reply in some round ({ack:?})"
+        );
+    }
+}
+
+/// How many `EVALSHA`s the node at `addr` ran without an error.
+async fn script_runs(addr: &str) -> u64 {
+    let stats = common::call(addr, &["INFO", "commandstats"]).await;
+    let stats = stats.as_str().unwrap_or_default().to_string();
+    let field = |name: &str| -> Option<u64> {
+        let line = stats.lines().find(|l| l.starts_with("cmdstat_evalsha:"))?;
+        let (_, rest) = line.split_once(&format!("{name}="))?;
+        rest.split(',').next()?.parse().ok()
+    };
+    field("calls").unwrap_or(0) - field("failed_calls").unwrap_or(0)
+}
+
+/// In replicated mode the writes that must not run twice travel as a script; what the
+/// client reads is byte for byte what the node answers for the write itself, in RESP2
+/// and RESP3, errors included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_run_once_answers_as_the_node_does() {
+    let h = start(Ack::Replicated).await;
+    let node = h.cluster.nodes[0].addr();
+    let tag = tag_on(0);
+    let cases = [
+        "INCR K",
+        "INCRBY K 5",
+        "DECR K",
+        "DECRBY K 2",
+        "INCRBYFLOAT F 1.5",
+        "APPEND S abc",
+        "INCR S",
+        "LPUSH S x",
+        "SETNX T v",
+        "SETNX T v",
+        "SET T w NX",
+        "SET T w XX GET",
+        "SET U w NX",
+        "GETSET T z",
+        "GETDEL T",
+        "GETDEL T",
+        "RPUSH Q a b c",
+        "LPUSHX Q z",
+        "RPUSHX Q9 z",
+        "LINSERT Q BEFORE a y",
+        "LPOP Q",
+        "RPOP Q",
+        "RPOPLPUSH Q Q2",
+        "LMOVE Q Q2 LEFT RIGHT",
+        "LPOP Q9",
+        "HINCRBY H f 2",
+        "HINCRBYFLOAT H g 0.5",
+        "HSETNX H f 1",
+        "SPOP Z",
+        "XADD X 1-1 f v",
+        "XADD X 1-1 f v",
+        "XADD X2 NOMKSTREAM 1-1 f v",
+    ];
+    for resp3 in [false, true] {
+        let mut proxy = Raw::connect(&h).await;
+        let mut direct = Raw::connect_to(&node).await;
+        if resp3 {
+            proxy.ask("HELLO 3\r\n").await;
+            direct.ask("HELLO 3\r\n").await;
+        }
+        for case in cases {
+            let with = |side: &str| {
+                let mut out = String::new();
+                for word in case.split(' ') {
+                    let word = match word {
+                        "K" | "F" | "S" | "T" | "U" | "Q" | "Q2" | "Q9" | "H" | "Z" | "X"
+                        | "X2" => format!("{tag}{side}{resp3}{word}"),
+                        w => w.to_string(),
+                    };
+                    out.push_str(&format!("${}\r\n{word}\r\n", word.len()));
+                }
+                format!("*{}\r\n{out}", case.split(' ').count())
+            };
+            let through = proxy.ask(&with("p")).await;
+            let there = direct.ask(&with("d")).await;
+            assert_eq!(
+                String::from_utf8_lossy(&through),
+                String::from_utf8_lossy(&there),
+                "{case} (RESP{})",
+                if resp3 { 3 } else { 2 }
+            );
+        }
+    }
+    // They did travel as scripts: one marker per write, on the node and on its replica.
+    let stats = common::call(&node, &["INFO", "commandstats"]).await;
+    let stats = stats.as_str().unwrap_or_default().to_string();
+    assert!(stats.contains("cmdstat_evalsha:"), "{stats}");
+    let markers = common::call(&node, &["KEYS", "*slotguard:once:*"]).await;
+    let markers = markers.as_array().map(|a| a.len()).unwrap_or(0);
+    assert!(markers >= 40, "markers on the master: {markers}");
+}

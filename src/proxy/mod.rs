@@ -30,6 +30,7 @@ pub mod lease;
 mod local;
 mod merge;
 pub mod node;
+mod once;
 mod owed;
 mod pubsub;
 pub mod redirect;
@@ -122,6 +123,8 @@ pub struct Proxy {
     nodes: Mutex<FxHashMap<String, Known>>,
     /// Script bodies by SHA1 (lower-case hex), to heal NOSCRIPT; bounded.
     scripts: Mutex<FxHashMap<String, bytes::Bytes>>,
+    /// Names the markers of writes sent as scripts that run once (`ack = "replicated"`).
+    markers: once::Markers,
     /// Function libraries' code by library name, to heal a missing function; bounded.
     libraries: Mutex<FxHashMap<String, bytes::Bytes>>,
     /// Request-reply connections to nodes, for what the proxy asks them itself (WAIT's
@@ -163,6 +166,7 @@ impl Proxy {
             metrics.clone(),
         );
         drop(config);
+        let markers = once::Markers::new();
         Arc::new_cyclic(|me| Proxy {
             table: ArcSwap::from_pointee(SlotTable::empty()),
             hold,
@@ -170,7 +174,11 @@ impl Proxy {
             id,
             started: Instant::now(),
             nodes: Mutex::new(FxHashMap::default()),
-            scripts: Mutex::new(FxHashMap::default()),
+            scripts: Mutex::new(FxHashMap::from_iter([(
+                markers.sha().to_string(),
+                bytes::Bytes::from_static(once::SCRIPT.as_bytes()),
+            )])),
+            markers,
             libraries: Mutex::new(FxHashMap::default()),
             pool: Pool::default(),
             subscribers: Subscribers::default(),
@@ -467,6 +475,19 @@ impl Proxy {
         if scripts.len() < MAX_SCRIPTS || scripts.contains_key(&sha) {
             scripts.insert(sha, body.clone());
         }
+    }
+
+    /// With `durability.ack = "replicated"`, a write that must not run twice as a script
+    /// that runs it once however often it is sent (see [`once`]); `None` when it is sent
+    /// as it is.
+    pub fn run_once(&self, req: &crate::protocol::Request, slot: u16) -> Option<bytes::Bytes> {
+        let config = self.config();
+        if config.ack != crate::config::Ack::Replicated {
+            return None;
+        }
+        let commands = self.commands();
+        let spec = commands.lookup(req)?;
+        self.markers.wrap(spec, req, slot, config.hold_timeout)
     }
 
     /// `FUNCTION LOAD`, `DELETE` and `FLUSH` as they go to every master: the proxy keeps

@@ -515,9 +515,17 @@ fn keyed(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
         Ok(placed) => placed,
         Err(error) => return (ready(error), Class::Other),
     };
+    let once = match (placed.once, placed.slot) {
+        (true, Some(slot)) if !placed.blocking => proxy.run_once(&req, slot),
+        _ => None,
+    };
     let (mut job, rx) = job(client, req, placed.slot);
-    job.once = placed.once;
     job.write = placed.class == Class::Write || placed.once;
+    match once {
+        // Sent again as often as need be, it runs once.
+        Some(script) => job.raw = script,
+        None => job.once = placed.once,
+    }
     if placed.blocking {
         job.extra().lease = Some(client.lease());
         return (Pending::turn(Start::Block(job), rx), placed.class);

@@ -593,8 +593,13 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(h: &Harness) -> Raw {
+        Raw::connect_to(&h.proxy.addr.to_string()).await
+    }
+
+    /// A raw connection to `addr` (a node, say).
+    pub async fn connect_to(addr: &str) -> Raw {
         Raw {
-            s: tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap(),
+            s: tokio::net::TcpStream::connect(addr).await.unwrap(),
             buf: bytes::BytesMut::new(),
             scanner: slotguard::protocol::ReplyScanner::default(),
         }
