@@ -72,6 +72,9 @@ pub struct Config {
     pub limits: Limits,
     /// Replies a client may have outstanding before the proxy stops reading from it.
     pub max_pending: usize,
+    /// Bytes of replies a client may leave unread before it is disconnected (Redis's
+    /// `client-output-buffer-limit`); one reply larger than this alone is let through.
+    pub max_output_bytes: usize,
     /// Connections the proxy keeps to each cluster node.
     pub backend_connections: usize,
     /// Most connections to one node that single clients hold for themselves (blocking
@@ -278,6 +281,7 @@ struct ClientSection {
     max_bulk_len: usize,
     max_request_bytes: usize,
     max_pending: usize,
+    max_output_bytes: usize,
 }
 
 #[derive(Deserialize, Debug)]
@@ -351,6 +355,7 @@ impl Default for ClientSection {
             max_bulk_len: limits.max_bulk_len,
             max_request_bytes: limits.max_request_bytes,
             max_pending: 10_000,
+            max_output_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -489,6 +494,7 @@ impl File {
         positive("client.max_bulk_len", self.client.max_bulk_len)?;
         positive("client.max_request_bytes", self.client.max_request_bytes)?;
         positive("client.max_pending", self.client.max_pending)?;
+        positive("client.max_output_bytes", self.client.max_output_bytes)?;
         positive("client.max_clients", self.client.max_clients)?;
         let log_json = match self.log.format.as_str() {
             "text" => false,
@@ -545,6 +551,7 @@ impl File {
                 max_request_bytes: self.client.max_request_bytes,
             },
             max_pending: self.client.max_pending,
+            max_output_bytes: self.client.max_output_bytes,
             backend_connections: self.backend.connections,
             dedicated_connections: self.backend.dedicated_connections,
             dedicated_idle: duration("backend.dedicated_idle", &self.backend.dedicated_idle)?,

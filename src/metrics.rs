@@ -112,6 +112,10 @@ pub struct Metrics {
     pub writes_unconfirmed: IntCounter,
     /// Writes not sent again after their connection broke, since they could apply twice.
     pub writes_not_retried: IntCounter,
+    /// Redirects to an address that is not a node of the cluster, not followed.
+    pub redirects_outside: IntCounter,
+    /// Clients disconnected for leaving more than `client.max_output_bytes` unread.
+    pub clients_over_output_limit: IntCounter,
 }
 
 impl Metrics {
@@ -281,6 +285,14 @@ impl Metrics {
                 "slotguard_writes_not_retried_total",
                 "Writes in flight on a connection that broke, answered an error rather than sent twice",
             ),
+            redirects_outside: counter(
+                "slotguard_redirects_outside_total",
+                "MOVED or ASK replies naming an address that is not a node of the cluster, not followed",
+            ),
+            clients_over_output_limit: counter(
+                "slotguard_clients_over_output_limit_total",
+                "Clients disconnected for leaving more than client.max_output_bytes of replies unread",
+            ),
             registry: Registry::new(),
         };
         for c in [
@@ -309,6 +321,8 @@ impl Metrics {
             Box::new(metrics.wait_retries.clone()),
             Box::new(metrics.writes_unconfirmed.clone()),
             Box::new(metrics.writes_not_retried.clone()),
+            Box::new(metrics.clients_over_output_limit.clone()),
+            Box::new(metrics.redirects_outside.clone()),
         ] {
             reg(c);
         }

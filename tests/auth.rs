@@ -322,3 +322,57 @@ async fn an_acl_user_reaches_the_cluster() {
     }
     assert!(lists.contains("user=slotguard"), "{lists}");
 }
+
+/// Secrets never show: not in the log (at debug level), `/status`, `/metrics`, `INFO`
+/// or `CLIENT LIST`, whatever clients send (right and wrong passwords, `HELLO ... AUTH`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_show() {
+    let cluster = slotguard::localcluster::LocalCluster::start(Options {
+        masters: 3,
+        replicas_per_master: 0,
+        password: Some(SECRET.into()),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let (root, user, token) = ("root-Secret-1", "user-Secret-2", "admin-Secret-3");
+    let extra = format!(
+        "password = \"{root}\"\n[log]\nlevel = \"debug\"\n[backend]\npassword = \"{SECRET}\"\n[[users]]\nname = \"app\"\npassword = \"{user}\"\naccess = \"read-write\"\n"
+    );
+    let proxy = common::ProxyProcess::start_with_token(&cluster, &extra, Some(token)).await;
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let mut ask = async |req: &str| ask_raw(&mut s, req.as_bytes(), b"\r\n").await;
+    assert!(ask("AUTH wrong-Secret-4\r\n")
+        .await
+        .starts_with("-WRONGPASS"));
+    assert!(ask(&format!("AUTH app {root}\r\n"))
+        .await
+        .starts_with("-WRONGPASS"));
+    assert_eq!(ask(&format!("AUTH {root}\r\n")).await, "+OK\r\n");
+    assert_eq!(ask(&format!("AUTH app {user}\r\n")).await, "+OK\r\n");
+    assert_eq!(ask("SET k v\r\n").await, "+OK\r\n");
+    let mut other = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let hello = format!("HELLO 2 AUTH app {user}\r\n");
+    let hello = ask_raw(&mut other, hello.as_bytes(), b"modules\r\n*0\r\n").await;
+    assert!(hello.starts_with('*'), "{hello}");
+    let list = ask("CLIENT LIST\r\n").await;
+    assert!(list.contains("cmd=client|list"), "{list}");
+    let info = ask("INFO all\r\n").await;
+    assert!(info.contains("# Clients"), "{info}");
+    let status = proxy.admin_get("/status").await;
+    assert!(status.contains("200 OK"), "{status}");
+    let metrics = proxy.metrics().await;
+    let log = proxy.log_text();
+    assert!(log.contains("DEBUG"), "the log is at debug level");
+    for secret in [SECRET, root, user, token, "wrong-Secret-4"] {
+        for (what, text) in [
+            ("the log", &log),
+            ("CLIENT LIST", &list),
+            ("INFO", &info),
+            ("/status", &status),
+            ("/metrics", &metrics),
+        ] {
+            assert!(!text.contains(secret), "{secret} shows in {what}");
+        }
+    }
+}

@@ -1,65 +1,309 @@
 //! Memory stays bounded whatever a client sends: measured on the proxy as its own process.
 
-use std::io::Write;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use slotguard::localcluster::{free_port, wait_for, LocalCluster, Options};
+use common::ProxyProcess as Proxy;
+use slotguard::localcluster::{LocalCluster, Options};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-struct Proxy {
-    child: Child,
-    port: u16,
+/// A well-behaved client's latency: the 99th percentile of `n` GETs, one at a time.
+async fn probe(port: u16, n: usize) -> Duration {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut took = Vec::with_capacity(n);
+    let mut buf = [0u8; 64];
+    // The first few open the proxy's connections to the node: not counted.
+    for i in 0..n + 20 {
+        let at = std::time::Instant::now();
+        s.write_all(b"GET probe\r\n").await.unwrap();
+        let got = s.read(&mut buf).await.unwrap();
+        assert!(got > 0 && buf[0] == b'$', "the probe is answered");
+        if i >= 20 {
+            took.push(at.elapsed());
+        }
+    }
+    took.sort();
+    took[(n * 99 / 100).min(n - 1)]
 }
 
-impl Proxy {
-    async fn start(cluster: &LocalCluster, extra: &str) -> Proxy {
-        let port = free_port().unwrap();
-        let path = cluster.dir.join("memory.toml");
-        let text = format!(
-            "listen = \"127.0.0.1:{port}\"\nseeds = [\"{}\"]\n{extra}",
-            cluster.nodes[0].addr()
-        );
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(text.as_bytes())
+/// The probe's p99 under attack against its p99 before, in the same run: other clients
+/// are served about as before (a generous bound, for a loaded machine).
+fn served_as_before(before: Duration, under: Duration, what: &str) {
+    eprintln!("REPORT | {what} | probe p99 {before:?} before, {under:?} under attack");
+    assert!(
+        under <= before * 50 + Duration::from_millis(50),
+        "{what}: the probe's p99 went from {before:?} to {under:?}"
+    );
+}
+
+const MB: u64 = 1024 * 1024;
+
+/// The proxy's memory grew by `grown` bytes under `what`: reported, and under
+/// `bound_mb` MB.
+fn memory_within(grown: u64, bound_mb: u64, what: &str) {
+    eprintln!(
+        "REPORT | {what} | RSS grew {} MB (bound {bound_mb} MB)",
+        grown / MB
+    );
+    assert!(
+        grown < bound_mb * MB,
+        "{what}: memory grew by {} MB",
+        grown / MB
+    );
+}
+
+async fn cluster() -> LocalCluster {
+    LocalCluster::start(Options {
+        masters: 3,
+        replicas_per_master: 0,
+        ..Options::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// 10,000 idle client connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_clients_cost_little() {
+    let cluster = cluster().await;
+    let proxy = Proxy::start(&cluster, "[client]\nmax_clients = 10100\n").await;
+    let before = probe(proxy.port, 300).await;
+    let rss = proxy.rss();
+    let mut idle = Vec::new();
+    for _ in 0..10_000 {
+        idle.push(TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap());
+    }
+    // Each is accepted and served (a PING on the last one is answered).
+    let last = idle.last_mut().unwrap();
+    last.write_all(b"PING\r\n").await.unwrap();
+    let mut pong = [0u8; 7];
+    last.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    let grown = proxy.rss().saturating_sub(rss);
+    memory_within(grown, 64, "10,000 idle clients");
+    let under = probe(proxy.port, 300).await;
+    served_as_before(before, under, "10,000 idle clients");
+}
+
+/// 500 slowloris clients: each announces a 100 MB bulk and sends one byte a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_clients_cost_what_they_sent() {
+    let cluster = cluster().await;
+    let proxy = Proxy::start(&cluster, "").await;
+    let before = probe(proxy.port, 300).await;
+    let rss = proxy.rss();
+    let mut slow = Vec::new();
+    for _ in 0..500 {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+        s.write_all(b"*3\r\n$3\r\nSET\r\n$4\r\nslow\r\n$104857600\r\n")
+            .await
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_slotguard"))
-            .args(["--config", path.to_str().unwrap()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for(Duration::from_secs(10), || async move {
-            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
-                return false;
-            };
-            let _ = s.write_all(b"GET probe\r\n").await;
-            let mut buf = [0u8; 16];
-            matches!(s.read(&mut buf).await, Ok(n) if n > 0 && buf[0] == b'$')
+        slow.push(s);
+    }
+    let mut worst = Duration::ZERO;
+    for _ in 0..3 {
+        for s in &mut slow {
+            s.write_all(b"x").await.unwrap();
+        }
+        worst = worst.max(probe(proxy.port, 100).await);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let grown = proxy.rss().saturating_sub(rss);
+    memory_within(grown, 32, "500 slowloris clients");
+    served_as_before(before, worst, "500 slowloris clients");
+}
+
+/// Sets `big` to a 100 KB value through the proxy.
+async fn set_big(port: u16) {
+    let mut setup = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let big = "x".repeat(100 * 1024);
+    let set = format!(
+        "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n{big}\r\n",
+        big.len()
+    );
+    setup.write_all(set.as_bytes()).await.unwrap();
+    let mut ok = [0u8; 5];
+    setup.read_exact(&mut ok).await.unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+}
+
+/// A client that pipelines `count` GETs of `big` and never reads; returns its socket
+/// once the requests are written or 20 s have passed.
+fn hog(port: u16, count: usize) -> tokio::task::JoinHandle<TcpStream> {
+    tokio::spawn(async move {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let get = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(count);
+        let _ = tokio::time::timeout(Duration::from_secs(20), s.write_all(&get)).await;
+        s
+    })
+}
+
+/// 20 clients pipeline GETs of a 100 KB value and never read (40 GB of replies asked
+/// for): the proxy stops reading a client while its replies do not go out, and holds at
+/// most `client.max_output_bytes` of replies for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_hold_bounded_memory() {
+    let cluster = cluster().await;
+    let proxy = Proxy::start(&cluster, "").await;
+    set_big(proxy.port).await;
+    let before = probe(proxy.port, 300).await;
+    let rss = proxy.rss();
+    let hogs: Vec<_> = (0..20).map(|_| hog(proxy.port, 20_000)).collect();
+    let under = probe(proxy.port, 300).await;
+    let mut peak = 0;
+    for _ in 0..30 {
+        peak = peak.max(proxy.rss().saturating_sub(rss));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    memory_within(peak, 256, "20 clients that never read");
+    served_as_before(before, under, "20 clients that never read");
+    for hog in hogs {
+        hog.abort();
+    }
+}
+
+/// A client whose unread replies pass `client.max_output_bytes` is disconnected, as
+/// Redis disconnects one over its output buffer limit; others are served on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_the_output_limit_is_disconnected() {
+    let cluster = cluster().await;
+    let proxy = Proxy::start(&cluster, "[client]\nmax_output_bytes = 1048576\n").await;
+    set_big(proxy.port).await;
+    let mut s = hog(proxy.port, 2_000).await.unwrap();
+    // Its connection was closed: reading what the socket still holds comes to an end.
+    let mut sink = vec![0u8; 1 << 20];
+    let mut read = 0;
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the client was disconnected");
+    assert!(
+        read < 2_000 * 100 * 1024,
+        "it did not get every reply: {read} bytes"
+    );
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains("slotguard_clients_over_output_limit_total 1"),
+        "counted in the metrics"
+    );
+    probe(proxy.port, 10).await;
+}
+
+/// Samples the proxy's RSS growth over `rss` every 50 ms until `done`; the peak.
+fn sample_peak(proxy: &Proxy, done: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    let pid = proxy.child.id();
+    let rss = proxy.rss();
+    tokio::spawn(async move {
+        let mut peak = 0;
+        while !done.load(Ordering::Relaxed) {
+            let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+            let now = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|pages| pages.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 4096;
+            peak = peak.max(now.saturating_sub(rss));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        peak
+    })
+}
+
+/// A client sends a 500 MB value in 1 MB pieces (under Redis's 512 MB
+/// `proto-max-bulk-len`): it is stored, and the proxy holds about one copy of it while
+/// it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_mb_value_sent_in_pieces_passes_through() {
+    let cluster = cluster().await;
+    let proxy = Proxy::start(&cluster, "").await;
+    let before = probe(proxy.port, 300).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = sample_peak(&proxy, done.clone());
+    let size = 500 * MB as usize;
+    let port = proxy.port;
+    let sender = tokio::spawn(async move {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let head = format!("*3\r\n$3\r\nSET\r\n$4\r\nhuge\r\n${size}\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let piece = vec![b'h'; MB as usize];
+        for _ in 0..size / MB as usize {
+            s.write_all(&piece).await.unwrap();
+        }
+        s.write_all(b"\r\n").await.unwrap();
+        let mut ok = [0u8; 5];
+        s.read_exact(&mut ok).await.unwrap();
+        ok
+    });
+    let under = probe(proxy.port, 300).await;
+    let ok = sender.await.unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    done.store(true, Ordering::Relaxed);
+    let peak = peak.await.unwrap();
+    let mut c = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    c.write_all(b"STRLEN huge\r\n").await.unwrap();
+    let mut len = [0u8; 12];
+    let n = c.read(&mut len).await.unwrap();
+    assert_eq!(&len[..n], format!(":{size}\r\n").as_bytes(), "stored whole");
+    memory_within(peak, 1300, "a 500 MB value in pieces");
+    served_as_before(before, under, "a 500 MB value in pieces");
+}
+
+/// MGET of 100,000 keys across every slot: answered whole, in order, with memory about
+/// the size of the reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mget_of_100000_keys_is_answered_whole() {
+    let cluster = cluster().await;
+    let proxy = Proxy::start(&cluster, "").await;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", proxy.port)).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = (0..100_000).map(|i| format!("m:{i}")).collect();
+    for chunk in keys.chunks(5_000) {
+        let mut mset = redis::cmd("MSET");
+        for k in chunk {
+            mset.arg(k).arg(&k[2..]);
+        }
+        let () = mset.query_async(&mut c).await.unwrap();
+    }
+    let before = probe(proxy.port, 300).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = sample_peak(&proxy, done.clone());
+    let mget = {
+        let keys = keys.clone();
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            let mut all = Vec::new();
+            for _ in 0..3 {
+                all = redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async::<Vec<String>>(&mut c)
+                    .await
+                    .unwrap();
+            }
+            all
         })
-        .await
-        .expect("the proxy serves");
-        Proxy { child, port }
-    }
-
-    fn rss(&self) -> u64 {
-        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.child.id())).unwrap();
-        statm
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            * 4096
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    };
+    let under = probe(proxy.port, 300).await;
+    let values = mget.await.unwrap();
+    done.store(true, Ordering::Relaxed);
+    let peak = peak.await.unwrap();
+    assert_eq!(values.len(), keys.len());
+    assert!(
+        values.iter().zip(&keys).all(|(v, k)| *v == k[2..]),
+        "every value in order"
+    );
+    memory_within(peak, 128, "MGET of 100,000 keys");
+    served_as_before(before, under, "MGET of 100,000 keys");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

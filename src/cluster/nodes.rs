@@ -10,6 +10,9 @@ pub struct NodeLine {
     pub id: String,
     /// `host:port`, or empty when the node has no known address (`noaddr`).
     pub addr: String,
+    /// The hostname it announces (`cluster-announce-hostname`), or empty: redirects name
+    /// it instead of the address when the cluster prefers hostnames.
+    pub hostname: String,
     pub myself: bool,
     pub master: bool,
     /// Flagged `fail` (agreed down) or `fail?` (suspected by this viewer).
@@ -67,9 +70,17 @@ fn parse_line(line: &str, default_host: &str) -> Option<NodeLine> {
         format!("{host}:{port}")
     };
 
+    // `ip:port@cport[,hostname[,key=value...]]`
+    let hostname = addr_field
+        .split(',')
+        .nth(1)
+        .filter(|h| !h.contains('='))
+        .unwrap_or_default()
+        .to_string();
     let mut node = NodeLine {
         id,
         addr,
+        hostname,
         master_id: (master_id != "-").then(|| master_id.to_string()),
         config_epoch,
         connected: link == "connected",

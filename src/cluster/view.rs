@@ -37,6 +37,7 @@ pub fn merge(views: &[(String, Vec<NodeLine>)]) -> ClusterView {
         nodes.push(NodeStatus {
             id: src.id.clone(),
             addr: src.addr.clone(),
+            hostname: src.hostname.clone(),
             role: if src.master {
                 Role::Master
             } else {

@@ -123,6 +123,8 @@ pub struct Proxy {
     nodes: Mutex<FxHashMap<String, Known>>,
     /// Script bodies by SHA1 (lower-case hex), to heal NOSCRIPT; bounded.
     scripts: Mutex<FxHashMap<String, bytes::Bytes>>,
+    /// Addresses outside the cluster that redirects named, each logged once.
+    outside_warned: Mutex<rustc_hash::FxHashSet<String>>,
     /// Names the markers of writes sent as scripts that run once (`ack = "replicated"`).
     markers: once::Markers,
     /// Function libraries' code by library name, to heal a missing function; bounded.
@@ -179,6 +181,7 @@ impl Proxy {
                 bytes::Bytes::from_static(once::SCRIPT.as_bytes()),
             )])),
             markers,
+            outside_warned: Mutex::default(),
             libraries: Mutex::new(FxHashMap::default()),
             pool: Pool::default(),
             subscribers: Subscribers::default(),
@@ -418,6 +421,17 @@ impl Proxy {
             self.hold.push(job, Reason::Redirects);
             return;
         }
+        let redirect = match redirect {
+            Redirect::Moved { slot, addr } => match self.in_cluster(&addr) {
+                Some(addr) => Redirect::Moved { slot, addr },
+                None => return self.outside(job, slot, &addr),
+            },
+            Redirect::Ask { slot, addr } => match self.in_cluster(&addr) {
+                Some(addr) => Redirect::Ask { slot, addr },
+                None => return self.outside(job, slot, &addr),
+            },
+            hold => hold,
+        };
         match redirect {
             Redirect::Moved { slot, .. } | Redirect::Ask { slot, .. }
                 if self.hold.is_held(slot) =>
@@ -465,6 +479,42 @@ impl Proxy {
                 self.hold.push(job, reason);
             }
         }
+    }
+
+    /// The address of the node that a redirect names as `endpoint`, if the cluster's last
+    /// view has such a node.
+    fn in_cluster(&self, endpoint: &str) -> Option<String> {
+        let status = self.routing.status.load();
+        status.view.resolve(endpoint).map(str::to_string)
+    }
+
+    /// A redirect to an address that is not a node of the cluster, as the proxy last saw
+    /// it: not followed (a node sending it may be misconfigured or hostile, and the proxy
+    /// opens connections only to the cluster's nodes). The cluster is looked at again and
+    /// the request waits: if a node at that address has joined, the new map sends it
+    /// there; if not, it fails at `hold.timeout`.
+    fn outside(&self, job: Job, slot: u16, endpoint: &str) {
+        self.metrics.redirects_outside.inc();
+        let first = {
+            let mut warned = self
+                .outside_warned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if warned.len() >= 1024 {
+                warned.clear(); // bounded, whatever a node sends
+            }
+            warned.insert(endpoint.to_string())
+        };
+        if first {
+            tracing::warn!(
+                slot,
+                endpoint,
+                "a node redirected to an address that is not a node of the cluster; not followed"
+            );
+        }
+        self.hint(Hint::Refresh);
+        let why = format!("redirected to {endpoint}, which is not a node of the cluster");
+        self.hold.push(job, Reason::NotReady(why));
     }
 
     /// Remembers a script body (from EVAL or SCRIPT LOAD) so that a node that lost it can be
@@ -654,6 +704,7 @@ mod tests {
         let node = |addr: &str, role, health| NodeStatus {
             id: addr.into(),
             addr: addr.into(),
+            hostname: String::new(),
             role,
             master_id: None,
             health,

@@ -526,9 +526,16 @@ fn keyed(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
         Some(script) => job.raw = script,
         None => job.once = placed.once,
     }
-    if placed.blocking {
+    // A blocking command, or a request so large that on a shared connection other
+    // clients' requests would wait while it is written, runs on the client's own
+    // connection, in its turn.
+    if placed.blocking || job.raw.len() > LARGE_REQUEST {
         job.extra().lease = Some(client.lease());
-        return (Pending::turn(Start::Block(job), rx), placed.class);
+        let start = match placed.blocking {
+            true => Start::Block(job),
+            false => Start::Job(job),
+        };
+        return (Pending::turn(start, rx), placed.class);
     }
     match (placed.slot, placed.class) {
         (Some(_), Class::Read) if client.read_from != ReadFrom::Master => {
@@ -540,6 +547,9 @@ fn keyed(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
     proxy.dispatch(job);
     (Pending::Wait(rx), placed.class)
 }
+
+/// Requests larger than this travel on the client's own connection (see [`keyed`]).
+const LARGE_REQUEST: usize = 1024 * 1024;
 
 /// Where a command goes.
 struct Placed {

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use bytes::Buf;
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{debug, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use super::client::Client;
 use super::clients::LastCommand;
@@ -28,13 +29,16 @@ use super::router::route;
 use super::{Admission, Proxy};
 use crate::metrics::{Class, Metrics};
 use crate::protocol::{reply, Scanner};
-use crate::tls::{write, Stream};
+use crate::tls::Stream;
 
 /// Read buffer growth step; larger requests grow it to what they announce, in steps.
 const READ_CHUNK: usize = 16 * 1024;
+/// The read buffer of a client with nothing buffered, until it sends more than this at
+/// once: most requests fit, and thousands of idle clients cost little.
+const READ_IDLE: usize = 1024;
 /// Below this much free room the read buffer grows before the next read.
 const READ_LOW: usize = 2048;
-/// Most reserved at once for a large bulk still arriving.
+/// Most reserved at once for a large request still arriving.
 const READ_MAX_STEP: usize = 4 * 1024 * 1024;
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -108,6 +112,52 @@ fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut BytesMut, metr
             Poll::Pending => break,
         }
     }
+}
+
+/// Writes `out` to the client, leaving it empty. While the client does not take it, the
+/// replies that come meanwhile join it; once more than `limit` bytes of those wait
+/// unwritten the client is disconnected, as Redis disconnects a client over its output
+/// buffer limit. What `out` held at first goes whatever its size (one large reply is let
+/// through), and a client that never reads holds at most `limit` more of the proxy's
+/// memory.
+async fn write_out(
+    proxy: &Proxy,
+    stream: &mut Stream,
+    out: &mut BytesMut,
+    owed: &mut VecDeque<Owed>,
+    limit: usize,
+    metrics: &Metrics,
+) -> std::io::Result<()> {
+    let mut added = 0;
+    while !out.is_empty() {
+        tokio::select! {
+            biased;
+            n = stream.write(out) => match n? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => out.advance(n),
+            },
+            bytes = poll_fn(|cx| {
+                let front = owed.front_mut().expect("guarded");
+                front.reply.launch(proxy);
+                front.reply.poll(cx)
+            }), if !owed.is_empty() => {
+                let done = owed.pop_front().expect("guarded");
+                let before = out.len();
+                emit(out, &bytes, &done, metrics, Instant::now());
+                added += out.len() - before;
+                // `out` drains from its front: what was added is its end.
+                if added.min(out.len()) > limit {
+                    metrics.clients_over_output_limit.inc();
+                    warn!(unread = out.len(), limit, "client disconnected: it leaves its replies unread past client.max_output_bytes");
+                    return Err(std::io::Error::other("output buffer limit reached"));
+                }
+            }
+        }
+    }
+    if !matches!(stream, Stream::Tcp(_)) {
+        stream.flush().await?;
+    }
+    Ok(())
 }
 
 /// Appends one reply to the output and counts it.
@@ -198,8 +248,9 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
     let metrics = &proxy.metrics;
     let mut shutdown = proxy.shutdown_signal();
     let mut scanner = Scanner::new(config.limits.clone());
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    // Both start empty: an idle client costs little (see READ_IDLE).
+    let mut rbuf = BytesMut::new();
+    let mut out = BytesMut::new();
     let mut owed: VecDeque<Owed> = VecDeque::new();
     let mut reading = true;
     // Complete requests may be waiting in `rbuf` for room among the replies owed.
@@ -209,8 +260,8 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
         // Everything already answered goes out in one write.
         take_ready(proxy, &mut owed, &mut out, metrics);
         if !out.is_empty() {
-            write(stream, &out).await?;
-            out.clear();
+            let limit = config.max_output_bytes;
+            write_out(proxy, stream, &mut out, &mut owed, limit, metrics).await?;
             if out.capacity() > 4 * READ_MAX_STEP {
                 out = BytesMut::with_capacity(READ_CHUNK);
             }
@@ -255,13 +306,18 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
             && ((!backlog && owed.len() < config.max_pending) || (turn && rbuf.len() < TURN_READ));
         if want_read {
             // Grow only when little room is left: requests split off the buffer still
-            // share it, so a reserve may have to allocate and copy what is left.
-            let wanted = scanner
-                .wanted()
-                .saturating_sub(rbuf.len())
-                .min(READ_MAX_STEP);
-            if rbuf.capacity() - rbuf.len() < wanted.max(READ_LOW) {
-                rbuf.reserve(wanted.max(READ_CHUNK));
+            // share it, so a reserve may have to allocate and copy what is left. It grows
+            // with what has arrived, never with what a request announces: a client that
+            // announces a huge bulk and sends it slowly holds what it sent.
+            let wanted = scanner.wanted().saturating_sub(rbuf.len());
+            if rbuf.is_empty() && wanted == 0 && rbuf.capacity() < READ_CHUNK {
+                rbuf.reserve(READ_IDLE);
+            } else if rbuf.capacity() - rbuf.len() < READ_LOW {
+                let step = rbuf.len().clamp(READ_CHUNK, READ_MAX_STEP);
+                rbuf.reserve(match wanted {
+                    0 => step,
+                    _ => step.min(wanted.max(READ_LOW)),
+                });
             }
         }
         let idle_at = config

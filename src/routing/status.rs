@@ -34,6 +34,9 @@ pub enum Health {
 pub struct NodeStatus {
     pub id: String,
     pub addr: String,
+    /// The hostname it announces, if any.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
     pub role: Role,
     pub master_id: Option<String>,
     pub health: Health,
@@ -55,6 +58,22 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
+    /// The address of the node a redirect names by `endpoint` (`host:port`): its address,
+    /// or its announced hostname with its port. `None`: not a node of the cluster.
+    pub fn resolve(&self, endpoint: &str) -> Option<&str> {
+        let node = self.nodes.iter().find(|n| {
+            n.addr == endpoint
+                || (!n.hostname.is_empty()
+                    && n.addr.rsplit_once(':').is_some_and(|(_, port)| {
+                        endpoint
+                            .strip_prefix(n.hostname.as_str())
+                            .and_then(|rest| rest.strip_prefix(':'))
+                            == Some(port)
+                    }))
+        })?;
+        Some(&node.addr)
+    }
+
     /// The address of the node with this id.
     pub fn addr_of(&self, id: &str) -> Option<&str> {
         self.nodes
@@ -136,6 +155,7 @@ mod tests {
         let node = NodeStatus {
             id: "n".into(),
             addr: "a:1".into(),
+            hostname: String::new(),
             role: Role::Replica,
             master_id: None,
             health: Health::Pfail,
@@ -160,6 +180,7 @@ mod tests {
         let node = |id: &str, role: Role, master: Option<&str>, health: Health| NodeStatus {
             id: id.into(),
             addr: format!("{id}:1"),
+            hostname: String::new(),
             role,
             master_id: master.map(String::from),
             health,

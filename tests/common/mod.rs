@@ -661,3 +661,112 @@ pub fn items(frame: &bytes::Bytes) -> Vec<String> {
         other => vec![format!("{other:?}")],
     }
 }
+
+/// The proxy as a process of its own (`slotguard --config`), so that its memory can be
+/// measured and its log read. Its log goes to `proxy.log` in the cluster's directory;
+/// the admin listener is on.
+pub struct ProxyProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub admin: u16,
+    pub log: std::path::PathBuf,
+    /// Sent as the admin bearer token, when the configuration sets one.
+    pub token: Option<String>,
+}
+
+impl ProxyProcess {
+    /// Starts it on `cluster` with `extra` in its configuration (top-level keys first;
+    /// it may open sections of its own but `[admin]`), and waits until it answers.
+    pub async fn start(cluster: &LocalCluster, extra: &str) -> ProxyProcess {
+        ProxyProcess::start_with_token(cluster, extra, None).await
+    }
+
+    /// As [`ProxyProcess::start`], with `admin.token` set to `token`.
+    pub async fn start_with_token(
+        cluster: &LocalCluster,
+        extra: &str,
+        token: Option<&str>,
+    ) -> ProxyProcess {
+        let free = || slotguard::localcluster::free_port().unwrap();
+        let (port, admin) = (free(), free());
+        let path = cluster.dir.join("proxy.toml");
+        let token_line = token
+            .map(|t| format!("token = \"{t}\"\n"))
+            .unwrap_or_default();
+        let text = format!(
+            "listen = \"127.0.0.1:{port}\"\nseeds = [\"{}\"]\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{token_line}",
+            cluster.nodes[0].addr()
+        );
+        std::fs::write(&path, text).unwrap();
+        let log = cluster.dir.join("proxy.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_slotguard"))
+            .args(["--config", path.to_str().unwrap()])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(Duration::from_secs(10), || async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                return false;
+            };
+            let _ = s.write_all(b"GET probe\r\n").await;
+            let mut buf = [0u8; 16];
+            // `$-1` once the map is known, `-NOAUTH` with a password.
+            matches!(s.read(&mut buf).await, Ok(n) if n > 0 && (buf[0] == b'$' || buf[..n].starts_with(b"-NOAUTH")))
+        })
+        .await
+        .expect("the proxy serves");
+        ProxyProcess {
+            child,
+            port,
+            admin,
+            log,
+            token: token.map(str::to_string),
+        }
+    }
+
+    /// The body of admin path `path` (`/metrics`, `/status`).
+    pub async fn admin_get(&self, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.admin))
+            .await
+            .unwrap();
+        let auth = match &self.token {
+            Some(t) => format!("Authorization: Bearer {t}\r\n"),
+            None => String::new(),
+        };
+        s.write_all(format!("GET {path} HTTP/1.0\r\n{auth}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        text
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await
+    }
+
+    /// What it has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its resident memory, in bytes.
+    pub fn rss(&self) -> u64 {
+        let statm =
+            std::fs::read_to_string(format!("/proc/{}/statm", self.child.id())).unwrap_or_default();
+        statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|pages| pages.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 4096
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
