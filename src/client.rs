@@ -202,6 +202,9 @@ impl Conn {
                 let frame = self.buf.split_to(len).freeze();
                 return Value::parse(&frame).map_err(|e| self.err(e.to_string()));
             }
+            if self.buf.len() > MAX_REPLY {
+                return Err(self.err(format!("a reply over {MAX_REPLY} bytes")));
+            }
             self.buf.reserve(16 * 1024);
             let n = self
                 .stream
@@ -221,6 +224,10 @@ impl Conn {
         }
     }
 }
+
+/// The largest reply the proxy reads on its own connections: a `DUMP` of a 512 MB
+/// string fits; a node sending more is cut off.
+const MAX_REPLY: usize = 1 << 30;
 
 /// Idle connections a [`Pool`] keeps per node.
 const POOL_PER_NODE: usize = 4;

@@ -265,10 +265,8 @@ async fn fault(h: &mut Harness, rng: &mut Rng) -> String {
 }
 
 /// Runs the soak for `length` and asserts what it must.
-/// `strict`: also fail on stale reads and lost acknowledged INCRs. The 30-minute runs
-/// still find a few of both, in bursts at a handful of the faults (see the closing notes
-/// of session 4): the short CI run reports them without failing on them, the long run
-/// fails.
+/// `strict`: also fail on stale reads and lost acknowledged INCRs in replicated mode (the
+/// long run; the short CI run reports them).
 async fn soak(length: Duration, ack: Ack, strict: bool) {
     let options = Options {
         masters: 3,
@@ -363,15 +361,16 @@ async fn soak(length: Duration, ack: Ack, strict: bool) {
         &report.errors[..report.errors.len().min(5)],
         &errors[..errors.len().min(5)]
     );
-    assert!(lost_sets.is_empty(), "lost SETs: {lost_sets:?}");
+    // With `ack = "master"` a master that dies takes the writes its replica had not
+    // received: lost SETs and INCRs, and reads of older values, are reported, not failed
+    // on. Nothing is ever applied twice, in either mode.
     if ack == Ack::Replicated {
+        assert!(lost_sets.is_empty(), "lost SETs: {lost_sets:?}");
         // Each INCR travels as a script that runs it once: sent again after a break, it is
         // answered, never left in doubt.
         assert_eq!(in_doubt, 0, "INCRs answered in doubt");
-    }
-    if strict {
-        assert!(report.stale.is_empty(), "stale reads: {:?}", report.stale);
-        if ack == Ack::Replicated {
+        if strict {
+            assert!(report.stale.is_empty(), "stale reads: {:?}", report.stale);
             assert!(lost.is_empty(), "lost acknowledged INCRs: {lost:?}");
         }
     }

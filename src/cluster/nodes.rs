@@ -37,15 +37,29 @@ impl NodeLine {
     }
 }
 
+/// Most nodes a `CLUSTER NODES` reply may list. Redis suggests clusters of up to 1,000
+/// nodes; a reply listing more comes from a broken or hostile node, and the work of
+/// merging it grows with every line.
+pub const MAX_NODES: usize = 10_000;
+
 /// Parses a `CLUSTER NODES` reply. `default_host` fills in an empty host (a node that
-/// has not learned its own address reports `:port`).
+/// has not learned its own address reports `:port`). A line that does not parse, a node
+/// listed twice or more than [`MAX_NODES`] lines make the whole reply unreadable.
 pub fn parse(text: &str, default_host: &str) -> Result<Vec<NodeLine>, String> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            parse_line(l, default_host).ok_or_else(|| format!("bad CLUSTER NODES line: {l:?}"))
-        })
-        .collect()
+    let mut out: Vec<NodeLine> = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        if out.len() == MAX_NODES {
+            return Err(format!("more than {MAX_NODES} nodes listed"));
+        }
+        let line =
+            parse_line(l, default_host).ok_or_else(|| format!("bad CLUSTER NODES line: {l:?}"))?;
+        if !ids.insert(line.id.clone()) {
+            return Err(format!("node {} listed twice", line.id));
+        }
+        out.push(line);
+    }
+    Ok(out)
 }
 
 fn parse_line(line: &str, default_host: &str) -> Option<NodeLine> {
@@ -162,6 +176,17 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0
     fn rejects_malformed_lines() {
         assert!(parse("abc", "h").is_err());
         assert!(parse("id 1.2.3.4:1@2 master - 0 0 x connected", "h").is_err());
+        let line = "id 1.2.3.4:1@2 master - 0 0 1 connected\n";
+        assert!(parse(&line.repeat(2), "h").unwrap_err().contains("twice"));
+        let many: String = (0..=MAX_NODES)
+            .map(|i| format!("n{i} 1.2.3.4:1@2 master - 0 0 1 connected\n"))
+            .collect();
+        assert!(parse(&many, "h").unwrap_err().contains("more than"));
+        let hosted = parse(
+            "id 1.2.3.4:1@2,db-1,shard-id=x master - 0 0 1 connected",
+            "h",
+        );
+        assert_eq!(hosted.unwrap()[0].hostname, "db-1");
         assert!(parse("id 1.2.3.4:1@2 master - 0 0 1 connected 16384", "h").is_err());
         assert!(parse("id 1.2.3.4:1@2 master - 0 0 1 connected 9-3", "h").is_err());
     }
