@@ -2,8 +2,9 @@
 # redis-benchmark against the cluster directly (--cluster) and through slotguard, in the
 # same run on the same machine. Prints req/s, p50, p99, the ratio to direct, and requests
 # per proxy CPU-second (from /proc/PID/stat). A second proxy with
-# `durability.ack = "replicated"` on the same cluster gives the `replicated` rows (SET and
-# MSET, the writes), with their ratio to direct and, last, to the `master` proxy.
+# `durability.ack = "replicated"` on the same cluster gives the `replicated` rows (SET,
+# MSET and INCR, the writes; INCR travels there as a script that runs it once), with
+# their ratio to direct and, last, to the `master` proxy.
 #
 #   benches/compare.sh [requests] [clients]      (defaults: 200000 50)
 #
@@ -51,7 +52,7 @@ run() { # name target pipeline tests...
 
 printf '%-8s %-4s %-10s %12s %8s %8s %10s %16s %10s\n' test P target req/s p50_ms p99_ms vs_direct ops/proxy_cpu_s vs_master
 for pipe in 1 16; do
-  for t in set get mset; do
+  for t in set get mset incr; do
     run "d$t$pipe" direct "$pipe" "$t"
     run "p$t$pipe" proxy "$pipe" "$t"
     IFS=, read -r _ drps _ _ dp50 _ dp99 _ <"$log.d$t$pipe"

@@ -612,6 +612,29 @@ async fn noscript_is_healed_from_the_proxys_script_cache() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("NOSCRIPT"));
+
+    // SCRIPT EXISTS: known where it ran (one master) is known, since it runs anywhere.
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(sha2)
+        .arg("0000000000000000000000000000000000000000")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, [1, 0]);
+    // A client's SCRIPT FLUSH empties the proxy's cache too: then NOSCRIPT, as on a node.
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let err = redis::cmd("EVALSHA")
+        .arg(sha2)
+        .arg(0)
+        .query_async::<redis::Value>(&mut c)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NOSCRIPT"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

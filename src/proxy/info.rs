@@ -154,11 +154,21 @@ pub fn merge(wanted: &Wanted, own: &str, parts: &[&str]) -> String {
 fn add(into: &mut Section, other: &Section) {
     for (k, v) in &other.fields {
         match into.fields.iter_mut().find(|(key, _)| key == k) {
+            Some((key, mine)) if MAX_FIELDS.contains(&key.as_str()) => {
+                let (a, b) = (mine.parse::<i64>(), v.parse::<i64>());
+                if let (Ok(a), Ok(b)) = (a, b) {
+                    *mine = a.max(b).to_string();
+                }
+            }
             Some((_, mine)) => *mine = sum(mine, v),
             None => into.fields.push((k.clone(), v.clone())),
         }
     }
 }
+
+/// Fields that are the same on every master when set through the proxy, not a share of
+/// a total: the largest is shown (SCRIPT LOAD goes to every master).
+const MAX_FIELDS: &[&str] = &["number_of_cached_scripts"];
 
 /// Two values of one field, summed where a sum means something.
 fn sum(a: &str, b: &str) -> String {

@@ -40,8 +40,9 @@ pub enum Merge {
     RandomKey,
     /// The first reply (SCRIPT LOAD: every master answers the same digest).
     First,
-    /// Element-wise minimum of integer arrays (SCRIPT EXISTS: known everywhere).
-    MinEach,
+    /// Element-wise maximum of integer arrays (SCRIPT EXISTS: a script some master has
+    /// runs anywhere, since the proxy loads it where an EVALSHA finds it missing).
+    MaxEach,
     /// SCAN on the master serving `slot`: the node's cursor is folded into the proxy's.
     Scan { slot: u16, table: Arc<SlotTable> },
     /// INFO: the proxy's own sections (`own`, in Redis's format) and the masters' merged,
@@ -245,17 +246,17 @@ fn merge_values(how: &Merge, values: Vec<Value>, resp3: bool) -> Option<Bytes> {
                 .map_or(Value::Nil, |(_, key)| key.clone());
             chosen.encode_for(&mut out, resp3);
         }
-        Merge::MinEach => {
-            let mut mins: Option<Vec<i64>> = None;
+        Merge::MaxEach => {
+            let mut maxes: Option<Vec<i64>> = None;
             for v in &values {
                 let ints: Option<Vec<i64>> = v.as_array()?.iter().map(Value::as_int).collect();
                 let ints = ints?;
-                mins = Some(match mins {
+                maxes = Some(match maxes {
                     None => ints,
-                    Some(m) => m.iter().zip(&ints).map(|(a, b)| *a.min(b)).collect(),
+                    Some(m) => m.iter().zip(&ints).map(|(a, b)| *a.max(b)).collect(),
                 });
             }
-            Value::Array(mins?.into_iter().map(Value::Int).collect()).encode_for(&mut out, resp3);
+            Value::Array(maxes?.into_iter().map(Value::Int).collect()).encode_for(&mut out, resp3);
         }
         Merge::Scan { slot, table } => {
             let [Value::Array(pair)] = &values[..] else {
@@ -405,10 +406,10 @@ mod tests {
     }
 
     #[test]
-    fn script_exists_needs_every_master() {
+    fn script_exists_on_any_master_is_enough() {
         let got = merged(
-            Merge::MinEach,
-            &[b"*2\r\n:1\r\n:1\r\n", b"*2\r\n:1\r\n:0\r\n"],
+            Merge::MaxEach,
+            &[b"*2\r\n:0\r\n:0\r\n", b"*2\r\n:1\r\n:0\r\n"],
         );
         assert_eq!(&got[..], b"*2\r\n:1\r\n:0\r\n");
     }

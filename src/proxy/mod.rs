@@ -65,7 +65,7 @@ pub mod fuzzing {
             5 => Merge::Union,
             6 => Merge::SumPairs,
             7 => Merge::First,
-            _ => Merge::MinEach,
+            _ => Merge::MaxEach,
         };
         super::merge::merge(&how, parts, resp3)
     }
@@ -538,6 +538,12 @@ impl Proxy {
         let commands = self.commands();
         let spec = commands.lookup(req)?;
         self.markers.wrap(spec, req, slot, config.hold_timeout)
+    }
+
+    /// Forgets every script body (SCRIPT FLUSH) but the proxy's own.
+    pub fn forget_scripts(&self) {
+        let mut scripts = self.scripts.lock().unwrap_or_else(|e| e.into_inner());
+        scripts.retain(|sha, _| sha == self.markers.sha());
     }
 
     /// `FUNCTION LOAD`, `DELETE` and `FLUSH` as they go to every master: the proxy keeps

@@ -786,8 +786,12 @@ fn script(proxy: &Proxy, client: &Client, req: &Request) -> Pending {
             }
             all_masters(proxy, client, req, Merge::First)
         }
-        b"FLUSH" => all_masters(proxy, client, req, Merge::AllOk),
-        b"EXISTS" => all_masters(proxy, client, req, Merge::MinEach),
+        b"FLUSH" => {
+            // Gone for the client too: an EVALSHA after it gets NOSCRIPT, as from a node.
+            proxy.forget_scripts();
+            all_masters(proxy, client, req, Merge::AllOk)
+        }
+        b"EXISTS" => all_masters(proxy, client, req, Merge::MaxEach),
         b"KILL" => kill_script(req.clone()),
         _ => unsupported(
             b"script",
