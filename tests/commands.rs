@@ -731,6 +731,16 @@ async fn transactions_run_whole_on_their_slots_owner() {
         "*2\r\n:1\r\n:11\r\n"
     );
 
+    // A command no node runs in a transaction is refused with the node's words.
+    assert_eq!(ask_raw(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    assert_eq!(
+        ask_raw(&mut s, b"SAVE\r\n", b"\r\n").await,
+        "-ERR Command not allowed inside a transaction\r\n"
+    );
+    assert!(ask_raw(&mut s, b"EXEC\r\n", b"\r\n")
+        .await
+        .starts_with("-EXECABORT"));
+
     // A key of another slot is refused before EXEC; the transaction is discarded whole.
     assert_eq!(ask_raw(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
     assert_eq!(

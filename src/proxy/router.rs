@@ -228,6 +228,14 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
             Class::Other,
         );
     }
+    // As a node refuses it, whatever the proxy would say of the command outside.
+    if proxy
+        .commands()
+        .lookup(&req)
+        .is_some_and(|spec| spec.flags.no_multi)
+    {
+        return fail(reply::error("ERR Command not allowed inside a transaction"));
+    }
     // What the proxy answers itself, or spreads over several nodes, cannot run inside a
     // transaction that runs on one node.
     if matches!(

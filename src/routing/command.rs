@@ -28,6 +28,8 @@ pub struct Flags {
     /// Not safe to run twice: a write (or script) that changes data again when repeated.
     /// See [`CommandSpec::runs_once`].
     pub once: bool,
+    /// Refused between MULTI and EXEC (`no_multi`: SAVE, SHUTDOWN, ...).
+    pub no_multi: bool,
 }
 
 /// Writes that leave the data as it was after one run when they run twice. Their reply to
@@ -379,6 +381,7 @@ fn parse_entry(entry: &Value) -> Option<CommandSpec> {
             "pubsub" => flags.pubsub = true,
             "movablekeys" => flags.movable_keys = true,
             "may_replicate" => may_replicate = true,
+            "no_multi" => flags.no_multi = true,
             _ => {}
         }
     }
