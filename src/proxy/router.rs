@@ -538,6 +538,9 @@ fn keyed(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
     // clients' requests would wait while it is written, runs on the client's own
     // connection, in its turn.
     if placed.blocking || job.raw.len() > LARGE_REQUEST {
+        if let (false, Some(slot), Class::Write) = (placed.blocking, placed.slot, placed.class) {
+            client.wrote(Some(slot));
+        }
         job.extra().lease = Some(client.lease());
         let start = match placed.blocking {
             true => Start::Block(job),

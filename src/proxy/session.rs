@@ -31,7 +31,8 @@ use crate::metrics::{Class, Metrics};
 use crate::protocol::{reply, Scanner};
 use crate::tls::Stream;
 
-/// Read buffer growth step; larger requests grow it to what they announce, in steps.
+/// Read buffer growth step, once a client sends more than [`READ_IDLE`] at once; it
+/// grows further with what has arrived, up to [`READ_MAX_STEP`] at a time.
 const READ_CHUNK: usize = 16 * 1024;
 /// The read buffer of a client with nothing buffered, until it sends more than this at
 /// once: most requests fit, and thousands of idle clients cost little.
