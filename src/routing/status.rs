@@ -176,6 +176,35 @@ mod tests {
     }
 
     #[test]
+    fn a_redirect_names_a_node_by_address_or_announced_hostname() {
+        let node = |addr: &str, hostname: &str| NodeStatus {
+            id: addr.into(),
+            addr: addr.into(),
+            hostname: hostname.into(),
+            role: Role::Master,
+            master_id: None,
+            health: Health::Ok,
+            config_epoch: 0,
+            slots: vec![],
+            migrating: vec![],
+            importing: vec![],
+        };
+        let view = ClusterView {
+            nodes: vec![node("10.0.0.1:7000", "db-1"), node("10.0.0.2:7000", "")],
+            answered: 2,
+        };
+        assert_eq!(view.resolve("10.0.0.2:7000"), Some("10.0.0.2:7000"));
+        assert_eq!(view.resolve("db-1:7000"), Some("10.0.0.1:7000"));
+        assert_eq!(view.resolve("db-1:7001"), None, "another port");
+        assert_eq!(view.resolve("db-10:7000"), None);
+        assert_eq!(
+            view.resolve("10.0.0.3:7000"),
+            None,
+            "not a node of the cluster"
+        );
+    }
+
+    #[test]
     fn a_write_waits_for_every_replica_up_or_one_that_has_not_failed() {
         let node = |id: &str, role: Role, master: Option<&str>, health: Health| NodeStatus {
             id: id.into(),
