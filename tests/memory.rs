@@ -69,6 +69,20 @@ async fn cluster() -> LocalCluster {
 /// 10,000 idle client connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_clients_cost_little() {
+    let limit = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    assert!(
+        limit >= 10_200,
+        "10,000 connections need `ulimit -n` of 10,200 or more (it is {limit}); .ci/run raises it"
+    );
     let cluster = cluster().await;
     let proxy = Proxy::start(&cluster, "[client]\nmax_clients = 10100\n").await;
     let before = probe(proxy.port, 300).await;
