@@ -143,7 +143,7 @@ async fn a_hostile_node_does_not_take_the_proxy_down() {
     assert_eq!(ask("GET k\r\n").await, "$-1\r\n");
 
     // A 100 MB reply passes through whole.
-    c_big(&proxy).await;
+    a_100_mb_reply_arrives_whole(&proxy).await;
 
     // A truncated, a garbled and a 100 MB CLUSTER NODES: the map stays as it was.
     for mode in [TRUNCATED, GARBAGE, HUGE] {
@@ -156,7 +156,7 @@ async fn a_hostile_node_does_not_take_the_proxy_down() {
 }
 
 /// `GET big` through the proxy: 100 MB, every byte.
-async fn c_big(proxy: &slotguard::server::Running) {
+async fn a_100_mb_reply_arrives_whole(proxy: &slotguard::server::Running) {
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET big\r\n").await.unwrap();
     let head = format!("${BIG}\r\n");
