@@ -367,9 +367,32 @@ fn remember(journal: &Mutex<Journal>, cluster: &Cluster) -> Remembered {
     Remembered {
         migrations: j.memory.migrations.clone(),
         shards: j.memory.shards.clone(),
-        repairing: j.memory.repairing.clone(),
+        repairing: ours(&j, cluster),
         interrupted: j.memory.interrupted.clone(),
     }
+}
+
+/// The slots whose repair by this proxy started and did not finish, less those where a
+/// migration now open moves keys the other way from the repair's last move: someone
+/// else's migration (an operator's that began as the repair failed), not the repair cut
+/// short, and left to whoever runs it.
+fn ours(j: &Journal, cluster: &Cluster) -> BTreeSet<u16> {
+    let open = cluster.open_migrations();
+    let last_move = |slot: u16| {
+        j.memory.steps.iter().rev().find_map(|r| match &r.step {
+            authority::Step::MoveKeys { from, to, .. } if r.slot == slot => Some((from, to)),
+            _ => None,
+        })
+    };
+    j.memory
+        .repairing
+        .iter()
+        .copied()
+        .filter(|&slot| match (open.get(&slot), last_move(slot)) {
+            (Some((source, target)), Some((from, to))) => source == from && target == to,
+            _ => true,
+        })
+        .collect()
 }
 
 /// Node id to address, from the views.
@@ -414,4 +437,52 @@ async fn count_keys(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::authority::Step;
+
+    /// A migrating slot 50 to B, as each of them sees itself.
+    fn views() -> Vec<(String, Vec<NodeLine>)> {
+        let line = |id: &str, port: u16| NodeLine {
+            id: id.into(),
+            addr: format!("127.0.0.1:{port}"),
+            myself: true,
+            master: true,
+            connected: true,
+            ..NodeLine::default()
+        };
+        let mut a = line("A", 1);
+        a.slots = vec![(0, 100)];
+        a.migrating = vec![(50, "B".into())];
+        let mut b = line("B", 2);
+        b.importing = vec![(50, "A".into())];
+        vec![
+            ("127.0.0.1:1".into(), vec![a]),
+            ("127.0.0.1:2".into(), vec![b]),
+        ]
+    }
+
+    #[test]
+    fn a_repair_cut_short_is_ours_only_if_it_moved_keys_the_same_way() {
+        let views = views();
+        let cluster = Cluster::new(&views);
+        let mut j = Journal::open(None).unwrap();
+        j.set_repairing(50, true).unwrap();
+        assert_eq!(ours(&j, &cluster), BTreeSet::from([50]), "no move recorded");
+        let moving = |from: &str, to: &str| Step::MoveKeys {
+            from: from.into(),
+            to: to.into(),
+            slot: 50,
+            replace: false,
+        };
+        j.step(50, &moving("A", "B"), "ok").unwrap();
+        assert_eq!(ours(&j, &cluster), BTreeSet::from([50]), "the same way");
+        // A stray-key repair gave keys back from B to A and failed; then an operator's
+        // migration from A to B is open: not ours to finish.
+        j.step(50, &moving("B", "A"), "ASK").unwrap();
+        assert_eq!(ours(&j, &cluster), BTreeSet::new());
+    }
 }
