@@ -31,11 +31,12 @@ async fn probe(port: u16, n: usize) -> Duration {
 }
 
 /// The probe's p99 under attack against its p99 before, in the same run: other clients
-/// are served about as before (a generous bound, for a loaded machine).
+/// are served about as before (a generous bound: tests of this file run two at a time on
+/// a two-core machine; the attacks measured in the issue took a 0.5 ms p99 to 713 ms).
 fn served_as_before(before: Duration, under: Duration, what: &str) {
     eprintln!("REPORT | {what} | probe p99 {before:?} before, {under:?} under attack");
     assert!(
-        under <= before * 50 + Duration::from_millis(50),
+        under <= before * 100 + Duration::from_millis(100),
         "{what}: the probe's p99 went from {before:?} to {under:?}"
     );
 }
