@@ -180,13 +180,16 @@ async fn metrics_status_and_health_are_served() {
         get(name);
     }
 
-    // Every node is asked once it is known; wait for the view that has them all.
-    wait_for(Duration::from_secs(10), || async move {
+    // Every node is asked once it is known; wait for the view that has them all, and for
+    // the new cluster to settle (its replicas may still be joining at the first looks).
+    let settled = wait_for(Duration::from_secs(10), || async move {
         let (_, body) = http_get(admin, "/status").await;
-        body.contains("\"nodes_answering\":6")
+        body.contains("\"nodes_answering\":6") && body.contains("\"unsettled\":[]")
     })
-    .await
-    .expect("every node answers");
+    .await;
+    if settled.is_err() {
+        panic!("not settled: {}", http_get(admin, "/status").await.1);
+    }
     let (code, body) = http_get(admin, "/status").await;
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -197,7 +200,11 @@ async fn metrics_status_and_health_are_served() {
     assert_eq!(nodes.iter().filter(|n| n["role"] == "master").count(), 3);
     assert!(nodes.iter().all(|n| n["health"] == "ok"), "{nodes:?}");
     assert_eq!(status["ready"], true);
-    assert!(status["unsettled"].as_array().unwrap().is_empty());
+    assert!(
+        status["unsettled"].as_array().unwrap().is_empty(),
+        "{}",
+        status["unsettled"]
+    );
 
     assert_eq!(http_get(admin, "/healthz").await.0, 200);
     assert_eq!(
