@@ -688,7 +688,8 @@ impl ProxyProcess {
         token: Option<&str>,
     ) -> ProxyProcess {
         let free = || slotguard::localcluster::free_port().unwrap();
-        let (port, admin) = (free(), free());
+        let port = free();
+        let admin = std::iter::repeat_with(free).find(|&p| p != port).unwrap();
         let path = cluster.dir.join("proxy.toml");
         let token_line = token
             .map(|t| format!("token = \"{t}\"\n"))
@@ -705,7 +706,8 @@ impl ProxyProcess {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        wait_for(Duration::from_secs(10), || async move {
+        // Generous: tests of a file run two at a time, and may load the machine.
+        wait_for(Duration::from_secs(30), || async move {
             let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
                 return false;
             };
