@@ -155,20 +155,13 @@ async fn proxy_users_get_the_access_they_were_given() {
         password: format!("{name}-pw"),
         access,
     };
-    let h = Harness::start_with(
-        Options {
-            masters: 3,
-            replicas_per_master: 0,
-            ..Options::default()
-        },
-        |c| {
-            c.password = Some("root-pw".into());
-            c.users = vec![
-                user("reader", Access::ReadOnly),
-                user("writer", Access::ReadWrite),
-            ];
-        },
-    )
+    let h = Harness::tuned(|c| {
+        c.password = Some("root-pw".into());
+        c.users = vec![
+            user("reader", Access::ReadOnly),
+            user("writer", Access::ReadWrite),
+        ];
+    })
     .await;
     let mut s = TcpStream::connect(h.proxy.addr).await.unwrap();
     let mut ask = async |req: &str| ask_raw(&mut s, req.as_bytes(), b"\r\n").await;
@@ -227,15 +220,7 @@ async fn proxy_users_get_the_access_they_were_given() {
 /// passes; a client already logged in carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_auth_attempts_are_limited_per_address() {
-    let h = Harness::start_with(
-        Options {
-            masters: 3,
-            replicas_per_master: 0,
-            ..Options::default()
-        },
-        |c| c.password = Some("right".into()),
-    )
-    .await;
+    let h = Harness::tuned(|c| c.password = Some("right".into())).await;
     let mut good = TcpStream::connect(h.proxy.addr).await.unwrap();
     assert_eq!(
         ask_raw(&mut good, b"AUTH right\r\n", b"\r\n").await,

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{ask_raw, blpop_in_background, call, move_slot, tag_on, wait_dedicated, Harness};
-use slotguard::localcluster::{wait_for, Options};
+use slotguard::localcluster::wait_for;
 use slotguard::protocol::key_slot;
 use tokio::net::TcpStream;
 
@@ -190,15 +190,7 @@ async fn a_blocked_client_that_disconnects_frees_its_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedicated_connections_are_bounded_per_node() {
-    let h = Harness::start_with(
-        Options {
-            masters: 3,
-            replicas_per_master: 0,
-            ..Options::default()
-        },
-        |c| c.dedicated_connections = 2,
-    )
-    .await;
+    let h = Harness::tuned(|c| c.dedicated_connections = 2).await;
     let owner = h.cluster.nodes[2].addr();
     let list = format!("{}full", tag_on(2));
     let mut held = Vec::new();
@@ -597,15 +589,7 @@ async fn write_and_wait(c: &mut redis::aio::MultiplexedConnection, key: &str, n:
 /// a WATCH; the client's next blocking command opens another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_dedicated_connections_are_given_back() {
-    let h = Harness::start_with(
-        Options {
-            masters: 3,
-            replicas_per_master: 0,
-            ..Options::default()
-        },
-        |c| c.dedicated_idle = Duration::from_millis(500),
-    )
-    .await;
+    let h = Harness::tuned(|c| c.dedicated_idle = Duration::from_millis(500)).await;
     let t = tag_on(0);
     let mut c = h.client().await;
     let none: Option<(String, String)> = redis::cmd("BLPOP")

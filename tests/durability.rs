@@ -76,14 +76,7 @@ async fn a_replicated_ack_means_the_replica_has_the_write() {
         .await
         .unwrap();
     assert_eq!(there, 700);
-    let master = common::call(&h.cluster.nodes[0].addr(), &["INFO", "commandstats"]).await;
-    let stats = master.as_str().unwrap_or_default().to_string();
-    let waits: u64 = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let waits = common::command_stat(&h.cluster.nodes[0].addr(), "wait", "calls").await;
     assert!(
         (200..700).contains(&waits),
         "a WAIT per batch of writes, not per write: {waits}"
@@ -243,14 +236,8 @@ async fn a_write_whose_reply_was_lost_is_answered_once() {
 
 /// How many `EVALSHA`s the node at `addr` ran without an error.
 async fn script_runs(addr: &str) -> u64 {
-    let stats = common::call(addr, &["INFO", "commandstats"]).await;
-    let stats = stats.as_str().unwrap_or_default().to_string();
-    let field = |name: &str| -> Option<u64> {
-        let line = stats.lines().find(|l| l.starts_with("cmdstat_evalsha:"))?;
-        let (_, rest) = line.split_once(&format!("{name}="))?;
-        rest.split(',').next()?.parse().ok()
-    };
-    field("calls").unwrap_or(0) - field("failed_calls").unwrap_or(0)
+    let calls = common::command_stat(addr, "evalsha", "calls").await;
+    calls - common::command_stat(addr, "evalsha", "failed_calls").await
 }
 
 /// In replicated mode the writes that must not run twice travel as a script; what the

@@ -221,14 +221,7 @@ fn sample_peak(proxy: &Proxy, done: Arc<AtomicBool>) -> tokio::task::JoinHandle<
     tokio::spawn(async move {
         let mut peak = 0;
         while !done.load(Ordering::Relaxed) {
-            let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
-            let now = statm
-                .split_whitespace()
-                .nth(1)
-                .and_then(|pages| pages.parse::<u64>().ok())
-                .unwrap_or(0)
-                * 4096;
-            peak = peak.max(now.saturating_sub(rss));
+            peak = peak.max(common::rss_of(pid).saturating_sub(rss));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         peak

@@ -70,17 +70,10 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 /// health check and the (data-free) page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_listener_requires_its_token() {
-    let h = Harness::start_with(
-        Options {
-            masters: 3,
-            replicas_per_master: 0,
-            ..Options::default()
-        },
-        |c| {
-            c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
-            c.admin_token = Some("s3cret".into());
-        },
-    )
+    let h = Harness::tuned(|c| {
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.admin_token = Some("s3cret".into());
+    })
     .await;
     let admin = h.proxy.admin_addr.unwrap();
     for path in ["/status", "/metrics", "/readyz"] {
@@ -216,15 +209,7 @@ async fn metrics_status_and_health_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grafana_dashboard_charts_metrics_that_exist() {
-    let h = Harness::start_with(
-        Options {
-            masters: 3,
-            replicas_per_master: 0,
-            ..Options::default()
-        },
-        |c| c.admin_listen = Some("127.0.0.1:0".parse().unwrap()),
-    )
-    .await;
+    let h = Harness::tuned(|c| c.admin_listen = Some("127.0.0.1:0".parse().unwrap())).await;
     let (_, text) = http_get(h.proxy.admin_addr.unwrap(), "/metrics").await;
     let families: HashSet<&str> = text
         .lines()
@@ -279,15 +264,7 @@ async fn the_slot_page_draws_every_slot_in_a_real_browser() {
         );
         return;
     };
-    let h = Harness::start_with(
-        Options {
-            masters: 3,
-            replicas_per_master: 0,
-            ..Options::default()
-        },
-        |c| c.admin_listen = Some("127.0.0.1:0".parse().unwrap()),
-    )
-    .await;
+    let h = Harness::tuned(|c| c.admin_listen = Some("127.0.0.1:0".parse().unwrap())).await;
     let url = format!("http://{}/", h.proxy.admin_addr.unwrap());
     let profile = h.cluster.dir.join("chromium-profile");
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("slot-page.png");
@@ -583,17 +560,10 @@ async fn sigterm_finishes_held_requests_before_exiting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_clients_and_idle_timeout_are_enforced() {
-    let h = Harness::start_with(
-        Options {
-            masters: 3,
-            replicas_per_master: 0,
-            ..Options::default()
-        },
-        |c| {
-            c.max_clients = 2;
-            c.idle_timeout = Some(Duration::from_millis(500));
-        },
-    )
+    let h = Harness::tuned(|c| {
+        c.max_clients = 2;
+        c.idle_timeout = Some(Duration::from_millis(500));
+    })
     .await;
     let mut a = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
     let mut b = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();

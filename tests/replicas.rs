@@ -10,13 +10,7 @@ use slotguard::localcluster::{wait_for, Options};
 
 /// How many GETs the node at `addr` has run since its stats were reset.
 async fn gets_on(addr: &str) -> u64 {
-    let info = call(addr, &["INFO", "commandstats"]).await;
-    let text = info.as_str().unwrap_or_default().to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    common::command_stat(addr, "get", "calls").await
 }
 
 /// Waits until the replica at `addr` has `key` = `value`.

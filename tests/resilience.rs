@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{assert_unharmed, keys_in_slots, writers, Harness};
-use slotguard::localcluster::{wait_for, Options};
+use slotguard::localcluster::wait_for;
 
 async fn node_id(h: &Harness, i: usize) -> String {
     let mut c = h.direct(&h.cluster.nodes[i].addr()).await;
@@ -132,15 +132,7 @@ async fn a_dead_seed_is_skipped() {
         "127.0.0.1:{}",
         slotguard::localcluster::free_port().unwrap()
     );
-    let h = Harness::start_with(
-        Options {
-            masters: 3,
-            replicas_per_master: 0,
-            ..Options::default()
-        },
-        |c| c.seeds.insert(0, dead),
-    )
-    .await;
+    let h = Harness::tuned(|c| c.seeds.insert(0, dead)).await;
     let mut c = h.client().await;
     let () = redis::cmd("SET")
         .arg("seeded")

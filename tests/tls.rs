@@ -93,15 +93,8 @@ async fn clients_speak_tls_to_the_proxy() {
     let dir = temp_dir("clients");
     let certs = make_certs(&dir);
     let (cert, key) = (path(&certs.server.0), path(&certs.server.1));
-    let h = Harness::start_with(
-        Options {
-            masters: 3,
-            replicas_per_master: 0,
-            ..Options::default()
-        },
-        |c| c.tls = Some(slotguard::tls::acceptor(&cert, &key, None).unwrap()),
-    )
-    .await;
+    let h = Harness::tuned(|c| c.tls = Some(slotguard::tls::acceptor(&cert, &key, None).unwrap()))
+        .await;
     let port = h.port();
     let out = tokio::task::spawn_blocking({
         let certs = make_paths(&certs);
@@ -282,17 +275,10 @@ async fn unfinished_handshakes_count_toward_max_clients() {
     let dir = temp_dir("max-clients");
     let certs = make_certs(&dir);
     let (cert, key) = (path(&certs.server.0), path(&certs.server.1));
-    let h = Harness::start_with(
-        Options {
-            masters: 3,
-            replicas_per_master: 0,
-            ..Options::default()
-        },
-        |c| {
-            c.max_clients = 2;
-            c.tls = Some(slotguard::tls::acceptor(&cert, &key, None).unwrap());
-        },
-    )
+    let h = Harness::tuned(|c| {
+        c.max_clients = 2;
+        c.tls = Some(slotguard::tls::acceptor(&cert, &key, None).unwrap());
+    })
     .await;
     // Two connections that never say a word: their handshakes are pending.
     let silent: Vec<tokio::net::TcpStream> = futures_util::future::join_all(

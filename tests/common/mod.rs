@@ -36,6 +36,17 @@ impl Harness {
         .await
     }
 
+    /// Three masters without replicas (node timeout as `Options` has it), and the proxy's
+    /// configuration as `tune` leaves it.
+    pub async fn tuned(tune: impl FnOnce(&mut Config)) -> Harness {
+        let options = Options {
+            masters: 3,
+            replicas_per_master: 0,
+            ..Options::default()
+        };
+        Harness::start_with(options, tune).await
+    }
+
     pub async fn start_with(options: Options, tune: impl FnOnce(&mut Config)) -> Harness {
         slotguard::logging::init("slotguard=info", false);
         let cluster = LocalCluster::start(options).await.expect("cluster starts");
@@ -755,15 +766,37 @@ impl ProxyProcess {
 
     /// Its resident memory, in bytes.
     pub fn rss(&self) -> u64 {
-        let statm =
-            std::fs::read_to_string(format!("/proc/{}/statm", self.child.id())).unwrap_or_default();
-        statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|pages| pages.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 4096
+        rss_of(self.child.id())
     }
+}
+
+/// The resident memory of process `pid`, in bytes (0 once it is gone).
+pub fn rss_of(pid: u32) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|pages| pages.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+/// Field `field` (`calls`, `failed_calls`, ...) of `command`'s line in the `INFO
+/// commandstats` of the node at `addr`; 0 when the command has not run.
+pub async fn command_stat(addr: &str, command: &str, field: &str) -> u64 {
+    let stats = call(addr, &["INFO", "commandstats"]).await;
+    let prefix = format!("cmdstat_{command}:");
+    stats
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| {
+            rest.split(',')
+                .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Drop for ProxyProcess {
