@@ -302,6 +302,51 @@ async fn whole_cluster_commands_cover_every_master() {
     assert_eq!(size, 0);
 }
 
+/// A fan-out over more slots than the proxy sends at once (it goes a window at a time)
+/// keeps its place in a pipeline: it sees the writes before it and none after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_fan_out_keeps_its_place_in_a_pipeline() {
+    let h = Harness::start(3, 0).await;
+    let mut c = h.client().await;
+    let keys: Vec<String> = (0..5000).map(|i| format!("fan:{i}")).collect();
+    let slots: std::collections::HashSet<u16> = keys
+        .iter()
+        .map(|k| slotguard::protocol::key_slot(k.as_bytes()))
+        .collect();
+    assert!(slots.len() > 1000, "far more slots than one window");
+    let mset = |value: &str| {
+        let mut cmd = redis::cmd("MSET");
+        for k in &keys {
+            cmd.arg(k).arg(format!("{value}{k}"));
+        }
+        cmd
+    };
+    let mut pipe = redis::pipe();
+    pipe.add_command(mset("old:")).ignore();
+    pipe.cmd("SET").arg(&keys[4999]).arg("before");
+    pipe.cmd("MGET").arg(&keys);
+    pipe.add_command(mset("new:")).ignore();
+    pipe.cmd("MGET").arg(&keys);
+    pipe.cmd("DEL").arg(&keys[..2500]);
+    pipe.cmd("EXISTS").arg(&keys);
+    let (set, first, second, deleted, exist): (String, Vec<String>, Vec<String>, i64, i64) =
+        pipe.query_async(&mut c).await.unwrap();
+    assert_eq!(set, "OK");
+    let want = |value: &str| -> Vec<String> {
+        let mut want: Vec<String> = keys.iter().map(|k| format!("{value}{k}")).collect();
+        if value == "old:" {
+            want[4999] = "before".into();
+        }
+        want
+    };
+    assert!(
+        first == want("old:"),
+        "the first MGET sees what was written before it"
+    );
+    assert!(second == want("new:"), "the second sees the second MSET");
+    assert_eq!((deleted, exist), (2500, 2500));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_of_1000_is_answered_in_order() {
     let h = Harness::start(3, 0).await;

@@ -108,6 +108,11 @@ pub(super) fn merge(how: &Merge, parts: &[Bytes], resp3: bool) -> Bytes {
                 return first.clone();
             }
         }
+        Merge::MGet { positions, total } => {
+            if let Some(merged) = mget_verbatim(parts, positions, *total, resp3) {
+                return merged;
+            }
+        }
         Merge::SumInts => {
             let ints: Option<i64> = parts.iter().try_fold(0i64, |sum, p| {
                 let digits = p.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
@@ -131,6 +136,83 @@ pub(super) fn merge(how: &Merge, parts: &[Bytes], resp3: bool) -> Bytes {
         Some(bytes) => bytes,
         None => reply::error("ERR slotguard: a node answered a part of this command unexpectedly"),
     }
+}
+
+/// MGET's parts, each value copied once into its place without decoding. `None` when a
+/// part is anything but an array of bulk strings and nils in the client's protocol: the
+/// general path answers for those (an error, say).
+fn mget_verbatim(
+    parts: &[Bytes],
+    positions: &[Vec<usize>],
+    total: usize,
+    resp3: bool,
+) -> Option<Bytes> {
+    let mut items: Vec<&[u8]> = vec![&[]; total];
+    let mut size = 0;
+    for (part, positions) in parts.iter().zip(positions) {
+        let (count, mut rest) = header(part.strip_prefix(b"*")?)?;
+        if usize::try_from(count).ok()? != positions.len() {
+            return None;
+        }
+        for &pos in positions {
+            let len = item_len(rest, resp3)?;
+            *items.get_mut(pos)? = &rest[..len];
+            size += len;
+            rest = &rest[len..];
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+    }
+    let mut out = BytesMut::with_capacity(size + 24);
+    array_header(&mut out, total);
+    for item in items {
+        out.extend_from_slice(item);
+    }
+    Some(out.freeze())
+}
+
+/// The length of one MGET value at the start of `buf`: a bulk string or the protocol's
+/// nil.
+fn item_len(buf: &[u8], resp3: bool) -> Option<usize> {
+    if resp3 && buf.starts_with(b"_\r\n") {
+        return Some(3);
+    }
+    let (len, data) = header(buf.strip_prefix(b"$")?)?;
+    let head = buf.len() - data.len();
+    if len == -1 && !resp3 {
+        return Some(head);
+    }
+    let end = head + usize::try_from(len).ok()? + 2;
+    (buf.get(end - 2..end)? == b"\r\n").then_some(end)
+}
+
+/// A header's number and what follows its line.
+fn header(buf: &[u8]) -> Option<(i64, &[u8])> {
+    let eol = buf.iter().position(|&b| b == b'\r')?;
+    let rest = buf[eol..].strip_prefix(b"\r\n")?;
+    Some((crate::protocol::request::parse_i64(&buf[..eol])?, rest))
+}
+
+/// For the fuzz target and tests: the verbatim MGET merge, when it applies, answers
+/// exactly what decoding and encoding again would.
+pub(super) fn mget_paths_agree(
+    parts: &[Bytes],
+    positions: Vec<Vec<usize>>,
+    total: usize,
+    resp3: bool,
+) -> bool {
+    let Some(verbatim) = mget_verbatim(parts, &positions, total, resp3) else {
+        return true;
+    };
+    let Ok(values) = parts
+        .iter()
+        .map(Value::parse)
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return false;
+    };
+    merge_values(&Merge::MGet { positions, total }, values, resp3) == Some(verbatim)
 }
 
 fn merge_values(how: &Merge, values: Vec<Value>, resp3: bool) -> Option<Bytes> {
@@ -301,6 +383,37 @@ mod tests {
     fn merged3(how: Merge, parts: &[&'static [u8]]) -> Bytes {
         let parts: Vec<Bytes> = parts.iter().map(|p| Bytes::from_static(p)).collect();
         merge(&how, &parts, true)
+    }
+
+    #[test]
+    fn mget_values_are_copied_as_decoding_would_place_them() {
+        let parts = |ps: &[&'static [u8]]| -> Vec<Bytes> {
+            ps.iter().map(|p| Bytes::from_static(p)).collect()
+        };
+        let two = vec![vec![2, 0], vec![1]];
+        let resp2 = parts(&[b"*2\r\n$1\r\na\r\n$-1\r\n", b"*1\r\n$0\r\n\r\n"]);
+        assert!(mget_verbatim(&resp2, &two, 3, false).is_some());
+        assert!(mget_paths_agree(&resp2, two.clone(), 3, false));
+        assert_eq!(
+            &merge(
+                &Merge::MGet {
+                    positions: two.clone(),
+                    total: 3
+                },
+                &resp2,
+                false
+            )[..],
+            b"*3\r\n$-1\r\n$0\r\n\r\n$1\r\na\r\n"
+        );
+        // A RESP2 nil for a RESP3 client, an error, a short part: the general path.
+        assert!(mget_verbatim(&resp2, &two, 3, true).is_none());
+        assert!(mget_paths_agree(&resp2, two.clone(), 3, true));
+        let error = parts(&[b"-TRYAGAIN x\r\n", b"*1\r\n$0\r\n\r\n"]);
+        assert!(mget_verbatim(&error, &two, 3, false).is_none());
+        let short = parts(&[b"*2\r\n$1\r\na\r\n", b"*1\r\n$0\r\n\r\n"]);
+        assert!(mget_verbatim(&short, &two, 3, false).is_none());
+        let long = parts(&[b"*1\r\n$1\r\na\r\n$1\r\nb\r\n", b"*1\r\n$0\r\n\r\n"]);
+        assert!(mget_verbatim(&long, &[vec![0], vec![1]], 2, false).is_none());
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod clients;
 pub mod connection;
 mod diagnostics;
 mod every_node;
+mod fan;
 pub mod hold;
 mod info;
 pub mod job;
@@ -68,6 +69,12 @@ pub mod fuzzing {
             _ => Merge::MaxEach,
         };
         super::merge::merge(&how, parts, resp3)
+    }
+
+    /// MGET's verbatim merge agrees with decoding the parts (part `i` for key `i`).
+    pub fn mget_paths_agree(parts: &[Bytes], resp3: bool) -> bool {
+        let positions = (0..parts.len()).map(|i| vec![i]).collect();
+        super::merge::mget_paths_agree(parts, positions, parts.len(), resp3)
     }
 }
 

@@ -11,6 +11,7 @@ use prometheus::IntGauge;
 use tokio::sync::oneshot;
 
 use super::every_node::Reach;
+use super::fan::Split;
 use super::job::Job;
 use super::merge::{Join, GONE};
 use super::wait::Wait;
@@ -26,6 +27,8 @@ pub enum Start {
     Wait(Wait),
     /// A command for every node or master (`every_node`), and where its answer goes.
     EveryNode(Request, Reach, oneshot::Sender<Bytes>),
+    /// A large fan-out, a window at a time (`fan`), and where its answer goes.
+    Fan(Split, oneshot::Sender<Bytes>),
 }
 
 impl Start {
@@ -44,6 +47,11 @@ impl Start {
             Start::EveryNode(req, reach, reply_to) => {
                 if let Some(proxy) = proxy.me.upgrade() {
                     super::every_node::start(proxy, req, reach, reply_to);
+                }
+            }
+            Start::Fan(split, reply_to) => {
+                if let Some(proxy) = proxy.me.upgrade() {
+                    super::fan::start(proxy, split, reply_to);
                 }
             }
         }

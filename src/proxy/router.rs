@@ -8,13 +8,13 @@
 //! - refused with a clear error (commands that need a connection of their own).
 
 use bytes::Bytes;
-use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use super::client::{Client, Tx};
 use super::clients;
 use super::diagnostics::Diagnostic;
 use super::every_node::Reach;
+use super::fan::{self, Split, SplitKind};
 use super::job::Job;
 use super::local;
 use super::merge::{Join, Merge};
@@ -652,15 +652,7 @@ fn one(proxy: &Proxy, client: &Client, req: Request, slot: Option<u16>) -> Pendi
     Pending::Wait(rx)
 }
 
-#[derive(Clone, Copy)]
-enum SplitKind {
-    MGet,
-    MSet,
-    Sum,
-}
-
-/// A multi-key command split by slot: keys start at argument 1, each `stride` arguments
-/// long (MSET: key and value). One slot: sent as it is.
+/// A multi-key command split by slot (see [`fan`]). One slot: sent as it is.
 fn split(proxy: &Proxy, client: &Client, req: Request, stride: usize, kind: SplitKind) -> Pending {
     if req.len() < 2 || !(req.len() - 1).is_multiple_of(stride) {
         return ready(reply::arity(
@@ -674,37 +666,21 @@ fn split(proxy: &Proxy, client: &Client, req: Request, stride: usize, kind: Spli
     if !groups_needed {
         return one(proxy, client, req, Some(first));
     }
-    // Group key positions by slot, in order of first appearance.
-    let mut groups: Vec<(u16, SmallVec<[usize; 4]>)> = Vec::new();
-    for i in (1..req.len()).step_by(stride) {
-        let slot = key_slot(req.arg(i));
-        match groups.iter_mut().find(|(s, _)| *s == slot) {
-            Some((_, positions)) => positions.push(i),
-            None => groups.push((slot, SmallVec::from_elem(i, 1))),
-        }
+    let split = Split::new(req, stride, kind, client.id, client.resp3);
+    // So many parts that sent at once they would keep other clients waiting: a window
+    // at a time, in the client's turn.
+    if split.parts() > fan::WINDOW {
+        let (reply, rx) = oneshot::channel();
+        return Pending::turn(Start::Fan(split, reply), rx);
     }
-    let mut parts = Vec::with_capacity(groups.len());
-    let mut positions = Vec::with_capacity(groups.len());
-    for (slot, group) in &groups {
-        let mut args: Vec<&[u8]> = Vec::with_capacity(1 + group.len() * stride);
-        args.push(req.arg(0));
-        for &i in group {
-            args.extend((i..i + stride).map(|j| req.arg(j)));
-        }
-        let (job, rx) = job(client, Request::from_args(&args), Some(*slot));
-        proxy.dispatch(job);
-        parts.push(rx);
-        positions.push(group.iter().map(|&i| (i - 1) / stride).collect());
-    }
-    let merge = match kind {
-        SplitKind::MGet => Merge::MGet {
-            positions,
-            total: (req.len() - 1) / stride,
-        },
-        SplitKind::MSet => Merge::AllOk,
-        SplitKind::Sum => Merge::SumInts,
-    };
-    Pending::Join(Join::new(parts, merge, client.resp3))
+    let parts = (0..split.parts())
+        .map(|g| {
+            let (job, rx) = split.part(g);
+            proxy.dispatch(job);
+            rx
+        })
+        .collect();
+    Pending::Join(Join::new(parts, split.merge(), client.resp3))
 }
 
 /// Sends the same request to every master; each part follows its master's lowest slot,
