@@ -4,6 +4,9 @@
 //! 22767, so that each bus port, data port + 10000, is valid), assigns slots evenly to the
 //! masters, joins the nodes, attaches replicas, and waits until every node reports the
 //! cluster ok and every replica's link is up. Nodes are stopped by pid on drop.
+//!
+//! `SLOTGUARD_SERVER` names another server binary (a path, or a name on PATH), such as
+//! Valkey's `valkey-server`: every cluster this module starts then runs it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -212,8 +215,32 @@ fn fail(what: impl std::fmt::Display) -> StartError {
     StartError(what.to_string())
 }
 
-/// Checks that `redis-server` can be run, with instructions when it cannot.
+/// The server binary the clusters run: `SLOTGUARD_SERVER`, or `redis-server`.
+pub fn server_binary() -> String {
+    std::env::var("SLOTGUARD_SERVER")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "redis-server".to_string())
+}
+
+/// True when the clusters run Valkey.
+pub fn is_valkey() -> bool {
+    server_binary().contains("valkey")
+}
+
+/// Checks that the server can be run, with instructions when it cannot.
 pub fn check_redis_server() -> Result<String, StartError> {
+    let server = server_binary();
+    if server != "redis-server" {
+        return match Command::new(&server).arg("--version").output() {
+            Ok(out) if out.status.success() => {
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+            }
+            _ => Err(fail(format!(
+                "SLOTGUARD_SERVER={server} cannot be run (scripts/install-deps installs Valkey's server; see the README)"
+            ))),
+        };
+    }
     match Command::new("redis-server").arg("--version").output() {
         Ok(out) if out.status.success() => {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -290,6 +317,42 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Starts one more node and joins it as a master without slots, as an operator adds
+    /// one before a rebalance (not with network namespaces). Returns its index in `nodes`.
+    pub async fn add_master(&mut self) -> Result<usize, StartError> {
+        let port = free_port_pair().ok_or_else(|| fail("no free port pair below 22767"))?;
+        let node_dir = self.dir.join(port.to_string());
+        std::fs::create_dir_all(&node_dir).map_err(fail)?;
+        let mut node = LocalNode {
+            port,
+            dir: node_dir,
+            ip: "127.0.0.1".to_string(),
+            netns: None,
+            child: None,
+        };
+        self.spawn(&mut node)?;
+        let addr = node.addr();
+        self.nodes.push(node);
+        let quick = self.dial(Duration::from_secs(1));
+        wait_for(Duration::from_secs(10), || ping(&addr, &quick))
+            .await
+            .map_err(|_| fail(format!("the server at {addr} did not start")))?;
+        let (ip, port) = (self.nodes[0].ip.clone(), self.nodes[0].port.to_string());
+        let mut conn = connect(&addr, &self.dial(Duration::from_secs(5))).await?;
+        call(&mut conn, &["CLUSTER", "MEET", &ip, &port]).await?;
+        let total = self.nodes.len();
+        let running: Vec<String> = (self.nodes.iter())
+            .filter(|n| n.pid().is_some())
+            .map(LocalNode::addr)
+            .collect();
+        for a in running {
+            wait_for(Duration::from_secs(20), || knows_all(&a, total, &quick))
+                .await
+                .map_err(|_| fail(format!("{a} did not meet the new node")))?;
+        }
+        Ok(self.nodes.len() - 1)
+    }
+
     /// Keeps the directory (logs, nodes.conf) after drop.
     pub fn keep_dir(&mut self) {
         self.keep_dir = true;
@@ -300,10 +363,10 @@ impl LocalCluster {
             // `ip netns exec` execs the server: the child's pid is the server's.
             Some(ns) => {
                 let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns, "redis-server"]);
+                cmd.args(["netns", "exec", ns, &server_binary()]);
                 cmd
             }
-            None => Command::new("redis-server"),
+            None => Command::new(server_binary()),
         };
         cmd.current_dir(&node.dir);
         match &self.options.tls {

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 /// that at a fraction of glibc malloc's cost (measured with `benches/compare.sh`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use slotguard::cluster::mover as moving;
 use slotguard::config::{Config, Overrides};
 
 #[derive(Parser)]
@@ -51,6 +52,60 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Move slots to a master, in the order that survives a crash of any node or of
+    /// slotguard (Ctrl-C stops at a step boundary; the same command resumes).
+    Migrate {
+        /// Slots: `100-199,300`.
+        #[arg(long)]
+        slots: String,
+        /// The master that gets them: its id, a prefix of it, or host:port.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        pace: PaceArgs,
+    },
+    /// Even the slots across the masters (or in proportion to weights), with the fewest
+    /// moves; prints the plan first.
+    Rebalance {
+        /// A master's weight: `NODE=2` (id, prefix or host:port; 1 when not given).
+        #[arg(long = "weight")]
+        weights: Vec<String>,
+        /// Print the plan; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        pace: PaceArgs,
+    },
+    /// Move every slot off a master (before removing it), evenly to the others.
+    Drain {
+        /// The master to empty: its id, a prefix of it, or host:port.
+        node: String,
+        /// Print the plan; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        pace: PaceArgs,
+    },
+}
+
+/// How fast `migrate`, `rebalance` and `drain` move keys.
+#[derive(clap::Args)]
+struct PaceArgs {
+    /// Keys moved per MIGRATE.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// At most this many keys a second.
+    #[arg(long)]
+    max_keys_per_sec: Option<u64>,
+}
+
+impl PaceArgs {
+    fn options(&self) -> slotguard::cluster::mover::Options {
+        slotguard::cluster::mover::Options {
+            batch: self.batch.max(1),
+            max_keys_per_sec: self.max_keys_per_sec,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -92,6 +147,26 @@ fn main() -> ExitCode {
             Some(Cmd::Check) => one_shot(slotguard::cluster::diagnose::check(&config).await),
             Some(Cmd::Repair { dry_run }) => {
                 one_shot(slotguard::cluster::diagnose::repair(&config, dry_run).await)
+            }
+            Some(Cmd::Migrate { slots, to, pace }) => {
+                let order = moving::Order::Migrate { slots, to };
+                moving::run(&config, order, false, pace.options()).await
+            }
+            Some(Cmd::Rebalance {
+                weights,
+                dry_run,
+                pace,
+            }) => {
+                let order = moving::Order::Rebalance { weights };
+                moving::run(&config, order, dry_run, pace.options()).await
+            }
+            Some(Cmd::Drain {
+                node,
+                dry_run,
+                pace,
+            }) => {
+                let order = moving::Order::Drain { node };
+                moving::run(&config, order, dry_run, pace.options()).await
             }
         }
     });

@@ -98,7 +98,8 @@ impl<'a> Cluster<'a> {
         self.failed.contains(id) || self.own.get(id).is_some_and(|l| !l.master)
     }
 
-    fn live_masters(&self) -> impl Iterator<Item = &'a NodeLine> + '_ {
+    /// Every live master's own line.
+    pub fn live_masters(&self) -> impl Iterator<Item = &'a NodeLine> + '_ {
         self.own
             .values()
             .copied()
@@ -208,7 +209,8 @@ impl<'a> Cluster<'a> {
         out
     }
 
-    fn claims(&self, slot: u16) -> Vec<&'a NodeLine> {
+    /// The live masters that own `slot` in their own view.
+    pub fn claims(&self, slot: u16) -> Vec<&'a NodeLine> {
         self.live_masters().filter(|m| m.owns(slot)).collect()
     }
 

@@ -18,7 +18,7 @@ use crate::config::Config;
 const MAX_ROUNDS: usize = 32;
 
 /// Every node reachable from the seeds, and their views.
-async fn discover(config: &Config) -> Result<Vec<(String, Vec<NodeLine>)>, String> {
+pub(crate) async fn discover(config: &Config) -> Result<Vec<(String, Vec<NodeLine>)>, String> {
     if config.seeds.is_empty() {
         return Err("no seeds: give --seed HOST:PORT or `seeds` in the config file".into());
     }

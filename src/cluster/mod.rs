@@ -8,6 +8,7 @@ pub mod authority;
 pub mod diagnose;
 pub mod heal;
 pub mod journal;
+pub mod mover;
 pub mod nodes;
 pub mod repair;
 pub mod topology;

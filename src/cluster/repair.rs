@@ -3,6 +3,7 @@
 //! proxy or of a node) is simply planned and run again from the cluster's new state.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -13,8 +14,8 @@ use super::journal::Journal;
 use crate::client::{Conn, Dial};
 use crate::protocol::Value;
 
-/// Keys moved per MIGRATE.
-const BATCH: usize = 100;
+/// Keys moved per MIGRATE, unless a [`Pace`] says otherwise.
+pub const BATCH: usize = 100;
 /// How long a moved batch may take to reach the target's replicas.
 const REPLICA_WAIT: Duration = Duration::from_secs(2);
 /// How long a repair waits for every node to hear of the slot's new owner.
@@ -51,7 +52,16 @@ fn new_owner(plan: &[Step]) -> Option<&str> {
 /// until the repair ends, so no write is acknowledged on the new owner before the source
 /// shard's replicas know of it: none of them, elected later, can claim the slot back
 /// with a higher epoch (S11) and take acknowledged writes with it.
-async fn await_agreement(slot: u16, owner: &str, addrs: &HashMap<String, String>, dial: &Dial) {
+pub async fn await_agreement(slot: u16, owner: &str, addrs: &HashMap<String, String>, dial: &Dial) {
+    await_agreement_all(&[(slot, owner)], addrs, dial).await;
+}
+
+/// [`await_agreement`] for several slots and their new owners at once.
+pub async fn await_agreement_all(
+    moved: &[(u16, &str)],
+    addrs: &HashMap<String, String>,
+    dial: &Dial,
+) {
     let quick = dial.with_limit(Duration::from_millis(500));
     let deadline = Instant::now() + AGREEMENT_WAIT;
     // One connection per node that answers, asked again until it agrees; a node that
@@ -69,11 +79,13 @@ async fn await_agreement(slot: u16, owner: &str, addrs: &HashMap<String, String>
                 continue;
             };
             let text = v.as_str().unwrap_or_default();
-            let binds = super::nodes::parse(text, "")
-                .ok()
-                .and_then(|lines| lines.into_iter().find(|l| l.master && l.owns(slot)))
-                .map(|l| l.id);
-            if binds.as_deref() != Some(owner) {
+            let lines = super::nodes::parse(text, "").unwrap_or_default();
+            // Every slot bound to its new owner, and to no other master.
+            let agrees = moved.iter().all(|&(slot, owner)| {
+                let mut binds = lines.iter().filter(|l| l.master && l.owns(slot));
+                binds.clone().next().is_some() && binds.all(|l| l.id == owner)
+            });
+            if !agrees {
                 still.push(conn);
             }
         }
@@ -84,16 +96,17 @@ async fn await_agreement(slot: u16, owner: &str, addrs: &HashMap<String, String>
     }
     if !waiting.is_empty() {
         let nodes: Vec<&str> = waiting.iter().map(Conn::addr).collect();
+        let slots: Vec<u16> = moved.iter().map(|&(slot, _)| slot).collect();
         warn!(
-            slot,
-            owner,
+            ?slots,
             ?nodes,
-            "not every node binds the slot to its new owner yet; going on"
+            "not every node binds the slots to their new owners yet; going on"
         );
     }
 }
 
-fn mark(slot: u16, journal: &Mutex<Journal>, repairing: bool) -> Result<(), String> {
+/// Marks `slot` as being repaired or not, in the journal.
+pub fn mark(slot: u16, journal: &Mutex<Journal>, repairing: bool) -> Result<(), String> {
     let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
     j.set_repairing(slot, repairing)
         .map_err(|e| format!("cannot write the journal: {e}"))
@@ -105,6 +118,33 @@ pub fn begin(slot: u16, journal: &Mutex<Journal>) -> Result<(), String> {
     mark(slot, journal, true)
 }
 
+/// How keys move: batch size, a rate limit, and where to count them.
+pub struct Pace<'a> {
+    /// Keys per MIGRATE.
+    pub batch: usize,
+    /// At most this many keys a second (none: as fast as the nodes go).
+    pub max_keys_per_sec: Option<u64>,
+    /// Counts every key moved, as it moves.
+    pub moved: Option<&'a AtomicU64>,
+    /// Asked between batches: true stops the move there (the slot stays migrating, and
+    /// the move resumes from the cluster's state).
+    pub stop: Option<&'a AtomicBool>,
+}
+
+impl Default for Pace<'_> {
+    fn default() -> Self {
+        Pace {
+            batch: BATCH,
+            max_keys_per_sec: None,
+            moved: None,
+            stop: None,
+        }
+    }
+}
+
+/// Said when a [`Pace`]'s stop cut a move short.
+pub const STOPPED: &str = "stopped between two batches";
+
 /// Runs steps, each written to the journal before it is sent and logged with its result.
 pub async fn run_steps(
     slot: u16,
@@ -112,6 +152,18 @@ pub async fn run_steps(
     addrs: &HashMap<String, String>,
     journal: &Mutex<Journal>,
     dial: &Dial,
+) -> Result<(), String> {
+    run_steps_paced(slot, plan, addrs, journal, dial, &Pace::default()).await
+}
+
+/// [`run_steps`], with keys moved at `pace`.
+pub async fn run_steps_paced(
+    slot: u16,
+    plan: &[Step],
+    addrs: &HashMap<String, String>,
+    journal: &Mutex<Journal>,
+    dial: &Dial,
+    pace: &Pace<'_>,
 ) -> Result<(), String> {
     let mut nodes = Nodes {
         addrs,
@@ -124,7 +176,7 @@ pub async fn run_steps(
             j.step(slot, step, "sent")
                 .map_err(|e| format!("cannot write the journal: {e}"))?;
         }
-        let result = run_step(step, &mut nodes).await;
+        let result = run_step(step, &mut nodes, pace).await;
         let outcome = match &result {
             Ok(()) => "ok".to_string(),
             Err(e) => e.clone(),
@@ -168,7 +220,7 @@ impl Nodes<'_> {
     }
 }
 
-async fn run_step(step: &Step, nodes: &mut Nodes<'_>) -> Result<(), String> {
+async fn run_step(step: &Step, nodes: &mut Nodes<'_>, pace: &Pace<'_>) -> Result<(), String> {
     let setslot = |on: &str, slot: u16, args: Vec<String>| {
         let mut cmd = vec!["CLUSTER".to_string(), "SETSLOT".into(), slot.to_string()];
         cmd.extend(args);
@@ -188,7 +240,7 @@ async fn run_step(step: &Step, nodes: &mut Nodes<'_>) -> Result<(), String> {
             to,
             slot,
             replace,
-        } => return move_keys(from, to, *slot, *replace, nodes).await,
+        } => return move_keys(from, to, *slot, *replace, nodes, pace).await,
         Step::CopyKeys { from, to, slot } => return copy_keys(from, to, *slot, nodes).await,
     };
     let c = nodes.conn(&on).await?;
@@ -196,12 +248,15 @@ async fn run_step(step: &Step, nodes: &mut Nodes<'_>) -> Result<(), String> {
     Ok(())
 }
 
+/// Moves every key of `slot` from `from` to `to`, a batch at a time; after each batch,
+/// waits until `to`'s replicas have it, so that a failover of `to` loses none of it.
 async fn move_keys(
     from: &str,
     to: &str,
     slot: u16,
     replace: bool,
     nodes: &mut Nodes<'_>,
+    pace: &Pace<'_>,
 ) -> Result<(), String> {
     let dial = nodes.dial;
     let target = nodes.addr(to)?.to_string();
@@ -210,9 +265,17 @@ async fn move_keys(
         .ok_or_else(|| format!("bad address {target}"))?;
     let (host, port) = (host.to_string(), port.to_string());
     let mut moved = 0usize;
+    let started = Instant::now();
     loop {
+        if pace.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Err(STOPPED.into());
+        }
+        if let Some(rate) = pace.max_keys_per_sec.filter(|&r| r > 0) {
+            let due = started + Duration::from_secs_f64(moved as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
         let c = nodes.conn(from).await?;
-        let keys = keys_in_slot(c, slot, BATCH as i64).await?;
+        let keys = keys_in_slot(c, slot, pace.batch.max(1) as i64).await?;
         if keys.is_empty() {
             break;
         }
@@ -246,30 +309,71 @@ async fn move_keys(
             keep
         };
         let c = nodes.conn(from).await?;
-        let mut cmd: Vec<Vec<u8>> = vec![
-            b"MIGRATE".to_vec(),
-            host.as_bytes().to_vec(),
-            port.as_bytes().to_vec(),
-            Vec::new(),
-            b"0".to_vec(),
-            b"10000".to_vec(),
-        ];
-        if replace {
-            cmd.push(b"REPLACE".to_vec());
-        }
-        if let Some(auth) = &dial.auth {
-            cmd.extend(auth.migrate_option());
-        }
-        cmd.push(b"KEYS".to_vec());
-        cmd.extend(keys.iter().map(|k| k.to_vec()));
+        let migrate = |keys: &[bytes::Bytes], timeout: u64| {
+            let mut cmd: Vec<Vec<u8>> = vec![
+                b"MIGRATE".to_vec(),
+                host.as_bytes().to_vec(),
+                port.as_bytes().to_vec(),
+                Vec::new(),
+                b"0".to_vec(),
+                timeout.to_string().into_bytes(),
+            ];
+            if replace {
+                cmd.push(b"REPLACE".to_vec());
+            }
+            if let Some(auth) = &dial.auth {
+                cmd.extend(auth.migrate_option());
+            }
+            cmd.push(b"KEYS".to_vec());
+            cmd.extend(keys.iter().map(|k| k.to_vec()));
+            cmd
+        };
         // The node giving keys back may only be importing the slot: ASKING lets it act.
         c.call_ok(&["ASKING"]).await.map_err(|e| e.to_string())?;
-        c.call_ok(&cmd).await.map_err(|e| e.to_string())?;
+        match c.call(&migrate(&keys, MIGRATE_TIMEOUT_MS)).await {
+            Ok(Value::Error(e)) if e.starts_with(b"IOERR") => {
+                // Too slow for the timeout: a big key. One key at a time, each with a
+                // timeout sized from its size.
+                for key in &keys {
+                    let c = nodes.conn(from).await?;
+                    let timeout = migrate_timeout(c, key).await;
+                    c.call_ok(&["ASKING"]).await.map_err(|e| e.to_string())?;
+                    c.call_ok(&migrate(std::slice::from_ref(key), timeout))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Ok(Value::Error(e)) => return Err(String::from_utf8_lossy(&e).into_owned()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
         moved += keys.len();
+        if let Some(counter) = pace.moved {
+            counter.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        }
+        let c = nodes.conn(to).await?;
+        await_replicas(c, slot).await?;
     }
     info!(slot, from, to, moved, "keys moved");
-    let c = nodes.conn(to).await?;
-    await_replicas(c).await
+    if moved == 0 {
+        // Keys a move cut short had moved reach the replicas too.
+        let c = nodes.conn(to).await?;
+        await_replicas(c, slot).await?;
+    }
+    Ok(())
+}
+
+/// MIGRATE's timeout for a batch of ordinary keys.
+const MIGRATE_TIMEOUT_MS: u64 = 10_000;
+
+/// MIGRATE's timeout for one key: the usual one, plus a second for every 10 MB it holds
+/// (MEMORY USAGE), so a big key is not cut off half sent.
+async fn migrate_timeout(c: &mut Conn, key: &[u8]) -> u64 {
+    let size = match c.call(&[b"MEMORY".as_slice(), b"USAGE", key]).await {
+        Ok(v) => v.as_int().unwrap_or(0).max(0) as u64,
+        Err(_) => 0,
+    };
+    MIGRATE_TIMEOUT_MS + size / 10_000
 }
 
 /// Up to `count` key names of `slot` on the node behind `c`.
@@ -324,7 +428,7 @@ async fn copy_keys(from: &str, to: &str, slot: u16, nodes: &mut Nodes<'_>) -> Re
     let copied = copied?;
     info!(slot, from, to, copied, "keys copied");
     let c = nodes.conn(to).await?;
-    await_replicas(c).await
+    await_replicas(c, slot).await
 }
 
 async fn copy_each_key(
@@ -367,48 +471,45 @@ async fn copy_each_key(
     Ok(copied)
 }
 
-/// Waits until every online replica of the node behind `c` has its replication offset as
-/// of now, so the moved keys survive that node's failover.
-async fn await_replicas(c: &mut Conn) -> Result<(), String> {
-    let offsets = |v: Value| -> Option<(u64, Vec<u64>)> {
-        let text = String::from_utf8_lossy(v.as_bytes()?).into_owned();
-        let master = text
-            .lines()
-            .find_map(|l| l.strip_prefix("master_repl_offset:"))?
-            .trim()
-            .parse()
-            .ok()?;
-        let replicas = text
-            .lines()
-            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
-            .filter_map(|l| {
-                l.split(',')
-                    .find_map(|f| f.strip_prefix("offset="))?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        Some((master, replicas))
-    };
-    let info = c
-        .call_ok(&["INFO", "replication"])
-        .await
-        .map_err(|e| e.to_string())?;
-    let Some((goal, _)) = offsets(info) else {
+/// Waits until every online replica of the node behind `c` has what the node holds now
+/// (WAIT, for [`REPLICA_WAIT`] at most), so keys moved there survive its failover.
+///
+/// WAIT counts the writes of the connection that asks, and moved keys come on another
+/// (the source's MIGRATE). So this connection first sets and deletes a key of slotguard's
+/// own in `slot`, in one transaction that nobody can see half done: its offset is then
+/// the node's, and WAIT asks the replicas at once rather than at their next
+/// once-a-second report.
+async fn await_replicas(c: &mut Conn, slot: u16) -> Result<(), String> {
+    let fail = |e: crate::client::ConnError| e.to_string();
+    let info = c.call_ok(&["INFO", "replication"]).await.map_err(fail)?;
+    let text = info.as_str().unwrap_or_default();
+    let online = text
+        .lines()
+        .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+        .count();
+    if online == 0 {
         return Ok(());
-    };
-    let deadline = Instant::now() + REPLICA_WAIT;
-    while Instant::now() < deadline {
-        let info = c
-            .call_ok(&["INFO", "replication"])
-            .await
-            .map_err(|e| e.to_string())?;
-        match offsets(info) {
-            Some((_, replicas)) if replicas.iter().all(|&o| o >= goal) => return Ok(()),
-            None => return Ok(()),
-            Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
     }
-    warn!("replicas did not catch up with moved keys in time; going on");
+    let key = format!(
+        "{{{}}}slotguard:wait",
+        crate::protocol::slot::slot_tag(slot)
+    );
+    // ASKING holds for the whole transaction: the slot may be one the node imports. A
+    // command refused in it makes EXEC fail, and ends the transaction all the same.
+    c.call_ok(&["ASKING"]).await.map_err(fail)?;
+    c.call_ok(&["MULTI"]).await.map_err(fail)?;
+    c.call(&["SET", &key, "1"]).await.map_err(fail)?;
+    c.call(&["DEL", &key]).await.map_err(fail)?;
+    c.call_ok(&["EXEC"]).await.map_err(fail)?;
+    let (n, ms) = (online.to_string(), REPLICA_WAIT.as_millis().to_string());
+    let acked = c.call_ok(&["WAIT", &n, &ms]).await.map_err(fail)?;
+    if acked.as_int().unwrap_or(0) < online as i64 {
+        warn!(
+            slot,
+            online,
+            ?acked,
+            "replicas did not catch up with moved keys in time; going on"
+        );
+    }
     Ok(())
 }

@@ -3,6 +3,8 @@
 //! The same function Redis Cluster uses (cluster.c `keyHashSlot`), so a slot computed
 //! here is the slot the server will check.
 
+use std::sync::OnceLock;
+
 /// Number of hash slots in a Redis Cluster.
 pub const SLOTS: usize = 16384;
 
@@ -53,6 +55,28 @@ pub fn key_slot(key: &[u8]) -> u16 {
     crc16(hash_tag(key)) & (SLOTS as u16 - 1)
 }
 
+/// A short hash tag of `slot`: `{tag}` puts a key in that slot.
+pub fn slot_tag(slot: u16) -> &'static str {
+    static TAGS: OnceLock<Vec<String>> = OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![String::new(); SLOTS];
+        let mut left = SLOTS;
+        for n in 0u64.. {
+            let t = n.to_string();
+            let s = key_slot(t.as_bytes()) as usize;
+            if tags[s].is_empty() {
+                tags[s] = t;
+                left -= 1;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        tags
+    });
+    &tags[slot as usize]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +98,15 @@ mod tests {
         assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
         assert_eq!(key_slot(b"foo{bar}{zap}"), key_slot(b"bar"));
         assert_eq!(key_slot(b""), 0);
+    }
+
+    #[test]
+    fn every_slot_has_a_tag_that_hashes_to_it() {
+        for slot in 0..SLOTS as u16 {
+            assert_eq!(
+                key_slot(format!("{{{}}}x", slot_tag(slot)).as_bytes()),
+                slot
+            );
+        }
     }
 }

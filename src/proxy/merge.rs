@@ -187,11 +187,20 @@ fn item_len(buf: &[u8], resp3: bool) -> Option<usize> {
     (buf.get(end - 2..end)? == b"\r\n").then_some(end)
 }
 
-/// A header's number and what follows its line.
+/// A header's number and what follows its line; `None` unless the number is written as
+/// Redis writes it (no sign but `-1`'s, no leading zero), so a copied header is the one
+/// encoding it again would give.
 fn header(buf: &[u8]) -> Option<(i64, &[u8])> {
     let eol = buf.iter().position(|&b| b == b'\r')?;
     let rest = buf[eol..].strip_prefix(b"\r\n")?;
-    Some((crate::protocol::request::parse_i64(&buf[..eol])?, rest))
+    let digits = &buf[..eol];
+    let canonical = digits == b"0"
+        || digits == b"-1"
+        || digits.first().is_some_and(|d| (b'1'..=b'9').contains(d));
+    if !canonical {
+        return None;
+    }
+    Some((crate::protocol::request::parse_i64(digits)?, rest))
 }
 
 /// For the fuzz target and tests: the verbatim MGET merge, when it applies, answers
@@ -412,6 +421,8 @@ mod tests {
         assert!(mget_verbatim(&error, &two, 3, false).is_none());
         let short = parts(&[b"*2\r\n$1\r\na\r\n", b"*1\r\n$0\r\n\r\n"]);
         assert!(mget_verbatim(&short, &two, 3, false).is_none());
+        let padded = parts(&[b"*1\r\n$01\r\na\r\n", b"*1\r\n$0\r\n\r\n"]);
+        assert!(mget_verbatim(&padded, &[vec![0], vec![1]], 2, false).is_none());
         let long = parts(&[b"*1\r\n$1\r\na\r\n$1\r\nb\r\n", b"*1\r\n$0\r\n\r\n"]);
         assert!(mget_verbatim(&long, &[vec![0], vec![1]], 2, false).is_none());
     }

@@ -22,12 +22,12 @@
 //! after a break, they are answered an error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::protocol::{key_slot, Request, SLOTS};
+use crate::protocol::slot::slot_tag;
+use crate::protocol::Request;
 use crate::routing::command::{CommandSpec, KeyPositions};
 
 /// The script. `KEYS[1]` is the marker, the other keys are the write's (declared, so
@@ -147,7 +147,7 @@ impl Markers {
             return None;
         }
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        let marker = format!("{{{}}}slotguard:once:{}:{seq}", tag(slot), self.run);
+        let marker = format!("{{{}}}slotguard:once:{}:{seq}", slot_tag(slot), self.run);
         let numkeys = (keys.len() + 1).to_string();
         let ttl = MARKER_TTL.max(hold * 2).as_millis().to_string();
         let mut args: Vec<&[u8]> = Vec::with_capacity(req.len() + keys.len() + 5);
@@ -161,39 +161,5 @@ impl Markers {
         args.push(ttl.as_bytes());
         args.extend(req.args());
         Some(Request::from_args(&args).into_raw())
-    }
-}
-
-/// A short hash tag of `slot`: `{tag}` puts a key in that slot.
-fn tag(slot: u16) -> &'static str {
-    static TAGS: OnceLock<Vec<String>> = OnceLock::new();
-    let tags = TAGS.get_or_init(|| {
-        let mut tags = vec![String::new(); SLOTS];
-        let mut left = SLOTS;
-        for n in 0u64.. {
-            let t = n.to_string();
-            let s = key_slot(t.as_bytes()) as usize;
-            if tags[s].is_empty() {
-                tags[s] = t;
-                left -= 1;
-                if left == 0 {
-                    break;
-                }
-            }
-        }
-        tags
-    });
-    &tags[slot as usize]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_slot_has_a_tag_that_hashes_to_it() {
-        for slot in 0..SLOTS as u16 {
-            assert_eq!(key_slot(format!("{{{}}}x", tag(slot)).as_bytes()), slot);
-        }
     }
 }

@@ -88,7 +88,8 @@ impl Harness {
 
     /// The address of the master that owns `slot`, asked of the cluster itself.
     pub async fn owner_of(&self, slot: u16) -> String {
-        let mut conn = self.direct(&self.cluster.nodes[0].addr()).await;
+        let node = self.cluster.nodes.iter().find(|n| n.pid().is_some());
+        let mut conn = self.direct(&node.expect("a running node").addr()).await;
         let slots: Vec<(u16, u16, (String, u16))> = {
             let raw: redis::Value = redis::cmd("CLUSTER")
                 .arg("SLOTS")

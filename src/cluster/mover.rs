@@ -1,0 +1,902 @@
+//! Moving slots: `slotguard migrate`, `rebalance` and `drain`.
+//!
+//! `redis-cli --cluster reshard` is what leaves the catalogue's broken states behind when
+//! a node dies mid-way (FAULTS.md). Here every slot moves in the order that cannot produce
+//! them ("Ordering that avoids faults"):
+//!
+//! 1. `IMPORTING` on the target, then `MIGRATING` on the source;
+//! 2. keys in batches, each one waited for on the target's replicas before the next;
+//! 3. the target finalizes first (`SETSLOT NODE` itself, bumping its epoch), and its
+//!    replicas must see it;
+//! 4. then the source, then every other master, and every node is waited for.
+//!
+//! Every step is written to the journal before it is sent, and the slot is marked as being
+//! repaired while it moves. Each step is idempotent and each slot's plan is made from what
+//! the cluster shows at that moment, so a move cut short (by Ctrl-C, a crash of this
+//! process or of a node) resumes when the same command runs again; a proxy in front of the
+//! cluster finishes a move whose source or target died (the authority's S2-S6 plans).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::authority::{Cluster, Step};
+use super::diagnose::discover;
+use super::heal::addresses;
+use super::journal::Journal;
+use super::nodes::NodeLine;
+use super::repair::{self, Pace};
+use crate::config::Config;
+use crate::protocol::SLOTS;
+
+/// One slot to move, and the master (id) it goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub slot: u16,
+    pub to: String,
+}
+
+/// How keys move.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Keys per MIGRATE.
+    pub batch: usize,
+    /// At most this many keys a second, over the whole run.
+    pub max_keys_per_sec: Option<u64>,
+}
+
+/// Attempts at one group of slots before giving up (a step fails while gossip catches up).
+const ATTEMPTS: usize = 8;
+
+/// Said when the run was stopped (Ctrl-C) at a step boundary.
+pub const STOPPED: &str = "stopped; run the same command again to resume";
+
+/// Parses a slot list: `100-199,300`.
+pub fn parse_slots(spec: &str) -> Result<Vec<u16>, String> {
+    let slot = |s: &str| -> Result<u16, String> {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|&n| (n as usize) < SLOTS)
+            .ok_or_else(|| format!("'{s}' is not a slot (0-{})", SLOTS - 1))
+    };
+    let mut out = Vec::new();
+    for part in spec.split(',').filter(|p| !p.trim().is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (slot(a)?, slot(b)?);
+                if a > b {
+                    return Err(format!("'{part}' is an empty range"));
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(slot(part)?),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    if out.is_empty() {
+        return Err("no slots given".into());
+    }
+    Ok(out)
+}
+
+/// A live master named by its id, a unique prefix of it, or its `host:port`.
+pub fn find_master(cluster: &Cluster, name: &str) -> Result<String, String> {
+    let found: Vec<&NodeLine> = cluster
+        .live_masters()
+        .filter(|m| m.id == name || m.addr == name || (name.len() >= 4 && m.id.starts_with(name)))
+        .collect();
+    match found[..] {
+        [m] => Ok(m.id.clone()),
+        [] => Err(format!("no live master is {name}")),
+        _ => Err(format!("{name} names more than one master")),
+    }
+}
+
+/// One slot's move to `to`, in three parts, each run for a group of slots before the
+/// next starts (see [`run_moves`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SlotPlan {
+    /// IMPORTING, MIGRATING, and the keys.
+    pub keys: Vec<Step>,
+    /// The target binds the slot to itself.
+    pub finalize: Vec<Step>,
+    /// The source and every other master bind it to the target.
+    pub rest: Vec<Step>,
+}
+
+impl SlotPlan {
+    /// Nothing to do: the slot is the target's already, and nothing is open on it.
+    pub fn is_done(&self) -> bool {
+        self.keys.is_empty() && self.finalize.is_empty() && self.rest.is_empty()
+    }
+}
+
+/// The plan that moves `slot` to `to` from where the cluster has it now.
+pub fn slot_plan(cluster: &Cluster, slot: u16, to: &str) -> Result<SlotPlan, String> {
+    if !cluster.is_live_master(to) {
+        return Err(format!("{to} is not a live master"));
+    }
+    let claims = cluster.claims(slot);
+    let owner = match claims[..] {
+        [owner] => owner,
+        // Finalized on the target, and the source has not heard yet: the target's.
+        [a, b]
+            if [a, b].iter().any(|m| m.id == to)
+                && [a, b]
+                    .iter()
+                    .any(|m| m.migrating.contains(&(slot, to.to_string()))) =>
+        {
+            if a.id == to {
+                a
+            } else {
+                b
+            }
+        }
+        _ => {
+            return Err(format!(
+                "slot {slot} has {} live owners; `slotguard repair` settles it first",
+                claims.len()
+            ))
+        }
+    };
+    let mut others: Vec<&NodeLine> = cluster.live_masters().filter(|m| m.id != to).collect();
+    others.sort_by(|a, b| a.id.cmp(&b.id));
+    let open = |m: &NodeLine| {
+        m.migrating.iter().any(|(s, _)| *s == slot) || m.importing.iter().any(|(s, _)| *s == slot)
+    };
+    let bind = |on: &str| Step::Bind {
+        on: on.to_string(),
+        slot,
+        owner: to.to_string(),
+    };
+    if owner.id == to {
+        // Moved, or finalized on the target only: the others are told, and whatever is
+        // left open is closed by the same SETSLOT NODE.
+        if !cluster.live_masters().any(open) {
+            return Ok(SlotPlan::default());
+        }
+        let mut rest: Vec<Step> = others.iter().map(|m| bind(&m.id)).collect();
+        if open(owner) {
+            rest.push(Step::Stable {
+                on: to.to_string(),
+                slot,
+            });
+        }
+        return Ok(SlotPlan {
+            rest,
+            ..SlotPlan::default()
+        });
+    }
+    let source = owner.id.as_str();
+    if let Some((from, into)) = cluster.open_migrations().get(&slot) {
+        if (from.as_str(), into.as_str()) != (source, to) {
+            return Err(format!(
+                "slot {slot} is already migrating from {from} to {into}; `slotguard repair` settles it first"
+            ));
+        }
+    }
+    let keys = vec![
+        Step::Importing {
+            on: to.to_string(),
+            slot,
+            source: source.to_string(),
+        },
+        Step::Migrating {
+            on: source.to_string(),
+            slot,
+            target: to.to_string(),
+        },
+        Step::MoveKeys {
+            from: source.to_string(),
+            to: to.to_string(),
+            slot,
+            replace: true,
+        },
+    ];
+    let mut rest = vec![bind(source)];
+    rest.extend(
+        others
+            .iter()
+            .filter(|m| m.id != source)
+            .map(|m| bind(&m.id)),
+    );
+    Ok(SlotPlan {
+        keys,
+        finalize: vec![bind(to)],
+        rest,
+    })
+}
+
+/// The slots each live master owns.
+pub fn owned(cluster: &Cluster) -> BTreeMap<String, Vec<u16>> {
+    let mut out: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+    for m in cluster.live_masters() {
+        let slots = out.entry(m.id.clone()).or_default();
+        for &(a, b) in &m.slots {
+            slots.extend(a..=b);
+        }
+    }
+    for slots in out.values_mut() {
+        slots.sort_unstable();
+    }
+    out
+}
+
+/// The fewest moves that leave each master with slots in proportion to its weight
+/// (1 unless given): every move takes a slot from a master over its share to one under
+/// it, each giving its highest slots.
+pub fn rebalance_moves(
+    owned: &BTreeMap<String, Vec<u16>>,
+    weights: &HashMap<String, u32>,
+) -> Vec<Move> {
+    let weight = |id: &str| u64::from(weights.get(id).copied().unwrap_or(1));
+    let total: u64 = owned.values().map(|s| s.len() as u64).sum();
+    let sum: u64 = owned.keys().map(|id| weight(id)).sum();
+    if sum == 0 {
+        return vec![];
+    }
+    // Shares by largest remainder: floors first, then one more to the largest fractions.
+    let mut share: BTreeMap<&str, u64> = owned
+        .keys()
+        .map(|id| (id.as_str(), total * weight(id) / sum))
+        .collect();
+    let mut by_fraction: Vec<&str> = owned.keys().map(String::as_str).collect();
+    by_fraction.sort_by_key(|id| std::cmp::Reverse(total * weight(id) % sum));
+    let left = total - share.values().sum::<u64>();
+    for id in by_fraction.into_iter().take(left as usize) {
+        *share.get_mut(id).expect("every master has a share") += 1;
+    }
+    let mut given: Vec<u16> = Vec::new();
+    for (id, slots) in owned {
+        let surplus = (slots.len() as u64).saturating_sub(share[id.as_str()]) as usize;
+        given.extend(&slots[slots.len() - surplus..]);
+    }
+    let mut given = given.into_iter();
+    let mut moves = Vec::new();
+    for (id, slots) in owned {
+        let deficit = share[id.as_str()].saturating_sub(slots.len() as u64);
+        for slot in given.by_ref().take(deficit as usize) {
+            moves.push(Move {
+                slot,
+                to: id.clone(),
+            });
+        }
+    }
+    moves
+}
+
+/// Every slot of `node` to the other masters, each to whichever has fewest at the time.
+pub fn drain_moves(owned: &BTreeMap<String, Vec<u16>>, node: &str) -> Vec<Move> {
+    let mut counts: Vec<(usize, &String)> = owned
+        .iter()
+        .filter(|(id, _)| id.as_str() != node)
+        .map(|(id, slots)| (slots.len(), id))
+        .collect();
+    let Some(slots) = owned.get(node).filter(|_| !counts.is_empty()) else {
+        return vec![];
+    };
+    let mut moves = Vec::with_capacity(slots.len());
+    for &slot in slots {
+        let fewest = counts.iter_mut().min().expect("another master");
+        fewest.0 += 1;
+        moves.push(Move {
+            slot,
+            to: fewest.1.clone(),
+        });
+    }
+    moves
+}
+
+/// The moves as an operator reads them: slot ranges from each master to each.
+pub fn describe(
+    owned: &BTreeMap<String, Vec<u16>>,
+    moves: &[Move],
+    addrs: &HashMap<String, String>,
+) -> String {
+    let owner: HashMap<u16, &str> = owned
+        .iter()
+        .flat_map(|(id, slots)| slots.iter().map(move |&s| (s, id.as_str())))
+        .collect();
+    let name = |id: &str| match addrs.get(id) {
+        Some(addr) => format!("{addr} ({})", &id[..id.len().min(8)]),
+        None => id.to_string(),
+    };
+    let mut by_pair: BTreeMap<(&str, &str), Vec<u16>> = BTreeMap::new();
+    for m in moves {
+        let from = owner.get(&m.slot).copied().unwrap_or("?");
+        by_pair
+            .entry((from, m.to.as_str()))
+            .or_default()
+            .push(m.slot);
+    }
+    let mut out = format!("{} slots to move\n", moves.len());
+    for ((from, to), mut slots) in by_pair {
+        slots.sort_unstable();
+        let _ = writeln!(
+            out,
+            "  {} slots from {} to {}: {}",
+            slots.len(),
+            name(from),
+            name(to),
+            ranges(&slots)
+        );
+    }
+    out
+}
+
+/// `1-3,7`.
+fn ranges(slots: &[u16]) -> String {
+    let mut parts: Vec<(u16, u16)> = Vec::new();
+    for &s in slots {
+        match parts.last_mut() {
+            Some((_, end)) if *end + 1 == s => *end = s,
+            _ => parts.push((s, s)),
+        }
+    }
+    let parts: Vec<String> = parts
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    parts.join(",")
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub slots: usize,
+    pub keys: u64,
+    pub took: Duration,
+}
+
+/// What the operator asked for.
+pub enum Order {
+    /// `--slots` to `--to`.
+    Migrate { slots: String, to: String },
+    /// `--weight NODE=N`, repeated.
+    Rebalance { weights: Vec<String> },
+    /// Every slot off `node`.
+    Drain { node: String },
+}
+
+/// `slotguard migrate | rebalance | drain`: plans from the cluster as it is, prints the
+/// plan, and (unless `dry_run`) carries it out; Ctrl-C stops at the next step boundary.
+pub async fn run(
+    config: &Config,
+    order: Order,
+    dry_run: bool,
+    options: Options,
+) -> Result<(), String> {
+    let views = discover(config).await?;
+    let cluster = Cluster::new(&views);
+    let moves = plan(&cluster, order)?;
+    print!("{}", describe(&owned(&cluster), &moves, &addresses(&views)));
+    if dry_run || moves.is_empty() {
+        return Ok(());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            stop.store(true, Ordering::Relaxed);
+            eprintln!("\nstopping at the next step boundary (Ctrl-C again quits at once)");
+            let _ = tokio::signal::ctrl_c().await;
+            std::process::exit(130);
+        })
+    };
+    let summary = run_moves(config, &moves, &options, &stop).await;
+    watch.abort();
+    let summary = summary?;
+    println!(
+        "moved {} slots and {} keys in {:.1} s",
+        summary.slots,
+        summary.keys,
+        summary.took.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The moves an order makes of the cluster as it is. Migrations left open by an earlier
+/// run (stopped, or cut by a crash) are finished first, where they were going.
+pub fn plan(cluster: &Cluster, order: Order) -> Result<Vec<Move>, String> {
+    let mut owned = owned(cluster);
+    let open = cluster.open_migrations();
+    let mut moves: Vec<Move> = Vec::new();
+    for (&slot, (from, to)) in &open {
+        if cluster.is_live_master(from) && cluster.is_live_master(to) {
+            moves.push(Move {
+                slot,
+                to: to.clone(),
+            });
+            if let Some(slots) = owned.get_mut(from) {
+                slots.retain(|&s| s != slot);
+            }
+            if let Some(slots) = owned.get_mut(to) {
+                slots.push(slot);
+                slots.sort_unstable();
+            }
+        }
+    }
+    let more = match order {
+        Order::Migrate { slots, to } => {
+            let to = find_master(cluster, &to)?;
+            let theirs = owned.get(&to).cloned().unwrap_or_default();
+            parse_slots(&slots)?
+                .into_iter()
+                .filter(|s| theirs.binary_search(s).is_err())
+                .map(|slot| Move {
+                    slot,
+                    to: to.clone(),
+                })
+                .collect()
+        }
+        Order::Rebalance { weights } => {
+            let mut by_id = HashMap::new();
+            for w in weights {
+                let (node, n) = w
+                    .split_once('=')
+                    .ok_or_else(|| format!("--weight {w}: expected NODE=N"))?;
+                let n: u32 = n
+                    .parse()
+                    .map_err(|_| format!("--weight {w}: {n} is not a whole number"))?;
+                by_id.insert(find_master(cluster, node)?, n);
+            }
+            rebalance_moves(&owned, &by_id)
+        }
+        Order::Drain { node } => {
+            let node = find_master(cluster, &node)?;
+            if owned.len() < 2 {
+                return Err("no other master to take the slots".into());
+            }
+            drain_moves(&owned, &node)
+        }
+    };
+    moves.retain(|m| !more.iter().any(|n| n.slot == m.slot));
+    moves.extend(more);
+    Ok(moves)
+}
+
+/// Runs `moves`, one slot after another, showing progress on stderr. `stop` (Ctrl-C)
+/// ends the run between two steps.
+pub async fn run_moves(
+    config: &Config,
+    moves: &[Move],
+    options: &Options,
+    stop: &AtomicBool,
+) -> Result<Summary, String> {
+    let journal = Mutex::new(Journal::open(config.state_dir.as_deref())?);
+    let dial = config
+        .dial()
+        .with_limit(config.connect_timeout.max(Duration::from_secs(5)));
+    let progress = Arc::new(Progress::new(moves.len()));
+    let shown = progress.clone().show();
+    let pace = Pace {
+        batch: options.batch,
+        max_keys_per_sec: options.max_keys_per_sec,
+        moved: Some(&progress.keys),
+        stop: Some(stop),
+    };
+    // Each target's shard as it is now: a target that fails over mid-run is followed to
+    // its replica, the shard's new master.
+    let shards = {
+        let views = discover(config).await?;
+        Cluster::new(&views).shards()
+    };
+    let mut result = Ok(());
+    for group in moves.chunks(GROUP) {
+        if stop.load(Ordering::Relaxed) {
+            result = Err(STOPPED.to_string());
+            break;
+        }
+        let mut mover = Group {
+            config,
+            shards: &shards,
+            journal: &journal,
+            dial: &dial,
+            pace: &pace,
+            done: &progress.done,
+        };
+        if let Err(e) = mover.run(group).await {
+            result = Err(e);
+            break;
+        }
+    }
+    shown.abort();
+    progress.finish();
+    result?;
+    Ok(Summary {
+        slots: moves.len(),
+        keys: progress.keys.load(Ordering::Relaxed),
+        took: progress.started.elapsed(),
+    })
+}
+
+/// Slots moved together: their keys one slot after another, then one wait for the
+/// targets' replicas and one for every node, for the whole group. Gossip carries a new
+/// owner to the other nodes in a fraction of a second; waiting once a group rather than
+/// once a slot makes a move of thousands of slots take minutes, not hours.
+const GROUP: usize = 64;
+
+/// What moving a group of slots needs.
+struct Group<'a> {
+    config: &'a Config,
+    /// Each target's shard when the run started (see [`successor`]).
+    shards: &'a BTreeMap<String, Vec<String>>,
+    journal: &'a Mutex<Journal>,
+    dial: &'a crate::client::Dial,
+    pace: &'a Pace<'a>,
+    /// Slots whose keys have moved.
+    done: &'a AtomicUsize,
+}
+
+impl Group<'_> {
+    /// Moves `group`, looking at the cluster again after a step that failed (a node that
+    /// has not heard the news yet, a failover under way), for up to [`ATTEMPTS`] tries.
+    /// Each try plans from the cluster as it is, so what is done is not done again.
+    async fn run(&mut self, group: &[Move]) -> Result<(), String> {
+        let mut last = String::new();
+        let mut counted = std::collections::BTreeSet::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(300 * attempt as u64)).await;
+            }
+            match self.once(group, &mut counted).await {
+                Ok(()) => {
+                    let uncounted = group.len() - counted.len();
+                    self.done.fetch_add(uncounted, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) if e.contains(repair::STOPPED) => return Err(STOPPED.into()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// One try: plans every slot of the group, then runs the plans part by part.
+    async fn once(
+        &mut self,
+        group: &[Move],
+        counted: &mut std::collections::BTreeSet<u16>,
+    ) -> Result<(), String> {
+        let views = discover(self.config).await?;
+        let cluster = Cluster::new(&views);
+        let mut plans = Vec::new();
+        for m in group {
+            let to = successor(&cluster, &m.to, self.shards).to_string();
+            let plan =
+                slot_plan(&cluster, m.slot, &to).map_err(|e| format!("slot {}: {e}", m.slot))?;
+            if !plan.is_done() {
+                plans.push((m.slot, to, plan));
+            }
+        }
+        let addrs = addresses(&views);
+        let (journal, dial, pace) = (self.journal, self.dial, self.pace);
+        for (slot, _, plan) in &plans {
+            repair::mark(*slot, journal, true)?;
+            repair::run_steps_paced(*slot, &plan.keys, &addrs, journal, dial, pace).await?;
+            if counted.insert(*slot) {
+                self.done.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for (slot, _, plan) in &plans {
+            repair::run_steps(*slot, &plan.finalize, &addrs, journal, dial).await?;
+        }
+        // The targets' replicas bind the slots to them before the sources let go: a
+        // failover of a target now cannot forget a move.
+        let shards = cluster.shards();
+        let mut by_target: BTreeMap<&str, Vec<(u16, &str)>> = BTreeMap::new();
+        for (slot, to, _) in &plans {
+            by_target.entry(to).or_default().push((*slot, to));
+        }
+        for (to, moved) in &by_target {
+            let replicas: HashMap<String, String> = (shards.get(*to).into_iter().flatten())
+                .filter_map(|id| Some((id.clone(), addrs.get(id)?.clone())))
+                .collect();
+            repair::await_agreement_all(moved, &replicas, dial).await;
+        }
+        for (slot, _, plan) in &plans {
+            repair::run_steps(*slot, &plan.rest, &addrs, journal, dial).await?;
+        }
+        let moved: Vec<(u16, &str)> = plans.iter().map(|(s, to, _)| (*s, to.as_str())).collect();
+        repair::await_agreement_all(&moved, &addrs, dial).await;
+        for (slot, _, _) in &plans {
+            repair::mark(*slot, journal, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// `to`, or, when it is no longer a live master, the replica of its shard that now is.
+fn successor<'a>(
+    cluster: &Cluster,
+    to: &'a str,
+    shards: &'a BTreeMap<String, Vec<String>>,
+) -> &'a str {
+    if cluster.is_live_master(to) {
+        return to;
+    }
+    let replicas = shards.get(to).into_iter().flatten();
+    replicas
+        .map(String::as_str)
+        .find(|r| cluster.is_live_master(r))
+        .unwrap_or(to)
+}
+
+/// Slots done and keys moved, shown as a bar on a terminal and as plain lines otherwise.
+struct Progress {
+    total: usize,
+    done: AtomicUsize,
+    keys: AtomicU64,
+    started: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress {
+            total,
+            done: AtomicUsize::new(0),
+            keys: AtomicU64::new(0),
+            started: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// `[#####-----] 12/500 slots, 3400 keys, 1200 keys/s, ETA 0:41`.
+    fn line(&self) -> String {
+        let done = self.done.load(Ordering::Relaxed);
+        let keys = self.keys.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let eta = match done {
+            0 => "?".to_string(),
+            _ => {
+                let left = (secs / done as f64 * (self.total - done) as f64) as u64;
+                format!("{}:{:02}", left / 60, left % 60)
+            }
+        };
+        let width = 30;
+        let filled = (done * width).checked_div(self.total).unwrap_or(width);
+        format!(
+            "[{}{}] {done}/{} slots, {keys} keys, {:.0} keys/s, ETA {eta}",
+            "#".repeat(filled),
+            "-".repeat(width - filled),
+            self.total,
+            keys as f64 / secs,
+        )
+    }
+
+    /// Redraws the bar five times a second on a terminal; a line every five seconds
+    /// otherwise.
+    fn show(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let every = if self.tty {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(5)
+            };
+            loop {
+                tokio::time::sleep(every).await;
+                self.print();
+            }
+        })
+    }
+
+    fn print(&self) {
+        let mut err = std::io::stderr().lock();
+        let _ = match self.tty {
+            true => write!(err, "\r\x1b[2K{}", self.line()),
+            false => writeln!(err, "{}", self.line()),
+        };
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        self.print();
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned_of(counts: &[(&str, std::ops::Range<u16>)]) -> BTreeMap<String, Vec<u16>> {
+        counts
+            .iter()
+            .map(|(id, r)| (id.to_string(), r.clone().collect()))
+            .collect()
+    }
+
+    fn counts_after(owned: &BTreeMap<String, Vec<u16>>, moves: &[Move]) -> BTreeMap<String, usize> {
+        let mut owner: HashMap<u16, String> = HashMap::new();
+        for (id, slots) in owned {
+            for &s in slots {
+                owner.insert(s, id.clone());
+            }
+        }
+        for m in moves {
+            owner.insert(m.slot, m.to.clone());
+        }
+        let mut out: BTreeMap<String, usize> = owned.keys().map(|id| (id.clone(), 0)).collect();
+        for id in owner.values() {
+            *out.get_mut(id).unwrap() += 1;
+        }
+        out
+    }
+
+    /// Each node's own view of a cluster of masters A (slots 0-99), B (100-199) and C
+    /// (200-16383); `extra` is appended to a node's line (`[50->-B]` and the like), and
+    /// `owns` moves slot 50 to another master.
+    fn views(extra: &[(&str, &str)], owns: &[(&str, &str)]) -> Vec<(String, Vec<NodeLine>)> {
+        let ids = ["A", "B", "C"];
+        let slots = |id: &str| match (id, owns.iter().find(|(o, _)| *o == id)) {
+            (_, Some((_, s))) => s.to_string(),
+            ("A", _) => "0-99".into(),
+            ("B", _) => "100-199".into(),
+            _ => "200-16383".into(),
+        };
+        ids.iter()
+            .map(|me| {
+                let text: String = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| {
+                        let flags = if id == me { "myself,master" } else { "master" };
+                        let more = extra.iter().find(|(n, _)| n == id).map_or("", |(_, e)| e);
+                        format!(
+                            "{id} 127.0.0.1:{}@1 {flags} - 0 0 {} connected {} {more}\n",
+                            7000 + i,
+                            i + 1,
+                            slots(id)
+                        )
+                    })
+                    .collect();
+                let lines = crate::cluster::nodes::parse(&text, "").unwrap();
+                (format!("127.0.0.1:{}", 7000), lines)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_slot_moves_target_first_and_resumes_from_any_step() {
+        let fresh = views(&[], &[]);
+        let plan = slot_plan(&Cluster::new(&fresh), 50, "B").unwrap();
+        let bind = |on: &str| Step::Bind {
+            on: on.into(),
+            slot: 50,
+            owner: "B".into(),
+        };
+        assert_eq!(
+            plan.keys,
+            vec![
+                Step::Importing {
+                    on: "B".into(),
+                    slot: 50,
+                    source: "A".into()
+                },
+                Step::Migrating {
+                    on: "A".into(),
+                    slot: 50,
+                    target: "B".into()
+                },
+                Step::MoveKeys {
+                    from: "A".into(),
+                    to: "B".into(),
+                    slot: 50,
+                    replace: true
+                },
+            ]
+        );
+        assert_eq!(plan.finalize, vec![bind("B")]);
+        assert_eq!(plan.rest, vec![bind("A"), bind("C")]);
+        // Cut in the middle of the keys: the same plan, every step idempotent.
+        let open = views(&[("A", "[50->-B]"), ("B", "[50-<-A]")], &[]);
+        assert_eq!(slot_plan(&Cluster::new(&open), 50, "B").unwrap(), plan);
+        // Cut after the target finalized, before the source heard: the others are told.
+        let finalized = views(&[("A", "[50->-B]")], &[("B", "50 100-199")]);
+        let rest = slot_plan(&Cluster::new(&finalized), 50, "B").unwrap();
+        assert!(rest.keys.is_empty() && rest.finalize.is_empty());
+        assert_eq!(rest.rest, vec![bind("A"), bind("C")]);
+        // Done: nothing.
+        let done = views(&[], &[("A", "0-49 51-99"), ("B", "50 100-199")]);
+        assert!(slot_plan(&Cluster::new(&done), 50, "B").unwrap().is_done());
+        // Someone else's migration is not taken over.
+        let other = views(&[("A", "[50->-C]"), ("C", "[50-<-A]")], &[]);
+        assert!(slot_plan(&Cluster::new(&other), 50, "B")
+            .unwrap_err()
+            .contains("already migrating"));
+        assert!(slot_plan(&Cluster::new(&fresh), 50, "Z")
+            .unwrap_err()
+            .contains("not a live master"));
+    }
+
+    #[test]
+    fn slot_lists_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_slots("3,1-2, 7").unwrap(), vec![1, 2, 3, 7]);
+        assert!(parse_slots("16384").unwrap_err().contains("not a slot"));
+        assert!(parse_slots("9-3").unwrap_err().contains("empty range"));
+        assert!(parse_slots("").unwrap_err().contains("no slots"));
+        assert!(parse_slots("a").is_err());
+    }
+
+    #[test]
+    fn rebalance_to_a_new_empty_master_moves_a_quarter_only_from_the_others() {
+        let owned = owned_of(&[
+            ("a", 0..5461),
+            ("b", 5461..10923),
+            ("c", 10923..16384),
+            ("d", 0..0),
+        ]);
+        let moves = rebalance_moves(&owned, &HashMap::new());
+        let counts = counts_after(&owned, &moves);
+        assert!(counts.values().all(|&n| n == 4096), "{counts:?}");
+        assert_eq!(moves.len(), 4096, "only what d must get moves");
+        assert!(moves.iter().all(|m| m.to == "d"));
+        // Balanced already: nothing moves.
+        let again = rebalance_moves(
+            &owned_of(&[
+                ("a", 0..4096),
+                ("b", 4096..8192),
+                ("c", 8192..12288),
+                ("d", 12288..16384),
+            ]),
+            &HashMap::new(),
+        );
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn weights_give_shares_in_proportion() {
+        let owned = owned_of(&[("a", 0..8192), ("b", 8192..16384)]);
+        let weights = HashMap::from([("b".to_string(), 3)]);
+        let counts = counts_after(&owned, &rebalance_moves(&owned, &weights));
+        assert_eq!(counts["a"], 4096);
+        assert_eq!(counts["b"], 12288);
+    }
+
+    #[test]
+    fn a_drained_master_ends_empty_and_the_others_even() {
+        let owned = owned_of(&[
+            ("a", 0..4096),
+            ("b", 4096..8192),
+            ("c", 8192..12288),
+            ("d", 12288..16384),
+        ]);
+        let moves = drain_moves(&owned, "d");
+        let counts = counts_after(&owned, &moves);
+        assert_eq!(counts["d"], 0);
+        let (min, max) = (
+            counts
+                .iter()
+                .filter(|(id, _)| *id != "d")
+                .map(|(_, &n)| n)
+                .min()
+                .unwrap(),
+            counts.values().copied().max().unwrap(),
+        );
+        assert!(max - min <= 1, "{counts:?}");
+        assert!(
+            drain_moves(&owned_of(&[("a", 0..16384)]), "a").is_empty(),
+            "nowhere to go"
+        );
+    }
+
+    #[test]
+    fn ranges_fold() {
+        assert_eq!(ranges(&[1, 2, 3, 7, 9, 10]), "1-3,7,9-10");
+    }
+}

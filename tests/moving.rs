@@ -1,0 +1,411 @@
+//! `slotguard migrate`, `rebalance` and `drain`, run as the binary against real clusters,
+//! with clients writing through a proxy all along, and with the source, the target or
+//! slotguard itself killed mid-way.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{assert_unharmed, keys_in_slots, writers, Harness};
+use slotguard::config::Ack;
+use slotguard::localcluster::Options;
+
+/// The binary with `args`, against the cluster of `h`.
+fn slotguard(h: &Harness, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_slotguard"));
+    let seed = h.cluster.nodes.iter().find(|n| n.pid().is_some());
+    cmd.args(args)
+        .args(["--seed", &seed.expect("a running node").addr()])
+        .env("RUST_LOG", "slotguard=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs it to the end: its exit code, and what it printed (stdout, then stderr).
+async fn finish(mut cmd: tokio::process::Command) -> (i32, String) {
+    let out = tokio::time::timeout(Duration::from_secs(240), cmd.output())
+        .await
+        .expect("slotguard finished")
+        .expect("slotguard ran");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// INCR on `keys` until `stop`, each acknowledged increment counted: a lost or doubled
+/// write shows as a counter that does not match.
+fn counters(
+    url: String,
+    keys: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(HashMap<String, i64>, Vec<String>)> {
+    tokio::spawn(async move {
+        let client = redis::Client::open(url).unwrap();
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Duration::from_secs(30));
+        let mut c = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap();
+        let mut acked: HashMap<String, i64> = HashMap::new();
+        let mut errors = Vec::new();
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let key = &keys[i % keys.len()];
+            match redis::cmd("INCR").arg(key).query_async::<i64>(&mut c).await {
+                Ok(_) => *acked.entry(key.clone()).or_default() += 1,
+                Err(e) => errors.push(format!("INCR {key}: {e}")),
+            }
+            i += 1;
+        }
+        (acked, errors)
+    })
+}
+
+/// Every counter holds exactly the increments acknowledged.
+async fn counters_exact(h: &Harness, acked: &HashMap<String, i64>) {
+    let mut c = h.client().await;
+    for (key, n) in acked {
+        let got: i64 = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(got, *n, "{key}: {n} increments acknowledged");
+    }
+}
+
+/// Writes every key once, through the proxy.
+async fn seed(h: &Harness, keys: &[String]) {
+    let mut c = h.client().await;
+    for chunk in keys.chunks(500) {
+        let mut mset = redis::cmd("MSET");
+        for k in chunk {
+            mset.arg(k).arg("seed");
+        }
+        let () = mset.query_async(&mut c).await.unwrap();
+    }
+}
+
+async fn dbsize(addr: &str) -> i64 {
+    common::call(addr, &["DBSIZE"]).await.as_int().unwrap()
+}
+
+/// Waits until the node at `addr` holds `n` keys: keys are on their way to it.
+async fn wait_for_keys(addr: &str, n: i64) {
+    for _ in 0..1200 {
+        if dbsize(addr).await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{addr} never held {n} keys");
+}
+
+/// Masters' slot counts, by address, as the first running node sees them.
+async fn slot_counts(h: &Harness) -> HashMap<String, usize> {
+    let node = h.cluster.nodes.iter().find(|n| n.pid().is_some()).unwrap();
+    let text = common::call(&node.addr(), &["CLUSTER", "NODES"]).await;
+    let lines = slotguard::cluster::nodes::parse(text.as_str().unwrap(), "").unwrap();
+    lines
+        .iter()
+        .filter(|l| l.master && !l.fail)
+        .map(|l| {
+            let n = l.slots.iter().map(|&(a, b)| (b - a + 1) as usize).sum();
+            (l.addr.clone(), n)
+        })
+        .collect()
+}
+
+/// Waits until `redis-cli --cluster check` is clean (the last gossip may be on its way).
+async fn check_clean(h: &Harness) {
+    let mut last = String::new();
+    for _ in 0..50 {
+        match h.cluster_check() {
+            Ok(()) => return,
+            Err(text) => last = text,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("cluster check not clean:\n{last}");
+}
+
+/// 500 slots with keys move under writers and counters: nobody sees an error, every
+/// acknowledged write reads back, and each slot ends on the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_slots_move_under_load() {
+    let h = Harness::start(3, 1).await;
+    let target = h.cluster.nodes[2].addr();
+    let keys = keys_in_slots("mv", 0..=499, 3000);
+    seed(&h, &keys).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(writers(h.url(), 4, keys.clone(), stop.clone()));
+    let counted = counters(h.url(), keys_in_slots("ctr", 0..=499, 50), stop.clone());
+    let (code, out) = finish(slotguard(
+        &h,
+        &["migrate", "--slots", "0-499", "--to", &target],
+    ))
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("500 slots to move"), "{out}");
+    assert!(out.contains("moved 500 slots"), "{out}");
+    let report = load.await.unwrap();
+    let (acked, errors) = counted.await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_unharmed(&h, &report, 100, false).await;
+    counters_exact(&h, &acked).await;
+    for slot in [0, 250, 499] {
+        assert_eq!(h.owner_of(slot).await, target);
+    }
+    for k in keys.iter().step_by(97) {
+        let owner = common::call(&target, &["EXISTS", k]).await;
+        assert_eq!(owner.as_int(), Some(1), "{k} is on the target");
+    }
+    check_clean(&h).await;
+    // Run again: nothing is left to move.
+    let (code, out) = finish(slotguard(
+        &h,
+        &["migrate", "--slots", "0-499", "--to", &target],
+    ))
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 slots to move"), "{out}");
+}
+
+/// kill -9 of slotguard mid-way, then the same command: it resumes, and the cluster ends
+/// clean with every key in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_migrate_resumes_where_it_stopped() {
+    let h = Harness::start(3, 1).await;
+    let target = h.cluster.nodes[1].addr();
+    let keys = keys_in_slots("rs", 0..=59, 3000);
+    seed(&h, &keys).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(writers(h.url(), 2, keys.clone(), stop.clone()));
+    let counted = counters(h.url(), keys_in_slots("rc", 0..=59, 20), stop.clone());
+    let args = [
+        "migrate",
+        "--slots",
+        "0-59",
+        "--to",
+        &target,
+        "--batch",
+        "10",
+        "--max-keys-per-sec",
+        "2000",
+    ];
+    let base = dbsize(&target).await;
+    let mut first = slotguard(&h, &args).spawn().unwrap();
+    // A third of the keys moved: killed in the middle of the keys.
+    wait_for_keys(&target, base + 1000).await;
+    first.start_kill().unwrap(); // SIGKILL
+    let _ = first.wait().await;
+    let (code, out) = finish(slotguard(&h, &args)).await;
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(code, 0, "{out}");
+    let report = load.await.unwrap();
+    let (acked, errors) = counted.await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_unharmed(&h, &report, 100, false).await;
+    counters_exact(&h, &acked).await;
+    for slot in [0, 30, 59] {
+        assert_eq!(h.owner_of(slot).await, target);
+    }
+    check_clean(&h).await;
+}
+
+/// The source, then in another run the target, killed (kill -9) mid-way: the proxy in
+/// front finishes the cut slot, the cluster fails the node over, and the migration goes on
+/// (to the target's replica, promoted, when the target died). Every key moved before the
+/// target died is on that replica: each batch was waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_survives_its_source_or_target_killed() {
+    for victim in ["source", "target"] {
+        // Writes acknowledged once replicated, and INCR sent so that it runs once: a
+        // killed master loses none, and none is in doubt.
+        let options = Options {
+            masters: 3,
+            replicas_per_master: 1,
+            node_timeout_ms: 1000,
+            ..Options::default()
+        };
+        let h = Harness::start_with(options, |c| c.ack = Ack::Replicated).await;
+        let (source, target) = (0, 2);
+        let keys = keys_in_slots("kv", 0..=39, 2000);
+        seed(&h, &keys).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = tokio::spawn(writers(h.url(), 2, keys.clone(), stop.clone()));
+        let counted = counters(h.url(), keys_in_slots("kc", 0..=39, 20), stop.clone());
+        let target_addr = h.cluster.nodes[target].addr();
+        let args = [
+            "migrate",
+            "--slots",
+            "0-39",
+            "--to",
+            &target_addr,
+            "--batch",
+            "10",
+            "--max-keys-per-sec",
+            "1500",
+        ];
+        // The seed must outlive the fault: the target's replica (node 5) is never killed.
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_slotguard"));
+        cmd.args(args)
+            .args([
+                "--seed",
+                &h.cluster.nodes[5].addr(),
+                "--seed",
+                &h.cluster.nodes[1].addr(),
+            ])
+            .env("RUST_LOG", "slotguard=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let base = dbsize(&target_addr).await;
+        let run = tokio::spawn(finish(cmd));
+        wait_for_keys(&target_addr, base + 600).await;
+        let mut h = h;
+        let killed = if victim == "source" { source } else { target };
+        h.cluster.nodes[killed].kill();
+        let (code, out) = run.await.unwrap();
+        let promoted = match victim {
+            "target" => h.cluster.nodes[target + 3].addr(),
+            _ => target_addr.clone(),
+        };
+        if code != 0 {
+            // Out of attempts while the cluster failed the node over: the same command
+            // (to the shard's new master) finishes it.
+            let (code, again) = finish(slotguard(
+                &h,
+                &["migrate", "--slots", "0-39", "--to", &promoted],
+            ))
+            .await;
+            assert_eq!(code, 0, "{victim}: first run:\n{out}\nsecond run:\n{again}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        let report = load.await.unwrap();
+        eprintln!(
+            "REPORT | migrate, {victim} killed | first run exit {code} | writes {} | client errors {} | longest stall {:.2}s",
+            report.writes,
+            report.errors.len(),
+            report.longest.as_secs_f64()
+        );
+        let (acked, errors) = counted.await.unwrap();
+        assert!(errors.is_empty(), "{victim}: {errors:?}");
+        assert_unharmed(&h, &report, 50, false).await;
+        counters_exact(&h, &acked).await;
+        for slot in [0, 20, 39] {
+            assert_eq!(h.owner_of(slot).await, promoted, "{victim}: slot {slot}");
+        }
+        h.cluster.restart(killed).await.unwrap();
+        check_clean(&h).await;
+    }
+}
+
+/// A fourth master added empty, a rebalance to four, and a drain back to three: the slot
+/// counts after each, and every key in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_to_four_masters_and_drain_back_to_three() {
+    let mut h = Harness::start(3, 0).await;
+    let keys = keys_in_slots("rb", 0..=16383, 2000);
+    let mut c = h.client().await;
+    for chunk in keys.chunks(500) {
+        let mut mset = redis::cmd("MSET");
+        for k in chunk {
+            mset.arg(k).arg(k);
+        }
+        let () = mset.query_async(&mut c).await.unwrap();
+    }
+    let added = h.cluster.add_master().await.unwrap();
+    let fourth = h.cluster.nodes[added].addr();
+    // The plan alone changes nothing.
+    let (code, plan) = finish(slotguard(&h, &["rebalance", "--dry-run"])).await;
+    assert_eq!(code, 0, "{plan}");
+    assert!(plan.contains("4096 slots to move"), "{plan}");
+    assert_eq!(slot_counts(&h).await.get(&fourth), Some(&0));
+    let fast = ["--batch", "500"];
+    let (code, out) = finish(slotguard(&h, &[&["rebalance"][..], &fast].concat())).await;
+    assert_eq!(code, 0, "{out}");
+    let counts = slot_counts(&h).await;
+    assert!(
+        counts.len() == 4 && counts.values().all(|&n| n == 4096),
+        "{counts:?}"
+    );
+    let (code, out) = finish(slotguard(&h, &[&["drain", &fourth][..], &fast].concat())).await;
+    assert_eq!(code, 0, "{out}");
+    // Emptied, Redis makes it a replica of the master that took its last slot.
+    let counts = slot_counts(&h).await;
+    assert_eq!(counts.get(&fourth).copied().unwrap_or(0), 0, "{counts:?}");
+    let sizes: Vec<usize> = counts.values().copied().filter(|&n| n > 0).collect();
+    assert_eq!(sizes.len(), 3, "{counts:?}");
+    assert!(
+        sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+        "{counts:?}"
+    );
+    let mut c = h.client().await;
+    for k in &keys {
+        let v: Option<String> = redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap();
+        assert_eq!(v.as_deref(), Some(k.as_str()));
+    }
+    check_clean(&h).await;
+}
+
+/// On a terminal the progress is a bar redrawn in place, with slots, keys, rate and ETA;
+/// bad input is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_shows_as_a_bar_on_a_terminal() {
+    let h = Harness::start(3, 0).await;
+    let target = h.cluster.nodes[1].addr();
+    let keys = keys_in_slots("pb", 0..=19, 400);
+    let mut c = h.client().await;
+    let mut mset = redis::cmd("MSET");
+    for k in &keys {
+        mset.arg(k).arg("v");
+    }
+    let () = mset.query_async(&mut c).await.unwrap();
+    // `script` runs the command under a pseudo-terminal.
+    let line = format!(
+        "{} migrate --seed {} --slots 0-19 --to {target} --batch 5 --max-keys-per-sec 400",
+        env!("CARGO_BIN_EXE_slotguard"),
+        h.cluster.nodes[0].addr()
+    );
+    let out = tokio::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\r\x1b[2K["), "redrawn in place: {text:?}");
+    assert!(text.contains("20/20 slots, 400 keys"), "{text:?}");
+    assert!(text.contains("keys/s, ETA"), "{text:?}");
+    assert!(text.contains("#"), "{text:?}");
+    for (args, says) in [
+        (
+            vec!["migrate", "--slots", "0-99999", "--to", &target],
+            "is not a slot",
+        ),
+        (
+            vec!["migrate", "--slots", "1", "--to", "10.9.9.9:1"],
+            "no live master",
+        ),
+        (vec!["rebalance", "--weight", "x"], "expected NODE=N"),
+    ] {
+        let (code, out) = finish(slotguard(&h, &args)).await;
+        assert_ne!(code, 0);
+        assert!(out.contains(says), "{args:?}: {out}");
+    }
+}
