@@ -94,9 +94,13 @@ struct PaceArgs {
     /// Keys moved per MIGRATE.
     #[arg(long, default_value_t = 100)]
     batch: usize,
-    /// At most this many keys a second.
+    /// At most this many keys a second (moves with MIGRATE, not atomically).
     #[arg(long)]
     max_keys_per_sec: Option<u64>,
+    /// Move with SETSLOT and MIGRATE even where every master can migrate slots atomically
+    /// (Valkey 9's CLUSTER MIGRATESLOTS).
+    #[arg(long)]
+    legacy: bool,
 }
 
 impl PaceArgs {
@@ -104,6 +108,7 @@ impl PaceArgs {
         slotguard::cluster::mover::Options {
             batch: self.batch.max(1),
             max_keys_per_sec: self.max_keys_per_sec,
+            legacy: self.legacy,
         }
     }
 }

@@ -85,13 +85,18 @@ async fn counters_exact(h: &Harness, acked: &HashMap<String, i64>) {
     }
 }
 
-/// Writes every key once, through the proxy.
+/// Writes every key once, through the proxy (2 KB values on Valkey, so that an atomic
+/// migration of them lasts long enough to be cut).
 async fn seed(h: &Harness, keys: &[String]) {
+    let value = match slotguard::localcluster::is_valkey() {
+        true => "v".repeat(2048),
+        false => "seed".to_string(),
+    };
     let mut c = h.client().await;
     for chunk in keys.chunks(500) {
         let mut mset = redis::cmd("MSET");
         for k in chunk {
-            mset.arg(k).arg("seed");
+            mset.arg(k).arg(&value);
         }
         let () = mset.query_async(&mut c).await.unwrap();
     }
@@ -110,6 +115,41 @@ async fn wait_for_keys(addr: &str, n: i64) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("{addr} never held {n} keys");
+}
+
+/// How a test moves slots it means to cut short: on Valkey through MIGRATESLOTS (a rate
+/// limit would mean MIGRATE), elsewhere 10 keys a MIGRATE at `rate` keys a second.
+fn paced(rate: &str) -> Vec<&str> {
+    match slotguard::localcluster::is_valkey() {
+        true => vec![],
+        false => vec!["--batch", "10", "--max-keys-per-sec", rate],
+    }
+}
+
+/// Waits until a move from `source` to `target` is under way: on Valkey, the source
+/// lists an atomic migration still running; elsewhere, `target` holds `n` keys.
+async fn under_way(source: &str, target: &str, n: i64) {
+    if !slotguard::localcluster::is_valkey() {
+        return wait_for_keys(target, n).await;
+    }
+    for _ in 0..6000 {
+        let jobs = common::call(source, &["CLUSTER", "GETSLOTMIGRATIONS"]).await;
+        let running = jobs.as_array().unwrap_or_default().iter().any(|job| {
+            let fields: Vec<String> = (job.as_array().unwrap_or_default().iter())
+                .map(|f| f.as_str().unwrap_or_default().to_string())
+                .collect();
+            let state = fields
+                .iter()
+                .position(|f| f == "state")
+                .map(|i| &fields[i + 1]);
+            state.is_some_and(|s| !matches!(s.as_str(), "success" | "failed" | "cancelled"))
+        });
+        if running {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no slot migration ran on {source}");
 }
 
 /// Masters' slot counts, by address, as the first running node sees them.
@@ -160,6 +200,9 @@ async fn five_hundred_slots_move_under_load() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("500 slots to move"), "{out}");
     assert!(out.contains("moved 500 slots"), "{out}");
+    if slotguard::localcluster::is_valkey() {
+        assert!(out.contains("CLUSTER MIGRATESLOTS"), "{out}");
+    }
     let report = load.await.unwrap();
     let (acked, errors) = counted.await.unwrap();
     assert!(errors.is_empty(), "{errors:?}");
@@ -194,21 +237,16 @@ async fn a_killed_migrate_resumes_where_it_stopped() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(writers(h.url(), 2, keys.clone(), stop.clone()));
     let counted = counters(h.url(), keys_in_slots("rc", 0..=59, 20), stop.clone());
+    let source = h.cluster.nodes[0].addr();
     let args = [
-        "migrate",
-        "--slots",
-        "0-59",
-        "--to",
-        &target,
-        "--batch",
-        "10",
-        "--max-keys-per-sec",
-        "2000",
-    ];
+        &["migrate", "--slots", "0-59", "--to", &target][..],
+        &paced("2000"),
+    ]
+    .concat();
     let base = dbsize(&target).await;
     let mut first = slotguard(&h, &args).spawn().unwrap();
-    // A third of the keys moved: killed in the middle of the keys.
-    wait_for_keys(&target, base + 1000).await;
+    // Killed in the middle of the keys.
+    under_way(&source, &target, base + 1000).await;
     first.start_kill().unwrap(); // SIGKILL
     let _ = first.wait().await;
     let (code, out) = finish(slotguard(&h, &args)).await;
@@ -248,17 +286,12 @@ async fn a_migration_survives_its_source_or_target_killed() {
         let load = tokio::spawn(writers(h.url(), 2, keys.clone(), stop.clone()));
         let counted = counters(h.url(), keys_in_slots("kc", 0..=39, 20), stop.clone());
         let target_addr = h.cluster.nodes[target].addr();
+        let source_addr = h.cluster.nodes[source].addr();
         let args = [
-            "migrate",
-            "--slots",
-            "0-39",
-            "--to",
-            &target_addr,
-            "--batch",
-            "10",
-            "--max-keys-per-sec",
-            "1500",
-        ];
+            &["migrate", "--slots", "0-39", "--to", &target_addr][..],
+            &paced("1500"),
+        ]
+        .concat();
         // The seed must outlive the fault: the target's replica (node 5) is never killed.
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_slotguard"));
         cmd.args(args)
@@ -275,7 +308,7 @@ async fn a_migration_survives_its_source_or_target_killed() {
             .kill_on_drop(true);
         let base = dbsize(&target_addr).await;
         let run = tokio::spawn(finish(cmd));
-        wait_for_keys(&target_addr, base + 600).await;
+        under_way(&source_addr, &target_addr, base + 600).await;
         let mut h = h;
         let killed = if victim == "source" { source } else { target };
         h.cluster.nodes[killed].kill();
@@ -408,4 +441,65 @@ async fn progress_shows_as_a_bar_on_a_terminal() {
         assert_ne!(code, 0);
         assert!(out.contains(says), "{args:?}: {out}");
     }
+}
+
+/// `slotguard migrate` against `redis-cli --cluster reshard` on the same 500 slots and
+/// 100,000 keys, in one run: redis-cli moves them from the first master to the third,
+/// slotguard moves them back, writers through the proxy all along. Prints keys a second
+/// and the longest stall a writer felt, each as slotguard over redis-cli. A benchmark,
+/// not a test: `cargo test --release --test moving -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn compare_with_redis_cli_reshard() {
+    let h = Harness::start(3, 1).await;
+    let (first, third) = (h.cluster.nodes[0].addr(), h.cluster.nodes[2].addr());
+    let keys = keys_in_slots("cmp", 0..=499, 100_000);
+    seed(&h, &keys).await;
+    let phase = |name: &'static str, cmd: tokio::process::Command| {
+        let (url, keys) = (h.url(), keys.clone());
+        async move {
+            let stop = Arc::new(AtomicBool::new(false));
+            let load = tokio::spawn(writers(url, 4, keys, stop.clone()));
+            let started = std::time::Instant::now();
+            let (code, out) = finish(cmd).await;
+            let took = started.elapsed();
+            stop.store(true, Ordering::Relaxed);
+            let report = load.await.unwrap();
+            assert_eq!(code, 0, "{name}: {out}");
+            assert!(report.errors.is_empty(), "{name}: {:?}", report.errors);
+            (took, report.longest)
+        }
+    };
+    let from = common::node_id(&first).await;
+    let to = common::node_id(&third).await;
+    let mut cli = tokio::process::Command::new("redis-cli");
+    cli.args(["--cluster", "reshard", &first, "--cluster-from", &from])
+        .args([
+            "--cluster-to",
+            &to,
+            "--cluster-slots",
+            "500",
+            "--cluster-yes",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (cli_took, cli_stall) = phase("redis-cli", cli).await;
+    assert_eq!(h.owner_of(499).await, third, "redis-cli moved slots 0-499");
+    check_clean(&h).await;
+    let ours = slotguard(&h, &["migrate", "--slots", "0-499", "--to", &first]);
+    let (our_took, our_stall) = phase("slotguard", ours).await;
+    assert_eq!(h.owner_of(499).await, first);
+    check_clean(&h).await;
+    let rate = |took: Duration| keys.len() as f64 / took.as_secs_f64();
+    eprintln!(
+        "REPORT | 500 slots, {} keys | redis-cli reshard {:.0} keys/s, longest stall {:.3}s | slotguard migrate {:.0} keys/s, longest stall {:.3}s | ratio keys/s {:.2}, stall {:.2}",
+        keys.len(),
+        rate(cli_took),
+        cli_stall.as_secs_f64(),
+        rate(our_took),
+        our_stall.as_secs_f64(),
+        rate(our_took) / rate(cli_took),
+        our_stall.as_secs_f64() / cli_stall.as_secs_f64(),
+    );
 }

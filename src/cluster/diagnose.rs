@@ -84,6 +84,15 @@ pub fn describe(step: &Step, addrs: &HashMap<String, String>) -> String {
                 " (MIGRATE, no REPLACE)"
             }
         ),
+        Step::MigrateSlots { on, ranges, target } => format!(
+            "on {}: CLUSTER MIGRATESLOTS SLOTSRANGE {} NODE {target}, and wait for it",
+            at(on),
+            ranges
+                .iter()
+                .map(|(a, b)| format!("{a} {b}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
         Step::CopyKeys { from, to, slot } => format!(
             "copy every key of slot {slot} from {} to {} (DUMP there, RESTORE here, no REPLACE)",
             at(from),

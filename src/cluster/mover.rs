@@ -44,8 +44,11 @@ pub struct Move {
 pub struct Options {
     /// Keys per MIGRATE.
     pub batch: usize,
-    /// At most this many keys a second, over the whole run.
+    /// At most this many keys a second (moves slot by slot with MIGRATE).
     pub max_keys_per_sec: Option<u64>,
+    /// Move slot by slot with MIGRATE even where every master can migrate slots
+    /// atomically (Valkey 9's `CLUSTER MIGRATESLOTS`).
+    pub legacy: bool,
 }
 
 /// Attempts at one group of slots before giving up (a step fails while gossip catches up).
@@ -331,14 +334,7 @@ pub fn describe(
 
 /// `1-3,7`.
 fn ranges(slots: &[u16]) -> String {
-    let mut parts: Vec<(u16, u16)> = Vec::new();
-    for &s in slots {
-        match parts.last_mut() {
-            Some((_, end)) if *end + 1 == s => *end = s,
-            _ => parts.push((s, s)),
-        }
-    }
-    let parts: Vec<String> = parts
+    let parts: Vec<String> = ranges_of(slots)
         .iter()
         .map(|&(a, b)| {
             if a == b {
@@ -493,6 +489,12 @@ pub async fn run_moves(
         let views = discover(config).await?;
         Cluster::new(&views).shards()
     };
+    let atomic = !options.legacy
+        && options.max_keys_per_sec.is_none()
+        && atomic_everywhere(config, &dial).await;
+    if atomic {
+        eprintln!("every master migrates slots atomically (CLUSTER MIGRATESLOTS): using it");
+    }
     let mut result = Ok(());
     for group in moves.chunks(GROUP) {
         if stop.load(Ordering::Relaxed) {
@@ -506,6 +508,7 @@ pub async fn run_moves(
             dial: &dial,
             pace: &pace,
             done: &progress.done,
+            atomic,
         };
         if let Err(e) = mover.run(group).await {
             result = Err(e);
@@ -538,6 +541,8 @@ struct Group<'a> {
     pace: &'a Pace<'a>,
     /// Slots whose keys have moved.
     done: &'a AtomicUsize,
+    /// Through `CLUSTER MIGRATESLOTS` (see [`Group::atomically`]).
+    atomic: bool,
 }
 
 impl Group<'_> {
@@ -551,7 +556,11 @@ impl Group<'_> {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(300 * attempt as u64)).await;
             }
-            match self.once(group, &mut counted).await {
+            let tried = match self.atomic {
+                true => self.atomically(group, &mut counted).await,
+                false => self.once(group, &mut counted).await,
+            };
+            match tried {
                 Ok(()) => {
                     let uncounted = group.len() - counted.len();
                     self.done.fetch_add(uncounted, Ordering::Relaxed);
@@ -616,6 +625,88 @@ impl Group<'_> {
         }
         Ok(())
     }
+}
+
+impl Group<'_> {
+    /// One try with Valkey's atomic slot migration: one job a source and target, each
+    /// journalled before it is sent and watched until it ends. The server moves the keys,
+    /// waits for the target's replicas and hands the slots over itself; a job already
+    /// running (a run cut short) is watched rather than started again.
+    async fn atomically(
+        &mut self,
+        group: &[Move],
+        counted: &mut std::collections::BTreeSet<u16>,
+    ) -> Result<(), String> {
+        let views = discover(self.config).await?;
+        let cluster = Cluster::new(&views);
+        let mut jobs: BTreeMap<(String, String), Vec<u16>> = BTreeMap::new();
+        for m in group {
+            let to = successor(&cluster, &m.to, self.shards).to_string();
+            let claims = cluster.claims(m.slot);
+            let [owner] = claims[..] else {
+                return Err(format!("slot {}: {} live owners", m.slot, claims.len()));
+            };
+            if owner.id != to {
+                jobs.entry((owner.id.clone(), to)).or_default().push(m.slot);
+            }
+        }
+        let addrs = addresses(&views);
+        for ((source, target), slots) in &jobs {
+            let step = Step::MigrateSlots {
+                on: source.clone(),
+                ranges: ranges_of(slots),
+                target: target.clone(),
+            };
+            let first = slots[0];
+            repair::run_steps_paced(first, &[step], &addrs, self.journal, self.dial, self.pace)
+                .await?;
+            for slot in slots {
+                if counted.insert(*slot) {
+                    self.done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[1, 2, 3, 7]` as `[(1, 3), (7, 7)]`.
+fn ranges_of(slots: &[u16]) -> Vec<(u16, u16)> {
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for &s in slots {
+        match out.last_mut() {
+            Some((_, end)) if *end + 1 == s => *end = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
+/// True when every live master knows `CLUSTER MIGRATESLOTS` (Valkey 9).
+async fn atomic_everywhere(config: &Config, dial: &crate::client::Dial) -> bool {
+    let Ok(views) = discover(config).await else {
+        return false;
+    };
+    let cluster = Cluster::new(&views);
+    let addrs = addresses(&views);
+    for m in cluster.live_masters() {
+        let Some(addr) = addrs.get(&m.id) else {
+            return false;
+        };
+        let Ok(mut c) = crate::client::Conn::dial(addr, dial).await else {
+            return false;
+        };
+        let known = match c.call(&["COMMAND", "INFO", "CLUSTER|MIGRATESLOTS"]).await {
+            Ok(crate::protocol::Value::Array(info)) => {
+                info.first().is_some_and(|i| i.as_array().is_some())
+            }
+            _ => false,
+        };
+        if !known {
+            return false;
+        }
+    }
+    true
 }
 
 /// `to`, or, when it is no longer a live master, the replica of its shard that now is.

@@ -242,6 +242,9 @@ async fn run_step(step: &Step, nodes: &mut Nodes<'_>, pace: &Pace<'_>) -> Result
             replace,
         } => return move_keys(from, to, *slot, *replace, nodes, pace).await,
         Step::CopyKeys { from, to, slot } => return copy_keys(from, to, *slot, nodes).await,
+        Step::MigrateSlots { on, ranges, target } => {
+            return migrate_slots(on, ranges, target, nodes, pace).await
+        }
     };
     let c = nodes.conn(&on).await?;
     c.call_ok(&cmd).await.map_err(|e| e.to_string())?;
@@ -361,6 +364,122 @@ async fn move_keys(
         await_replicas(c, slot).await?;
     }
     Ok(())
+}
+
+/// Valkey's atomic slot migration of `ranges` from `on` to `target`: started unless a job
+/// for them is running already (a run cut short), then watched until it ends. The server
+/// moves the keys, waits for the target's replicas and hands ownership over itself.
+async fn migrate_slots(
+    on: &str,
+    ranges: &[(u16, u16)],
+    target: &str,
+    nodes: &mut Nodes<'_>,
+    pace: &Pace<'_>,
+) -> Result<(), String> {
+    let fail = |e: crate::client::ConnError| e.to_string();
+    let wanted: Vec<String> = ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+    let wanted = wanted.join(" ");
+    let c = nodes.conn(on).await?;
+    let ours = |jobs: &[Job]| -> Option<Job> {
+        (jobs.iter().rev())
+            .find(|j| j.export && j.target == target && j.ranges == wanted)
+            .cloned()
+    };
+    let running = ours(&slot_migrations(c).await?).is_some_and(|j| j.active());
+    if !running {
+        let mut cmd = vec![
+            "CLUSTER".to_string(),
+            "MIGRATESLOTS".into(),
+            "SLOTSRANGE".into(),
+        ];
+        for (a, b) in ranges {
+            cmd.extend([a.to_string(), b.to_string()]);
+        }
+        cmd.extend(["NODE".into(), target.to_string()]);
+        c.call_ok(&cmd).await.map_err(fail)?;
+    }
+    loop {
+        if pace.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            // The server goes on with the job; the next run finds and watches it.
+            return Err(STOPPED.into());
+        }
+        match ours(&slot_migrations(c).await?) {
+            Some(job) if job.active() => {}
+            Some(job) if job.state == "success" => return Ok(()),
+            Some(job) => {
+                return Err(format!(
+                    "the slot migration to {target} ended {}: {}",
+                    job.state, job.message
+                ))
+            }
+            None => return Err(format!("no slot migration to {target} is listed on {on}")),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One entry of `CLUSTER GETSLOTMIGRATIONS`.
+#[derive(Clone, Debug, Default)]
+pub struct Job {
+    /// EXPORT (this node is the source), else IMPORT.
+    pub export: bool,
+    /// `0-99 200-299`.
+    pub ranges: String,
+    pub target: String,
+    pub state: String,
+    pub message: String,
+}
+
+impl Job {
+    /// Still running: not yet succeeded, failed or cancelled.
+    pub fn active(&self) -> bool {
+        !matches!(
+            self.state.as_str(),
+            "success" | "failed" | "cancelled" | "canceled"
+        )
+    }
+
+    /// The slots it moves.
+    pub fn slots(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ranges.split_whitespace().flat_map(|r| {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            let (a, b) = (a.parse().unwrap_or(1), b.parse().unwrap_or(0));
+            a..=b
+        })
+    }
+}
+
+/// The node's atomic slot migrations, oldest first (`CLUSTER GETSLOTMIGRATIONS`).
+pub async fn slot_migrations(c: &mut Conn) -> Result<Vec<Job>, String> {
+    let reply = c
+        .call_ok(&["CLUSTER", "GETSLOTMIGRATIONS"])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(parse_jobs(&reply))
+}
+
+fn parse_jobs(reply: &Value) -> Vec<Job> {
+    let entries = reply.as_array().unwrap_or_default();
+    entries
+        .iter()
+        .map(|entry| {
+            let fields = entry.as_array().unwrap_or_default();
+            let mut job = Job::default();
+            for pair in fields.chunks(2) {
+                let [k, v] = pair else { continue };
+                let v = v.as_str().unwrap_or_default().to_string();
+                match k.as_str().unwrap_or_default() {
+                    "operation" => job.export = v.eq_ignore_ascii_case("EXPORT"),
+                    "slot_ranges" => job.ranges = v,
+                    "target_node" => job.target = v,
+                    "state" => job.state = v,
+                    "message" => job.message = v,
+                    _ => {}
+                }
+            }
+            job
+        })
+        .collect()
 }
 
 /// MIGRATE's timeout for a batch of ordinary keys.

@@ -44,6 +44,14 @@ pub enum Step {
     /// until `to`'s replicas have them. `from` refuses reads while its cluster is down, so
     /// `cluster-allow-reads-when-down` is set there for the copy and put back after.
     CopyKeys { from: String, to: String, slot: u16 },
+    /// `CLUSTER MIGRATESLOTS SLOTSRANGE .. NODE target` on `on` (Valkey 9's atomic slot
+    /// migration of `ranges`, inclusive), then wait until the job ends: the server moves
+    /// keys and ownership itself.
+    MigrateSlots {
+        on: String,
+        ranges: Vec<(u16, u16)>,
+        target: String,
+    },
 }
 
 /// Which fault of the catalogue (FAULTS.md) broke a slot. It shows as the catalogue's
