@@ -503,3 +503,59 @@ async fn compare_with_redis_cli_reshard() {
         our_stall.as_secs_f64() / cli_stall.as_secs_f64(),
     );
 }
+
+/// Valkey 9: an atomic slot migration someone else started, with writers and counters
+/// through the proxy all along, and a second proxy started while it runs (its first look
+/// at the target finds keys of slots the target does not own yet, which are not strays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn someone_elses_atomic_migration_is_served_through() {
+    if !slotguard::localcluster::is_valkey() {
+        return; // Redis 7 has no atomic slot migration
+    }
+    let h = Harness::start(3, 1).await;
+    let (source, target) = (h.cluster.nodes[0].addr(), h.cluster.nodes[2].addr());
+    let keys = keys_in_slots("asm", 0..=999, 20_000);
+    seed(&h, &keys).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(writers(h.url(), 4, keys.clone(), stop.clone()));
+    let counted = counters(h.url(), keys_in_slots("asc", 0..=999, 50), stop.clone());
+    let target_id = common::node_id(&target).await;
+    let started = common::call(
+        &source,
+        &[
+            "CLUSTER",
+            "MIGRATESLOTS",
+            "SLOTSRANGE",
+            "0",
+            "999",
+            "NODE",
+            &target_id,
+        ],
+    )
+    .await;
+    assert_eq!(started.as_str(), Some("OK"), "{started:?}");
+    let second = common::start_proxy(slotguard::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        seeds: vec![h.cluster.nodes[1].addr()],
+        ..slotguard::config::Config::default()
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while h.owner_of(999).await != target || h.owner_of(0).await != target {
+        assert!(std::time::Instant::now() < deadline, "the migration ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let report = load.await.unwrap();
+    let (acked, errors) = counted.await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_unharmed(&h, &report, 100, false).await;
+    counters_exact(&h, &acked).await;
+    // The second proxy reads what the writers last wrote, and repaired nothing.
+    let url = format!("redis://{}/", second.addr);
+    let mut c = common::connect(&url).await;
+    let lost = common::lost_writes(&mut c, &report.acked).await;
+    assert!(lost.is_empty(), "{lost:?}");
+    check_clean(&h).await;
+}

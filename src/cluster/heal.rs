@@ -192,8 +192,17 @@ impl Strays {
                 .iter()
                 .map(|s| vec!["CLUSTER".into(), "COUNTKEYSINSLOT".into(), s.to_string()])
                 .collect();
+            let mut importing = BTreeSet::new();
             let counts = match Conn::dial(addr, dial).await {
-                Ok(mut conn) => conn.pipeline(&commands, AUDIT_LIMIT).await,
+                Ok(mut conn) => {
+                    // Keys a running atomic slot migration (Valkey 9) brings in are not
+                    // strays: the job hands the slot over when it ends.
+                    if let Ok(jobs) = super::repair::slot_migrations(&mut conn).await {
+                        let running = jobs.iter().filter(|j| !j.export && j.active());
+                        importing.extend(running.flat_map(|j| j.slots().collect::<Vec<_>>()));
+                    }
+                    conn.pipeline(&commands, AUDIT_LIMIT).await
+                }
                 Err(e) => Err(e),
             };
             let counts = match counts {
@@ -208,6 +217,7 @@ impl Strays {
                 .zip(counts)
                 .filter(|(_, n)| n.as_int().is_some_and(|n| n > 0))
                 .map(|(&slot, _)| slot)
+                .filter(|slot| !importing.contains(slot))
                 .collect();
             if !found.is_empty() {
                 let first: Vec<u16> = found.iter().copied().take(10).collect();
