@@ -559,3 +559,115 @@ async fn someone_elses_atomic_migration_is_served_through() {
     assert!(lost.is_empty(), "{lost:?}");
     check_clean(&h).await;
 }
+
+/// Through a running proxy: `SLOTGUARD MIGRATE` answers with the plan, `SLOTGUARD
+/// MIGRATIONS` and `/migrations` show the progress, `SLOTGUARD CANCEL` stops the move at a
+/// step boundary and the same request resumes it; the proxy's clients see no error all
+/// along. A user without admin access is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_move_through_a_running_proxy() {
+    let options = Options {
+        masters: 3,
+        replicas_per_master: 1,
+        node_timeout_ms: 1000,
+        ..Options::default()
+    };
+    let h = Harness::start_with(options, |c| {
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.users = vec![slotguard::config::User {
+            name: "reader".into(),
+            password: "r".into(),
+            access: slotguard::config::Access::ReadWrite,
+        }];
+        c.password = Some("admin".into());
+    })
+    .await;
+    let url = format!("redis://:admin@{}/", h.proxy.addr);
+    let target = h.cluster.nodes[1].addr();
+    let keys = keys_in_slots("px", 0..=999, 4000);
+    let mut c = common::connect(&url).await;
+    for chunk in keys.chunks(500) {
+        let mut mset = redis::cmd("MSET");
+        for k in chunk {
+            mset.arg(k).arg("seed");
+        }
+        let () = mset.query_async(&mut c).await.unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(writers(url.clone(), 2, keys.clone(), stop.clone()));
+    let counted = counters(url.clone(), keys_in_slots("pc", 0..=999, 20), stop.clone());
+    let ask = |args: &[&str]| {
+        let mut cmd = redis::cmd("SLOTGUARD");
+        for a in args {
+            cmd.arg(*a);
+        }
+        cmd
+    };
+    // Not for a user without admin access.
+    let mut reader = common::connect(&format!("redis://reader:r@{}/", h.proxy.addr)).await;
+    let refused = ask(&["MIGRATE", "0-999", &target])
+        .query_async::<String>(&mut reader)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("admin"), "{refused}");
+    let plan: String = ask(&["MIGRATE", "0-999", &target])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(plan.contains("1000 slots to move"), "{plan}");
+    // Stopped at a step boundary, if it is still running, then asked again.
+    if ask(&["CANCEL"]).query_async::<String>(&mut c).await.is_ok() {
+        let stopped = wait_state(&mut c, "stopped").await;
+        let at = stopped.lines().find(|l| l.starts_with("slots:"));
+        eprintln!("REPORT | SLOTGUARD CANCEL | stopped at {at:?}");
+        let again: String = ask(&["MIGRATE", "0-999", &target])
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(again.contains("slots to move"), "{again}");
+    }
+    let done = wait_state(&mut c, "done").await;
+    assert!(done.contains("plan:"), "{done}");
+    let admin = h.proxy.admin_addr.unwrap();
+    let (code, body) = common::http_get(admin, "/migrations").await;
+    assert_eq!(code, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["state"], "done", "{body}");
+    assert_eq!(json["slots_done"], json["slots_total"], "{body}");
+    stop.store(true, Ordering::Relaxed);
+    let report = load.await.unwrap();
+    let (acked, errors) = counted.await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let lost = common::lost_writes(&mut c, &report.acked).await;
+    assert!(lost.is_empty(), "{lost:?}");
+    for (key, n) in &acked {
+        let got: i64 = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(got, *n, "{key}");
+    }
+    for slot in [0, 500, 999] {
+        assert_eq!(h.owner_of(slot).await, target);
+    }
+    check_clean(&h).await;
+}
+
+/// Waits until `SLOTGUARD MIGRATIONS` says `state:<want>`; what it says then.
+async fn wait_state(c: &mut redis::aio::MultiplexedConnection, want: &str) -> String {
+    let mut now = String::new();
+    for _ in 0..2400 {
+        now = redis::cmd("SLOTGUARD")
+            .arg("MIGRATIONS")
+            .query_async(c)
+            .await
+            .unwrap();
+        if now.starts_with(&format!("state:{want}\n")) {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never {want}: {now}");
+}

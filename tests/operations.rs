@@ -8,28 +8,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Harness;
+use common::{http_get, http_get_with, Harness};
 use slotguard::localcluster::{free_port, wait_for, LocalCluster, Options};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A GET over plain HTTP/1.1; returns (status code, body).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    http_get_with(addr, path, "").await
-}
-
-/// A GET with extra header lines (each ending in `\r\n`).
-async fn http_get_with(addr: std::net::SocketAddr, path: &str, headers: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n{headers}\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (code, body.to_string())
-}
 
 /// Parses the Prometheus text format strictly: every sample line is
 /// `name{labels} value`, and every sample's family was announced by `# TYPE`.

@@ -118,6 +118,7 @@ fn route(proxy: &Proxy, path: &[u8]) -> (&'static str, &'static str, String) {
             proxy.metrics.render(),
         ),
         b"/status" => ("200 OK", "application/json", status(proxy).to_string()),
+        b"/migrations" => ("200 OK", "application/json", moving(proxy).to_string()),
         b"/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
         b"/readyz" => match readiness(proxy) {
             Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
@@ -145,6 +146,11 @@ fn readiness(proxy: &Proxy) -> Result<(), String> {
 }
 
 /// The `/status` document.
+/// The last move of slots asked for through the proxy (`SLOTGUARD MIGRATE`, ...).
+fn moving(proxy: &Proxy) -> Value {
+    serde_json::to_value(proxy.routing.moves_progress.load().as_ref()).unwrap_or(Value::Null)
+}
+
 pub fn status(proxy: &Proxy) -> Value {
     let map = proxy.routing.map();
     let status = proxy.routing.status.load();
@@ -185,6 +191,7 @@ pub fn status(proxy: &Proxy) -> Value {
         "unsettled": unsettled,
         "held": held,
         "migrations": migrations,
+        "moving": moving(proxy),
         "durability": {
             "ack": match proxy.config().ack {
                 crate::config::Ack::Master => "master",

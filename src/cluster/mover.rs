@@ -30,7 +30,10 @@ use super::journal::Journal;
 use super::nodes::NodeLine;
 use super::repair::{self, Pace};
 use crate::config::Config;
-use crate::protocol::SLOTS;
+use crate::protocol::{reply, SLOTS};
+pub use crate::routing::MoveOrder as Order;
+use crate::routing::{MoveProgress, MoveRequest, Routing};
+use tracing::info;
 
 /// One slot to move, and the master (id) it goes to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -353,16 +356,8 @@ pub struct Summary {
     pub slots: usize,
     pub keys: u64,
     pub took: Duration,
-}
-
-/// What the operator asked for.
-pub enum Order {
-    /// `--slots` to `--to`.
-    Migrate { slots: String, to: String },
-    /// `--weight NODE=N`, repeated.
-    Rebalance { weights: Vec<String> },
-    /// Every slot off `node`.
-    Drain { node: String },
+    /// Through Valkey's `CLUSTER MIGRATESLOTS`.
+    pub atomic: bool,
 }
 
 /// `slotguard migrate | rebalance | drain`: plans from the cluster as it is, prints the
@@ -391,14 +386,23 @@ pub async fn run(
             std::process::exit(130);
         })
     };
-    let summary = run_moves(config, &moves, &options, &stop).await;
+    let journal = Mutex::new(Journal::open(config.state_dir.as_deref())?);
+    let progress = Arc::new(Progress::new(moves.len(), std::io::stderr().is_terminal()));
+    let shown = progress.clone().show();
+    let summary = run_moves(config, &moves, &options, &stop, &journal, &progress).await;
+    shown.abort();
+    progress.finish();
     watch.abort();
     let summary = summary?;
     println!(
-        "moved {} slots and {} keys in {:.1} s",
+        "moved {} slots and {} keys in {:.1} s{}",
         summary.slots,
         summary.keys,
-        summary.took.as_secs_f64()
+        summary.took.as_secs_f64(),
+        match summary.atomic {
+            true => " (CLUSTER MIGRATESLOTS)",
+            false => "",
+        }
     );
     Ok(())
 }
@@ -470,13 +474,12 @@ pub async fn run_moves(
     moves: &[Move],
     options: &Options,
     stop: &AtomicBool,
+    journal: &Mutex<Journal>,
+    progress: &Progress,
 ) -> Result<Summary, String> {
-    let journal = Mutex::new(Journal::open(config.state_dir.as_deref())?);
     let dial = config
         .dial()
         .with_limit(config.connect_timeout.max(Duration::from_secs(5)));
-    let progress = Arc::new(Progress::new(moves.len()));
-    let shown = progress.clone().show();
     let pace = Pace {
         batch: options.batch,
         max_keys_per_sec: options.max_keys_per_sec,
@@ -493,7 +496,7 @@ pub async fn run_moves(
         && options.max_keys_per_sec.is_none()
         && atomic_everywhere(config, &dial).await;
     if atomic {
-        eprintln!("every master migrates slots atomically (CLUSTER MIGRATESLOTS): using it");
+        info!("every master migrates slots atomically (CLUSTER MIGRATESLOTS): using it");
     }
     let mut result = Ok(());
     for group in moves.chunks(GROUP) {
@@ -504,7 +507,7 @@ pub async fn run_moves(
         let mut mover = Group {
             config,
             shards: &shards,
-            journal: &journal,
+            journal,
             dial: &dial,
             pace: &pace,
             done: &progress.done,
@@ -515,14 +518,87 @@ pub async fn run_moves(
             break;
         }
     }
-    shown.abort();
-    progress.finish();
     result?;
     Ok(Summary {
         slots: moves.len(),
         keys: progress.keys.load(Ordering::Relaxed),
         took: progress.started.elapsed(),
+        atomic,
     })
+}
+
+/// Serves the moves of slots asked for through the proxy, one at a time: each is planned
+/// from the cluster as it is, answered with its plan, run, and its progress published for
+/// `SLOTGUARD MIGRATIONS` and `/migrations`. `SLOTGUARD CANCEL` stops it at the next step
+/// boundary. Its journal is its own, in memory: the authority must not take the move for
+/// a repair of its own cut short and run it too. A move the proxy's restart cuts short
+/// stays open (both ends live and agreeing), and the same request resumes it.
+pub async fn serve(routing: Arc<Routing>) {
+    let Some(mut requests) = routing.take_moves() else {
+        return;
+    };
+    let mut running: Option<tokio::task::JoinHandle<()>> = None;
+    while let Some(request) = requests.recv().await {
+        if running.as_ref().is_some_and(|r| !r.is_finished()) {
+            let _ = request.reply.send(reply::error(
+                "ERR slotguard: slots are being moved already (SLOTGUARD MIGRATIONS shows it, SLOTGUARD CANCEL stops it)",
+            ));
+            continue;
+        }
+        let routing = routing.clone();
+        running = Some(tokio::spawn(
+            async move { run_for(&routing, request).await },
+        ));
+    }
+}
+
+/// One move asked for through the proxy.
+async fn run_for(routing: &Routing, request: MoveRequest) {
+    let config = routing.config().as_ref().clone();
+    let planned = async {
+        let views = discover(&config).await?;
+        let cluster = Cluster::new(&views);
+        let moves = plan(&cluster, request.order)?;
+        let text = describe(&owned(&cluster), &moves, &addresses(&views));
+        Ok::<_, String>((moves, text))
+    };
+    let (moves, text) = match planned.await {
+        Ok(planned) => planned,
+        Err(e) => {
+            let _ = request
+                .reply
+                .send(reply::error(&format!("ERR slotguard: {e}")));
+            return;
+        }
+    };
+    routing.moves_stop.store(false, Ordering::Relaxed);
+    let progress = Arc::new(Progress::new(moves.len(), false));
+    let publish = |state: &str, message: &str| {
+        let now = progress.published(state, &text, message);
+        routing.moves_progress.store(Arc::new(now));
+    };
+    publish("running", "");
+    let _ = request.reply.send(reply::bulk_reply(text.as_bytes()));
+    let journal = Mutex::new(Journal::open(None).expect("an in-memory journal"));
+    let options = Options {
+        batch: repair::BATCH,
+        max_keys_per_sec: None,
+        legacy: false,
+    };
+    let stop = &routing.moves_stop;
+    let moving = run_moves(&config, &moves, &options, stop, &journal, &progress);
+    tokio::pin!(moving);
+    let result = loop {
+        tokio::select! {
+            result = &mut moving => break result,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => publish("running", ""),
+        }
+    };
+    match result {
+        Ok(_) => publish("done", ""),
+        Err(e) if e == STOPPED => publish("stopped", &e),
+        Err(e) => publish("failed", &e),
+    }
 }
 
 /// Slots moved together: their keys one slot after another, then one wait for the
@@ -726,7 +802,7 @@ fn successor<'a>(
 }
 
 /// Slots done and keys moved, shown as a bar on a terminal and as plain lines otherwise.
-struct Progress {
+pub struct Progress {
     total: usize,
     done: AtomicUsize,
     keys: AtomicU64,
@@ -735,13 +811,29 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(total: usize) -> Progress {
+    pub fn new(total: usize, tty: bool) -> Progress {
         Progress {
             total,
             done: AtomicUsize::new(0),
             keys: AtomicU64::new(0),
             started: Instant::now(),
-            tty: std::io::stderr().is_terminal(),
+            tty,
+        }
+    }
+
+    /// As `/migrations` and `SLOTGUARD MIGRATIONS` show it.
+    fn published(&self, state: &str, plan: &str, message: &str) -> MoveProgress {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let keys_moved = self.keys.load(Ordering::Relaxed);
+        MoveProgress {
+            state: state.to_string(),
+            plan: plan.to_string(),
+            slots_done: self.done.load(Ordering::Relaxed),
+            slots_total: self.total,
+            keys_moved,
+            keys_per_sec: keys_moved as f64 / seconds.max(0.001),
+            seconds,
+            message: message.to_string(),
         }
     }
 

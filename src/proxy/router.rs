@@ -25,6 +25,7 @@ use crate::config::{Access, ReadFrom};
 use crate::metrics::Class;
 use crate::protocol::{key_slot, reply, Request, SLOTS};
 use crate::routing::command::KeyPositions;
+use crate::routing::{MoveOrder, MoveRequest};
 
 /// Most commands one transaction may queue.
 const MAX_QUEUED: u32 = 100_000;
@@ -91,6 +92,7 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         b"CLIENT" if req.len() > 1 => client_command(proxy, client, req),
         b"CLIENT" => local(local::client(client, &req)),
         b"READONLY" | b"READWRITE" => local(Bytes::from_static(reply::OK)),
+        b"SLOTGUARD" => (moving(proxy, client, &req), Class::Local),
         b"CLUSTER" => match local::cluster(proxy, client, &req) {
             Some(answer) => local(answer),
             // COUNTKEYSINSLOT / GETKEYSINSLOT: asked of the slot's owner.
@@ -450,6 +452,64 @@ fn client_command(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending,
         ),
         _ => local(local::client(client, &req)),
     }
+}
+
+/// `SLOTGUARD MIGRATE <slots> <node>`, `REBALANCE [NODE=N ...]`, `DRAIN <node>`: slots
+/// moved by the control plane (`cluster::mover`), answered with the plan;
+/// `MIGRATIONS`: the last move's progress; `CANCEL`: stops it at its next step. Admin
+/// users only.
+fn moving(proxy: &Proxy, client: &Client, req: &Request) -> Pending {
+    let sub = req.arg(1).to_ascii_uppercase();
+    if client.access != Access::Admin {
+        return ready(reply::error(
+            "NOPERM slotguard: moving slots is for admin users",
+        ));
+    }
+    let text = |i: usize| String::from_utf8_lossy(req.arg(i)).into_owned();
+    let order = match (sub.as_slice(), req.len()) {
+        (b"MIGRATE", 4) => MoveOrder::Migrate {
+            slots: text(2),
+            to: text(3),
+        },
+        (b"REBALANCE", _) => MoveOrder::Rebalance {
+            weights: (2..req.len()).map(text).collect(),
+        },
+        (b"DRAIN", 3) => MoveOrder::Drain { node: text(2) },
+        (b"MIGRATIONS", 2) => {
+            let now = proxy.routing.moves_progress.load();
+            let lines = format!(
+                "state:{}\nslots:{}/{}\nkeys:{}\nkeys_per_sec:{:.0}\nseconds:{:.1}\nmessage:{}\nplan:\n{}",
+                now.state,
+                now.slots_done,
+                now.slots_total,
+                now.keys_moved,
+                now.keys_per_sec,
+                now.seconds,
+                now.message,
+                now.plan
+            );
+            return ready(reply::bulk_reply(lines.as_bytes()));
+        }
+        (b"CANCEL", 2) => {
+            let running = proxy.routing.moves_progress.load().state == "running";
+            proxy
+                .routing
+                .moves_stop
+                .store(running, std::sync::atomic::Ordering::Relaxed);
+            return ready(match running {
+                true => Bytes::from_static(reply::OK),
+                false => reply::error("ERR slotguard: no move of slots is running"),
+            });
+        }
+        _ => {
+            return ready(reply::error(
+                "ERR slotguard: SLOTGUARD MIGRATE <slots> <node> | REBALANCE [<node>=<weight> ...] | DRAIN <node> | MIGRATIONS | CANCEL",
+            ))
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    proxy.routing.request_move(MoveRequest { order, reply: tx });
+    Pending::Wait(rx)
 }
 
 /// LATENCY and SLOWLOG: the masters' events, histograms and slow commands, merged (see

@@ -46,6 +46,41 @@ pub enum Hint {
     Refresh,
 }
 
+/// Slots to move, asked for through the proxy (`SLOTGUARD MIGRATE | REBALANCE | DRAIN`);
+/// the control plane plans and runs it (`cluster::mover`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MoveOrder {
+    /// `slots` (`100-199,300`) to the master `to` (id, prefix or `host:port`).
+    Migrate { slots: String, to: String },
+    /// Weights, each `NODE=N`.
+    Rebalance { weights: Vec<String> },
+    /// Every slot off `node`.
+    Drain { node: String },
+}
+
+/// A [`MoveOrder`] and where its answer goes: the plan as a RESP bulk string, or an error.
+#[derive(Debug)]
+pub struct MoveRequest {
+    pub order: MoveOrder,
+    pub reply: tokio::sync::oneshot::Sender<bytes::Bytes>,
+}
+
+/// The last move of slots asked for through the proxy, as the control plane last saw it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct MoveProgress {
+    /// `idle`, `running`, `done`, `stopped` or `failed`.
+    pub state: String,
+    /// The plan, as `slotguard migrate` prints it.
+    pub plan: String,
+    pub slots_done: usize,
+    pub slots_total: usize,
+    pub keys_moved: u64,
+    pub keys_per_sec: f64,
+    pub seconds: f64,
+    /// Why it failed or stopped.
+    pub message: String,
+}
+
 /// The state the planes share.
 pub struct Routing {
     config: ArcSwap<Config>,
@@ -63,6 +98,13 @@ pub struct Routing {
     pub server_version: ArcSwap<String>,
     pub status: ArcSwap<Status>,
     hints: mpsc::UnboundedSender<Hint>,
+    /// Moves of slots asked for through the proxy, to the control plane.
+    moves: mpsc::UnboundedSender<MoveRequest>,
+    moves_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<MoveRequest>>>,
+    /// The running move is to stop at its next step boundary (`SLOTGUARD CANCEL`).
+    pub moves_stop: AtomicBool,
+    /// The last move's progress, published by the control plane.
+    pub moves_progress: ArcSwap<MoveProgress>,
     /// Bumped when the map or the blocked set changes.
     changes: watch::Sender<u64>,
 }
@@ -71,6 +113,7 @@ impl Routing {
     /// The shared state; the receiver carries the data plane's hints to the control plane.
     pub fn new(config: Config) -> (Arc<Routing>, mpsc::UnboundedReceiver<Hint>) {
         let (hints, rx) = mpsc::unbounded_channel();
+        let (moves, moves_rx) = mpsc::unbounded_channel();
         let flags = || (0..SLOTS).map(|_| AtomicBool::new(false)).collect();
         let routing = Routing {
             config: ArcSwap::from_pointee(config),
@@ -82,6 +125,13 @@ impl Routing {
             server_version: ArcSwap::from_pointee("7.0.0".to_string()),
             status: ArcSwap::from_pointee(Status::default()),
             hints,
+            moves,
+            moves_rx: std::sync::Mutex::new(Some(moves_rx)),
+            moves_stop: AtomicBool::new(false),
+            moves_progress: ArcSwap::from_pointee(MoveProgress {
+                state: "idle".into(),
+                ..MoveProgress::default()
+            }),
             changes: watch::Sender::new(0),
         };
         (Arc::new(routing), rx)
@@ -152,6 +202,19 @@ impl Routing {
     /// Tells the control plane something (the data plane's only way back).
     pub fn hint(&self, hint: Hint) {
         let _ = self.hints.send(hint);
+    }
+
+    /// Asks the control plane to move slots; the answer comes on the request's `reply`.
+    pub fn request_move(&self, request: MoveRequest) {
+        let _ = self.moves.send(request);
+    }
+
+    /// The control plane's end of the move requests (once).
+    pub fn take_moves(&self) -> Option<mpsc::UnboundedReceiver<MoveRequest>> {
+        self.moves_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }
 
