@@ -486,9 +486,10 @@ pub async fn settled(
         .map(|n| n.addr())
         .collect();
     let seen = std::sync::Mutex::new(String::new());
-    wait_for(limit, || {
+    let last = std::sync::Mutex::new(String::new());
+    let waited = wait_for(limit, || {
         let addrs = addrs.clone();
-        let seen = &seen;
+        let (seen, last) = (&seen, &last);
         async move {
             let mut owners = std::collections::BTreeSet::new();
             for addr in &addrs {
@@ -507,6 +508,10 @@ pub async fn settled(
                 };
                 let me = lines.iter().find(|l| l.myself).unwrap();
                 if !me.migrating.is_empty() || !me.importing.is_empty() {
+                    *last.lock().unwrap() = format!(
+                        "{addr} has open: migrating {:?}, importing {:?}",
+                        me.migrating, me.importing
+                    );
                     return false;
                 }
                 let holder = lines.iter().find(|l| l.master && l.owns(slot));
@@ -514,14 +519,22 @@ pub async fn settled(
             }
             let one = match (owners.len(), owners.first()) {
                 (1, Some(Some(id))) if owner.is_none_or(|o| o == id) => id.clone(),
-                _ => return false,
+                _ => {
+                    *last.lock().unwrap() = format!("owners {owners:?}, wanted {owner:?}");
+                    return false;
+                }
             };
             *seen.lock().unwrap() = one;
             true
         }
     })
-    .await
-    .expect("the slot settles on one owner");
+    .await;
+    if waited.is_err() {
+        panic!(
+            "slot {slot} did not settle on one owner: {}",
+            last.into_inner().unwrap()
+        );
+    }
     let id = seen.into_inner().unwrap();
     (std::time::Instant::now(), id)
 }
