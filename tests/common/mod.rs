@@ -492,6 +492,7 @@ pub async fn settled(
         let (seen, last) = (&seen, &last);
         async move {
             let mut owners = std::collections::BTreeSet::new();
+            let mut open = Vec::new();
             for addr in &addrs {
                 let Ok(v) = slotguard::client::query(
                     addr,
@@ -508,14 +509,20 @@ pub async fn settled(
                 };
                 let me = lines.iter().find(|l| l.myself).unwrap();
                 if !me.migrating.is_empty() || !me.importing.is_empty() {
-                    *last.lock().unwrap() = format!(
-                        "{addr} has open: migrating {:?}, importing {:?}",
-                        me.migrating, me.importing
-                    );
-                    return false;
+                    let role = if me.master { "master" } else { "replica" };
+                    open.push(format!(
+                        "{addr} ({role} {}) has open: migrating {:?}, importing {:?}",
+                        &me.id[..8],
+                        me.migrating,
+                        me.importing
+                    ));
                 }
                 let holder = lines.iter().find(|l| l.master && l.owns(slot));
                 owners.insert(holder.map(|l| l.id.clone()));
+            }
+            if !open.is_empty() {
+                *last.lock().unwrap() = open.join("; ");
+                return false;
             }
             let one = match (owners.len(), owners.first()) {
                 (1, Some(Some(id))) if owner.is_none_or(|o| o == id) => id.clone(),
