@@ -407,39 +407,24 @@ pub async fn run(
     Ok(())
 }
 
-/// The moves an order makes of the cluster as it is. Migrations left open by an earlier
-/// run (stopped, or cut by a crash) are finished first, where they were going.
+/// The moves an order makes of the cluster as it is. A slot of `migrate` left open by an
+/// earlier run (stopped, or cut by a crash) is finished where it was going. `rebalance`
+/// and `drain` weigh the whole cluster, so they first finish every migration left open
+/// between two live masters, where it was going.
 pub fn plan(cluster: &Cluster, order: Order) -> Result<Vec<Move>, String> {
     let mut owned = owned(cluster);
-    let open = cluster.open_migrations();
-    let mut moves: Vec<Move> = Vec::new();
-    for (&slot, (from, to)) in &open {
-        if cluster.is_live_master(from) && cluster.is_live_master(to) {
-            moves.push(Move {
-                slot,
-                to: to.clone(),
-            });
-            if let Some(slots) = owned.get_mut(from) {
-                slots.retain(|&s| s != slot);
-            }
-            if let Some(slots) = owned.get_mut(to) {
-                slots.push(slot);
-                slots.sort_unstable();
-            }
-        }
-    }
-    let more = match order {
+    let (mut moves, more) = match order {
         Order::Migrate { slots, to } => {
             let to = find_master(cluster, &to)?;
             let theirs = owned.get(&to).cloned().unwrap_or_default();
-            parse_slots(&slots)?
+            let moves = parse_slots(&slots)?
                 .into_iter()
                 .filter(|s| theirs.binary_search(s).is_err())
                 .map(|slot| Move {
                     slot,
                     to: to.clone(),
-                })
-                .collect()
+                });
+            return Ok(moves.collect());
         }
         Order::Rebalance { weights } => {
             let mut by_id = HashMap::new();
@@ -452,19 +437,41 @@ pub fn plan(cluster: &Cluster, order: Order) -> Result<Vec<Move>, String> {
                     .map_err(|_| format!("--weight {w}: {n} is not a whole number"))?;
                 by_id.insert(find_master(cluster, node)?, n);
             }
-            rebalance_moves(&owned, &by_id)
+            let open = finish_open(cluster, &mut owned);
+            (open, rebalance_moves(&owned, &by_id))
         }
         Order::Drain { node } => {
             let node = find_master(cluster, &node)?;
             if owned.len() < 2 {
                 return Err("no other master to take the slots".into());
             }
-            drain_moves(&owned, &node)
+            let open = finish_open(cluster, &mut owned);
+            (open, drain_moves(&owned, &node))
         }
     };
     moves.retain(|m| !more.iter().any(|n| n.slot == m.slot));
     moves.extend(more);
     Ok(moves)
+}
+
+/// Every migration open between two live masters, as a move to where it was going; `owned`
+/// is changed as if they had ended.
+fn finish_open(cluster: &Cluster, owned: &mut BTreeMap<String, Vec<u16>>) -> Vec<Move> {
+    let mut moves = Vec::new();
+    for (slot, (from, to)) in cluster.open_migrations() {
+        if !cluster.is_live_master(&from) || !cluster.is_live_master(&to) {
+            continue;
+        }
+        if let Some(slots) = owned.get_mut(&from) {
+            slots.retain(|&s| s != slot);
+        }
+        if let Some(slots) = owned.get_mut(&to) {
+            slots.push(slot);
+            slots.sort_unstable();
+        }
+        moves.push(Move { slot, to });
+    }
+    moves
 }
 
 /// Runs `moves`, one slot after another, showing progress on stderr. `stop` (Ctrl-C)
