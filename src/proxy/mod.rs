@@ -446,14 +446,10 @@ impl Proxy {
                 // The slot waits for earlier requests or a repair: so does this one.
                 self.hold.push(job, Reason::Queued);
             }
-            Redirect::Moved { slot, addr }
-                if self.routing.is_watched(slot)
-                    && !self.routing.status.load().migrates_to(slot, &addr) =>
-            {
+            Redirect::Moved { slot, addr } if self.routing.is_watched(slot) => {
                 // A slot in migration moved: that is the cluster's epoch speaking, and the
                 // authority must look before anything is sent there (the new owner may
-                // lack keys). Wait for the next refresh instead. A move to where a live
-                // migration was going is that migration finishing: followed at once.
+                // lack keys). Wait for the next refresh instead.
                 self.hint(Hint::Refresh);
                 let why = format!("slot moved to {addr} during a migration; checking");
                 self.hold.push(job, Reason::NotReady(why));

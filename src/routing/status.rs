@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::decision::{Decision, State};
+use super::decision::Decision;
 
 /// A node's role, as it reports it.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -144,17 +144,6 @@ impl Status {
     pub fn node_failed(&self, addr: &str) -> bool {
         self.view.node_failed(addr)
     }
-
-    /// True when the authority last saw `slot` in a live migration (both ends up and
-    /// agreeing) whose target is the node at `addr`: a MOVED there is that migration's
-    /// own end, as its driver finalized it.
-    pub fn migrates_to(&self, slot: u16, addr: &str) -> bool {
-        self.decisions.iter().any(|d| {
-            d.slot == slot
-                && matches!(&d.state, State::Migrating { to, .. }
-                    if self.view.addr_of(to) == Some(addr))
-        })
-    }
 }
 
 #[cfg(test)]
@@ -184,55 +173,6 @@ mod tests {
         };
         assert!(view.node_failed("a:1"), "a replica serves no writes");
         assert!(!view.node_failed("b:1"));
-    }
-
-    #[test]
-    fn a_move_to_a_live_migrations_target_is_that_migration_finishing() {
-        let node = |id: &str, addr: &str| NodeStatus {
-            id: id.into(),
-            addr: addr.into(),
-            hostname: String::new(),
-            role: Role::Master,
-            master_id: None,
-            health: Health::Ok,
-            config_epoch: 0,
-            slots: vec![],
-            migrating: vec![],
-            importing: vec![],
-        };
-        let decision = |slot, state| Decision {
-            slot,
-            state,
-            plan: vec![],
-        };
-        let status = Status {
-            view: ClusterView {
-                nodes: vec![node("A", "a:1"), node("B", "b:1")],
-                answered: 2,
-            },
-            decisions: vec![
-                decision(
-                    7,
-                    State::Migrating {
-                        from: "A".into(),
-                        to: "B".into(),
-                    },
-                ),
-                decision(
-                    8,
-                    State::Orphaned {
-                        why: "waiting".into(),
-                    },
-                ),
-            ],
-        };
-        assert!(status.migrates_to(7, "b:1"));
-        assert!(
-            !status.migrates_to(7, "a:1"),
-            "back to the source: the authority looks"
-        );
-        assert!(!status.migrates_to(8, "b:1"), "not a live migration");
-        assert!(!status.migrates_to(9, "b:1"));
     }
 
     #[test]
