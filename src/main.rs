@@ -127,7 +127,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    slotguard::logging::init(&config.log_level, config.log_json);
+    // Moving slots shows a progress bar; each step's log line would break it. Warnings
+    // and errors still show (RUST_LOG or `log.level` in a config file say otherwise).
+    let moving = matches!(
+        cli.command,
+        Some(Cmd::Migrate { .. } | Cmd::Rebalance { .. } | Cmd::Drain { .. })
+    );
+    let level = match (moving, cli.config.is_some()) {
+        (true, false) => "warn",
+        _ => config.log_level.as_str(),
+    };
+    slotguard::logging::init(level, config.log_json);
     // One thread: a current-thread runtime, which saves the work-stealing machinery.
     let mut builder = if config.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
