@@ -656,6 +656,13 @@ impl Group<'_> {
         Err(last)
     }
 
+    /// Counts `slot` as done once, whichever try moved its keys.
+    fn count(&self, counted: &mut std::collections::BTreeSet<u16>, slot: u16) {
+        if counted.insert(slot) {
+            self.done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// One try: plans every slot of the group, then runs the plans part by part.
     async fn once(
         &mut self,
@@ -678,9 +685,7 @@ impl Group<'_> {
         for (slot, _, plan) in &plans {
             repair::mark(*slot, journal, true)?;
             repair::run_steps_paced(*slot, &plan.keys, &addrs, journal, dial, pace).await?;
-            if counted.insert(*slot) {
-                self.done.fetch_add(1, Ordering::Relaxed);
-            }
+            self.count(counted, *slot);
         }
         for (slot, _, plan) in &plans {
             repair::run_steps(*slot, &plan.finalize, &addrs, journal, dial).await?;
@@ -708,9 +713,7 @@ impl Group<'_> {
         }
         Ok(())
     }
-}
 
-impl Group<'_> {
     /// One try with Valkey's atomic slot migration: one job a source and target, each
     /// journalled before it is sent and watched until it ends. The server moves the keys,
     /// waits for the target's replicas and hands the slots over itself; a job already
@@ -744,9 +747,7 @@ impl Group<'_> {
             repair::run_steps_paced(first, &[step], &addrs, self.journal, self.dial, self.pace)
                 .await?;
             for slot in slots {
-                if counted.insert(*slot) {
-                    self.done.fetch_add(1, Ordering::Relaxed);
-                }
+                self.count(counted, *slot);
             }
         }
         Ok(())
