@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, warn};
 
+use super::buffers::{grow_aside, Outgoing, GROW_ASIDE};
 use super::job::Job;
 use super::lease::Lease;
 use super::redirect::{classify, Reason, Redirect};
@@ -202,8 +203,9 @@ pub async fn run(
             addr: &addr,
             proxy: &proxy,
             inflight: VecDeque::new(),
-            wbuf: BytesMut::with_capacity(16 * 1024),
+            wbuf: Outgoing::with_capacity(16 * 1024),
             rbuf: BytesMut::with_capacity(16 * 1024),
+            rbuf_aside: false,
             scanner: ReplyScanner::default(),
             resp3,
             own: owner.as_ref(),
@@ -316,8 +318,10 @@ struct Connection<'a> {
     addr: &'a str,
     proxy: &'a Weak<dyn Dispatch>,
     inflight: VecDeque<InFlight>,
-    wbuf: BytesMut,
+    wbuf: Outgoing,
     rbuf: BytesMut,
+    /// `rbuf` grew with [`grow_aside`]: once empty it is let go.
+    rbuf_aside: bool,
     scanner: ReplyScanner,
     /// The connection speaks RESP3; push messages are not replies.
     resp3: bool,
@@ -394,7 +398,7 @@ impl Connection<'_> {
                             self.wbuf.extend_from_slice(lead);
                         }
                     }
-                    self.wbuf.extend_from_slice(&job.raw);
+                    self.wbuf.push(&job.raw);
                     self.inflight.push_back(InFlight {
                         skip: job.skipped_replies(),
                         redirect: None,
@@ -412,7 +416,7 @@ impl Connection<'_> {
                 }
                 // A TLS stream buffers records until flushed; TCP's flush does nothing.
                 let written = async {
-                    stream.write_all(&self.wbuf).await?;
+                    self.wbuf.write_all(&mut stream).await?;
                     stream.flush().await
                 };
                 if let Err(e) = written.await {
@@ -434,8 +438,18 @@ impl Connection<'_> {
                         if closed && self.settled() {
                             return None;
                         }
+                        if self.rbuf.is_empty() && self.rbuf_aside {
+                            // A large reply passed: its room goes.
+                            self.rbuf = BytesMut::with_capacity(16 * 1024);
+                            self.rbuf_aside = false;
+                        }
                         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-                            self.rbuf.reserve(16 * 1024);
+                            if self.rbuf.len() >= GROW_ASIDE {
+                                self.rbuf = grow_aside(std::mem::take(&mut self.rbuf), 16 * 1024).await;
+                                self.rbuf_aside = true;
+                            } else {
+                                self.rbuf.reserve(16 * 1024);
+                            }
                         }
                     }
                     Err(e) => {
@@ -778,8 +792,9 @@ mod tests {
                 addr: ADDR,
                 proxy: &self.weak,
                 inflight: VecDeque::new(),
-                wbuf: BytesMut::new(),
+                wbuf: Outgoing::with_capacity(0),
                 rbuf: BytesMut::new(),
+                rbuf_aside: false,
                 scanner: ReplyScanner::default(),
                 resp3: false,
                 own,

@@ -18,6 +18,7 @@
 #![allow(clippy::result_large_err)]
 
 mod auth_limit;
+mod buffers;
 mod client;
 mod clients;
 pub mod connection;

@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use bytes::Buf;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn, Instrument};
 
+use super::buffers::{grow_aside, Outgoing, GROW_ASIDE};
 use super::client::Client;
 use super::clients::LastCommand;
 use super::owed::Pending;
@@ -99,7 +99,7 @@ pub async fn run(proxy: Arc<Proxy>, tcp: TcpStream, _admission: Admission) {
 
 /// Moves the replies at the front that are already answered into `out`. A request that
 /// waits for its turn is sent when it reaches the front.
-fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut BytesMut, metrics: &Metrics) {
+fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut Outgoing, metrics: &Metrics) {
     let mut cx = Context::from_waker(Waker::noop());
     let mut now = None; // one clock read for every reply written together
     while let Some(front) = owed.front_mut() {
@@ -124,7 +124,7 @@ fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut BytesMut, metr
 async fn write_out(
     proxy: &Proxy,
     stream: &mut Stream,
-    out: &mut BytesMut,
+    out: &mut Outgoing,
     owed: &mut VecDeque<Owed>,
     limit: usize,
     metrics: &Metrics,
@@ -133,7 +133,7 @@ async fn write_out(
     while !out.is_empty() {
         tokio::select! {
             biased;
-            n = stream.write(out) => match n? {
+            n = stream.write(out.chunk()) => match n? {
                 0 => return Err(std::io::ErrorKind::WriteZero.into()),
                 n => out.advance(n),
             },
@@ -162,14 +162,14 @@ async fn write_out(
 }
 
 /// Appends one reply to the output and counts it.
-fn emit(out: &mut BytesMut, bytes: &[u8], done: &Owed, metrics: &Metrics, now: Instant) {
+fn emit(out: &mut Outgoing, bytes: &Bytes, done: &Owed, metrics: &Metrics, now: Instant) {
     if bytes.first() == Some(&b'-') {
         metrics.client_error(bytes);
     }
     let took = now.saturating_duration_since(done.since);
     metrics.request(done.class, took.as_secs_f64());
     if !done.silent {
-        out.extend_from_slice(bytes);
+        out.push(bytes);
     }
 }
 
@@ -251,7 +251,10 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
     let mut scanner = Scanner::new(config.limits.clone());
     // Both start empty: an idle client costs little (see READ_IDLE).
     let mut rbuf = BytesMut::new();
-    let mut out = BytesMut::new();
+    // Reserved in `rbuf` since it was new: past 4 READ_MAX_STEPs it is let go once empty,
+    // so that a client that once sent a large value does not keep its room.
+    let mut reserved = 0;
+    let mut out = Outgoing::default();
     let mut owed: VecDeque<Owed> = VecDeque::new();
     let mut reading = true;
     // Complete requests may be waiting in `rbuf` for room among the replies owed.
@@ -263,9 +266,6 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
         if !out.is_empty() {
             let limit = config.max_output_bytes;
             write_out(proxy, stream, &mut out, &mut owed, limit, metrics).await?;
-            if out.capacity() > 4 * READ_MAX_STEP {
-                out = BytesMut::with_capacity(READ_CHUNK);
-            }
         }
         if *shutdown.borrow() {
             reading = false;
@@ -311,14 +311,24 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
             // with what has arrived, never with what a request announces: a client that
             // announces a huge bulk and sends it slowly holds what it sent.
             let wanted = scanner.wanted().saturating_sub(rbuf.len());
+            if rbuf.is_empty() && reserved > 4 * READ_MAX_STEP {
+                rbuf = BytesMut::new();
+                reserved = 0;
+            }
             if rbuf.is_empty() && wanted == 0 && rbuf.capacity() < READ_CHUNK {
                 rbuf.reserve(READ_IDLE);
             } else if rbuf.capacity() - rbuf.len() < READ_LOW {
                 let step = rbuf.len().clamp(READ_CHUNK, READ_MAX_STEP);
-                rbuf.reserve(match wanted {
+                let step = match wanted {
                     0 => step,
                     _ => step.min(wanted.max(READ_LOW)),
-                });
+                };
+                if rbuf.len() >= GROW_ASIDE {
+                    rbuf = grow_aside(std::mem::take(&mut rbuf), step).await;
+                } else {
+                    rbuf.reserve(step);
+                }
+                reserved += step;
             }
         }
         let idle_at = config
