@@ -114,6 +114,28 @@ pub struct Config {
     /// How long one `WAIT` for the replicas may take before it is asked again
     /// (`durability.wait_timeout`); asked again until `hold.timeout`.
     pub wait_timeout: Duration,
+    /// Several proxies sharing one journal and one repair authority (`[coordination]`);
+    /// `None`: this proxy alone, with its own journal.
+    pub coordination: Option<Coordination>,
+}
+
+/// Where several proxies keep their shared journal and elect their authority.
+#[derive(Clone, Debug)]
+pub struct Coordination {
+    /// etcd's client URLs (`http://` or `https://`).
+    pub endpoints: Vec<String>,
+    /// Every key the proxies use starts with it: one prefix per cluster.
+    pub prefix: String,
+    /// This proxy's name in the lease and in `/status`.
+    pub name: String,
+    /// How long the authority's lease outlives its last renewal.
+    pub lease_ttl: Duration,
+    /// etcd user and password.
+    pub user: Option<(String, String)>,
+    /// The CA of etcd's certificate (PEM), and this proxy's certificate and key for
+    /// client authentication.
+    pub tls_ca: Option<std::path::PathBuf>,
+    pub tls_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// When a write is answered (`durability.ack`).
@@ -165,6 +187,94 @@ struct File {
     log: LogSection,
     shutdown: ShutdownSection,
     durability: DurabilitySection,
+    coordination: CoordinationSection,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct CoordinationSection {
+    etcd: Vec<String>,
+    prefix: String,
+    name: String,
+    lease_ttl: String,
+    username: String,
+    password: String,
+    tls_ca: String,
+    tls_cert: String,
+    tls_key: String,
+}
+
+impl Default for CoordinationSection {
+    fn default() -> Self {
+        CoordinationSection {
+            etcd: Vec::new(),
+            prefix: "/slotguard/".into(),
+            name: String::new(),
+            lease_ttl: "5s".into(),
+            username: String::new(),
+            password: String::new(),
+            tls_ca: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+        }
+    }
+}
+
+impl CoordinationSection {
+    fn validate(self, listen: SocketAddr) -> Result<Option<Coordination>, ConfigError> {
+        if self.etcd.is_empty() {
+            return Ok(None);
+        }
+        for url in &self.etcd {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad(
+                    "coordination.etcd",
+                    url,
+                    "expected an http:// or https:// URL",
+                ));
+            }
+        }
+        if self.prefix.is_empty() {
+            return Err(bad("coordination.prefix", "", "must not be empty"));
+        }
+        let lease_ttl = duration("coordination.lease_ttl", &self.lease_ttl)?;
+        if lease_ttl < Duration::from_secs(2) {
+            return Err(bad(
+                "coordination.lease_ttl",
+                &self.lease_ttl,
+                "at least 2s",
+            ));
+        }
+        let user = match (some(&self.username), some(&self.password)) {
+            (None, None) => None,
+            (Some(u), Some(p)) => Some((u.to_string(), p.to_string())),
+            _ => {
+                return Err(ConfigError(
+                    "coordination.username and coordination.password go together".into(),
+                ))
+            }
+        };
+        let tls_identity = match (some(&self.tls_cert), some(&self.tls_key)) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((c.into(), k.into())),
+            _ => {
+                return Err(ConfigError(
+                    "coordination.tls_cert and coordination.tls_key go together".into(),
+                ))
+            }
+        };
+        Ok(Some(Coordination {
+            endpoints: self.etcd,
+            prefix: self.prefix,
+            name: Some(self.name)
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| listen.to_string()),
+            lease_ttl,
+            user,
+            tls_ca: some(&self.tls_ca).map(Into::into),
+            tls_identity,
+        }))
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -341,6 +451,7 @@ impl Default for File {
             log: LogSection::default(),
             shutdown: ShutdownSection::default(),
             durability: DurabilitySection::default(),
+            coordination: CoordinationSection::default(),
         }
     }
 }
@@ -612,6 +723,7 @@ impl File {
                 }
             },
             wait_timeout: duration("durability.wait_timeout", &self.durability.wait_timeout)?,
+            coordination: self.coordination.validate(listen)?,
         })
     }
 }
@@ -758,6 +870,18 @@ mod tests {
             (
                 "[admin]\nlisten = \"0.0.0.0:9000\"",
                 "admin.listen = \"0.0.0.0:9000\" is beyond loopback",
+            ),
+            (
+                "[coordination]\netcd = [\"127.0.0.1:2379\"]",
+                "coordination.etcd = \"127.0.0.1:2379\"",
+            ),
+            (
+                "[coordination]\netcd = [\"http://e:2379\"]\nlease_ttl = \"1s\"",
+                "coordination.lease_ttl = \"1s\": at least 2s",
+            ),
+            (
+                "[coordination]\netcd = [\"http://e:2379\"]\nusername = \"u\"",
+                "coordination.username and coordination.password go together",
             ),
         ];
         for (text, want) in cases {

@@ -116,6 +116,14 @@ pub struct Metrics {
     pub redirects_outside: IntCounter,
     /// Clients disconnected for leaving more than `client.max_output_bytes` unread.
     pub clients_over_output_limit: IntCounter,
+    /// Repair steps this proxy sent to nodes.
+    pub repair_steps: IntCounter,
+    /// 1 while this proxy is the authority that repairs and moves slots.
+    pub authority: IntGauge,
+    /// How long whoever holds the authority's lease has held it.
+    pub authority_lease_age: IntGauge,
+    /// 1 for where the journal is kept (`etcd`, `file` or `memory`).
+    pub journal_source: IntGaugeVec,
 }
 
 impl Metrics {
@@ -293,6 +301,26 @@ impl Metrics {
                 "slotguard_clients_over_output_limit_total",
                 "Clients disconnected for leaving more than client.max_output_bytes of replies unread",
             ),
+            repair_steps: counter(
+                "slotguard_repair_steps_total",
+                "Repair steps this proxy sent to the cluster's nodes",
+            ),
+            authority: gauge(
+                "slotguard_authority",
+                "1 while this proxy is the authority that repairs and moves slots (always, without [coordination])",
+            ),
+            authority_lease_age: gauge(
+                "slotguard_authority_lease_age_seconds",
+                "How long the authority's etcd lease has been held, by whichever proxy holds it",
+            ),
+            journal_source: IntGaugeVec::new(
+                Opts::new(
+                    "slotguard_journal_source",
+                    "1 for where the journal is kept: etcd, file or memory",
+                ),
+                &["source"],
+            )
+            .expect("valid metric"),
             registry: Registry::new(),
         };
         for c in [
@@ -323,6 +351,10 @@ impl Metrics {
             Box::new(metrics.writes_not_retried.clone()),
             Box::new(metrics.clients_over_output_limit.clone()),
             Box::new(metrics.redirects_outside.clone()),
+            Box::new(metrics.repair_steps.clone()),
+            Box::new(metrics.authority.clone()),
+            Box::new(metrics.authority_lease_age.clone()),
+            Box::new(metrics.journal_source.clone()),
         ] {
             reg(c);
         }

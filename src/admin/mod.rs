@@ -192,6 +192,7 @@ pub fn status(proxy: &Proxy) -> Value {
         "held": held,
         "migrations": migrations,
         "moving": moving(proxy),
+        "authority": proxy.routing.authority.load().as_ref(),
         "durability": {
             "ack": match proxy.config().ack {
                 crate::config::Ack::Master => "master",

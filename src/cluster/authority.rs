@@ -209,6 +209,34 @@ impl<'a> Cluster<'a> {
         out
     }
 
+    /// Slots a replica shows open while its master, live and answering, has nothing open
+    /// for them: (master id, slot). Valkey replicates the open states to replicas, and a
+    /// replica that was away when they were closed keeps them (a restarted node comes
+    /// back with them from its nodes.conf).
+    pub fn stale_on_replicas(&self) -> BTreeSet<(String, u16)> {
+        let open = |l: &NodeLine| -> BTreeSet<u16> {
+            l.migrating
+                .iter()
+                .chain(&l.importing)
+                .map(|(s, _)| *s)
+                .collect()
+        };
+        let mut out = BTreeSet::new();
+        for replica in self.own.values().filter(|l| !l.master) {
+            let Some(master) = replica.master_id.as_deref() else {
+                continue;
+            };
+            let Some(line) = self.own.get(master).filter(|_| self.is_live_master(master)) else {
+                continue;
+            };
+            let closed = open(replica)
+                .into_iter()
+                .filter(|s| !open(line).contains(s));
+            out.extend(closed.map(|slot| (master.to_string(), slot)));
+        }
+        out
+    }
+
     /// The live masters that own `slot` in their own view.
     pub fn claims(&self, slot: u16) -> Vec<&'a NodeLine> {
         self.live_masters().filter(|m| m.owns(slot)).collect()

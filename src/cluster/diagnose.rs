@@ -205,7 +205,16 @@ pub async fn repair(config: &Config, dry_run: bool) -> Result<bool, String> {
         let dial = config
             .dial()
             .with_limit(config.connect_timeout.max(Duration::from_secs(5)));
-        if let Err(e) = repair::run(d.slot, &d.plan, &addresses(&views), &journal, &dial).await {
+        if let Err(e) = repair::run(
+            d.slot,
+            &d.plan,
+            &addresses(&views),
+            &journal,
+            &dial,
+            &repair::Pace::default(),
+        )
+        .await
+        {
             // Often a node has not heard the news yet (gossip); every step is idempotent,
             // so look again and plan from what the cluster shows then.
             println!("  stopped: {e}; looking again");

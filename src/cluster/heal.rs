@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::authority::{self, Cluster, Decision, Migration, State};
-use super::journal::Journal;
+use super::journal::{Change, Journal};
 use super::nodes::NodeLine;
 use super::repair;
 use crate::client::{Conn, Dial};
@@ -73,8 +73,20 @@ impl Healer {
                 .collect()
         };
         let dial = config.dial();
+        // A shared journal is read first: what other proxies saw counts here too. Without
+        // etcd the journal as last read serves.
+        let coordinator = lock(&self.journal).coordinator().cloned();
+        if let Some(c) = &coordinator {
+            let _ = c.sync(&self.journal).await;
+        }
         let (decisions, interesting) =
             assess(views, &self.journal, grace, &dial, &mut self.strays).await;
+        if let Some(c) = coordinator
+            .as_ref()
+            .filter(|_| lock(&self.journal).has_outbox())
+        {
+            let _ = c.sync(&self.journal).await;
+        }
         // Held: broken and conflicted slots, and any slot of a migration that waits for the
         // cluster to settle (the map may name a node that lacks moved keys). A slot that
         // is merely unowned waits by itself, through the failures it meets.
@@ -97,10 +109,14 @@ impl Healer {
         slots.with_label_values(&["held"]).set(held.len() as i64);
         slots.with_label_values(&["broken"]).set(broken as i64);
         let due = self.retry.lock().unwrap_or_else(|e| e.into_inner()).1 <= now;
-        if config.repair_auto && due && !self.repairing() {
+        // With several proxies, only the one that holds the authority's lease repairs.
+        let authority = coordinator.is_none_or(|c| c.is_authority());
+        if config.repair_auto && due && authority && !self.repairing() {
             if let Some(d) = decisions.iter().find(|d| !d.plan.is_empty()) {
                 let addrs = addresses(views);
                 self.start_repair(routing, addrs, d);
+            } else {
+                close_on_replicas(routing, views, &dial).await;
             }
         }
         decisions
@@ -124,7 +140,11 @@ impl Healer {
             .dial()
             .with_limit(config.connect_timeout.max(Duration::from_secs(5)));
         self.repair = Some(tokio::spawn(async move {
-            let result = repair::run(slot, &plan, &addrs, &journal, &dial).await;
+            let pace = repair::Pace {
+                sent: Some(&routing.metrics.repair_steps),
+                ..repair::Pace::default()
+            };
+            let result = repair::run(slot, &plan, &addrs, &journal, &dial, &pace).await;
             let outcome = if result.is_ok() { "ok" } else { "failed" };
             routing.metrics.repairs.with_label_values(&[outcome]).inc();
             {
@@ -144,6 +164,25 @@ impl Healer {
             }
             routing.hint(Hint::Refresh);
         }));
+    }
+}
+
+/// Closes what replicas show open and their masters have closed: the master is told
+/// `CLUSTER SETSLOT <slot> STABLE` again, which Valkey replicates. The slot is served
+/// meanwhile (a replica's open state routes nothing), so nothing is held for it.
+async fn close_on_replicas(routing: &Routing, views: &[(String, Vec<NodeLine>)], dial: &Dial) {
+    let cluster = Cluster::new(views);
+    for (master, slot) in cluster.stale_on_replicas() {
+        let Some(addr) = cluster.addr(&master) else {
+            continue;
+        };
+        info!(slot, master = %master, "a replica shows the slot open and its master does not; closing it again");
+        routing.metrics.repair_steps.inc();
+        let stable = ["CLUSTER", "SETSLOT", &slot.to_string(), "STABLE"];
+        let closed = async { Conn::dial(addr, dial).await?.call_ok(&stable).await };
+        if let Err(e) = closed.await {
+            warn!(slot, addr, error = %e, "cannot close the slot again");
+        }
     }
 }
 
@@ -303,19 +342,23 @@ pub async fn assess(
         .collect();
     // A remembered migration whose slot is stable again is over.
     let unsettled: BTreeSet<u16> = decisions.iter().map(|d| d.slot).collect();
-    let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
-    let before = j.memory.migrations.len();
-    j.memory
-        .migrations
-        .retain(|slot, _| unsettled.contains(slot));
-    j.memory.repairing.retain(|slot| unsettled.contains(slot));
-    j.memory.interrupted.retain(|slot| unsettled.contains(slot));
     strays.slots.retain(|slot| unsettled.contains(slot));
-    if j.memory.migrations.len() != before {
-        info!(
-            forgotten = before - j.memory.migrations.len(),
-            "migrations settled"
-        );
+    let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
+    let m = j.memory();
+    let remembered = m
+        .migrations
+        .keys()
+        .chain(&m.repairing)
+        .chain(&m.interrupted);
+    let settled: BTreeSet<u16> = remembered
+        .filter(|slot| !unsettled.contains(slot))
+        .copied()
+        .collect();
+    if !settled.is_empty() {
+        info!(slots = settled.len(), "migrations settled");
+        for slot in settled {
+            j.record(Change::Settled(slot));
+        }
         save(&j);
     }
     (decisions, interesting)
@@ -338,14 +381,13 @@ fn remember(journal: &Mutex<Journal>, cluster: &Cluster) -> Remembered {
     let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
     let mut changed = false;
     for (master, replicas) in cluster.shards() {
-        if !replicas.is_empty() && j.memory.shards.get(&master) != Some(&replicas) {
-            j.memory.shards.insert(master, replicas);
-            changed = true;
+        if !replicas.is_empty() {
+            changed |= j.record(Change::Shard(master, replicas));
         }
     }
     for (slot, (source, target)) in cluster.open_migrations() {
-        if !j.memory.migrations.contains_key(&slot) {
-            let members = |id: &str| j.memory.shards.get(id).cloned().unwrap_or_default();
+        if !j.memory().migrations.contains_key(&slot) {
+            let members = |id: &str| j.memory().shards.get(id).cloned().unwrap_or_default();
             let m = Migration {
                 source_members: members(&source),
                 target_members: members(&target),
@@ -353,32 +395,37 @@ fn remember(journal: &Mutex<Journal>, cluster: &Cluster) -> Remembered {
                 target,
             };
             info!(slot, source = %m.source, target = %m.target, "migration seen; remembered");
-            j.memory.migrations.insert(slot, m);
-            changed = true;
+            changed |= j.record(Change::Seen(slot, m));
         }
     }
-    let memory = &mut j.memory;
-    for (slot, m) in &memory.migrations {
-        if cluster.is_gone(&m.source) || cluster.is_gone(&m.target) {
-            changed |= memory.interrupted.insert(*slot);
-        }
-    }
-    // Entries that name no node of this cluster belong to another one: drop them.
+    // Entries that name no node of this cluster belong to another one: dropped.
     let known = |id: &String| cluster.addr(id).is_some();
-    let before = j.memory.migrations.len();
-    j.memory.migrations.retain(|_, m| {
-        known(&m.source)
-            || known(&m.target)
-            || m.source_members.iter().chain(&m.target_members).any(known)
-    });
-    if changed || j.memory.migrations.len() != before {
+    let mut interrupted = Vec::new();
+    let mut foreign = Vec::new();
+    for (&slot, m) in &j.memory().migrations {
+        if cluster.is_gone(&m.source) || cluster.is_gone(&m.target) {
+            interrupted.push(slot);
+        }
+        let members = m.source_members.iter().chain(&m.target_members);
+        if !(known(&m.source) || known(&m.target) || members.clone().any(known)) {
+            foreign.push(slot);
+        }
+    }
+    for slot in interrupted {
+        changed |= j.record(Change::Interrupted(slot));
+    }
+    for slot in foreign {
+        changed |= j.record(Change::Foreign(slot));
+    }
+    if changed {
         save(&j);
     }
+    let memory = j.memory();
     Remembered {
-        migrations: j.memory.migrations.clone(),
-        shards: j.memory.shards.clone(),
+        migrations: memory.migrations.clone(),
+        shards: memory.shards.clone(),
         repairing: ours(&j, cluster),
-        interrupted: j.memory.interrupted.clone(),
+        interrupted: memory.interrupted.clone(),
     }
 }
 
@@ -389,12 +436,12 @@ fn remember(journal: &Mutex<Journal>, cluster: &Cluster) -> Remembered {
 fn ours(j: &Journal, cluster: &Cluster) -> BTreeSet<u16> {
     let open = cluster.open_migrations();
     let last_move = |slot: u16| {
-        j.memory.steps.iter().rev().find_map(|r| match &r.step {
+        j.memory().steps.iter().rev().find_map(|r| match &r.step {
             authority::Step::MoveKeys { from, to, .. } if r.slot == slot => Some((from, to)),
             _ => None,
         })
     };
-    j.memory
+    j.memory()
         .repairing
         .iter()
         .copied()
@@ -413,6 +460,10 @@ pub fn addresses(views: &[(String, Vec<NodeLine>)]) -> HashMap<String, String> {
         .filter(|l| !l.addr.is_empty())
         .map(|l| (l.id.clone(), l.addr.clone()))
         .collect()
+}
+
+fn lock(journal: &Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
+    journal.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn save(j: &Journal) {
@@ -453,6 +504,7 @@ async fn count_keys(
 mod tests {
     use super::*;
     use crate::cluster::authority::Step;
+    use crate::cluster::journal::StepRecord;
 
     /// A migrating slot 50 to B, as each of them sees itself.
     fn views() -> Vec<(String, Vec<NodeLine>)> {
@@ -480,7 +532,7 @@ mod tests {
         let views = views();
         let cluster = Cluster::new(&views);
         let mut j = Journal::open(None).unwrap();
-        j.set_repairing(50, true).unwrap();
+        j.record(Change::Repairing(50, true));
         assert_eq!(ours(&j, &cluster), BTreeSet::from([50]), "no move recorded");
         let moving = |from: &str, to: &str| Step::MoveKeys {
             from: from.into(),
@@ -488,11 +540,11 @@ mod tests {
             slot: 50,
             replace: false,
         };
-        j.step(50, &moving("A", "B"), "ok").unwrap();
+        j.record(Change::Step(StepRecord::now(50, &moving("A", "B"), "ok")));
         assert_eq!(ours(&j, &cluster), BTreeSet::from([50]), "the same way");
         // A stray-key repair gave keys back from B to A and failed; then an operator's
         // migration from A to B is open: not ours to finish.
-        j.step(50, &moving("B", "A"), "ASK").unwrap();
+        j.record(Change::Step(StepRecord::now(50, &moving("B", "A"), "ASK")));
         assert_eq!(ours(&j, &cluster), BTreeSet::new());
     }
 }

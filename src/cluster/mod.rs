@@ -5,6 +5,7 @@
 //! Nothing here knows how clients are served.
 
 pub mod authority;
+pub mod coordination;
 pub mod diagnose;
 pub mod heal;
 pub mod journal;

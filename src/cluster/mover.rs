@@ -492,6 +492,7 @@ pub async fn run_moves(
         max_keys_per_sec: options.max_keys_per_sec,
         moved: Some(&progress.keys),
         stop: Some(stop),
+        sent: None,
     };
     // Each target's shard as it is now: a target that fails over mid-run is followed to
     // its replica, the shard's new master.
@@ -550,6 +551,19 @@ pub async fn serve(routing: Arc<Routing>) {
             let _ = request.reply.send(reply::error(
                 "ERR slotguard: slots are being moved already (SLOTGUARD MIGRATIONS shows it, SLOTGUARD CANCEL stops it)",
             ));
+            continue;
+        }
+        // With several proxies, only the authority moves slots (its repairs and a move
+        // must not interleave on one slot).
+        let authority = routing.authority.load();
+        if !authority.this_proxy {
+            let holder = authority
+                .holder
+                .as_deref()
+                .unwrap_or("no proxy (etcd does not answer)");
+            let _ = request.reply.send(reply::error(&format!(
+                "ERR slotguard: this proxy is not the authority; {holder} holds its lease: ask it"
+            )));
             continue;
         }
         let routing = routing.clone();
@@ -683,7 +697,7 @@ impl Group<'_> {
         let addrs = addresses(&views);
         let (journal, dial, pace) = (self.journal, self.dial, self.pace);
         for (slot, _, plan) in &plans {
-            repair::mark(*slot, journal, true)?;
+            repair::mark(*slot, journal, true).await?;
             repair::run_steps_paced(*slot, &plan.keys, &addrs, journal, dial, pace).await?;
             self.count(counted, *slot);
         }
@@ -709,7 +723,7 @@ impl Group<'_> {
         let moved: Vec<(u16, &str)> = plans.iter().map(|(s, to, _)| (*s, to.as_str())).collect();
         repair::await_agreement_all(&moved, &addrs, dial).await;
         for (slot, _, _) in &plans {
-            repair::mark(*slot, journal, false)?;
+            repair::mark(*slot, journal, false).await?;
         }
         Ok(())
     }

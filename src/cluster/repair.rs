@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::authority::Step;
-use super::journal::Journal;
+use super::journal::{self, Change, Journal, StepRecord};
 use crate::client::{Conn, Dial};
 use crate::protocol::Value;
 
@@ -30,13 +30,14 @@ pub async fn run(
     addrs: &HashMap<String, String>,
     journal: &Mutex<Journal>,
     dial: &Dial,
+    pace: &Pace<'_>,
 ) -> Result<(), String> {
-    begin(slot, journal)?;
-    run_steps(slot, plan, addrs, journal, dial).await?;
+    begin(slot, journal).await?;
+    run_steps_paced(slot, plan, addrs, journal, dial, pace).await?;
     if let Some(owner) = new_owner(plan) {
         await_agreement(slot, owner, addrs, dial).await;
     }
-    mark(slot, journal, false)
+    mark(slot, journal, false).await
 }
 
 /// The master a plan binds the slot to last: its new owner.
@@ -106,16 +107,14 @@ pub async fn await_agreement_all(
 }
 
 /// Marks `slot` as being repaired or not, in the journal.
-pub fn mark(slot: u16, journal: &Mutex<Journal>, repairing: bool) -> Result<(), String> {
-    let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
-    j.set_repairing(slot, repairing)
-        .map_err(|e| format!("cannot write the journal: {e}"))
+pub async fn mark(slot: u16, journal: &Mutex<Journal>, repairing: bool) -> Result<(), String> {
+    journal::commit(journal, Change::Repairing(slot, repairing)).await
 }
 
 /// Marks `slot` as being repaired: if the proxy dies before the repair ends, the next one
 /// finishes it, even where the slot looks like a live migration.
-pub fn begin(slot: u16, journal: &Mutex<Journal>) -> Result<(), String> {
-    mark(slot, journal, true)
+pub async fn begin(slot: u16, journal: &Mutex<Journal>) -> Result<(), String> {
+    mark(slot, journal, true).await
 }
 
 /// How keys move: batch size, a rate limit, and where to count them.
@@ -129,6 +128,8 @@ pub struct Pace<'a> {
     /// Asked between batches: true stops the move there (the slot stays migrating, and
     /// the move resumes from the cluster's state).
     pub stop: Option<&'a AtomicBool>,
+    /// Counts every step sent.
+    pub sent: Option<&'a prometheus::IntCounter>,
 }
 
 impl Default for Pace<'_> {
@@ -138,6 +139,7 @@ impl Default for Pace<'_> {
             max_keys_per_sec: None,
             moved: None,
             stop: None,
+            sent: None,
         }
     }
 }
@@ -171,10 +173,9 @@ pub async fn run_steps_paced(
         dial,
     };
     for step in plan {
-        {
-            let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
-            j.step(slot, step, "sent")
-                .map_err(|e| format!("cannot write the journal: {e}"))?;
+        journal::commit(journal, Change::Step(StepRecord::now(slot, step, "sent"))).await?;
+        if let Some(sent) = pace.sent {
+            sent.inc();
         }
         let result = run_step(step, &mut nodes, pace).await;
         let outcome = match &result {
@@ -185,8 +186,8 @@ pub async fn run_steps_paced(
             Ok(()) => info!(slot, step = ?step, "repair step done"),
             Err(e) => warn!(slot, step = ?step, error = %e, "repair step failed"),
         }
-        let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = j.step(slot, step, &outcome);
+        let record = StepRecord::now(slot, step, &outcome);
+        let _ = journal::commit(journal, Change::Step(record)).await;
         result?;
     }
     Ok(())

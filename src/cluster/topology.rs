@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
+use super::coordination::Coordinator;
 use super::heal::Healer;
 use super::journal::Journal;
 use super::nodes::{self, NodeLine};
@@ -25,7 +26,7 @@ use crate::client::{query, Conn, Dial};
 use crate::config::ReadFrom;
 use crate::protocol::{Value, SLOTS};
 use crate::routing::command::Commands;
-use crate::routing::status::{ClusterView, Health, Role, Status};
+use crate::routing::status::{Authority, ClusterView, Health, Role, Status};
 use crate::routing::{Hint, Routing};
 
 /// Shortest pause between two refreshes prompted by hints.
@@ -57,15 +58,7 @@ fn warn_unprotected(routing: &Routing, view: &ClusterView, last: &mut Vec<String
 
 pub async fn run(routing: Arc<Routing>, mut hints: mpsc::UnboundedReceiver<Hint>) {
     let mut known: Vec<String> = routing.config().seeds.clone();
-    let state_dir = routing.config().state_dir.clone();
-    if state_dir.is_none() {
-        warn!("state_dir is not set: the migration journal lives in memory only and a restart forgets it");
-    }
-    let journal = Journal::open(state_dir.as_deref()).unwrap_or_else(|e| {
-        error!(error = %e, "cannot open the journal; keeping it in memory");
-        Journal::open(None).expect("an in-memory journal always opens")
-    });
-    let mut healer = Healer::new(journal);
+    let mut healer = Healer::new(open_journal(&routing));
     let mut unsettled = false;
     let mut published: Assignment = vec![None; SLOTS];
     let mut replicas = Replicas::new();
@@ -155,6 +148,32 @@ pub async fn run(routing: Arc<Routing>, mut hints: mpsc::UnboundedReceiver<Hint>
             _ = wait => {}
         }
     }
+}
+
+/// The journal: shared through etcd with `[coordination]` (whose lease this starts
+/// campaigning for), else this proxy's own, under `state_dir`.
+fn open_journal(routing: &Arc<Routing>) -> Journal {
+    let config = routing.config();
+    if let Some(coordination) = config.coordination.clone() {
+        info!(etcd = ?coordination.endpoints, name = %coordination.name, "the journal and the authority are shared through etcd");
+        let coordinator = Coordinator::new(coordination);
+        routing.publish_authority(coordinator.authority());
+        tokio::spawn(coordinator.clone().run(routing.clone()));
+        return Journal::shared(coordinator);
+    }
+    if config.state_dir.is_none() {
+        warn!("state_dir is not set: the migration journal lives in memory only and a restart forgets it");
+    }
+    let journal = Journal::open(config.state_dir.as_deref()).unwrap_or_else(|e| {
+        error!(error = %e, "cannot open the journal; keeping it in memory");
+        Journal::open(None).expect("an in-memory journal always opens")
+    });
+    routing.publish_authority(Authority {
+        journal: journal.source(),
+        this_proxy: true,
+        ..Authority::default()
+    });
+    journal
 }
 
 /// Sets the slot-state gauges from a fresh view.

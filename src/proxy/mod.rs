@@ -472,7 +472,12 @@ impl Proxy {
                 // the migration of the slot to move on, then run it whole at the owner.
                 self.hold.push(job, Reason::TryAgain);
             }
-            Redirect::Ask { addr, .. } => {
+            Redirect::Ask { slot, addr } => {
+                if !self.routing.is_watched(slot) {
+                    // A migration the control plane has not seen yet: until it has, a
+                    // MOVED for the slot would be followed blindly.
+                    self.hint(Hint::Refresh);
+                }
                 let extra = job.extra();
                 extra.prefix = Some(bytes::Bytes::from_static(redirect::ASKING));
                 extra.prefix_replies = 1;

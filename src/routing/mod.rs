@@ -105,6 +105,8 @@ pub struct Routing {
     pub moves_stop: AtomicBool,
     /// The last move's progress, published by the control plane.
     pub moves_progress: ArcSwap<MoveProgress>,
+    /// Who repairs and moves slots.
+    pub authority: ArcSwap<status::Authority>,
     /// Bumped when the map or the blocked set changes.
     changes: watch::Sender<u64>,
 }
@@ -128,6 +130,7 @@ impl Routing {
             moves,
             moves_rx: std::sync::Mutex::new(Some(moves_rx)),
             moves_stop: AtomicBool::new(false),
+            authority: ArcSwap::from_pointee(status::Authority::default()),
             moves_progress: ArcSwap::from_pointee(MoveProgress {
                 state: "idle".into(),
                 ..MoveProgress::default()
@@ -159,6 +162,19 @@ impl Routing {
         self.map
             .store(Arc::new(SlotMap::build(owners, replicas, generation)));
         self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Publishes who repairs and moves slots, to `/status` and the metrics.
+    pub fn publish_authority(&self, authority: status::Authority) {
+        let m = &self.metrics;
+        m.authority.set(i64::from(authority.this_proxy));
+        m.authority_lease_age
+            .set(authority.lease_age_seconds.unwrap_or(0) as i64);
+        for source in ["etcd", "file", "memory"] {
+            let on = i64::from(source == authority.journal);
+            m.journal_source.with_label_values(&[source]).set(on);
+        }
+        self.authority.store(Arc::new(authority));
     }
 
     /// Makes exactly `slots` blocked.

@@ -127,6 +127,22 @@ impl ClusterView {
     }
 }
 
+/// Who repairs and moves slots, as the control plane last published it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Authority {
+    /// Where the journal is kept: `etcd`, `file` or `memory`.
+    pub journal: &'static str,
+    /// This proxy repairs and moves slots: it holds the authority's lease, or it works
+    /// alone.
+    pub this_proxy: bool,
+    /// The proxy that holds the authority's lease (`[coordination]` only).
+    pub holder: Option<String>,
+    /// How long the holder has held it, in seconds.
+    pub lease_age_seconds: Option<u64>,
+    /// Why etcd is not answering, while it is not.
+    pub etcd_error: Option<String>,
+}
+
 /// What the control plane last published about the cluster.
 #[derive(Clone, Debug, Default)]
 pub struct Status {

@@ -124,17 +124,37 @@ impl Harness {
     /// `redis-cli --cluster check` against a running node: clean means no error, no
     /// warning (open slots are warnings) and every slot covered.
     pub fn cluster_check(&self) -> Result<(), String> {
-        let node = self
-            .cluster
+        cluster_check(&self.cluster)
+    }
+}
+
+/// Waits up to 10 s for [`cluster_check`] to come back clean, and asserts it does: a node
+/// just restarted may come back with a slot open that the proxy closes at its next look
+/// (a Valkey replica keeps what its nodes.conf says).
+pub async fn assert_clean(cluster: &LocalCluster) {
+    let clean = || async { cluster_check(cluster).is_ok() };
+    if wait_for(Duration::from_secs(10), clean).await.is_err() {
+        panic!(
+            "the cluster check is not clean: {}",
+            cluster_check(cluster).unwrap_err()
+        );
+    }
+}
+
+/// `redis-cli --cluster check` against a running node of `cluster` (see
+/// [`Harness::cluster_check`]).
+pub fn cluster_check(cluster: &LocalCluster) -> Result<(), String> {
+    {
+        let node = cluster
             .nodes
             .iter()
             .find(|n| n.pid().is_some())
             .expect("a running node");
         let mut cli = Command::new("redis-cli");
-        if let Some(auth) = self.cluster.auth() {
+        if let Some(auth) = cluster.auth() {
             cli.args(["-a", &auth.password, "--no-auth-warning"]);
         }
-        if let Some(tls) = &self.cluster.options.tls {
+        if let Some(tls) = &cluster.options.tls {
             cli.arg("--tls")
                 .arg("--cacert")
                 .arg(&tls.ca)
@@ -478,8 +498,17 @@ pub async fn settled(
     owner: Option<&str>,
     limit: Duration,
 ) -> (std::time::Instant, String) {
-    let addrs: Vec<String> = h
-        .cluster
+    settled_in(&h.cluster, slot, owner, limit).await
+}
+
+/// [`settled`], for a cluster without a [`Harness`].
+pub async fn settled_in(
+    cluster: &LocalCluster,
+    slot: u16,
+    owner: Option<&str>,
+    limit: Duration,
+) -> (std::time::Instant, String) {
+    let addrs: Vec<String> = cluster
         .nodes
         .iter()
         .filter(|n| n.pid().is_some())
@@ -695,8 +724,8 @@ pub fn items(frame: &bytes::Bytes) -> Vec<String> {
 }
 
 /// The proxy as a process of its own (`slotguard --config`), so that its memory can be
-/// measured and its log read. Its log goes to `proxy.log` in the cluster's directory;
-/// the admin listener is on.
+/// measured, its log read, and several run. Its log goes to `proxy-<port>.log` in the
+/// cluster's directory; the admin listener is on.
 pub struct ProxyProcess {
     pub child: std::process::Child,
     pub port: u16,
@@ -719,26 +748,48 @@ impl ProxyProcess {
         extra: &str,
         token: Option<&str>,
     ) -> ProxyProcess {
+        ProxyProcess::launch(cluster, 0, extra, token).await
+    }
+
+    /// As [`ProxyProcess::start`], seeded with node `seed` (node 0 may be down).
+    pub async fn start_seeded(cluster: &LocalCluster, seed: usize, extra: &str) -> ProxyProcess {
+        ProxyProcess::launch(cluster, seed, extra, None).await
+    }
+
+    async fn launch(
+        cluster: &LocalCluster,
+        seed: usize,
+        extra: &str,
+        token: Option<&str>,
+    ) -> ProxyProcess {
         let free = || slotguard::localcluster::free_port().unwrap();
         let port = free();
         let admin = std::iter::repeat_with(free).find(|&p| p != port).unwrap();
-        let path = cluster.dir.join("proxy.toml");
+        let path = cluster.dir.join(format!("proxy-{port}.toml"));
         let token_line = token
             .map(|t| format!("token = \"{t}\"\n"))
             .unwrap_or_default();
         let text = format!(
             "listen = \"127.0.0.1:{port}\"\nseeds = [\"{}\"]\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{token_line}",
-            cluster.nodes[0].addr()
+            cluster.nodes[seed].addr()
         );
         std::fs::write(&path, text).unwrap();
-        let log = cluster.dir.join("proxy.log");
+        let log = cluster.dir.join(format!("proxy-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_slotguard"))
             .args(["--config", path.to_str().unwrap()])
             .stderr(std::fs::File::create(&log).unwrap())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // Generous: tests of a file run two at a time, and may load the machine.
+        let proxy = ProxyProcess {
+            child,
+            port,
+            admin,
+            log,
+            token: token.map(str::to_string),
+        };
+        // Generous: tests of a file run two at a time, and may load the machine. (A proxy
+        // that never serves is killed when `proxy` drops.)
         wait_for(Duration::from_secs(30), || async move {
             let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
                 return false;
@@ -749,14 +800,8 @@ impl ProxyProcess {
             matches!(s.read(&mut buf).await, Ok(n) if n > 0 && (buf[0] == b'$' || buf[..n].starts_with(b"-NOAUTH")))
         })
         .await
-        .expect("the proxy serves");
-        ProxyProcess {
-            child,
-            port,
-            admin,
-            log,
-            token: token.map(str::to_string),
-        }
+        .unwrap_or_else(|_| panic!("the proxy serves: {}", proxy.log_text()));
+        proxy
     }
 
     /// The body of admin path `path` (`/metrics`, `/status`).
