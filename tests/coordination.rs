@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{node_id, writers, ProxyProcess, Report};
+use common::{make_certs, node_id, writers, Certs, ProxyProcess, Report};
 use slotguard::localcluster::{free_port, wait_for, LocalCluster, Options};
 use slotguard::protocol::key_slot;
 
@@ -22,11 +22,20 @@ struct Etcd {
     port: u16,
     peer: u16,
     dir: PathBuf,
+    /// Clients speak TLS, and must show a certificate the CA signed.
+    tls: Option<Certs>,
+    /// Authentication is on; root's password.
+    root_password: Option<String>,
 }
 
 impl Etcd {
     /// Starts etcd, or returns `None` (the test is skipped) when it is not installed.
     async fn start(dir: &Path) -> Option<Etcd> {
+        Etcd::start_with(dir, None).await
+    }
+
+    /// [`Etcd::start`], serving clients over TLS with `tls` when given.
+    async fn start_with(dir: &Path, tls: Option<Certs>) -> Option<Etcd> {
         if Command::new("etcd").arg("--version").output().is_err() {
             eprintln!(
                 "SKIPPED: etcd is not installed (apt-get install etcd-server); .ci/run installs it"
@@ -42,15 +51,27 @@ impl Etcd {
             port,
             peer,
             dir: dir.join("etcd"),
+            tls,
+            root_password: None,
         };
         etcd.spawn().await;
         Some(etcd)
     }
 
     async fn spawn(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.port);
+        let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer);
-        let child = Command::new("etcd")
+        let mut etcd = Command::new("etcd");
+        if let Some(certs) = &self.tls {
+            etcd.arg("--cert-file")
+                .arg(&certs.server.0)
+                .arg("--key-file")
+                .arg(&certs.server.1)
+                .arg("--trusted-ca-file")
+                .arg(&certs.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = etcd
             .args(["--name", "t", "--data-dir"])
             .arg(&self.dir)
             .args(["--listen-client-urls", &client])
@@ -64,18 +85,43 @@ impl Etcd {
             .spawn()
             .expect("etcd starts");
         self.child = Some(child);
-        let url = self.url();
-        wait_for(Duration::from_secs(20), || {
-            let url = url.clone();
-            async move {
-                match etcd_client::Client::connect([url], None).await {
-                    Ok(mut c) => c.status().await.is_ok(),
-                    Err(_) => false,
-                }
+        let answers = || async {
+            match self.client().await {
+                Ok(mut c) => c.status().await.is_ok(),
+                Err(_) => false,
             }
-        })
-        .await
-        .expect("etcd answers");
+        };
+        wait_for(Duration::from_secs(20), answers)
+            .await
+            .expect("etcd answers");
+    }
+
+    /// A client, over TLS with the client certificate, as root once authentication is on.
+    async fn client(&self) -> Result<etcd_client::Client, etcd_client::Error> {
+        let mut options = etcd_client::ConnectOptions::new();
+        if let Some(certs) = &self.tls {
+            let pem = |p: &Path| std::fs::read(p).unwrap();
+            let tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(pem(&certs.ca)))
+                .identity(etcd_client::Identity::from_pem(
+                    pem(&certs.client.0),
+                    pem(&certs.client.1),
+                ));
+            options = options.with_tls(tls);
+        }
+        if let Some(password) = &self.root_password {
+            options = options.with_user("root", password);
+        }
+        etcd_client::Client::connect([self.url()], Some(options)).await
+    }
+
+    /// Turns authentication on, with a root user.
+    async fn require_auth(&mut self, password: &str) {
+        let mut c = self.client().await.unwrap();
+        c.user_add("root", password, None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.auth_enable().await.unwrap();
+        self.root_password = Some(password.to_string());
     }
 
     /// kill -9 by pid.
@@ -87,7 +133,8 @@ impl Etcd {
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 }
 
@@ -622,4 +669,61 @@ async fn etcd_down_holds_repairs_and_nothing_else() {
     untouched(&proxies[0], &keys, 60).await;
     eprintln!("REPORT | etcd down while a slot was broken | healthy-slot writes {healthy_writes} | broken-slot writes {broken_writes} | client errors 0");
     restore(&mut cluster, &[0]).await;
+}
+
+/// etcd over TLS, asking for client certificates, with authentication on: a proxy with
+/// the CA, its certificate and the password becomes the authority; one with a wrong
+/// password never does, serves its clients all the same, and says why in `/status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_a_password() {
+    let cluster = LocalCluster::start(Options {
+        masters: 3,
+        replicas_per_master: 0,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let certs = make_certs(&cluster.dir.join("certs"));
+    let Some(mut etcd) = Etcd::start_with(&cluster.dir, Some(certs)).await else {
+        return;
+    };
+    etcd.require_auth("etcd secret").await;
+    let certs = etcd.tls.as_ref().unwrap();
+    let config = |password: &str| {
+        format!(
+            "[coordination]\netcd = [\"{}\"]\nprefix = \"{PREFIX}\"\nusername = \"root\"\npassword = \"{password}\"\ntls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            etcd.url(),
+            certs.ca.display(),
+            certs.client.0.display(),
+            certs.client.1.display(),
+        )
+    };
+    let good = ProxyProcess::start(&cluster, &config("etcd secret")).await;
+    let wrong = ProxyProcess::start(&cluster, &config("a guess")).await;
+    let proxies = [good, wrong];
+    assert_eq!(one_authority(&proxies[..1]).await, 0);
+    let status: serde_json::Value =
+        serde_json::from_str(body(&proxies[1].admin_get("/status").await)).unwrap();
+    let error = status["authority"]["etcd_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("authentication failed"),
+        "{}",
+        status["authority"]
+    );
+    assert_eq!(metric(&proxies[1], "slotguard_authority").await, 0.0);
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{}/", proxies[1].port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    eprintln!("REPORT | etcd over TLS with a password | the wrong password: {error}");
 }

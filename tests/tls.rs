@@ -2,57 +2,13 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ask_raw, Harness};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+use common::{ask_raw, make_certs, Certs, Harness};
 use slotguard::config::Config;
 use slotguard::localcluster::{Options, TlsFiles};
-
-/// A CA, a certificate for 127.0.0.1 (nodes and the proxy), and a client certificate, as
-/// PEM files in `dir`.
-struct Certs {
-    ca: PathBuf,
-    server: (PathBuf, PathBuf),
-    client: (PathBuf, PathBuf),
-}
-
-fn make_certs(dir: &Path) -> Certs {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "slotguard test CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let write = |name: &str, pem: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path
-    };
-    let signed = |name: &str| {
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-        (
-            write(&format!("{name}.crt"), cert.pem()),
-            write(&format!("{name}.key"), key.serialize_pem()),
-        )
-    };
-    Certs {
-        server: signed("server"),
-        client: signed("client"),
-        ca: write("ca.crt", ca.pem()),
-    }
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("slotguard-tls-{name}-{}", std::process::id()));
