@@ -281,6 +281,7 @@ async fn keys_on(cluster: &LocalCluster, i: usize, round: usize, n: usize) -> (u
     let v = common::call(&addr, &["CLUSTER", "NODES"]).await;
     let lines = slotguard::cluster::nodes::parse(v.as_str().unwrap(), "127.0.0.1").unwrap();
     let me = lines.iter().find(|l| l.myself).unwrap();
+    assert!(!me.slots.is_empty(), "node {i} is not a master with slots");
     let tag = (0..)
         .map(|t| format!("r{round}x{t}"))
         .find(|t| me.owns(key_slot(t.as_bytes())))

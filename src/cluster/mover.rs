@@ -654,7 +654,7 @@ impl Group<'_> {
                 tokio::time::sleep(Duration::from_millis(300 * attempt as u64)).await;
             }
             let tried = match self.atomic {
-                true => self.atomically(group, &mut counted).await,
+                true => self.both_ways(group, &mut counted).await,
                 false => self.once(group, &mut counted).await,
             };
             match tried {
@@ -726,6 +726,27 @@ impl Group<'_> {
             repair::mark(*slot, journal, false).await?;
         }
         Ok(())
+    }
+
+    /// One try on a cluster that migrates atomically: slots a migration left open with
+    /// `SETSLOT` (an operator's tool cut short, a failover in the middle of one) are
+    /// finished the same way, with MIGRATE, since the server refuses to start an atomic
+    /// migration of a slot being migrated by hand; the others move atomically.
+    async fn both_ways(
+        &mut self,
+        group: &[Move],
+        counted: &mut std::collections::BTreeSet<u16>,
+    ) -> Result<(), String> {
+        let views = discover(self.config).await?;
+        let open = Cluster::new(&views).open_migrations();
+        let (by_hand, rest): (Vec<Move>, Vec<Move>) = group
+            .iter()
+            .cloned()
+            .partition(|m| open.contains_key(&m.slot));
+        if !by_hand.is_empty() {
+            self.once(&by_hand, counted).await?;
+        }
+        self.atomically(&rest, counted).await
     }
 
     /// One try with Valkey's atomic slot migration: one job a source and target, each
