@@ -169,6 +169,11 @@ fn member(etcd: &Etcd, name: &str) -> String {
     )
 }
 
+/// A client's URL of a proxy.
+fn url_of(proxy: &ProxyProcess) -> String {
+    format!("redis://127.0.0.1:{}/", proxy.port)
+}
+
 /// A metric's value on a proxy (0 when absent).
 async fn metric(proxy: &ProxyProcess, name: &str) -> f64 {
     let text = proxy.metrics().await;
@@ -287,8 +292,7 @@ async fn keys_on(cluster: &LocalCluster, i: usize, round: usize, n: usize) -> (u
         .find(|t| me.owns(key_slot(t.as_bytes())))
         .unwrap();
     let keys: Vec<String> = (0..n).map(|k| format!("{{{tag}}}:{k}")).collect();
-    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut c = common::connect(&format!("redis://{addr}/")).await;
     for chunk in keys.chunks(1000) {
         let mut mset = redis::cmd("MSET");
         for k in chunk {
@@ -311,8 +315,7 @@ fn writers_through(
         .enumerate()
         .map(|(i, p)| {
             let mine: Vec<String> = keys.iter().skip(i).step_by(n).cloned().collect();
-            let url = format!("redis://127.0.0.1:{}/", p.port);
-            tokio::spawn(writers(url, 2, mine, stop.clone()))
+            tokio::spawn(writers(url_of(p), 2, mine, stop.clone()))
         })
         .collect()
 }
@@ -322,8 +325,7 @@ fn writers_through(
 /// through `reader`. Returns the writes.
 async fn unharmed(tasks: Vec<tokio::task::JoinHandle<Report>>, reader: &ProxyProcess) -> u64 {
     let mut writes = 0;
-    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", reader.port)).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut c = common::connect(&url_of(reader)).await;
     for task in tasks {
         let report = task.await.unwrap();
         assert!(report.writes > 0, "every proxy's writers ran");
@@ -342,8 +344,7 @@ async fn unharmed(tasks: Vec<tokio::task::JoinHandle<Report>>, reader: &ProxyPro
 
 /// Keys nobody wrote kept their value.
 async fn untouched(reader: &ProxyProcess, keys: &[String], written: usize) {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", reader.port)).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut c = common::connect(&url_of(reader)).await;
     for k in &keys[written..] {
         let v: Option<String> = redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap();
         assert_eq!(v.as_deref(), Some("initial"), "{k}");
@@ -520,22 +521,8 @@ async fn the_authority_killed_mid_repair_is_succeeded_by_another_proxy() {
     // it sends the fourth step, the key move, it dies too.
     cluster.nodes[0].kill();
     wait_master(&cluster, 3).await;
-    let steps = |p: &ProxyProcess| {
-        let admin = p.admin;
-        async move {
-            let text = common::http_get(([127, 0, 0, 1], admin).into(), "/metrics")
-                .await
-                .1;
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix("slotguard_repair_steps_total ")?
-                        .parse::<f64>()
-                        .ok()
-                })
-                .unwrap_or(0.0)
-        }
-    };
-    let moving = || async { steps(&proxies[authority]).await >= 4.0 };
+    let steps = "slotguard_repair_steps_total";
+    let moving = || async { metric(&proxies[authority], steps).await >= 4.0 };
     wait_for(Duration::from_secs(30), moving)
         .await
         .expect("the authority starts moving the keys");
@@ -560,7 +547,10 @@ async fn the_authority_killed_mid_repair_is_succeeded_by_another_proxy() {
     );
     untouched(&proxies[0], &keys, 60).await;
     assert_eq!(metric(&proxies[0], "slotguard_authority").await, 1.0);
-    assert!(steps(&proxies[0]).await > 0.0, "the new authority repaired");
+    assert!(
+        metric(&proxies[0], steps).await > 0.0,
+        "the new authority repaired"
+    );
     eprintln!("REPORT | repair finished by the new authority | writes {writes} | client errors 0");
     restore(&mut cluster, &[0]).await;
 }
@@ -715,11 +705,7 @@ async fn etcd_over_tls_with_a_password() {
         status["authority"]
     );
     assert_eq!(metric(&proxies[1], "slotguard_authority").await, 0.0);
-    let mut c = redis::Client::open(format!("redis://127.0.0.1:{}/", proxies[1].port))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = common::connect(&url_of(&proxies[1])).await;
     let () = redis::cmd("SET")
         .arg("k")
         .arg("v")

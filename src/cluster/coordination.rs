@@ -32,7 +32,7 @@ use etcd_client::{
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::journal::{Change, Journal, Memory};
+use super::journal::{lock, Change, Journal, Memory};
 use crate::config::Coordination;
 use crate::routing::status::Authority;
 use crate::routing::Routing;
@@ -415,8 +415,4 @@ impl Coordinator {
             "{CAS_ROUNDS} writes of the journal in a row lost to other proxies' writes"
         )))
     }
-}
-
-fn lock(journal: &Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
-    journal.lock().unwrap_or_else(|e| e.into_inner())
 }

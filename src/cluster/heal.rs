@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::authority::{self, Cluster, Decision, Migration, State};
-use super::journal::{Change, Journal};
+use super::journal::{lock, Change, Journal};
 use super::nodes::NodeLine;
 use super::repair;
 use crate::client::{Conn, Dial};
@@ -343,7 +343,7 @@ pub async fn assess(
     // A remembered migration whose slot is stable again is over.
     let unsettled: BTreeSet<u16> = decisions.iter().map(|d| d.slot).collect();
     strays.slots.retain(|slot| unsettled.contains(slot));
-    let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
+    let mut j = lock(journal);
     let m = j.memory();
     let remembered = m
         .migrations
@@ -378,7 +378,7 @@ struct Remembered {
 /// Records open migrations and shard members in the journal (saving only when something
 /// changed); returns what the authority needs of it.
 fn remember(journal: &Mutex<Journal>, cluster: &Cluster) -> Remembered {
-    let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
+    let mut j = lock(journal);
     let mut changed = false;
     for (master, replicas) in cluster.shards() {
         if !replicas.is_empty() {
@@ -460,10 +460,6 @@ pub fn addresses(views: &[(String, Vec<NodeLine>)]) -> HashMap<String, String> {
         .filter(|l| !l.addr.is_empty())
         .map(|l| (l.id.clone(), l.addr.clone()))
         .collect()
-}
-
-fn lock(journal: &Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
-    journal.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn save(j: &Journal) {

@@ -287,13 +287,18 @@ impl StepRecord {
     }
 }
 
+/// The journal behind its lock (a panic elsewhere while it was held leaves it as it was).
+pub fn lock(journal: &Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
+    journal.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Makes a change that only the authority makes (the start or end of a repair, a step)
 /// and keeps it: in a shared journal it is written to etcd under the authority's lease
 /// before this returns, and refused once that lease is lost, so that a proxy that lost
 /// it sends no further step; otherwise it is saved to disk.
 pub async fn commit(journal: &Mutex<Journal>, change: Change) -> Result<(), String> {
     let coordinator = {
-        let mut j = journal.lock().unwrap_or_else(|e| e.into_inner());
+        let mut j = lock(journal);
         j.memory.apply(&change);
         match j.coordinator() {
             Some(c) => c.clone(),
