@@ -40,11 +40,9 @@ async fn set(h: &Harness, key: &str, value: &str) {
 async fn tracking_clients_hear_of_changed_keys_even_across_a_failover() {
     let mut h = Harness::start(3, 1).await;
     let mut c = Raw::connect(&h).await;
-    let refused = c.ask("CLIENT TRACKING ON\r\n").await;
-    assert!(
-        refused.starts_with(b"-ERR Client tracking in RESP2 needs a redirect"),
-        "{refused:?}"
-    );
+    // As on a node, RESP2 may track without a redirect (it hears nothing until HELLO 3).
+    assert_eq!(&c.ask("CLIENT TRACKING ON\r\n").await[..], b"+OK\r\n");
+    assert_eq!(&c.ask("CLIENT TRACKING OFF\r\n").await[..], b"+OK\r\n");
     assert!(c.ask("HELLO 3\r\n").await.starts_with(b"%"));
     assert_eq!(&c.ask("CLIENT TRACKING ON\r\n").await[..], b"+OK\r\n");
     let info = c.ask("CLIENT TRACKINGINFO\r\n").await;
@@ -56,12 +54,18 @@ async fn tracking_clients_hear_of_changed_keys_even_across_a_failover() {
         set(&h, key, "new").await;
         assert_eq!(invalidated(&c.frame().await), Some(vec![key.clone()]));
     }
+    // Exactly the keys read: one not read since it was reported, and one never read, are
+    // not reported (a broadcast would report both).
+    set(&h, &keys[0], "newer").await;
+    set(&h, &format!("{}unread", tag_on(0)), "x").await;
+    assert_eq!(&c.ask("PING\r\n").await[..], b"+PONG\r\n", "no push");
 
     // The master of the first key dies: the client is told to flush everything, and once
-    // the replica took over, changes are reported again.
+    // the replica took over, what it reads there is tracked there.
     h.cluster.nodes[0].kill();
     assert_eq!(invalidated(&c.frame().await), None);
     h.cluster.wait_promoted(0).await.unwrap();
+    reread(&mut c, &keys[0]).await;
     set(&h, &keys[0], "after").await;
     loop {
         match invalidated(&c.frame().await) {
@@ -125,6 +129,9 @@ async fn tracking_clients_hear_of_changed_keys_even_across_a_failover() {
     })
     .await
     .expect("the proxy routes the slot to node 0 again");
+    // The client's connection to the demoted master tracked its read there: it was told
+    // to flush (a push that `reread` passes over, or that the loop below does).
+    reread(&mut c, &keys[0]).await;
     set(&h, &keys[0], "after the manual failover").await;
     loop {
         match invalidated(&c.frame().await) {
@@ -143,6 +150,18 @@ async fn tracking_clients_hear_of_changed_keys_even_across_a_failover() {
         b"+PONG\r\n",
         "no push after OFF"
     );
+}
+
+/// Reads `key` again (its cache was flushed), passing over pushes that come first.
+async fn reread(c: &mut Raw, key: &str) {
+    c.send(&format!("GET {key}\r\n")).await;
+    loop {
+        let frame = c.frame().await;
+        if !frame.starts_with(b">") {
+            assert!(frame.starts_with(b"$"), "{frame:?}");
+            return;
+        }
+    }
 }
 
 /// A RESP3 client may subscribe while it tracks: invalidations keep coming, between its
@@ -186,10 +205,6 @@ async fn resp2_tracking_redirects_invalidations_to_a_subscriber() {
         ["subscribe", "__redis__:invalidate", "1"]
     );
     let mut cache = Raw::connect(&h).await;
-    assert!(cache
-        .ask("CLIENT TRACKING ON\r\n")
-        .await
-        .starts_with(b"-ERR Client tracking in RESP2 needs a redirect"));
     assert_eq!(
         &cache.ask("CLIENT TRACKING ON REDIRECT 999999\r\n").await[..],
         b"-ERR The client ID you want redirect to does not exist\r\n"
@@ -219,8 +234,65 @@ async fn resp2_tracking_redirects_invalidations_to_a_subscriber() {
     );
     assert_eq!(String::from_utf8_lossy(&message), want);
     // The listener leaves: the tracking client's invalidations go nowhere, and nothing
-    // breaks for it.
+    // breaks for it; in RESP3 it is told its redirect broke, as by a node.
     drop(listener);
+    let _ = cache.ask(&format!("GET {key}\r\n")).await;
     set(&h, &key, "again").await;
     assert_eq!(&cache.ask("PING\r\n").await[..], b"+PONG\r\n");
+    assert!(cache.ask("HELLO 3\r\n").await.starts_with(b"%"));
+    let _ = cache.ask(&format!("GET {key}\r\n")).await;
+    set(&h, &key, "once more").await;
+    let broken = cache.frame().await;
+    assert_eq!(common::items(&broken), ["tracking-redir-broken", &id]);
+    let info = cache.ask("CLIENT TRACKINGINFO\r\n").await;
+    assert!(
+        String::from_utf8_lossy(&info).contains("broken_redirect"),
+        "{info:?}"
+    );
+}
+
+/// redis-py 8, unmodified, in both protocols: `client_tracking_on(clientid=...)` with a
+/// `__redis__:invalidate` subscriber hears of exactly the keys it read, whichever master
+/// has them. (redis-py's own cache, `cache_config`, wants a server that says it is Redis
+/// 7.4 or later; the proxy says what its nodes say: 7.0.15, or Valkey's 7.2.4.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_tracks_exactly_the_keys_it_read() {
+    let h = Harness::start(3, 0).await;
+    let script = format!(
+        r#"
+import time
+import redis
+port = {port}
+other = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+keys = ["{{%s}}csc" % t for t in ("a", "b", "c", "d", "e", "f")]
+for protocol in (2, 3):
+    listening = redis.Redis(host="127.0.0.1", port=port, client_name="csc-listener-%d" % protocol, decode_responses=True)
+    sub = listening.pubsub()
+    sub.subscribe("__redis__:invalidate")
+    assert sub.get_message(timeout=5)["type"] == "subscribe"
+    lid = next(c["id"] for c in other.client_list() if c["name"] == "csc-listener-%d" % protocol)
+    c = redis.Redis(host="127.0.0.1", port=port, protocol=protocol, single_connection_client=True, decode_responses=True)
+    assert c.client_tracking_on(clientid=lid) in ("OK", True)
+    for k in keys:
+        other.set(k, "old")
+    for k in keys[:3]:
+        assert c.get(k) == "old"
+    for k in keys:
+        other.set(k, "new")
+    heard = set()
+    deadline = time.time() + 5
+    while len(heard) < 3 and time.time() < deadline:
+        m = sub.get_message(timeout=0.2)
+        if m and m["type"] == "message":
+            heard.update(m["data"])
+    assert heard == set(keys[:3]), (protocol, heard)
+    m = sub.get_message(timeout=0.5)
+    assert m is None, (protocol, m)  # keys[3:] were never read
+    c.client_tracking_off()
+    sub.close()
+print("redis-py tracking ok")
+"#,
+        port = h.port()
+    );
+    common::redis_py(script).await;
 }

@@ -150,8 +150,12 @@ impl Client {
         }
     }
 
-    /// The client's own connection, made on first use.
+    /// The client's own connection, made on first use; while it tracks, its tracking
+    /// connections.
     pub fn lease(&mut self) -> Arc<Lease> {
+        if let Some(tracker) = &self.tracking {
+            return tracker.lease.clone();
+        }
         let entry = &self.entry;
         self.lease
             .get_or_insert_with(|| {
@@ -165,6 +169,9 @@ impl Client {
     /// UNWATCH, DISCARD, EXEC: the client watches nothing any more.
     pub fn unwatch(&mut self) {
         if self.watch.take().is_some() {
+            if let Some(tracker) = &self.tracking {
+                tracker.lease.unwatch();
+            }
             if let Some(lease) = &self.lease {
                 lease.unwatch();
             }
@@ -172,10 +179,17 @@ impl Client {
     }
 
     /// The next invalidation for a tracking client; never, for one that does not track.
+    /// A RESP2 client hears none (as from a node: pushes are RESP3's).
     pub async fn next_push(&mut self) -> Option<Bytes> {
-        match &mut self.tracking {
-            Some(tracker) => tracker.next().await,
-            None => std::future::pending().await,
+        let resp3 = self.resp3;
+        let Some(tracker) = &mut self.tracking else {
+            return std::future::pending().await;
+        };
+        loop {
+            let push = tracker.next().await?;
+            if resp3 {
+                return Some(push);
+            }
         }
     }
 }

@@ -98,6 +98,19 @@ pub struct Owner {
     /// Its place among the node's new dedicated connections: it writes first after
     /// those opened before it (see `turns`).
     pub(super) turn: Option<Turn>,
+    /// The connection tracks the keys its client reads (see `tracking`).
+    pub(super) tracks: Option<Tracks>,
+}
+
+/// A tracking client's connection: how it starts tracking, and where the invalidations
+/// the node pushes on it go.
+pub struct Tracks {
+    /// `CLIENT TRACKING ON ...`, sent after the greeting.
+    pub start: Bytes,
+    /// The client's pushes, when invalidations come in-band (RESP3 without REDIRECT).
+    pub pushes: Option<mpsc::Sender<Bytes>>,
+    /// Set when an invalidation finds no room: the client is told to flush.
+    pub lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a connection task connects to.
@@ -207,7 +220,6 @@ pub async fn run(
             rbuf: BytesMut::with_capacity(16 * 1024),
             rbuf_aside: false,
             scanner: ReplyScanner::default(),
-            resp3,
             own: owner.as_ref(),
             idle,
             skip: 0,
@@ -226,6 +238,10 @@ pub async fn run(
         let (hello, replies) = greeting(auth.as_deref(), readonly, resp3);
         conn.wbuf.extend_from_slice(&hello);
         conn.skip = replies;
+        if let Some(tracks) = owner.as_ref().and_then(|o| o.tracks.as_ref()) {
+            conn.wbuf.extend_from_slice(&tracks.start);
+            conn.skip += 1;
+        }
         let gauge = if owner.is_some() {
             &metrics.backend_dedicated_connections
         } else {
@@ -252,6 +268,20 @@ pub async fn run(
             fail_all(&proxy, &addr, queued, &error);
             return;
         }
+    }
+}
+
+/// Passes an `invalidate` push of a tracking connection to its client, or notes that one
+/// was lost.
+fn pass_invalidation(tracks: &Tracks, frame: Bytes) {
+    let Some(pushes) = &tracks.pushes else { return };
+    if !frame.starts_with(b">2\r\n$10\r\ninvalidate\r\n") {
+        return;
+    }
+    if pushes.try_send(frame).is_err() {
+        tracks
+            .lost
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -323,8 +353,6 @@ struct Connection<'a> {
     /// `rbuf` grew with [`grow_aside`]: once empty it is let go.
     rbuf_aside: bool,
     scanner: ReplyScanner,
-    /// The connection speaks RESP3; push messages are not replies.
-    resp3: bool,
     /// The connection is one client's own: it closes when that client goes, or when it
     /// was idle for `backend.dedicated_idle` and holds no WATCH.
     own: Option<&'a Owner>,
@@ -467,7 +495,7 @@ impl Connection<'_> {
                     // Closing the connection also ends a blocked command on the node.
                     return None;
                 }
-                _ = tokio::time::sleep(idle), if self.own.is_some() && self.settled() => {
+                _ = tokio::time::sleep(idle), if self.own.is_some_and(|o| o.tracks.is_none()) && self.settled() => {
                     let owner = self.own.expect("guarded");
                     let watching = owner.lease.upgrade().is_some_and(|l| l.holds_watch(self.addr));
                     if !watching {
@@ -500,6 +528,14 @@ impl Connection<'_> {
         let now = Instant::now();
         while let Some(len) = self.scanner.scan(&self.rbuf).map_err(|e| e.to_string())? {
             let frame = self.rbuf.split_to(len).freeze();
+            if frame.first() == Some(&b'>') {
+                // An out-of-band push, not a reply (a tracking connection may have
+                // switched to RESP3 with HELLO).
+                if let Some(tracks) = self.own.and_then(|o| o.tracks.as_ref()) {
+                    pass_invalidation(tracks, frame);
+                }
+                continue;
+            }
             if self.skip > 0 {
                 self.skip -= 1;
                 if frame.first() == Some(&b'-') {
@@ -507,9 +543,6 @@ impl Connection<'_> {
                     return Err(format!("refused on connect: {text}"));
                 }
                 continue;
-            }
-            if self.resp3 && frame.first() == Some(&b'>') {
-                continue; // an out-of-band push, not a reply
             }
             if self.barriers.front().is_some_and(|b| b.ahead == 0) {
                 let barrier = self.barriers.pop_front().expect("front exists");
@@ -796,7 +829,6 @@ mod tests {
                 rbuf: BytesMut::new(),
                 rbuf_aside: false,
                 scanner: ReplyScanner::default(),
-                resp3: false,
                 own,
                 idle: Duration::from_secs(30),
                 skip: 0,
@@ -922,6 +954,7 @@ mod tests {
             _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
             connected: None,
             turn: None,
+            tracks: None,
         };
         let mut conn = fx.connection(Some(&owner));
         let (ours, _node) = duplex(4096);

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use super::job::Job;
 use super::merge::{merge, Merge, GONE};
+use super::tracking::Carry;
 use super::Proxy;
 use crate::protocol::{key_slot, reply, Request, SLOTS};
 
@@ -48,10 +49,19 @@ pub struct Split {
     /// Whose parts: the client's id (for replica pinning) and protocol.
     pin: u32,
     resp3: bool,
+    /// A tracking client's: its parts take its tracking connections.
+    carry: Option<Carry>,
 }
 
 impl Split {
-    pub fn new(req: Request, stride: usize, kind: SplitKind, pin: u32, resp3: bool) -> Split {
+    pub fn new(
+        req: Request,
+        stride: usize,
+        kind: SplitKind,
+        pin: u32,
+        resp3: bool,
+        carry: Option<Carry>,
+    ) -> Split {
         Split {
             groups: by_slot(&req, stride),
             req,
@@ -59,6 +69,7 @@ impl Split {
             kind,
             pin,
             resp3,
+            carry,
         }
     }
 
@@ -75,7 +86,11 @@ impl Split {
             args.extend((i..i + self.stride).map(|j| self.req.arg(j)));
         }
         let raw = Request::from_args(&args).into_raw();
-        Job::new(raw, Some(*slot), self.pin, self.resp3)
+        let (mut job, rx) = Job::new(raw, Some(*slot), self.pin, self.resp3);
+        if let Some(carry) = &self.carry {
+            carry.apply(&mut job);
+        }
+        (job, rx)
     }
 
     /// How the parts' replies, in group order, make one.

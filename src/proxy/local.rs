@@ -255,18 +255,37 @@ pub fn client(client: &mut Client, req: &Request) -> Bytes {
             }
             _ => reply::error("ERR syntax error"),
         },
-        // Tracking broadcasts (see `tracking`): CACHING changes nothing, and nothing is
-        // redirected.
-        (b"CACHING", 3) => Bytes::from_static(reply::OK),
-        (b"GETREDIR", 2) => reply::int(match &client.tracking {
-            Some(t) => t.redirect.map_or(0, i64::from),
-            None => -1,
-        }),
+        (b"CACHING", 3) => caching(client, req.arg(2)),
+        (b"GETREDIR", 2) => reply::int(super::tracking::redirect(client.tracking.as_ref())),
         _ => reply::error(&format!(
             "ERR slotguard: CLIENT {} is not supported through the proxy",
             String::from_utf8_lossy(&sub)
         )),
     }
+}
+
+/// `CLIENT CACHING yes|no`: whether the next command's reads are tracked, with `OPTIN`
+/// or `OPTOUT` (Redis's words for the errors).
+fn caching(client: &mut Client, arg: &[u8]) -> Bytes {
+    let Some(tracker) = &mut client.tracking else {
+        return reply::error("ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled");
+    };
+    match arg.to_ascii_uppercase().as_slice() {
+        b"YES" if tracker.mode.optin => tracker.caching = Some(true),
+        b"YES" => {
+            return reply::error(
+                "ERR CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode.",
+            )
+        }
+        b"NO" if tracker.mode.optout => tracker.caching = Some(false),
+        b"NO" => {
+            return reply::error(
+                "ERR CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.",
+            )
+        }
+        _ => return reply::error("ERR syntax error"),
+    }
+    Bytes::from_static(reply::OK)
 }
 
 /// `CLUSTER ...`: the proxy presents itself as a one-node cluster owning every slot.

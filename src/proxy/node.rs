@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::connection::{self, greeting, Dispatch, Owner, Target};
+use super::connection::{self, greeting, Dispatch, Owner, Target, Tracks};
 use super::job::Job;
 use super::lease::Lease;
 use super::turns::Turns;
@@ -120,6 +120,11 @@ impl Node {
         if let Some(lease) = job.lease().cloned() {
             return lease.send(self, job);
         }
+        self.send_shared(job)
+    }
+
+    /// Queues a job on the shared connection its pin selects, even if it has a lease.
+    pub fn send_shared(&self, job: Job) -> Result<(), Job> {
         let conns = if job.resp3 { &self.conns3 } else { &self.conns };
         let conn = &conns[job.pin as usize % conns.len()];
         conn.send(job).map_err(|e| e.0)
@@ -131,11 +136,13 @@ impl Node {
         self.dedicated.clone().try_acquire_owned().ok()
     }
 
-    /// Opens a connection for `lease` alone; `None` when the node's allowance is used up.
+    /// Opens a connection for `lease` alone (one that tracks keys with `tracks`); `None`
+    /// when the node's allowance is used up.
     pub fn open_dedicated(
         &self,
         lease: &Arc<Lease>,
         resp3: bool,
+        tracks: Option<Tracks>,
     ) -> Option<mpsc::UnboundedSender<Job>> {
         let permit = self.dedicated_permit()?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -148,6 +155,7 @@ impl Node {
             _permit: permit,
             connected: self.take_spare(),
             turn: Some(self.turns.ticket()),
+            tracks,
         };
         tokio::spawn(connection::run(target, rx, self.proxy.clone(), Some(owner)));
         Some(tx)

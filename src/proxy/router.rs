@@ -51,6 +51,26 @@ fn upper(name: &[u8], buf: &mut [u8; 24]) -> usize {
 
 /// Routes one request; also says what class of request it was, for the metrics.
 pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
+    let Some(tracker) = &mut client.tracking else {
+        return route_one(proxy, client, req);
+    };
+    // A `CLIENT CACHING` applies to the next command, or to the next transaction whole.
+    let caching = req.arg(0).eq_ignore_ascii_case(b"CLIENT")
+        && req.len() > 1
+        && req.arg(1).eq_ignore_ascii_case(b"CACHING");
+    let queued = client.tx.is_some() && !req.arg(0).eq_ignore_ascii_case(b"EXEC");
+    if caching || queued || req.arg(0).eq_ignore_ascii_case(b"MULTI") {
+        return route_one(proxy, client, req);
+    }
+    tracker.next_command();
+    let routed = route_one(proxy, client, req);
+    if let Some(tracker) = &mut client.tracking {
+        tracker.routed();
+    }
+    routed
+}
+
+fn route_one(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
     let mut buf = [0u8; 24];
     let n = upper(req.arg(0), &mut buf);
     let name = &buf[..n];
@@ -80,7 +100,7 @@ pub fn route(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         b"AUTH" => local(local::auth(proxy, client, &req)),
         b"HELLO" => local(local::hello(proxy, client, &req)),
         b"CLIENT" if req.len() > 1 && req.arg(1).eq_ignore_ascii_case(b"TRACKING") => {
-            match super::tracking::command(proxy, &mut client.tracking, client.resp3, &req) {
+            match super::tracking::command(proxy, &mut client.tracking, &req) {
                 Ok(answer) => local(answer),
                 // Nothing after it runs before every master tracks.
                 Err(rx) => (Pending::turn_for(rx), Class::Local),
@@ -318,6 +338,9 @@ fn exec(client: &mut Client, tx: Tx) -> Pending {
         client.wrote(slot);
     }
     let (mut job, rx) = Job::new(Bytes::from_static(EXEC), slot, client.id, client.resp3);
+    if let Some(tracker) = &client.tracking {
+        tracker.carry().apply(&mut job);
+    }
     job.once = tx.once;
     job.write = tx.writes;
     let extra = job.extra();
@@ -702,7 +725,11 @@ fn is_xread_without_block(name: &str, req: &Request) -> bool {
 }
 
 fn job(client: &Client, req: Request, slot: Option<u16>) -> (Job, oneshot::Receiver<Bytes>) {
-    Job::new(req.into_raw(), slot, client.id, client.resp3)
+    let (mut job, rx) = Job::new(req.into_raw(), slot, client.id, client.resp3);
+    if let Some(tracker) = &client.tracking {
+        tracker.carry().apply(&mut job);
+    }
+    (job, rx)
 }
 
 /// Sends a request to one slot's owner (or any master for `None`).
@@ -726,7 +753,8 @@ fn split(proxy: &Proxy, client: &Client, req: Request, stride: usize, kind: Spli
     if !groups_needed {
         return one(proxy, client, req, Some(first));
     }
-    let split = Split::new(req, stride, kind, client.id, client.resp3);
+    let carry = client.tracking.as_ref().map(|t| t.carry());
+    let split = Split::new(req, stride, kind, client.id, client.resp3, carry);
     // So many parts that sent at once they would keep other clients waiting: a window
     // at a time, in the client's turn.
     if split.parts() > fan::WINDOW {
