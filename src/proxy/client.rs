@@ -95,6 +95,8 @@ pub struct Tx {
     pub once: bool,
     /// A queued command writes.
     pub writes: bool,
+    /// A `FLUSHALL` or `FLUSHDB` is queued: the other masters run it too (see `router`).
+    pub flush: Option<crate::protocol::Request>,
 }
 
 impl Tx {
@@ -107,6 +109,7 @@ impl Tx {
             failed: false,
             once: false,
             writes: false,
+            flush: None,
         }
     }
 }

@@ -64,6 +64,8 @@ struct Seen {
     multi: Option<u32>,
     subscribed: bool,
     tracking: bool,
+    /// `redir` of CLIENT LIST: -1 when not tracking, 0 without a redirect.
+    redir: i64,
 }
 
 /// Removes its entry when the session ends.
@@ -97,6 +99,7 @@ impl Entry {
                 multi: None,
                 subscribed: false,
                 tracking: false,
+                redir: -1,
             }),
             kill: Notify::new(),
             lease: Mutex::new(Weak::new()),
@@ -128,6 +131,7 @@ impl Entry {
         seen.resp3 = client.resp3;
         seen.multi = client.tx.as_ref().map(|tx| tx.queued);
         seen.tracking = client.tracking.is_some();
+        seen.redir = super::tracking::redirect(client.tracking.as_ref());
         if let Some(cmd) = cmd {
             let (name, sub) = cmd.parts();
             seen.cmd.clear();
@@ -407,6 +411,7 @@ fn own(client: &Client, cmd: &str) -> Seen {
         multi: client.tx.as_ref().map(|tx| tx.queued),
         subscribed: false,
         tracking: client.tracking.is_some(),
+        redir: super::tracking::redirect(client.tracking.as_ref()),
     }
 }
 
@@ -452,7 +457,7 @@ fn line(out: &mut String, entry: &Entry, seen: &Seen, qbuf: usize) {
         seen.multi.map_or(-1, i64::from),
         seen.cmd,
         seen.user,
-        if seen.tracking { 0 } else { -1 },
+        seen.redir,
         if seen.resp3 { 3 } else { 2 },
     );
 }

@@ -167,8 +167,9 @@ fn add(into: &mut Section, other: &Section) {
 }
 
 /// Fields that are the same on every master when set through the proxy, not a share of
-/// a total: the largest is shown (SCRIPT LOAD goes to every master).
-const MAX_FIELDS: &[&str] = &["number_of_cached_scripts"];
+/// a total: the largest is shown (SCRIPT LOAD goes to every master, and so does a
+/// tracking client's BCAST prefix).
+const MAX_FIELDS: &[&str] = &["number_of_cached_scripts", "tracking_total_prefixes"];
 
 /// Two values of one field, summed where a sum means something.
 fn sum(a: &str, b: &str) -> String {

@@ -129,7 +129,7 @@ impl Lease {
                         true => b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n",
                         false => b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n",
                     };
-                    let _ = conn.jobs.send(quiet(hello, job.resp3));
+                    let _ = conn.jobs.send(quiet(Bytes::from_static(hello), job.resp3));
                     conn.resp3 = job.resp3;
                 }
                 at
@@ -211,6 +211,7 @@ impl Lease {
             state.broken = true;
         }
         if let Some(tracking) = &self.tracking {
+            tracing::debug!(addr, "tracking connection lost");
             tracking.lost.store(true, Ordering::Relaxed);
         }
     }
@@ -225,9 +226,10 @@ impl Lease {
                 None => state.conns.clear(),
                 Some(_) => {
                     if let Some(conn) = state.conns.iter().find(|c| c.live(&addr)) {
-                        let _ = conn
-                            .jobs
-                            .send(quiet(b"*1\r\n$7\r\nUNWATCH\r\n", conn.resp3));
+                        let _ = conn.jobs.send(quiet(
+                            Bytes::from_static(b"*1\r\n$7\r\nUNWATCH\r\n"),
+                            conn.resp3,
+                        ));
                     }
                 }
             }
@@ -245,8 +247,30 @@ impl Lease {
     /// Closes the connection to `addr` once what is in flight on it is answered; the
     /// client's next job for that node opens another.
     pub fn forget(&self, addr: &str) {
+        tracing::debug!(addr, "forgetting a tracking connection");
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.conns.retain(|c| c.addr != addr);
+    }
+
+    /// A tracking client changed its options (a second `CLIENT TRACKING ON`): each open
+    /// connection is sent `request(node)`, ahead of the client's next jobs. One whose
+    /// request cannot be said yet is closed, and the client told to flush.
+    pub fn retrack(&self, request: impl Fn(&str) -> Option<Bytes>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unsaid = false;
+        state.conns.retain(|conn| match request(&conn.addr) {
+            Some(raw) => {
+                let _ = conn.jobs.send(quiet(raw, conn.resp3));
+                true
+            }
+            None => {
+                unsaid = true;
+                false
+            }
+        });
+        if let (true, Some(tracking)) = (unsaid, &self.tracking) {
+            tracking.lost.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Sends `raw` on the connection to `node` (opening it), with a reply no client
@@ -269,8 +293,8 @@ impl Lease {
 /// A request sent on a lease's connection for the proxy's own sake: its reply is read and
 /// dropped. The receiver is kept until then, since a dedicated connection closes when the
 /// client of its oldest request has gone.
-fn quiet(raw: &'static [u8], resp3: bool) -> Job {
-    let (job, rx) = Job::new(Bytes::from_static(raw), None, 0, resp3);
+fn quiet(raw: Bytes, resp3: bool) -> Job {
+    let (job, rx) = Job::new(raw, None, 0, resp3);
     tokio::spawn(async move {
         let _ = rx.await;
     });

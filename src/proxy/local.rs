@@ -271,13 +271,13 @@ fn caching(client: &mut Client, arg: &[u8]) -> Bytes {
         return reply::error("ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled");
     };
     match arg.to_ascii_uppercase().as_slice() {
-        b"YES" if tracker.mode.optin => tracker.caching = Some(true),
+        b"YES" if tracker.mode().optin => tracker.caching = Some(true),
         b"YES" => {
             return reply::error(
                 "ERR CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode.",
             )
         }
-        b"NO" if tracker.mode.optout => tracker.caching = Some(false),
+        b"NO" if tracker.mode().optout => tracker.caching = Some(false),
         b"NO" => {
             return reply::error(
                 "ERR CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.",

@@ -321,6 +321,8 @@ impl Subscriber<'_> {
             _ if client.resp3 => {
                 let (pending, _) = route(self.proxy, client, req);
                 self.out.push_back(Out::Reply(pending));
+                // HELLO 2 is allowed here: what the proxy sends from now on is RESP2.
+                self.resp3 = client.resp3;
             }
             _ => self.ready(reply::error(&format!(
                 "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",

@@ -197,7 +197,7 @@ fn route_one(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             local(Bytes::from_static(reply::OK))
         }
         b"EXEC" => match client.tx.take() {
-            Some(tx) => (exec(client, tx), Class::Write),
+            Some(tx) => (exec(proxy, client, tx), Class::Write),
             None => local(reply::error("ERR EXEC without MULTI")),
         },
         b"DISCARD" => match client.tx.take() {
@@ -271,8 +271,6 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
             | b"READWRITE"
             | b"DBSIZE"
             | b"KEYS"
-            | b"FLUSHALL"
-            | b"FLUSHDB"
             | b"RANDOMKEY"
             | b"SCAN"
             | b"SCRIPT"
@@ -284,6 +282,9 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
             | b"SLOWLOG"
     ) {
         return fail(unsupported_error(name, "not inside a transaction"));
+    }
+    if matches!(name, b"FLUSHALL" | b"FLUSHDB") {
+        tx.flush = Some(req.clone());
     }
     let slot = match place(proxy, &req) {
         Ok(placed) => {
@@ -317,7 +318,11 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
 /// EXEC: the transaction goes to its slot's owner as one unit (`MULTI`, the commands,
 /// `EXEC`); the client gets EXEC's reply. A hold holds it whole. After WATCH it runs on the
 /// connection that holds the watch.
-fn exec(client: &mut Client, tx: Tx) -> Pending {
+///
+/// A transaction that flushes (`FLUSHALL`, `FLUSHDB`) flushes its own node inside it, and
+/// every other master as it is sent: not at one instant across the cluster (no cluster
+/// can), but before any later command of the client's.
+fn exec(proxy: &Proxy, client: &mut Client, mut tx: Tx) -> Pending {
     let watched = client.watch;
     if tx.failed {
         client.unwatch();
@@ -334,6 +339,15 @@ fn exec(client: &mut Client, tx: Tx) -> Pending {
         }
         (w, s) => s.or(w),
     };
+    // Keyless, one that flushes runs on a master the client tracks keys on (a node tells
+    // its tracking clients of a flush after EXEC's reply), or where slot 0 lives.
+    let slot = slot.or(tx
+        .flush
+        .as_ref()
+        .map(|_| tracked_slot(proxy, client).unwrap_or(0)));
+    if let (Some(flush), Some(slot)) = (tx.flush.take(), slot) {
+        flush_elsewhere(proxy, client, flush, slot);
+    }
     if slot.is_some() {
         client.wrote(slot);
     }
@@ -353,6 +367,39 @@ fn exec(client: &mut Client, tx: Tx) -> Pending {
         extra.lease = Some(client.lease());
     }
     Pending::turn(Start::Job(job), rx)
+}
+
+/// A slot of a master the client has a tracking connection to.
+fn tracked_slot(proxy: &Proxy, client: &Client) -> Option<u16> {
+    let nodes = client.tracking.as_ref()?.lease.nodes();
+    let table = proxy.table.load();
+    let mut masters = table.masters();
+    masters
+        .find(|(_, node)| nodes.contains(&node.addr))
+        .map(|(slot, _)| slot)
+}
+
+/// Sends a transaction's `FLUSHALL` or `FLUSHDB` to every master but the one that serves
+/// `slot` (where the transaction runs), on shared connections (a tracking client's own
+/// would hear the flush before EXEC's reply). The client does not wait for them.
+fn flush_elsewhere(proxy: &Proxy, client: &Client, flush: Request, slot: u16) {
+    let table = proxy.table.load();
+    let owner = table.owner(slot).map(|n| n.addr.clone());
+    let replies: Vec<_> = table
+        .masters()
+        .filter(|(_, node)| Some(&node.addr) != owner.as_ref())
+        .map(|(slot, _)| {
+            let raw = flush.raw().clone();
+            let (job, rx) = Job::new(raw, Some(slot), client.id, client.resp3);
+            proxy.dispatch(job);
+            rx
+        })
+        .collect();
+    tokio::spawn(async move {
+        for rx in replies {
+            let _ = rx.await;
+        }
+    });
 }
 
 /// WAIT numreplicas timeout: carried out by the proxy (see [`super::wait`]) once every

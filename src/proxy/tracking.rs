@@ -51,22 +51,24 @@ const RECONCILE: Duration = Duration::from_millis(100);
 const FLUSH_ALL: &[u8] = b">2\r\n$10\r\ninvalidate\r\n_\r\n";
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 
-/// What a client asked for with `CLIENT TRACKING ON`; a second ON adds to it, as on a node.
+/// What a client asked for with `CLIENT TRACKING ON`; a second ON replaces the options
+/// and adds prefixes, as on a node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mode {
     pub bcast: bool,
     pub optin: bool,
     pub optout: bool,
     pub noloop: bool,
+    /// With BCAST: the prefixes, `""` for every key.
     pub prefixes: Vec<Bytes>,
     /// `REDIRECT id`: the client of this proxy the invalidations go to.
     pub redirect: Option<u32>,
 }
 
 impl Mode {
-    /// The `CLIENT TRACKING ON` a connection of the client's sends, redirected to the
-    /// node's listener (`listener`, its client id there) if the client redirects.
-    fn request(&self, listener: Option<i64>) -> Bytes {
+    /// The `CLIENT TRACKING ON` with this mode's options and `prefixes`, redirected to the
+    /// node's listener (`listener`, its client id there) when the client redirects.
+    fn request(&self, prefixes: &[Bytes], listener: Option<i64>) -> Bytes {
         let listener = listener.map(|id| id.to_string());
         let mut args: Vec<&[u8]> = vec![b"CLIENT", b"TRACKING", b"ON"];
         for (on, flag) in [
@@ -79,7 +81,7 @@ impl Mode {
                 args.push(flag);
             }
         }
-        for p in &self.prefixes {
+        for p in prefixes.iter().filter(|p| !p.is_empty()) {
             args.push(b"PREFIX");
             args.push(p);
         }
@@ -91,9 +93,39 @@ impl Mode {
     }
 }
 
+/// What a tracking client's connections and links share.
+#[derive(Default)]
+struct Shared {
+    mode: Mutex<Mode>,
+    /// The listeners' client ids, by node.
+    listeners: Mutex<FxHashMap<String, i64>>,
+    /// The redirect's client is gone (`broken_redirect`).
+    broken: AtomicBool,
+}
+
+impl Shared {
+    fn mode(&self) -> Mode {
+        self.mode.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The `CLIENT TRACKING ON` a connection to `addr` says, with `prefixes`; `None` while
+    /// the client redirects and the node's listener is not known yet.
+    fn request(&self, addr: &str, prefixes: Option<&[Bytes]>) -> Option<Bytes> {
+        let mode = self.mode();
+        let listener = match mode.redirect {
+            None => None,
+            Some(_) => {
+                let ids = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+                Some(*ids.get(addr)?)
+            }
+        };
+        Some(mode.request(prefixes.unwrap_or(&mode.prefixes), listener))
+    }
+}
+
 /// A client's tracking.
 pub struct Tracker {
-    pub mode: Mode,
+    shared: Arc<Shared>,
     /// `CLIENT CACHING yes|no` was said: the next command's connection hears it first.
     pub caching: Option<bool>,
     /// Set while the command that `caching` applies to is routed.
@@ -102,43 +134,35 @@ pub struct Tracker {
     pub lease: Arc<Lease>,
     /// The client's pushes: in-band invalidations, flushes, `tracking-redir-broken`.
     pushes: mpsc::Receiver<Bytes>,
-    own: mpsc::Sender<Bytes>,
-    /// The redirect's client is gone (`broken_redirect`).
-    broken: Arc<AtomicBool>,
-    /// The listeners and broadcasting connections, and the redirect's forwarding.
-    task: JoinHandle<()>,
-    /// Told when the task gave up (tracking could not start).
+    /// The listeners and broadcasting connections.
+    links: JoinHandle<()>,
+    /// Passes what listeners hear to the redirect's client.
+    forward: JoinHandle<()>,
+    /// Told when the links gave up (tracking could not start).
     gave_up: oneshot::Receiver<()>,
-    /// What the client tracked before its last `ON` changed the options: those
-    /// connections still report the keys read on them, until `OFF`.
-    previous: Option<Box<Retired>>,
-}
-
-/// The connections of a tracking the client replaced by a second `ON`.
-struct Retired {
-    _lease: Arc<Lease>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Retired {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl std::fmt::Debug for Tracker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tracker").field("mode", &self.mode).finish()
+        f.debug_struct("Tracker")
+            .field("mode", &self.mode())
+            .finish()
     }
 }
 
 impl Drop for Tracker {
     fn drop(&mut self) {
-        self.task.abort(); // its connections are in its JoinSet: they end with it
+        // The links' connections are in their JoinSet: they end with it.
+        self.links.abort();
+        self.forward.abort();
     }
 }
 
 impl Tracker {
+    pub fn mode(&self) -> Mode {
+        self.shared.mode()
+    }
+
     /// The next push for the client; `None` once tracking gave up.
     pub async fn next(&mut self) -> Option<Bytes> {
         tokio::select! {
@@ -158,6 +182,11 @@ impl Tracker {
     /// The next command is routed: a `CLIENT CACHING` said before it applies to it.
     pub fn next_command(&mut self) {
         self.caching_now = self.caching.take();
+    }
+
+    /// The `CLIENT CACHING` in force: said for the next command, or for this one.
+    fn caching_said(&self) -> Option<bool> {
+        self.caching.or(self.caching_now)
     }
 
     /// The command is routed.
@@ -243,17 +272,32 @@ pub fn command(
         *tracking = None;
         return Ok(Bytes::from_static(reply::OK));
     }
-    let mode = match merge(tracking.as_ref().map(|t| &t.mode), asked) {
+    let current = tracking.as_ref().map(|t| t.mode());
+    let added = asked.prefixes.clone();
+    let mode = match merge(current.as_ref(), asked) {
         Ok(mode) => mode,
         Err(error) => return Ok(reply::error(&error)),
     };
-    if tracking.as_ref().is_some_and(|t| t.mode == mode) {
+    if let Some(tracker) = tracking {
+        // A second ON changes the options of the connections already tracking, as it
+        // does on a node: what they tracked stays tracked, reported the new way.
+        if tracker.mode() != mode {
+            *tracker
+                .shared
+                .mode
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = mode;
+            let shared = tracker.shared.clone();
+            tracker
+                .lease
+                .retrack(|addr| shared.request(addr, Some(&added)));
+        }
         return Ok(Bytes::from_static(reply::OK));
     }
     let Some(proxy) = proxy.me.upgrade() else {
         return Ok(reply::error("ERR slotguard is shutting down"));
     };
-    let (tracker, ready) = start(proxy, mode, tracking.take());
+    let (tracker, ready) = start(proxy, mode);
     *tracking = Some(tracker);
     Err(ready)
 }
@@ -277,11 +321,13 @@ fn merge(current: Option<&Mode>, asked: Mode) -> Result<Mode, String> {
     }
     let mut prefixes: Vec<Bytes> = current.map(|c| c.prefixes.clone()).unwrap_or_default();
     if asked.bcast {
-        // A prefix that is another's start would report keys twice: refused, as on a node.
+        // A prefix that begins another (or equals it) would report keys twice: refused,
+        // as on a node, against the client's prefixes and the others given with it.
         for (n, p) in asked.prefixes.iter().enumerate() {
-            let earlier = asked.prefixes[..n].iter().chain(&prefixes);
-            for q in earlier.chain(asked.prefixes[n + 1..].iter()) {
-                if p != q && (p.starts_with(q) || q.starts_with(p)) {
+            let others = asked.prefixes.iter().enumerate().filter(|&(m, _)| m != n);
+            let others = prefixes.iter().chain(others.map(|(_, q)| q));
+            for q in others {
+                if p.starts_with(q) || q.starts_with(p) {
                     return Err(format!(
                         "ERR Prefix '{}' overlaps with an existing prefix '{}'. Prefixes for a single client must not overlap.",
                         String::from_utf8_lossy(p),
@@ -290,86 +336,39 @@ fn merge(current: Option<&Mode>, asked: Mode) -> Result<Mode, String> {
                 }
             }
         }
-        for p in asked.prefixes {
-            if !prefixes.contains(&p) {
-                prefixes.push(p);
-            }
-        }
+        prefixes.extend(asked.prefixes);
         if prefixes.is_empty() {
             prefixes.push(Bytes::new()); // every key
         }
     }
-    let was = current.cloned().unwrap_or_default();
-    Ok(Mode {
-        bcast: asked.bcast,
-        optin: was.optin || asked.optin,
-        optout: was.optout || asked.optout,
-        noloop: was.noloop || asked.noloop,
-        prefixes,
-        redirect: asked.redirect,
-    })
+    // The options are those given now (a node keeps only the prefixes).
+    Ok(Mode { prefixes, ..asked })
 }
 
 /// Starts tracking in `mode`; gives the tracker and the receiver of the answer to
-/// `CLIENT TRACKING ON`. A tracking `before` it keeps reporting what it tracked.
-fn start(
-    proxy: Arc<Proxy>,
-    mode: Mode,
-    before: Option<Tracker>,
-) -> (Tracker, oneshot::Receiver<Bytes>) {
-    let (own, pushes, previous) = match before {
-        Some(mut old) => {
-            let (tx, rx) = mpsc::channel(1);
-            let pushes = std::mem::replace(&mut old.pushes, rx);
-            let own = old.own.clone();
-            // Only one generation is kept: what the one before it tracked is flushed.
-            if old.previous.take().is_some() {
-                let _ = own.try_send(Bytes::from_static(FLUSH_ALL));
-            }
-            let task = std::mem::replace(&mut old.task, tokio::spawn(async {}));
-            let retired = Retired {
-                _lease: old.lease.clone(),
-                task,
-            };
-            drop(tx);
-            (own, pushes, Some(Box::new(retired)))
-        }
-        None => {
-            let (own, pushes) = mpsc::channel(QUEUE);
-            (own, pushes, None)
-        }
-    };
+/// `CLIENT TRACKING ON`.
+fn start(proxy: Arc<Proxy>, mode: Mode) -> (Tracker, oneshot::Receiver<Bytes>) {
+    let (own, pushes) = mpsc::channel(QUEUE);
+    let shared = Arc::new(Shared {
+        mode: Mutex::new(mode),
+        ..Shared::default()
+    });
     let lost = Arc::new(AtomicBool::new(false));
-    let broken = Arc::new(AtomicBool::new(false));
-    // Where invalidations go: the client's own pushes, or the redirect's client.
-    let (dest, listeners) = match mode.redirect {
-        Some(id) => {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            let forwarded = Forward {
-                clients: proxy.clients.clone(),
-                id,
-                own: own.clone(),
-                broken: broken.clone(),
-            };
-            tokio::spawn(forwarded.run(rx));
-            (tx, Some(Arc::new(Mutex::new(FxHashMap::default()))))
-        }
-        None => (own.clone(), None),
+    // What the listeners hear, and the flushes: to the redirect's client, or in-band.
+    let (heard, to_forward) = mpsc::channel(QUEUE);
+    let forward = Forward {
+        clients: proxy.clients.clone(),
+        shared: shared.clone(),
+        own: own.clone(),
     };
+    let forward = tokio::spawn(forward.run(to_forward));
     let starts = {
-        let (mode, listeners) = (mode.clone(), listeners.clone());
-        move |addr: &str| match &listeners {
-            None => Some(mode.request(None)),
-            Some(ids) => {
-                let ids: &Mutex<FxHashMap<String, i64>> = ids;
-                let id = *ids.lock().unwrap_or_else(|e| e.into_inner()).get(addr)?;
-                Some(mode.request(Some(id)))
-            }
-        }
+        let shared = shared.clone();
+        move |addr: &str| shared.request(addr, None)
     };
     let lease = Arc::new(Lease::tracking(lease::Tracking {
         start: Box::new(starts),
-        pushes: listeners.is_none().then(|| dest.clone()),
+        pushes: Some(own),
         lost: lost.clone(),
     }));
     let (ready_tx, ready) = oneshot::channel();
@@ -377,54 +376,55 @@ fn start(
     let links = Links {
         proxy,
         lease: lease.clone(),
-        bcast: mode.bcast,
-        dest,
+        shared: shared.clone(),
+        dest: heard,
         lost,
-        listeners,
         ready: Some(ready_tx),
         gave_up: Some(gave_up_tx),
     };
-    let task = tokio::spawn(links.run());
+    let links = tokio::spawn(links.run());
     let tracker = Tracker {
-        mode,
+        shared,
         caching: None,
         caching_now: None,
         lease,
         pushes,
-        own,
-        broken,
-        task,
+        links,
+        forward,
         gave_up,
-        previous,
     };
     (tracker, ready)
 }
 
-/// Passes a tracking client's invalidations to the client it redirects them to, as
-/// `message __redis__:invalidate [keys]` (a null for "flush everything"). Once that client
-/// is gone, each tells the tracking client instead that its redirect is broken (in
-/// RESP3), as a node does.
+/// Passes what a tracking client's listeners hear, and its flushes, to the client it
+/// redirects to, as `message __redis__:invalidate [keys]` (a null for "flush
+/// everything"), or to the client itself when it redirects no more. Once the redirect's
+/// client is gone, each tells the tracking client instead that its redirect is broken
+/// (heard in RESP3), as a node does.
 struct Forward {
     clients: Arc<super::clients::Clients>,
-    id: u32,
+    shared: Arc<Shared>,
     own: mpsc::Sender<Bytes>,
-    broken: Arc<AtomicBool>,
 }
 
 impl Forward {
-    async fn run(self, mut pushes: mpsc::Receiver<Bytes>) {
-        while let Some(push) = pushes.recv().await {
+    async fn run(self, mut heard: mpsc::Receiver<Bytes>) {
+        while let Some(push) = heard.recv().await {
+            let Some(id) = self.shared.mode().redirect else {
+                let _ = self.own.try_send(push);
+                continue;
+            };
             let Ok(Value::Array(items)) = Value::parse(&push) else {
                 continue;
             };
             let Some(keys) = items.get(1) else { continue };
-            match self.clients.inbox(self.id) {
+            match self.clients.inbox(id) {
                 None => {
-                    self.broken.store(true, Ordering::Relaxed);
+                    self.shared.broken.store(true, Ordering::Relaxed);
                     let mut out = BytesMut::new();
                     out.extend_from_slice(b">2\r\n");
                     reply::bulk(&mut out, b"tracking-redir-broken");
-                    out.extend_from_slice(format!(":{}\r\n", self.id).as_bytes());
+                    out.extend_from_slice(format!(":{id}\r\n").as_bytes());
                     let _ = self.own.try_send(out.freeze());
                 }
                 Some(None) => {} // not subscribed to __redis__:invalidate: dropped, as on a node
@@ -440,9 +440,15 @@ impl Forward {
 /// array of keys, or a null), in its protocol.
 pub fn invalidation(keys: &[u8], resp3: bool) -> Bytes {
     let mut out = BytesMut::new();
-    out.extend_from_slice(if resp3 { b">3\r\n" } else { b"*3\r\n" });
-    reply::bulk(&mut out, b"message");
-    reply::bulk(&mut out, b"__redis__:invalidate");
+    if resp3 {
+        // A RESP3 client hears the push a tracking client would, subscribed or not.
+        out.extend_from_slice(b">2\r\n");
+        reply::bulk(&mut out, b"invalidate");
+    } else {
+        out.extend_from_slice(b"*3\r\n");
+        reply::bulk(&mut out, b"message");
+        reply::bulk(&mut out, b"__redis__:invalidate");
+    }
     if keys == b"$-1\r\n" || keys == b"_\r\n" {
         out.extend_from_slice(if resp3 { b"_\r\n" } else { b"$-1\r\n" });
     } else {
@@ -454,7 +460,7 @@ pub fn invalidation(keys: &[u8], resp3: bool) -> Bytes {
 /// `CLIENT GETREDIR`: -1 when not tracking, 0 without a redirect.
 pub fn redirect(tracking: Option<&Tracker>) -> i64 {
     match tracking {
-        Some(t) => t.mode.redirect.map_or(0, i64::from),
+        Some(t) => t.mode().redirect.map_or(0, i64::from),
         None => -1,
     }
 }
@@ -473,15 +479,15 @@ pub fn info(tracking: Option<&Tracker>, resp3: bool) -> Bytes {
         None => flags.push(b"off"),
         Some(t) => {
             flags.push(b"on");
-            let m = &t.mode;
+            let m = t.mode();
             for (on, flag) in [
                 (m.bcast, &b"bcast"[..]),
                 (m.optin, b"optin"),
-                (m.optin && t.caching == Some(true), b"caching-yes"),
+                (m.optin && t.caching_said() == Some(true), b"caching-yes"),
                 (m.optout, b"optout"),
-                (m.optout && t.caching == Some(false), b"caching-no"),
+                (m.optout && t.caching_said() == Some(false), b"caching-no"),
                 (m.noloop, b"noloop"),
-                (t.broken.load(Ordering::Relaxed), b"broken_redirect"),
+                (t.shared.broken.load(Ordering::Relaxed), b"broken_redirect"),
             ] {
                 if on {
                     flags.push(flag);
@@ -500,9 +506,9 @@ pub fn info(tracking: Option<&Tracker>, resp3: bool) -> Bytes {
     reply::bulk(&mut out, b"redirect");
     out.extend_from_slice(format!(":{}\r\n", redirect(tracking)).as_bytes());
     reply::bulk(&mut out, b"prefixes");
-    let prefixes = tracking.map_or(&[][..], |t| &t.mode.prefixes);
+    let prefixes = tracking.map_or(Vec::new(), |t| t.mode().prefixes);
     reply::array_header(&mut out, prefixes.len());
-    for p in prefixes {
+    for p in &prefixes {
         reply::bulk(&mut out, p);
     }
     out.freeze()
@@ -548,17 +554,15 @@ fn flush(pushes: &mpsc::Sender<Bytes>, lost: &AtomicBool) {
 }
 
 /// What a tracking client needs besides its own connections: a listener on every node
-/// when it redirects, a broadcasting connection on every node that may become a master,
-/// and with BCAST its connections to every master open.
+/// (for a redirect, now or after a second `ON`), a broadcasting connection on every node
+/// that may become a master, and with BCAST its connections to every master open.
 struct Links {
     proxy: Arc<Proxy>,
     lease: Arc<Lease>,
-    bcast: bool,
-    /// Where invalidations and flushes go.
+    /// Where what the listeners hear, and flushes, go (see [`Forward`]).
     dest: mpsc::Sender<Bytes>,
     lost: Arc<AtomicBool>,
-    /// The listeners' client ids, by node (with a redirect).
-    listeners: Option<Arc<Mutex<FxHashMap<String, i64>>>>,
+    shared: Arc<Shared>,
     ready: Option<oneshot::Sender<Bytes>>,
     gave_up: Option<oneshot::Sender<()>>,
 }
@@ -614,11 +618,8 @@ impl Links {
             }
             let now = Instant::now();
             retry_at.retain(|_, at| *at > now);
-            let mut kinds = vec![(Kind::Standby, &standby)];
             let every: Vec<String> = masters.iter().chain(&standby).cloned().collect();
-            if self.listeners.is_some() {
-                kinds.push((Kind::Listener, &every));
-            }
+            let kinds = [(Kind::Standby, &standby), (Kind::Listener, &every)];
             let mut first = Vec::new();
             for (kind, addrs) in kinds {
                 for addr in addrs.iter() {
@@ -639,7 +640,7 @@ impl Links {
                         started: Some(started_tx),
                         late: self.ready.is_none(),
                         missed: missed.clone(),
-                        listeners: self.listeners.clone(),
+                        shared: self.shared.clone(),
                         proxy: self.proxy.clone(),
                     };
                     let handle = links.spawn(async move {
@@ -650,21 +651,25 @@ impl Links {
                     first.push((kind == Kind::Listener && masters.contains(addr), started));
                 }
             }
-            // With BCAST, every master reports to the client's own connection to it.
+            // The first answer waits until every master tracks.
+            let mut ok = !masters.is_empty();
+            if self.ready.is_some() {
+                for (needed, started) in first {
+                    ok &= started.await.unwrap_or(false) || !needed;
+                }
+            }
+            // With BCAST, every master reports to the client's own connection to it (made
+            // once the node's listener is known, with a redirect).
             let mut opened = Vec::new();
-            if self.bcast {
+            if self.shared.mode().bcast {
                 let open = self.lease.nodes();
-                for addr in masters.iter().filter(|a| !open.contains(a)) {
+                let startable = |addr: &String| self.shared.request(addr, None).is_some();
+                for addr in masters.iter().filter(|a| !open.contains(a) && startable(a)) {
                     let node = self.proxy.node(addr);
                     opened.push(self.lease.send_quiet(&node, PING, true));
                 }
             }
             if let Some(reply_to) = self.ready.take() {
-                // The first answer waits until every master tracks.
-                let mut ok = !masters.is_empty();
-                for (needed, started) in first {
-                    ok &= started.await.unwrap_or(false) || !needed;
-                }
                 for pong in opened {
                     ok &= pong.await.is_ok_and(|r| !r.starts_with(b"-"));
                 }
@@ -695,9 +700,9 @@ impl Links {
                         if kind == Kind::Listener {
                             // The client's connection to the node redirects to an id
                             // that is gone: it is made again with the next listener's.
-                            if let Some(ids) = &self.listeners {
-                                ids.lock().unwrap_or_else(|e| e.into_inner()).remove(&addr);
-                            }
+                            let mut ids = self.shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+                            ids.remove(&addr);
+                            drop(ids);
                             self.lease.forget(&addr);
                         }
                         if is_master(&self.proxy, &addr) {
@@ -729,7 +734,7 @@ struct Link {
     late: bool,
     /// A standby link heard a write while its node was not a master.
     missed: Arc<AtomicBool>,
-    listeners: Option<Arc<Mutex<FxHashMap<String, i64>>>>,
+    shared: Arc<Shared>,
     proxy: Arc<Proxy>,
 }
 
@@ -777,9 +782,14 @@ impl Link {
                 if skip > 0 {
                     skip -= 1;
                 } else if let Some(tell) = self.started.take() {
-                    if let (Some(ids), Ok(Value::Int(id))) = (&self.listeners, Value::parse(&frame))
+                    if let (Kind::Listener, Ok(Value::Int(id))) = (self.kind, Value::parse(&frame))
                     {
-                        let mut ids = ids.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut ids = self
+                            .shared
+                            .listeners
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        debug!(addr = %self.addr, id, kind = ?self.kind, "listener id");
                         ids.insert(self.addr.clone(), id);
                     }
                     let _ = tell.send(true);
@@ -808,5 +818,74 @@ impl Link {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asked(f: impl FnOnce(&mut Mode)) -> Mode {
+        let mut m = Mode::default();
+        f(&mut m);
+        m
+    }
+
+    #[test]
+    fn a_second_on_replaces_the_options_and_adds_prefixes_as_a_node_does() {
+        let on = merge(None, asked(|m| m.noloop = true)).unwrap();
+        let again = merge(Some(&on), asked(|m| m.optin = true)).unwrap();
+        assert!(again.optin && !again.noloop, "{again:?}");
+        let err = merge(Some(&again), asked(|m| m.optout = true)).unwrap_err();
+        assert!(err.contains("switch OPTIN/OPTOUT"), "{err}");
+        let err = merge(Some(&again), asked(|m| m.bcast = true)).unwrap_err();
+        assert!(err.contains("switch BCAST"), "{err}");
+
+        let bcast = merge(None, asked(|m| m.bcast = true)).unwrap();
+        assert_eq!(bcast.prefixes, [Bytes::new()], "every key");
+        let ab = asked(|m| {
+            m.bcast = true;
+            m.prefixes = vec![Bytes::from("a:"), Bytes::from("b:")];
+        });
+        let ab = merge(None, ab).unwrap();
+        let c = merge(
+            Some(&ab),
+            asked(|m| {
+                m.bcast = true;
+                m.prefixes = vec![Bytes::from("c:")];
+            }),
+        )
+        .unwrap();
+        assert_eq!(c.prefixes, ["a:", "b:", "c:"].map(Bytes::from));
+        for clash in ["a", "a:", "a:x"] {
+            let err = merge(
+                Some(&ab),
+                asked(|m| {
+                    m.bcast = true;
+                    m.prefixes = vec![Bytes::from(clash)];
+                }),
+            )
+            .unwrap_err();
+            assert!(err.contains("overlaps"), "{clash}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_connection_says_the_options_and_its_nodes_listener() {
+        let m = asked(|m| {
+            m.optout = true;
+            m.noloop = true;
+            m.redirect = Some(9);
+        });
+        let raw = m.request(&[], Some(42));
+        assert_eq!(
+            &raw[..],
+            b"*7\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$2\r\nON\r\n$6\r\nOPTOUT\r\n$6\r\nNOLOOP\r\n$8\r\nREDIRECT\r\n$2\r\n42\r\n"
+        );
+        let every = asked(|m| m.bcast = true).request(&[Bytes::new()], None);
+        assert_eq!(
+            &every[..],
+            b"*4\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$2\r\nON\r\n$5\r\nBCAST\r\n"
+        );
     }
 }
