@@ -354,7 +354,7 @@ struct Connection<'a> {
     rbuf_aside: bool,
     scanner: ReplyScanner,
     /// The connection is one client's own: it closes when that client goes, or when it
-    /// was idle for `backend.dedicated_idle` and holds no WATCH.
+    /// was idle for `backend.dedicated_idle` and holds no WATCH and tracks nothing.
     own: Option<&'a Owner>,
     /// How long a dedicated connection may stay idle.
     idle: Duration,
