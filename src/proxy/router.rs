@@ -351,10 +351,7 @@ fn exec(proxy: &Proxy, client: &mut Client, mut tx: Tx) -> Pending {
     if slot.is_some() {
         client.wrote(slot);
     }
-    let (mut job, rx) = Job::new(Bytes::from_static(EXEC), slot, client.id, client.resp3);
-    if let Some(tracker) = &client.tracking {
-        tracker.carry().apply(&mut job);
-    }
+    let (mut job, rx) = job_raw(client, Bytes::from_static(EXEC), slot);
     job.once = tx.once;
     job.write = tx.writes;
     let extra = job.extra();
@@ -772,7 +769,12 @@ fn is_xread_without_block(name: &str, req: &Request) -> bool {
 }
 
 fn job(client: &Client, req: Request, slot: Option<u16>) -> (Job, oneshot::Receiver<Bytes>) {
-    let (mut job, rx) = Job::new(req.into_raw(), slot, client.id, client.resp3);
+    job_raw(client, req.into_raw(), slot)
+}
+
+/// The client's job for `raw`; a tracking client's takes its tracking connections.
+fn job_raw(client: &Client, raw: Bytes, slot: Option<u16>) -> (Job, oneshot::Receiver<Bytes>) {
+    let (mut job, rx) = Job::new(raw, slot, client.id, client.resp3);
     if let Some(tracker) = &client.tracking {
         tracker.carry().apply(&mut job);
     }
