@@ -309,11 +309,45 @@ impl Memory<'_> {
     }
 }
 
+/// A migration between its two finalizes: the target has bound the slot to itself with a
+/// newer epoch, and the source, which still claims it, migrates it there and has none of
+/// its keys left (counted in this look). Both claims are live, but they agree on where
+/// every key is: the target has them all, and the source sends whatever it is asked for
+/// there (ASK, or MOVED once gossip reaches it). Nothing is held: the slot map, which
+/// follows the newer epoch, already names the target. Returns (source, target).
+///
+/// Any other second claim is a conflict. In S11 the claim that matters is the source's
+/// heir's, which is newer than the target's; a source with keys left would lose them
+/// when it hears of the target's claim.
+fn finalizing<'a>(
+    claims: &[&'a NodeLine],
+    memory: &Memory,
+    slot: u16,
+) -> Option<(&'a str, &'a str)> {
+    let [x, y] = claims else {
+        return None;
+    };
+    [(x, y), (y, x)].into_iter().find_map(|(source, target)| {
+        let migrates = source
+            .migrating
+            .iter()
+            .any(|(s, to)| *s == slot && *to == target.id);
+        let importing = target.importing.iter().any(|(s, _)| *s == slot);
+        let emptied = memory.keys.get(&(source.id.clone(), slot)) == Some(&0);
+        (migrates && !importing && emptied && target.config_epoch > source.config_epoch)
+            .then_some((source.id.as_str(), target.id.as_str()))
+    })
+}
+
 /// Decides one slot.
 pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
     let decision = |state, plan| Decision { slot, state, plan };
     let keys = |id: &str| memory.keys(id, slot);
     let claims = cluster.claims(slot);
+    if let Some((from, to)) = finalizing(&claims, memory, slot) {
+        let (from, to) = (from.to_string(), to.to_string());
+        return decision(State::Migrating { from, to }, vec![]);
+    }
     if claims.len() > 1 {
         let claims = claims.iter().map(|c| c.id.clone()).collect();
         return decision(State::Conflicted { claims }, vec![]);

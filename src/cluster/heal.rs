@@ -28,6 +28,11 @@ pub struct Healer {
     /// step (a restarted node whose cluster is still down) is not asked again at once.
     retry: Arc<Mutex<(u32, Instant)>>,
     strays: Strays,
+    /// The slots held at the last look, and those of them a repair was planned for.
+    held: BTreeSet<u16>,
+    planned: BTreeSet<u16>,
+    /// Some slot was held for the first time at the last look.
+    fresh: bool,
 }
 
 /// The wait after the first failed repair, doubled after each further one up to
@@ -43,12 +48,21 @@ impl Healer {
             repair: None,
             retry: Arc::new(Mutex::new((0, Instant::now()))),
             strays: Strays::default(),
+            held: BTreeSet::new(),
+            planned: BTreeSet::new(),
+            fresh: false,
         }
     }
 
     /// True while a repair runs.
     pub fn repairing(&self) -> bool {
         self.repair.as_ref().is_some_and(|r| !r.is_finished())
+    }
+
+    /// True when the last look held a slot the look before did not: the next look comes
+    /// soon, to confirm it (see [`Healer::assess`]).
+    pub fn confirming(&self) -> bool {
+        self.fresh
     }
 
     /// Decides every unsettled slot from fresh views; holds the broken ones and starts a
@@ -111,12 +125,28 @@ impl Healer {
         let due = self.retry.lock().unwrap_or_else(|e| e.into_inner()).1 <= now;
         // With several proxies, only the one that holds the authority's lease repairs.
         let authority = coordinator.is_none_or(|c| c.is_authority());
+        // The views and the key counts of one look are read a few milliseconds apart, and
+        // a migration moves on in between: a target seen importing before its source was
+        // told to migrate, and counted after keys arrived, looks like S13. A slot is held
+        // as soon as it looks broken, but repaired only when the next look, read afresh,
+        // plans a repair for it too.
+        let planned: BTreeSet<u16> = decisions
+            .iter()
+            .filter(|d| !d.plan.is_empty())
+            .map(|d| d.slot)
+            .collect();
+        let confirmed = std::mem::replace(&mut self.planned, planned);
+        self.fresh = !held.is_subset(&self.held) || !self.planned.is_subset(&confirmed);
+        self.held = held;
         if config.repair_auto && due && authority && !self.repairing() {
-            if let Some(d) = decisions.iter().find(|d| !d.plan.is_empty()) {
+            if self.planned.is_empty() {
+                close_on_replicas(routing, views, &dial).await;
+            } else if let Some(d) = decisions
+                .iter()
+                .find(|d| !d.plan.is_empty() && confirmed.contains(&d.slot))
+            {
                 let addrs = addresses(views);
                 self.start_repair(routing, addrs, d);
-            } else {
-                close_on_replicas(routing, views, &dial).await;
             }
         }
         decisions
@@ -468,7 +498,9 @@ fn save(j: &Journal) {
     }
 }
 
-/// `CLUSTER COUNTKEYSINSLOT` for each slot of interest on every master that answered.
+/// `CLUSTER COUNTKEYSINSLOT` for each slot of interest on every master that answered: one
+/// pipelined exchange a master, all masters at once. A look during a move of 64 slots
+/// counts 64 slots on every master, and every request held for the look waits for it.
 async fn count_keys(
     views: &[(String, Vec<NodeLine>)],
     slots: &BTreeSet<u16>,
@@ -478,18 +510,30 @@ async fn count_keys(
     if slots.is_empty() {
         return out;
     }
+    let commands: Arc<Vec<Vec<String>>> = Arc::new(
+        slots
+            .iter()
+            .map(|s| vec!["CLUSTER".into(), "COUNTKEYSINSLOT".into(), s.to_string()])
+            .collect(),
+    );
     // Masters cut off by a partition count too: their keys decide S11.
+    let mut asks = tokio::task::JoinSet::new();
     for (id, addr) in answering_masters(views) {
-        let Ok(mut conn) = Conn::dial(addr, dial).await else {
+        let (id, addr) = (id.to_string(), addr.to_string());
+        let (commands, dial) = (commands.clone(), dial.clone());
+        asks.spawn(async move {
+            let mut conn = Conn::dial(&addr, &dial).await.ok()?;
+            let replies = conn.pipeline(&commands, dial.limit).await.ok()?;
+            Some((id, replies))
+        });
+    }
+    while let Some(done) = asks.join_next().await {
+        let Ok(Some((id, replies))) = done else {
             continue;
         };
-        for &slot in slots {
-            let count = ["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()];
-            if let Ok(n) = conn.call_ok(&count).await {
-                out.insert(
-                    (id.to_string(), slot),
-                    n.as_int().unwrap_or(0).max(0) as u64,
-                );
+        for (&slot, reply) in slots.iter().zip(replies) {
+            if let Some(n) = reply.as_int() {
+                out.insert((id.clone(), slot), n.max(0) as u64);
             }
         }
     }

@@ -121,7 +121,9 @@ pub async fn run(routing: Arc<Routing>, mut hints: mpsc::UnboundedReceiver<Hint>
             continue; // nodes just learned of are asked at once
         }
         let last = Instant::now();
-        let interval = if unsettled {
+        let interval = if healer.confirming() {
+            MIN_GAP
+        } else if unsettled {
             UNSETTLED_INTERVAL
         } else {
             routing.config().refresh_interval

@@ -447,10 +447,15 @@ impl Proxy {
                 // The slot waits for earlier requests or a repair: so does this one.
                 self.hold.push(job, Reason::Queued);
             }
-            Redirect::Moved { slot, addr } if self.routing.is_watched(slot) => {
+            Redirect::Moved { slot, addr }
+                if self.routing.is_watched(slot)
+                    && self.routing.map().owner(slot) != Some(addr.as_str()) =>
+            {
                 // A slot in migration moved: that is the cluster's epoch speaking, and the
                 // authority must look before anything is sent there (the new owner may
-                // lack keys). Wait for the next refresh instead.
+                // lack keys). Wait for the next refresh instead. Once the slot map names
+                // the new owner (a look newer than this request's routing), it is
+                // followed: the request crossed the map's change in flight.
                 self.hint(Hint::Refresh);
                 let why = format!("slot moved to {addr} during a migration; checking");
                 self.hold.push(job, Reason::NotReady(why));

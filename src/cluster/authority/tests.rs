@@ -23,6 +23,7 @@ struct Node {
     /// Not answering; flagged `fail` by the others when `failed`.
     dead: bool,
     failed: bool,
+    epoch: u64,
 }
 
 fn master(id: &'static str, slots: &[(u16, u16)]) -> Node {
@@ -35,6 +36,7 @@ fn master(id: &'static str, slots: &[(u16, u16)]) -> Node {
         importing: vec![],
         dead: false,
         failed: false,
+        epoch: 0,
     }
 }
 
@@ -48,6 +50,7 @@ fn replica(id: &'static str, of: &'static str) -> Node {
         importing: vec![],
         dead: false,
         failed: false,
+        epoch: 0,
     }
 }
 
@@ -94,6 +97,7 @@ fn views(nodes: &[Node]) -> Vec<(String, Vec<NodeLine>)> {
                     myself: n.id == me.id,
                     master: n.master,
                     fail: n.failed && n.id != me.id,
+                    config_epoch: n.epoch,
                     master_id: n.master_of.map(Into::into),
                     slots: n.slots.clone(),
                     migrating: if n.id == me.id {
@@ -883,6 +887,43 @@ fn s9_when_the_promoted_replica_already_owns_the_slot_only_the_others_are_told()
         want_case: Some("S2/S3/S9"),
         want_plan: vec![bind("A", "B2"), bind("C", "B2")],
         ..case("S9, news reached the replica", nodes)
+    });
+}
+
+#[test]
+fn a_target_finalized_before_its_emptied_source_is_not_a_conflict() {
+    // The safe order's window: B bound the slot to itself (a newer epoch); A, which still
+    // claims it, migrates it to B and has no key of it left. Both say where every key is.
+    let finalized = || {
+        let mut nodes = mid_migration();
+        let b = get(&mut nodes, "B");
+        b.importing.clear();
+        b.slots.push((X, X));
+        b.epoch = 7;
+        get(&mut nodes, "A").epoch = 3;
+        nodes
+    };
+    run_with_and_without_memory(Case {
+        keys: vec![("A", 0), ("B", 100)],
+        want_state: "migrating",
+        ..case("finalized on the target only", finalized())
+    });
+    // A key left on the source, or keys not counted: a conflict, held.
+    for keys in [vec![("A", 1), ("B", 100)], vec![]] {
+        run(Case {
+            keys,
+            want_state: "conflicted",
+            ..case("finalized with keys left on the source", finalized())
+        });
+    }
+    // The source's claim newer (a failover on its side, as in S11 on Valkey, whose heir
+    // keeps migrating): a conflict.
+    let mut nodes = finalized();
+    get(&mut nodes, "A").epoch = 9;
+    run(Case {
+        keys: vec![("A", 0), ("B", 100)],
+        want_state: "conflicted",
+        ..case("the source's claim is newer", nodes)
     });
 }
 
