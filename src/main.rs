@@ -94,6 +94,9 @@ struct PaceArgs {
     /// Keys moved per MIGRATE.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// MIGRATEs sent at once, before each wait for the target's replicas.
+    #[arg(long, default_value_t = slotguard::cluster::repair::PIPELINE)]
+    pipeline: usize,
     /// At most this many keys a second (moves with MIGRATE, not atomically).
     #[arg(long)]
     max_keys_per_sec: Option<u64>,
@@ -107,6 +110,7 @@ impl PaceArgs {
     fn options(&self) -> slotguard::cluster::mover::Options {
         slotguard::cluster::mover::Options {
             batch: self.batch.max(1),
+            pipeline: self.pipeline.max(1),
             max_keys_per_sec: self.max_keys_per_sec,
             legacy: self.legacy,
         }

@@ -118,11 +118,19 @@ async fn wait_for_keys(addr: &str, n: i64) {
 }
 
 /// How a test moves slots it means to cut short: on Valkey through MIGRATESLOTS (a rate
-/// limit would mean MIGRATE), elsewhere 10 keys a MIGRATE at `rate` keys a second.
+/// limit would mean MIGRATE), elsewhere 10 keys a MIGRATE, one at a time, at `rate` keys
+/// a second (the other tests move with the default pipeline of MIGRATEs).
 fn paced(rate: &str) -> Vec<&str> {
     match slotguard::localcluster::is_valkey() {
         true => vec![],
-        false => vec!["--batch", "10", "--max-keys-per-sec", rate],
+        false => vec![
+            "--batch",
+            "10",
+            "--pipeline",
+            "1",
+            "--max-keys-per-sec",
+            rate,
+        ],
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Move {
 pub struct Options {
     /// Keys per MIGRATE.
     pub batch: usize,
+    /// MIGRATEs sent together before each wait for the target's replicas.
+    pub pipeline: usize,
     /// At most this many keys a second (moves slot by slot with MIGRATE).
     pub max_keys_per_sec: Option<u64>,
     /// Move slot by slot with MIGRATE even where every master can migrate slots
@@ -489,6 +491,7 @@ pub async fn run_moves(
         .with_limit(config.connect_timeout.max(Duration::from_secs(5)));
     let pace = Pace {
         batch: options.batch,
+        pipeline: options.pipeline,
         max_keys_per_sec: options.max_keys_per_sec,
         moved: Some(&progress.keys),
         stop: Some(stop),
@@ -603,6 +606,7 @@ async fn run_for(routing: &Routing, request: MoveRequest) {
     let journal = Mutex::new(Journal::open(None).expect("an in-memory journal"));
     let options = Options {
         batch: repair::BATCH,
+        pipeline: repair::PIPELINE,
         max_keys_per_sec: None,
         legacy: false,
     };
