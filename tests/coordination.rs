@@ -250,16 +250,45 @@ async fn index_of(cluster: &LocalCluster, id: &str) -> usize {
     panic!("no running node {id}");
 }
 
-/// The id of the replica of the master at node `i`.
-async fn replica_of(cluster: &LocalCluster, i: usize) -> usize {
+/// The replicas of the master at node `i` (Valkey may have moved one to a master left
+/// without any).
+async fn replicas_of(cluster: &LocalCluster, i: usize) -> Vec<usize> {
     let master = node_id(&cluster.nodes[i].addr()).await;
     let v = common::call(&cluster.nodes[i].addr(), &["CLUSTER", "REPLICAS", &master]).await;
     let slotguard::protocol::Value::Array(lines) = v else {
         panic!("CLUSTER REPLICAS: {v:?}");
     };
-    let line = lines.first().and_then(|l| l.as_str()).expect("a replica");
-    let id = line.split(' ').next().unwrap().to_string();
-    index_of(cluster, &id).await
+    let mut out = Vec::new();
+    for line in lines.iter().filter_map(|l| l.as_str()) {
+        let id = line.split(' ').next().unwrap().to_string();
+        out.push(index_of(cluster, &id).await);
+    }
+    out
+}
+
+/// A replica of the master at node `i`.
+async fn replica_of(cluster: &LocalCluster, i: usize) -> usize {
+    replicas_of(cluster, i).await[0]
+}
+
+/// The indices in `cluster.nodes` of the running masters that own slots, in order.
+async fn masters(cluster: &LocalCluster) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        if n.pid().is_none() {
+            continue;
+        }
+        let v = common::call(&n.addr(), &["CLUSTER", "NODES"]).await;
+        let lines = slotguard::cluster::nodes::parse(v.as_str().unwrap(), "127.0.0.1").unwrap();
+        if lines
+            .iter()
+            .any(|l| l.myself && l.master && !l.slots.is_empty())
+        {
+            out.push(i);
+        }
+    }
+    assert_eq!(out.len(), 3, "three masters with slots");
+    out
 }
 
 /// Waits until node `i` answers ROLE as a master.
@@ -458,15 +487,29 @@ async fn three_proxies_one_repairer_through_the_catalogue() {
     };
     let proxies = proxies(&cluster, &etcd, &["p1", "p2", "p3"]).await;
     let authority = one_authority(&proxies).await;
-    // Masters are nodes 0, 1, 2 and replicas 3, 4, 5 (of 0, 1, 2) at first; each fault
-    // moves a master role, and the next round picks masters as they are then.
-    let rounds = [
-        ((0, 1), Fault::KillSource),     // then 3 is master of shard 0
-        ((1, 2), Fault::KillTarget),     // then 5 is master of shard 2
-        ((3, 1), Fault::FailOverTarget), // then 4 is master of shard 1
-        ((5, 4), Fault::FailOverSource), // then 2 is master of shard 2
+    // Each fault moves a master role (and Valkey may migrate a replica to a master left
+    // without one), so each round picks its two ends from the masters as they are then.
+    let faults = [
+        Fault::KillSource,
+        Fault::KillTarget,
+        Fault::FailOverTarget,
+        Fault::FailOverSource,
     ];
-    for (number, (ends, fault)) in rounds.into_iter().enumerate() {
+    for (number, fault) in faults.into_iter().enumerate() {
+        let masters = masters(&cluster).await;
+        let mut ends = None;
+        for k in 0..masters.len() {
+            let (a, b) = (masters[(number + k) % 3], masters[(number + k + 1) % 3]);
+            let victim = match fault {
+                Fault::KillSource | Fault::FailOverSource => a,
+                Fault::KillTarget | Fault::FailOverTarget => b,
+            };
+            if !replicas_of(&cluster, victim).await.is_empty() {
+                ends = Some((a, b));
+                break;
+            }
+        }
+        let ends = ends.expect("a master with a replica");
         let killed = round(&mut cluster, &etcd, &proxies, ends, fault, number).await;
         restore(&mut cluster, killed.as_slice()).await;
     }

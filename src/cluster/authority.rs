@@ -597,13 +597,24 @@ fn claimed_across_a_partition(
     // A copy cut short is run again: the keys the claimant has came from it (the cut-off
     // side changes nothing once it knows it is cut off, and the copy waits for that).
     let copy = memory.keys(&o.id, slot) == 0 || memory.repairing.contains(&slot);
+    // On Valkey the claimant, a promoted replica of the source, still migrates the slot to
+    // the cut-off target (SETSLOT is replicated), and would answer the copy's writes with
+    // ASK: its side of the migration is closed first. The slot stays held.
+    let migrating = o.migrating.iter().any(|(s, _)| *s == slot);
+    let close = migrating.then(|| Step::Stable {
+        on: o.id.clone(),
+        slot,
+    });
     let (plan, why) = match copy {
         true => (
-            vec![Step::CopyKeys {
-                from: n.id.clone(),
-                to: o.id.clone(),
-                slot,
-            }],
+            close
+                .into_iter()
+                .chain([Step::CopyKeys {
+                    from: n.id.clone(),
+                    to: o.id.clone(),
+                    slot,
+                }])
+                .collect(),
             format!(
                 "{} claims the slot with its keys and is cut off; {} claims it without them: the keys are copied there, and the slot is held until the partition heals",
                 n.id, o.id

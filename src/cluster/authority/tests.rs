@@ -1055,6 +1055,24 @@ fn s11_the_keys_of_a_cut_off_target_are_copied_to_the_live_claimant() {
             ..case("S11", s11())
         });
     }
+    // On Valkey A2 still migrates the slot to B when it is elected: it is closed first, or
+    // A2 would answer the copy's writes with ASK.
+    let mut valkey = s11();
+    get(&mut valkey, "A2").migrating.push((X, "B".into()));
+    run(Case {
+        keys: vec![("B", 60), ("A2", 0)],
+        want_state: "broken",
+        want_case: Some("S11"),
+        want_plan: [
+            vec![Stable {
+                on: "A2".into(),
+                slot: X,
+            }],
+            copy.clone(),
+        ]
+        .concat(),
+        ..case("S11, the heir migrating", valkey)
+    });
     // Once A2 has them, the slot is held until the partition heals: either side may win.
     run(Case {
         journal: BTreeMap::new(),
