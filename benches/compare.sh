@@ -6,11 +6,22 @@
 # MSET and INCR, the writes; INCR travels there as a script that runs it once), with
 # their ratio to direct and, last, to the `master` proxy.
 #
-#   benches/compare.sh [requests] [clients]      (defaults: 200000 50)
+#   benches/compare.sh [--peer NAME=PATH]... [requests] [clients]   (defaults: 200000 50)
+#
+# --peer runs another proxy on the same cluster in the same run, one worker thread, and
+# adds its rows with a last column `sg/peer`: slotguard's requests per proxy CPU-second
+# over the peer's. Known peers: predixy (built from its public source, outside this
+# repository: make in a clone of github.com/joyieldInc/predixy; g++ 12 needs
+# CXX="g++ -include ctime").
 #
 # Needs redis-server and redis-benchmark (scripts/install-deps). Builds the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+peers=()
+while [ "${1:-}" = --peer ]; do
+  peers+=("$2")
+  shift 2
+done
 N=${1:-200000}
 C=${2:-50}
 cargo build --release --quiet
@@ -31,6 +42,26 @@ target/release/slotguard --config "$rconf" --listen "127.0.0.1:$rport" --seed "$
 rproxy=$!
 trap 'kill $proxy $rproxy 2>/dev/null; wait $proxy $rproxy 2>/dev/null; rm -f "$log" "$log".* "$rconf"' EXIT
 for _ in $(seq 1 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+# Peers, each on a port of its own (pids and ports by name).
+declare -A peer_pid peer_port
+for spec in "${peers[@]}"; do
+  name=${spec%%=*}; path=${spec#*=}
+  pport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  case "$name" in
+    predixy)
+      pconf=$(mktemp)
+      printf 'Name bench\nBind 127.0.0.1:%s\nWorkerThreads 1\nLogVerbSample 0\nLogDebugSample 0\nLogInfoSample 0\n' "$pport" >"$pconf"
+      printf 'Authority {\n  Auth {\n    Mode admin\n  }\n}\n' >>"$pconf"
+      printf 'ClusterServerPool {\n  MasterReadPriority 100\n  Servers {\n    + %s\n  }\n}\n' "$node" >>"$pconf"
+      "$path" "$pconf" >"$log.peer.$name" 2>&1 &
+      ;;
+    *) echo "unknown peer $name (known: predixy)" >&2; exit 2 ;;
+  esac
+  peer_pid[$name]=$!
+  peer_port[$name]=$pport
+  for _ in $(seq 1 100); do redis-cli -p "$pport" set warm 1 2>/dev/null | grep -q OK && break; sleep 0.1; done
+done
+trap 'kill $proxy $rproxy ${peer_pid[*]:-} 2>/dev/null; wait $proxy $rproxy 2>/dev/null; rm -f "$log" "$log".* "$rconf"' EXIT
 hz=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/${1:-$proxy}/stat"; }
 
@@ -41,6 +72,7 @@ run() { # name target pipeline tests...
   case "$target" in
     direct) args+=(--cluster -h "$nhost" -p "$nport") ;;
     replicated) args+=(-p "$rport"); pid=$rproxy ;;
+    peer:*) args+=(-p "${peer_port[${target#peer:}]}"); pid=${peer_pid[${target#peer:}]} ;;
     *) args+=(-p "$port") ;;
   esac
   local before after
@@ -50,7 +82,7 @@ run() { # name target pipeline tests...
   echo "$((after - before))" >"$log.$name.cpu"
 }
 
-printf '%-8s %-4s %-10s %12s %8s %8s %10s %16s %10s\n' test P target req/s p50_ms p99_ms vs_direct ops/proxy_cpu_s vs_master
+printf '%-8s %-4s %-10s %12s %8s %8s %10s %16s %10s\n' test P target req/s p50_ms p99_ms vs_direct ops/proxy_cpu_s vs_master/sg_over_peer
 for pipe in 1 16; do
   for t in set get mset incr; do
     run "d$t$pipe" direct "$pipe" "$t"
@@ -62,6 +94,16 @@ for pipe in 1 16; do
     ratio=$(python3 -c "print(f'{$prps/$drps:.2f}')")
     printf '%-8s %-4s %-10s %12s %8s %8s %10s %16s %10s\n' "$t" "$pipe" direct "$drps" "$dp50" "$dp99" 1.00 - -
     printf '%-8s %-4s %-10s %12s %8s %8s %10s %16s %10s\n' "$t" "$pipe" proxy "$prps" "$pp50" "$pp99" "$ratio" "$per_cpu" 1.00
+    for spec in "${peers[@]}"; do
+      name=${spec%%=*}
+      run "x$name$t$pipe" "peer:$name" "$pipe" "$t"
+      IFS=, read -r _ xrps _ _ xp50 _ xp99 _ <"$log.x$name$t$pipe"
+      xticks=$(cat "$log.x$name$t$pipe.cpu")
+      xper_cpu=$(python3 -c "t=$xticks/$hz; print(f'{$N/t/1000:.0f}k' if t > 0 else 'n/a')")
+      ratio=$(python3 -c "print(f'{$xrps/$drps:.2f}')")
+      over=$(python3 -c "print(f'{$xticks/$ticks:.2f}' if $ticks > 0 else 'n/a')")
+      printf '%-8s %-4s %-10s %12s %8s %8s %10s %16s %10s\n' "$t" "$pipe" "$name" "$xrps" "$xp50" "$xp99" "$ratio" "$xper_cpu" "$over"
+    done
     if [ "$t" != get ]; then
       run "r$t$pipe" replicated "$pipe" "$t"
       IFS=, read -r _ rrps _ _ rp50 _ rp99 _ <"$log.r$t$pipe"
