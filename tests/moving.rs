@@ -235,7 +235,7 @@ async fn five_hundred_slots_move_under_load() {
 }
 
 /// kill -9 of slotguard mid-way, then the same command: it resumes, and the cluster ends
-/// clean with every key in place.
+/// clean with every key in place. Killed at a step picked at random (`kill_point`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_migrate_resumes_where_it_stopped() {
     let h = Harness::start(3, 1).await;
@@ -253,8 +253,10 @@ async fn a_killed_migrate_resumes_where_it_stopped() {
     .concat();
     let base = dbsize(&target).await;
     let mut first = slotguard(&h, &args).spawn().unwrap();
-    // Killed in the middle of the keys.
-    under_way(&source, &target, base + 1000).await;
+    // Killed at a step picked at random (see `kill_point`).
+    let kill_at = kill_point(keys.len() as i64);
+    eprintln!("REPORT | slotguard migrate killed once the target held {kill_at} keys");
+    under_way(&source, &target, base + kill_at).await;
     first.start_kill().unwrap(); // SIGKILL
     let _ = first.wait().await;
     let (code, out) = finish(slotguard(&h, &args)).await;
@@ -275,6 +277,10 @@ async fn a_killed_migrate_resumes_where_it_stopped() {
 /// front finishes the cut slot, the cluster fails the node over, and the migration goes on
 /// (to the target's replica, promoted, when the target died). Every key moved before the
 /// target died is on that replica: each batch was waited for.
+///
+/// Each run kills at a step picked at random: once the target holds some number of the
+/// 2,000 keys, from 100 (the first slots' keys) to all of them (the finalize, or just
+/// after). `SLOTGUARD_KILL_AT=<keys>` picks it; the REPORT line says which it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_survives_its_source_or_target_killed() {
     for victim in ["source", "target"] {
@@ -316,7 +322,8 @@ async fn a_migration_survives_its_source_or_target_killed() {
             .kill_on_drop(true);
         let base = dbsize(&target_addr).await;
         let run = tokio::spawn(finish(cmd));
-        under_way(&source_addr, &target_addr, base + 600).await;
+        let kill_at = kill_point(keys.len() as i64);
+        under_way(&source_addr, &target_addr, base + kill_at).await;
         let mut h = h;
         let killed = if victim == "source" { source } else { target };
         h.cluster.nodes[killed].kill();
@@ -338,7 +345,7 @@ async fn a_migration_survives_its_source_or_target_killed() {
         stop.store(true, Ordering::Relaxed);
         let report = load.await.unwrap();
         eprintln!(
-            "REPORT | migrate, {victim} killed | first run exit {code} | writes {} | client errors {} | longest stall {:.2}s",
+            "REPORT | migrate, {victim} killed once the target held {kill_at} keys | first run exit {code} | writes {} | client errors {} | longest stall {:.2}s",
             report.writes,
             report.errors.len(),
             report.longest.as_secs_f64()
@@ -353,6 +360,22 @@ async fn a_migration_survives_its_source_or_target_killed() {
         h.cluster.restart(killed).await.unwrap();
         check_clean(&h).await;
     }
+}
+
+/// How many of `total` moved keys the target holds when a node is killed:
+/// `SLOTGUARD_KILL_AT`, else picked at random from 100 to `total`.
+fn kill_point(total: i64) -> i64 {
+    if let Some(n) = std::env::var("SLOTGUARD_KILL_AT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as i64;
+    100 + nanos % (total - 99)
 }
 
 /// A fourth master added empty, a rebalance to four, and a drain back to three: the slot

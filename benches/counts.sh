@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# What one request costs a proxy, counted rather than timed, so that it repeats on a noisy
+# machine: instructions (valgrind's callgrind) and system calls (strace -c) per request,
+# for SET, GET and MSET (10 keys, cross-slot) at -P 1 and -P 16, through slotguard and,
+# in the same run, through any peer given.
+#
+#   benches/counts.sh [--peer predixy=PATH]... [requests]     (default: 20000)
+#
+# Each proxy runs on a cluster of 3 masters + 3 replicas (`slotguard demo`), one worker
+# thread. redis-benchmark warms it (2,000 requests), the counters are zeroed, then
+# `requests` more are counted: start-up and idle work are left out. Needs valgrind and
+# strace (apt-get install valgrind strace).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+peers=()
+while [ "${1:-}" = --peer ]; do
+  peers+=("$2")
+  shift 2
+done
+N=${1:-20000}
+WARM=2000
+cargo build --release --quiet
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+dir=$(mktemp -d)
+port=$(free_port)
+target/release/slotguard demo --listen "127.0.0.1:$port" >"$dir/demo.log" 2>&1 &
+demo=$!
+pids=("$demo")
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 1 200); do grep -q "^connect with" "$dir/demo.log" && break; sleep 0.1; done
+node=$(awk '/^cluster nodes:/ {print $3}' "$dir/demo.log")
+[ -n "$node" ] || { cat "$dir/demo.log"; exit 1; }
+
+# The command line that runs proxy `name` on `port`.
+command_for() { # name port
+  local name=$1 port=$2
+  case "$name" in
+    slotguard) echo "target/release/slotguard --listen 127.0.0.1:$port --seed $node" ;;
+    predixy)
+      local conf="$dir/predixy.$port.conf"
+      {
+        printf 'Name bench\nBind 127.0.0.1:%s\nWorkerThreads 1\n' "$port"
+        printf 'LogVerbSample 0\nLogDebugSample 0\nLogInfoSample 0\n'
+        printf 'Authority {\n  Auth {\n    Mode admin\n  }\n}\n'
+        printf 'ClusterServerPool {\n  MasterReadPriority 100\n  Servers {\n    + %s\n  }\n}\n' "$node"
+      } >"$conf"
+      echo "${paths[predixy]} $conf"
+      ;;
+    *) echo "unknown peer $name (known: predixy)" >&2; exit 2 ;;
+  esac
+}
+declare -A paths
+names=(slotguard)
+for spec in "${peers[@]}"; do
+  paths[${spec%%=*}]=${spec#*=}
+  names+=("${spec%%=*}")
+done
+
+bench() { # port pipeline test requests
+  redis-benchmark -p "$1" -n "$4" -c 50 -r 100000 -P "$2" -t "$3" -q >/dev/null 2>&1
+}
+wait_up() { # port
+  for _ in $(seq 1 600); do redis-cli -p "$1" set warm 1 2>/dev/null | grep -q OK && return; sleep 0.1; done
+  echo "proxy on $1 never answered" >&2; exit 1
+}
+
+# Instructions: the proxy under callgrind; counters zeroed after the warm-up, dumped after
+# the counted requests.
+instructions() { # name pipeline test
+  local p
+  p=$(free_port)
+  local out="$dir/cg.$1.$2.$3"
+  # shellcheck disable=SC2046
+  valgrind --tool=callgrind --callgrind-out-file="$out.%p" $(command_for "$1" "$p") >"$dir/vg.log" 2>&1 &
+  local vg=$!
+  pids+=("$vg")
+  wait_up "$p"
+  bench "$p" "$2" "$3" "$WARM"
+  callgrind_control -z "$vg" >/dev/null 2>&1
+  bench "$p" "$2" "$3" "$N"
+  callgrind_control -d "$vg" >/dev/null 2>&1
+  kill "$vg"; wait "$vg" 2>/dev/null || true
+  # The dump after the counted requests is the last but one file (the last is written at exit).
+  local dump
+  dump=$(ls -v "$out".*.* 2>/dev/null | tail -1)
+  awk -v n="$N" '/^(summary|totals):/ {print int($2 / n); exit}' "$dump"
+}
+
+# System calls: strace -c attached for the counted requests only.
+syscalls() { # name pipeline test
+  local p
+  p=$(free_port)
+  # shellcheck disable=SC2046
+  $(command_for "$1" "$p") >"$dir/proxy.log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  wait_up "$p"
+  bench "$p" "$2" "$3" "$WARM"
+  strace -c -f -q -p "$pid" -o "$dir/strace" &
+  local st=$!
+  sleep 0.5
+  bench "$p" "$2" "$3" "$N"
+  kill -INT "$st"; wait "$st" 2>/dev/null || true
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  awk -v n="$N" '$NF == "total" {printf "%.2f\n", $4 / n}' "$dir/strace"
+}
+
+printf '%-6s %-3s %-10s %14s %12s\n' test P proxy instr/req syscalls/req
+for pipe in 1 16; do
+  for t in set get mset; do
+    for name in "${names[@]}"; do
+      printf '%-6s %-3s %-10s %14s %12s\n' "$t" "$pipe" "$name" \
+        "$(instructions "$name" "$pipe" "$t")" "$(syscalls "$name" "$pipe" "$t")"
+    done
+  done
+done
