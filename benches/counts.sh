@@ -6,8 +6,11 @@
 #
 #   benches/counts.sh [--peer predixy=PATH]... [requests]     (default: 20000)
 #
+# SLOTGUARD=/path/to/slotguard counts another build (an older commit's, say) instead of
+# this tree's.
 # Each proxy runs on a cluster of 3 masters + 3 replicas (`slotguard demo`), one worker
-# thread. redis-benchmark warms it (2,000 requests), the counters are zeroed, then
+# thread, looking at the cluster once a minute: a look's cost is per second, not per
+# request, and under valgrind a run lasts long enough for it to swamp the requests'. redis-benchmark warms it (2,000 requests), the counters are zeroed, then
 # `requests` more are counted: start-up and idle work are left out. Needs valgrind and
 # strace (apt-get install valgrind strace).
 set -euo pipefail
@@ -35,14 +38,17 @@ node=$(awk '/^cluster nodes:/ {print $3}' "$dir/demo.log")
 command_for() { # name port
   local name=$1 port=$2
   case "$name" in
-    slotguard) echo "target/release/slotguard --listen 127.0.0.1:$port --seed $node" ;;
+    slotguard)
+      printf '[topology]\nrefresh_interval = "60s"\n' >"$dir/slotguard.toml"
+      echo "${SLOTGUARD:-target/release/slotguard} --config $dir/slotguard.toml --listen 127.0.0.1:$port --seed $node"
+      ;;
     predixy)
       local conf="$dir/predixy.$port.conf"
       {
         printf 'Name bench\nBind 127.0.0.1:%s\nWorkerThreads 1\n' "$port"
         printf 'LogVerbSample 0\nLogDebugSample 0\nLogInfoSample 0\n'
         printf 'Authority {\n  Auth {\n    Mode admin\n  }\n}\n'
-        printf 'ClusterServerPool {\n  MasterReadPriority 100\n  Servers {\n    + %s\n  }\n}\n' "$node"
+        printf 'ClusterServerPool {\n  MasterReadPriority 100\n  RefreshInterval 60\n  Servers {\n    + %s\n  }\n}\n' "$node"
       } >"$conf"
       echo "${paths[predixy]} $conf"
       ;;
