@@ -148,12 +148,12 @@ impl Default for Pace<'_> {
     }
 }
 
-/// Said when a [`Pace`]'s stop cut a move short.
 /// MIGRATEs of a batch each, sent together before each wait for the target's replicas.
 /// Measured on 500 slots of 100,000 keys under writers: 4 moves 1.2-1.3x the keys a
 /// second of 1, with the same longest stall.
 pub const PIPELINE: usize = 4;
 
+/// Said when a [`Pace`]'s stop cut a move short.
 pub const STOPPED: &str = "stopped between two batches";
 
 /// Runs steps, each written to the journal before it is sent and logged with its result.
