@@ -17,6 +17,7 @@
 # Needs redis-server and redis-benchmark (scripts/install-deps). Builds the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/peers.sh
 peers=()
 while [ "${1:-}" = --peer ]; do
   peers+=("$2")
@@ -25,7 +26,7 @@ done
 N=${1:-200000}
 C=${2:-50}
 cargo build --release --quiet
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 log=$(mktemp)
 target/release/slotguard demo --listen "127.0.0.1:$port" >"$log" 2>&1 &
 proxy=$!
@@ -35,7 +36,7 @@ node=$(awk '/^cluster nodes:/ {print $3}' "$log")
 [ -n "$node" ] || { cat "$log"; exit 1; }
 nhost=${node%:*}; nport=${node##*:}
 # The same cluster through a proxy that answers writes once the replicas have them.
-rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+rport=$(free_port)
 rconf=$(mktemp)
 printf '[durability]\nack = "replicated"\n' >"$rconf"
 target/release/slotguard --config "$rconf" --listen "127.0.0.1:$rport" --seed "$node" >"$log.replicated" 2>&1 &
@@ -46,13 +47,11 @@ for _ in $(seq 1 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; s
 declare -A peer_pid peer_port
 for spec in "${peers[@]}"; do
   name=${spec%%=*}; path=${spec#*=}
-  pport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  pport=$(free_port)
   case "$name" in
     predixy)
       pconf=$(mktemp)
-      printf 'Name bench\nBind 127.0.0.1:%s\nWorkerThreads 1\nLogVerbSample 0\nLogDebugSample 0\nLogInfoSample 0\n' "$pport" >"$pconf"
-      printf 'Authority {\n  Auth {\n    Mode admin\n  }\n}\n' >>"$pconf"
-      printf 'ClusterServerPool {\n  MasterReadPriority 100\n  Servers {\n    + %s\n  }\n}\n' "$node" >>"$pconf"
+      predixy_conf "$pconf" "$pport" "$node" 1
       "$path" "$pconf" >"$log.peer.$name" 2>&1 &
       ;;
     *) echo "unknown peer $name (known: predixy)" >&2; exit 2 ;;

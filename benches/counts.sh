@@ -15,6 +15,7 @@
 # strace (apt-get install valgrind strace).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/peers.sh
 peers=()
 while [ "${1:-}" = --peer ]; do
   peers+=("$2")
@@ -23,7 +24,6 @@ done
 N=${1:-20000}
 WARM=2000
 cargo build --release --quiet
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 dir=$(mktemp -d)
 port=$(free_port)
 target/release/slotguard demo --listen "127.0.0.1:$port" >"$dir/demo.log" 2>&1 &
@@ -44,12 +44,7 @@ command_for() { # name port
       ;;
     predixy)
       local conf="$dir/predixy.$port.conf"
-      {
-        printf 'Name bench\nBind 127.0.0.1:%s\nWorkerThreads 1\n' "$port"
-        printf 'LogVerbSample 0\nLogDebugSample 0\nLogInfoSample 0\n'
-        printf 'Authority {\n  Auth {\n    Mode admin\n  }\n}\n'
-        printf 'ClusterServerPool {\n  MasterReadPriority 100\n  RefreshInterval 60\n  Servers {\n    + %s\n  }\n}\n' "$node"
-      } >"$conf"
+      predixy_conf "$conf" "$port" "$node" 60
       echo "${paths[predixy]} $conf"
       ;;
     *) echo "unknown peer $name (known: predixy)" >&2; exit 2 ;;

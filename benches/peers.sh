@@ -1,0 +1,17 @@
+# Shared by compare.sh and counts.sh (sourced): a free port, and the peers' set-up.
+
+# A TCP port free on 127.0.0.1 now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Writes predixy's configuration to `file`: one worker thread on `port`, the cluster at
+# `node`, looking at it every `refresh` seconds.
+predixy_conf() { # file port node refresh
+  {
+    printf 'Name bench\nBind 127.0.0.1:%s\nWorkerThreads 1\n' "$2"
+    printf 'LogVerbSample 0\nLogDebugSample 0\nLogInfoSample 0\n'
+    printf 'Authority {\n  Auth {\n    Mode admin\n  }\n}\n'
+    printf 'ClusterServerPool {\n  MasterReadPriority 100\n  RefreshInterval %s\n  Servers {\n    + %s\n  }\n}\n' "$4" "$3"
+  } >"$1"
+}
