@@ -343,7 +343,15 @@ impl Proxy {
 
     /// Tells every session to stop reading and finish what it owes.
     pub fn begin_shutdown(&self) {
+        // The signal first: a session registered after the ring finds it set (see
+        // `stopping`).
         self.shutdown.send_replace(true);
+        self.clients.ring_all(clients::Bell::STOP);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
     }
 
     /// Watches for shutdown.

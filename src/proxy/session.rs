@@ -10,7 +10,7 @@
 //! included), and closes.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -22,7 +22,7 @@ use tracing::{debug, warn, Instrument};
 
 use super::buffers::{grow_aside, Outgoing, GROW_ASIDE};
 use super::client::Client;
-use super::clients::LastCommand;
+use super::clients::{Bell, LastCommand};
 use super::owed::Pending;
 use super::pubsub;
 use super::router::route;
@@ -87,16 +87,25 @@ pub async fn run(proxy: Arc<Proxy>, tcp: TcpStream, _admission: Admission) {
     // about 6% of a plain request's instructions (callgrind). The one warning a session
     // logs names the client itself (below).
     let span = tracing::debug_span!("client", id = client.id, %peer);
-    let result = tokio::select! {
-        result = serve(&proxy, &mut client, &mut stream).instrument(span.clone()) => result,
-        () = entry.killed() => {
+    if proxy.stopping() {
+        entry.bell.ring(Bell::STOP); // shutdown rang every client before this one came
+    }
+    let id = client.id;
+    let serve = serve(&proxy, &mut client, &mut stream).instrument(span.clone());
+    tokio::pin!(serve);
+    // The bell is looked at here on every wake-up, which registers the task's wake-up for
+    // any ring: `serve` looks at STOP without registering one of its own.
+    let result = poll_fn(|cx| {
+        if entry.bell.poll(cx, Bell::KILL).is_ready() {
             debug!(parent: &span, "killed by CLIENT KILL");
-            Ok(())
+            return Poll::Ready(Ok(()));
         }
-    };
+        serve.as_mut().poll(cx)
+    })
+    .await;
     match result {
         Err(e) if e.to_string().starts_with(OUTPUT_LIMIT) => {
-            warn!(id = client.id, %peer, "{e}");
+            warn!(id, %peer, "{e}");
         }
         Err(e) => debug!(parent: &span, error = %e, "client connection ended"),
         Ok(()) => {}
@@ -258,16 +267,9 @@ fn waits_for_turn(owed: &VecDeque<Owed>) -> bool {
 async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::io::Result<()> {
     let config = proxy.config().clone();
     let metrics = &proxy.metrics;
-    // One future for the whole session: made anew on every turn of the loop, the wait on
-    // the shutdown signal registered and unregistered itself each time (a twentieth of a
-    // plain request's instructions).
-    let shutdown = proxy.shutdown_signal();
-    let mut signal = proxy.shutdown_signal();
-    let stopping = async move {
-        let _ = signal.wait_for(|&stop| stop).await;
-    };
-    tokio::pin!(stopping);
-    let mut stopped = false;
+    // Shutdown rings the client's bell; `run` registers its wake-up.
+    let entry = client.entry.clone();
+    let bell = &entry.bell;
     let mut scanner = Scanner::new(config.limits.clone());
     // Both start empty: an idle client costs little (see READ_IDLE).
     let mut rbuf = BytesMut::new();
@@ -287,9 +289,7 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
             let limit = config.max_output_bytes;
             write_out(proxy, stream, &mut out, &mut owed, limit, metrics).await?;
         }
-        // Also looked at here: a client that always has requests to read would keep the
-        // select from ever polling `stopping`.
-        if stopped || *shutdown.borrow() {
+        if bell.rung(Bell::STOP) {
             reading = false;
         }
         if let Some(first) = owed.front_mut().and_then(|o| o.reply.subscription()) {
@@ -386,7 +386,10 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
                 Some(push) => out.extend_from_slice(&push),
                 None => client.tracking = None, // its connections gave up
             },
-            () = &mut stopping, if reading && !stopped => stopped = true,
+            () = poll_fn(|_| match bell.rung(Bell::STOP) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }), if reading => reading = false,
             _ = idle => {
                 debug!("closing an idle client");
                 return Ok(());
