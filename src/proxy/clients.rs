@@ -61,6 +61,8 @@ struct Seen {
     resp3: bool,
     /// The last command, as CLIENT LIST names it (`get`, `client|list`).
     cmd: String,
+    /// What `cmd` was made from: a batch whose last command is the same leaves it be.
+    last: Option<LastCommand>,
     active: Instant,
     /// Commands queued in a transaction, when one is open.
     multi: Option<u32>,
@@ -145,6 +147,7 @@ impl Entry {
                 user: "default".into(),
                 resp3: false,
                 cmd: "NULL".into(),
+                last: None,
                 active: now,
                 multi: None,
                 subscribed: false,
@@ -162,11 +165,11 @@ impl Entry {
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(lease);
     }
 
-    /// Publishes the client's state after a batch whose last request was `cmd` (its name
-    /// and first argument).
-    pub fn publish(&self, client: &Client, cmd: Option<LastCommand>) {
+    /// Publishes the client's state after a batch, read at `now`, whose last request was
+    /// `cmd` (its name and first argument).
+    pub fn publish(&self, client: &Client, cmd: Option<LastCommand>, now: Instant) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.active = Instant::now();
+        seen.active = now;
         if seen.name != client.name {
             seen.name = client.name.clone();
         }
@@ -177,10 +180,12 @@ impl Entry {
         seen.multi = client.tx.as_ref().map(|tx| tx.queued);
         seen.tracking = client.tracking.is_some();
         seen.redir = super::tracking::redirect(client.tracking.as_ref());
-        if let Some(cmd) = cmd {
+        let cmd = cmd.map(LastCommand::as_listed);
+        if let Some(cmd) = cmd.filter(|&cmd| seen.last != Some(cmd)) {
             let (name, sub) = cmd.parts();
             seen.cmd.clear();
             command_name(&mut seen.cmd, name, sub);
+            seen.last = Some(cmd);
         }
     }
 
@@ -204,7 +209,7 @@ impl Entry {
 }
 
 /// A command's name and first argument, copied small, for [`Entry::publish`].
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LastCommand {
     bytes: [u8; 32],
     name: u8,
@@ -225,6 +230,17 @@ impl LastCommand {
             name: name_len as u8,
             sub: sub_len as u8,
         }
+    }
+
+    /// Only what CLIENT LIST shows: the first argument of a container's command, none of
+    /// another's (`set`, not its key).
+    fn as_listed(mut self) -> LastCommand {
+        let (name, _) = self.parts();
+        if !CONTAINERS.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+            self.bytes[16..].fill(0);
+            self.sub = 0;
+        }
+        self
     }
 
     fn parts(&self) -> (&[u8], &[u8]) {
@@ -259,7 +275,7 @@ fn command_name(out: &mut String, name: &[u8], sub: &[u8]) {
         out.extend(text.iter().map(|b| b.to_ascii_lowercase() as char));
     };
     push(out, name);
-    if CONTAINERS.iter().any(|c| c.eq_ignore_ascii_case(name)) && !sub.is_empty() {
+    if !sub.is_empty() {
         out.push('|');
         push(out, sub);
     }
@@ -459,6 +475,7 @@ fn own(client: &Client, cmd: &str) -> Seen {
         user: client.user.clone(),
         resp3: client.resp3,
         cmd: cmd.into(),
+        last: None,
         active: Instant::now(),
         multi: client.tx.as_ref().map(|tx| tx.queued),
         subscribed: false,
@@ -689,11 +706,19 @@ mod tests {
 
     #[test]
     fn container_commands_are_named_with_their_subcommand() {
-        let mut out = String::new();
-        command_name(&mut out, b"CLIENT", b"LIST");
-        assert_eq!(out, "client|list");
-        out.clear();
-        command_name(&mut out, b"GET", b"key");
-        assert_eq!(out, "get");
+        let listed = |args: &[&str]| {
+            let cmd = LastCommand::of(&Request::from_args(args)).as_listed();
+            let (name, sub) = cmd.parts();
+            let mut out = String::new();
+            command_name(&mut out, name, sub);
+            out
+        };
+        assert_eq!(listed(&["CLIENT", "LIST"]), "client|list");
+        assert_eq!(listed(&["GET", "key"]), "get");
+        // Two commands that differ only in a key are the same to CLIENT LIST.
+        assert_eq!(
+            LastCommand::of(&Request::from_args(&["SET", "a", "1"])).as_listed(),
+            LastCommand::of(&Request::from_args(&["SET", "b", "2"])).as_listed()
+        );
     }
 }
