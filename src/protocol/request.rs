@@ -295,6 +295,22 @@ impl AdvanceTo for BytesMut {
 /// Reads a `*<n>\r\n` or `$<n>\r\n` header starting at `at`. Returns the number and the
 /// offset just past the CRLF, or `None` when the line has not fully arrived.
 fn header(buf: &[u8], at: usize, what: &str) -> Result<Option<(i64, usize)>, ProtocolError> {
+    // Nearly every header is a few digits and CRLF, all arrived: read in one pass. Up to
+    // 18 digits cannot overflow; anything else takes the general way below.
+    let digits = buf
+        .get(at + 1..)
+        .unwrap_or_default()
+        .iter()
+        .take(18)
+        .take_while(|d| d.is_ascii_digit())
+        .count();
+    let cr = at + 1 + digits;
+    if digits > 0 && buf.get(cr..cr + 2) == Some(b"\r\n") {
+        let n = buf[at + 1..cr]
+            .iter()
+            .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
+        return Ok(Some((n, cr + 2)));
+    }
     let search_end = buf.len().min(at + MAX_INLINE + 1);
     let Some(cr) = memchr(b'\r', &buf[at..search_end]) else {
         if buf.len() - at > MAX_INLINE {
@@ -513,6 +529,38 @@ mod tests {
                 "{input:?}"
             );
         }
+    }
+
+    #[test]
+    fn headers_read_in_one_pass_agree_with_the_general_reading() {
+        // The general reading: find CR, then parse what is before it.
+        let general = |line: &[u8]| -> Result<Option<(i64, usize)>, ProtocolError> {
+            let Some(cr) = line.iter().position(|&b| b == b'\r') else {
+                return Ok(None);
+            };
+            match line.get(cr + 1) {
+                None => Ok(None),
+                Some(b'\n') => Ok(parse_i64(&line[1..cr]).map(|n| (n, cr + 2))),
+                Some(_) => Err(ProtocolError("invalid bulk length".into())),
+            }
+        };
+        let lines: &[&[u8]] = &[
+            b"$0\r\n",
+            b"$7\r\n",
+            b"$007\r\n",
+            b"$123456789012345678\r\n",
+            b"$1234567890123456789\r\n",
+            b"$-1\r\n",
+            b"$12",
+            b"$12\r",
+            b"$",
+        ];
+        for line in lines {
+            assert_eq!(header(line, 0, "bulk"), general(line), "{line:?}");
+        }
+        assert!(header(b"$1x\r\n", 0, "bulk").is_err());
+        assert!(header(b"$12\rx", 0, "bulk").is_err());
+        assert_eq!(header(b"ab$12\r\n", 2, "bulk"), Ok(Some((12, 7))));
     }
 
     #[test]
