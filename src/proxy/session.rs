@@ -121,14 +121,14 @@ const OUTPUT_LIMIT: &str =
 /// waits for its turn is sent when it reaches the front.
 fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut Outgoing, metrics: &Metrics) {
     let mut cx = Context::from_waker(Waker::noop());
-    let mut now = None; // one clock read for every reply written together
+    let mut took = None; // one clock read for every reply written together
     while let Some(front) = owed.front_mut() {
         front.reply.launch(proxy);
         match front.reply.poll(&mut cx) {
             Poll::Ready(bytes) => {
                 let done = owed.pop_front().expect("front exists");
-                let now = *now.get_or_insert_with(Instant::now);
-                emit(out, &bytes, &done, metrics, now);
+                let seconds = took.get_or_insert_with(Took::now).of(done.since);
+                emit(out, &bytes, &done, metrics, seconds);
             }
             Poll::Pending => break,
         }
@@ -164,7 +164,7 @@ async fn write_out(
             }), if !owed.is_empty() => {
                 let done = owed.pop_front().expect("guarded");
                 let before = out.len();
-                emit(out, &bytes, &done, metrics, Instant::now());
+                emit(out, &bytes, &done, metrics, Took::now().of(done.since));
                 added += out.len() - before;
                 // `out` drains from its front: what was added is its end.
                 if added.min(out.len()) > limit {
@@ -181,13 +181,39 @@ async fn write_out(
     Ok(())
 }
 
-/// Appends one reply to the output and counts it.
-fn emit(out: &mut Outgoing, bytes: &Bytes, done: &Owed, metrics: &Metrics, now: Instant) {
+/// How long requests took, as of one reading of the clock. Requests read together share
+/// their start, so the replies to a pipeline are timed with one subtraction.
+struct Took {
+    now: Instant,
+    since: Option<Instant>,
+    seconds: f64,
+}
+
+impl Took {
+    fn now() -> Took {
+        Took {
+            now: Instant::now(),
+            since: None,
+            seconds: 0.0,
+        }
+    }
+
+    /// Seconds from `since` to now.
+    fn of(&mut self, since: Instant) -> f64 {
+        if self.since != Some(since) {
+            self.since = Some(since);
+            self.seconds = self.now.saturating_duration_since(since).as_secs_f64();
+        }
+        self.seconds
+    }
+}
+
+/// Appends one reply, to a request that took `seconds`, to the output and counts it.
+fn emit(out: &mut Outgoing, bytes: &Bytes, done: &Owed, metrics: &Metrics, seconds: f64) {
     if bytes.first() == Some(&b'-') {
         metrics.client_error(bytes);
     }
-    let took = now.saturating_duration_since(done.since);
-    metrics.request(done.class, took.as_secs_f64());
+    metrics.request(done.class, seconds);
     if !done.silent {
         out.push(bytes);
     }
@@ -367,7 +393,7 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
             biased;
             bytes = poll_fn(|cx| owed.front_mut().expect("guarded").reply.poll(cx)), if !owed.is_empty() => {
                 let done = owed.pop_front().expect("guarded");
-                emit(&mut out, &bytes, &done, metrics, Instant::now());
+                emit(&mut out, &bytes, &done, metrics, Took::now().of(done.since));
             }
             read = stream.read_buf(&mut rbuf), if want_read => {
                 if read? == 0 {
