@@ -1,6 +1,8 @@
 //! Prometheus metrics. Every child of a labelled family is looked up once, here, so the
 //! request path only touches ready counters and histograms.
 
+use std::time::Instant;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -421,5 +423,33 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// How long requests took, as of one reading of the clock. Requests read (or written)
+/// together share their start, so the replies to a pipeline are timed with one
+/// subtraction.
+pub struct Took {
+    now: Instant,
+    since: Option<Instant>,
+    seconds: f64,
+}
+
+impl Took {
+    pub fn now() -> Took {
+        Took {
+            now: Instant::now(),
+            since: None,
+            seconds: 0.0,
+        }
+    }
+
+    /// Seconds from `since` to now.
+    pub fn of(&mut self, since: Instant) -> f64 {
+        if self.since != Some(since) {
+            self.since = Some(since);
+            self.seconds = self.now.saturating_duration_since(since).as_secs_f64();
+        }
+        self.seconds
     }
 }

@@ -56,8 +56,11 @@ fn violation(what: impl Into<String>) -> ProtocolError {
 #[derive(Clone, Debug)]
 pub struct Request {
     raw: Bytes,
-    args: SmallVec<[(u32, u32); 6]>,
+    args: Args,
 }
+
+/// Where each argument lies in a request's bytes: offset and length.
+type Args = SmallVec<[(u32, u32); 6]>;
 
 impl Request {
     /// Builds a request from arguments (used for requests the proxy makes itself).
@@ -143,7 +146,7 @@ struct Partial {
     /// Bytes of the buffer already scanned.
     pos: usize,
     /// Arguments found so far.
-    args: SmallVec<[(u32, u32); 6]>,
+    args: Args,
     /// Length of a bulk whose header was read but whose data has not all arrived.
     bulk: Option<usize>,
 }
@@ -176,6 +179,12 @@ impl Scanner {
     /// Takes the next complete request off the front of `buf`, `Ok(None)` when more bytes
     /// are needed. Empty requests (`*0`, blank inline lines) are skipped, as Redis does.
     pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+        if self.partial.is_none() {
+            if let Some((len, args)) = whole(buf, &self.limits) {
+                let raw = buf.split_to(len).freeze();
+                return Ok(Some(Request { raw, args }));
+            }
+        }
         loop {
             if self.partial.is_none() {
                 match buf.first() {
@@ -282,6 +291,51 @@ impl Scanner {
     }
 }
 
+/// A request that has fully arrived and breaks no rule, read in one pass without the
+/// resumable state: its length and its arguments. `None` sends everything else (a
+/// request still arriving, an empty or inline one, any error) the general way, which
+/// starts it again from its first byte.
+fn whole(buf: &[u8], limits: &Limits) -> Option<(usize, Args)> {
+    if buf.first() != Some(&b'*') {
+        return None;
+    }
+    let (n, mut pos) = number(buf, 1)?;
+    if n == 0 || n > limits.max_args || n > i32::MAX as usize {
+        return None;
+    }
+    let mut args = SmallVec::new();
+    for _ in 0..n {
+        if buf.get(pos) != Some(&b'$') {
+            return None;
+        }
+        let (len, at) = number(buf, pos + 1)?;
+        let end = at.checked_add(len)?;
+        if len > limits.max_bulk_len || buf.get(end..end + 2) != Some(b"\r\n") {
+            return None;
+        }
+        args.push((u32::try_from(at).ok()?, u32::try_from(len).ok()?));
+        pos = end + 2;
+    }
+    Some((pos, args))
+}
+
+/// Up to 18 digits and CRLF at `at`, all arrived: the number and the offset past CRLF.
+#[inline]
+fn number(buf: &[u8], at: usize) -> Option<(usize, usize)> {
+    let rest = buf.get(at..)?;
+    let (mut n, mut i) = (0usize, 0);
+    while let Some(d) = rest
+        .get(i)
+        .map(|b| b.wrapping_sub(b'0'))
+        .filter(|&d| d < 10 && i < 18)
+    {
+        n = n * 10 + usize::from(d);
+        i += 1;
+    }
+    (i > 0 && rest.get(i) == Some(&b'\r') && rest.get(i + 1) == Some(&b'\n'))
+        .then_some((n, at + i + 2))
+}
+
 trait AdvanceTo {
     fn advance_to(&mut self, n: usize);
 }
@@ -297,19 +351,8 @@ impl AdvanceTo for BytesMut {
 fn header(buf: &[u8], at: usize, what: &str) -> Result<Option<(i64, usize)>, ProtocolError> {
     // Nearly every header is a few digits and CRLF, all arrived: read in one pass. Up to
     // 18 digits cannot overflow; anything else takes the general way below.
-    let digits = buf
-        .get(at + 1..)
-        .unwrap_or_default()
-        .iter()
-        .take(18)
-        .take_while(|d| d.is_ascii_digit())
-        .count();
-    let cr = at + 1 + digits;
-    if digits > 0 && buf.get(cr..cr + 2) == Some(b"\r\n") {
-        let n = buf[at + 1..cr]
-            .iter()
-            .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
-        return Ok(Some((n, cr + 2)));
+    if let Some((n, next)) = number(buf, at + 1) {
+        return Ok(Some((n as i64, next)));
     }
     let search_end = buf.len().min(at + MAX_INLINE + 1);
     let Some(cr) = memchr(b'\r', &buf[at..search_end]) else {
@@ -561,6 +604,50 @@ mod tests {
         assert!(header(b"$1x\r\n", 0, "bulk").is_err());
         assert!(header(b"$12\rx", 0, "bulk").is_err());
         assert_eq!(header(b"ab$12\r\n", 2, "bulk"), Ok(Some((12, 7))));
+    }
+
+    #[test]
+    fn requests_read_whole_agree_with_requests_read_in_pieces() {
+        // All at once, a complete request takes the one-pass way (`whole`); a byte at a
+        // time, the resumable one. Both must give the same requests and the same errors.
+        let inputs: &[&[u8]] = &[
+            b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\n*1\r\n$4\r\nPING\r\n",
+            b"*2\r\n$3\r\nGET\r\n$0\r\n\r\n",
+            b"*1\r\n$3\r\nGETxx",
+            b"*2\r\n$3\r\nGET\r\n+k\r\n",
+            b"*1\r\n$-1\r\n",
+            b"*0\r\n*1\r\n$4\r\nPING\r\n",
+            b"*01\r\n$004\r\nPING\r\n",
+            b"*1\r\n$99999999999999999999\r\n",
+            b"*3000\r\n",
+            b"*1\r\n$2000\r\n",
+            b"PING\r\n*1\r\n$4\r\nPING\r\n",
+        ];
+        let limits = Limits {
+            max_args: 1000,
+            max_bulk_len: 1000,
+            ..Limits::default()
+        };
+        // Feeds `input` in pieces of `step` bytes; every request, then the error if any.
+        let scan = |input: &[u8], step: usize| {
+            let mut scanner = Scanner::new(limits.clone());
+            let mut buf = BytesMut::new();
+            let mut out: Vec<Vec<Vec<u8>>> = Vec::new();
+            for piece in input.chunks(step) {
+                buf.extend_from_slice(piece);
+                loop {
+                    match scanner.next(&mut buf) {
+                        Ok(Some(req)) => out.push(req.args().map(|a| a.to_vec()).collect()),
+                        Ok(None) => break,
+                        Err(e) => return (out, Some(e)),
+                    }
+                }
+            }
+            (out, None)
+        };
+        for input in inputs {
+            assert_eq!(scan(input, input.len()), scan(input, 1), "{input:?}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use super::lease::Lease;
 use super::redirect::{classify, Reason, Redirect};
 use super::turns::Turn;
 use crate::config::Ack;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Took};
 use crate::protocol::{ReplyScanner, Request};
 use crate::routing::Hint;
 use crate::tls::BackendTls;
@@ -525,7 +525,7 @@ impl Connection<'_> {
 
     /// Hands every complete reply in the read buffer to its job.
     fn replies(&mut self) -> Result<(), String> {
-        let now = Instant::now();
+        let mut took = Took::now();
         while let Some(len) = self.scanner.scan(&self.rbuf).map_err(|e| e.to_string())? {
             let frame = self.rbuf.split_to(len).freeze();
             if frame.first() == Some(&b'>') {
@@ -561,8 +561,7 @@ impl Connection<'_> {
             }
             let done = self.inflight.pop_front().expect("front exists");
             self.metrics.backend_inflight.dec();
-            self.latency
-                .observe(now.saturating_duration_since(done.sent).as_secs_f64());
+            self.latency.observe(took.of(done.sent));
             let fence = match self.barriers.front_mut() {
                 Some(barrier) => {
                     barrier.ahead -= 1;

@@ -27,7 +27,7 @@ use super::owed::Pending;
 use super::pubsub;
 use super::router::route;
 use super::{Admission, Proxy};
-use crate::metrics::{Class, Metrics};
+use crate::metrics::{Class, Metrics, Took};
 use crate::protocol::{reply, Scanner};
 use crate::tls::Stream;
 
@@ -179,33 +179,6 @@ async fn write_out(
         stream.flush().await?;
     }
     Ok(())
-}
-
-/// How long requests took, as of one reading of the clock. Requests read together share
-/// their start, so the replies to a pipeline are timed with one subtraction.
-struct Took {
-    now: Instant,
-    since: Option<Instant>,
-    seconds: f64,
-}
-
-impl Took {
-    fn now() -> Took {
-        Took {
-            now: Instant::now(),
-            since: None,
-            seconds: 0.0,
-        }
-    }
-
-    /// Seconds from `since` to now.
-    fn of(&mut self, since: Instant) -> f64 {
-        if self.since != Some(since) {
-            self.since = Some(since);
-            self.seconds = self.now.saturating_duration_since(since).as_secs_f64();
-        }
-        self.seconds
-    }
 }
 
 /// Appends one reply, to a request that took `seconds`, to the output and counts it.
