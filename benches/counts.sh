@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # What one request costs a proxy, counted rather than timed, so that it repeats on a noisy
-# machine: instructions (valgrind's callgrind) and system calls (strace -c) per request,
-# for SET, GET and MSET (10 keys, cross-slot) at -P 1 and -P 16, through slotguard and,
-# in the same run, through any peer given.
+# machine: instructions and allocations (valgrind's callgrind: the calls to the
+# allocator) and system calls (strace -c) per request, for SET, GET and MSET (10 keys,
+# cross-slot) at -P 1 and -P 16, through slotguard and, in the same run, through any peer
+# given.
 #
-#   benches/counts.sh [--peer predixy=PATH]... [requests]     (default: 20000)
+#   benches/counts.sh [--peer predixy=PATH]... [--check FILE] [requests]   (default: 20000)
+#
+# --check FILE is the regression check: it fails when slotguard's instructions per
+# request on a row exceed FILE's (benches/counts.baseline, a saved run of this script) by
+# more than 5%. Instruction counts repeat to within about 1% here, whatever else the
+# machine is doing.
 #
 # SLOTGUARD=/path/to/slotguard counts another build (an older commit's, say) instead of
 # this tree's.
@@ -17,8 +23,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/peers.sh
 peers=()
-while [ "${1:-}" = --peer ]; do
-  peers+=("$2")
+check=
+while [ "${1:-}" = --peer ] || [ "${1:-}" = --check ]; do
+  case "$1" in
+    --peer) peers+=("$2") ;;
+    --check) check=$2 ;;
+  esac
   shift 2
 done
 N=${1:-20000}
@@ -84,7 +94,8 @@ instructions() { # name pipeline test
   # The dump after the counted requests is the last but one file (the last is written at exit).
   local dump
   dump=$(ls -v "$out".*.* 2>/dev/null | tail -1)
-  awk -v n="$N" '/^(summary|totals):/ {print int($2 / n); exit}' "$dump"
+  printf '%s %s\n' "$(awk -v n="$N" '/^(summary|totals):/ {print int($2 / n); exit}' "$dump")" \
+    "$(benches/allocations.py "$dump" "$N")"
 }
 
 # System calls: strace -c attached for the counted requests only.
@@ -106,12 +117,22 @@ syscalls() { # name pipeline test
   awk -v n="$N" '$NF == "total" {printf "%.2f\n", $4 / n}' "$dir/strace"
 }
 
-printf '%-6s %-3s %-10s %14s %12s\n' test P proxy instr/req syscalls/req
+printf '%-6s %-3s %-10s %14s %12s %12s\n' test P proxy instr/req allocs/req syscalls/req | tee "$dir/table"
 for pipe in 1 16; do
   for t in set get mset; do
     for name in "${names[@]}"; do
-      printf '%-6s %-3s %-10s %14s %12s\n' "$t" "$pipe" "$name" \
-        "$(instructions "$name" "$pipe" "$t")" "$(syscalls "$name" "$pipe" "$t")"
+      read -r instr allocs < <(instructions "$name" "$pipe" "$t")
+      printf '%-6s %-3s %-10s %14s %12s %12s\n' "$t" "$pipe" "$name" "$instr" "$allocs" \
+        "$(syscalls "$name" "$pipe" "$t")" | tee -a "$dir/table"
     done
   done
 done
+if [ -n "$check" ]; then
+  # Rows of slotguard: test, P, instructions; each against the baseline's same row.
+  awk 'NR == FNR { if ($3 == "slotguard") base[$1 " " $2] = $4; next }
+       $3 == "slotguard" && ($1 " " $2) in base {
+         limit = base[$1 " " $2] * 1.05
+         if ($4 > limit) { printf "regression: %s -P %s: %d instructions a request, baseline %d\n", $1, $2, $4, base[$1 " " $2]; bad = 1 }
+       }
+       END { exit bad }' "$check" "$dir/table" && echo "within 5% of $check"
+fi

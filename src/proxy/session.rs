@@ -39,6 +39,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const READ_IDLE: usize = 1024;
 /// Below this much free room the read buffer grows before the next read.
 const READ_LOW: usize = 2048;
+/// Below this much room left in an empty small buffer, a new one is taken before the next
+/// read.
+const READ_SPARE: usize = 256;
 /// Most reserved at once for a large request still arriving.
 const READ_MAX_STEP: usize = 4 * 1024 * 1024;
 /// How long a client may take over its TLS handshake.
@@ -337,7 +340,12 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
                 reserved = 0;
             }
             if rbuf.is_empty() && wanted == 0 && rbuf.capacity() < READ_CHUNK {
-                rbuf.reserve(READ_IDLE);
+                // What is left of the buffer takes the next requests: replaced by a new one
+                // for each (the old one is still shared with requests in flight) it cost
+                // two allocations a request.
+                if rbuf.capacity() < READ_SPARE {
+                    rbuf.reserve(READ_IDLE);
+                }
             } else if rbuf.capacity() - rbuf.len() < READ_LOW {
                 let step = rbuf.len().clamp(READ_CHUNK, READ_MAX_STEP);
                 let step = match wanted {
