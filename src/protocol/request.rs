@@ -65,9 +65,11 @@ type Args = SmallVec<[(u32, u32); 6]>;
 impl Request {
     /// Builds a request from arguments (used for requests the proxy makes itself).
     pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Request {
-        let size: usize = args.iter().map(|a| a.as_ref().len() + 16).sum();
-        let mut raw = BytesMut::with_capacity(size + 16);
-        let mut offsets = SmallVec::new();
+        let size: usize = (args.iter().map(|a| a.as_ref().len()))
+            .map(|len| header_len(len) + len + 2)
+            .sum();
+        let mut raw = BytesMut::with_capacity(header_len(args.len()) + size);
+        let mut offsets = Args::with_capacity(args.len());
         write_header(&mut raw, b'*', args.len());
         for arg in args {
             let arg = arg.as_ref();
@@ -81,6 +83,28 @@ impl Request {
             raw: raw.freeze(),
             args: offsets,
         }
+    }
+
+    /// The wire bytes of a request made of `args`, for one that is only sent (no argument
+    /// offsets are kept, and the arguments need not be gathered first).
+    pub fn wire<'a, I>(args: I) -> Bytes
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+        I::IntoIter: Clone,
+    {
+        let args = args.into_iter();
+        // Exactly: room to spare would cost `freeze` an allocation of its own.
+        let (count, size) = args.clone().fold((0, 0), |(n, size), a| {
+            (n + 1, size + header_len(a.len()) + a.len() + 2)
+        });
+        let mut raw = BytesMut::with_capacity(header_len(count) + size);
+        write_header(&mut raw, b'*', count);
+        for arg in args {
+            write_header(&mut raw, b'$', arg.len());
+            raw.extend_from_slice(arg);
+            raw.extend_from_slice(b"\r\n");
+        }
+        raw.freeze()
     }
 
     /// The request as it goes on the wire to a backend.
@@ -119,6 +143,16 @@ impl Request {
     pub fn args(&self) -> impl Iterator<Item = &[u8]> {
         (0..self.len()).map(|i| self.arg(i))
     }
+}
+
+/// The length of `<kind><n>\r\n`.
+fn header_len(mut n: usize) -> usize {
+    let mut digits = 1;
+    while n >= 10 {
+        n /= 10;
+        digits += 1;
+    }
+    1 + digits + 2
 }
 
 /// Writes `<kind><n>\r\n` (an array or bulk header) without going through `format!`.
@@ -303,7 +337,7 @@ fn whole(buf: &[u8], limits: &Limits) -> Option<(usize, Args)> {
     if n == 0 || n > limits.max_args || n > i32::MAX as usize {
         return None;
     }
-    let mut args = SmallVec::new();
+    let mut args = Args::with_capacity(n);
     for _ in 0..n {
         if buf.get(pos) != Some(&b'$') {
             return None;
@@ -572,6 +606,16 @@ mod tests {
                 "{input:?}"
             );
         }
+    }
+
+    #[test]
+    fn wire_bytes_are_those_of_the_same_request_built_whole() {
+        let long = [b'v'; 1234];
+        let args: [&[u8]; 4] = [b"MSET", b"k", b"", &long];
+        let wire = Request::wire(args);
+        assert_eq!(wire, *Request::from_args(&args).raw());
+        assert_eq!(header_len(0), 4);
+        assert_eq!(header_len(10), 5);
     }
 
     #[test]

@@ -81,12 +81,11 @@ impl Split {
     /// The request for group `g`'s slot.
     pub fn part(&self, g: usize) -> (Job, oneshot::Receiver<Bytes>) {
         let (slot, group) = &self.groups[g];
-        let mut args: Vec<&[u8]> = Vec::with_capacity(1 + group.len() * self.stride);
-        args.push(self.req.arg(0));
-        for &i in group {
-            args.extend((i..i + self.stride).map(|j| self.req.arg(j)));
-        }
-        let raw = Request::from_args(&args).into_raw();
+        let stride = self.stride;
+        let keys = group
+            .iter()
+            .flat_map(|&i| (i..i + stride).map(|j| self.req.arg(j)));
+        let raw = Request::wire(std::iter::once(self.req.arg(0)).chain(keys));
         let (mut job, rx) = Job::new(raw, Some(*slot), self.pin, self.resp3);
         if let Some(carry) = &self.carry {
             carry.apply(&mut job);
@@ -116,7 +115,8 @@ impl Split {
 /// of its instructions.)
 fn by_slot(req: &Request, stride: usize) -> Vec<(u16, SmallVec<[usize; 4]>)> {
     const SCANNED: usize = 16;
-    let mut groups: Vec<(u16, SmallVec<[usize; 4]>)> = Vec::new();
+    let keys = (req.len() - 1) / stride;
+    let mut groups: Vec<(u16, SmallVec<[usize; 4]>)> = Vec::with_capacity(keys.min(SCANNED));
     let mut index: FxHashMap<u16, usize> = FxHashMap::default();
     for i in (1..req.len()).step_by(stride) {
         let slot = key_slot(req.arg(i));
@@ -124,7 +124,7 @@ fn by_slot(req: &Request, stride: usize) -> Vec<(u16, SmallVec<[usize; 4]>)> {
             groups.iter().position(|(s, _)| *s == slot)
         } else {
             if index.is_empty() {
-                index.reserve((req.len() - 1) / stride);
+                index.reserve(keys);
                 index.extend(groups.iter().enumerate().map(|(g, (s, _))| (*s, g)));
             }
             index.get(&slot).copied()
