@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use prometheus::local::LocalHistogram;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -368,10 +369,13 @@ impl Metrics {
 
     /// Counts a request and its time to reply.
     #[inline]
-    pub fn request(&self, class: Class, seconds: f64) {
-        let i = class as usize;
-        self.requests[i].inc();
-        self.latency[i].observe(seconds);
+    /// Counts for one session, added to these in one step per batch.
+    pub fn local_requests(&self) -> LocalRequests {
+        LocalRequests {
+            requests: self.requests.clone(),
+            latency: self.latency.iter().map(Runs::new).collect(),
+            class: None,
+        }
     }
 
     /// Requests received so far, all classes.
@@ -451,5 +455,117 @@ impl Took {
             self.seconds = self.now.saturating_duration_since(since).as_secs_f64();
         }
         self.seconds
+    }
+}
+
+/// A session's request counts and latencies. The replies written together to a pipeline
+/// share their class and timing: such a run is counted in one step, through a local
+/// histogram added to the shared one at once, instead of five atomic read-modify-writes a
+/// request (a third of all a request made at -P 16, each costing many times a plain
+/// instruction). A run of one is counted straight into the shared metrics, as cheap as
+/// before.
+pub struct LocalRequests {
+    requests: Vec<IntCounter>,
+    latency: Vec<Runs>,
+    /// The class of the run being counted.
+    class: Option<Class>,
+}
+
+impl LocalRequests {
+    /// Counts one request of `class` that took `seconds`.
+    pub fn request(&mut self, class: Class, seconds: f64) {
+        if self.class != Some(class) {
+            self.flush();
+            self.class = Some(class);
+        }
+        let runs = &mut self.latency[class as usize];
+        if !runs.extends(seconds) {
+            self.settle(class);
+            self.latency[class as usize].start(seconds);
+        }
+    }
+
+    /// Adds what was counted to the shared metrics.
+    pub fn flush(&mut self) {
+        if let Some(class) = self.class.take() {
+            self.settle(class);
+        }
+    }
+
+    fn settle(&mut self, class: Class) {
+        match self.latency[class as usize].settle() {
+            0 => {}
+            n => self.requests[class as usize].inc_by(n),
+        }
+    }
+}
+
+impl Drop for LocalRequests {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Observations into one histogram, a run of equal values at a time (see
+/// [`LocalRequests`]; a node connection's replies to one write share their timing too).
+pub struct Runs {
+    shared: Histogram,
+    local: LocalHistogram,
+    /// The value of the run being counted, and its length.
+    run: Option<(f64, u64)>,
+}
+
+impl Runs {
+    pub fn new(shared: &Histogram) -> Runs {
+        Runs {
+            shared: shared.clone(),
+            local: shared.local(),
+            run: None,
+        }
+    }
+
+    /// Observes `v`.
+    pub fn observe(&mut self, v: f64) {
+        if !self.extends(v) {
+            self.settle();
+            self.start(v);
+        }
+    }
+
+    /// Lengthens the run if `v` is its value.
+    fn extends(&mut self, v: f64) -> bool {
+        match &mut self.run {
+            Some((value, n)) if *value == v => {
+                *n += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn start(&mut self, v: f64) {
+        self.run = Some((v, 1));
+    }
+
+    /// Adds the run to the shared histogram; how many it counted.
+    pub fn settle(&mut self) -> u64 {
+        match self.run.take() {
+            None => 0,
+            Some((v, 1)) => {
+                self.shared.observe(v);
+                1
+            }
+            Some((v, n)) => {
+                (0..n).for_each(|_| self.local.observe(v));
+                self.local.flush();
+                n
+            }
+        }
+    }
+}
+
+impl Drop for Runs {
+    fn drop(&mut self) {
+        self.settle();
     }
 }

@@ -26,7 +26,7 @@ use super::lease::Lease;
 use super::redirect::{classify, Reason, Redirect};
 use super::turns::Turn;
 use crate::config::Ack;
-use crate::metrics::{Metrics, Took};
+use crate::metrics::{Metrics, Runs, Took};
 use crate::protocol::{ReplyScanner, Request};
 use crate::routing::Hint;
 use crate::tls::BackendTls;
@@ -224,7 +224,7 @@ pub async fn run(
             idle,
             skip: 0,
             metrics: &metrics,
-            latency: &latency,
+            latency: Runs::new(&latency),
             barriers: VecDeque::new(),
             unfenced: 0,
             ack,
@@ -362,7 +362,8 @@ struct Connection<'a> {
     /// connect).
     skip: usize,
     metrics: &'a Metrics,
-    latency: &'a Histogram,
+    /// This node's latencies, added to the shared histogram a run at a time.
+    latency: Runs,
     /// `WAIT`s in flight, in the order sent (`durability.ack = "replicated"`).
     barriers: VecDeque<Barrier>,
     /// Jobs in flight after the last barrier.
@@ -525,6 +526,17 @@ impl Connection<'_> {
 
     /// Hands every complete reply in the read buffer to its job.
     fn replies(&mut self) -> Result<(), String> {
+        let mut answered = 0;
+        let read = self.take_replies(&mut answered);
+        // Counted once for all the replies read (a read carries many), not once a reply.
+        self.metrics.backend_inflight.sub(answered);
+        self.latency.settle();
+        read
+    }
+
+    /// Matches the replies in the read buffer to the jobs in flight; `answered` counts
+    /// the jobs that left the in-flight FIFO.
+    fn take_replies(&mut self, answered: &mut i64) -> Result<(), String> {
         let mut took = Took::now();
         while let Some(len) = self.scanner.scan(&self.rbuf).map_err(|e| e.to_string())? {
             let frame = self.rbuf.split_to(len).freeze();
@@ -560,7 +572,7 @@ impl Connection<'_> {
                 continue;
             }
             let done = self.inflight.pop_front().expect("front exists");
-            self.metrics.backend_inflight.dec();
+            *answered += 1;
             self.latency.observe(took.of(done.sent));
             let fence = match self.barriers.front_mut() {
                 Some(barrier) => {
@@ -832,7 +844,7 @@ mod tests {
                 idle: Duration::from_secs(30),
                 skip: 0,
                 metrics: &self.metrics,
-                latency: &self.latency,
+                latency: Runs::new(&self.latency),
                 barriers: VecDeque::new(),
                 unfenced: 0,
                 ack: Ack::Master,

@@ -27,7 +27,7 @@ use super::owed::Pending;
 use super::pubsub;
 use super::router::route;
 use super::{Admission, Proxy};
-use crate::metrics::{Class, Metrics, Took};
+use crate::metrics::{Class, LocalRequests, Metrics, Took};
 use crate::protocol::{reply, Scanner};
 use crate::tls::Stream;
 
@@ -122,7 +122,7 @@ const OUTPUT_LIMIT: &str =
 
 /// Moves the replies at the front that are already answered into `out`. A request that
 /// waits for its turn is sent when it reaches the front.
-fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut Outgoing, metrics: &Metrics) {
+fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut Outgoing, counts: &mut Counts) {
     let mut cx = Context::from_waker(Waker::noop());
     let mut took = None; // one clock read for every reply written together
     while let Some(front) = owed.front_mut() {
@@ -131,7 +131,7 @@ fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut Outgoing, metr
             Poll::Ready(bytes) => {
                 let done = owed.pop_front().expect("front exists");
                 let seconds = took.get_or_insert_with(Took::now).of(done.since);
-                emit(out, &bytes, &done, metrics, seconds);
+                emit(out, &bytes, &done, counts, seconds);
             }
             Poll::Pending => break,
         }
@@ -150,7 +150,7 @@ async fn write_out(
     out: &mut Outgoing,
     owed: &mut VecDeque<Owed>,
     limit: usize,
-    metrics: &Metrics,
+    counts: &mut Counts<'_>,
 ) -> std::io::Result<()> {
     let mut added = 0;
     while !out.is_empty() {
@@ -167,11 +167,11 @@ async fn write_out(
             }), if !owed.is_empty() => {
                 let done = owed.pop_front().expect("guarded");
                 let before = out.len();
-                emit(out, &bytes, &done, metrics, Took::now().of(done.since));
+                emit(out, &bytes, &done, counts, Took::now().of(done.since));
                 added += out.len() - before;
                 // `out` drains from its front: what was added is its end.
                 if added.min(out.len()) > limit {
-                    metrics.clients_over_output_limit.inc();
+                    counts.shared.clients_over_output_limit.inc();
                     let why = format!("{OUTPUT_LIMIT} ({} bytes unread, limit {limit})", out.len());
                     return Err(std::io::Error::other(why));
                 }
@@ -184,12 +184,19 @@ async fn write_out(
     Ok(())
 }
 
+/// The metrics a session counts into: the shared ones, and its requests' counts, kept
+/// apart and added to the shared ones before each wait (see [`LocalRequests`]).
+struct Counts<'a> {
+    shared: &'a Metrics,
+    requests: LocalRequests,
+}
+
 /// Appends one reply, to a request that took `seconds`, to the output and counts it.
-fn emit(out: &mut Outgoing, bytes: &Bytes, done: &Owed, metrics: &Metrics, seconds: f64) {
+fn emit(out: &mut Outgoing, bytes: &Bytes, done: &Owed, counts: &mut Counts, seconds: f64) {
     if bytes.first() == Some(&b'-') {
-        metrics.client_error(bytes);
+        counts.shared.client_error(bytes);
     }
-    metrics.request(done.class, seconds);
+    counts.requests.request(done.class, seconds);
     if !done.silent {
         out.push(bytes);
     }
@@ -268,7 +275,10 @@ fn waits_for_turn(owed: &VecDeque<Owed>) -> bool {
 
 async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::io::Result<()> {
     let config = proxy.config().clone();
-    let metrics = &proxy.metrics;
+    let mut counts = Counts {
+        shared: &proxy.metrics,
+        requests: proxy.metrics.local_requests(),
+    };
     // Shutdown rings the client's bell; `run` registers its wake-up.
     let entry = client.entry.clone();
     let bell = &entry.bell;
@@ -286,10 +296,10 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
     let mut last_request = Instant::now();
     loop {
         // Everything already answered goes out in one write.
-        take_ready(proxy, &mut owed, &mut out, metrics);
+        take_ready(proxy, &mut owed, &mut out, &mut counts);
         if !out.is_empty() {
             let limit = config.max_output_bytes;
-            write_out(proxy, stream, &mut out, &mut owed, limit, metrics).await?;
+            write_out(proxy, stream, &mut out, &mut owed, limit, &mut counts).await?;
         }
         if bell.rung(Bell::STOP) {
             reading = false;
@@ -364,6 +374,7 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
             .idle_timeout
             .filter(|_| owed.is_empty())
             .map(|limit| last_request + limit);
+        counts.requests.flush(); // what the replies written so far counted
         let idle = async move {
             match idle_at {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -374,7 +385,7 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
             biased;
             bytes = poll_fn(|cx| owed.front_mut().expect("guarded").reply.poll(cx)), if !owed.is_empty() => {
                 let done = owed.pop_front().expect("guarded");
-                emit(&mut out, &bytes, &done, metrics, Took::now().of(done.since));
+                emit(&mut out, &bytes, &done, &mut counts, Took::now().of(done.since));
             }
             read = stream.read_buf(&mut rbuf), if want_read => {
                 if read? == 0 {
