@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Where a proxy's CPU goes: user and system time (ticks of /proc/PID/stat) of slotguard
+# and of a peer, each given the same redis-benchmark run in turn on one cluster (3 masters
+# + 3 replicas, `slotguard demo`), SET, GET and MSET (10 keys, cross-slot) at -P 1 and
+# -P 16, with requests per CPU-second and p99. The system part is the kernel's TCP work
+# for the proxy's reads and writes: what no proxy code can take away.
+#
+#   benches/cpu_split.sh --peer predixy=PATH [requests]     (default: 1000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. benches/peers.sh
+[ "${1:-}" = --peer ] || { echo "usage: $0 --peer predixy=PATH [requests]" >&2; exit 2; }
+peer=${2#*=}
+N=${3:-1000000}
+cargo build --release --quiet
+dir=$(mktemp -d)
+port=$(free_port)
+target/release/slotguard demo --listen "127.0.0.1:$port" >"$dir/demo.log" 2>&1 &
+pids=($!)
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 1 200); do grep -q "^connect with" "$dir/demo.log" && break; sleep 0.1; done
+node=$(awk '/^cluster nodes:/ {print $3}' "$dir/demo.log")
+[ -n "$node" ] || { cat "$dir/demo.log"; exit 1; }
+sport=$(free_port)
+target/release/slotguard --listen "127.0.0.1:$sport" --seed "$node" >"$dir/sg.log" 2>&1 &
+spid=$!
+pids+=($!)
+pport=$(free_port)
+predixy_conf "$dir/peer.conf" "$pport" "$node" 1
+"$peer" "$dir/peer.conf" >"$dir/peer.log" 2>&1 &
+ppid=$!
+pids+=($!)
+for p in "$sport" "$pport"; do
+  for _ in $(seq 1 100); do redis-cli -p "$p" set warm 1 2>/dev/null | grep -q OK && break; sleep 0.1; done
+done
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+printf '%-5s %-3s %-10s %8s %8s %14s %8s\n' test P proxy user sys req/cpu_s p99_ms
+for pipe in 1 16; do
+  for t in set get mset; do
+    for who in slotguard peer; do
+      pid=$spid; p=$sport
+      [ "$who" = peer ] && { pid=$ppid; p=$pport; }
+      read -r u0 s0 < <(ticks "$pid")
+      line=$(redis-benchmark -p "$p" -n "$N" -c 50 -r 100000 -P "$pipe" -t "$t" --csv 2>/dev/null \
+        | grep -E '^"[A-Z]' | grep -v '^"test"' | tr -d '"')
+      read -r u1 s1 < <(ticks "$pid")
+      IFS=, read -r _ _ _ _ _ _ p99 _ <<<"$line"
+      hz=$(getconf CLK_TCK)
+      printf '%-5s %-3s %-10s %8s %8s %14s %8s\n' "$t" "$pipe" "$who" $((u1 - u0)) $((s1 - s0)) \
+        "$(python3 -c "print(int($N / (($u1 - $u0 + $s1 - $s0) / $hz)))")" "$p99"
+    done
+  done
+done
