@@ -14,13 +14,9 @@ peer=${2#*=}
 N=${3:-1000000}
 cargo build --release --quiet
 dir=$(mktemp -d)
-port=$(free_port)
-target/release/slotguard demo --listen "127.0.0.1:$port" >"$dir/demo.log" 2>&1 &
-pids=($!)
+pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 1 200); do grep -q "^connect with" "$dir/demo.log" && break; sleep 0.1; done
-node=$(awk '/^cluster nodes:/ {print $3}' "$dir/demo.log")
-[ -n "$node" ] || { cat "$dir/demo.log"; exit 1; }
+start_demo
 sport=$(free_port)
 target/release/slotguard --listen "127.0.0.1:$sport" --seed "$node" >"$dir/sg.log" 2>&1 &
 spid=$!
@@ -47,7 +43,7 @@ for pipe in 1 16; do
       IFS=, read -r _ _ _ _ _ _ p99 _ <<<"$line"
       hz=$(getconf CLK_TCK)
       printf '%-5s %-3s %-10s %8s %8s %14s %8s\n' "$t" "$pipe" "$who" $((u1 - u0)) $((s1 - s0)) \
-        "$(python3 -c "print(int($N / (($u1 - $u0 + $s1 - $s0) / $hz)))")" "$p99"
+        "$(python3 -c "t = ($u1 - $u0 + $s1 - $s0) / $hz; print(int($N / t) if t > 0 else 'n/a')")" "$p99"
     done
   done
 done

@@ -15,3 +15,15 @@ predixy_conf() { # file port node refresh
     printf 'ClusterServerPool {\n  MasterReadPriority 100\n  RefreshInterval %s\n  Servers {\n    + %s\n  }\n}\n' "$4" "$3"
   } >"$1"
 }
+
+# Starts `slotguard demo` (3 masters + 3 replicas) logging to $dir/demo.log, adds its pid
+# to the caller's `pids`, and sets `node` to one of its nodes once it is up.
+start_demo() {
+  local port
+  port=$(free_port)
+  target/release/slotguard demo --listen "127.0.0.1:$port" >"$dir/demo.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 200); do grep -q "^connect with" "$dir/demo.log" && break; sleep 0.1; done
+  node=$(awk '/^cluster nodes:/ {print $3}' "$dir/demo.log")
+  [ -n "$node" ] || { cat "$dir/demo.log"; exit 1; }
+}

@@ -15,13 +15,9 @@ cd "$(dirname "$0")/.."
 N=${1:-400000}
 cargo build --release --quiet
 dir=$(mktemp -d)
-port=$(free_port)
-target/release/slotguard demo --listen "127.0.0.1:$port" >"$dir/demo.log" 2>&1 &
-pids=($!)
+pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 1 200); do grep -q "^connect with" "$dir/demo.log" && break; sleep 0.1; done
-node=$(awk '/^cluster nodes:/ {print $3}' "$dir/demo.log")
-[ -n "$node" ] || { cat "$dir/demo.log"; exit 1; }
+start_demo
 declare -A pid_of port_of
 for threads in 1 2; do
   port_of[$threads]=$(free_port)

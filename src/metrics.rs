@@ -367,14 +367,11 @@ impl Metrics {
         }
     }
 
-    /// Counts a request and its time to reply.
-    #[inline]
-    /// Counts for one session, added to these in one step per batch.
+    /// Counts for one session, added to these a run at a time.
     pub fn local_requests(&self) -> LocalRequests {
         LocalRequests {
             requests: self.requests.clone(),
             latency: self.latency.iter().map(Runs::new).collect(),
-            class: None,
         }
     }
 
@@ -467,36 +464,28 @@ impl Took {
 pub struct LocalRequests {
     requests: Vec<IntCounter>,
     latency: Vec<Runs>,
-    /// The class of the run being counted.
-    class: Option<Class>,
 }
 
 impl LocalRequests {
     /// Counts one request of `class` that took `seconds`.
     pub fn request(&mut self, class: Class, seconds: f64) {
-        if self.class != Some(class) {
-            self.flush();
-            self.class = Some(class);
-        }
-        let runs = &mut self.latency[class as usize];
-        if !runs.extends(seconds) {
-            self.settle(class);
-            self.latency[class as usize].start(seconds);
-        }
+        let i = class as usize;
+        let settled = self.latency[i].observe(seconds);
+        count(&self.requests[i], settled);
     }
 
     /// Adds what was counted to the shared metrics.
     pub fn flush(&mut self) {
-        if let Some(class) = self.class.take() {
-            self.settle(class);
+        for (latency, requests) in self.latency.iter_mut().zip(&self.requests) {
+            count(requests, latency.settle());
         }
     }
+}
 
-    fn settle(&mut self, class: Class) {
-        match self.latency[class as usize].settle() {
-            0 => {}
-            n => self.requests[class as usize].inc_by(n),
-        }
+/// Adds `n` to `counter`, without an atomic operation for none.
+fn count(counter: &IntCounter, n: u64) {
+    if n > 0 {
+        counter.inc_by(n);
     }
 }
 
@@ -524,27 +513,20 @@ impl Runs {
         }
     }
 
-    /// Observes `v`.
-    pub fn observe(&mut self, v: f64) {
-        if !self.extends(v) {
-            self.settle();
-            self.start(v);
-        }
-    }
-
-    /// Lengthens the run if `v` is its value.
-    fn extends(&mut self, v: f64) -> bool {
+    /// Observes `v`: it lengthens the run, or ends it and starts one. How many the ended
+    /// run added to the shared histogram (0 when none ended).
+    pub fn observe(&mut self, v: f64) -> u64 {
         match &mut self.run {
             Some((value, n)) if *value == v => {
                 *n += 1;
-                true
+                0
             }
-            _ => false,
+            _ => {
+                let settled = self.settle();
+                self.run = Some((v, 1));
+                settled
+            }
         }
-    }
-
-    fn start(&mut self, v: f64) {
-        self.run = Some((v, 1));
     }
 
     /// Adds the run to the shared histogram; how many it counted.

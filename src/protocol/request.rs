@@ -65,24 +65,9 @@ type Args = SmallVec<[(u32, u32); 6]>;
 impl Request {
     /// Builds a request from arguments (used for requests the proxy makes itself).
     pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Request {
-        let size: usize = (args.iter().map(|a| a.as_ref().len()))
-            .map(|len| header_len(len) + len + 2)
-            .sum();
-        let mut raw = BytesMut::with_capacity(header_len(args.len()) + size);
         let mut offsets = Args::with_capacity(args.len());
-        write_header(&mut raw, b'*', args.len());
-        for arg in args {
-            let arg = arg.as_ref();
-            write_header(&mut raw, b'$', arg.len());
-            let start = raw.len() as u32;
-            raw.extend_from_slice(arg);
-            offsets.push((start, arg.len() as u32));
-            raw.extend_from_slice(b"\r\n");
-        }
-        Request {
-            raw: raw.freeze(),
-            args: offsets,
-        }
+        let raw = encode(args.iter().map(AsRef::as_ref), |at| offsets.push(at));
+        Request { raw, args: offsets }
     }
 
     /// The wire bytes of a request made of `args`, for one that is only sent (no argument
@@ -92,19 +77,7 @@ impl Request {
         I: IntoIterator<Item = &'a [u8]>,
         I::IntoIter: Clone,
     {
-        let args = args.into_iter();
-        // Exactly: room to spare would cost `freeze` an allocation of its own.
-        let (count, size) = args.clone().fold((0, 0), |(n, size), a| {
-            (n + 1, size + header_len(a.len()) + a.len() + 2)
-        });
-        let mut raw = BytesMut::with_capacity(header_len(count) + size);
-        write_header(&mut raw, b'*', count);
-        for arg in args {
-            write_header(&mut raw, b'$', arg.len());
-            raw.extend_from_slice(arg);
-            raw.extend_from_slice(b"\r\n");
-        }
-        raw.freeze()
+        encode(args.into_iter(), |_| {})
     }
 
     /// The request as it goes on the wire to a backend.
@@ -143,6 +116,26 @@ impl Request {
     pub fn args(&self) -> impl Iterator<Item = &[u8]> {
         (0..self.len()).map(|i| self.arg(i))
     }
+}
+
+/// A request's wire bytes, at their exact size (room to spare would cost `freeze` an
+/// allocation of its own); `at` hears where each argument lies.
+fn encode<'a>(
+    args: impl Iterator<Item = &'a [u8]> + Clone,
+    mut at: impl FnMut((u32, u32)),
+) -> Bytes {
+    let (count, size) = args.clone().fold((0, 0), |(n, size), a| {
+        (n + 1, size + header_len(a.len()) + a.len() + 2)
+    });
+    let mut raw = BytesMut::with_capacity(header_len(count) + size);
+    write_header(&mut raw, b'*', count);
+    for arg in args {
+        write_header(&mut raw, b'$', arg.len());
+        at((raw.len() as u32, arg.len() as u32));
+        raw.extend_from_slice(arg);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.freeze()
 }
 
 /// The length of `<kind><n>\r\n`.

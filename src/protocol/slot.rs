@@ -32,9 +32,13 @@ static CRC16: [u16; 256] = crc16_table();
 
 /// CRC16-XMODEM (polynomial 0x1021, initial value 0), as in Redis's crc16.c.
 pub fn crc16(data: &[u8]) -> u16 {
-    data.iter().fold(0u16, |crc, &b| {
-        (crc << 8) ^ CRC16[(((crc >> 8) as u8) ^ b) as usize]
-    })
+    data.iter().fold(0, |crc, &b| crc16_step(crc, b))
+}
+
+/// One byte more into a CRC16-XMODEM.
+#[inline]
+fn crc16_step(crc: u16, b: u8) -> u16 {
+    (crc << 8) ^ CRC16[(((crc >> 8) as u8) ^ b) as usize]
 }
 
 /// The part of a key that is hashed: the text between the first `{` and the next `}`
@@ -58,7 +62,7 @@ pub fn key_slot(key: &[u8]) -> u16 {
         if b == b'{' {
             return crc16(hash_tag(key)) & (SLOTS as u16 - 1);
         }
-        crc = (crc << 8) ^ CRC16[(((crc >> 8) as u8) ^ b) as usize];
+        crc = crc16_step(crc, b);
     }
     crc & (SLOTS as u16 - 1)
 }

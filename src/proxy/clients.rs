@@ -304,7 +304,6 @@ impl Clients {
         self.all().iter().filter(|e| e.seen().tracking).count()
     }
 
-    /// Every entry, by id.
     /// Rings `what` on every client's bell.
     pub fn ring_all(&self, what: u8) {
         for entry in self.lock().values() {
@@ -312,6 +311,7 @@ impl Clients {
         }
     }
 
+    /// Every entry, by id.
     fn all(&self) -> Vec<Arc<Entry>> {
         let mut all: Vec<Arc<Entry>> = self.lock().values().cloned().collect();
         all.sort_by_key(|e| e.id);
