@@ -426,6 +426,57 @@ async fn rebalance_to_four_masters_and_drain_back_to_three() {
     check_clean(&h).await;
 }
 
+/// A target that imports a slot before it has heard who owns it (a master just added,
+/// with gossip behind) never learns the owner while the slot is open, and answers the keys'
+/// RESTORE with CLUSTERDOWN. Made here on purpose: the target forgets the owner and marks
+/// the slot importing in one MULTI, so no gossip lands between. The move binds the slot on
+/// the target first and goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_has_not_heard_the_owner_is_told_first() {
+    let h = Harness::start(3, 0).await;
+    let slot = 100;
+    let keys = keys_in_slots("uh", slot..=slot, 50);
+    seed(&h, &keys).await;
+    let source = h.owner_of(slot).await;
+    let target = (h.cluster.nodes.iter().map(|n| n.addr()))
+        .find(|a| *a != source)
+        .unwrap();
+    let source_id = common::call(&source, &["CLUSTER", "MYID"]).await;
+    let source_id = source_id.as_str().unwrap().to_string();
+    let mut t = h.direct(&target).await;
+    let () = redis::pipe()
+        .atomic()
+        .cmd("CLUSTER")
+        .arg("DELSLOTS")
+        .arg(slot)
+        .ignore()
+        .cmd("CLUSTER")
+        .arg(&["SETSLOT", &slot.to_string(), "IMPORTING", &source_id])
+        .ignore()
+        .query_async(&mut t)
+        .await
+        .unwrap();
+    let (code, out) = finish(slotguard(
+        &h,
+        &["migrate", "--slots", &slot.to_string(), "--to", &target],
+    ))
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("moved 1 slots and 50 keys"), "{out}");
+    assert_eq!(h.owner_of(slot).await, target);
+    assert_eq!(dbsize(&target).await, 50);
+    let mut c = h.client().await;
+    for k in &keys {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(k)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "{k}");
+    }
+    check_clean(&h).await;
+}
+
 /// On a terminal the progress is a bar redrawn in place, with slots, keys, rate and ETA;
 /// bad input is refused with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -237,6 +237,13 @@ impl<'a> Cluster<'a> {
         out
     }
 
+    /// The master `viewer`'s own view binds `slot` to, if it answered and binds it.
+    pub fn bound_in_view_of(&self, viewer: &str, slot: u16) -> Option<&'a str> {
+        let view = self.view_of.get(viewer)?;
+        let owner = view.iter().find(|l| l.master && l.owns(slot))?;
+        Some(owner.id.as_str())
+    }
+
     /// The live masters that own `slot` in their own view.
     pub fn claims(&self, slot: u16) -> Vec<&'a NodeLine> {
         self.live_masters().filter(|m| m.owns(slot)).collect()

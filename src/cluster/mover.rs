@@ -188,7 +188,19 @@ pub fn slot_plan(cluster: &Cluster, slot: u16, to: &str) -> Result<SlotPlan, Str
             ));
         }
     }
-    let keys = vec![
+    let mut keys = Vec::new();
+    // A node that imports a slot takes no news of its owner from gossip, so a target that
+    // has not heard who owns it yet (a master just added) would answer the keys' RESTORE
+    // with CLUSTERDOWN for as long as the slot stays open. It binds the slot to the source
+    // first, as gossip would have.
+    if cluster.bound_in_view_of(to, slot) != Some(source) {
+        keys.push(Step::Bind {
+            on: to.to_string(),
+            slot,
+            owner: source.to_string(),
+        });
+    }
+    keys.extend([
         Step::Importing {
             on: to.to_string(),
             slot,
@@ -205,7 +217,7 @@ pub fn slot_plan(cluster: &Cluster, slot: u16, to: &str) -> Result<SlotPlan, Str
             slot,
             replace: true,
         },
-    ];
+    ]);
     let mut rest = vec![bind(source)];
     rest.extend(
         others
@@ -1033,6 +1045,7 @@ mod tests {
         );
         assert_eq!(plan.finalize, vec![bind("B")]);
         assert_eq!(plan.rest, vec![bind("A"), bind("C")]);
+        let fresh_plan_keys = plan.keys.clone();
         // Cut in the middle of the keys: the same plan, every step idempotent.
         let open = views(&[("A", "[50->-B]"), ("B", "[50-<-A]")], &[]);
         assert_eq!(slot_plan(&Cluster::new(&open), 50, "B").unwrap(), plan);
@@ -1052,6 +1065,22 @@ mod tests {
         assert!(slot_plan(&Cluster::new(&fresh), 50, "Z")
             .unwrap_err()
             .contains("not a live master"));
+        // A target that has not heard who owns the slot (a master just added) binds it to
+        // the source before it imports: importing, it would not learn it from gossip.
+        let mut unheard = views(&[], &[]);
+        let b_view = &mut unheard[1].1;
+        let a_in_b = b_view.iter_mut().find(|l| l.id == "A").unwrap();
+        a_in_b.slots = vec![(0, 49), (51, 99)];
+        let plan = slot_plan(&Cluster::new(&unheard), 50, "B").unwrap();
+        assert_eq!(
+            plan.keys[0],
+            Step::Bind {
+                on: "B".into(),
+                slot: 50,
+                owner: "A".into()
+            }
+        );
+        assert_eq!(plan.keys[1..], fresh_plan_keys[..]);
     }
 
     #[test]
