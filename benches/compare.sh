@@ -58,7 +58,7 @@ for spec in "${peers[@]}"; do
   esac
   peer_pid[$name]=$!
   peer_port[$name]=$pport
-  for _ in $(seq 1 100); do redis-cli -p "$pport" set warm 1 2>/dev/null | grep -q OK && break; sleep 0.1; done
+  wait_up "$pport"
 done
 trap 'kill $proxy $rproxy ${peer_pid[*]:-} 2>/dev/null; wait $proxy $rproxy 2>/dev/null; rm -f "$log" "$log".* "$rconf"' EXIT
 hz=$(getconf CLK_TCK)

@@ -33,11 +33,7 @@ while [ "${1:-}" = --peer ] || [ "${1:-}" = --check ]; do
 done
 N=${1:-20000}
 WARM=2000
-cargo build --release --quiet
-dir=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-start_demo
+bench_setup
 
 # The command line that runs proxy `name` on `port`.
 command_for() { # name port
@@ -65,10 +61,6 @@ done
 bench() { # port pipeline test requests
   redis-benchmark -p "$1" -n "$4" -c 50 -r 100000 -P "$2" -t "$3" -q >/dev/null 2>&1
 }
-wait_up() { # port
-  for _ in $(seq 1 600); do redis-cli -p "$1" set warm 1 2>/dev/null | grep -q OK && return; sleep 0.1; done
-  echo "proxy on $1 never answered" >&2; exit 1
-}
 
 # Instructions: the proxy under callgrind; counters zeroed after the warm-up, dumped after
 # the counted requests.
@@ -80,7 +72,7 @@ instructions() { # name pipeline test
   valgrind --tool=callgrind --callgrind-out-file="$out.%p" $(command_for "$1" "$p") >"$dir/vg.log" 2>&1 &
   local vg=$!
   pids+=("$vg")
-  wait_up "$p"
+  wait_up "$p" 600
   bench "$p" "$2" "$3" "$WARM"
   callgrind_control -z "$vg" >/dev/null 2>&1
   bench "$p" "$2" "$3" "$N"
@@ -101,7 +93,7 @@ syscalls() { # name pipeline test
   $(command_for "$1" "$p") >"$dir/proxy.log" 2>&1 &
   local pid=$!
   pids+=("$pid")
-  wait_up "$p"
+  wait_up "$p" 600
   bench "$p" "$2" "$3" "$WARM"
   strace -c -f -q -p "$pid" -o "$dir/strace" &
   local st=$!

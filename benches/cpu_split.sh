@@ -12,11 +12,7 @@ cd "$(dirname "$0")/.."
 [ "${1:-}" = --peer ] || { echo "usage: $0 --peer predixy=PATH [requests]" >&2; exit 2; }
 peer=${2#*=}
 N=${3:-1000000}
-cargo build --release --quiet
-dir=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-start_demo
+bench_setup
 sport=$(free_port)
 target/release/slotguard --listen "127.0.0.1:$sport" --seed "$node" >"$dir/sg.log" 2>&1 &
 spid=$!
@@ -26,9 +22,8 @@ predixy_conf "$dir/peer.conf" "$pport" "$node" 1
 "$peer" "$dir/peer.conf" >"$dir/peer.log" 2>&1 &
 ppid=$!
 pids+=($!)
-for p in "$sport" "$pport"; do
-  for _ in $(seq 1 100); do redis-cli -p "$p" set warm 1 2>/dev/null | grep -q OK && break; sleep 0.1; done
-done
+wait_up "$sport"
+wait_up "$pport"
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 printf '%-5s %-3s %-10s %8s %8s %14s %8s\n' test P proxy user sys req/cpu_s p99_ms
 for pipe in 1 16; do

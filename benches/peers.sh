@@ -1,4 +1,5 @@
-# Shared by compare.sh and counts.sh (sourced): a free port, and the peers' set-up.
+# Shared by the benches (sourced): a free port, the peers' set-up, the demo cluster, and
+# waiting for a proxy to answer.
 
 # A TCP port free on 127.0.0.1 now.
 free_port() {
@@ -26,4 +27,21 @@ start_demo() {
   for _ in $(seq 1 200); do grep -q "^connect with" "$dir/demo.log" && break; sleep 0.1; done
   node=$(awk '/^cluster nodes:/ {print $3}' "$dir/demo.log")
   [ -n "$node" ] || { cat "$dir/demo.log"; exit 1; }
+}
+
+# Builds slotguard, makes the scratch directory `dir` (removed on exit, every pid in `pids`
+# killed) and starts the demo cluster (`start_demo`).
+bench_setup() {
+  cargo build --release --quiet
+  dir=$(mktemp -d)
+  pids=()
+  trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+  start_demo
+}
+
+# Waits until the proxy on `port` answers a SET, for `tries` tenths of a second (100
+# unless told); one that never does ends the bench.
+wait_up() { # port [tries]
+  for _ in $(seq 1 "${2:-100}"); do redis-cli -p "$1" set warm 1 2>/dev/null | grep -q OK && return; sleep 0.1; done
+  echo "proxy on $1 never answered" >&2; exit 1
 }

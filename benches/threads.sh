@@ -13,11 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/peers.sh
 N=${1:-400000}
-cargo build --release --quiet
-dir=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-start_demo
+bench_setup
 declare -A pid_of port_of
 for threads in 1 2; do
   port_of[$threads]=$(free_port)
@@ -26,7 +22,7 @@ for threads in 1 2; do
     --seed "$node" >"$dir/t$threads.log" 2>&1 &
   pid_of[$threads]=$!
   pids+=($!)
-  for _ in $(seq 1 100); do redis-cli -p "${port_of[$threads]}" set warm 1 2>/dev/null | grep -q OK && break; sleep 0.1; done
+  wait_up "${port_of[$threads]}"
 done
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
