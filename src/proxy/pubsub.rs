@@ -16,8 +16,10 @@
 //!   owner as soon as its slot map names it. The client sees neither.
 //!
 //! What the client is told (confirmations, subscription counts) comes from the proxy's own
-//! record, in the order of the client's commands. A confirmation is written only once the
-//! node has confirmed, so a message published after the client saw it is delivered.
+//! record, in the order of the client's commands. A confirmation is written only once every
+//! node asked has confirmed (the other masters too, for a name that can carry keyspace
+//! notifications), so a message or notification published after the client saw it is
+//! delivered. A name listed twice is subscribed twice on the node, as Redis confirms each.
 //! Messages are at-most-once, as in Redis: what is published while a subscription is
 //! being moved is lost.
 
@@ -125,12 +127,14 @@ enum Event {
 /// Something owed to the client, in order.
 enum Out {
     Ready(Bytes),
-    /// A confirmation written once a node confirmed `name` (or after the hold timeout).
+    /// A confirmation written once every link asked to subscribe `name` for it has
+    /// confirmed (or after the hold timeout).
     Confirm {
         kind: Kind,
         name: Bytes,
         bytes: Bytes,
-        done: bool,
+        /// The links asked, and whether each has confirmed.
+        links: Vec<(u32, bool)>,
         since: Instant,
     },
     /// A RESP3 client's ordinary command, answered while subscribed.
@@ -374,7 +378,7 @@ impl Subscriber<'_> {
                 kind,
                 name: name.clone(),
                 bytes,
-                done: false,
+                links: Vec::new(),
                 since: now,
             });
         }
@@ -384,26 +388,66 @@ impl Subscriber<'_> {
             Kind::Shard => {
                 for name in names {
                     if let Some(&id) = self.placed.get(&name) {
-                        self.send(id, &[b"SSUBSCRIBE", &name]);
+                        self.place(id, kind, &[name]);
                     }
                 }
             }
             _ => {
                 if let Some(id) = self.global {
-                    let mut args: Vec<&[u8]> = vec![kind.subscribe().as_bytes()];
-                    args.extend(names.iter().map(|n| &n[..]));
-                    self.send(id, &args);
+                    self.place(id, kind, &names);
                 }
-                let mut args: Vec<&[u8]> = vec![kind.subscribe().as_bytes()];
-                args.extend(names.iter().filter(|n| local(kind, n)).map(|n| &n[..]));
-                if args.len() > 1 {
-                    for &id in &self.locals {
-                        self.send(id, &args);
-                    }
+                let locals: Vec<Bytes> = names.into_iter().filter(|n| local(kind, n)).collect();
+                for id in self.locals.clone() {
+                    self.place(id, kind, &locals);
                 }
             }
         }
         self.reconcile();
+    }
+
+    /// Subscribes `names` on link `id`, each as many times as it is listed; each listing
+    /// is one more link the oldest of the name's confirmations not yet waiting for `id`
+    /// waits for.
+    fn place(&mut self, id: u32, kind: Kind, names: &[Bytes]) {
+        if names.is_empty() {
+            return;
+        }
+        for name in names {
+            let waiting = self.out.iter_mut().find_map(|out| match out {
+                Out::Confirm {
+                    kind: k,
+                    name: n,
+                    links,
+                    ..
+                } if *k == kind && n == name && links.iter().all(|&(l, _)| l != id) => Some(links),
+                _ => None,
+            });
+            if let Some(links) = waiting {
+                links.push((id, false));
+            }
+        }
+        let mut args: Vec<&[u8]> = vec![kind.subscribe().as_bytes()];
+        args.extend(names.iter().map(|n| &n[..]));
+        self.send(id, &args);
+    }
+
+    /// What a new link subscribes: the client's names of `kind` that `keep` keeps, each
+    /// listed once for every confirmation of it still owed to the client, and once when
+    /// none is.
+    fn listing(&self, kind: Kind, keep: impl Fn(&Bytes) -> bool) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        for name in self.sets[kind.index()].iter().filter(|n| keep(n)) {
+            let owed = self.owed(kind, name).max(1);
+            out.extend(std::iter::repeat_n(name.clone(), owed));
+        }
+        out
+    }
+
+    /// Confirmations of `name` still owed to the client.
+    fn owed(&self, kind: Kind, name: &Bytes) -> usize {
+        (self.out.iter())
+            .filter(|out| matches!(out, Out::Confirm { kind: k, name: n, .. } if *k == kind && n == name))
+            .count()
     }
 
     fn unsubscribe(&mut self, kind: Kind, names: Vec<Bytes>) {
@@ -493,11 +537,8 @@ impl Subscriber<'_> {
             if let Some(id) = addr.and_then(|addr| self.open(&addr, resp3)) {
                 self.global = Some(id);
                 for kind in [Kind::Channel, Kind::Pattern] {
-                    if !self.sets[kind.index()].is_empty() {
-                        let mut args: Vec<&[u8]> = vec![kind.subscribe().as_bytes()];
-                        args.extend(self.sets[kind.index()].iter().map(|n| &n[..]));
-                        self.send(id, &args);
-                    }
+                    let names = self.listing(kind, |_| true);
+                    self.place(id, kind, &names);
                 }
             }
         }
@@ -523,8 +564,9 @@ impl Subscriber<'_> {
             let Some(id) = existing.or_else(|| self.open(&owner.addr, resp3)) else {
                 continue;
             };
-            self.send(id, &[b"SSUBSCRIBE", &name]);
-            self.placed.insert(name, id);
+            let times = self.owed(Kind::Shard, &name).max(1);
+            self.placed.insert(name.clone(), id);
+            self.place(id, Kind::Shard, &vec![name; times]);
         }
     }
 
@@ -565,12 +607,8 @@ impl Subscriber<'_> {
             };
             self.locals.push(id);
             for kind in [Kind::Channel, Kind::Pattern] {
-                let mut args: Vec<&[u8]> = vec![kind.subscribe().as_bytes()];
-                let names = self.sets[kind.index()].iter().filter(|n| local(kind, n));
-                args.extend(names.map(|n| &n[..]));
-                if args.len() > 1 {
-                    self.send(id, &args);
-                }
+                let names = self.listing(kind, |n| local(kind, n));
+                self.place(id, kind, &names);
             }
         }
     }
@@ -595,6 +633,7 @@ impl Subscriber<'_> {
     }
 
     fn drop_link(&mut self, id: u32) {
+        self.forget(id, |_| true);
         self.links.remove(&id);
         self.locals.retain(|&l| l != id);
         if self.global == Some(id) {
@@ -615,6 +654,7 @@ impl Subscriber<'_> {
                 // Most likely MOVED: the slot map is behind. Subscribe again once it is not.
                 self.proxy.hint(Hint::Refresh);
                 self.placed.retain(|_, l| *l != id);
+                self.forget(id, |confirmed| !confirmed);
             }
             return;
         }
@@ -625,16 +665,17 @@ impl Subscriber<'_> {
         let (Some(kind), Some(name)) = (text(0), text(1)) else {
             return;
         };
-        if self.locals.contains(&id) {
+        let message = matches!(kind.as_ref(), b"message" | b"pmessage");
+        if message && self.locals.contains(&id) {
             // Another master: only its keyspace notifications, which the global link's
-            // master does not see.
+            // master does not see. Its confirmations (and a shard channel it carries) are
+            // taken as any link's, below.
             let forward = match kind.as_ref() {
                 b"message" => self.sets[Kind::Channel.index()].contains(&name),
-                b"pmessage" => {
+                _ => {
                     self.sets[Kind::Pattern.index()].contains(&name)
                         && text(2).is_some_and(|channel| notification(&channel))
                 }
-                _ => false,
             };
             if forward {
                 self.ready(frame);
@@ -645,9 +686,9 @@ impl Subscriber<'_> {
             b"message" => self.sets[Kind::Channel.index()].contains(&name),
             b"pmessage" => self.sets[Kind::Pattern.index()].contains(&name),
             b"smessage" => self.placed.get(&name) == Some(&id),
-            b"subscribe" => self.confirmed(Kind::Channel, &name),
-            b"psubscribe" => self.confirmed(Kind::Pattern, &name),
-            b"ssubscribe" => self.confirmed(Kind::Shard, &name),
+            b"subscribe" => self.confirmed(id, Kind::Channel, &name),
+            b"psubscribe" => self.confirmed(id, Kind::Pattern, &name),
+            b"ssubscribe" => self.confirmed(id, Kind::Shard, &name),
             b"sunsubscribe" => {
                 // The node gave the channel up (its slot moved): put it back where it lives.
                 if self.placed.get(&name) == Some(&id) {
@@ -663,23 +704,36 @@ impl Subscriber<'_> {
         }
     }
 
-    /// A node confirmed a subscription: the client's oldest confirmation of it may go.
-    fn confirmed(&mut self, kind: Kind, name: &Bytes) -> bool {
+    /// Link `id` confirmed a subscription: so much of the oldest confirmation of it that
+    /// waits for `id` is done. Never forwarded: the client's confirmations are the proxy's.
+    fn confirmed(&mut self, id: u32, kind: Kind, name: &Bytes) -> bool {
         for out in self.out.iter_mut() {
             if let Out::Confirm {
                 kind: k,
                 name: n,
-                done,
+                links,
                 ..
             } = out
             {
-                if *k == kind && n == name && !*done {
+                let asked = links.iter_mut().find(|(l, done)| *l == id && !*done);
+                if let Some((_, done)) = asked.filter(|_| *k == kind && n == name) {
                     *done = true;
                     break;
                 }
             }
         }
         false
+    }
+
+    /// Confirmations stop waiting for link `id` (gone, or refused what it was asked) where
+    /// `which` says of whether it had confirmed; one left waiting for no link waits to be
+    /// placed again.
+    fn forget(&mut self, id: u32, which: impl Fn(bool) -> bool) {
+        for out in self.out.iter_mut() {
+            if let Out::Confirm { links, .. } = out {
+                links.retain(|&(l, done)| l != id || !which(done));
+            }
+        }
     }
 
     /// Moves what is ready at the front into `wbuf`.
@@ -690,9 +744,13 @@ impl Subscriber<'_> {
             match front {
                 Out::Ready(bytes) => wbuf.extend_from_slice(bytes),
                 Out::Confirm {
-                    bytes, done, since, ..
+                    bytes,
+                    links,
+                    since,
+                    ..
                 } => {
-                    if !*done && since.elapsed() < timeout {
+                    let done = !links.is_empty() && links.iter().all(|&(_, done)| done);
+                    if !done && since.elapsed() < timeout {
                         break;
                     }
                     wbuf.extend_from_slice(bytes);
