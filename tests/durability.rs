@@ -320,3 +320,148 @@ async fn a_write_run_once_answers_as_the_node_does() {
     let markers = markers.as_array().map(|a| a.len()).unwrap_or(0);
     assert!(markers >= 40, "markers on the master: {markers}");
 }
+
+/// Reads `key` on the node at `addr`, a replica or a master.
+async fn read_on(addr: &str, key: &str) -> Option<String> {
+    let mut conn = Raw::connect_to(addr).await;
+    conn.ask("READONLY\r\n").await;
+    let reply = conn.ask(&format!("GET {key}\r\n")).await;
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    text.strip_prefix('$')
+        .and_then(|rest| rest.split("\r\n").nth(1))
+        .map(String::from)
+}
+
+/// A master that lost its last replica holds its writes until a replica has them: one
+/// acknowledged on it alone would be lost with it. Its old master comes back as its
+/// replica, syncs, and only then is the write acknowledged; the master dies next, and the
+/// write is on the node that takes over. Without a replica back within `hold.timeout`
+/// (read live: it is shortened by a reload), the client hears that the write is on the
+/// master alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_without_a_replica_holds_writes_until_one_has_them() {
+    let mut h = start(Ack::Replicated).await;
+    let tag = tag_on(0);
+    let (kept, alone) = (format!("{tag}kept"), format!("{tag}alone"));
+    h.cluster.nodes[0].kill();
+    h.cluster.wait_promoted(0).await.unwrap();
+    let heir = h.cluster.nodes[3].addr();
+
+    let mut writer = Raw::connect(&h).await;
+    writer.send(&format!("SET {kept} v1\r\n")).await;
+    assert_eq!(
+        writer.frame_within(Duration::from_secs(2)).await,
+        None,
+        "a write acknowledged on a master with no replica"
+    );
+    h.cluster.restart(0).await.unwrap();
+    let reply = writer.frame_within(Duration::from_secs(30)).await;
+    assert_eq!(reply.as_deref(), Some(&b"+OK\r\n"[..]));
+    assert_eq!(
+        read_on(&h.cluster.nodes[0].addr(), &kept).await.as_deref(),
+        Some("v1"),
+        "acknowledged once the returning replica had it"
+    );
+    h.cluster.nodes[3].kill();
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut c = h.client().await;
+    let v: String = redis::cmd("GET")
+        .arg(&kept)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, "v1", "the write survived its master");
+
+    // The new master is alone again, and the hold is shortened by a reload.
+    let config = Config {
+        hold_timeout: Duration::from_secs(2),
+        ..h.proxy.proxy.config().as_ref().clone()
+    };
+    assert!(h.proxy.proxy.reload(config).is_empty());
+    let reply = writer.ask(&format!("SET {alone} v2\r\n")).await;
+    let text = String::from_utf8_lossy(&reply);
+    let survivor = h.cluster.nodes[0].addr();
+    assert!(
+        text.starts_with(&format!(
+            "-ERR slotguard: applied on the master {survivor} but not confirmed by its replicas"
+        )),
+        "{text}"
+    );
+    assert_eq!(read_on(&survivor, &alone).await.as_deref(), Some("v2"));
+    h.cluster.restart(3).await.unwrap();
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let _ = heir;
+    common::assert_clean(&h.cluster).await;
+}
+
+/// `ack` changed by a reload is in force on the connections that exist: the writes after
+/// it are each followed by a `WAIT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_replicated_waits_on_connections_that_exist() {
+    let h = start(Ack::Master).await;
+    let node = h.cluster.nodes[0].addr();
+    let key = format!("{}r", tag_on(0));
+    let mut c = h.client().await;
+    for i in 0..50 {
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg(i)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    assert_eq!(common::command_stat(&node, "wait", "calls").await, 0);
+    let config = Config {
+        ack: Ack::Replicated,
+        ..h.proxy.proxy.config().as_ref().clone()
+    };
+    assert!(h.proxy.proxy.reload(config).is_empty());
+    for i in 0..50 {
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg(i)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let waits = common::command_stat(&node, "wait", "calls").await;
+    assert!(waits >= 50, "one WAIT per write after the reload: {waits}");
+}
+
+/// A client that connects before the proxy has its first slot map (its seed is slow to
+/// answer) waits for it: a command for every master is answered as it would be a moment
+/// later, not with "no master is known yet".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_before_the_first_slot_map_wait_for_it() {
+    let cluster = slotguard::localcluster::LocalCluster::start(Options {
+        masters: 3,
+        replicas_per_master: 0,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let seed = &cluster.nodes[0];
+    seed.signal("STOP").unwrap();
+    let proxy = slotguard::server::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        seeds: vec![seed.addr()],
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let mut early = Raw::connect_to(&proxy.addr.to_string()).await;
+    early.send("DBSIZE\r\n").await;
+    early.send(&format!("SET {}k v\r\n", tag_on(1))).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    seed.signal("CONT").unwrap();
+    let dbsize = early.frame_within(Duration::from_secs(20)).await;
+    assert_eq!(dbsize.as_deref(), Some(&b":0\r\n"[..]));
+    let set = early.frame_within(Duration::from_secs(20)).await;
+    assert_eq!(set.as_deref(), Some(&b"+OK\r\n"[..]));
+}

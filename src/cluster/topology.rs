@@ -39,8 +39,7 @@ type Assignment = Vec<Option<String>>;
 
 /// Runs until the data plane is gone (its hint channel closes).
 /// With `durability.ack = "replicated"`, names the masters that have no replica but
-/// failed ones each time that set changes: their writes are acknowledged with nothing to
-/// wait for.
+/// failed ones each time that set changes: their writes wait until a replica is back.
 fn warn_unprotected(routing: &Routing, view: &ClusterView, last: &mut Vec<String>) {
     if routing.config().ack != crate::config::Ack::Replicated {
         return;
@@ -50,7 +49,7 @@ fn warn_unprotected(routing: &Routing, view: &ClusterView, last: &mut Vec<String
         if now.is_empty() {
             info!("every master has a replica: every write waits for its replicas");
         } else {
-            warn!(masters = ?now, "masters with no replica but failed ones: their writes are acknowledged without one (durability.ack = replicated has none to wait for)");
+            warn!(masters = ?now, "masters with no replica but failed ones: their writes wait for a replica to sync, up to hold.timeout (durability.ack = replicated)");
         }
         *last = now;
     }

@@ -25,7 +25,6 @@ use super::job::Job;
 use super::lease::Lease;
 use super::redirect::{classify, Reason, Redirect};
 use super::turns::Turn;
-use crate::config::Ack;
 use crate::metrics::{Metrics, Runs, Took};
 use crate::protocol::{ReplyScanner, Request};
 use crate::routing::Hint;
@@ -73,9 +72,10 @@ pub trait Dispatch: Send + Sync {
     fn node_failed(&self, addr: &str) -> bool;
     /// For an EVALSHA whose script the proxy knows: the `SCRIPT LOAD` that restores it.
     fn script_load_for(&self, raw: &Bytes) -> Option<(Bytes, u8)>;
-    /// How many replicas of the master at `addr` a write's `WAIT` asks for (see
-    /// `ClusterView::replicas_to_wait`).
-    fn replicas_to_wait(&self, addr: &str) -> usize;
+    /// What a batch of writes to the master at `addr` waits for, as the settings are now
+    /// (`durability.ack` and its timeouts are read at every batch, so a reload is in force
+    /// on connections that exist); `None` with `ack = "master"`.
+    fn durability(&self, addr: &str) -> Option<Durability>;
     /// Counts a write answered an error rather than sent twice.
     fn not_retried(&self);
     /// Sends a keyless job to the next master in turn; gives it back once every master
@@ -83,6 +83,18 @@ pub trait Dispatch: Send + Sync {
     fn next_master(&self, job: Job) -> Result<(), Job>;
     /// Tells the control plane something.
     fn hint(&self, hint: Hint);
+}
+
+/// What `durability.ack = "replicated"` asks of a batch of writes.
+#[derive(Clone, Copy, Debug)]
+pub struct Durability {
+    /// Replicas the `WAIT` asks for: at least one, whatever the cluster says of them (see
+    /// `ClusterView::replicas_to_wait`).
+    pub replicas: usize,
+    /// How long one `WAIT` may take (`durability.wait_timeout`).
+    pub wait_timeout: Duration,
+    /// How long the writes may be held for their replicas (`hold.timeout`).
+    pub hold_timeout: Duration,
 }
 
 /// A script's error for a key its node does not serve (Redis 7).
@@ -130,10 +142,6 @@ pub struct Target {
     pub(super) metrics: Arc<Metrics>,
     /// This node's child of the backend latency histogram.
     pub(super) latency: Histogram,
-    /// `durability.ack`, `durability.wait_timeout` and `hold.timeout`.
-    pub(super) ack: Ack,
-    pub(super) wait_timeout: Duration,
-    pub(super) hold_timeout: Duration,
 }
 
 /// A `WAIT` sent after a batch of writes (`durability.ack = "replicated"`), and the
@@ -145,6 +153,8 @@ struct Barrier {
     replicas: usize,
     /// When the first `WAIT` for these writes went out.
     since: Instant,
+    /// How long they may be held: `hold.timeout` when it went out.
+    hold_timeout: Duration,
     /// Replies of writes the node applied, not yet given to their clients.
     held: Vec<(Job, Bytes)>,
 }
@@ -177,9 +187,6 @@ pub async fn run(
         dedicated_idle: idle,
         metrics,
         latency,
-        ack,
-        wait_timeout,
-        hold_timeout,
     } = target;
     let mut batch = Vec::with_capacity(BATCH);
     let mut owner = owner;
@@ -227,9 +234,6 @@ pub async fn run(
             latency: Runs::new(&latency),
             barriers: VecDeque::new(),
             unfenced: 0,
-            ack,
-            wait_timeout,
-            hold_timeout,
             job_last: false,
             tail_unread: false,
             turn: turn.take(),
@@ -368,9 +372,6 @@ struct Connection<'a> {
     barriers: VecDeque<Barrier>,
     /// Jobs in flight after the last barrier.
     unfenced: usize,
-    ack: Ack,
-    wait_timeout: Duration,
-    hold_timeout: Duration,
     /// The last bytes written are the newest job's: no `WAIT` went out after it.
     job_last: bool,
     /// Until the first write: waited for before it (see [`Owner::turn`]).
@@ -415,7 +416,7 @@ impl Connection<'_> {
                 }
                 let sent = Instant::now();
                 self.metrics.backend_inflight.add(batch.len() as i64);
-                let writes = self.ack == Ack::Replicated && batch.iter().any(|j| j.write);
+                let writes = batch.iter().any(|j| j.write);
                 self.unfenced += batch.len();
                 self.job_last = true;
                 for job in batch.drain(..) {
@@ -627,19 +628,21 @@ impl Connection<'_> {
     }
 
     /// Sends `WAIT` for the replicas of this master after everything written so far;
-    /// `held`: replies already waiting for it. Without a replica up, they go out at once.
+    /// `held`: replies already waiting for it. With `ack = "master"` they go out at once.
     fn fence(&mut self, since: Instant, held: Vec<(Job, Bytes)>) {
-        let replicas = self
-            .proxy
-            .upgrade()
-            .map_or(0, |p| p.replicas_to_wait(self.addr));
-        if replicas == 0 {
+        let durability = self.proxy.upgrade().and_then(|p| p.durability(self.addr));
+        let Some(Durability {
+            replicas,
+            wait_timeout,
+            hold_timeout,
+        }) = durability
+        else {
             for (job, frame) in held {
                 self.complete(job, frame);
             }
             return;
-        }
-        let timeout = self.wait_timeout.as_millis().max(1).to_string();
+        };
+        let timeout = wait_timeout.as_millis().max(1).to_string();
         let wait = Request::from_args(&["WAIT", &replicas.to_string(), &timeout]);
         self.wbuf.extend_from_slice(wait.raw());
         self.job_last = false;
@@ -647,6 +650,7 @@ impl Connection<'_> {
             ahead: std::mem::take(&mut self.unfenced),
             replicas,
             since,
+            hold_timeout,
             held,
         });
     }
@@ -661,6 +665,7 @@ impl Connection<'_> {
         let Barrier {
             replicas,
             since,
+            hold_timeout,
             mut held,
             ..
         } = barrier;
@@ -670,7 +675,7 @@ impl Connection<'_> {
             }
             return;
         }
-        if acked.is_some() && since.elapsed() < self.hold_timeout {
+        if acked.is_some() && since.elapsed() < hold_timeout {
             self.metrics.wait_retries.inc();
             self.fence(since, held);
             return;
@@ -801,8 +806,14 @@ mod tests {
         fn next_master(&self, job: Job) -> Result<(), Job> {
             Err(job)
         }
-        fn replicas_to_wait(&self, _: &str) -> usize {
-            self.replicas.load(std::sync::atomic::Ordering::Relaxed)
+        /// `ack = "master"` until [`Fixture::replicated`] sets replicas to wait for.
+        fn durability(&self, _: &str) -> Option<Durability> {
+            let replicas = self.replicas.load(std::sync::atomic::Ordering::Relaxed);
+            (replicas > 0).then_some(Durability {
+                replicas,
+                wait_timeout: Duration::from_millis(100),
+                hold_timeout: Duration::from_secs(5),
+            })
         }
         fn not_retried(&self) {}
         fn hint(&self, _: Hint) {}
@@ -847,9 +858,6 @@ mod tests {
                 latency: Runs::new(&self.latency),
                 barriers: VecDeque::new(),
                 unfenced: 0,
-                ack: Ack::Master,
-                wait_timeout: Duration::from_millis(100),
-                hold_timeout: Duration::from_secs(5),
                 job_last: false,
                 tail_unread: false,
                 turn: None,
@@ -861,10 +869,7 @@ mod tests {
             self.recorder
                 .replicas
                 .store(replicas, std::sync::atomic::Ordering::Relaxed);
-            Connection {
-                ack: Ack::Replicated,
-                ..self.connection(None)
-            }
+            self.connection(None)
         }
     }
 

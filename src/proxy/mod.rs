@@ -146,6 +146,8 @@ pub struct Proxy {
     clients: Arc<clients::Clients>,
     /// Becomes true when the proxy shuts down.
     shutdown: watch::Sender<bool>,
+    /// Becomes true when the first slot map is in `table`.
+    mapped: watch::Sender<bool>,
     next_session: AtomicU32,
     /// Client connections accepted and not yet closed (`client.max_clients`).
     admitted: Arc<AtomicUsize>,
@@ -195,6 +197,7 @@ impl Proxy {
             subscribers: Subscribers::default(),
             clients: Arc::default(),
             shutdown: watch::Sender::new(false),
+            mapped: watch::Sender::new(false),
             next_session: AtomicU32::new(1),
             admitted: Arc::new(AtomicUsize::new(0)),
             auth_limit: auth_limit::AuthLimit::default(),
@@ -213,10 +216,10 @@ impl Proxy {
         self.routing.commands.load()
     }
 
-    /// Takes a reloaded configuration. Settings read at run time (seeds, timeouts, hold,
+    /// Takes a reloaded configuration. Settings read at run time (seeds, hold, durability,
     /// password and users, limits of new clients, the listener's TLS certificate) apply at
-    /// once; the rest wait for a restart and are
-    /// named in the returned list.
+    /// once, on connections that exist too; the rest wait for a restart and are named in
+    /// the returned list.
     pub fn reload(&self, new: Config) -> Vec<&'static str> {
         let old = self.config();
         let mut restart = Vec::new();
@@ -240,6 +243,27 @@ impl Proxy {
         }
         if new.backend_auth != old.backend_auth {
             restart.push("backend.username/password");
+        }
+        // Copied into each node's connection tasks, and the lease allowance, when the node
+        // is first used.
+        if new.connect_timeout != old.connect_timeout {
+            restart.push("backend.connect_timeout");
+        }
+        if new.dedicated_idle != old.dedicated_idle {
+            restart.push("backend.dedicated_idle");
+        }
+        if new.dedicated_connections != old.dedicated_connections {
+            restart.push("backend.dedicated_connections");
+        }
+        // Read once at start-up.
+        if new.state_dir != old.state_dir {
+            restart.push("state_dir");
+        }
+        if new.log_json != old.log_json {
+            restart.push("log.format");
+        }
+        if new.coordination.is_some() || old.coordination.is_some() {
+            restart.push("coordination*");
         }
         self.hold.set_limits(new.hold_timeout, new.hold_max_bytes);
         crate::logging::set_level(&new.log_level);
@@ -293,8 +317,24 @@ impl Proxy {
         if map.generation != self.table.load().generation {
             let table = SlotTable::from_map(&map, |addr| self.node(addr));
             self.table.store(Arc::new(table));
+            if map.generation != 0 {
+                self.mapped
+                    .send_if_modified(|mapped| !std::mem::replace(mapped, true));
+            }
         }
         self.hold.map_changed();
+    }
+
+    /// Waits, up to `limit`, until the first slot map is loaded. A client that connects as
+    /// soon as the port opens (as in a rolling restart) is read only then, so that none of
+    /// its requests meets a proxy that knows no master: each is routed as it would be a
+    /// moment later, or, when no map came within `limit`, answered as without one.
+    pub async fn first_map(&self, limit: Duration) {
+        if self.table.load().generation != 0 {
+            return;
+        }
+        let mut mapped = self.mapped.subscribe();
+        let _ = tokio::time::timeout(limit, mapped.wait_for(|&m| m)).await;
     }
 
     /// Notes that these nodes are named now.
@@ -672,8 +712,13 @@ impl Dispatch for Proxy {
         Proxy::script_load_for(self, raw)
     }
 
-    fn replicas_to_wait(&self, addr: &str) -> usize {
-        self.routing.status.load().view.replicas_to_wait(addr)
+    fn durability(&self, addr: &str) -> Option<connection::Durability> {
+        let config = self.config();
+        (config.ack == crate::config::Ack::Replicated).then(|| connection::Durability {
+            replicas: self.routing.status.load().view.replicas_to_wait(addr),
+            wait_timeout: config.wait_timeout,
+            hold_timeout: config.hold_timeout,
+        })
     }
 
     fn not_retried(&self) {

@@ -84,9 +84,6 @@ impl Node {
             dedicated_idle: config.dedicated_idle,
             metrics: metrics.clone(),
             latency: metrics.node_latency(&addr),
-            ack: config.ack,
-            wait_timeout: config.wait_timeout,
-            hold_timeout: config.hold_timeout,
         };
         let spawn = |resp3: bool| -> Vec<_> {
             (0..config.backend_connections)

@@ -275,6 +275,7 @@ fn waits_for_turn(owed: &VecDeque<Owed>) -> bool {
 
 async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::io::Result<()> {
     let config = proxy.config().clone();
+    proxy.first_map(config.hold_timeout).await;
     let mut counts = Counts {
         shared: &proxy.metrics,
         requests: proxy.metrics.local_requests(),

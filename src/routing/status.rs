@@ -83,38 +83,42 @@ impl ClusterView {
     }
 
     /// How many replicas of the master at `addr` a write must reach before it is
-    /// acknowledged (`durability.ack = "replicated"`): every one that is up; at least one
-    /// while a replica the cluster has not failed is known (one rejoining, or suspected:
-    /// the write waits for it rather than go unprotected); none when every replica has
-    /// failed or there is none.
+    /// acknowledged (`durability.ack = "replicated"`): every one that is up, and never
+    /// fewer than one. A master with no replica up (its replicas failed, rejoining, still
+    /// syncing, or none at all) holds its writes until one has them: acknowledged on the
+    /// master alone, they would be lost with it.
     pub fn replicas_to_wait(&self, addr: &str) -> usize {
-        let Some(master) = self.nodes.iter().find(|n| n.addr == addr) else {
-            return 0;
-        };
-        let replicas = self.nodes.iter().filter(|n| {
-            n.role == Role::Replica
-                && n.health != Health::Fail
-                && n.master_id.as_deref() == Some(master.id.as_str())
-        });
-        let (mut known, mut up) = (0, 0);
-        for replica in replicas {
-            known += 1;
-            up += usize::from(replica.health == Health::Ok);
-        }
-        if up > 0 {
-            up
-        } else {
-            known.min(1)
-        }
+        let up = self
+            .nodes
+            .iter()
+            .find(|n| n.addr == addr)
+            .map_or(0, |master| {
+                self.nodes
+                    .iter()
+                    .filter(|n| {
+                        n.role == Role::Replica
+                            && n.health == Health::Ok
+                            && n.master_id.as_deref() == Some(master.id.as_str())
+                    })
+                    .count()
+            });
+        up.max(1)
     }
 
-    /// Masters serving slots with no replica but failed ones: a write they acknowledge is
-    /// lost with them (`durability.ack = "replicated"` has no replica to wait for).
+    /// Masters serving slots with no replica but failed ones: with
+    /// `durability.ack = "replicated"` their writes wait (up to `hold.timeout`) until a
+    /// replica is back and has them.
     pub fn unprotected(&self) -> Vec<String> {
         self.nodes
             .iter()
             .filter(|n| n.role == Role::Master && !n.slots.is_empty() && n.health != Health::Fail)
-            .filter(|n| self.replicas_to_wait(&n.addr) == 0)
+            .filter(|master| {
+                !self.nodes.iter().any(|n| {
+                    n.role == Role::Replica
+                        && n.health != Health::Fail
+                        && n.master_id.as_deref() == Some(master.id.as_str())
+                })
+            })
             .map(|n| n.addr.clone())
             .collect()
     }
@@ -256,9 +260,10 @@ mod tests {
         );
         // Rejoining or suspected: the write waits for it rather than go unprotected.
         assert_eq!(view(&[Health::Unreachable]).replicas_to_wait("m:1"), 1);
-        // Failed, or none: nothing to wait for, and the master is named.
+        // Failed, or none: the write still waits for one, and the master is named.
         let failed = view(&[Health::Fail]);
-        assert_eq!(failed.replicas_to_wait("m:1"), 0);
+        assert_eq!(failed.replicas_to_wait("m:1"), 1);
+        assert_eq!(view(&[]).replicas_to_wait("m:1"), 1);
         assert_eq!(failed.unprotected(), ["m:1"]);
         assert_eq!(view(&[]).unprotected(), ["m:1"]);
         assert!(view(&[Health::Ok]).unprotected().is_empty());
