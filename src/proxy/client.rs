@@ -169,6 +169,25 @@ impl Client {
             .clone()
     }
 
+    /// `RESET`, as a node resets a connection, for this client alone: the transaction
+    /// and watch discarded, replies on, tracking off, the client's own connections
+    /// closed (what a blocking command or WATCH left on them goes with them), RESP2, no
+    /// name, and the `default` user (authenticated only if it needs no password). Nothing
+    /// is sent to a node: the shared connections keep their state for everyone else.
+    pub fn reset(&mut self, config: &Config) {
+        self.tx = None;
+        self.unwatch();
+        self.tracking = None;
+        self.lease = None;
+        self.replies.on();
+        self.resp3 = false;
+        self.name = None;
+        self.user = "default".into();
+        self.access = Access::Admin;
+        self.authenticated = config.password.is_none() && config.users.is_empty();
+        self.read_from = config.read_from;
+    }
+
     /// UNWATCH, DISCARD, EXEC: the client watches nothing any more.
     pub fn unwatch(&mut self) {
         if self.watch.take().is_some() {

@@ -4,9 +4,11 @@
 //! process (`server`, `clients`, `cpu`, `replication`) are the proxy's own: its clients
 //! are not the nodes' clients. The others (`memory`, `persistence`, `stats`,
 //! `commandstats`, `errorstats`, `latencystats`, `keyspace`, `cluster`, ...) are merged
-//! over the masters: integer fields are summed, `calls=..,usec=..` style fields are summed
-//! field by field (`usec_per_call` recomputed), `*_human` sizes follow their summed field,
-//! and other values are the first master's. A `# Proxy` section follows in the default
+//! over the masters by what each field means ([`rule`]): counts and sizes are summed,
+//! `calls=..,usec=..` style fields field by field (`usec_per_call` recomputed), `*_human`
+//! sizes follow their summed field; flags, modes and times (`cluster_enabled`,
+//! `aof_enabled`, `rdb_last_save_time`) are shown as one node shows them, statuses are
+//! `err` if any master's is, and other values are the first master's. A `# Proxy` section follows in the default
 //! set. Monitoring tools (redis_exporter, Datadog's Redis check) read these fields.
 
 use std::fmt::Write;
@@ -150,26 +152,74 @@ pub fn merge(wanted: &Wanted, own: &str, parts: &[&str]) -> String {
     out
 }
 
-/// Adds another master's section into `into`.
+/// Adds another master's section into `into`, each field by [`rule`].
 fn add(into: &mut Section, other: &Section) {
     for (k, v) in &other.fields {
         match into.fields.iter_mut().find(|(key, _)| key == k) {
-            Some((key, mine)) if MAX_FIELDS.contains(&key.as_str()) => {
-                let (a, b) = (mine.parse::<i64>(), v.parse::<i64>());
-                if let (Ok(a), Ok(b)) = (a, b) {
-                    *mine = a.max(b).to_string();
+            Some((key, mine)) => match rule(key) {
+                Rule::Sum => *mine = sum(mine, v),
+                Rule::Largest => {
+                    if let (Ok(a), Ok(b)) = (mine.parse::<i64>(), v.parse::<i64>()) {
+                        *mine = a.max(b).to_string();
+                    }
                 }
-            }
-            Some((_, mine)) => *mine = sum(mine, v),
+                Rule::Worst => {
+                    if mine == "ok" {
+                        *mine = v.clone();
+                    }
+                }
+            },
             None => into.fields.push((k.clone(), v.clone())),
         }
     }
 }
 
-/// Fields that are the same on every master when set through the proxy, not a share of
-/// a total: the largest is shown (SCRIPT LOAD goes to every master, and so does a
-/// tracking client's BCAST prefix).
-const MAX_FIELDS: &[&str] = &["number_of_cached_scripts", "tracking_total_prefixes"];
+/// How one field of the masters' `INFO` becomes the proxy's.
+#[derive(Debug, PartialEq, Eq)]
+enum Rule {
+    /// A count or a size that each master holds a share of: summed (an integer; other
+    /// values, ratios among them, are the first master's).
+    Sum,
+    /// The same on every master, or a flag, a mode, a time: the largest, shown as one
+    /// node shows it (`cluster_enabled:1`, `aof_enabled:1` if any master appends,
+    /// `rdb_last_save_time` the latest).
+    Largest,
+    /// A status (`ok` or `err`): `err` if any master says so.
+    Worst,
+}
+
+/// The rule for field `key` (docs/COMPATIBILITY.md has the list).
+fn rule(key: &str) -> Rule {
+    /// The same on every master when set through the proxy, not a share of a total
+    /// (SCRIPT LOAD goes to every master, and so does a tracking client's BCAST prefix),
+    /// or a property of the machine.
+    const LARGEST: &[&str] = &[
+        "number_of_cached_scripts",
+        "tracking_total_prefixes",
+        "cluster_enabled",
+        "loading",
+        "async_loading",
+        "active_defrag_running",
+        "io_threads_active",
+        "total_system_memory",
+        "current_fork_perc",
+    ];
+    const FLAG_OR_TIME: &[&str] = &[
+        "_enabled",
+        "_in_progress",
+        "_scheduled",
+        "_time",
+        "_time_sec",
+        "_cow_size",
+    ];
+    if key.ends_with("_status") {
+        Rule::Worst
+    } else if LARGEST.contains(&key) || FLAG_OR_TIME.iter().any(|end| key.ends_with(end)) {
+        Rule::Largest
+    } else {
+        Rule::Sum
+    }
+}
 
 /// Two values of one field, summed where a sum means something.
 fn sum(a: &str, b: &str) -> String {
@@ -296,6 +346,27 @@ mod tests {
         assert!(out.contains("# CPU\r\nused_cpu_user:0.5\r\n"), "{out}");
         assert!(out.contains("# Proxy\r\n"), "{out}");
         assert_eq!(out.matches("# Server").count(), 1);
+    }
+
+    #[test]
+    fn flags_modes_times_and_statuses_are_not_summed() {
+        let node = |aof: u8, saved: u64, status: &str| {
+            format!(
+                "# Persistence\r\nloading:0\r\naof_enabled:{aof}\r\nrdb_bgsave_in_progress:0\r\nrdb_changes_since_last_save:5\r\nrdb_last_save_time:{saved}\r\nrdb_last_bgsave_status:{status}\r\n\r\n# Cluster\r\ncluster_enabled:1\r\n"
+            )
+        };
+        let (a, b, c) = (
+            node(0, 1_700_000_000, "ok"),
+            node(1, 1_700_000_100, "err"),
+            node(0, 1_700_000_050, "ok"),
+        );
+        let out = merge(&wanted(&["everything"]), OWN_SECTIONS, &[&a, &b, &c]);
+        assert!(out.contains("cluster_enabled:1\r\n"), "{out}");
+        assert!(out.contains("aof_enabled:1\r\n"), "{out}");
+        assert!(out.contains("loading:0\r\n"), "{out}");
+        assert!(out.contains("rdb_changes_since_last_save:15\r\n"), "{out}");
+        assert!(out.contains("rdb_last_save_time:1700000100\r\n"), "{out}");
+        assert!(out.contains("rdb_last_bgsave_status:err\r\n"), "{out}");
     }
 
     #[test]

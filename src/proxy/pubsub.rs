@@ -319,7 +319,7 @@ impl Subscriber<'_> {
                 self.locals.clear();
                 self.placed.clear();
                 self.redirected(false);
-                client.resp3 = false;
+                client.reset(&self.proxy.config());
                 self.ready(Bytes::from_static(b"+RESET\r\n"));
             }
             _ if client.resp3 => {

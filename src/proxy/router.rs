@@ -74,6 +74,12 @@ fn route_one(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
     let mut buf = [0u8; 24];
     let n = upper(req.arg(0), &mut buf);
     let name = &buf[..n];
+    if name == b"RESET" {
+        // Runs at once, inside MULTI and before AUTH too, as on a node; it changes this
+        // client's state only (see `Client::reset`).
+        client.reset(&proxy.config());
+        return (ready(Bytes::from_static(b"+RESET\r\n")), Class::Local);
+    }
     if !client.authenticated && !matches!(name, b"AUTH" | b"HELLO" | b"QUIT") {
         return (ready(local::noauth()), Class::Local);
     }
@@ -111,7 +117,9 @@ fn route_one(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         ),
         b"CLIENT" if req.len() > 1 => client_command(proxy, client, req),
         b"CLIENT" => local(local::client(client, &req)),
-        b"READONLY" | b"READWRITE" => local(Bytes::from_static(reply::OK)),
+        // Connection flags on a node: the proxy routes reads and follows ASK itself, and
+        // a shared connection must not carry one client's flag into another's request.
+        b"READONLY" | b"READWRITE" | b"ASKING" => local(Bytes::from_static(reply::OK)),
         b"SLOTGUARD" => (moving(proxy, client, &req), Class::Local),
         b"CLUSTER" => match local::cluster(proxy, client, &req) {
             Some(answer) => local(answer),
@@ -159,6 +167,9 @@ fn route_one(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             )
         }
         b"CONFIG" if req.len() >= 2 && reconfigures(&req) => {
+            if let Some(error) = relied_on(&req) {
+                return local(error);
+            }
             // Every node hears it, in its turn: nothing the client sent after it runs on
             // the old setting.
             let (tx, rx) = oneshot::channel();
@@ -621,6 +632,35 @@ fn reconfigures(req: &Request) -> bool {
     [&b"SET"[..], b"RESETSTAT", b"REWRITE"]
         .iter()
         .any(|sub| req.arg(1).eq_ignore_ascii_case(sub))
+}
+
+/// Node-wide settings the proxy itself depends on, and why: set through one client, they
+/// would change what every other client gets, or cut the proxy off from its cluster.
+const RELIED_ON: &[(&str, &str)] = &[
+    ("requirepass", "the proxy's own connections to the nodes authenticate with it ([backend] password); change it on each node and in slotguard's configuration"),
+    ("masterauth", "the nodes' replication depends on it; change it on each node"),
+    ("masteruser", "the nodes' replication depends on it; change it on each node"),
+    ("cluster-", "the cluster's settings are the operator's; change them on each node"),
+    ("timeout", "a node would close the proxy's shared connections while idle; client.idle_timeout is the proxy's"),
+    ("maxclients", "the proxy's own connections count against it; client.max_clients is the proxy's"),
+    ("protected-mode", "the proxy's connections to the nodes depend on it; change it on each node"),
+    ("client-output-buffer-limit", "the proxy's shared connections carry every client's replies; client.max_output_bytes is the proxy's"),
+];
+
+/// `CONFIG SET` of a setting in [`RELIED_ON`]: the refusal, naming where to change it.
+fn relied_on(req: &Request) -> Option<Bytes> {
+    if !req.arg(1).eq_ignore_ascii_case(b"SET") {
+        return None;
+    }
+    (2..req.len()).step_by(2).find_map(|i| {
+        let name = String::from_utf8_lossy(req.arg(i)).to_ascii_lowercase();
+        let (_, why) = RELIED_ON.iter().find(|(setting, _)| {
+            name == *setting || (setting.ends_with('-') && name.starts_with(setting))
+        })?;
+        Some(reply::error(&format!(
+            "ERR slotguard: CONFIG SET {name} is refused through the proxy: {why}"
+        )))
+    })
 }
 
 fn refused(name: &[u8], why: &str) -> (Pending, Class) {
