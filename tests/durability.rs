@@ -465,3 +465,30 @@ async fn requests_before_the_first_slot_map_wait_for_it() {
     let set = early.frame_within(Duration::from_secs(20)).await;
     assert_eq!(set.as_deref(), Some(&b"+OK\r\n"[..]));
 }
+
+/// A read sees only what a replica has: while the master's replica is stopped, another
+/// client's write is applied on the master but not confirmed, and a read of that key
+/// through the proxy waits (answered at once, it would show a write that a failover can
+/// still lose). Once the replica has it, both are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_waits_until_what_it_saw_is_on_a_replica() {
+    let h = start(Ack::Replicated).await;
+    let key = format!("{}dirty", tag_on(0));
+    let mut writer = Raw::connect(&h).await;
+    let mut reader = Raw::connect(&h).await;
+    assert_eq!(
+        &writer.ask(&format!("SET {key} v1\r\n")).await[..],
+        b"+OK\r\n"
+    );
+    h.cluster.nodes[3].signal("STOP").unwrap();
+    writer.send(&format!("SET {key} v2\r\n")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    reader.send(&format!("GET {key}\r\n")).await;
+    let early = reader.frame_within(Duration::from_secs(1)).await;
+    h.cluster.nodes[3].signal("CONT").unwrap();
+    assert_eq!(early, None, "a read of a write no replica has");
+    let read = reader.frame_within(Duration::from_secs(15)).await;
+    assert_eq!(read.as_deref(), Some(&b"$2\r\nv2\r\n"[..]));
+    let wrote = writer.frame_within(Duration::from_secs(15)).await;
+    assert_eq!(wrote.as_deref(), Some(&b"+OK\r\n"[..]));
+}

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -88,9 +89,9 @@ pub trait Dispatch: Send + Sync {
 /// What `durability.ack = "replicated"` asks of a batch of writes.
 #[derive(Clone, Copy, Debug)]
 pub struct Durability {
-    /// Replicas the `WAIT` asks for: at least one, whatever the cluster says of them (see
-    /// `ClusterView::replicas_to_wait`).
-    pub replicas: usize,
+    /// The master's replicas the cluster sees up: the `WAIT` asks for all of them, and
+    /// at least one (see `ClusterView::replicas_to_wait`).
+    pub replicas_up: usize,
     /// How long one `WAIT` may take (`durability.wait_timeout`).
     pub wait_timeout: Duration,
     /// How long the writes may be held for their replicas (`hold.timeout`).
@@ -142,6 +143,8 @@ pub struct Target {
     pub(super) metrics: Arc<Metrics>,
     /// This node's child of the backend latency histogram.
     pub(super) latency: Histogram,
+    /// `durability.ack = "replicated"` is in force (the proxy's, changed by a reload).
+    pub(super) replicated: Arc<AtomicBool>,
 }
 
 /// A `WAIT` sent after a batch of writes (`durability.ack = "replicated"`), and the
@@ -187,6 +190,7 @@ pub async fn run(
         dedicated_idle: idle,
         metrics,
         latency,
+        replicated,
     } = target;
     let mut batch = Vec::with_capacity(BATCH);
     let mut owner = owner;
@@ -234,6 +238,7 @@ pub async fn run(
             latency: Runs::new(&latency),
             barriers: VecDeque::new(),
             unfenced: 0,
+            replicated: &replicated,
             job_last: false,
             tail_unread: false,
             turn: turn.take(),
@@ -372,6 +377,8 @@ struct Connection<'a> {
     barriers: VecDeque<Barrier>,
     /// Jobs in flight after the last barrier.
     unfenced: usize,
+    /// Every batch is fenced with a `WAIT` (`durability.ack = "replicated"`).
+    replicated: &'a AtomicBool,
     /// The last bytes written are the newest job's: no `WAIT` went out after it.
     job_last: bool,
     /// Until the first write: waited for before it (see [`Owner::turn`]).
@@ -416,7 +423,12 @@ impl Connection<'_> {
                 }
                 let sent = Instant::now();
                 self.metrics.backend_inflight.add(batch.len() as i64);
-                let writes = batch.iter().any(|j| j.write);
+                // In replicated mode reads are fenced too: a node's WAIT covers every write
+                // it had applied when the read ran, others' included, so what a read saw
+                // is on a replica before its client hears it (no read of a write that a
+                // failover then loses, nor of a deposed master, which no replica answers).
+                let fenced = self.replicated.load(Ordering::Relaxed);
+                let writes = fenced && batch.iter().any(|j| j.write);
                 self.unfenced += batch.len();
                 self.job_last = true;
                 for job in batch.drain(..) {
@@ -436,8 +448,8 @@ impl Connection<'_> {
                         job,
                     });
                 }
-                if writes {
-                    self.fence(sent, Vec::new());
+                if fenced {
+                    self.fence(sent, Vec::new(), writes);
                 }
             }
             if !self.wbuf.is_empty() {
@@ -586,8 +598,9 @@ impl Connection<'_> {
                 }
             };
             if let Some(barrier) = fence {
-                // Applied by the node: its client hears of it once the replicas have it.
-                if done.job.write && frame.first() != Some(&b'-') && done.redirect.is_none() {
+                // Applied, or read, by the node: its client hears of it once the replicas
+                // have what it wrote or saw.
+                if frame.first() != Some(&b'-') && done.redirect.is_none() {
                     barrier.held.push((done.job, frame));
                     continue;
                 }
@@ -627,21 +640,24 @@ impl Connection<'_> {
         self.inflight.is_empty() && self.barriers.is_empty()
     }
 
-    /// Sends `WAIT` for the replicas of this master after everything written so far;
-    /// `held`: replies already waiting for it. With `ack = "master"` they go out at once.
-    fn fence(&mut self, since: Instant, held: Vec<(Job, Bytes)>) {
+    /// Sends `WAIT` for the replicas of this master after everything sent so far;
+    /// `held`: replies already waiting for it; `writes`: what is fenced writes. With
+    /// `ack = "master"` the replies go out at once, and so do reads from a master with no
+    /// replica up (they would wait for as long as it has none; see docs/DESIGN.md).
+    fn fence(&mut self, since: Instant, held: Vec<(Job, Bytes)>, writes: bool) {
         let durability = self.proxy.upgrade().and_then(|p| p.durability(self.addr));
         let Some(Durability {
-            replicas,
+            replicas_up,
             wait_timeout,
             hold_timeout,
-        }) = durability
+        }) = durability.filter(|d| writes || d.replicas_up > 0)
         else {
             for (job, frame) in held {
                 self.complete(job, frame);
             }
             return;
         };
+        let replicas = replicas_up.max(1);
         let timeout = wait_timeout.as_millis().max(1).to_string();
         let wait = Request::from_args(&["WAIT", &replicas.to_string(), &timeout]);
         self.wbuf.extend_from_slice(wait.raw());
@@ -677,7 +693,8 @@ impl Connection<'_> {
         }
         if acked.is_some() && since.elapsed() < hold_timeout {
             self.metrics.wait_retries.inc();
-            self.fence(since, held);
+            let writes = held.iter().any(|(job, _)| job.write);
+            self.fence(since, held, writes);
             return;
         }
         let answer = match acked {
@@ -705,15 +722,22 @@ impl Connection<'_> {
         if held.is_empty() {
             return;
         }
-        self.metrics.writes_unconfirmed.inc_by(held.len() as u64);
-        let text = format!(
-            "ERR slotguard: applied on the master {} but not confirmed by its replicas within {:.1}s ({answer})",
+        let (writes, reads): (Vec<_>, Vec<_>) = held.into_iter().partition(|(job, _)| job.write);
+        self.metrics.writes_unconfirmed.inc_by(writes.len() as u64);
+        let waited = since.elapsed().as_secs_f64();
+        let applied = crate::protocol::reply::error(&format!(
+            "ERR slotguard: applied on the master {} but not confirmed by its replicas within {waited:.1}s ({answer})",
             self.addr,
-            since.elapsed().as_secs_f64()
-        );
-        let error = crate::protocol::reply::error(&text);
-        for (job, _) in held {
-            let _ = job.reply.send(error.clone());
+        ));
+        let read = crate::protocol::reply::error(&format!(
+            "ERR slotguard: read on the master {}, whose writes its replicas did not confirm within {waited:.1}s ({answer}); not answered, as it may see a write that a failover loses",
+            self.addr,
+        ));
+        for (job, _) in writes {
+            let _ = job.reply.send(applied.clone());
+        }
+        for (job, _) in reads {
+            let _ = job.reply.send(read.clone());
         }
     }
 
@@ -810,7 +834,7 @@ mod tests {
         fn durability(&self, _: &str) -> Option<Durability> {
             let replicas = self.replicas.load(std::sync::atomic::Ordering::Relaxed);
             (replicas > 0).then_some(Durability {
-                replicas,
+                replicas_up: replicas,
                 wait_timeout: Duration::from_millis(100),
                 hold_timeout: Duration::from_secs(5),
             })
@@ -823,6 +847,7 @@ mod tests {
 
     struct Fixture {
         recorder: Arc<Recorder>,
+        replicated: AtomicBool,
         weak: Weak<dyn Dispatch>,
         metrics: Metrics,
         latency: Histogram,
@@ -836,6 +861,7 @@ mod tests {
             let latency = metrics.node_latency(ADDR);
             Fixture {
                 recorder,
+                replicated: AtomicBool::new(false),
                 weak,
                 metrics,
                 latency,
@@ -858,6 +884,7 @@ mod tests {
                 latency: Runs::new(&self.latency),
                 barriers: VecDeque::new(),
                 unfenced: 0,
+                replicated: &self.replicated,
                 job_last: false,
                 tail_unread: false,
                 turn: None,
@@ -869,6 +896,7 @@ mod tests {
             self.recorder
                 .replicas
                 .store(replicas, std::sync::atomic::Ordering::Relaxed);
+            self.replicated.store(replicas > 0, Ordering::Relaxed);
             self.connection(None)
         }
     }
@@ -995,34 +1023,36 @@ mod tests {
     const WAIT_1: &[u8] = b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$3\r\n100\r\n";
 
     #[tokio::test]
-    async fn replicated_writes_are_answered_once_their_wait_is() {
+    async fn replicated_writes_and_reads_are_answered_once_their_wait_is() {
         let fx = Fixture::new();
         let mut conn = fx.replicated(1);
         let (ours, mut node) = duplex(4096);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (set, mut r_set) = write(b"*1\r\n$1\r\ns\r\n", false);
-        let (get, r_get) = job(b"*1\r\n$1\r\ng\r\n");
+        let (get, mut r_get) = job(b"*1\r\n$1\r\ng\r\n");
         let mut batch = vec![set, get];
         let node_side = async {
-            // One WAIT after the batch, not one per write.
+            // One WAIT after the batch, not one per request.
             let sent = read_exactly(&mut node, 2 * 11 + WAIT_1.len()).await;
             assert!(sent.ends_with(WAIT_1), "{}", String::from_utf8_lossy(&sent));
             node.write_all(b"+OK\r\n$1\r\nv\r\n").await.unwrap();
-            // The read is answered; the write waits for its replica.
-            assert_eq!(&r_get.await.unwrap()[..], b"$1\r\nv\r\n");
+            // Both wait for the replica: the write for what it applied, the read for what
+            // it saw (another client's write the replica may not have yet).
             tokio::task::yield_now().await;
             assert!(r_set.try_recv().is_err(), "held until WAIT answers");
+            assert!(r_get.try_recv().is_err(), "held until WAIT answers");
             // Short: asked again, and answered once the replica has it.
             node.write_all(b":0\r\n").await.unwrap();
             assert_eq!(read_exactly(&mut node, WAIT_1.len()).await, WAIT_1);
             node.write_all(b":1\r\n").await.unwrap();
             drop(tx);
-            (node, r_set)
+            (node, r_set, r_get)
         };
-        let (ended, (_node, r_set)) =
+        let (ended, (_node, r_set, r_get)) =
             tokio::join!(conn.serve(ours, &mut rx, &mut batch), node_side);
         assert_eq!(ended, None);
         assert_eq!(&r_set.await.unwrap()[..], b"+OK\r\n");
+        assert_eq!(&r_get.await.unwrap()[..], b"$1\r\nv\r\n");
         assert_eq!(fx.metrics.wait_retries.get(), 1);
     }
 

@@ -79,7 +79,7 @@ pub mod fuzzing {
     }
 }
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -148,6 +148,9 @@ pub struct Proxy {
     shutdown: watch::Sender<bool>,
     /// Becomes true when the first slot map is in `table`.
     mapped: watch::Sender<bool>,
+    /// `durability.ack = "replicated"` is in force: node connections fence every batch
+    /// (read at each batch; a reload changes it).
+    replicated: Arc<AtomicBool>,
     next_session: AtomicU32,
     /// Client connections accepted and not yet closed (`client.max_clients`).
     admitted: Arc<AtomicUsize>,
@@ -177,6 +180,9 @@ impl Proxy {
             routing.clone(),
             metrics.clone(),
         );
+        let replicated = Arc::new(AtomicBool::new(
+            config.ack == crate::config::Ack::Replicated,
+        ));
         drop(config);
         let markers = once::Markers::new();
         Arc::new_cyclic(|me| Proxy {
@@ -198,6 +204,7 @@ impl Proxy {
             clients: Arc::default(),
             shutdown: watch::Sender::new(false),
             mapped: watch::Sender::new(false),
+            replicated,
             next_session: AtomicU32::new(1),
             admitted: Arc::new(AtomicUsize::new(0)),
             auth_limit: auth_limit::AuthLimit::default(),
@@ -266,6 +273,8 @@ impl Proxy {
             restart.push("coordination*");
         }
         self.hold.set_limits(new.hold_timeout, new.hold_max_bytes);
+        self.replicated
+            .store(new.ack == crate::config::Ack::Replicated, Ordering::Relaxed);
         crate::logging::set_level(&new.log_level);
         self.routing.set_config(new);
         restart
@@ -282,6 +291,7 @@ impl Proxy {
                     &self.config(),
                     self.me.clone(),
                     &self.metrics,
+                    &self.replicated,
                 )),
                 named: Instant::now(),
             })
@@ -715,7 +725,7 @@ impl Dispatch for Proxy {
     fn durability(&self, addr: &str) -> Option<connection::Durability> {
         let config = self.config();
         (config.ack == crate::config::Ack::Replicated).then(|| connection::Durability {
-            replicas: self.routing.status.load().view.replicas_to_wait(addr),
+            replicas_up: self.routing.status.load().view.replicas_up(addr),
             wait_timeout: config.wait_timeout,
             hold_timeout: config.hold_timeout,
         })

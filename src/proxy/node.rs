@@ -15,6 +15,7 @@
 //! imports `node`, `node` imports `lease`); that connection tells its lease when it is lost
 //! (`connection` imports `lease`).
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::net::TcpStream;
@@ -73,6 +74,7 @@ impl Node {
         config: &Config,
         proxy: Weak<dyn Dispatch>,
         metrics: &Arc<Metrics>,
+        replicated: &Arc<AtomicBool>,
     ) -> Node {
         let target = Target {
             addr: addr.clone(),
@@ -84,6 +86,7 @@ impl Node {
             dedicated_idle: config.dedicated_idle,
             metrics: metrics.clone(),
             latency: metrics.node_latency(&addr),
+            replicated: replicated.clone(),
         };
         let spawn = |resp3: bool| -> Vec<_> {
             (0..config.backend_connections)
