@@ -92,6 +92,9 @@ pub struct Durability {
     /// The master's replicas the cluster sees up: the `WAIT` asks for all of them, and
     /// at least one (see `ClusterView::replicas_to_wait`).
     pub replicas_up: usize,
+    /// Reads are answered without a `WAIT`: the master has no replica up, and it owns
+    /// slots in the map (it was not failed over).
+    pub reads_at_once: bool,
     /// How long one `WAIT` may take (`durability.wait_timeout`).
     pub wait_timeout: Duration,
     /// How long the writes may be held for their replicas (`hold.timeout`).
@@ -643,14 +646,16 @@ impl Connection<'_> {
     /// Sends `WAIT` for the replicas of this master after everything sent so far;
     /// `held`: replies already waiting for it; `writes`: what is fenced writes. With
     /// `ack = "master"` the replies go out at once, and so do reads from a master with no
-    /// replica up (they would wait for as long as it has none; see docs/DESIGN.md).
+    /// replica up that was not failed over (they would wait for as long as it has none;
+    /// see docs/DESIGN.md).
     fn fence(&mut self, since: Instant, held: Vec<(Job, Bytes)>, writes: bool) {
         let durability = self.proxy.upgrade().and_then(|p| p.durability(self.addr));
         let Some(Durability {
             replicas_up,
             wait_timeout,
             hold_timeout,
-        }) = durability.filter(|d| writes || d.replicas_up > 0)
+            ..
+        }) = durability.filter(|d| writes || !d.reads_at_once)
         else {
             for (job, frame) in held {
                 self.complete(job, frame);
@@ -835,6 +840,7 @@ mod tests {
             let replicas = self.replicas.load(std::sync::atomic::Ordering::Relaxed);
             (replicas > 0).then_some(Durability {
                 replicas_up: replicas,
+                reads_at_once: false,
                 wait_timeout: Duration::from_millis(100),
                 hold_timeout: Duration::from_secs(5),
             })

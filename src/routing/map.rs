@@ -78,6 +78,14 @@ impl SlotMap {
         &self.owner
     }
 
+    /// True when the node at `addr` owns at least one slot.
+    pub fn owns_any(&self, addr: &str) -> bool {
+        self.nodes
+            .iter()
+            .position(|n| n == addr)
+            .is_some_and(|i| self.owner.contains(&(i as u16)))
+    }
+
     /// Every master address the map names.
     pub fn nodes(&self) -> &[String] {
         &self.nodes

@@ -131,7 +131,7 @@ fn register(key: &str, ops: &[&Op], verdict: &mut Verdict) {
             let involved: Vec<Op> = kept
                 .iter()
                 .zip(&reg)
-                .filter(|(_, r)| r.end >= at.start - 0.5 && r.start <= at.end)
+                .filter(|(_, r)| r.end >= at.start - 3.0 && r.start <= at.end)
                 .map(|(op, _)| (*op).clone())
                 .collect();
             verdict.anomalies.push(Anomaly {
