@@ -400,6 +400,18 @@ async fn a_master_without_a_replica_holds_writes_until_one_has_them() {
     common::assert_clean(&h.cluster).await;
 }
 
+/// `n` SETs of `key`, one at a time.
+async fn sets(c: &mut redis::aio::MultiplexedConnection, key: &str, n: usize) {
+    for i in 0..n {
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg(i)
+            .query_async(c)
+            .await
+            .unwrap();
+    }
+}
+
 /// `ack` changed by a reload is in force on the connections that exist: the writes after
 /// it are each followed by a `WAIT`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,28 +420,14 @@ async fn a_reload_to_replicated_waits_on_connections_that_exist() {
     let node = h.cluster.nodes[0].addr();
     let key = format!("{}r", tag_on(0));
     let mut c = h.client().await;
-    for i in 0..50 {
-        let () = redis::cmd("SET")
-            .arg(&key)
-            .arg(i)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-    }
+    sets(&mut c, &key, 50).await;
     assert_eq!(common::command_stat(&node, "wait", "calls").await, 0);
     let config = Config {
         ack: Ack::Replicated,
         ..h.proxy.proxy.config().as_ref().clone()
     };
     assert!(h.proxy.proxy.reload(config).is_empty());
-    for i in 0..50 {
-        let () = redis::cmd("SET")
-            .arg(&key)
-            .arg(i)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-    }
+    sets(&mut c, &key, 50).await;
     let waits = common::command_stat(&node, "wait", "calls").await;
     assert!(waits >= 50, "one WAIT per write after the reload: {waits}");
 }

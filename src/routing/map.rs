@@ -151,5 +151,8 @@ mod tests {
         let all: Vec<&str> = map.addresses().collect();
         assert_eq!(all, ["a:1", "b:1", "a2:1"]);
         assert_eq!(SlotMap::default().covered(), 0);
+        // A failed-over master, or a replica, owns nothing.
+        assert!(map.owns_any("a:1") && map.owns_any("b:1"));
+        assert!(!map.owns_any("a2:1") && !map.owns_any("c:1"));
     }
 }

@@ -83,7 +83,8 @@ pub struct Shared {
     pub proxy_epoch: AtomicU64,
     /// Set from just before the nemesis kills the proxy until it is back.
     pub proxy_down: AtomicBool,
-    /// Register lanes' current key generation, and operations on it so far.
+    /// Each lane's current key generation, and operations on it so far (registers, then
+    /// transaction pairs).
     pub lanes: Vec<(AtomicU64, AtomicUsize)>,
     /// Longest an operation may take before it counts as hung (above `hold.timeout`).
     pub op_limit: Duration,
@@ -93,10 +94,28 @@ impl Shared {
     pub fn now(&self) -> f64 {
         self.t0.elapsed().as_secs_f64()
     }
+
+    /// The generation of lane `lane`'s key for the next operation: a new key every
+    /// [`OPS_PER_KEY`] operations.
+    fn next_key(&self, lane: usize) -> u64 {
+        let (generation, count) = &self.lanes[lane];
+        let now = generation.load(Ordering::SeqCst);
+        if count.fetch_add(1, Ordering::SeqCst) + 1 >= OPS_PER_KEY {
+            count.store(0, Ordering::SeqCst);
+            generation.fetch_add(1, Ordering::SeqCst);
+        }
+        now
+    }
 }
 
-/// Operations on one register key before its lane moves to a new key: keeps every key's
-/// history short enough for the linearizability search (Jepsen's independent keys).
+/// Register lanes; each transaction pair is a lane after them.
+pub const REGISTER_LANES: usize = 6;
+/// Transaction pairs.
+pub const PAIRS: usize = 4;
+
+/// Operations on one register key (or transaction pair) before its lane moves to a new
+/// key: keeps every key's history short enough for the linearizability search, whose
+/// memory grows with it (Jepsen's independent keys).
 const OPS_PER_KEY: usize = 250;
 /// Appends to one list before its client moves to a new list.
 const PUSHES_PER_LIST: u64 = 150;
@@ -261,13 +280,8 @@ pub async fn registers(shared: Arc<Shared>, id: usize, mut rng: Rng) -> Vec<Op> 
     let mut ops = Vec::new();
     let mut seq = 0;
     while !shared.stop.load(Ordering::Relaxed) {
-        let lane = rng.below(shared.lanes.len() as u64) as usize;
-        let (generation, count) = &shared.lanes[lane];
-        let key = format!("nem:reg:{lane}:{}", generation.load(Ordering::SeqCst));
-        if count.fetch_add(1, Ordering::SeqCst) + 1 >= OPS_PER_KEY {
-            count.store(0, Ordering::SeqCst);
-            generation.fetch_add(1, Ordering::SeqCst);
-        }
+        let lane = rng.below(REGISTER_LANES as u64) as usize;
+        let key = format!("nem:reg:{lane}:{}", shared.next_key(lane));
         let op = if rng.below(2) == 0 {
             seq += 1;
             let v = unique(id, seq);
@@ -343,7 +357,11 @@ pub async fn transactions(shared: Arc<Shared>, id: usize, pairs: usize, mut rng:
     let mut ops = Vec::new();
     let mut seq = 0;
     while !shared.stop.load(Ordering::Relaxed) {
-        let key = format!("nem:txn:{{t{}}}", rng.below(pairs as u64));
+        let pair = rng.below(pairs as u64) as usize;
+        let key = format!(
+            "nem:txn:{{t{pair}:{}}}",
+            shared.next_key(pair + REGISTER_LANES)
+        );
         let (a, b) = (format!("{key}a"), format!("{key}b"));
         let op = if rng.below(2) == 0 {
             seq += 1;

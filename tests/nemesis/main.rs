@@ -671,7 +671,7 @@ async fn nemesis(length: Duration, seed: u64, ack: Ack) -> Outcome {
         stop: AtomicBool::new(false),
         proxy_epoch: AtomicU64::new(0),
         proxy_down: AtomicBool::new(false),
-        lanes: (0..6)
+        lanes: (0..history::REGISTER_LANES + history::PAIRS)
             .map(|_| (AtomicU64::new(0), AtomicUsize::new(0)))
             .collect(),
         op_limit: HOLD_TIMEOUT + Duration::from_secs(10),
@@ -691,7 +691,7 @@ async fn nemesis(length: Duration, seed: u64, ack: Ack) -> Outcome {
         clients.spawn(history::transactions(
             shared.clone(),
             id,
-            4,
+            history::PAIRS,
             Rng(rng.next() | 1),
         ));
     }
