@@ -327,6 +327,10 @@ async fn a_migration_survives_its_source_or_target_killed() {
         let mut h = h;
         let killed = if victim == "source" { source } else { target };
         h.cluster.nodes[killed].kill();
+        // With `ack = "replicated"` the promoted replica holds its writes until it has a
+        // replica again: the killed node comes back as one, as an operator's would.
+        h.cluster.wait_promoted(killed).await.unwrap();
+        h.cluster.restart(killed).await.unwrap();
         let (code, out) = run.await.unwrap();
         let promoted = match victim {
             "target" => h.cluster.nodes[target + 3].addr(),
@@ -357,7 +361,6 @@ async fn a_migration_survives_its_source_or_target_killed() {
         for slot in [0, 20, 39] {
             assert_eq!(h.owner_of(slot).await, promoted, "{victim}: slot {slot}");
         }
-        h.cluster.restart(killed).await.unwrap();
         check_clean(&h).await;
     }
 }
