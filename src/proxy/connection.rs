@@ -73,7 +73,7 @@ pub trait Dispatch: Send + Sync {
     fn node_failed(&self, addr: &str) -> bool;
     /// For an EVALSHA whose script the proxy knows: the `SCRIPT LOAD` that restores it.
     fn script_load_for(&self, raw: &Bytes) -> Option<(Bytes, u8)>;
-    /// What a batch of writes to the master at `addr` waits for, as the settings are now
+    /// What a batch sent to the master at `addr` waits for, as the settings are now
     /// (`durability.ack` and its timeouts are read at every batch, so a reload is in force
     /// on connections that exist); `None` with `ack = "master"`.
     fn durability(&self, addr: &str) -> Option<Durability>;
@@ -86,12 +86,13 @@ pub trait Dispatch: Send + Sync {
     fn hint(&self, hint: Hint);
 }
 
-/// What `durability.ack = "replicated"` asks of a batch of writes.
+/// What `durability.ack = "replicated"` asks of a batch: its replies wait until the
+/// master's replicas have what it wrote or read.
 #[derive(Clone, Copy, Debug)]
 pub struct Durability {
-    /// The master's replicas the cluster sees up: the `WAIT` asks for all of them, and
-    /// at least one (see `ClusterView::replicas_to_wait`).
-    pub replicas_up: usize,
+    /// Replicas the `WAIT` asks for: every one the cluster sees up, and at least one (see
+    /// `ClusterView::replicas_to_wait`).
+    pub replicas: usize,
     /// Reads are answered without a `WAIT`: the master has no replica up, and it owns
     /// slots in the map (it was not failed over).
     pub reads_at_once: bool,
@@ -150,18 +151,18 @@ pub struct Target {
     pub(super) replicated: Arc<AtomicBool>,
 }
 
-/// A `WAIT` sent after a batch of writes (`durability.ack = "replicated"`), and the
-/// replies of those writes, held until the replicas have them.
+/// A `WAIT` sent after a batch (`durability.ack = "replicated"`), and the replies of the
+/// batch, held until the replicas have what they wrote or saw.
 struct Barrier {
     /// Jobs in flight between the previous barrier and this one.
     ahead: usize,
     /// The replicas it waits for.
     replicas: usize,
-    /// When the first `WAIT` for these writes went out.
+    /// When the first `WAIT` for these replies went out.
     since: Instant,
     /// How long they may be held: `hold.timeout` when it went out.
     hold_timeout: Duration,
-    /// Replies of writes the node applied, not yet given to their clients.
+    /// Replies the node gave, not yet given to their clients.
     held: Vec<(Job, Bytes)>,
 }
 
@@ -644,14 +645,14 @@ impl Connection<'_> {
     }
 
     /// Sends `WAIT` for the replicas of this master after everything sent so far;
-    /// `held`: replies already waiting for it; `writes`: what is fenced writes. With
+    /// `held`: replies already waiting for it; `writes`: the batch holds writes. With
     /// `ack = "master"` the replies go out at once, and so do reads from a master with no
     /// replica up that was not failed over (they would wait for as long as it has none;
     /// see docs/DESIGN.md).
     fn fence(&mut self, since: Instant, held: Vec<(Job, Bytes)>, writes: bool) {
         let durability = self.proxy.upgrade().and_then(|p| p.durability(self.addr));
         let Some(Durability {
-            replicas_up,
+            replicas,
             wait_timeout,
             hold_timeout,
             ..
@@ -662,7 +663,6 @@ impl Connection<'_> {
             }
             return;
         };
-        let replicas = replicas_up.max(1);
         let timeout = wait_timeout.as_millis().max(1).to_string();
         let wait = Request::from_args(&["WAIT", &replicas.to_string(), &timeout]);
         self.wbuf.extend_from_slice(wait.raw());
@@ -839,7 +839,7 @@ mod tests {
         fn durability(&self, _: &str) -> Option<Durability> {
             let replicas = self.replicas.load(std::sync::atomic::Ordering::Relaxed);
             (replicas > 0).then_some(Durability {
-                replicas_up: replicas,
+                replicas,
                 reads_at_once: false,
                 wait_timeout: Duration::from_millis(100),
                 hold_timeout: Duration::from_secs(5),

@@ -8,8 +8,8 @@
 //! `calls=..,usec=..` style fields field by field (`usec_per_call` recomputed), `*_human`
 //! sizes follow their summed field; flags, modes and times (`cluster_enabled`,
 //! `aof_enabled`, `rdb_last_save_time`) are shown as one node shows them, statuses are
-//! `err` if any master's is, and other values are the first master's. A `# Proxy` section follows in the default
-//! set. Monitoring tools (redis_exporter, Datadog's Redis check) read these fields.
+//! `err` if any master's is, and other values are the first master's. A `# Proxy` section
+//! follows in the default set. Monitoring tools (redis_exporter, Datadog's Redis check) read these fields.
 
 use std::fmt::Write;
 
