@@ -154,7 +154,7 @@ impl Run<'_> {
                 _ => bad[s] += 1,
             }
         }
-        let (w, h, left, top) = (1100.0, 360.0, 60.0, 20.0);
+        let (w, h, left, top) = (1100.0, 380.0, 60.0, 20.0);
         let (pw, ph) = (w - left - 60.0, h - top - 50.0);
         let x = |t: f64| left + t / seconds as f64 * pw;
         let top_ops = ok.iter().copied().max().unwrap_or(1).max(1) as f64;
@@ -168,11 +168,14 @@ impl Run<'_> {
         let mut svg = format!(
             "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' style='border:1px solid #ddd'>"
         );
-        for (i, f) in self.faults.iter().enumerate() {
-            let hue = (i * 47) % 360;
+        for f in self.faults {
+            let hue = KINDS
+                .iter()
+                .find(|(word, _, _)| f.what.contains(word))
+                .map_or(0, |(_, _, hue)| *hue);
             let _ = write!(
                 svg,
-                "<rect x='{:.1}' y='{top}' width='{:.1}' height='{ph}' fill='hsla({hue},70%,60%,0.18)'><title>{:.1}-{:.1}s {}</title></rect>",
+                "<rect x='{:.1}' y='{top}' width='{:.1}' height='{ph}' fill='hsla({hue},70%,55%,0.2)'><title>{:.1}-{:.1}s {}</title></rect>",
                 x(f.start),
                 (x(f.end) - x(f.start)).max(1.5),
                 f.start,
@@ -231,7 +234,7 @@ impl Run<'_> {
              <text x='{rl}' y='{y1}' font-size='11' fill='#e65100'>1 s</text>\
              <text x='{rl}' y='{y10m}' font-size='11' fill='#e65100'>10 ms</text>\
              <text x='{rl}' y='{y01}' font-size='11' fill='#e65100'>0.1 ms</text>\
-             <text x='{left}' y='{legend}' font-size='12'><tspan fill='#1565c0'>&#9644; ok operations a second</tspan>  <tspan fill='#e65100'>&#9644; slowest latency</tspan>  <tspan fill='#6a1b9a'>&#9644; median latency</tspan>  <tspan fill='#c00'>&#9632; errors / unknown</tspan>  shaded: faults</text></svg>",
+             <text x='{left}' y='{legend}' font-size='12'><tspan fill='#1565c0'>&#9644; ok operations a second</tspan>  <tspan fill='#e65100'>&#9644; slowest latency</tspan>  <tspan fill='#6a1b9a'>&#9644; median latency</tspan>  <tspan fill='#c00'>&#9632; errors / unknown</tspan>  shaded:{kinds}</text></svg>",
             b = top + ph,
             r = left + pw,
             t = top + ph + 26.0,
@@ -240,11 +243,29 @@ impl Run<'_> {
             y1 = y_lat(1.0),
             y10m = y_lat(0.01),
             y01 = y_lat(1e-4),
-            legend = h - 6.0
+            legend = h - 6.0,
+            kinds = KINDS
+                .iter()
+                .map(|(_, name, hue)| format!(
+                    " <tspan fill='hsl({hue},70%,45%)'>&#9632; {name}</tspan>"
+                ))
+                .collect::<String>()
         );
         svg
     }
 }
+
+/// Faults by kind: a word of their description, the legend's name, the hue they are
+/// shaded in.
+const KINDS: [(&str, &str, u32); 7] = [
+    ("kill -9 of the proxy", "proxy killed", 0),
+    ("kill -9", "node killed", 20),
+    ("SIGSTOP", "node stopped", 45),
+    ("FAILOVER", "failover", 200),
+    ("migration", "migration", 120),
+    ("partition", "partition", 280),
+    ("SIGHUP", "reload", 330),
+];
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
