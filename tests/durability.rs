@@ -332,8 +332,8 @@ async fn read_on(addr: &str, key: &str) -> Option<String> {
         .map(String::from)
 }
 
-/// A master that lost its last replica holds its writes until a replica has them: one
-/// acknowledged on it alone would be lost with it. Its old master comes back as its
+/// A master that lost its last replica holds its writes (and its reads, which could see
+/// them) until a replica has them: a write acknowledged on it alone would be lost with it. Its old master comes back as its
 /// replica, syncs, and only then is the write acknowledged; the master dies next, and the
 /// write is on the node that takes over. Without a replica back within `hold.timeout`
 /// (read live: it is shortened by a reload), the client hears that the write is on the
@@ -367,15 +367,16 @@ async fn a_master_without_a_replica_holds_writes_until_one_has_them() {
         .wait_healthy(Duration::from_secs(30))
         .await
         .unwrap();
-    let mut c = h.client().await;
-    let v: String = redis::cmd("GET")
-        .arg(&kept)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(v, "v1", "the write survived its master");
+    let survivor = h.cluster.nodes[0].addr();
+    assert_eq!(
+        read_on(&survivor, &kept).await.as_deref(),
+        Some("v1"),
+        "the write survived its master"
+    );
 
-    // The new master is alone again, and the hold is shortened by a reload.
+    // The new master is alone again, and the hold is shortened by a reload: a write, and
+    // a read (which could see an unconfirmed write), are answered that no replica has
+    // confirmed what the master holds.
     let config = Config {
         hold_timeout: Duration::from_secs(2),
         ..h.proxy.proxy.config().as_ref().clone()
@@ -383,7 +384,6 @@ async fn a_master_without_a_replica_holds_writes_until_one_has_them() {
     assert!(h.proxy.proxy.reload(config).is_empty());
     let reply = writer.ask(&format!("SET {alone} v2\r\n")).await;
     let text = String::from_utf8_lossy(&reply);
-    let survivor = h.cluster.nodes[0].addr();
     assert!(
         text.starts_with(&format!(
             "-ERR slotguard: applied on the master {survivor} but not confirmed by its replicas"
@@ -391,6 +391,12 @@ async fn a_master_without_a_replica_holds_writes_until_one_has_them() {
         "{text}"
     );
     assert_eq!(read_on(&survivor, &alone).await.as_deref(), Some("v2"));
+    let reply = writer.ask(&format!("GET {kept}\r\n")).await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.starts_with(&format!("-ERR slotguard: read on the master {survivor}")),
+        "{text}"
+    );
     h.cluster.restart(3).await.unwrap();
     h.cluster
         .wait_healthy(Duration::from_secs(30))

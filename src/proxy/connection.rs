@@ -93,9 +93,6 @@ pub struct Durability {
     /// Replicas the `WAIT` asks for: every one the cluster sees up, and at least one (see
     /// `ClusterView::replicas_to_wait`).
     pub replicas: usize,
-    /// Reads are answered without a `WAIT`: the master has no replica up, and it owns
-    /// slots in the map (it was not failed over).
-    pub reads_at_once: bool,
     /// How long one `WAIT` may take (`durability.wait_timeout`).
     pub wait_timeout: Duration,
     /// How long the writes may be held for their replicas (`hold.timeout`).
@@ -432,7 +429,6 @@ impl Connection<'_> {
                 // is on a replica before its client hears it (no read of a write that a
                 // failover then loses, nor of a deposed master, which no replica answers).
                 let fenced = self.replicated.load(Ordering::Relaxed);
-                let writes = fenced && batch.iter().any(|j| j.write);
                 self.unfenced += batch.len();
                 self.job_last = true;
                 for job in batch.drain(..) {
@@ -453,7 +449,7 @@ impl Connection<'_> {
                     });
                 }
                 if fenced {
-                    self.fence(sent, Vec::new(), writes);
+                    self.fence(sent, Vec::new());
                 }
             }
             if !self.wbuf.is_empty() {
@@ -645,18 +641,14 @@ impl Connection<'_> {
     }
 
     /// Sends `WAIT` for the replicas of this master after everything sent so far;
-    /// `held`: replies already waiting for it; `writes`: the batch holds writes. With
-    /// `ack = "master"` the replies go out at once, and so do reads from a master with no
-    /// replica up that was not failed over (they would wait for as long as it has none;
-    /// see docs/DESIGN.md).
-    fn fence(&mut self, since: Instant, held: Vec<(Job, Bytes)>, writes: bool) {
+    /// `held`: replies already waiting for it. With `ack = "master"` they go out at once.
+    fn fence(&mut self, since: Instant, held: Vec<(Job, Bytes)>) {
         let durability = self.proxy.upgrade().and_then(|p| p.durability(self.addr));
         let Some(Durability {
             replicas,
             wait_timeout,
             hold_timeout,
-            ..
-        }) = durability.filter(|d| writes || !d.reads_at_once)
+        }) = durability
         else {
             for (job, frame) in held {
                 self.complete(job, frame);
@@ -698,8 +690,7 @@ impl Connection<'_> {
         }
         if acked.is_some() && since.elapsed() < hold_timeout {
             self.metrics.wait_retries.inc();
-            let writes = held.iter().any(|(job, _)| job.write);
-            self.fence(since, held, writes);
+            self.fence(since, held);
             return;
         }
         let answer = match acked {
@@ -840,7 +831,6 @@ mod tests {
             let replicas = self.replicas.load(std::sync::atomic::Ordering::Relaxed);
             (replicas > 0).then_some(Durability {
                 replicas,
-                reads_at_once: false,
                 wait_timeout: Duration::from_millis(100),
                 hold_timeout: Duration::from_secs(5),
             })

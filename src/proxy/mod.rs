@@ -724,17 +724,10 @@ impl Dispatch for Proxy {
 
     fn durability(&self, addr: &str) -> Option<connection::Durability> {
         let config = self.config();
-        (config.ack == crate::config::Ack::Replicated).then(|| {
-            let view = &self.routing.status.load().view;
-            connection::Durability {
-                replicas: view.replicas_to_wait(addr),
-                // A master failed over while cut off or stopped has no replica either,
-                // but what it read may be taken back: its reads wait (and are sent again
-                // once it is refused).
-                reads_at_once: view.replicas_up(addr) == 0 && self.routing.map().owns_any(addr),
-                wait_timeout: config.wait_timeout,
-                hold_timeout: config.hold_timeout,
-            }
+        (config.ack == crate::config::Ack::Replicated).then(|| connection::Durability {
+            replicas: self.routing.status.load().view.replicas_to_wait(addr),
+            wait_timeout: config.wait_timeout,
+            hold_timeout: config.hold_timeout,
         })
     }
 

@@ -78,14 +78,6 @@ impl SlotMap {
         &self.owner
     }
 
-    /// True when the node at `addr` owns at least one slot.
-    pub fn owns_any(&self, addr: &str) -> bool {
-        self.nodes
-            .iter()
-            .position(|n| n == addr)
-            .is_some_and(|i| self.owner.contains(&(i as u16)))
-    }
-
     /// Every master address the map names.
     pub fn nodes(&self) -> &[String] {
         &self.nodes
@@ -151,8 +143,5 @@ mod tests {
         let all: Vec<&str> = map.addresses().collect();
         assert_eq!(all, ["a:1", "b:1", "a2:1"]);
         assert_eq!(SlotMap::default().covered(), 0);
-        // A failed-over master, or a replica, owns nothing.
-        assert!(map.owns_any("a:1") && map.owns_any("b:1"));
-        assert!(!map.owns_any("a2:1") && !map.owns_any("c:1"));
     }
 }

@@ -88,12 +88,8 @@ impl ClusterView {
     /// syncing, or none at all) holds its writes until one has them: acknowledged on the
     /// master alone, they would be lost with it.
     pub fn replicas_to_wait(&self, addr: &str) -> usize {
-        self.replicas_up(addr).max(1)
-    }
-
-    /// The replicas of the master at `addr` that the cluster sees up.
-    pub fn replicas_up(&self, addr: &str) -> usize {
-        self.nodes
+        let up = self
+            .nodes
             .iter()
             .find(|n| n.addr == addr)
             .map_or(0, |master| {
@@ -105,7 +101,8 @@ impl ClusterView {
                             && n.master_id.as_deref() == Some(master.id.as_str())
                     })
                     .count()
-            })
+            });
+        up.max(1)
     }
 
     /// Masters serving slots with no replica but failed ones: with

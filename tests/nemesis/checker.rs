@@ -127,13 +127,10 @@ fn register(key: &str, ops: &[&Op], verdict: &mut Verdict) {
         Search::Linearizable => {}
         Search::Undecided => verdict.keys_undecided += 1,
         Search::Not { blocked } => {
-            let at = &reg[blocked];
-            let involved: Vec<Op> = kept
-                .iter()
-                .zip(&reg)
-                .filter(|(_, r)| r.end >= at.start - 3.0 && r.start <= at.end)
-                .map(|(op, _)| (*op).clone())
-                .collect();
+            // The key's whole history (a few hundred operations: keys are short-lived),
+            // in the order the operations began.
+            let mut involved: Vec<Op> = kept.iter().map(|op| (*op).clone()).collect();
+            involved.sort_by(|a, b| a.start.total_cmp(&b.start));
             verdict.anomalies.push(Anomaly {
                 kind: "not linearizable",
                 key: key.to_string(),

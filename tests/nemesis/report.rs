@@ -99,7 +99,7 @@ impl Run<'_> {
                 escape(&a.key),
                 escape(&a.detail)
             );
-            for op in a.ops.iter().take(40) {
+            for op in a.ops.iter().take(400) {
                 let _ = write!(
                     page,
                     "<tr><td>{}</td><td>{:?}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
