@@ -747,6 +747,19 @@ async fn nemesis(length: Duration, seed: u64, ack: Ack) -> Outcome {
             }
         ),
         seed,
+        replay: format!(
+            "scripts/nemesis --minutes {} --seed {seed} --ack {}{}",
+            length.as_secs_f64() / 60.0,
+            match ack {
+                Ack::Master => "master",
+                Ack::Replicated => "replicated",
+            },
+            if slotguard::localcluster::is_valkey() {
+                " --valkey"
+            } else {
+                ""
+            }
+        ),
         history: &history,
         faults: &nemesis.faults,
         verdict: &verdict,

@@ -20,6 +20,8 @@ pub struct Fault {
 pub struct Run<'a> {
     pub title: String,
     pub seed: u64,
+    /// The command that runs it again.
+    pub replay: String,
     pub history: &'a [Op],
     pub faults: &'a [Fault],
     pub verdict: &'a Verdict,
@@ -62,9 +64,10 @@ impl Run<'_> {
              <style>body{{font:14px system-ui,sans-serif;margin:24px;color:#222}}\
              table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}\
              .bad{{color:#b00;font-weight:bold}}.good{{color:#070;font-weight:bold}}code{{font-size:12px}}</style>\
-             <h1>{title}</h1><p>seed <b>{seed}</b> &middot; replay with <code>scripts/nemesis --seed {seed}</code></p>",
+             <h1>{title}</h1><p>seed <b>{seed}</b> &middot; replay with <code>{replay}</code></p>",
             title = escape(&self.title),
-            seed = self.seed
+            seed = self.seed,
+            replay = escape(&self.replay)
         );
         let pass = self.verdict.anomalies.is_empty()
             && self.client_errors == 0
