@@ -105,8 +105,11 @@ impl Proxy {
         std::fs::write(&self.path, text).expect("write the proxy's configuration");
     }
 
-    /// Starts it and waits until it answers (once it has its first slot map).
+    /// Starts it and waits until it answers (once it has its first slot map). One
+    /// running already is killed first: two would share the port, and the nemesis would
+    /// kill only the one it knows.
     async fn start(&mut self) {
+        self.kill();
         self.write_config();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -440,6 +443,9 @@ impl Nemesis {
                 let to = targets[self.rng.below(targets.len() as u64) as usize];
                 let cut = (kind == 6).then(|| self.rng.below(5) as usize);
                 self.migrate(m, to, cut).await;
+            }
+            7 if self.shared.proxy_down.load(Ordering::SeqCst) => {
+                self.log("the proxy is down already");
             }
             7 => {
                 let fault = self.begin("kill -9 of the proxy".into());
