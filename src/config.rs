@@ -120,7 +120,7 @@ pub struct Config {
 }
 
 /// Where several proxies keep their shared journal and elect their authority.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Coordination {
     /// etcd's client URLs (`http://` or `https://`).
     pub endpoints: Vec<String>,

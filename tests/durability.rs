@@ -436,6 +436,12 @@ async fn a_reload_to_replicated_waits_on_connections_that_exist() {
     sets(&mut c, &key, 50).await;
     let waits = common::command_stat(&node, "wait", "calls").await;
     assert!(waits >= 50, "one WAIT per write after the reload: {waits}");
+    // What connections copied when they were made is named, not silently dropped.
+    let config = Config {
+        connect_timeout: Duration::from_secs(3),
+        ..h.proxy.proxy.config().as_ref().clone()
+    };
+    assert_eq!(h.proxy.proxy.reload(config), ["backend.connect_timeout"]);
 }
 
 /// A client that connects before the proxy has its first slot map (its seed is slow to

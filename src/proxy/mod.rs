@@ -269,7 +269,7 @@ impl Proxy {
         if new.log_json != old.log_json {
             restart.push("log.format");
         }
-        if new.coordination.is_some() || old.coordination.is_some() {
+        if new.coordination != old.coordination {
             restart.push("coordination*");
         }
         self.hold.set_limits(new.hold_timeout, new.hold_max_bytes);
