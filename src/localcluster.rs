@@ -598,7 +598,8 @@ async fn call(conn: &mut Conn, args: &[&str]) -> Result<Value, StartError> {
     conn.call_ok(args).await.map_err(fail)
 }
 
-async fn ping(addr: &str, dial: &Dial) -> bool {
+/// True when the server at `addr` answers `PING`.
+pub async fn ping(addr: &str, dial: &Dial) -> bool {
     match Conn::dial(addr, dial).await {
         Ok(mut conn) => matches!(conn.call(&["PING"]).await, Ok(Value::Simple(_))),
         Err(_) => false,

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use common::{Harness, Raw};
 use slotguard::client::{query, Dial};
-use slotguard::localcluster::{free_port, server_binary, wait_for};
+use slotguard::localcluster::{free_port, ping, server_binary, wait_for};
 use slotguard::protocol::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -48,12 +48,9 @@ impl Standalone {
             .expect("a standalone server starts");
         let addr = format!("127.0.0.1:{port}");
         let dial = Dial::new(Duration::from_secs(1));
-        wait_for(Duration::from_secs(10), || {
-            let (addr, dial) = (addr.clone(), dial.clone());
-            async move { matches!(query(&addr, &["PING"], &dial).await, Ok(Value::Simple(_))) }
-        })
-        .await
-        .expect("the standalone server answers");
+        wait_for(Duration::from_secs(10), || ping(&addr, &dial))
+            .await
+            .expect("the standalone server answers");
         Standalone { child, addr, dir }
     }
 }

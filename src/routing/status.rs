@@ -93,13 +93,8 @@ impl ClusterView {
             .iter()
             .find(|n| n.addr == addr)
             .map_or(0, |master| {
-                self.nodes
-                    .iter()
-                    .filter(|n| {
-                        n.role == Role::Replica
-                            && n.health == Health::Ok
-                            && n.master_id.as_deref() == Some(master.id.as_str())
-                    })
+                self.replicas_of(master)
+                    .filter(|n| n.health == Health::Ok)
                     .count()
             });
         up.max(1)
@@ -112,15 +107,16 @@ impl ClusterView {
         self.nodes
             .iter()
             .filter(|n| n.role == Role::Master && !n.slots.is_empty() && n.health != Health::Fail)
-            .filter(|master| {
-                !self.nodes.iter().any(|n| {
-                    n.role == Role::Replica
-                        && n.health != Health::Fail
-                        && n.master_id.as_deref() == Some(master.id.as_str())
-                })
-            })
+            .filter(|master| self.replicas_of(master).all(|n| n.health == Health::Fail))
             .map(|n| n.addr.clone())
             .collect()
+    }
+
+    /// The replicas that name `master` as theirs.
+    fn replicas_of<'a>(&'a self, master: &'a NodeStatus) -> impl Iterator<Item = &'a NodeStatus> {
+        self.nodes.iter().filter(move |n| {
+            n.role == Role::Replica && n.master_id.as_deref() == Some(master.id.as_str())
+        })
     }
 
     /// True when the cluster agrees the node at `addr` has failed, or it is a replica now.

@@ -44,7 +44,7 @@ use history::{Op, Rng, Shared};
 use report::Fault;
 use slotguard::client::{query, Dial};
 use slotguard::config::Ack;
-use slotguard::localcluster::{free_port, wait_for, LocalCluster, Options};
+use slotguard::localcluster::{free_port, ping, wait_for, LocalCluster, Options};
 use slotguard::protocol::Value;
 
 const HOLD_TIMEOUT: Duration = Duration::from_secs(20);
@@ -125,12 +125,9 @@ impl Proxy {
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.port);
         let dial = Dial::new(Duration::from_secs(2));
-        wait_for(Duration::from_secs(60), || {
-            let (addr, dial) = (addr.clone(), dial.clone());
-            async move { matches!(query(&addr, &["PING"], &dial).await, Ok(Value::Simple(_))) }
-        })
-        .await
-        .expect("the proxy answers");
+        wait_for(Duration::from_secs(60), || ping(&addr, &dial))
+            .await
+            .expect("the proxy answers");
     }
 
     /// kill -9 by pid.
