@@ -289,7 +289,8 @@ impl LocalCluster {
             options,
             tls,
             network,
-            keep_dir: false,
+            // SLOTGUARD_KEEP_DIRS=1 keeps every test's logs and nodes.conf to read after.
+            keep_dir: std::env::var_os("SLOTGUARD_KEEP_DIRS").is_some(),
         };
         let total = cluster.options.masters * (1 + cluster.options.replicas_per_master);
         for i in 0..total {

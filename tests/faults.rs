@@ -146,14 +146,7 @@ async fn outcome(
 ) {
     report.print(name, fault_at, clean_at);
     assert_unharmed(h, report, 100, stale_allowed).await;
-    let mut c = h.client().await;
-    // Keys no writer touched kept their value.
-    for k in &setup.keys {
-        if !report.acked.contains_key(k) {
-            let v: Option<String> = redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap();
-            assert_eq!(v.as_deref(), Some("initial"), "{k}");
-        }
-    }
+    assert_kept(h, report, setup).await;
 }
 
 /// Runs writers on the slot's keys while `fault` happens, and 1.5 s more. Returns what
@@ -210,8 +203,10 @@ async fn heir_of(h: &Harness, i: usize) -> String {
     node_id(&h.cluster.nodes[i + h.cluster.options.masters].addr()).await
 }
 
-/// Brings every killed node back and checks the cluster is whole and clean.
-async fn restore_and_check(h: &mut Harness, killed: &[usize]) {
+/// Brings every killed node back, checks the cluster is whole and clean, and that what
+/// the writers were told is kept still reads back: a node that returns must not take
+/// its stale copy back (Valkey lets a master that died importing a slot do that).
+async fn restore_and_check(h: &mut Harness, killed: &[usize], report: &Report, setup: &Setup) {
     for &i in killed {
         h.cluster.restart(i).await.unwrap();
     }
@@ -220,6 +215,20 @@ async fn restore_and_check(h: &mut Harness, killed: &[usize]) {
         .await
         .unwrap();
     common::assert_clean(&h.cluster).await;
+    assert_kept(h, report, setup).await;
+}
+
+/// Every acknowledged write reads back, and every key no writer touched kept its value.
+async fn assert_kept(h: &Harness, report: &Report, setup: &Setup) {
+    let mut c = h.client().await;
+    let lost = common::lost_writes(&mut c, &report.acked).await;
+    assert!(lost.is_empty(), "lost writes: {lost:?}");
+    for k in &setup.keys {
+        if !report.acked.contains_key(k) {
+            let v: Option<String> = redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap();
+            assert_eq!(v.as_deref(), Some("initial"), "{k}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +245,7 @@ async fn s4_source_killed_mid_migration_is_finished_onto_the_target() {
         false,
     )
     .await;
-    restore_and_check(&mut h, &[0]).await;
+    restore_and_check(&mut h, &[0], &report, &setup).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,43 +266,73 @@ async fn s15_same_with_full_coverage_off() {
         false,
     )
     .await;
-    restore_and_check(&mut h, &[0]).await;
+    restore_and_check(&mut h, &[0], &report, &setup).await;
+}
+
+/// Where a migration whose target lost its master ends: finished onto the heir on Redis;
+/// undone onto the source on Valkey, where the heir imports the slot too and the old
+/// target, started again, could take it back (`authority::took_over_an_importing_target`).
+async fn owner_after_target_lost(h: &Harness) -> String {
+    match slotguard::localcluster::is_valkey() {
+        true => node_id(&h.cluster.nodes[0].addr()).await,
+        false => heir_of(h, 1).await,
+    }
+}
+
+/// S2 under writers, up to the slot settled and every guarantee asserted.
+async fn s2(name: &str) -> (Harness, Setup, Report) {
+    let (mut h, setup) = migrating(100).await;
+    let (report, at) = kill_under_load(&mut h, &setup, 1).await;
+    let owner = owner_after_target_lost(&h).await;
+    conclude(name, &h, &report, &setup, &owner, at, false).await;
+    (h, setup, report)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2_target_killed_mid_migration_is_finished_onto_its_replica() {
-    let (mut h, setup) = migrating(100).await;
-    let (report, at) = kill_under_load(&mut h, &setup, 1).await;
-    let heir = heir_of(&h, 1).await;
-    conclude(
-        "S2 target killed, replica promoted",
-        &h,
-        &report,
-        &setup,
-        &heir,
-        at,
-        false,
-    )
-    .await;
-    restore_and_check(&mut h, &[1]).await;
+    let (mut h, setup, report) = s2("S2 target killed, replica promoted").await;
+    restore_and_check(&mut h, &[1], &report, &setup).await;
+}
+
+/// S2, and then a second fault while the cluster heals: the dead target is started again
+/// while every node but the source is paused, so the first node it hears from is the
+/// source. On Valkey a master that comes back importing a slot its source no longer
+/// claims takes the slot, and with the bumped epoch its whole shard, back from its heir,
+/// which then resyncs from the stale copy: had the repair finished the migration onto
+/// the heir, every write of the shard since the kill would be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2_the_dead_target_comes_back_hearing_only_the_source() {
+    let (mut h, setup, report) = s2("S2, the target back hearing only the source").await;
+    let paused: Vec<usize> = (2..h.cluster.nodes.len()).collect();
+    for &i in &paused {
+        h.cluster.nodes[i].signal("STOP").unwrap();
+    }
+    let restarted = h.cluster.restart(1).await;
+    // Well inside the node timeout (2 s): nobody is failed over meanwhile.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for &i in &paused {
+        h.cluster.nodes[i].signal("CONT").unwrap();
+    }
+    restarted.unwrap();
+    restore_and_check(&mut h, &[], &report, &setup).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_target_manually_failed_over_mid_migration() {
     let (mut h, setup) = migrating(100).await;
     let (report, at) = writers_around(&h, &setup, manual_failover(&h.cluster, 1)).await;
-    let heir = heir_of(&h, 1).await;
+    let owner = owner_after_target_lost(&h).await;
     conclude(
         "S3 target manually failed over",
         &h,
         &report,
         &setup,
-        &heir,
+        &owner,
         at,
         false,
     )
     .await;
-    restore_and_check(&mut h, &[]).await;
+    restore_and_check(&mut h, &[], &report, &setup).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +349,7 @@ async fn s5_source_manually_failed_over_mid_migration() {
         false,
     )
     .await;
-    restore_and_check(&mut h, &[]).await;
+    restore_and_check(&mut h, &[], &report, &setup).await;
 }
 
 /// S5 on a migration the proxy has not looked at yet (it refreshes once a minute): the
@@ -334,7 +373,7 @@ async fn s5_on_a_migration_the_proxy_learns_of_by_an_ask() {
         false,
     )
     .await;
-    restore_and_check(&mut h, &[]).await;
+    restore_and_check(&mut h, &[], &report, &setup).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,7 +390,7 @@ async fn s6_source_killed_after_every_key_moved() {
         false,
     )
     .await;
-    restore_and_check(&mut h, &[0]).await;
+    restore_and_check(&mut h, &[0], &report, &setup).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,7 +419,7 @@ async fn s9_target_finalizes_then_segfaults_before_telling_anyone() {
         false,
     )
     .await;
-    restore_and_check(&mut h, &[1]).await;
+    restore_and_check(&mut h, &[1], &report, &setup).await;
 }
 
 /// MULTI; CLUSTER SETSLOT x NODE B; DEBUG SEGFAULT; EXEC on B (`addr`): B takes the slot
@@ -422,7 +461,7 @@ async fn s10_slot_bound_to_a_target_that_then_dies() {
         false,
     )
     .await;
-    restore_and_check(&mut h, &[1]).await;
+    restore_and_check(&mut h, &[1], &report, &setup).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,7 +494,7 @@ async fn s12_a_key_on_both_sides_after_a_cut_migrate_keeps_the_source_copy() {
         .await
         .unwrap();
     assert_ne!(v, "older copy", "the source copy won");
-    restore_and_check(&mut h, &[0]).await;
+    restore_and_check(&mut h, &[0], &report, &setup).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,7 +521,7 @@ async fn s13_a_migration_aborted_on_the_source_only_is_rolled_back() {
         true,
     )
     .await;
-    restore_and_check(&mut h, &[]).await;
+    restore_and_check(&mut h, &[], &report, &setup).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -563,7 +602,7 @@ async fn a_proxy_restarted_in_the_middle_of_a_repair_finishes_it() {
         false,
     )
     .await;
-    restore_and_check(&mut h, &[0]).await;
+    restore_and_check(&mut h, &[0], &report, &setup).await;
     let _ = std::fs::remove_dir_all(&state);
 }
 
@@ -610,7 +649,7 @@ async fn s7_both_ends_failed_over_is_repaired_from_the_journal_by_a_restarted_pr
         false,
     )
     .await;
-    restore_and_check(&mut h, &[0, 1]).await;
+    restore_and_check(&mut h, &[0, 1], &report, &setup).await;
     let _ = std::fs::remove_dir_all(&state);
 }
 
@@ -867,7 +906,7 @@ async fn s4_with_a_blocked_client_and_a_shard_subscriber() {
             break;
         }
     }
-    restore_and_check(&mut h, &[0]).await;
+    restore_and_check(&mut h, &[0], &Report::default(), &setup).await;
 }
 
 /// S10 as an operator's tool does it, unseen by the proxy: one slot of node 0 with 60 keys
@@ -931,7 +970,7 @@ async fn s10_unseen(watching: bool) {
         false => "S10 proxy started after the fault",
     };
     conclude(name, &h, &report, &setup, &heir, at, false).await;
-    restore_and_check(&mut h, &[1]).await;
+    restore_and_check(&mut h, &[1], &report, &setup).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1127,6 +1166,12 @@ async fn unseen(name: &str, moved: usize, fault: Fault, owner: Owner, missed: Mi
         h.cluster.restart(1).await.unwrap();
     }
     if slotguard::localcluster::is_valkey() {
+        // The operator brings the dead nodes back before finishing what they left open:
+        // on Valkey a master started again importing a slot its source gave away since
+        // takes it, and its shard, back (see s2_the_dead_target_comes_back_hearing_only_the_source).
+        for i in killed.drain(..) {
+            h.cluster.restart(i).await.unwrap();
+        }
         if let Some(to) = finish_whole_migration(&h, setup.slot).await {
             let shard = [setup.target.clone(), heir_of(&h, 1).await];
             assert!(
@@ -1145,7 +1190,7 @@ async fn unseen(name: &str, moved: usize, fault: Fault, owner: Owner, missed: Mi
         let v = call(&h.proxy.addr.to_string(), &["GET", &setup.keys[BOTH_SIDES]]).await;
         assert_ne!(v.as_str(), Some("older copy"), "the source copy won");
     }
-    restore_and_check(&mut h, &killed).await;
+    restore_and_check(&mut h, &killed, &report, &setup).await;
 }
 
 /// Valkey replicates SETSLOT: a promoted replica keeps the slot's migrating or importing
@@ -1294,7 +1339,7 @@ async fn s1_target_restarts_without_failover_and_the_migration_is_finished() {
         false,
     )
     .await;
-    restore_and_check(&mut h, &[]).await;
+    restore_and_check(&mut h, &[], &report, &setup).await;
 }
 
 /// S14: a master restarts holding keys of a slot it does not own (copies left by an
@@ -1351,5 +1396,5 @@ async fn s14_a_master_restarts_holding_keys_of_a_slot_it_does_not_own() {
     )
     .await;
     assert!(report.errors.is_empty());
-    restore_and_check(&mut h, &[]).await;
+    restore_and_check(&mut h, &[], &after, &setup).await;
 }

@@ -396,6 +396,12 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
                 None
             };
             if let Some(why) = cut {
+                if took_over_an_importing_target(memory, slot, &b.id) {
+                    let why = format!(
+                        "the migration from {from} to {to} lost its target's master, which may come back importing the slot: undone"
+                    );
+                    return undo(cluster, slot, a, why, &keys);
+                }
                 let plan = finish_forward(cluster, slot, Some(a), b, &keys);
                 return decision(
                     State::Broken {
@@ -495,7 +501,11 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
                     && !cluster.claims_any(&target)
                     && owner.is_some_and(|o| o.id == source) =>
                 {
-                    return undo(cluster, slot, &source, &target);
+                    let why = format!(
+                        "migration {source} -> {target} was cut; {target} failed over and its heir holds no key of the slot: undone"
+                    );
+                    let source = owner.expect("the source owns the slot");
+                    return undo(cluster, slot, source, why, &keys);
                 }
                 [] => {
                     let why =
@@ -509,6 +519,11 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
             }
         }
     };
+    if nothing_open && owner.is_some_and(|o| o.id == source) && keys(&t.id) == 0 {
+        // Undone: the source owns it, nothing is open, and the target shard holds none of
+        // its keys (`undo`, or a migration given up before it moved any).
+        return decision(State::Stable { owner: source }, vec![]);
+    }
     if nothing_open && owner.is_some_and(|o| o.id == t.id) {
         // Finished: the target shard owns it and nothing is open.
         return decision(
@@ -758,27 +773,48 @@ fn strays(cluster: &Cluster, memory: &Memory, slot: u16, owner: &NodeLine) -> De
     Decision { slot, state, plan }
 }
 
-/// Undoes a migration whose target is lost and took no keys with it: the live nodes that
-/// still have the slot open close it, and the source keeps it.
-fn undo(cluster: &Cluster, slot: u16, source: &str, target: &str) -> Decision {
+/// Undoes a migration whose target shard lost its master. The source closes the slot first
+/// (a migrating node answers a RESTORE of a key it lacks with ASK), then every other live
+/// master gives back the keys of the slot it holds (the source's copy wins: a key on both
+/// sides is one a MIGRATE left there, and clients wrote the source's since) and closes it.
+/// Cut after the first step, what is left is a stray import, undone the same way.
+fn undo(
+    cluster: &Cluster,
+    slot: u16,
+    source: &NodeLine,
+    why: String,
+    keys: &dyn Fn(&str) -> u64,
+) -> Decision {
     let mut open: Vec<&NodeLine> = cluster
         .live_masters()
         .filter(|m| {
             let this = |v: &Vec<(u16, String)>| v.iter().any(|(s, _)| *s == slot);
-            this(&m.migrating) || this(&m.importing)
+            m.id != source.id && (this(&m.migrating) || this(&m.importing))
         })
         .collect();
     open.sort_by(|a, b| a.id.cmp(&b.id));
-    let plan = open
-        .iter()
-        .map(|m| Step::Stable {
-            on: m.id.clone(),
+    let mut plan = Vec::new();
+    if source.migrating.iter().any(|(s, _)| *s == slot) {
+        plan.push(Step::Stable {
+            on: source.id.clone(),
             slot,
-        })
-        .collect();
-    let why = format!(
-        "migration {source} -> {target} was cut; {target} failed over and its heir holds no key of the slot: undone"
+        });
+    }
+    plan.extend(
+        cluster
+            .live_masters()
+            .filter(|m| m.id != source.id && keys(&m.id) > 0)
+            .map(|m| Step::MoveKeys {
+                from: m.id.clone(),
+                to: source.id.clone(),
+                slot,
+                replace: false,
+            }),
     );
+    plan.extend(open.iter().map(|m| Step::Stable {
+        on: m.id.clone(),
+        slot,
+    }));
     Decision {
         slot,
         state: State::Broken {
@@ -787,6 +823,21 @@ fn undo(cluster: &Cluster, slot: u16, source: &str, target: &str) -> Decision {
         },
         plan,
     }
+}
+
+/// True when `importing`, the live end importing the slot, took over from the master
+/// the migration was remembered going to. On Valkey that is how an heir imports (SETSLOT
+/// is replicated): the old master died importing, and keeps that in its nodes.conf. Were
+/// the migration finished onto the heir, the old master, started again, would hear the
+/// source no longer claim the slot before it hears of its heir, take the slot itself
+/// with a bumped config epoch (Valkey 8's "Clear my importing source for the slot"), and
+/// with that epoch its whole shard back, stale copy and all: the heir would resync from
+/// it (the seed-202 nemesis run lost 67,722 writes so). Undone, the source still claims
+/// the slot and the old master simply rejoins as the heir's replica.
+fn took_over_an_importing_target(memory: &Memory, slot: u16, importing: &str) -> bool {
+    memory.migrations.get(&slot).is_some_and(|m| {
+        m.target != importing && memory.shard(slot, &m.target).iter().any(|n| n == importing)
+    })
 }
 
 /// Finishes a migration onto `t`, the live master of the target shard, from `s`, the

@@ -359,6 +359,61 @@ fn s2_target_killed_and_failed_over() {
     });
 }
 
+/// S2 on Valkey: SETSLOT is replicated, so B2 took over importing the slot from A, and A,
+/// told of the failover, migrates it to B2: the migration looks whole. B died importing
+/// and keeps that in its nodes.conf; finished onto B2, B started again would take the
+/// slot, and its shard, back with a bumped epoch. So the heir gives its keys back, and
+/// the migration is undone on A. Unremembered, it is a live migration like any other.
+#[test]
+fn s2_on_valkey_the_heir_of_an_importing_target_gives_the_keys_back() {
+    let mut nodes = mid_migration();
+    fail_over(&mut nodes, "B", "B2");
+    get(&mut nodes, "A").migrating = vec![(X, "B2".into())];
+    get(&mut nodes, "B2").importing.push((X, "A".into()));
+    let undo = vec![
+        Stable {
+            on: "A".into(),
+            slot: X,
+        },
+        MoveKeys {
+            from: "B2".into(),
+            to: "A".into(),
+            slot: X,
+            replace: false,
+        },
+        Stable {
+            on: "B2".into(),
+            slot: X,
+        },
+    ];
+    let c = |interrupted| Case {
+        keys: vec![("A", 7), ("B2", 3)],
+        interrupted,
+        ..case("S2 on Valkey", nodes.clone())
+    };
+    run(Case {
+        want_state: "broken",
+        want_case: Some("S2/S3/S9"),
+        want_plan: undo,
+        ..c(true)
+    });
+    run(Case {
+        journal: BTreeMap::new(),
+        lineage: false,
+        want_state: "migrating",
+        ..c(false)
+    });
+    // Undone: nothing open, A owns the slot and B2 holds none of its keys. Still
+    // remembered, it is not finished onto B2 after all.
+    get(&mut nodes, "A").migrating.clear();
+    get(&mut nodes, "B2").importing.clear();
+    run(Case {
+        keys: vec![("A", 10), ("B2", 0)],
+        interrupted: true,
+        ..case("S2 on Valkey, undone", nodes)
+    });
+}
+
 #[test]
 fn s3_target_manually_failed_over() {
     let mut nodes = mid_migration();
