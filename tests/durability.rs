@@ -202,6 +202,10 @@ async fn a_write_whose_reply_was_lost_is_answered_once() {
             killer.send("CLIENT KILL TYPE normal SKIPME yes\r\n").await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             h.cluster.nodes[0].signal("CONT").unwrap();
+            // Once CLIENT KILL is answered it ran: a connection opened after it is not
+            // killed (Valkey's I/O threads may run it after the proxy's INCR is answered).
+            let killed = killer.frame_within(Duration::from_secs(30)).await;
+            assert!(killed.is_some(), "CLIENT KILL is answered");
             let reply = client.frame_within(Duration::from_secs(30)).await.unwrap();
             let reply = String::from_utf8_lossy(&reply).into_owned();
             let n = common::call(&node, &["GET", &counter]).await;
