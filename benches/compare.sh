@@ -2,9 +2,9 @@
 # redis-benchmark against the cluster directly (--cluster) and through slotguard, in the
 # same run on the same machine. Prints req/s, p50, p99, the ratio to direct, and requests
 # per proxy CPU-second (from /proc/PID/stat). A second proxy with
-# `durability.ack = "replicated"` on the same cluster gives the `replicated` rows (SET,
-# MSET and INCR, the writes; INCR travels there as a script that runs it once), with
-# their ratio to direct and, last, to the `master` proxy.
+# `durability.ack = "replicated"` on the same cluster gives the `replicated` rows (every
+# test: writes wait for a replica, INCR travels as a script that runs it once, and reads
+# are fenced by a WAIT too), with their ratio to direct and, last, to the `master` proxy.
 #
 #   benches/compare.sh [--peer NAME=PATH]... [requests] [clients]   (defaults: 200000 50)
 #
@@ -103,14 +103,12 @@ for pipe in 1 16; do
       over=$(python3 -c "print(f'{$xticks/$ticks:.2f}' if $ticks > 0 else 'n/a')")
       printf '%-8s %-4s %-10s %12s %8s %8s %10s %16s %10s\n' "$t" "$pipe" "$name" "$xrps" "$xp50" "$xp99" "$ratio" "$xper_cpu" "$over"
     done
-    if [ "$t" != get ]; then
-      run "r$t$pipe" replicated "$pipe" "$t"
-      IFS=, read -r _ rrps _ _ rp50 _ rp99 _ <"$log.r$t$pipe"
-      ticks=$(cat "$log.r$t$pipe.cpu")
-      per_cpu=$(python3 -c "t=$ticks/$hz; print(f'{$N/t/1000:.0f}k' if t > 0 else 'n/a')")
-      ratio=$(python3 -c "print(f'{$rrps/$drps:.2f}')")
-      vs=$(python3 -c "print(f'{$rrps/$prps:.2f}')")
-      printf '%-8s %-4s %-10s %12s %8s %8s %10s %16s %10s\n' "$t" "$pipe" replicated "$rrps" "$rp50" "$rp99" "$ratio" "$per_cpu" "$vs"
-    fi
+    run "r$t$pipe" replicated "$pipe" "$t"
+    IFS=, read -r _ rrps _ _ rp50 _ rp99 _ <"$log.r$t$pipe"
+    ticks=$(cat "$log.r$t$pipe.cpu")
+    per_cpu=$(python3 -c "t=$ticks/$hz; print(f'{$N/t/1000:.0f}k' if t > 0 else 'n/a')")
+    ratio=$(python3 -c "print(f'{$rrps/$drps:.2f}')")
+    vs=$(python3 -c "print(f'{$rrps/$prps:.2f}')")
+    printf '%-8s %-4s %-10s %12s %8s %8s %10s %16s %10s\n' "$t" "$pipe" replicated "$rrps" "$rp50" "$rp99" "$ratio" "$per_cpu" "$vs"
   done
 done

@@ -282,6 +282,13 @@ pub struct Memory<'a> {
     pub repairing: &'a BTreeSet<u16>,
     /// Slots whose migration had an end failed by the cluster while it was open.
     pub interrupted: &'a BTreeSet<u16>,
+    /// The servers are Valkey 8 or later. There a master that died importing a slot keeps
+    /// that in its nodes.conf and, started again, takes the slot if the first news it has
+    /// is that the source no longer claims it, bumping its config epoch without consensus
+    /// ("Clear my importing source for the slot"); with that epoch it wins its whole shard
+    /// back from its heir, which resyncs from its stale copy. So a migration whose target
+    /// died importing is never finished onto the target's heir there: it is undone.
+    pub importer_takes_back: bool,
 }
 
 impl Memory<'_> {
@@ -396,11 +403,11 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
                 None
             };
             if let Some(why) = cut {
-                if took_over_an_importing_target(memory, slot, &b.id) {
+                if target_may_take_it_back(memory, slot, b) {
                     let why = format!(
                         "the migration from {from} to {to} lost its target's master, which may come back importing the slot: undone"
                     );
-                    return undo(cluster, slot, a, why, &keys);
+                    return undo(cluster, slot, a, Case::TargetLost, why, &keys);
                 }
                 let plan = finish_forward(cluster, slot, Some(a), b, &keys);
                 return decision(
@@ -505,7 +512,7 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
                         "migration {source} -> {target} was cut; {target} failed over and its heir holds no key of the slot: undone"
                     );
                     let source = owner.expect("the source owns the slot");
-                    return undo(cluster, slot, source, why, &keys);
+                    return undo(cluster, slot, source, Case::TargetLost, why, &keys);
                 }
                 [] => {
                     let why =
@@ -519,10 +526,18 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
             }
         }
     };
-    if nothing_open && owner.is_some_and(|o| o.id == source) && keys(&t.id) == 0 {
-        // Undone: the source owns it, nothing is open, and the target shard holds none of
-        // its keys (`undo`, or a migration given up before it moved any).
-        return decision(State::Stable { owner: source }, vec![]);
+    let source_shard = memory.shard(slot, &source);
+    if let Some(o) = owner.filter(|o| source_shard.contains(&o.id)) {
+        if nothing_open && keys(&t.id) == 0 {
+            // Undone: the source's shard owns it, nothing is open, and the target shard
+            // holds none of its keys (`undo`, or a migration given up before it moved any).
+            return decision(
+                State::Stable {
+                    owner: o.id.clone(),
+                },
+                vec![],
+            );
+        }
     }
     if nothing_open && owner.is_some_and(|o| o.id == t.id) {
         // Finished: the target shard owns it and nothing is open.
@@ -578,6 +593,17 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
         (false, true, false) => Case::TargetLost,
         (false, false, false) => Case::Remembered,
     };
+    // With no live owner (S10), Valkey itself gives the slot to the heir before anyone
+    // could undo it: finished forward, as everywhere (docs/VALKEY.md).
+    if let Some(o) = owner.filter(|o| o.id != t.id) {
+        if target_may_take_it_back(memory, slot, t) {
+            let why = format!(
+                "migration {source} -> {target} was cut and its target died importing; undone onto {}",
+                o.id
+            );
+            return undo(cluster, slot, o, case, why, &keys);
+        }
+    }
     let s = owner.or(Some(source_master)).filter(|s| s.id != t.id);
     let why = format!(
         "migration {source} -> {target} was cut; finishing it onto {}",
@@ -782,6 +808,7 @@ fn undo(
     cluster: &Cluster,
     slot: u16,
     source: &NodeLine,
+    case: Case,
     why: String,
     keys: &dyn Fn(&str) -> u64,
 ) -> Decision {
@@ -817,27 +844,23 @@ fn undo(
     }));
     Decision {
         slot,
-        state: State::Broken {
-            case: Case::TargetLost,
-            why,
-        },
+        state: State::Broken { case, why },
         plan,
     }
 }
 
-/// True when `importing`, the live end importing the slot, took over from the master
-/// the migration was remembered going to. On Valkey that is how an heir imports (SETSLOT
-/// is replicated): the old master died importing, and keeps that in its nodes.conf. Were
-/// the migration finished onto the heir, the old master, started again, would hear the
-/// source no longer claim the slot before it hears of its heir, take the slot itself
-/// with a bumped config epoch (Valkey 8's "Clear my importing source for the slot"), and
-/// with that epoch its whole shard back, stale copy and all: the heir would resync from
-/// it (the seed-202 nemesis run lost 67,722 writes so). Undone, the source still claims
-/// the slot and the old master simply rejoins as the heir's replica.
-fn took_over_an_importing_target(memory: &Memory, slot: u16, importing: &str) -> bool {
-    memory.migrations.get(&slot).is_some_and(|m| {
-        m.target != importing && memory.shard(slot, &m.target).iter().any(|n| n == importing)
-    })
+/// True when finishing the migration onto `t` would let its old target take the slot,
+/// and its shard, back (`Memory::importer_takes_back`): on Valkey 8+, `t` took over the
+/// target's shard from the master the migration was remembered going to, which died
+/// importing, and `t` does not own the slot yet (the old target never finalized: S9,
+/// where it did, is finished forward as everywhere).
+fn target_may_take_it_back(memory: &Memory, slot: u16, t: &NodeLine) -> bool {
+    memory.importer_takes_back
+        && !t.owns(slot)
+        && memory
+            .migrations
+            .get(&slot)
+            .is_some_and(|m| m.target != t.id && memory.shard(slot, &m.target).contains(&t.id))
 }
 
 /// Finishes a migration onto `t`, the live master of the target shard, from `s`, the

@@ -47,7 +47,17 @@ async fn look(
 ) -> Result<(Vec<(String, Vec<NodeLine>)>, Vec<Decision>), String> {
     let views = discover(config).await?;
     let strays = &mut Strays::default();
-    let (decisions, _) = assess(&views, journal, |c| c.clone(), &config.dial(), strays).await;
+    let dial = config.dial();
+    let takes_back = match views.first() {
+        Some((addr, _)) => match crate::client::query(addr, &["INFO", "server"], &dial).await {
+            Ok(crate::protocol::Value::Bulk(info)) => {
+                super::topology::importer_takes_back(&String::from_utf8_lossy(&info))
+            }
+            _ => false,
+        },
+        None => false,
+    };
+    let (decisions, _) = assess(&views, journal, |c| c.clone(), &dial, strays, takes_back).await;
     Ok((views, decisions))
 }
 

@@ -93,8 +93,18 @@ impl Healer {
         if let Some(c) = &coordinator {
             let _ = c.sync(&self.journal).await;
         }
-        let (decisions, interesting) =
-            assess(views, &self.journal, grace, &dial, &mut self.strays).await;
+        let takes_back = routing
+            .importer_takes_back
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (decisions, interesting) = assess(
+            views,
+            &self.journal,
+            grace,
+            &dial,
+            &mut self.strays,
+            takes_back,
+        )
+        .await;
         if let Some(c) = coordinator
             .as_ref()
             .filter(|_| lock(&self.journal).has_outbox())
@@ -320,13 +330,15 @@ fn answering_masters<'v>(
 /// counts keys where it matters, decides every unsettled slot, and forgets migrations that
 /// have settled. `grace` gets the candidate slots and returns those past `repair.grace`.
 /// `strays` carries the stray-key audit from one look to the next. Returns the decisions
-/// that are not stable, and the slots with a migration open or remembered.
+/// that are not stable, and the slots with a migration open or remembered. `takes_back`:
+/// the servers are Valkey 8+ (`authority::Memory::importer_takes_back`).
 pub async fn assess(
     views: &[(String, Vec<NodeLine>)],
     journal: &Mutex<Journal>,
     grace: impl FnOnce(&BTreeSet<u16>) -> BTreeSet<u16>,
     dial: &Dial,
     strays: &mut Strays,
+    takes_back: bool,
 ) -> (Vec<Decision>, BTreeSet<u16>) {
     let cluster = Cluster::new(views);
     let remembered = remember(journal, &cluster);
@@ -364,6 +376,7 @@ pub async fn assess(
         settled_long_enough: &grace,
         repairing: &remembered.repairing,
         interrupted: &remembered.interrupted,
+        importer_takes_back: takes_back,
     };
     let decisions: Vec<Decision> = candidates
         .iter()

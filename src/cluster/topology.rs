@@ -284,6 +284,15 @@ pub fn decide(views: &[(String, Vec<NodeLine>)]) -> Assignment {
         .collect()
 }
 
+/// True when `INFO server` is Valkey's, 8.0 or later: there a master that comes back
+/// importing a slot its source gave up takes the slot (`authority::Memory`).
+pub fn importer_takes_back(info: &str) -> bool {
+    info.lines()
+        .find_map(|l| l.strip_prefix("valkey_version:"))
+        .and_then(|v| v.trim().split('.').next()?.parse::<u32>().ok())
+        .is_some_and(|major| major >= 8)
+}
+
 /// Loads the command table and server version from one node; false if it failed.
 async fn load_commands(routing: &Routing, addr: &str) -> bool {
     let Ok(mut conn) = Conn::dial(addr, &routing.config().dial()).await else {
@@ -294,6 +303,10 @@ async fn load_commands(routing: &Routing, addr: &str) -> bool {
         if let Some(v) = info.lines().find_map(|l| l.strip_prefix("redis_version:")) {
             routing.server_version.store(Arc::new(v.trim().to_string()));
         }
+        let takes_back = importer_takes_back(&info);
+        routing
+            .importer_takes_back
+            .store(takes_back, std::sync::atomic::Ordering::Relaxed);
     }
     match conn.call(&["COMMAND"]).await {
         Ok(reply) => match Commands::from_command_reply(&reply) {

@@ -135,6 +135,11 @@ impl Bell {
 }
 
 impl Entry {
+    /// False once a CLIENT KILL rang it: to every other client it is gone.
+    fn alive(&self) -> bool {
+        !self.bell.rung(Bell::KILL)
+    }
+
     pub fn new(id: u32, peer: SocketAddr, local: SocketAddr) -> Entry {
         let now = Instant::now();
         Entry {
@@ -295,8 +300,10 @@ impl Clients {
         }
     }
 
+    /// Clients connected; one a CLIENT KILL rang is gone already (Redis frees it at once),
+    /// though its session may take a moment to notice.
     pub fn count(&self) -> usize {
-        self.lock().len()
+        self.lock().values().filter(|e| e.alive()).count()
     }
 
     /// How many clients track keys (`tracking_clients`).
@@ -313,17 +320,22 @@ impl Clients {
 
     /// Every entry, by id.
     fn all(&self) -> Vec<Arc<Entry>> {
-        let mut all: Vec<Arc<Entry>> = self.lock().values().cloned().collect();
+        let mut all: Vec<Arc<Entry>> = self
+            .lock()
+            .values()
+            .filter(|e| e.alive())
+            .cloned()
+            .collect();
         all.sort_by_key(|e| e.id);
         all
     }
 
     fn get(&self, id: u32) -> Option<Arc<Entry>> {
-        self.lock().get(&id).cloned()
+        self.lock().get(&id).filter(|e| e.alive()).cloned()
     }
 
     pub fn exists(&self, id: u32) -> bool {
-        self.lock().contains_key(&id)
+        self.get(id).is_some()
     }
 
     /// Where invalidations redirected to client `id` go: `None` when there is no such

@@ -96,6 +96,8 @@ pub struct Routing {
     pub commands: ArcSwap<Commands>,
     /// Version of the servers behind, for `INFO` and `HELLO`.
     pub server_version: ArcSwap<String>,
+    /// The servers are Valkey 8 or later: see `cluster::authority::Memory::importer_takes_back`.
+    pub importer_takes_back: AtomicBool,
     pub status: ArcSwap<Status>,
     hints: mpsc::UnboundedSender<Hint>,
     /// Moves of slots asked for through the proxy, to the control plane.
@@ -125,6 +127,7 @@ impl Routing {
             watched: flags(),
             commands: ArcSwap::from_pointee(Commands::builtin()),
             server_version: ArcSwap::from_pointee("7.0.0".to_string()),
+            importer_takes_back: AtomicBool::new(false),
             status: ArcSwap::from_pointee(Status::default()),
             hints,
             moves,

@@ -2,6 +2,8 @@
 //! clients, and writers that record what was acknowledged.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

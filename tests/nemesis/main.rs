@@ -12,7 +12,8 @@
 //! after MIGRATING, mid-keys, after the target's `SETSLOT NODE` or after the source's
 //! (left for the proxy, or with the source or target killed); a master cut from every
 //! other node in network namespaces (as root); kill -9 of the proxy; SIGHUP with changed
-//! settings.
+//! settings; SIGSTOP of etcd, when it is installed: the proxy then runs with
+//! `[coordination]`, its authority a lease there and its journal shared there.
 //!
 //! The fault model: a node killed with -9 loses its memory (the nodes run without
 //! persistence, as caches do), so a kill never takes a shard's last copy: a master is
@@ -40,6 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::etcd::Etcd;
 use history::{Op, Rng, Shared};
 use report::Fault;
 use slotguard::client::{query, Dial};
@@ -62,6 +64,8 @@ struct Proxy {
     ack: Ack,
     /// Which of the reloadable settings' variants is in the file.
     variant: usize,
+    /// etcd's URL when the proxy coordinates through it.
+    etcd: Option<String>,
 }
 
 /// `durability.wait_timeout` and `log.level` as each SIGHUP leaves them.
@@ -72,7 +76,7 @@ const VARIANTS: [(&str, &str); 3] = [
 ];
 
 impl Proxy {
-    fn new(cluster: &LocalCluster, ack: Ack) -> Proxy {
+    fn new(cluster: &LocalCluster, ack: Ack, etcd: Option<String>) -> Proxy {
         let port = free_port().expect("a free port");
         Proxy {
             child: None,
@@ -83,13 +87,14 @@ impl Proxy {
             state: cluster.dir.join("nemesis-proxy-state"),
             ack,
             variant: 0,
+            etcd,
         }
     }
 
     fn write_config(&self) {
         let (wait, level) = VARIANTS[self.variant % VARIANTS.len()];
         let seeds: Vec<String> = self.seeds.iter().map(|s| format!("\"{s}\"")).collect();
-        let text = format!(
+        let mut text = format!(
             "listen = \"127.0.0.1:{port}\"\nseeds = [{seeds}]\nstate_dir = \"{state}\"\n\
              [repair]\nmode = \"auto\"\n[hold]\ntimeout = \"{hold}s\"\n\
              [durability]\nack = \"{ack}\"\nwait_timeout = \"{wait}\"\n[log]\nlevel = \"{level}\"\n",
@@ -102,6 +107,11 @@ impl Proxy {
                 Ack::Replicated => "replicated",
             },
         );
+        if let Some(url) = &self.etcd {
+            text += &format!(
+                "[coordination]\netcd = [\"{url}\"]\nprefix = \"/nemesis/\"\nname = \"nemesis\"\nlease_ttl = \"2s\"\n"
+            );
+        }
         std::fs::write(&self.path, text).expect("write the proxy's configuration");
     }
 
@@ -170,6 +180,8 @@ enum Action {
     Mend(usize),
     /// The killed proxy starts again on its journal.
     ProxyStart,
+    /// The stopped etcd continues.
+    EtcdContinue,
 }
 
 /// A node's role and replication, as it says (`ROLE`).
@@ -195,6 +207,9 @@ struct Nemesis {
     /// Nodes with a fault still on them (down, stopped, cut): no second one for now.
     busy: Vec<bool>,
     partitions: bool,
+    /// The etcd the proxy coordinates through, and whether it is stopped.
+    etcd: Option<Etcd>,
+    etcd_stopped: bool,
     dial: Dial,
 }
 
@@ -366,6 +381,14 @@ impl Nemesis {
                 self.end(fault);
                 self.log(&format!("node {m} joined again"));
             }
+            Action::EtcdContinue => {
+                if let Some(etcd) = &self.etcd {
+                    etcd.signal("CONT");
+                }
+                self.etcd_stopped = false;
+                self.end(fault);
+                self.log("etcd continued");
+            }
             Action::ProxyStart => {
                 self.proxy.start().await;
                 self.shared.proxy_down.store(false, Ordering::SeqCst);
@@ -393,7 +416,13 @@ impl Nemesis {
             return;
         };
         let addr = self.cluster.nodes[m].addr();
-        let kinds = if self.partitions { 10 } else { 9 };
+        let mut kinds = 9;
+        let mut optional = |on: bool| {
+            kinds += on as u64;
+            on.then_some(kinds - 1)
+        };
+        let partition = optional(self.partitions);
+        let etcd_pause = optional(self.etcd.is_some());
         match self.rng.below(kinds) {
             0 => match self.may_kill_master(m).await {
                 Some(heir) => self.kill(m, "master", Some(heir)),
@@ -460,7 +489,26 @@ impl Nemesis {
                 self.proxy.reload();
                 self.end(Some(fault));
             }
-            9 => {
+            kind if Some(kind) == etcd_pause => {
+                if self.etcd_stopped {
+                    self.log("etcd is stopped already");
+                    return;
+                }
+                let (min, max) = if self.rng.below(2) == 0 {
+                    (500, 1500)
+                } else {
+                    (2500, 5000)
+                };
+                let fault = self.begin(format!(
+                    "SIGSTOP of etcd, {min}-{max} ms (the proxy's lease lasts 2 s)"
+                ));
+                if let Some(etcd) = &self.etcd {
+                    etcd.signal("STOP");
+                }
+                self.etcd_stopped = true;
+                self.after(min, max, Action::EtcdContinue, Some(fault));
+            }
+            kind if Some(kind) == partition => {
                 let fault = self.begin(format!(
                     "partition: master {addr} (node {m}) cut from every other node"
                 ));
@@ -651,6 +699,7 @@ struct Outcome {
 /// One run: the cluster, the proxy, the clients and the nemesis for `length`.
 async fn nemesis(length: Duration, seed: u64, ack: Ack) -> Outcome {
     let partitions = std::env::var("NEMESIS_PARTITIONS").as_deref() != Ok("0") && is_root();
+    let coordinate = std::env::var("NEMESIS_ETCD").as_deref() != Ok("0");
     eprintln!(
         "nemesis: seed {seed}, {}s, ack = {ack:?}, partitions {}, server {}",
         length.as_secs(),
@@ -666,7 +715,18 @@ async fn nemesis(length: Duration, seed: u64, ack: Ack) -> Outcome {
     })
     .await
     .expect("the cluster starts");
-    let mut proxy = Proxy::new(&cluster, ack);
+    let etcd = match coordinate {
+        true => Etcd::start(&cluster.dir).await,
+        false => None,
+    };
+    eprintln!(
+        "nemesis: [coordination] {}",
+        match &etcd {
+            Some(etcd) => format!("through etcd at {} (and SIGSTOP of etcd)", etcd.url()),
+            None => "off".into(),
+        }
+    );
+    let mut proxy = Proxy::new(&cluster, ack, etcd.as_ref().map(Etcd::url));
     proxy.start().await;
     let shared = Arc::new(Shared {
         url: format!("redis://127.0.0.1:{}/", proxy.port),
@@ -708,6 +768,8 @@ async fn nemesis(length: Duration, seed: u64, ack: Ack) -> Outcome {
         due: Vec::new(),
         busy: vec![false; nodes],
         partitions,
+        etcd,
+        etcd_stopped: false,
         dial: Dial::new(Duration::from_secs(1)),
     };
     nemesis.unleash(length).await;
@@ -741,17 +803,22 @@ async fn nemesis(length: Duration, seed: u64, ack: Ack) -> Outcome {
     }
     let run = report::Run {
         title: format!(
-            "slotguard nemesis, {}s, ack = {ack:?}, {}",
+            "slotguard nemesis, {}s, ack = {ack:?}, {}{}",
             length.as_secs(),
             if slotguard::localcluster::is_valkey() {
                 "Valkey"
             } else {
                 "Redis"
+            },
+            if nemesis.etcd.is_some() {
+                ", coordinated through etcd"
+            } else {
+                ""
             }
         ),
         seed,
         replay: format!(
-            "scripts/nemesis --minutes {} --seed {seed} --ack {}{}",
+            "scripts/nemesis --minutes {} --seed {seed} --ack {}{}{}{}",
             length.as_secs_f64() / 60.0,
             match ack {
                 Ack::Master => "master",
@@ -761,6 +828,16 @@ async fn nemesis(length: Duration, seed: u64, ack: Ack) -> Outcome {
                 " --valkey"
             } else {
                 ""
+            },
+            if nemesis.partitions {
+                ""
+            } else {
+                " --no-partitions"
+            },
+            if nemesis.etcd.is_some() {
+                ""
+            } else {
+                " --no-etcd"
             }
         ),
         history: &history,

@@ -151,6 +151,8 @@ struct Case {
     interrupted: bool,
     /// The journal knows the shards' members (a proxy that watched the cluster before).
     lineage: bool,
+    /// The servers are Valkey 8+ (`Memory::importer_takes_back`).
+    valkey: bool,
     slot: u16,
     want_case: Option<&'static str>,
     want_state: &'static str,
@@ -195,6 +197,7 @@ fn run(case: Case) {
         settled_long_enough: &grace,
         repairing: &repairing,
         interrupted: &interrupted,
+        importer_takes_back: case.valkey,
     };
     let d = decide(&cluster, &memory, case.slot);
     let state = match &d.state {
@@ -242,6 +245,7 @@ fn case(name: &'static str, nodes: Vec<Node>) -> Case {
         ours: false,
         interrupted: false,
         lineage: true,
+        valkey: false,
         slot: X,
         want_case: None,
         want_state: "stable",
@@ -389,6 +393,7 @@ fn s2_on_valkey_the_heir_of_an_importing_target_gives_the_keys_back() {
     let c = |interrupted| Case {
         keys: vec![("A", 7), ("B2", 3)],
         interrupted,
+        valkey: true,
         ..case("S2 on Valkey", nodes.clone())
     };
     run(Case {
@@ -410,6 +415,7 @@ fn s2_on_valkey_the_heir_of_an_importing_target_gives_the_keys_back() {
     run(Case {
         keys: vec![("A", 10), ("B2", 0)],
         interrupted: true,
+        valkey: true,
         ..case("S2 on Valkey, undone", nodes)
     });
 }
@@ -569,6 +575,21 @@ fn s7_both_ends_failed_over_is_seen_only_through_the_journal() {
         want_case: Some("S7"),
         want_plan: plan,
         ..case("S7", nodes.clone())
+    });
+    // On Valkey (as a nemesis run met it) B died importing and would take the slot, and
+    // its shard, back from B2 were the migration finished there: it is undone onto A2.
+    run(Case {
+        keys: vec![("A2", 2), ("B2", 6)],
+        valkey: true,
+        want_state: "broken",
+        want_case: Some("S7"),
+        want_plan: vec![MoveKeys {
+            from: "B2".into(),
+            to: "A2".into(),
+            slot: X,
+            replace: false,
+        }],
+        ..case("S7 on Valkey", nodes.clone())
     });
     // Without the journal, the moved keys are strays on B2, which does not own the slot:
     // they go to the owner A2 (nothing replaced), and the slot stays there.
