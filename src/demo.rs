@@ -24,6 +24,10 @@ pub async fn run(
     if config.state_dir.is_none() {
         config.state_dir = Some(cluster.dir.join("state"));
     }
+    // The slot page is the demo's picture: on, on a free port, unless asked elsewhere.
+    if config.admin_listen.is_none() {
+        config.admin_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
     let running = server::start(config).await.map_err(|e| e.to_string())?;
     let port = running.addr.port();
     println!();
@@ -31,7 +35,8 @@ pub async fn run(
     println!("cluster files:  {}", cluster.dir.display());
     println!("slotguard:      {}", running.addr);
     if let Some(admin) = running.admin_addr {
-        println!("admin:          http://{admin}/healthz");
+        println!("slot page:      http://{admin}/");
+        println!("metrics:        http://{admin}/metrics");
     }
     println!();
     println!("connect with:   redis-cli -p {port}");

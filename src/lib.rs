@@ -16,6 +16,7 @@ pub mod demo;
 pub mod localcluster;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod protocol;
 pub mod proxy;
 pub mod routing;

@@ -12,9 +12,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use slotguard::cluster::mover as moving;
 use slotguard::config::{Config, Overrides};
 
+/// `--version`: the crate's version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SLOTGUARD_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
-    version,
+    name = "slotguard",
+    version = VERSION,
     about = "A Redis Cluster proxy that holds and repairs instead of failing"
 )]
 struct Cli {
@@ -36,6 +45,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Check a configuration file without starting or connecting: exit 0 and a summary
+    /// when it is good, else the error start-up would give (run it before a reload).
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
     /// Start a local Redis Cluster (3 masters, 3 replicas) and the proxy in front of it.
     Demo {
         /// Keep the cluster's directory (logs, nodes.conf) after exit.
@@ -119,6 +141,27 @@ impl PaceArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Some(Cmd::CheckConfig { file }) => return check_config(file),
+        Some(Cmd::Completions { shell }) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "slotguard", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Cmd::Man) => {
+            use clap::CommandFactory;
+            let page = clap_mangen::Man::new(Cli::command());
+            return match page.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("slotguard: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let flags = Overrides {
         listen: cli.listen,
         seeds: cli.seeds,
@@ -163,6 +206,9 @@ fn main() -> ExitCode {
             Some(Cmd::Demo { keep_dir }) => {
                 slotguard::demo::run(config, keep_dir, stop_signal()).await
             }
+            Some(Cmd::CheckConfig { .. } | Cmd::Completions { .. } | Cmd::Man) => {
+                unreachable!("answered before the runtime starts")
+            }
             Some(Cmd::Check) => one_shot(slotguard::cluster::diagnose::check(&config).await),
             Some(Cmd::Repair { dry_run }) => {
                 one_shot(slotguard::cluster::diagnose::repair(&config, dry_run).await)
@@ -198,6 +244,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// `slotguard check-config FILE`: the file alone (no flags, no connection), with the
+/// exit status and error text of start-up.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(Some(file), &Overrides::default()) {
+        Ok(c) => {
+            let seeds = match c.seeds.len() {
+                0 => "no seeds (give --seed when starting)".to_string(),
+                n => format!("{n} seed(s)"),
+            };
+            println!(
+                "{}: ok: listen {}, {seeds}, ack = {}, repair {}, {}",
+                file.display(),
+                c.listen,
+                match c.ack {
+                    slotguard::config::Ack::Master => "master",
+                    slotguard::config::Ack::Replicated => "replicated",
+                },
+                if c.repair_auto { "auto" } else { "off" },
+                match &c.coordination {
+                    Some(_) => "coordinated through etcd",
+                    None => "one proxy",
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("slotguard: configuration error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// The exit of `check` and `repair`: unhealthy is an error without a message of its own.
 fn one_shot(result: Result<bool, String>) -> Result<(), String> {
     match result? {
@@ -214,6 +292,12 @@ async fn serve(config: Config, path: Option<PathBuf>, flags: Overrides) -> Resul
     let running = slotguard::server::start(config)
         .await
         .map_err(|e| e.to_string())?;
+    // Ready for systemd once the first slot map is loaded, as /readyz.
+    let proxy = running.proxy.clone();
+    tokio::spawn(async move {
+        proxy.mapped().await;
+        slotguard::notify::notify("READY=1\nSTATUS=serving");
+    });
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
     let stop = stop_signal();
@@ -221,10 +305,15 @@ async fn serve(config: Config, path: Option<PathBuf>, flags: Overrides) -> Resul
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            _ = hangup.recv() => slotguard::server::reload(&running.proxy, path.as_deref(), &flags),
+            _ = hangup.recv() => {
+                slotguard::notify::notify("STATUS=reloading");
+                slotguard::server::reload(&running.proxy, path.as_deref(), &flags);
+                slotguard::notify::notify("STATUS=serving");
+            }
         }
     }
     tracing::info!("shutting down");
+    slotguard::notify::notify("STOPPING=1\nSTATUS=draining");
     running.shutdown().await;
     Ok(())
 }

@@ -232,23 +232,30 @@ async fn the_grafana_dashboard_charts_metrics_that_exist() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_slot_page_draws_every_slot_in_a_real_browser() {
-    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|c| {
+/// Chromium, when it is installed (`.ci/run` installs it).
+fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser"].into_iter().find(|c| {
         Command::new(c)
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success())
-    }) else {
+    });
+    if found.is_none() {
         eprintln!(
             "SKIPPED: chromium is not installed (apt-get install chromium); .ci/run installs it"
         );
-        return;
-    };
-    let h = Harness::tuned(|c| c.admin_listen = Some("127.0.0.1:0".parse().unwrap())).await;
-    let url = format!("http://{}/", h.proxy.admin_addr.unwrap());
-    let profile = h.cluster.dir.join("chromium-profile");
-    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("slot-page.png");
+    }
+    found
+}
+
+/// Opens `url` in headless `chromium`: the DOM once its scripts ran, and a screenshot
+/// written to `shot`.
+async fn browse(
+    chromium: &str,
+    url: &str,
+    profile: &std::path::Path,
+    shot: &std::path::Path,
+) -> String {
     let flags = |extra: &[&str]| {
         let mut args: Vec<String> = [
             "--headless",
@@ -267,26 +274,30 @@ async fn the_slot_page_draws_every_slot_in_a_real_browser() {
         .collect();
         args.push(format!("--user-data-dir={}", profile.display()));
         args.extend(extra.iter().map(|s| s.to_string()));
-        args.push(url.clone());
+        args.push(url.to_string());
         args
     };
     let chromium = chromium.to_string();
     let dump_args = flags(&["--dump-dom"]);
     let shot_arg = format!("--screenshot={}", shot.display());
     let shot_args = flags(&[&shot_arg]);
-    let (dom, _) = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let dom = Command::new(&chromium)
             .args(&dump_args)
             .output()
             .expect("chromium runs");
-        let shot = Command::new(&chromium)
+        Command::new(&chromium)
             .args(&shot_args)
             .output()
             .expect("chromium runs");
-        (String::from_utf8_lossy(&dom.stdout).into_owned(), shot)
+        String::from_utf8_lossy(&dom.stdout).into_owned()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// What the slot page shows of a healthy 3-master cluster, and its screenshot.
+fn assert_page_drawn(dom: &str, shot: &std::path::Path) {
     assert!(
         dom.contains("slots drawn: 16384"),
         "the page drew every slot:\n{dom}"
@@ -296,12 +307,67 @@ async fn the_slot_page_draws_every_slot_in_a_real_browser() {
         dom.contains("<title>slotguard: 16384 slots, 3 owners</title>"),
         "{dom}"
     );
-    let png = std::fs::read(&shot).expect("a screenshot was written");
+    let png = std::fs::read(shot).expect("a screenshot was written");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 5000,
         "screenshot at {}",
         shot.display()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_page_draws_every_slot_in_a_real_browser() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let h = Harness::tuned(|c| c.admin_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let url = format!("http://{}/", h.proxy.admin_addr.unwrap());
+    let profile = h.cluster.dir.join("chromium-profile");
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("slot-page.png");
+    let dom = browse(chromium, &url, &profile, &shot).await;
+    assert_page_drawn(&dom, &shot);
+}
+
+/// `slotguard demo` starts the admin listener by itself and prints the slot page's URL; a
+/// browser opening it sees the demo's cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_the_slot_page_a_browser_opens() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let port = slotguard::localcluster::free_port().unwrap();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_slotguard"))
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Read to the end: a demo whose stdout closed would die at its next line.
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("slot page:") {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let url = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("the demo prints the slot page's URL");
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    // A profile of this run's own: chromium refuses one another run left locked.
+    let profile = tmp.join(format!("chromium-profile-demo-{}", std::process::id()));
+    let shot = tmp.join("slot-page-demo.png");
+    let dom = browse(chromium, &url, &profile, &shot).await;
+    // SIGTERM: the demo stops the proxy and removes its cluster.
+    let _ = Command::new("kill")
+        .args(["-TERM", &demo.id().to_string()])
+        .status();
+    let _ = demo.wait();
+    let _ = std::fs::remove_dir_all(&profile);
+    assert_page_drawn(&dom, &shot);
 }
 
 /// The built binary, with its stderr collected line by line.

@@ -340,11 +340,16 @@ impl Proxy {
     /// its requests meets a proxy that knows no master: each is routed as it would be a
     /// moment later, or, when no map came within `limit`, answered as without one.
     pub async fn first_map(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.mapped()).await;
+    }
+
+    /// Completes once the first slot map is loaded (`/readyz`, systemd's READY=1).
+    pub async fn mapped(&self) {
         if self.table.load().generation != 0 {
             return;
         }
         let mut mapped = self.mapped.subscribe();
-        let _ = tokio::time::timeout(limit, mapped.wait_for(|&m| m)).await;
+        let _ = mapped.wait_for(|&m| m).await;
     }
 
     /// Notes that these nodes are named now.

@@ -594,6 +594,17 @@ pub async fn open_migration(a: &str, b: &str, slot: u16, keys: &[String]) -> (St
     (source, target)
 }
 
+/// A cluster of three masters and no replica, started.
+pub async fn three_masters() -> LocalCluster {
+    LocalCluster::start(Options {
+        masters: 3,
+        replicas_per_master: 0,
+        ..Options::default()
+    })
+    .await
+    .expect("the cluster starts")
+}
+
 /// The node id of the node at `addr`.
 pub async fn node_id(addr: &str) -> String {
     call(addr, &["CLUSTER", "MYID"])
