@@ -30,7 +30,7 @@ use etcd_client::{
     TxnOpResponse,
 };
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::journal::{lock, Change, Journal, Memory};
 use crate::config::Coordination;
@@ -43,6 +43,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_millis(500);
 /// Most compare-and-swap rounds lost to other proxies' writes before giving up.
 const CAS_ROUNDS: usize = 20;
+/// Every this many journal writes, etcd's history is compacted, keeping the last
+/// [`HISTORY_KEPT`] revisions. etcd keeps every revision of every key until someone
+/// compacts it: the journal is rewritten whole at each change, and a nemesis run filled
+/// etcd's 2 GiB space quota in 18 minutes, after which etcd refuses every write and
+/// nothing was repaired any more (Kubernetes' API server compacts etcd the same way).
+const COMPACT_EVERY: u64 = 100;
+/// Revisions of history a compaction keeps (watchers further behind must reread).
+const HISTORY_KEPT: i64 = 1000;
 
 /// What `<prefix>authority` holds: who, and since when.
 #[derive(Serialize, Deserialize)]
@@ -69,6 +77,8 @@ struct State {
     holder: Option<(String, u64)>,
     /// etcd's last error, until it answers again.
     error: Option<String>,
+    /// Journal writes of this proxy, to compact etcd's history every [`COMPACT_EVERY`].
+    writes: u64,
 }
 
 /// A proxy's link to etcd.
@@ -200,7 +210,9 @@ impl Coordinator {
     fn failed(&self, e: &Refused) {
         let mut state = self.state();
         if let Refused::Etcd(text) = e {
-            if state.error.is_none() {
+            if state.error.is_none() && text.contains("database space exceeded") {
+                warn!(error = %text, "etcd refuses writes: its database is full (its space quota); nothing is repaired until it takes writes again: compact and defragment it, then `etcdctl alarm disarm`");
+            } else if state.error.is_none() {
                 warn!(error = %text, "etcd does not answer: nothing is repaired until it does");
             }
             state.error = Some(text.clone());
@@ -353,6 +365,23 @@ impl Coordinator {
         written.map_err(|e| e.to_string())
     }
 
+    /// Compacts etcd's history every [`COMPACT_EVERY`] writes, up to [`HISTORY_KEPT`]
+    /// revisions before `revision` (this write's). A failure only waits for the next turn.
+    async fn compact_now_and_then(&self, client: &mut Client, revision: i64) {
+        let due = {
+            let mut state = self.state();
+            state.writes += 1;
+            state.writes % COMPACT_EVERY == 0
+        };
+        let upto = revision - HISTORY_KEPT;
+        if due && upto > 0 {
+            match client.compact(upto, None).await {
+                Ok(_) => debug!(revision = upto, "etcd's history compacted"),
+                Err(e) => debug!(error = %e, "etcd's history not compacted"),
+            }
+        }
+    }
+
     /// Applies `changes` to etcd's journal in a compare-and-swap, with the fence when
     /// given; returns the journal as written (or as read, when there was nothing to
     /// change).
@@ -396,6 +425,8 @@ impl Coordinator {
                 .or_else([TxnOp::get(authority, None)]);
             let response = client.txn(txn).await?;
             if response.succeeded() {
+                let revision = response.header().map_or(0, |h| h.revision());
+                self.compact_now_and_then(&mut client, revision).await;
                 return Ok(memory);
             }
             if let Some(fence) = fence {
