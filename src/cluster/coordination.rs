@@ -371,7 +371,7 @@ impl Coordinator {
         let due = {
             let mut state = self.state();
             state.writes += 1;
-            state.writes % COMPACT_EVERY == 0
+            state.writes.is_multiple_of(COMPACT_EVERY)
         };
         let upto = revision - HISTORY_KEPT;
         if due && upto > 0 {
