@@ -394,15 +394,22 @@ pub async fn transactions(shared: Arc<Shared>, id: usize, pairs: usize, mut rng:
 }
 
 /// The last reads, once the cluster is healthy and the writers stopped: every key's
-/// final state, recorded like any other operation.
-pub async fn final_reads(shared: Arc<Shared>, history: &[Op]) -> Vec<Op> {
+/// final state, recorded like any other operation. They take [`FINAL_READS_LIMIT`] at
+/// most: returns the reads and how many keys were left unread (slots the proxy never
+/// stopped holding, as when etcd refused every write: the run fails, it does not hang).
+pub async fn final_reads(shared: Arc<Shared>, history: &[Op]) -> (Vec<Op>, usize) {
     let mut client = Client::new(shared.clone());
     client.stops = false;
     let mut keys: Vec<(&str, &Call)> = history.iter().map(|o| (o.key.as_str(), &o.call)).collect();
     keys.sort_by_key(|(k, _)| *k);
     keys.dedup_by_key(|(k, _)| *k);
     let mut ops = Vec::new();
-    for (key, call) in keys {
+    let deadline = Instant::now() + FINAL_READS_LIMIT;
+    let total = keys.len();
+    for (done, (key, call)) in keys.into_iter().enumerate() {
+        if Instant::now() > deadline {
+            return (ops, total - done);
+        }
         let op = match call {
             Call::Write(_) | Call::Read | Call::Incr => client.get(usize::MAX, key).await,
             Call::Push(_) | Call::Range => client.range(usize::MAX, key).await,
@@ -410,5 +417,9 @@ pub async fn final_reads(shared: Arc<Shared>, history: &[Op]) -> Vec<Op> {
         };
         ops.extend(op);
     }
-    ops
+    (ops, 0)
 }
+
+/// The longest the last reads may take: tens of thousands of keys, each read in about a
+/// millisecond once the cluster healed.
+const FINAL_READS_LIMIT: Duration = Duration::from_secs(600);

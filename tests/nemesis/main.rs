@@ -688,6 +688,8 @@ impl Nemesis {
 }
 
 struct Outcome {
+    /// Keys the last reads did not get to in time.
+    unread: usize,
     history: Vec<Op>,
     faults: Vec<Fault>,
     verdict: checker::Verdict,
@@ -783,7 +785,12 @@ async fn nemesis(length: Duration, seed: u64, ack: Ack) -> Outcome {
     while let Some(ops) = clients.join_next().await {
         history.extend(ops.expect("a client task"));
     }
-    let last = history::final_reads(shared.clone(), &history).await;
+    let (last, unread) = history::final_reads(shared.clone(), &history).await;
+    if unread > 0 {
+        nemesis.log(&format!(
+            "{unread} keys left unread: the last reads ran out of time (slots still held?)"
+        ));
+    }
     history.extend(last);
     let check = wait_for(Duration::from_secs(30), || async {
         common::cluster_check(&nemesis.cluster).is_ok()
@@ -862,7 +869,11 @@ async fn nemesis(length: Duration, seed: u64, ack: Ack) -> Outcome {
             op.end, op.key, op.outcome
         );
     }
+    if unread > 0 {
+        eprintln!("REPORT | {unread} keys left unread by the last reads");
+    }
     Outcome {
+        unread,
         faults: nemesis.faults.clone(),
         history,
         verdict,
@@ -906,6 +917,11 @@ fn assert_guarantees(run: &Outcome, ack: Ack) {
     assert_eq!(v.count("duplicated write"), 0, "{}", run.summary);
     assert_eq!(v.count("never written"), 0, "{}", run.summary);
     assert!(run.check.is_ok(), "{}", run.summary);
+    assert_eq!(
+        run.unread, 0,
+        "keys the last reads did not get to: {}",
+        run.summary
+    );
     assert!(
         run.history.iter().filter(|o| o.ok().is_some()).count() > 1000,
         "too little work to prove anything: {}",
