@@ -92,6 +92,11 @@ impl<'a> Cluster<'a> {
         self.own.get(id).is_some_and(|l| l.master) && !self.failed.contains(id)
     }
 
+    /// Answers (as a master or a replica) and is not flagged `fail`.
+    fn answers(&self, id: &str) -> bool {
+        self.own.contains_key(id) && !self.failed.contains(id)
+    }
+
     /// Known to be out of the game: flagged `fail` by the cluster, or answering as a
     /// replica. A node that only fails to answer is neither live nor gone: unknown.
     pub fn is_gone(&self, id: &str) -> bool {
@@ -403,7 +408,7 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
                 None
             };
             if let Some(why) = cut {
-                if target_may_take_it_back(memory, slot, b) {
+                if target_may_take_it_back(cluster, memory, slot, b) {
                     let why = format!(
                         "the migration from {from} to {to} lost its target's master, which may come back importing the slot: undone"
                     );
@@ -596,7 +601,7 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
     // With no live owner (S10), Valkey itself gives the slot to the heir before anyone
     // could undo it: finished forward, as everywhere (docs/VALKEY.md).
     if let Some(o) = owner.filter(|o| o.id != t.id) {
-        if target_may_take_it_back(memory, slot, t) {
+        if target_may_take_it_back(cluster, memory, slot, t) {
             let why = format!(
                 "migration {source} -> {target} was cut and its target died importing; undone onto {}",
                 o.id
@@ -853,14 +858,17 @@ fn undo(
 /// and its shard, back (`Memory::importer_takes_back`): on Valkey 8+, `t` took over the
 /// target's shard from the master the migration was remembered going to, which died
 /// importing, and `t` does not own the slot yet (the old target never finalized: S9,
-/// where it did, is finished forward as everywhere).
-fn target_may_take_it_back(memory: &Memory, slot: u16, t: &NodeLine) -> bool {
+/// where it did, is finished forward as everywhere). An old target that answers, as the
+/// replica a manual failover made it (S3), takes the finalize from `t` like any replica:
+/// finished forward too.
+fn target_may_take_it_back(cluster: &Cluster, memory: &Memory, slot: u16, t: &NodeLine) -> bool {
     memory.importer_takes_back
         && !t.owns(slot)
-        && memory
-            .migrations
-            .get(&slot)
-            .is_some_and(|m| m.target != t.id && memory.shard(slot, &m.target).contains(&t.id))
+        && memory.migrations.get(&slot).is_some_and(|m| {
+            m.target != t.id
+                && !cluster.answers(&m.target)
+                && memory.shard(slot, &m.target).contains(&t.id)
+        })
 }
 
 /// Finishes a migration onto `t`, the live master of the target shard, from `s`, the
