@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::ProxyProcess as Proxy;
-use slotguard::localcluster::{LocalCluster, Options};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -61,16 +60,6 @@ fn memory_within(grown: u64, bound_mb: u64, what: &str) {
     );
 }
 
-async fn cluster() -> LocalCluster {
-    LocalCluster::start(Options {
-        masters: 3,
-        replicas_per_master: 0,
-        ..Options::default()
-    })
-    .await
-    .unwrap()
-}
-
 /// 10,000 idle client connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_clients_cost_little() {
@@ -89,7 +78,7 @@ async fn ten_thousand_idle_clients_cost_little() {
         limit >= 10_200,
         "10,000 connections need `ulimit -n` of 10,200 or more (it is {limit}); .ci/run raises it"
     );
-    let cluster = cluster().await;
+    let cluster = common::three_masters().await;
     let proxy = Proxy::start(&cluster, "[client]\nmax_clients = 10100\n").await;
     let before = probe(proxy.port, 300).await;
     let rss = proxy.rss();
@@ -113,7 +102,7 @@ async fn ten_thousand_idle_clients_cost_little() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_clients_cost_what_they_sent() {
     let _alone = TIMED.lock().await;
-    let cluster = cluster().await;
+    let cluster = common::three_masters().await;
     let proxy = Proxy::start(&cluster, "").await;
     let before = probe(proxy.port, 300).await;
     let rss = proxy.rss();
@@ -169,7 +158,7 @@ fn hog(port: u16, count: usize) -> tokio::task::JoinHandle<TcpStream> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_never_read_hold_bounded_memory() {
     let _alone = TIMED.lock().await;
-    let cluster = cluster().await;
+    let cluster = common::three_masters().await;
     let proxy = Proxy::start(&cluster, "").await;
     set_big(proxy.port).await;
     let before = probe(proxy.port, 300).await;
@@ -192,7 +181,7 @@ async fn clients_that_never_read_hold_bounded_memory() {
 /// Redis disconnects one over its output buffer limit; others are served on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_past_the_output_limit_is_disconnected() {
-    let cluster = cluster().await;
+    let cluster = common::three_masters().await;
     let proxy = Proxy::start(&cluster, "[client]\nmax_output_bytes = 1048576\n").await;
     set_big(proxy.port).await;
     let mut s = hog(proxy.port, 2_000).await.unwrap();
@@ -243,7 +232,7 @@ fn sample_peak(proxy: &Proxy, done: Arc<AtomicBool>) -> tokio::task::JoinHandle<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_500_mb_value_passes_through_both_ways() {
     let _alone = TIMED.lock().await;
-    let cluster = cluster().await;
+    let cluster = common::three_masters().await;
     let proxy = Proxy::start(&cluster, "").await;
     let before = probe(proxy.port, 300).await;
     let rss = proxy.rss();
@@ -315,7 +304,7 @@ async fn a_500_mb_value_passes_through_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mget_of_100000_keys_is_answered_whole() {
     let _alone = TIMED.lock().await;
-    let cluster = cluster().await;
+    let cluster = common::three_masters().await;
     let proxy = Proxy::start(&cluster, "").await;
     let client = redis::Client::open(format!("redis://127.0.0.1:{}/", proxy.port)).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
@@ -367,13 +356,7 @@ async fn an_mget_of_100000_keys_is_answered_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_announced_bulk_costs_only_what_arrives() {
-    let cluster = LocalCluster::start(Options {
-        masters: 3,
-        replicas_per_master: 0,
-        ..Options::default()
-    })
-    .await
-    .unwrap();
+    let cluster = common::three_masters().await;
     let proxy = Proxy::start(&cluster, "").await;
     let before = proxy.rss();
     // Announce 500 MB (under the 512 MB limit) four times, send 3 bytes each, and wait.
@@ -400,13 +383,7 @@ async fn a_huge_announced_bulk_costs_only_what_arrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_not_buffered_without_bound() {
-    let cluster = LocalCluster::start(Options {
-        masters: 3,
-        replicas_per_master: 0,
-        ..Options::default()
-    })
-    .await
-    .unwrap();
+    let cluster = common::three_masters().await;
     let proxy = Proxy::start(&cluster, "[client]\nmax_pending = 100\n").await;
     let mut setup = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
     let big = "x".repeat(64 * 1024);
@@ -444,7 +421,7 @@ async fn a_client_that_never_reads_is_not_buffered_without_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_reads_is_not_buffered_without_bound() {
     let _alone = TIMED.lock().await;
-    let cluster = cluster().await;
+    let cluster = common::three_masters().await;
     let proxy = Proxy::start(&cluster, "").await;
     let before = probe(proxy.port, 300).await;
     let mut sub = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
