@@ -72,9 +72,16 @@ pub struct Config {
     pub limits: Limits,
     /// Replies a client may have outstanding before the proxy stops reading from it.
     pub max_pending: usize,
-    /// Bytes of replies a client may leave unread before it is disconnected (Redis's
-    /// `client-output-buffer-limit`); one reply larger than this alone is let through.
-    pub max_output_bytes: usize,
+    /// Bytes of replies a client may have owed at once, as its replies so far size them;
+    /// past it the proxy reads none of its requests until replies drain. A client that
+    /// asks for large replies keeps that much in flight on the node connections others
+    /// share, not `max_pending` times a large reply.
+    pub max_inflight_bytes: usize,
+    /// `client.output_buffer_limit.normal`: when a client that leaves its replies unread
+    /// is disconnected.
+    pub output_limit: OutputLimit,
+    /// `client.output_buffer_limit.pubsub`: the same for a subscribed client.
+    pub output_limit_pubsub: OutputLimit,
     /// Connections the proxy keeps to each cluster node.
     pub backend_connections: usize,
     /// Most connections to one node that single clients hold for themselves (blocking
@@ -117,6 +124,80 @@ pub struct Config {
     /// Several proxies sharing one journal and one repair authority (`[coordination]`);
     /// `None`: this proxy alone, with its own journal.
     pub coordination: Option<Coordination>,
+}
+
+/// Redis's `client-output-buffer-limit` for one class of clients: a client with more than
+/// `hard` bytes waiting unwritten, or more than `soft` for `soft_for` on end, is
+/// disconnected. 0 turns a limit off. What waits is counted behind the reply being
+/// written: one reply larger than the limit goes through alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputLimit {
+    pub hard: usize,
+    pub soft: usize,
+    pub soft_for: Duration,
+}
+
+impl OutputLimit {
+    /// Parses Redis's form, `"<hard> <soft> <soft seconds>"`, with Redis's units (`1k` is
+    /// 1000 bytes, `1kb` 1024; `m`, `mb`, `g`, `gb` alike).
+    fn parse(key: &str, value: &str) -> Result<OutputLimit, ConfigError> {
+        let expected = "expected \"<hard> <soft> <soft seconds>\", like \"32mb 8mb 60\"";
+        let parts: Vec<&str> = value.split_whitespace().collect();
+        let [hard, soft, seconds] = parts[..] else {
+            return Err(bad(key, value, expected));
+        };
+        let (Some(hard), Some(soft), Ok(seconds)) = (size(hard), size(soft), seconds.parse())
+        else {
+            return Err(bad(key, value, expected));
+        };
+        Ok(OutputLimit {
+            hard,
+            soft,
+            soft_for: Duration::from_secs(seconds),
+        })
+    }
+
+    /// Whether `unwritten` bytes waiting since `over_soft_since` (when they first went
+    /// past the soft limit) break this limit at `now`: `Some` says which.
+    pub fn broken(
+        &self,
+        unwritten: usize,
+        over_soft_since: Option<std::time::Instant>,
+        now: std::time::Instant,
+    ) -> Option<&'static str> {
+        if self.hard > 0 && unwritten > self.hard {
+            return Some("hard");
+        }
+        match over_soft_since {
+            Some(since) if self.soft > 0 && now.duration_since(since) >= self.soft_for => {
+                Some("soft")
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `unwritten` bytes are past the soft limit.
+    pub fn over_soft(&self, unwritten: usize) -> bool {
+        self.soft > 0 && unwritten > self.soft
+    }
+}
+
+/// A size in Redis's units: `1000`, `1k` (1000), `1kb` (1024), `m`, `mb`, `g`, `gb`.
+fn size(text: &str) -> Option<usize> {
+    let lower = text.to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let n: usize = digits.parse().ok()?;
+    let unit = match &lower[digits.len()..] {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(unit)
 }
 
 /// Where several proxies keep their shared journal and elect their authority.
@@ -391,7 +472,30 @@ struct ClientSection {
     max_bulk_len: usize,
     max_request_bytes: usize,
     max_pending: usize,
-    max_output_bytes: usize,
+    max_inflight_bytes: usize,
+    /// Before `output_buffer_limit`: the hard limit for normal clients. Still read.
+    max_output_bytes: Option<usize>,
+    output_buffer_limit: OutputBufferLimitSection,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct OutputBufferLimitSection {
+    normal: Option<String>,
+    pubsub: String,
+}
+
+/// The normal clients' limit when neither `output_buffer_limit.normal` nor
+/// `max_output_bytes` says otherwise.
+const NORMAL_OUTPUT_LIMIT: &str = "32mb 0 0";
+
+impl Default for OutputBufferLimitSection {
+    fn default() -> Self {
+        OutputBufferLimitSection {
+            normal: None,
+            pubsub: "32mb 8mb 60".into(),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -466,7 +570,9 @@ impl Default for ClientSection {
             max_bulk_len: limits.max_bulk_len,
             max_request_bytes: limits.max_request_bytes,
             max_pending: 10_000,
-            max_output_bytes: 32 * 1024 * 1024,
+            max_inflight_bytes: 1024 * 1024,
+            max_output_bytes: None,
+            output_buffer_limit: OutputBufferLimitSection::default(),
         }
     }
 }
@@ -605,7 +711,37 @@ impl File {
         positive("client.max_bulk_len", self.client.max_bulk_len)?;
         positive("client.max_request_bytes", self.client.max_request_bytes)?;
         positive("client.max_pending", self.client.max_pending)?;
-        positive("client.max_output_bytes", self.client.max_output_bytes)?;
+        positive("client.max_inflight_bytes", self.client.max_inflight_bytes)?;
+        let output_limit = match (
+            &self.client.output_buffer_limit.normal,
+            self.client.max_output_bytes,
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "client.max_output_bytes",
+                    "set",
+                    "client.output_buffer_limit.normal replaces it; set one of them",
+                ))
+            }
+            (Some(normal), None) => {
+                OutputLimit::parse("client.output_buffer_limit.normal", normal)?
+            }
+            (None, Some(hard)) => {
+                positive("client.max_output_bytes", hard)?;
+                OutputLimit {
+                    hard,
+                    soft: 0,
+                    soft_for: Duration::ZERO,
+                }
+            }
+            (None, None) => {
+                OutputLimit::parse("client.output_buffer_limit.normal", NORMAL_OUTPUT_LIMIT)?
+            }
+        };
+        let output_limit_pubsub = OutputLimit::parse(
+            "client.output_buffer_limit.pubsub",
+            &self.client.output_buffer_limit.pubsub,
+        )?;
         positive("client.max_clients", self.client.max_clients)?;
         let log_json = match self.log.format.as_str() {
             "text" => false,
@@ -662,7 +798,9 @@ impl File {
                 max_request_bytes: self.client.max_request_bytes,
             },
             max_pending: self.client.max_pending,
-            max_output_bytes: self.client.max_output_bytes,
+            max_inflight_bytes: self.client.max_inflight_bytes,
+            output_limit,
+            output_limit_pubsub,
             backend_connections: self.backend.connections,
             dedicated_connections: self.backend.dedicated_connections,
             dedicated_idle: duration("backend.dedicated_idle", &self.backend.dedicated_idle)?,
@@ -897,6 +1035,73 @@ mod tests {
         let remote = "[admin]\nlisten = \"0.0.0.0:9000\"\nallow_remote = true\ntoken = \"s3cret\"";
         let remote = Config::parse(remote).unwrap();
         assert_eq!(remote.admin_token.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn output_buffer_limits_read_as_redis_writes_them() {
+        let c = Config::parse("").unwrap();
+        let mb = 1024 * 1024;
+        assert_eq!(
+            (c.output_limit.hard, c.output_limit.soft),
+            (32 * mb, 0),
+            "normal clients: 32 MB hard"
+        );
+        assert_eq!(
+            c.output_limit_pubsub,
+            OutputLimit {
+                hard: 32 * mb,
+                soft: 8 * mb,
+                soft_for: Duration::from_secs(60)
+            },
+            "subscribers: Redis's default"
+        );
+        let c = Config::parse(
+            "[client.output_buffer_limit]\nnormal = \"64MB 16mb 10\"\npubsub = \"1k 2kb 0\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.output_limit,
+            OutputLimit {
+                hard: 64 * mb,
+                soft: 16 * mb,
+                soft_for: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(
+            (c.output_limit_pubsub.hard, c.output_limit_pubsub.soft),
+            (1000, 2048)
+        );
+        let c = Config::parse("[client]\nmax_output_bytes = 1048576").unwrap();
+        assert_eq!(c.output_limit.hard, mb, "the older key is the hard limit");
+        for bad in [
+            "[client.output_buffer_limit]\nnormal = \"32mb 8mb\"",
+            "[client.output_buffer_limit]\npubsub = \"32xb 8mb 60\"",
+            "[client.output_buffer_limit]\nnormal = \"-1 0 0\"",
+            "[client]\nmax_output_bytes = 1\n[client.output_buffer_limit]\nnormal = \"1 0 0\"",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_output_limit_breaks_past_hard_or_soft_for_long_enough() {
+        let limit = OutputLimit {
+            hard: 100,
+            soft: 10,
+            soft_for: Duration::from_secs(5),
+        };
+        let now = std::time::Instant::now();
+        assert_eq!(limit.broken(101, None, now), Some("hard"));
+        assert_eq!(limit.broken(50, Some(now), now), None);
+        let then = now - Duration::from_secs(5);
+        assert_eq!(limit.broken(50, Some(then), now), Some("soft"));
+        assert!(limit.over_soft(11) && !limit.over_soft(10));
+        let off = OutputLimit {
+            hard: 0,
+            soft: 0,
+            soft_for: Duration::ZERO,
+        };
+        assert_eq!(off.broken(usize::MAX, Some(then), now), None);
     }
 
     #[test]

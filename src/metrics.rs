@@ -117,8 +117,14 @@ pub struct Metrics {
     pub writes_not_retried: IntCounter,
     /// Redirects to an address that is not a node of the cluster, not followed.
     pub redirects_outside: IntCounter,
-    /// Clients disconnected for leaving more than `client.max_output_bytes` unread.
+    /// Clients disconnected for leaving more than `client.output_buffer_limit.normal`
+    /// unread.
     pub clients_over_output_limit: IntCounter,
+    /// Subscribers disconnected past `client.output_buffer_limit.pubsub`.
+    pub subscribers_over_output_limit: IntCounter,
+    /// Clients whose replies wait for them to read; none of their requests is read
+    /// meanwhile.
+    pub clients_held: IntGauge,
     /// Repair steps this proxy sent to nodes.
     pub repair_steps: IntCounter,
     /// 1 while this proxy is the authority that repairs and moves slots.
@@ -302,7 +308,15 @@ impl Metrics {
             ),
             clients_over_output_limit: counter(
                 "slotguard_clients_over_output_limit_total",
-                "Clients disconnected for leaving more than client.max_output_bytes of replies unread",
+                "Clients disconnected for leaving more of their replies unread than client.output_buffer_limit.normal",
+            ),
+            subscribers_over_output_limit: counter(
+                "slotguard_subscribers_over_output_limit_total",
+                "Subscribers disconnected for leaving more messages unread than client.output_buffer_limit.pubsub",
+            ),
+            clients_held: gauge(
+                "slotguard_clients_held",
+                "Clients whose replies wait for them to read; none of their requests is read meanwhile",
             ),
             repair_steps: counter(
                 "slotguard_repair_steps_total",
@@ -353,6 +367,8 @@ impl Metrics {
             Box::new(metrics.writes_unconfirmed.clone()),
             Box::new(metrics.writes_not_retried.clone()),
             Box::new(metrics.clients_over_output_limit.clone()),
+            Box::new(metrics.subscribers_over_output_limit.clone()),
+            Box::new(metrics.clients_held.clone()),
             Box::new(metrics.redirects_outside.clone()),
             Box::new(metrics.repair_steps.clone()),
             Box::new(metrics.authority.clone()),

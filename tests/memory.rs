@@ -177,27 +177,47 @@ async fn clients_that_never_read_hold_bounded_memory() {
     }
 }
 
-/// A client whose unread replies pass `client.max_output_bytes` is disconnected, as
-/// Redis disconnects one over its output buffer limit; others are served on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_past_the_output_limit_is_disconnected() {
-    let cluster = common::three_masters().await;
-    let proxy = Proxy::start(&cluster, "[client]\nmax_output_bytes = 1048576\n").await;
-    set_big(proxy.port).await;
-    let mut s = hog(proxy.port, 2_000).await.unwrap();
-    // Its connection was closed: reading what the socket still holds comes to an end.
+/// Reads what the socket still holds until the proxy's end is closed: the bytes read, or
+/// `None` if it stays open 20 s.
+async fn read_until_closed(s: &mut TcpStream) -> Option<usize> {
     let mut sink = vec![0u8; 1 << 20];
     let mut read = 0;
-    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+    tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match s.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return read,
                 Ok(n) => read += n,
             }
         }
     })
-    .await;
-    assert!(closed.is_ok(), "the client was disconnected");
+    .await
+    .ok()
+}
+
+/// A disconnection is counted (`metric` is a line of `/metrics`) and logged (`logged` is in
+/// the proxy's log).
+async fn counted_and_logged(proxy: &Proxy, metric: &str, logged: &str) {
+    let metrics = proxy.metrics().await;
+    assert!(metrics.contains(metric), "{metric} in {metrics}");
+    assert!(proxy.log_text().contains(logged), "{logged:?} in the log");
+}
+
+/// A client whose unread replies pass `client.output_buffer_limit.normal`'s hard limit is
+/// disconnected, as Redis disconnects a client over its output buffer limit; others are
+/// served on. (Its share of the node connections, `client.max_inflight_bytes`, is set
+/// above the limit: at the default 1 MB a client that never reads is held to less.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_the_output_limit_is_disconnected() {
+    let cluster = common::three_masters().await;
+    let limits = "[client]\nmax_inflight_bytes = 16777216\n\
+                  [client.output_buffer_limit]\nnormal = \"1mb 0 0\"\n";
+    let proxy = Proxy::start(&cluster, limits).await;
+    set_big(proxy.port).await;
+    let mut s = hog(proxy.port, 2_000).await.unwrap();
+    // Its connection was closed: reading what the socket still holds comes to an end.
+    let read = read_until_closed(&mut s)
+        .await
+        .expect("the client was disconnected");
     assert!(
         read < 2_000 * 100 * 1024,
         "it did not get every reply: {read} bytes"
@@ -208,6 +228,83 @@ async fn a_client_past_the_output_limit_is_disconnected() {
         "counted in the metrics"
     );
     probe(proxy.port, 10).await;
+}
+
+/// Past the soft limit for its seconds, a client that leaves its replies unread is
+/// disconnected too, though no further reply comes to push it over the hard one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_the_soft_output_limit_for_its_seconds_is_disconnected() {
+    let cluster = common::three_masters().await;
+    let limits = "[client]\nmax_inflight_bytes = 16777216\n\
+                  [client.output_buffer_limit]\nnormal = \"0 256kb 1\"\n";
+    let proxy = Proxy::start(&cluster, limits).await;
+    set_big(proxy.port).await;
+    // 1,000 GETs at once (100 MB, more than the sockets hold), then nothing: the replies
+    // wait over the soft limit, and once the last is in none comes to add to them.
+    let mut s = hog(proxy.port, 1_000).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    read_until_closed(&mut s)
+        .await
+        .expect("the client was disconnected");
+    counted_and_logged(
+        &proxy,
+        "slotguard_clients_over_output_limit_total 1",
+        "(soft limit;",
+    )
+    .await;
+}
+
+/// A subscriber that leaves more messages unread than `client.output_buffer_limit.pubsub`
+/// is disconnected, logged and counted; one that reads gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_past_the_pubsub_output_limit_is_disconnected() {
+    let cluster = common::three_masters().await;
+    let limits = "[client.output_buffer_limit]\npubsub = \"1mb 0 0\"\n";
+    let proxy = Proxy::start(&cluster, limits).await;
+    let subscribe = |port| async move {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"SUBSCRIBE flood\r\n").await.unwrap();
+        let mut confirm = [0u8; 34]; // `*3 subscribe flood :1`
+        s.read_exact(&mut confirm).await.unwrap();
+        assert!(confirm.starts_with(b"*3\r\n$9\r\nsubscribe"));
+        s
+    };
+    let mut deaf = subscribe(proxy.port).await;
+    let mut reader = subscribe(proxy.port).await;
+    let payload = "y".repeat(10 * 1024);
+    let message = format!(
+        "*3\r\n$7\r\nmessage\r\n$5\r\nflood\r\n${}\r\n{payload}\r\n",
+        payload.len()
+    );
+    let count = 3_000; // 30 MB: more than the sockets hold
+    let reading = tokio::spawn(async move {
+        let mut got = vec![0u8; count * message.len()];
+        reader.read_exact(&mut got).await.unwrap();
+        got.chunks(message.len()).all(|m| m == message.as_bytes())
+    });
+    let node = cluster.nodes[1].addr();
+    let mut publisher = slotguard::client::Conn::connect(&node, Duration::from_secs(5))
+        .await
+        .unwrap();
+    for _ in 0..count {
+        publisher
+            .call(&["PUBLISH", "flood", &payload])
+            .await
+            .unwrap();
+    }
+    assert!(
+        reading.await.unwrap(),
+        "the subscriber that reads got every message"
+    );
+    read_until_closed(&mut deaf)
+        .await
+        .expect("the subscriber that never read was disconnected");
+    counted_and_logged(
+        &proxy,
+        "slotguard_subscribers_over_output_limit_total 1",
+        "client.output_buffer_limit.pubsub",
+    )
+    .await;
 }
 
 /// Samples the proxy's RSS growth over `rss` every 50 ms until `done`; the peak.

@@ -38,6 +38,7 @@ mod pubsub;
 pub mod redirect;
 mod router;
 pub mod session;
+mod share;
 pub mod slot_table;
 mod subscribers;
 mod tracking;

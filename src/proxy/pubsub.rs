@@ -28,9 +28,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rustc_hash::FxHashMap;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::debug;
 
@@ -39,6 +39,7 @@ use super::local::{confirmation, push, Item};
 use super::node::dial;
 use super::owed::Pending;
 use super::router::route;
+use super::session::{over_output_limit, Held};
 use super::{Hint, Proxy};
 use crate::config::Config;
 use crate::protocol::{key_slot, reply, ReplyScanner, Request, Scanner, Value};
@@ -46,8 +47,9 @@ use crate::tls::{write, Stream};
 
 /// How often subscriptions that lost their place are put back.
 const RECONCILE: Duration = Duration::from_millis(100);
-/// Frames from nodes waiting for the client; past this, the node connections stop reading,
-/// and a subscriber that does not read is cut off by the node's own pub/sub output limit.
+/// Frames from nodes waiting to be taken into the client's output; past this, the node
+/// connections stop reading. A subscriber that does not read has its messages gathered
+/// until `client.output_buffer_limit.pubsub` disconnects it (see [`write_out`]).
 const EVENTS: usize = 64;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -220,8 +222,7 @@ pub async fn serve(
     loop {
         sub.drain(&mut wbuf);
         if !wbuf.is_empty() {
-            write(stream, &wbuf).await?;
-            wbuf.clear();
+            write_out(stream, &mut wbuf, &mut sub, &mut inbox).await?;
         }
         if sub.quit || *shutdown.borrow() {
             return Ok(Left::Close);
@@ -264,6 +265,62 @@ pub async fn serve(
         }
         sub.invalidations = invalidations;
     }
+}
+
+/// Writes `wbuf` to the client, leaving it empty. While the client does not take it, the
+/// messages that arrive meanwhile join it (the node connections are read on) and nothing
+/// more of the client is read. Past `client.output_buffer_limit.pubsub` (read live) the
+/// subscriber is disconnected, as Redis disconnects one.
+async fn write_out(
+    stream: &mut Stream,
+    wbuf: &mut BytesMut,
+    sub: &mut Subscriber<'_>,
+    inbox: &mut mpsc::Receiver<Event>,
+) -> std::io::Result<()> {
+    let metrics = &sub.proxy.metrics;
+    let mut held = None;
+    let mut over_soft: Option<Instant> = None;
+    while !wbuf.is_empty() {
+        let soft_for = sub.proxy.config().output_limit_pubsub.soft_for;
+        let soft_until = over_soft.map(|since| since + soft_for);
+        tokio::select! {
+            biased;
+            n = stream.write(wbuf) => match n? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => {
+                    if n < wbuf.len() && held.is_none() {
+                        held = Some(Held::new(metrics));
+                    }
+                    wbuf.advance(n);
+                }
+            },
+            Some(event) = inbox.recv() => {
+                sub.event(event);
+                sub.drain(wbuf);
+            }
+            () = async {
+                match soft_until {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        let limit = sub.proxy.config().output_limit_pubsub;
+        match limit.over_soft(wbuf.len()) {
+            true => _ = over_soft.get_or_insert_with(Instant::now),
+            false => over_soft = None,
+        }
+        if let Some(which) = limit.broken(wbuf.len(), over_soft, Instant::now()) {
+            metrics.subscribers_over_output_limit.inc();
+            let key = "client.output_buffer_limit.pubsub";
+            return Err(over_output_limit(key, which, wbuf.len(), &limit));
+        }
+    }
+    wbuf.clear(); // its room is used again from the start
+    if !matches!(stream, Stream::Tcp(_)) {
+        stream.flush().await?;
+    }
+    Ok(())
 }
 
 impl Subscriber<'_> {

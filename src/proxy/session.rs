@@ -3,8 +3,11 @@
 //! Reads whatever the client sent, takes every complete request off the buffer, routes each
 //! one (which sends it on its way at once), and keeps a FIFO of the replies owed. Replies
 //! are written in request order; everything ready is gathered into one write. A client
-//! with `client.max_pending` replies outstanding is not read from until they drain, so a
-//! client that pipelines without reading cannot grow the proxy's memory without bound.
+//! with its window of replies outstanding (`client.max_pending`, fewer when its replies
+//! are large: see [`super::share`]) is not read from until they drain, and neither is a
+//! client whose replies wait for it to read them: a client that pipelines without reading
+//! holds a bounded share of the node connections and of the proxy's memory. One that
+//! leaves more unread than `client.output_buffer_limit` is disconnected, as Redis does.
 //!
 //! On shutdown a session stops reading, writes the replies it owes (held requests
 //! included), and closes.
@@ -26,7 +29,9 @@ use super::clients::{Bell, LastCommand};
 use super::owed::Pending;
 use super::pubsub;
 use super::router::route;
+use super::share::Share;
 use super::{Admission, Proxy};
+use crate::config::OutputLimit;
 use crate::metrics::{Class, LocalRequests, Metrics, Took};
 use crate::protocol::{reply, Scanner};
 use crate::tls::Stream;
@@ -117,8 +122,38 @@ pub async fn run(proxy: Arc<Proxy>, tcp: TcpStream, _admission: Admission) {
 }
 
 /// Why a client that leaves its replies unread is disconnected.
-const OUTPUT_LIMIT: &str =
-    "client disconnected: it leaves its replies unread past client.max_output_bytes";
+pub const OUTPUT_LIMIT: &str = "client disconnected: it leaves its replies unread past";
+
+/// The error that disconnects a client past its output limit (`which`: hard or soft).
+pub fn over_output_limit(
+    key: &str,
+    which: &str,
+    unwritten: usize,
+    limit: &OutputLimit,
+) -> std::io::Error {
+    let why = format!(
+        "{OUTPUT_LIMIT} {key} ({which} limit; {unwritten} bytes unread, limits {} hard, {} soft for {:?})",
+        limit.hard, limit.soft, limit.soft_for
+    );
+    std::io::Error::other(why)
+}
+
+/// A client whose replies wait for it to read, counted in `slotguard_clients_held` while
+/// it lives.
+pub struct Held<'a>(&'a Metrics);
+
+impl<'a> Held<'a> {
+    pub fn new(metrics: &'a Metrics) -> Held<'a> {
+        metrics.clients_held.inc();
+        Held(metrics)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.clients_held.dec();
+    }
+}
 
 /// Moves the replies at the front that are already answered into `out`. A request that
 /// waits for its turn is sent when it reaches the front.
@@ -139,26 +174,37 @@ fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut Outgoing, coun
 }
 
 /// Writes `out` to the client, leaving it empty. While the client does not take it, the
-/// replies that come meanwhile join it; once more than `limit` bytes of those wait
-/// unwritten the client is disconnected, as Redis disconnects a client over its output
-/// buffer limit. What `out` held at first goes whatever its size (one large reply is let
-/// through), and a client that never reads holds at most `limit` more of the proxy's
-/// memory.
+/// replies that come meanwhile join it, and nothing more of the client is read. Once what
+/// waits behind the first piece breaks `client.output_buffer_limit.normal` (read live, so
+/// a reload is in force on clients connected before it), the client is disconnected, as
+/// Redis disconnects a client over its output buffer limit. The first piece (a large
+/// reply, or the small ones gathered before it) goes whatever its size: one reply larger
+/// than the limit is let through.
 async fn write_out(
     proxy: &Proxy,
     stream: &mut Stream,
     out: &mut Outgoing,
     owed: &mut VecDeque<Owed>,
-    limit: usize,
     counts: &mut Counts<'_>,
 ) -> std::io::Result<()> {
-    let mut added = 0;
+    // Let through whole, whatever the limit: the piece being written first.
+    let mut exempt = out.chunk().len();
+    let mut held = None;
+    let mut over_soft: Option<Instant> = None;
     while !out.is_empty() {
+        let soft_until = over_soft.map(|since| since + proxy.config().output_limit.soft_for);
         tokio::select! {
             biased;
             n = stream.write(out.chunk()) => match n? {
                 0 => return Err(std::io::ErrorKind::WriteZero.into()),
-                n => out.advance(n),
+                n => {
+                    if n < out.chunk().len() && held.is_none() {
+                        // The socket took part: the client does not keep up.
+                        held = Some(Held::new(counts.shared));
+                    }
+                    out.advance(n);
+                    exempt = exempt.saturating_sub(n);
+                }
             },
             bytes = poll_fn(|cx| {
                 let front = owed.front_mut().expect("guarded");
@@ -166,16 +212,25 @@ async fn write_out(
                 front.reply.poll(cx)
             }), if !owed.is_empty() => {
                 let done = owed.pop_front().expect("guarded");
-                let before = out.len();
                 emit(out, &bytes, &done, counts, Took::now().of(done.since));
-                added += out.len() - before;
-                // `out` drains from its front: what was added is its end.
-                if added.min(out.len()) > limit {
-                    counts.shared.clients_over_output_limit.inc();
-                    let why = format!("{OUTPUT_LIMIT} ({} bytes unread, limit {limit})", out.len());
-                    return Err(std::io::Error::other(why));
-                }
             }
+            () = async {
+                match soft_until {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        let unwritten = out.len() - exempt;
+        let limit = proxy.config().output_limit;
+        match limit.over_soft(unwritten) {
+            true => _ = over_soft.get_or_insert_with(Instant::now),
+            false => over_soft = None,
+        }
+        if let Some(which) = limit.broken(unwritten, over_soft, Instant::now()) {
+            counts.shared.clients_over_output_limit.inc();
+            let key = "client.output_buffer_limit.normal";
+            return Err(over_output_limit(key, which, unwritten, &limit));
         }
     }
     if !matches!(stream, Stream::Tcp(_)) {
@@ -184,15 +239,18 @@ async fn write_out(
     Ok(())
 }
 
-/// The metrics a session counts into: the shared ones, and its requests' counts, kept
-/// apart and added to the shared ones before each wait (see [`LocalRequests`]).
+/// What a session learns from its replies: the shared metrics, its requests' counts
+/// (kept apart and added to the shared ones before each wait, see [`LocalRequests`]), and
+/// what its replies weigh.
 struct Counts<'a> {
     shared: &'a Metrics,
     requests: LocalRequests,
+    share: Share,
 }
 
 /// Appends one reply, to a request that took `seconds`, to the output and counts it.
 fn emit(out: &mut Outgoing, bytes: &Bytes, done: &Owed, counts: &mut Counts, seconds: f64) {
+    counts.share.weigh(bytes.len());
     if bytes.first() == Some(&b'-') {
         counts.shared.client_error(bytes);
     }
@@ -214,8 +272,8 @@ enum Taken {
     Done,
 }
 
-/// Routes the complete requests in `rbuf`, until `max` replies are owed; the rest stays
-/// buffered until replies drain.
+/// Routes the complete requests in `rbuf`, until `max` replies (the client's window) are
+/// owed; the rest stays buffered until replies drain.
 fn take_requests(
     proxy: &Proxy,
     client: &mut Client,
@@ -279,6 +337,7 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
     let mut counts = Counts {
         shared: &proxy.metrics,
         requests: proxy.metrics.local_requests(),
+        share: Share::new(config.max_inflight_bytes),
     };
     // Shutdown rings the client's bell; `run` registers its wake-up.
     let entry = client.entry.clone();
@@ -299,9 +358,11 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
         // Everything already answered goes out in one write.
         take_ready(proxy, &mut owed, &mut out, &mut counts);
         if !out.is_empty() {
-            let limit = config.max_output_bytes;
-            write_out(proxy, stream, &mut out, &mut owed, limit, &mut counts).await?;
+            write_out(proxy, stream, &mut out, &mut owed, &mut counts).await?;
         }
+        let window = counts
+            .share
+            .window(config.max_inflight_bytes, config.max_pending);
         if bell.rung(Bell::STOP) {
             reading = false;
         }
@@ -320,15 +381,8 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
         }
         // Requests already buffered are taken as room frees up.
         let turn = waits_for_turn(&owed);
-        if reading && backlog && owed.len() < config.max_pending && !turn {
-            let taken = take_requests(
-                proxy,
-                client,
-                &mut scanner,
-                &mut rbuf,
-                &mut owed,
-                config.max_pending,
-            );
+        if reading && backlog && owed.len() < window && !turn {
+            let taken = take_requests(proxy, client, &mut scanner, &mut rbuf, &mut owed, window);
             reading = taken != Taken::Done;
             backlog = taken == Taken::Full;
             continue;
@@ -338,8 +392,8 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
         }
         // While a request waits for its turn (a blocking command, say), a little more is
         // read, so that a client that disconnects is noticed and its connection freed.
-        let want_read = reading
-            && ((!backlog && owed.len() < config.max_pending) || (turn && rbuf.len() < TURN_READ));
+        let want_read =
+            reading && ((!backlog && owed.len() < window) || (turn && rbuf.len() < TURN_READ));
         if want_read {
             // Grow only when little room is left: requests split off the buffer still
             // share it, so a reserve may have to allocate and copy what is left. It grows
@@ -397,7 +451,7 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
                     backlog = true;
                     continue;
                 }
-                let taken = take_requests(proxy, client, &mut scanner, &mut rbuf, &mut owed, config.max_pending);
+                let taken = take_requests(proxy, client, &mut scanner, &mut rbuf, &mut owed, window);
                 reading = taken != Taken::Done;
                 backlog = taken == Taken::Full;
             }

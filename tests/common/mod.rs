@@ -2,6 +2,7 @@
 //! clients, and writers that record what was acknowledged.
 #![allow(dead_code)]
 
+pub mod abuse;
 pub mod etcd;
 
 use std::collections::HashMap;
