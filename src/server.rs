@@ -98,8 +98,20 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     })
 }
 
+/// Connections the accept loop takes between two turns it gives the thread's other tasks.
+const ACCEPTS_IN_A_ROW: u32 = 32;
+
+/// Accepts clients, a task each (its TLS handshake included). A burst of connections
+/// does not keep the thread from the requests of clients already connected: every
+/// [`ACCEPTS_IN_A_ROW`] accepts the loop yields.
 async fn accept(proxy: Arc<Proxy>, listener: TcpListener) {
+    let mut in_a_row = 0;
     loop {
+        in_a_row += 1;
+        if in_a_row == ACCEPTS_IN_A_ROW {
+            in_a_row = 0;
+            tokio::task::yield_now().await;
+        }
         match listener.accept().await {
             Ok((mut stream, _)) => {
                 // The place is taken here, before any TLS handshake: a flood of

@@ -882,6 +882,33 @@ async fn config_set_reaches_every_node() {
         };
         assert_eq!(pair[1].as_str(), Some("allkeys-lru"), "{addr}");
     }
+    // A node's output limits for replicas and subscribers pass on; its normal clients'
+    // limit would govern the proxy's shared connections, and is the proxy's own.
+    assert_eq!(
+        ask("CONFIG SET client-output-buffer-limit \"pubsub 64mb 16mb 90 replica 300mb 64mb 70\"\r\n").await,
+        "+OK\r\n"
+    );
+    for addr in &nodes {
+        let got = common::call(addr, &["CONFIG", "GET", "client-output-buffer-limit"]).await;
+        let slotguard::protocol::Value::Array(pair) = got else {
+            panic!("{got:?}")
+        };
+        let limits = pair[1].as_str().unwrap_or_default();
+        assert!(
+            limits.contains("pubsub 67108864 16777216 90"),
+            "{addr}: {limits}"
+        );
+        assert!(
+            limits.contains("replica 314572800 67108864 70"),
+            "{addr}: {limits}"
+        );
+    }
+    let refused = ask("CONFIG SET client-output-buffer-limit \"normal 1 1 1\"\r\n").await;
+    assert!(
+        refused.starts_with("-ERR slotguard: CONFIG SET client-output-buffer-limit is refused")
+            && refused.contains("client.output_buffer_limit.normal"),
+        "{refused}"
+    );
     let refused = ask("CONFIG SET no-such-option 1\r\n").await;
     assert!(refused.starts_with("-ERR "), "{refused}");
     assert!(refused.contains("(node 127.0.0.1:"), "{refused}");

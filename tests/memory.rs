@@ -242,7 +242,15 @@ async fn a_client_past_the_soft_output_limit_for_its_seconds_is_disconnected() {
     // 1,000 GETs at once (100 MB, more than the sockets hold), then nothing: the replies
     // wait over the soft limit, and once the last is in none comes to add to them.
     let mut s = hog(proxy.port, 1_000).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Not read until the proxy says it cut the client off: reading would take the
+    // replies under the limit.
+    let cut = "slotguard_clients_over_output_limit_total 1";
+    for _ in 0..600 {
+        if proxy.metrics().await.contains(cut) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     read_until_closed(&mut s)
         .await
         .expect("the client was disconnected");

@@ -644,8 +644,17 @@ const RELIED_ON: &[(&str, &str)] = &[
     ("timeout", "a node would close the proxy's shared connections while idle; client.idle_timeout is the proxy's"),
     ("maxclients", "the proxy's own connections count against it; client.max_clients is the proxy's"),
     ("protected-mode", "the proxy's connections to the nodes depend on it; change it on each node"),
-    ("client-output-buffer-limit", "the proxy's shared connections carry every client's replies; client.max_output_bytes is the proxy's"),
+    ("client-output-buffer-limit", "the proxy's shared connections are the nodes' normal clients and carry every client's replies; client.output_buffer_limit.normal is the proxy's (the replica and pubsub classes pass to the nodes)"),
 ];
+
+/// `CONFIG SET client-output-buffer-limit` value `value` sets the normal class, which on a
+/// node governs the proxy's shared connections. The replica class (replication) and the
+/// pubsub class (each subscriber's own connections) reach the nodes as they are.
+fn sets_normal_class(value: &[u8]) -> bool {
+    value
+        .split(|b| b.is_ascii_whitespace())
+        .any(|word| word.eq_ignore_ascii_case(b"normal"))
+}
 
 /// `CONFIG SET` of a setting in [`RELIED_ON`]: the refusal, naming where to change it.
 fn relied_on(req: &Request) -> Option<Bytes> {
@@ -654,6 +663,9 @@ fn relied_on(req: &Request) -> Option<Bytes> {
     }
     (2..req.len()).step_by(2).find_map(|i| {
         let name = String::from_utf8_lossy(req.arg(i)).to_ascii_lowercase();
+        if name == "client-output-buffer-limit" && !sets_normal_class(req.arg(i + 1)) {
+            return None;
+        }
         let (_, why) = RELIED_ON.iter().find(|(setting, _)| {
             name == *setting || (setting.ends_with('-') && name.starts_with(setting))
         })?;

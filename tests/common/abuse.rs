@@ -25,6 +25,8 @@ pub struct Shape {
     /// One subscriber that never reads, and a publisher flooding its channel with 10 KB
     /// messages.
     pub pubsub: bool,
+    /// Connections opened at once and closed, again and again (0: none).
+    pub churn: usize,
 }
 
 impl Shape {
@@ -33,6 +35,14 @@ impl Shape {
         slowloris: 300,
         hogs: 20,
         pubsub: true,
+        churn: 0,
+    };
+
+    /// [`Shape::FULL`], and bursts of 200 new connections, opened and closed as fast as
+    /// they are accepted.
+    pub const FULL_WITH_CHURN: Shape = Shape {
+        churn: 200,
+        ..Shape::FULL
     };
 }
 
@@ -152,6 +162,18 @@ pub async fn start(port: u16, shape: Shape) -> Attack {
                             Ok(n) => lines += buf[..n].iter().filter(|&&b| b == b'\n').count(),
                         }
                     }
+                }
+            }
+        }));
+    }
+    if shape.churn > 0 {
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let burst: Vec<_> = (0..shape.churn)
+                    .map(|_| TcpStream::connect(("127.0.0.1", port)))
+                    .collect();
+                for connecting in burst {
+                    drop(connecting.await);
                 }
             }
         }));
