@@ -157,21 +157,18 @@ impl OutputLimit {
         })
     }
 
-    /// Whether `unwritten` bytes waiting since `over_soft_since` (when they first went
-    /// past the soft limit) break this limit at `now`: `Some` says which.
+    /// Whether `unwritten` bytes, past the soft limit since `over_soft_since`, break this
+    /// limit: `Some` says which.
     pub fn broken(
         &self,
         unwritten: usize,
         over_soft_since: Option<std::time::Instant>,
-        now: std::time::Instant,
     ) -> Option<&'static str> {
         if self.hard > 0 && unwritten > self.hard {
             return Some("hard");
         }
         match over_soft_since {
-            Some(since) if self.soft > 0 && now.duration_since(since) >= self.soft_for => {
-                Some("soft")
-            }
+            Some(since) if self.soft > 0 && since.elapsed() >= self.soft_for => Some("soft"),
             _ => None,
         }
     }
@@ -1091,17 +1088,17 @@ mod tests {
             soft_for: Duration::from_secs(5),
         };
         let now = std::time::Instant::now();
-        assert_eq!(limit.broken(101, None, now), Some("hard"));
-        assert_eq!(limit.broken(50, Some(now), now), None);
+        assert_eq!(limit.broken(101, None), Some("hard"));
+        assert_eq!(limit.broken(50, Some(now)), None);
         let then = now - Duration::from_secs(5);
-        assert_eq!(limit.broken(50, Some(then), now), Some("soft"));
+        assert_eq!(limit.broken(50, Some(then)), Some("soft"));
         assert!(limit.over_soft(11) && !limit.over_soft(10));
         let off = OutputLimit {
             hard: 0,
             soft: 0,
             soft_for: Duration::ZERO,
         };
-        assert_eq!(off.broken(usize::MAX, Some(then), now), None);
+        assert_eq!(off.broken(usize::MAX, Some(then)), None);
     }
 
     #[test]

@@ -17,6 +17,16 @@ use tokio::net::TcpStream;
 
 const MB: u64 = 1024 * 1024;
 
+/// This process's `ulimit -n`.
+fn rlimit_nofile() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A client that pipelines `n` GETs of the big value and reads every reply: heavy, but
 /// well behaved. Returns the bytes it read.
 async fn polite_reader(port: u16, n: usize) -> usize {
@@ -40,6 +50,11 @@ async fn polite_reader(port: u16, n: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attack_at_once_leaves_others_served() {
+    let limit = rlimit_nofile();
+    assert!(
+        limit >= 10_000,
+        "the attack holds 9,400 connections: `ulimit -n` must be 10,000 or more (it is {limit}); .ci/run raises it"
+    );
     let cluster = LocalCluster::start(Options::default())
         .await
         .expect("the cluster starts");

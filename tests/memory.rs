@@ -244,13 +244,7 @@ async fn a_client_past_the_soft_output_limit_for_its_seconds_is_disconnected() {
     let mut s = hog(proxy.port, 1_000).await.unwrap();
     // Not read until the proxy says it cut the client off: reading would take the
     // replies under the limit.
-    let cut = "slotguard_clients_over_output_limit_total 1";
-    for _ in 0..600 {
-        if proxy.metrics().await.contains(cut) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_metric(&proxy, "slotguard_clients_over_output_limit_total 1").await;
     read_until_closed(&mut s)
         .await
         .expect("the client was disconnected");
@@ -260,6 +254,39 @@ async fn a_client_past_the_soft_output_limit_for_its_seconds_is_disconnected() {
         "(soft limit;",
     )
     .await;
+}
+
+/// A SIGHUP that lowers the output limit is in force on a client already connected and
+/// held: with none at first, a client that never reads is held; once the limit is 1 MB,
+/// it is disconnected, though no new reply comes to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_lowers_the_output_limit_of_clients_already_connected() {
+    let cluster = common::three_masters().await;
+    let unlimited = "[client]\nmax_inflight_bytes = 16777216\n\
+                     [client.output_buffer_limit]\nnormal = \"0 0 0\"\n";
+    let proxy = Proxy::start(&cluster, unlimited).await;
+    set_big(proxy.port).await;
+    let mut s = hog(proxy.port, 1_000).await.unwrap();
+    let held = "slotguard_clients_held 1";
+    wait_for_metric(&proxy, held).await;
+    proxy
+        .reload(&unlimited.replace("\"0 0 0\"", "\"1mb 0 0\""))
+        .await;
+    wait_for_metric(&proxy, "slotguard_clients_over_output_limit_total 1").await;
+    read_until_closed(&mut s)
+        .await
+        .expect("the client was disconnected");
+}
+
+/// Waits up to 60 s for `line` in the proxy's `/metrics`.
+async fn wait_for_metric(proxy: &Proxy, line: &str) {
+    for _ in 0..600 {
+        if proxy.metrics().await.contains(line) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{line} in {}", proxy.metrics().await);
 }
 
 /// A subscriber that leaves more messages unread than `client.output_buffer_limit.pubsub`

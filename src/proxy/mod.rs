@@ -33,6 +33,7 @@ mod local;
 mod merge;
 pub mod node;
 mod once;
+mod output;
 mod owed;
 mod pubsub;
 pub mod redirect;

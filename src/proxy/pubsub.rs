@@ -37,9 +37,9 @@ use tracing::debug;
 use super::client::Client;
 use super::local::{confirmation, push, Item};
 use super::node::dial;
+use super::output::{write_now, Backlog};
 use super::owed::Pending;
 use super::router::route;
-use super::session::{over_output_limit, Held};
 use super::{Hint, Proxy};
 use crate::config::Config;
 use crate::protocol::{key_slot, reply, ReplyScanner, Request, Scanner, Value};
@@ -277,43 +277,38 @@ async fn write_out(
     sub: &mut Subscriber<'_>,
     inbox: &mut mpsc::Receiver<Event>,
 ) -> std::io::Result<()> {
-    let metrics = &sub.proxy.metrics;
-    let mut held = None;
-    let mut over_soft: Option<Instant> = None;
     while !wbuf.is_empty() {
-        let soft_for = sub.proxy.config().output_limit_pubsub.soft_for;
-        let soft_until = over_soft.map(|since| since + soft_for);
-        tokio::select! {
-            biased;
-            n = stream.write(wbuf) => match n? {
-                0 => return Err(std::io::ErrorKind::WriteZero.into()),
-                n => {
-                    if n < wbuf.len() && held.is_none() {
-                        held = Some(Held::new(metrics));
+        let Some(n) = write_now(stream, wbuf).await? else {
+            break;
+        };
+        wbuf.advance(n);
+    }
+    if !wbuf.is_empty() {
+        // The subscriber does not take what it is sent.
+        let metrics = &sub.proxy.metrics;
+        let mut backlog = Backlog::new(metrics, "client.output_buffer_limit.pubsub");
+        while !wbuf.is_empty() {
+            let look_again = backlog.look_again(sub.proxy.config().output_limit_pubsub);
+            tokio::select! {
+                biased;
+                n = stream.write(wbuf) => match n? {
+                    0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                    n => {
+                        wbuf.advance(n);
+                        continue;
                     }
-                    wbuf.advance(n);
+                },
+                Some(event) = inbox.recv() => {
+                    sub.event(event);
+                    sub.drain(wbuf);
                 }
-            },
-            Some(event) = inbox.recv() => {
-                sub.event(event);
-                sub.drain(wbuf);
+                () = tokio::time::sleep_until(look_again.into()) => {}
             }
-            () = async {
-                match soft_until {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            } => {}
-        }
-        let limit = sub.proxy.config().output_limit_pubsub;
-        match limit.over_soft(wbuf.len()) {
-            true => _ = over_soft.get_or_insert_with(Instant::now),
-            false => over_soft = None,
-        }
-        if let Some(which) = limit.broken(wbuf.len(), over_soft, Instant::now()) {
-            metrics.subscribers_over_output_limit.inc();
-            let key = "client.output_buffer_limit.pubsub";
-            return Err(over_output_limit(key, which, wbuf.len(), &limit));
+            let limit = sub.proxy.config().output_limit_pubsub;
+            if let Err(over) = backlog.look(wbuf.len(), limit) {
+                metrics.subscribers_over_output_limit.inc();
+                return Err(std::io::Error::other(over));
+            }
         }
     }
     wbuf.clear(); // its room is used again from the start

@@ -26,12 +26,12 @@ use tracing::{debug, warn, Instrument};
 use super::buffers::{grow_aside, Outgoing, GROW_ASIDE};
 use super::client::Client;
 use super::clients::{Bell, LastCommand};
+use super::output::{sleep_until, write_now, Backlog, OverLimit};
 use super::owed::Pending;
 use super::pubsub;
 use super::router::route;
 use super::share::Share;
 use super::{Admission, Proxy};
-use crate::config::OutputLimit;
 use crate::metrics::{Class, LocalRequests, Metrics, Took};
 use crate::protocol::{reply, Scanner};
 use crate::tls::Stream;
@@ -112,47 +112,13 @@ pub async fn run(proxy: Arc<Proxy>, tcp: TcpStream, _admission: Admission) {
     })
     .await;
     match result {
-        Err(e) if e.to_string().starts_with(OUTPUT_LIMIT) => {
+        Err(e) if OverLimit::of(&e).is_some() => {
             warn!(id, %peer, "{e}");
         }
         Err(e) => debug!(parent: &span, error = %e, "client connection ended"),
         Ok(()) => {}
     }
     metrics.client_connections.dec();
-}
-
-/// Why a client that leaves its replies unread is disconnected.
-pub const OUTPUT_LIMIT: &str = "client disconnected: it leaves its replies unread past";
-
-/// The error that disconnects a client past its output limit (`which`: hard or soft).
-pub fn over_output_limit(
-    key: &str,
-    which: &str,
-    unwritten: usize,
-    limit: &OutputLimit,
-) -> std::io::Error {
-    let why = format!(
-        "{OUTPUT_LIMIT} {key} ({which} limit; {unwritten} bytes unread, limits {} hard, {} soft for {:?})",
-        limit.hard, limit.soft, limit.soft_for
-    );
-    std::io::Error::other(why)
-}
-
-/// A client whose replies wait for it to read, counted in `slotguard_clients_held` while
-/// it lives.
-pub struct Held<'a>(&'a Metrics);
-
-impl<'a> Held<'a> {
-    pub fn new(metrics: &'a Metrics) -> Held<'a> {
-        metrics.clients_held.inc();
-        Held(metrics)
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.0.clients_held.dec();
-    }
 }
 
 /// Moves the replies at the front that are already answered into `out`. A request that
@@ -173,13 +139,13 @@ fn take_ready(proxy: &Proxy, owed: &mut VecDeque<Owed>, out: &mut Outgoing, coun
     }
 }
 
-/// Writes `out` to the client, leaving it empty. While the client does not take it, the
-/// replies that come meanwhile join it, and nothing more of the client is read. Once what
-/// waits behind the first piece breaks `client.output_buffer_limit.normal` (read live, so
-/// a reload is in force on clients connected before it), the client is disconnected, as
-/// Redis disconnects a client over its output buffer limit. The first piece (a large
-/// reply, or the small ones gathered before it) goes whatever its size: one reply larger
-/// than the limit is let through.
+/// Writes `out` to the client, leaving it empty. While the client does not take it
+/// ([`wait_out`]), the replies that come meanwhile join it, and nothing more of the client
+/// is read. Once what waits behind the first piece breaks
+/// `client.output_buffer_limit.normal` (read live, so a reload is in force on clients
+/// connected before it), the client is disconnected, as Redis disconnects a client over
+/// its output buffer limit. The first piece (a large reply, or the small ones gathered
+/// before it) goes whatever its size: one reply larger than the limit is let through.
 async fn write_out(
     proxy: &Proxy,
     stream: &mut Stream,
@@ -189,21 +155,46 @@ async fn write_out(
 ) -> std::io::Result<()> {
     // Let through whole, whatever the limit: the piece being written first.
     let mut exempt = out.chunk().len();
-    let mut held = None;
-    let mut over_soft: Option<Instant> = None;
     while !out.is_empty() {
-        let soft_until = over_soft.map(|since| since + proxy.config().output_limit.soft_for);
+        let Some(n) = write_now(stream, out.chunk()).await? else {
+            break;
+        };
+        out.advance(n);
+        exempt = exempt.saturating_sub(n);
+    }
+    if !out.is_empty() {
+        // The client does not take what it is sent.
+        let backlog = Backlog::new(counts.shared, "client.output_buffer_limit.normal");
+        wait_out(proxy, stream, out, owed, counts, exempt, backlog).await?;
+    }
+    if !matches!(stream, Stream::Tcp(_)) {
+        stream.flush().await?;
+    }
+    Ok(())
+}
+
+/// The rest of [`write_out`], for a client that did not take all it was sent: the
+/// replies that come meanwhile join its output, and its limits are looked at as they do,
+/// and every second.
+async fn wait_out(
+    proxy: &Proxy,
+    stream: &mut Stream,
+    out: &mut Outgoing,
+    owed: &mut VecDeque<Owed>,
+    counts: &mut Counts<'_>,
+    mut exempt: usize,
+    mut backlog: Backlog<'_>,
+) -> std::io::Result<()> {
+    while !out.is_empty() {
+        let look_again = backlog.look_again(proxy.config().output_limit);
         tokio::select! {
             biased;
             n = stream.write(out.chunk()) => match n? {
                 0 => return Err(std::io::ErrorKind::WriteZero.into()),
                 n => {
-                    if n < out.chunk().len() && held.is_none() {
-                        // The socket took part: the client does not keep up.
-                        held = Some(Held::new(counts.shared));
-                    }
                     out.advance(n);
                     exempt = exempt.saturating_sub(n);
+                    continue;
                 }
             },
             bytes = poll_fn(|cx| {
@@ -214,27 +205,12 @@ async fn write_out(
                 let done = owed.pop_front().expect("guarded");
                 emit(out, &bytes, &done, counts, Took::now().of(done.since));
             }
-            () = async {
-                match soft_until {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            } => {}
+            () = tokio::time::sleep_until(look_again.into()) => {}
         }
-        let unwritten = out.len() - exempt;
-        let limit = proxy.config().output_limit;
-        match limit.over_soft(unwritten) {
-            true => _ = over_soft.get_or_insert_with(Instant::now),
-            false => over_soft = None,
-        }
-        if let Some(which) = limit.broken(unwritten, over_soft, Instant::now()) {
+        if let Err(over) = backlog.look(out.len() - exempt, proxy.config().output_limit) {
             counts.shared.clients_over_output_limit.inc();
-            let key = "client.output_buffer_limit.normal";
-            return Err(over_output_limit(key, which, unwritten, &limit));
+            return Err(std::io::Error::other(over));
         }
-    }
-    if !matches!(stream, Stream::Tcp(_)) {
-        stream.flush().await?;
     }
     Ok(())
 }
@@ -430,12 +406,7 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
             .filter(|_| owed.is_empty())
             .map(|limit| last_request + limit);
         counts.requests.flush(); // what the replies written so far counted
-        let idle = async move {
-            match idle_at {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        let idle = sleep_until(idle_at);
         tokio::select! {
             biased;
             bytes = poll_fn(|cx| owed.front_mut().expect("guarded").reply.poll(cx)), if !owed.is_empty() => {

@@ -748,6 +748,8 @@ pub struct ProxyProcess {
     pub log: std::path::PathBuf,
     /// Sent as the admin bearer token, when the configuration sets one.
     pub token: Option<String>,
+    /// Its configuration file, and that file's text around the `extra` it started with.
+    config: (std::path::PathBuf, String, String),
 }
 
 impl ProxyProcess {
@@ -784,11 +786,12 @@ impl ProxyProcess {
         let token_line = token
             .map(|t| format!("token = \"{t}\"\n"))
             .unwrap_or_default();
-        let text = format!(
-            "listen = \"127.0.0.1:{port}\"\nseeds = [\"{}\"]\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{token_line}",
+        let head = format!(
+            "listen = \"127.0.0.1:{port}\"\nseeds = [\"{}\"]\n",
             cluster.nodes[seed].addr()
         );
-        std::fs::write(&path, text).unwrap();
+        let tail = format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{token_line}");
+        std::fs::write(&path, format!("{head}{extra}{tail}")).unwrap();
         let log = cluster.dir.join(format!("proxy-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_slotguard"))
             .args(["--config", path.to_str().unwrap()])
@@ -802,6 +805,7 @@ impl ProxyProcess {
             admin,
             log,
             token: token.map(str::to_string),
+            config: (path, head, tail),
         };
         // Generous: tests of a file run two at a time, and may load the machine. (A proxy
         // that never serves is killed when `proxy` drops.)
@@ -817,6 +821,21 @@ impl ProxyProcess {
         .await
         .unwrap_or_else(|_| panic!("the proxy serves: {}", proxy.log_text()));
         proxy
+    }
+
+    /// Rewrites its configuration with `extra` in place of what it started with, sends
+    /// SIGHUP, and waits until the reload is logged.
+    pub async fn reload(&self, extra: &str) {
+        let (path, head, tail) = &self.config;
+        std::fs::write(path, format!("{head}{extra}{tail}")).unwrap();
+        let reloads = || self.log_text().matches("configuration reloaded").count();
+        let before = reloads();
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(sent.success(), "SIGHUP sent");
+        wait_for(Duration::from_secs(10), || async { reloads() > before })
+            .await
+            .unwrap_or_else(|_| panic!("the reload is logged: {}", self.log_text()));
     }
 
     /// The body of admin path `path` (`/metrics`, `/status`).
