@@ -1,4 +1,4 @@
-//! The fault catalogue (FAULTS.md) with real processes: a slot migration cut by a crash,
+//! The fault catalogue (docs/FAULTS.md) with real processes: a slot migration cut by a crash,
 //! writers through the proxy the whole time (each SETs a key of the migrating slot and
 //! reads it back at once). Each test asserts that no client saw an error or a stale read,
 //! that every acknowledged write reads back, that keys nobody touched kept their value,

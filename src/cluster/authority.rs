@@ -2,7 +2,7 @@
 //! of migrations, and where the keys are.
 //!
 //! Redis Cluster settles ownership by config epochs, which cannot tell the right owner of
-//! a slot whose migration was cut by a crash (FAULTS.md). The authority decides by the
+//! a slot whose migration was cut by a crash (docs/FAULTS.md). The authority decides by the
 //! migration it remembers (its direction, and which nodes formed each shard when it was
 //! seen) and by key presence, never by comparing epochs across shards:
 //!

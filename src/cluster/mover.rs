@@ -1,7 +1,7 @@
 //! Moving slots: `slotguard migrate`, `rebalance` and `drain`.
 //!
 //! `redis-cli --cluster reshard` is what leaves the catalogue's broken states behind when
-//! a node dies mid-way (FAULTS.md). Here every slot moves in the order that cannot produce
+//! a node dies mid-way (docs/FAULTS.md). Here every slot moves in the order that cannot produce
 //! them ("Ordering that avoids faults"):
 //!
 //! 1. `IMPORTING` on the target, then `MIGRATING` on the source;

@@ -54,7 +54,7 @@ pub enum Step {
     },
 }
 
-/// Which fault of the catalogue (FAULTS.md) broke a slot. It shows as the catalogue's
+/// Which fault of the catalogue (docs/FAULTS.md) broke a slot. It shows as the catalogue's
 /// names in `/status`, logs and `slotguard check`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Case {

@@ -1,5 +1,5 @@
 //! The authority's decisions as a table: cluster views (and the journal) in, slot state and
-//! repair plan out, one row per FAULTS.md case, plus mixed cases. Each case runs a second
+//! repair plan out, one row per docs/FAULTS.md case, plus mixed cases. Each case runs a second
 //! time with no memory of the migration (no journal, no shard lineage), as a proxy started
 //! after the fault sees it: the same decision (`run_with_and_without_memory`), or, where
 //! memory changes it, a row of its own that says what is decided instead (S1, S2, S7).
