@@ -839,13 +839,12 @@ async fn transactions_run_whole_on_their_slots_owner() {
     assert_eq!(n, 11);
 }
 
-/// CONFIG SET, RESETSTAT and REWRITE reach every node, replicas included; CONFIG GET is
-/// answered by a master; a node's refusal comes back naming the node; users without admin
-/// access may not touch the nodes' settings.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn config_set_reaches_every_node() {
+/// A cluster built by `options` behind a proxy with password `root-pw` (the admin
+/// `default` user) and a user `writer` (`writer-pw`) who may read and write but not
+/// administer.
+async fn with_root_and_a_writer(options: slotguard::localcluster::Options) -> Harness {
     use slotguard::config::{Access, User};
-    let h = Harness::start_with(slotguard::localcluster::Options::default(), |c| {
+    Harness::start_with(options, |c| {
         c.password = Some("root-pw".into());
         c.users = vec![User {
             name: "writer".into(),
@@ -853,7 +852,15 @@ async fn config_set_reaches_every_node() {
             access: Access::ReadWrite,
         }];
     })
-    .await;
+    .await
+}
+
+/// CONFIG SET, RESETSTAT and REWRITE reach every node, replicas included; CONFIG GET is
+/// answered by a master; a node's refusal comes back naming the node; users without admin
+/// access may not touch the nodes' settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_set_reaches_every_node() {
+    let h = with_root_and_a_writer(slotguard::localcluster::Options::default()).await;
     let nodes: Vec<String> = h.cluster.nodes.iter().map(|n| n.addr()).collect();
     assert_eq!(nodes.len(), 6, "three masters and their replicas");
     let mut s = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
@@ -899,7 +906,8 @@ async fn config_set_reaches_every_node() {
             "{addr}: {limits}"
         );
         assert!(
-            limits.contains("replica 314572800 67108864 70"),
+            // Redis 7.0 names the class `slave` here.
+            limits.contains(" 314572800 67108864 70"),
             "{addr}: {limits}"
         );
     }
@@ -1184,4 +1192,62 @@ print("ok")
         keys1 = keys[1],
     );
     common::redis_py(script).await;
+}
+
+/// DEBUG: what only looks at a key, or waits, reaches the key's master (or any); what can
+/// crash, restart or rewrite a node is refused with the reason; users without admin access
+/// may not run it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_that_only_looks_reaches_a_node_and_the_rest_is_refused() {
+    let h = with_root_and_a_writer(slotguard::localcluster::Options {
+        replicas_per_master: 0,
+        ..Default::default()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
+    let mut ask = async |req: &str| ask_raw(&mut s, req.as_bytes(), b"\r\n").await;
+    assert_eq!(ask("AUTH writer writer-pw\r\n").await, "+OK\r\n");
+    assert_eq!(
+        ask("DEBUG OBJECT {d}k\r\n").await,
+        "-NOPERM User writer has no permissions to run the 'debug' command\r\n"
+    );
+    assert_eq!(ask("AUTH root-pw\r\n").await, "+OK\r\n");
+    // On every master in turn: each key's own master answers for it.
+    for key in ["{a}k", "{b}k", "{c}k"] {
+        assert_eq!(ask(&format!("SET {key} 12345\r\n")).await, "+OK\r\n");
+        let object = ask(&format!("DEBUG OBJECT {key}\r\n")).await;
+        assert!(
+            object.starts_with("+Value at:") && object.contains("encoding:int"),
+            "{object}"
+        );
+    }
+    assert_eq!(
+        ask("DEBUG OBJECT {a}missing\r\n").await,
+        "-ERR no such key\r\n"
+    );
+    assert_eq!(ask("DEBUG SLEEP 0\r\n").await, "+OK\r\n");
+    let digest = ask_raw(&mut s, b"DEBUG DIGEST-VALUE {a}k\r\n", b"\r\n").await;
+    assert!(digest.starts_with("*1\r\n"), "{digest}");
+    let crossslot = ask_raw(&mut s, b"DEBUG DIGEST-VALUE {a}k {b}k\r\n", b"\r\n").await;
+    assert!(crossslot.starts_with("-CROSSSLOT"), "{crossslot}");
+    for (req, name) in [
+        ("DEBUG SEGFAULT\r\n", "debug segfault"),
+        ("DEBUG RELOAD\r\n", "debug reload"),
+        ("DEBUG SET-ACTIVE-EXPIRE 0\r\n", "debug set-active-expire"),
+    ] {
+        let refused = ask_raw(&mut s, req.as_bytes(), b"\r\n").await;
+        assert!(
+            refused.starts_with(&format!(
+                "-ERR slotguard: '{name}' is not supported: it can crash"
+            )),
+            "{refused}"
+        );
+    }
+    // Every master still answers.
+    for key in ["{a}k", "{b}k", "{c}k"] {
+        assert_eq!(
+            ask_raw(&mut s, format!("GET {key}\r\n").as_bytes(), b"45\r\n").await,
+            "$5\r\n12345\r\n"
+        );
+    }
 }

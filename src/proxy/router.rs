@@ -775,6 +775,9 @@ fn place(proxy: &Proxy, req: &Request) -> Result<Placed, Bytes> {
         Class::Other
     };
     let refuse = |why: &str| Err(unsupported_error(spec.name.as_bytes(), why));
+    if spec.name == "DEBUG" {
+        return debug(req);
+    }
     // Flagged admin, but they only look: answered by a master (PFDEBUG by its key's).
     if flags.admin && !matches!(spec.name.as_str(), "PFSELFTEST" | "PFDEBUG") {
         return refuse("admin commands are not forwarded; run them on the nodes");
@@ -812,6 +815,45 @@ fn place(proxy: &Proxy, req: &Request) -> Result<Placed, Bytes> {
         blocking,
         once: spec.runs_once(req),
     })
+}
+
+/// DEBUG subcommands that look at one key (or a few of one slot): its master answers.
+const DEBUG_KEYED: &[&str] = &["OBJECT", "DIGEST-VALUE", "SDSLEN", "LISTPACK", "ZIPLIST"];
+/// DEBUG subcommands that only look, log or wait: any master answers.
+const DEBUG_KEYLESS: &[&str] = &["HELP", "SLEEP", "LOG", "STRINGMATCH-LEN", "JMAP"];
+
+/// Where a DEBUG goes: to the master of its key, or to any master, for what only looks or
+/// waits. What can crash, restart or rewrite a node, or change how it works for every
+/// client (SEGFAULT, RELOAD, SET-ACTIVE-EXPIRE, ...), stays refused: run it on the node.
+fn debug(req: &Request) -> Result<Placed, Bytes> {
+    let sub = String::from_utf8_lossy(req.arg(1)).to_ascii_uppercase();
+    let placed = |slot| Placed {
+        slot,
+        class: Class::Other,
+        blocking: false,
+        once: false,
+    };
+    if DEBUG_KEYLESS.contains(&sub.as_str()) {
+        return Ok(placed(None));
+    }
+    if !DEBUG_KEYED.contains(&sub.as_str()) {
+        let name = format!("debug {}", sub.to_lowercase());
+        let why = "it can crash, restart or rewrite a node, or change it for every client; run it on the node";
+        return Err(unsupported_error(name.trim_end().as_bytes(), why));
+    }
+    if req.len() < 3 {
+        return Err(reply::error(&format!(
+            "ERR wrong number of arguments for 'debug|{}' command",
+            sub.to_lowercase()
+        )));
+    }
+    let slot = key_slot(req.arg(2));
+    if (3..req.len()).any(|i| key_slot(req.arg(i)) != slot) {
+        return Err(reply::error(
+            "CROSSSLOT Keys in request don't hash to the same slot",
+        ));
+    }
+    Ok(placed(Some(slot)))
 }
 
 /// XREAD and XREADGROUP are flagged blocking, but only block with a BLOCK option.
