@@ -820,6 +820,28 @@ async fn transactions_run_whole_on_their_slots_owner() {
         .unwrap();
     assert_eq!(n, 11, "nothing of the aborted transaction ran");
 
+    // A wrong number of arguments, or an unknown command, is answered at once in a node's
+    // words, and fails the transaction, as on a node.
+    let mut node = tokio::net::TcpStream::connect(h.cluster.nodes[0].addr())
+        .await
+        .unwrap();
+    for req in [
+        &b"GET\r\n"[..],
+        b"GET {tx}n extra\r\n",
+        b"OBJECT ENCODING\r\n",
+        b"NOSUCHCOMMAND {tx}n 1 2\r\n",
+    ] {
+        let mut both = Vec::new();
+        for s in [&mut s, &mut node] {
+            assert_eq!(ask_raw(s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
+            let refused = ask_raw(s, req, b"\r\n").await;
+            let exec = ask_raw(s, b"EXEC\r\n", b"\r\n").await;
+            both.push((refused, exec));
+        }
+        assert!(both[0].0.starts_with("-ERR "), "{both:?}");
+        assert_eq!(both[0], both[1], "through the proxy and on a node");
+    }
+
     // DISCARD drops what was queued.
     assert_eq!(ask_raw(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
     assert_eq!(

@@ -347,7 +347,6 @@ pub fn error(text: &str) -> Bytes {
     out.freeze()
 }
 
-/// A status reply such as `+OK`.
 /// Redis's error for a command given the wrong number of arguments; `name` in lower case.
 pub fn arity(name: &str) -> Bytes {
     error(&format!(
@@ -355,6 +354,26 @@ pub fn arity(name: &str) -> Bytes {
     ))
 }
 
+/// Redis's error for a command it does not know: its name and the start of its
+/// arguments, as Redis quotes them (up to 128 bytes of each).
+pub fn unknown_command(req: &crate::protocol::Request) -> Bytes {
+    let clip = |bytes: &[u8], room: usize| {
+        String::from_utf8_lossy(&bytes[..bytes.len().min(room)]).into_owned()
+    };
+    let mut args = String::new();
+    for arg in req.args().skip(1) {
+        if args.len() >= 128 {
+            break;
+        }
+        args.push_str(&format!("'{}' ", clip(arg, 128 - args.len())));
+    }
+    error(&format!(
+        "ERR unknown command '{}', with args beginning with: {args}",
+        clip(req.arg(0), 128)
+    ))
+}
+
+/// A status reply such as `+OK`.
 pub fn simple(text: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(text.len() + 3);
     line(&mut out, b'+', text.as_bytes());

@@ -132,12 +132,24 @@ pub struct CommandSpec {
     pub unknown_keys: bool,
     /// Subcommands (`OBJECT ENCODING`, `XINFO STREAM`), by upper-case name.
     pub subcommands: FxHashMap<Vec<u8>, Arc<CommandSpec>>,
+    /// Redis's arity: `n` arguments exactly (the name counted), `-n` at least `n`; 0 when
+    /// not known.
+    pub arity: i64,
 }
 
 /// Argument positions of a request's keys.
 pub type KeyPositions = SmallVec<[usize; 4]>;
 
 impl CommandSpec {
+    /// Whether `argc` arguments (the name counted) fit the command's arity.
+    pub fn arity_fits(&self, argc: usize) -> bool {
+        match self.arity {
+            0 => true,
+            n if n > 0 => argc as u64 == n.unsigned_abs(),
+            n => argc as u64 >= n.unsigned_abs(),
+        }
+    }
+
     /// Whether `req` must not run twice: [`Flags::once`], or a repeatable write given an
     /// option that makes it conditional or counting (`SET ... NX|XX|GET`, `ZADD ... INCR`).
     pub fn runs_once(&self, req: &Request) -> bool {
@@ -228,6 +240,8 @@ fn find_keyword(req: &Request, keyword: &[u8], start_from: i64) -> Option<usize>
 #[derive(Debug, Default)]
 pub struct Commands {
     by_name: FxHashMap<Vec<u8>, Arc<CommandSpec>>,
+    /// Read from a server's `COMMAND`: a command it does not list is unknown to it.
+    from_server: bool,
 }
 
 impl Commands {
@@ -261,7 +275,10 @@ impl Commands {
             .filter_map(parse_entry)
             .map(|spec| (spec.name.as_bytes().to_vec(), Arc::new(spec)))
             .collect();
-        (!by_name.is_empty()).then_some(Commands { by_name })
+        (!by_name.is_empty()).then_some(Commands {
+            by_name,
+            from_server: true,
+        })
     }
 
     /// The built-in table: common commands with their key positions.
@@ -345,7 +362,15 @@ impl Commands {
                 by_name.insert(spec.name.as_bytes().to_vec(), Arc::new(spec));
             }
         }
-        Commands { by_name }
+        Commands {
+            by_name,
+            from_server: false,
+        }
+    }
+
+    /// Whether a command this table does not list is unknown to the server.
+    pub fn is_complete(&self) -> bool {
+        self.from_server
     }
 }
 
@@ -388,6 +413,7 @@ fn parse_entry(entry: &Value) -> Option<CommandSpec> {
     // Redis 7.0 flags scripts neither `write` nor `may_replicate`: named here.
     let scripted = matches!(name.as_str(), "EVAL" | "EVALSHA" | "FCALL");
     flags.once = once(&name, &flags, may_replicate || scripted);
+    let arity = fields.get(1)?.as_int()?;
     let first = fields.get(3)?.as_int()?;
     let last = fields.get(4)?.as_int()?;
     let step = fields.get(5)?.as_int()?;
@@ -431,6 +457,7 @@ fn parse_entry(entry: &Value) -> Option<CommandSpec> {
         keys,
         unknown_keys,
         subcommands,
+        arity,
     })
 }
 
