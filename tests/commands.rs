@@ -1273,3 +1273,36 @@ async fn debug_that_only_looks_reaches_a_node_and_the_rest_is_refused() {
         );
     }
 }
+
+/// A small keyspace comes back from SCAN in one call, as from one node: when a master's
+/// walk ends short of COUNT, the next master's keys join the reply. Three keys, one on
+/// each master, and SCAN's default COUNT of 10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_of_a_small_keyspace_is_one_call() {
+    let h = Harness::start(3, 0).await;
+    let mut c = h.client().await;
+    let mut small = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
+    for key in ["few:{a}", "few:{b}", "few:{c}"] {
+        let set = format!("SET {key} 1\r\n");
+        assert_eq!(
+            ask_raw(&mut small, set.as_bytes(), b"\r\n").await,
+            "+OK\r\n"
+        );
+    }
+    let (next, mut few): (String, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg("few:*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    few.sort();
+    assert_eq!(
+        (next.as_str(), few),
+        (
+            "0",
+            vec!["few:{a}".into(), "few:{b}".into(), "few:{c}".into()]
+        ),
+        "one call, every master, cursor 0"
+    );
+}

@@ -4,14 +4,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use super::diagnostics::{self, Diagnostic};
-use super::slot_table::SlotTable;
 use crate::protocol::reply::{self, array_header, Value};
 
 /// How the parts combine.
@@ -43,8 +41,6 @@ pub enum Merge {
     /// Element-wise maximum of integer arrays (SCRIPT EXISTS: a script some master has
     /// runs anywhere, since the proxy loads it where an EVALSHA finds it missing).
     MaxEach,
-    /// SCAN on the master serving `slot`: the node's cursor is folded into the proxy's.
-    Scan { slot: u16, table: Arc<SlotTable> },
     /// INFO: the proxy's own sections (`own`, in Redis's format) and the masters' merged,
     /// those the client asked for.
     Info {
@@ -348,23 +344,6 @@ fn merge_values(how: &Merge, values: Vec<Value>, resp3: bool) -> Option<Bytes> {
                 });
             }
             Value::Array(maxes?.into_iter().map(Value::Int).collect()).encode_for(&mut out, resp3);
-        }
-        Merge::Scan { slot, table } => {
-            let [Value::Array(pair)] = &values[..] else {
-                return None;
-            };
-            let [cursor, keys] = &pair[..] else {
-                return None;
-            };
-            let node_cursor: u64 = cursor.as_str()?.parse().ok()?;
-            let next = if node_cursor != 0 {
-                node_cursor.checked_mul(crate::protocol::SLOTS as u64)? + *slot as u64
-            } else {
-                table.next_master_slot(*slot).map_or(0, u64::from)
-            };
-            array_header(&mut out, 2);
-            reply::bulk(&mut out, next.to_string().as_bytes());
-            keys.encode_for(&mut out, resp3);
         }
         Merge::Info { own, wanted } => {
             let texts: Option<Vec<&str>> = values.iter().map(Value::as_str).collect();

@@ -38,6 +38,7 @@ mod owed;
 mod pubsub;
 pub mod redirect;
 mod router;
+mod scan;
 pub mod session;
 mod share;
 pub mod slot_table;

@@ -19,6 +19,7 @@ use super::job::Job;
 use super::local;
 use super::merge::{Join, Merge};
 use super::owed::{Pending, Start};
+use super::scan;
 use super::wait::Wait;
 use super::Proxy;
 use crate::config::{Access, ReadFrom};
@@ -486,7 +487,14 @@ fn whole_cluster(proxy: &Proxy, client: &Client, name: &[u8], req: Request) -> P
         b"KEYS" => all_masters(proxy, client, &req, Merge::Concat),
         b"FLUSHALL" | b"FLUSHDB" => all_masters(proxy, client, &req, Merge::AllOk),
         b"RANDOMKEY" => random_key(proxy, client),
-        b"SCAN" => scan(proxy, client, req),
+        b"SCAN" => {
+            let asker = scan::Asker {
+                id: client.id,
+                resp3: client.resp3,
+                carry: client.tracking.as_ref().map(|t| t.carry()),
+            };
+            scan::scan(proxy, asker, req)
+        }
         b"SCRIPT" => script(proxy, client, &req),
         _ => {
             let own = local::info_sections(proxy, client);
@@ -958,43 +966,6 @@ fn random_key(proxy: &Proxy, client: &Client) -> Pending {
         ));
     }
     Pending::Join(Join::new(parts, Merge::RandomKey, client.resp3))
-}
-
-/// SCAN walks the masters one after another. The proxy's cursor is
-/// `node_cursor * 16384 + slot`, `slot` being the lowest slot of the master being walked.
-fn scan(proxy: &Proxy, client: &Client, req: Request) -> Pending {
-    if req.len() < 2 {
-        return ready(reply::arity("scan"));
-    }
-    let Some(cursor) = std::str::from_utf8(req.arg(1))
-        .ok()
-        .and_then(|c| c.parse::<u64>().ok())
-    else {
-        return ready(reply::error("ERR invalid cursor"));
-    };
-    let table = proxy.table.load_full();
-    let slot = if cursor == 0 {
-        match table.masters().next() {
-            Some((slot, _)) => slot,
-            None => {
-                return ready(reply::error(
-                    "CLUSTERDOWN slotguard: no master is known yet (is any seed reachable?)",
-                ))
-            }
-        }
-    } else {
-        (cursor % SLOTS as u64) as u16
-    };
-    let node_cursor = (cursor / SLOTS as u64).to_string();
-    let mut args: Vec<&[u8]> = req.args().collect();
-    args[1] = node_cursor.as_bytes();
-    let (job, rx) = job(client, Request::from_args(&args), Some(slot));
-    proxy.dispatch(job);
-    Pending::Join(Join::new(
-        vec![rx],
-        Merge::Scan { slot, table },
-        client.resp3,
-    ))
 }
 
 fn script(proxy: &Proxy, client: &Client, req: &Request) -> Pending {
