@@ -1306,3 +1306,93 @@ async fn scan_of_a_small_keyspace_is_one_call() {
         "one call, every master, cursor 0"
     );
 }
+
+/// MONITOR shows every command that passes through the proxy, from any client, in
+/// Redis's format, passwords redacted; in MONITOR mode PING is answered, other commands
+/// refused as a node refuses them, and RESET makes an ordinary client again. Users
+/// without admin access may not monitor. redis-cli's MONITOR reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_shows_every_client_s_commands() {
+    let h = with_root_and_a_writer(slotguard::localcluster::Options {
+        replicas_per_master: 0,
+        ..Default::default()
+    })
+    .await;
+    let mut writer = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
+    let auth = ask_raw(&mut writer, b"AUTH writer writer-pw\r\n", b"\r\n").await;
+    assert_eq!(auth, "+OK\r\n");
+    assert_eq!(
+        ask_raw(&mut writer, b"MONITOR\r\n", b"\r\n").await,
+        "-NOPERM User writer has no permissions to run the 'monitor' command\r\n"
+    );
+    let mut monitor = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
+    assert_eq!(
+        ask_raw(&mut monitor, b"AUTH root-pw\r\n", b"\r\n").await,
+        "+OK\r\n"
+    );
+    assert_eq!(
+        ask_raw(&mut monitor, b"MONITOR\r\n", b"\r\n").await,
+        "+OK\r\n"
+    );
+    // redis-cli monitors too, for a while.
+    let cli = std::process::Command::new("timeout")
+        .args([
+            "3",
+            "redis-cli",
+            "-p",
+            &h.port().to_string(),
+            "-a",
+            "root-pw",
+        ])
+        .args(["--no-auth-warning", "MONITOR"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let set = b"*3\r\n$3\r\nSET\r\n$5\r\nmon:k\r\n$4\r\na \"b\r\n";
+    assert_eq!(ask_raw(&mut writer, set, b"\r\n").await, "+OK\r\n");
+    let wrong = ask_raw(&mut writer, b"AUTH writer hunter2\r\n", b"\r\n").await;
+    assert!(wrong.starts_with("-WRONGPASS"), "{wrong}");
+    let got = ask_raw(&mut writer, b"GET mon:k\r\n", b"b\r\n").await;
+    assert_eq!(got, "$4\r\na \"b\r\n");
+    let lines = ask_raw(&mut monitor, b"", b"\"GET\" \"mon:k\"\r\n").await;
+    // The writer's lines (redis-cli's own AUTH shows too, from its address).
+    let peer = writer.local_addr().unwrap();
+    let lines: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.contains(&format!("[0 {peer}]")))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (line, shown) in lines.iter().zip([
+        r#""SET" "mon:k" "a \"b""#,
+        r#""AUTH" "(redacted)" "(redacted)""#,
+        r#""GET" "mon:k""#,
+    ]) {
+        let (time, rest) = line.strip_prefix('+').unwrap().split_once(' ').unwrap();
+        assert!(time.parse::<f64>().is_ok(), "{line}");
+        assert_eq!(rest, format!("[0 {peer}] {shown}"));
+    }
+    // In MONITOR mode.
+    // PING is answered, and shown (the monitor's own line follows its PONG, as on a node).
+    let pong = ask_raw(&mut monitor, b"PING\r\n", b"\"PING\"\r\n").await;
+    assert!(pong.starts_with("+PONG\r\n+"), "{pong}");
+    let refused = ask_raw(&mut monitor, b"GET mon:k\r\n", b"keyspace\r\n").await;
+    assert!(
+        refused.ends_with("-ERR Replica can't interact with the keyspace\r\n"),
+        "{refused}"
+    );
+    let reset = ask_raw(&mut monitor, b"RESET\r\n", b"+RESET\r\n").await;
+    assert!(reset.ends_with("+RESET\r\n"), "{reset}");
+    assert_eq!(
+        ask_raw(&mut monitor, b"AUTH root-pw\r\n", b"\r\n").await,
+        "+OK\r\n"
+    );
+    let got = ask_raw(&mut monitor, b"GET mon:k\r\n", b"b\r\n").await;
+    assert_eq!(got, "$4\r\na \"b\r\n");
+    let out = cli.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(r#""SET" "mon:k" "a \"b""#),
+        "redis-cli saw it: {text}"
+    );
+}

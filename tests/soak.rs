@@ -70,7 +70,11 @@ async fn counter(url: String, key: String, stop: Arc<AtomicBool>) -> Counted {
         {
             Ok(_) => seen.acked += 1,
             Err(e) if in_doubt(&e.to_string()) => seen.in_doubt += 1,
-            Err(e) => seen.errors.push(format!("INCR {key}: {e}")),
+            Err(e) => {
+                seen.errors.push(format!("INCR {key}: {e}"));
+                // A proxy gone errs at once: yield, so that a failure does not hang.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
     seen

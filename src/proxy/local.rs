@@ -117,7 +117,10 @@ pub fn forbidden(proxy: &Proxy, client: &Client, name: &[u8], req: &Request) -> 
         && [&b"KILL"[..], b"UNBLOCK", b"PAUSE", b"UNPAUSE"]
             .iter()
             .any(|s| req.arg(1).eq_ignore_ascii_case(s));
-    if (matches!(name, b"CONFIG" | b"LATENCY" | b"SLOWLOG" | b"DEBUG") || other_clients)
+    if (matches!(
+        name,
+        b"CONFIG" | b"LATENCY" | b"SLOWLOG" | b"DEBUG" | b"MONITOR"
+    ) || other_clients)
         && client.access != Access::Admin
     {
         return Some(noperm(client, name));

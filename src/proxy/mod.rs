@@ -31,6 +31,7 @@ pub mod job;
 pub mod lease;
 mod local;
 mod merge;
+mod monitor;
 pub mod node;
 mod once;
 mod output;
@@ -145,6 +146,8 @@ pub struct Proxy {
     pool: Pool,
     /// The proxy's clients' channel and pattern subscriptions, counted (for PUBLISH).
     subscribers: Subscribers,
+    /// Clients in MONITOR mode.
+    pub monitors: monitor::Monitors,
     /// Every client connection, as CLIENT LIST and KILL see them.
     clients: Arc<clients::Clients>,
     /// Becomes true when the proxy shuts down.
@@ -204,6 +207,7 @@ impl Proxy {
             libraries: Mutex::new(FxHashMap::default()),
             pool: Pool::default(),
             subscribers: Subscribers::default(),
+            monitors: monitor::Monitors::default(),
             clients: Arc::default(),
             shutdown: watch::Sender::new(false),
             mapped: watch::Sender::new(false),

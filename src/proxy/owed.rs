@@ -93,8 +93,8 @@ pub enum Pending {
     Wait(oneshot::Receiver<Bytes>),
     Join(Join),
     Turn(Turn),
-    /// A (P|S)SUBSCRIBE: once every earlier reply is written, the session turns to
-    /// [`super::pubsub`] with it.
+    /// A (P|S)SUBSCRIBE, or MONITOR: once every earlier reply is written, the session
+    /// turns to [`super::pubsub`] (or [`super::monitor`]) with it.
     Subscribe(Option<Request>),
 }
 

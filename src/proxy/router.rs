@@ -235,9 +235,9 @@ fn route_one(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
         }
         b"WAIT" => wait(client, &req),
         b"WAITAOF" => refused(name, "it waits on one connection of one node"),
-        b"MONITOR" | b"SYNC" | b"PSYNC" | b"REPLCONF" => {
-            refused(name, "it takes over the connection")
-        }
+        // Once every earlier reply is written, the session turns to `monitor`.
+        b"MONITOR" => (Pending::Subscribe(Some(req)), Class::Other),
+        b"SYNC" | b"PSYNC" | b"REPLCONF" => refused(name, "it takes over the connection"),
         b"MOVE" | b"SWAPDB" => refused(name, "a cluster has only database 0"),
         b"" => (ready(reply::error("ERR unknown command")), Class::Other),
         _ => keyed(proxy, client, req),
@@ -1071,11 +1071,7 @@ mod tests {
                 Class::Other,
             ),
             (&["PFSELFTEST"], Kind::One, Class::Other),
-            (
-                &["MONITOR"],
-                local("-ERR slotguard: 'monitor' is not supported: it takes over the connection"),
-                Class::Other,
-            ),
+            (&["MONITOR"], Kind::Subscribe, Class::Other),
             // No master known yet: a command for every master says so.
             (
                 &["DBSIZE"],

@@ -28,9 +28,9 @@ use super::client::Client;
 use super::clients::{Bell, LastCommand};
 use super::output::{sleep_until, write_now, Backlog, OverLimit};
 use super::owed::Pending;
-use super::pubsub;
 use super::router::route;
 use super::share::Share;
+use super::{monitor, pubsub};
 use super::{Admission, Proxy};
 use crate::metrics::{Class, LocalRequests, Metrics, Took};
 use crate::protocol::{reply, Scanner};
@@ -267,6 +267,9 @@ fn take_requests(
         match scanner.next(rbuf) {
             Ok(Some(req)) => {
                 last = Some(LastCommand::of(&req));
+                if proxy.monitors.watching() {
+                    proxy.monitors.feed(proxy, &req, &client.peer);
+                }
                 let (reply, class) = route(proxy, client, req);
                 owed.push_back(Owed {
                     reply,
@@ -344,6 +347,15 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
         }
         if let Some(first) = owed.front_mut().and_then(|o| o.reply.subscription()) {
             owed.pop_front();
+            if first.arg(0).eq_ignore_ascii_case(b"MONITOR") {
+                match monitor::serve(proxy, client, stream, &mut scanner, &mut rbuf).await? {
+                    monitor::Left::Reset => {
+                        backlog = true; // requests may have arrived behind the RESET
+                        continue;
+                    }
+                    monitor::Left::Close => return Ok(()),
+                }
+            }
             client.entry.subscribed(true);
             let left = pubsub::serve(proxy, client, stream, &mut scanner, &mut rbuf, first).await?;
             client.entry.subscribed(false);

@@ -332,6 +332,7 @@ pub async fn writers(url: String, n: usize, keys: Vec<String>, stop: Arc<AtomicB
                 .await
                 .expect("connect");
             let mut i: u64 = 0;
+            let mut errors = 0;
             while !stop.load(Ordering::Relaxed) {
                 let key = keys[mine[i as usize % mine.len()]].clone();
                 let value = format!("{w}-{i}");
@@ -359,6 +360,13 @@ pub async fn writers(url: String, n: usize, keys: Vec<String>, stop: Arc<AtomicB
                         }
                     }
                     Err(e) => report.errors.push(format!("SET {key}: {e}")),
+                }
+                if report.errors.len() > errors {
+                    errors = report.errors.len();
+                    // A writer whose proxy is gone (the test failed and dropped it) gets
+                    // its errors at once: without a pause it would never yield, and the
+                    // test's runtime could not shut down. A failure must not hang.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 i += 1;
             }
