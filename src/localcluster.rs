@@ -540,7 +540,7 @@ impl LocalCluster {
     }
 
     /// Waits until every running node says `cluster_state:ok` and agrees on who owns every
-    /// slot, and every replica's link to its master is up.
+    /// slot, and every replica's link to its master is up and streaming.
     pub async fn wait_healthy(&self, limit: Duration) -> Result<(), StartError> {
         let addrs: Vec<String> = self
             .nodes
@@ -621,8 +621,9 @@ async fn knows_all(addr: &str, total: usize, dial: &Dial) -> bool {
 /// Each master's address and slot ranges, as one node sees them.
 type OwnerView = Vec<(String, Vec<(u16, u16)>)>;
 
-/// True when every node answers `cluster_state:ok`, every replica's link is up, and the
-/// nodes' views agree on which address owns each slot.
+/// True when every node answers `cluster_state:ok`, every replica's link is up and it has
+/// acknowledged its master's stream (see [`replicas_streaming`]), and the nodes' views
+/// agree on which address owns each slot.
 pub async fn healthy(addrs: &[String], dial: &Dial) -> bool {
     let mut first_view: Option<OwnerView> = None;
     for addr in addrs {
@@ -640,6 +641,9 @@ pub async fn healthy(addrs: &[String], dial: &Dial) -> bool {
         };
         let repl = String::from_utf8_lossy(&repl);
         if repl.contains("role:slave") && !repl.contains("master_link_status:up") {
+            return false;
+        }
+        if !replicas_streaming(&repl) {
             return false;
         }
         let Ok(Value::Bulk(text)) = conn.call(&["CLUSTER", "NODES"]).await else {
@@ -661,6 +665,28 @@ pub async fn healthy(addrs: &[String], dial: &Dial) -> bool {
         }
     }
     true
+}
+
+/// True when a master's `INFO replication` shows every replica acknowledging the
+/// stream. A replica's link is up as soon as it has loaded the master's RDB, but after a
+/// diskless full sync the master sends it nothing more until the replica's first
+/// `REPLCONF ACK`, up to a second later ("Waiting for REPLCONF ACK from slave to enable
+/// streaming"); until then the replica shows `offset=0` here. A master killed in that
+/// second leaves a replica that has none of the writes since the sync, which would be
+/// promoted empty: a fault test must not start before.
+fn replicas_streaming(repl: &str) -> bool {
+    repl.lines()
+        .filter(|l| l.starts_with("slave") && l.contains("state="))
+        .all(|l| {
+            let field = |name: &str| {
+                l.split([':', ','])
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            };
+            field("state") == Some("online")
+                && field("offset")
+                    .and_then(|o| o.parse::<u64>().ok())
+                    .is_some_and(|o| o > 0)
+        })
 }
 
 /// Polls `check` every 50 ms until it is true or `limit` passes.
@@ -723,4 +749,22 @@ pub fn free_port() -> Option<u16> {
         .local_addr()
         .ok()
         .map(|a| a.port())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_replica_counts_as_streaming_once_it_has_acknowledged() {
+        let line = |state: &str, offset: u64| {
+            format!(
+                "role:master\nslave0:ip=127.0.0.1,port=10256,state={state},offset={offset},lag=0\n"
+            )
+        };
+        assert!(!super::replicas_streaming(&line("online", 0)), "no ACK yet");
+        assert!(super::replicas_streaming(&line("online", 5310)));
+        assert!(!super::replicas_streaming(&line("wait_bgsave", 0)));
+        assert!(super::replicas_streaming(
+            "role:slave\nslave_repl_offset:10\n"
+        ));
+    }
 }

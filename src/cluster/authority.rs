@@ -304,7 +304,7 @@ impl Memory<'_> {
 
     /// Every node known to have belonged to the shard `id` led or belonged to.
     fn shard(&self, slot: u16, id: &str) -> Vec<String> {
-        let mut out = vec![id.to_string()];
+        let mut out = Vec::new();
         if let Some(m) = self.migrations.get(&slot) {
             for (master, members) in [
                 (&m.source, &m.source_members),
@@ -324,6 +324,11 @@ impl Memory<'_> {
         }
         out.sort();
         out.dedup();
+        out.retain(|x| x != id);
+        // `id` first: a live master is its own shard's master, whoever the remembered
+        // lineage (which keeps old relations: a node once this one's master, or replica,
+        // may serve another shard now) also names.
+        out.insert(0, id.to_string());
         out
     }
 }

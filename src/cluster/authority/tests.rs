@@ -151,6 +151,8 @@ struct Case {
     interrupted: bool,
     /// The journal knows the shards' members (a proxy that watched the cluster before).
     lineage: bool,
+    /// The lineage also remembers an old relation: `.1` once a replica of `.0`.
+    once: Option<(&'static str, &'static str)>,
     /// The servers are Valkey 8+ (`Memory::importer_takes_back`).
     valkey: bool,
     slot: u16,
@@ -170,6 +172,10 @@ fn run(case: Case) {
         ]),
         false => BTreeMap::new(),
     };
+    let mut shards = shards;
+    if let Some((master, replica)) = case.once {
+        shards.insert(master.to_string(), vec![replica.to_string()]);
+    }
     let keys: HashMap<(String, u16), u64> = case
         .keys
         .iter()
@@ -221,6 +227,7 @@ fn run_with_and_without_memory(case: Case) {
     let unseen = Case {
         journal: BTreeMap::new(),
         lineage: false,
+        once: None,
         ..case.clone()
     };
     run(case);
@@ -245,6 +252,7 @@ fn case(name: &'static str, nodes: Vec<Node>) -> Case {
         ours: false,
         interrupted: false,
         lineage: true,
+        once: None,
         valkey: false,
         slot: X,
         want_case: None,
@@ -338,6 +346,7 @@ fn s2_target_killed_and_failed_over() {
     let unseen = |keys| Case {
         journal: BTreeMap::new(),
         lineage: false,
+        once: None,
         keys,
         ..case("S2 unseen", nodes.clone())
     };
@@ -405,6 +414,7 @@ fn s2_on_valkey_the_heir_of_an_importing_target_gives_the_keys_back() {
     run(Case {
         journal: BTreeMap::new(),
         lineage: false,
+        once: None,
         want_state: "migrating",
         ..c(false)
     });
@@ -515,6 +525,53 @@ fn s5_source_manually_failed_over() {
             bind("C", "B"),
         ],
         ..case("S5", nodes)
+    });
+}
+
+/// S5 once more, with a lineage that remembers the target B as a replica of A2 in the past
+/// (replica migration and failovers move nodes between shards): A2, the source's heir, is
+/// a live master and sorts before B, but B, alive, leads its own shard. Seen in the
+/// coordination test: the repair bound the slot to A2 again and again, B still importing.
+#[test]
+fn s5_with_an_old_relation_in_the_lineage_finishes_onto_the_live_target() {
+    let mut nodes = mid_migration();
+    let slots = std::mem::take(&mut get(&mut nodes, "A").slots);
+    let a = get(&mut nodes, "A");
+    a.master = false;
+    a.master_of = Some("A2");
+    a.migrating.clear();
+    let a2 = get(&mut nodes, "A2");
+    a2.master = true;
+    a2.master_of = None;
+    a2.slots = slots;
+    run(Case {
+        keys: vec![("A2", 5)],
+        once: Some(("A2", "B")),
+        want_state: "broken",
+        want_case: Some("S4/S5/S6"),
+        want_plan: vec![
+            bind("B", "A2"),
+            Importing {
+                on: "B".into(),
+                slot: X,
+                source: "A2".into(),
+            },
+            Migrating {
+                on: "A2".into(),
+                slot: X,
+                target: "B".into(),
+            },
+            MoveKeys {
+                from: "A2".into(),
+                to: "B".into(),
+                slot: X,
+                replace: true,
+            },
+            bind("B", "B"),
+            bind("A2", "B"),
+            bind("C", "B"),
+        ],
+        ..case("S5, old relation", nodes)
     });
 }
 
@@ -1078,6 +1135,7 @@ fn s1_a_migration_whose_target_came_back_is_finished() {
     run(Case {
         journal: BTreeMap::new(),
         lineage: false,
+        once: None,
         want_state: "migrating",
         ..c(false)
     });
