@@ -115,6 +115,9 @@ pub struct LocalCluster {
     /// The bridge and subnet of `Options::namespaces`.
     network: Option<Network>,
     keep_dir: bool,
+    /// A node started since the last [`LocalCluster::wait_healthy`]: a replica may have
+    /// synced that its master does not stream to yet (see `wait_healthy`).
+    started: std::sync::atomic::AtomicBool,
 }
 
 /// A bridge in this process's namespace, and a /24 on it: `prefix.1` is the bridge's
@@ -291,6 +294,7 @@ impl LocalCluster {
             network,
             // SLOTGUARD_KEEP_DIRS=1 keeps every test's logs and nodes.conf to read after.
             keep_dir: std::env::var_os("SLOTGUARD_KEEP_DIRS").is_some(),
+            started: std::sync::atomic::AtomicBool::new(false),
         };
         let total = cluster.options.masters * (1 + cluster.options.replicas_per_master);
         for i in 0..total {
@@ -360,6 +364,8 @@ impl LocalCluster {
     }
 
     fn spawn(&self, node: &mut LocalNode) -> Result<(), StartError> {
+        self.started
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut cmd = match &node.netns {
             // `ip netns exec` execs the server: the child's pid is the server's.
             Some(ns) => {
@@ -541,6 +547,14 @@ impl LocalCluster {
 
     /// Waits until every running node says `cluster_state:ok` and agrees on who owns every
     /// slot, and every replica's link to its master is up and streaming.
+    ///
+    /// After a diskless full sync a master streams nothing to the replica until a
+    /// `REPLCONF ACK` that comes after the transfer ("Waiting for REPLCONF ACK from slave to
+    /// enable streaming"). The replica sends one as it finishes loading, which may reach
+    /// the master first and count for nothing; the next comes with the replica's cron, up
+    /// to a second later. A master killed in that second leaves an heir with none of the
+    /// writes since the sync (the coordination test lost acknowledged writes so). So when a
+    /// node was started since the last wait, the wait lasts a second and a bit longer.
     pub async fn wait_healthy(&self, limit: Duration) -> Result<(), StartError> {
         let addrs: Vec<String> = self
             .nodes
@@ -549,9 +563,20 @@ impl LocalCluster {
             .map(LocalNode::addr)
             .collect();
         let dial = self.dial(Duration::from_secs(1));
-        wait_for(limit, || healthy(&addrs, &dial))
-            .await
-            .map_err(|_| fail("the cluster did not become healthy in time"))
+        let settle = || async {
+            wait_for(limit, || healthy(&addrs, &dial))
+                .await
+                .map_err(|_| fail("the cluster did not become healthy in time"))
+        };
+        settle().await?;
+        if self
+            .started
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            settle().await?;
+        }
+        Ok(())
     }
 }
 
@@ -667,13 +692,9 @@ pub async fn healthy(addrs: &[String], dial: &Dial) -> bool {
     true
 }
 
-/// True when a master's `INFO replication` shows every replica acknowledging the
-/// stream. A replica's link is up as soon as it has loaded the master's RDB, but after a
-/// diskless full sync the master sends it nothing more until the replica's first
-/// `REPLCONF ACK`, up to a second later ("Waiting for REPLCONF ACK from slave to enable
-/// streaming"); until then the replica shows `offset=0` here. A master killed in that
-/// second leaves a replica that has none of the writes since the sync, which would be
-/// promoted empty: a fault test must not start before.
+/// True when a master's `INFO replication` shows every replica online and having
+/// acknowledged some offset (`offset=0` until its first `REPLCONF ACK`). Not proof that the
+/// master streams to it yet: see [`LocalCluster::wait_healthy`].
 fn replicas_streaming(repl: &str) -> bool {
     repl.lines()
         .filter(|l| l.starts_with("slave") && l.contains("state="))
