@@ -841,6 +841,16 @@ async fn transactions_run_whole_on_their_slots_owner() {
         assert!(both[0].0.starts_with("-ERR "), "{both:?}");
         assert_eq!(both[0], both[1], "through the proxy and on a node");
     }
+    // The proxy's own command is the proxy's to refuse there.
+    assert_eq!(ask_raw(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");
+    let own = ask_raw(&mut s, b"SLOTGUARD MOVES\r\n", b"\r\n").await;
+    assert!(
+        own.starts_with("-ERR slotguard: 'slotguard' is not supported: not inside a transaction"),
+        "{own}"
+    );
+    assert!(ask_raw(&mut s, b"EXEC\r\n", b"\r\n")
+        .await
+        .starts_with("-EXECABORT"));
 
     // DISCARD drops what was queued.
     assert_eq!(ask_raw(&mut s, b"MULTI\r\n", b"\r\n").await, "+OK\r\n");

@@ -262,20 +262,6 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
             Class::Other,
         );
     }
-    // As a node refuses it at once, and fails the transaction: an unknown command, a
-    // wrong number of arguments, a command a transaction may not hold.
-    let commands = proxy.commands();
-    match commands.lookup(&req) {
-        None if commands.is_complete() => return fail(reply::unknown_command(&req)),
-        Some(spec) if !spec.arity_fits(req.len()) => {
-            return fail(reply::arity(&spec.name.to_ascii_lowercase()))
-        }
-        Some(spec) if spec.flags.no_multi => {
-            return fail(reply::error("ERR Command not allowed inside a transaction"))
-        }
-        _ => {}
-    }
-    drop(commands);
     // What the proxy answers itself, or spreads over several nodes, cannot run inside a
     // transaction that runs on one node.
     if matches!(
@@ -298,9 +284,24 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
             | b"COMMAND"
             | b"LATENCY"
             | b"SLOWLOG"
+            | b"SLOTGUARD"
     ) {
         return fail(unsupported_error(name, "not inside a transaction"));
     }
+    // As a node refuses it at once, and fails the transaction: an unknown command, a
+    // wrong number of arguments, a command a transaction may not hold.
+    let commands = proxy.commands();
+    match commands.lookup(&req) {
+        None if commands.is_complete() => return fail(reply::unknown_command(&req)),
+        Some(spec) if !spec.arity_fits(req.len()) => {
+            return fail(reply::arity(&spec.name.to_ascii_lowercase()))
+        }
+        Some(spec) if spec.flags.no_multi => {
+            return fail(reply::error("ERR Command not allowed inside a transaction"))
+        }
+        _ => {}
+    }
+    drop(commands);
     if matches!(name, b"FLUSHALL" | b"FLUSHDB") {
         tx.flush = Some(req.clone());
     }
