@@ -460,34 +460,14 @@ fn s4_source_killed_and_failed_over() {
         keys: vec![("A2", 5), ("B", 4)],
         want_state: "broken",
         want_case: Some("S4/S5/S6"),
-        want_plan: vec![
-            bind("B", "A2"),
-            Importing {
-                on: "B".into(),
-                slot: X,
-                source: "A2".into(),
-            },
-            Migrating {
-                on: "A2".into(),
-                slot: X,
-                target: "B".into(),
-            },
-            MoveKeys {
-                from: "A2".into(),
-                to: "B".into(),
-                slot: X,
-                replace: true,
-            },
-            bind("B", "B"),
-            bind("A2", "B"),
-            bind("C", "B"),
-        ],
+        want_plan: finish_from_a2_onto_b(),
         ..case("S4", nodes)
     });
 }
 
-#[test]
-fn s5_source_manually_failed_over() {
+/// S5's state: A failed over by hand to A2 mid-migration (A a replica now, its migrating
+/// state gone; A2 owns the slot), B still importing from A.
+fn source_failed_over_by_hand() -> Vec<Node> {
     let mut nodes = mid_migration();
     let slots = std::mem::take(&mut get(&mut nodes, "A").slots);
     let a = get(&mut nodes, "A");
@@ -498,32 +478,43 @@ fn s5_source_manually_failed_over() {
     a2.master = true;
     a2.master_of = None;
     a2.slots = slots;
+    nodes
+}
+
+/// The migration of slot 50 finished from A2, the source's heir, onto B.
+fn finish_from_a2_onto_b() -> Vec<Step> {
+    vec![
+        bind("B", "A2"),
+        Importing {
+            on: "B".into(),
+            slot: X,
+            source: "A2".into(),
+        },
+        Migrating {
+            on: "A2".into(),
+            slot: X,
+            target: "B".into(),
+        },
+        MoveKeys {
+            from: "A2".into(),
+            to: "B".into(),
+            slot: X,
+            replace: true,
+        },
+        bind("B", "B"),
+        bind("A2", "B"),
+        bind("C", "B"),
+    ]
+}
+
+#[test]
+fn s5_source_manually_failed_over() {
+    let nodes = source_failed_over_by_hand();
     run_with_and_without_memory(Case {
         keys: vec![("A2", 5)],
         want_state: "broken",
         want_case: Some("S4/S5/S6"),
-        want_plan: vec![
-            bind("B", "A2"),
-            Importing {
-                on: "B".into(),
-                slot: X,
-                source: "A2".into(),
-            },
-            Migrating {
-                on: "A2".into(),
-                slot: X,
-                target: "B".into(),
-            },
-            MoveKeys {
-                from: "A2".into(),
-                to: "B".into(),
-                slot: X,
-                replace: true,
-            },
-            bind("B", "B"),
-            bind("A2", "B"),
-            bind("C", "B"),
-        ],
+        want_plan: finish_from_a2_onto_b(),
         ..case("S5", nodes)
     });
 }
@@ -534,43 +525,13 @@ fn s5_source_manually_failed_over() {
 /// coordination test: the repair bound the slot to A2 again and again, B still importing.
 #[test]
 fn s5_with_an_old_relation_in_the_lineage_finishes_onto_the_live_target() {
-    let mut nodes = mid_migration();
-    let slots = std::mem::take(&mut get(&mut nodes, "A").slots);
-    let a = get(&mut nodes, "A");
-    a.master = false;
-    a.master_of = Some("A2");
-    a.migrating.clear();
-    let a2 = get(&mut nodes, "A2");
-    a2.master = true;
-    a2.master_of = None;
-    a2.slots = slots;
+    let nodes = source_failed_over_by_hand();
     run(Case {
         keys: vec![("A2", 5)],
         once: Some(("A2", "B")),
         want_state: "broken",
         want_case: Some("S4/S5/S6"),
-        want_plan: vec![
-            bind("B", "A2"),
-            Importing {
-                on: "B".into(),
-                slot: X,
-                source: "A2".into(),
-            },
-            Migrating {
-                on: "A2".into(),
-                slot: X,
-                target: "B".into(),
-            },
-            MoveKeys {
-                from: "A2".into(),
-                to: "B".into(),
-                slot: X,
-                replace: true,
-            },
-            bind("B", "B"),
-            bind("A2", "B"),
-            bind("C", "B"),
-        ],
+        want_plan: finish_from_a2_onto_b(),
         ..case("S5, old relation", nodes)
     });
 }
@@ -931,28 +892,7 @@ fn mixed_one_node_source_of_one_slot_and_target_of_another() {
         keys: vec![("A2", 1)],
         want_state: "broken",
         want_case: Some("S4/S5/S6"),
-        want_plan: vec![
-            bind("B", "A2"),
-            Importing {
-                on: "B".into(),
-                slot: X,
-                source: "A2".into(),
-            },
-            Migrating {
-                on: "A2".into(),
-                slot: X,
-                target: "B".into(),
-            },
-            MoveKeys {
-                from: "A2".into(),
-                to: "B".into(),
-                slot: X,
-                replace: true,
-            },
-            bind("B", "B"),
-            bind("A2", "B"),
-            bind("C", "B"),
-        ],
+        want_plan: finish_from_a2_onto_b(),
         ..case("mixed 50", nodes.clone())
     });
     run(Case {
@@ -980,28 +920,7 @@ fn a_repair_cut_short_by_a_proxy_crash_is_finished_not_left_to_a_driver() {
         ours: true,
         want_state: "broken",
         want_case: Some("resume"),
-        want_plan: vec![
-            bind("B", "A2"),
-            Importing {
-                on: "B".into(),
-                slot: X,
-                source: "A2".into(),
-            },
-            Migrating {
-                on: "A2".into(),
-                slot: X,
-                target: "B".into(),
-            },
-            MoveKeys {
-                from: "A2".into(),
-                to: "B".into(),
-                slot: X,
-                replace: true,
-            },
-            bind("B", "B"),
-            bind("A2", "B"),
-            bind("C", "B"),
-        ],
+        want_plan: finish_from_a2_onto_b(),
         ..case("our cut repair", nodes)
     });
 }
@@ -1084,28 +1003,7 @@ fn s12_and_s15_plan_as_s4() {
         keys: vec![("A2", 5), ("B", 4)],
         want_state: "broken",
         want_case: Some("S4/S5/S6"),
-        want_plan: vec![
-            bind("B", "A2"),
-            Importing {
-                on: "B".into(),
-                slot: X,
-                source: "A2".into(),
-            },
-            Migrating {
-                on: "A2".into(),
-                slot: X,
-                target: "B".into(),
-            },
-            MoveKeys {
-                from: "A2".into(),
-                to: "B".into(),
-                slot: X,
-                replace: true,
-            },
-            bind("B", "B"),
-            bind("A2", "B"),
-            bind("C", "B"),
-        ],
+        want_plan: finish_from_a2_onto_b(),
         ..case("S12/S15", nodes)
     });
 }
