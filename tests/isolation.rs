@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Harness, Raw};
+use common::{resp, Harness, Raw};
 use slotguard::client::{query, Dial};
 use slotguard::localcluster::{free_port, ping, server_binary, wait_for};
 use slotguard::protocol::Value;
@@ -61,15 +61,6 @@ impl Drop for Standalone {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A request as RESP.
-fn resp(args: &[&str]) -> String {
-    let mut out = format!("*{}\r\n", args.len());
-    for a in args {
-        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    out
 }
 
 /// A small deterministic generator (xorshift).

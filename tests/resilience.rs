@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_unharmed, keys_in_slots, writers, Harness};
+use common::{assert_unharmed, keys_in_slots, resp, writers, Harness};
 use slotguard::localcluster::wait_for;
 
 async fn node_id(h: &Harness, i: usize) -> String {
@@ -329,4 +329,57 @@ async fn a_transaction_during_a_migration_waits_and_runs_whole() {
         .unwrap();
     assert_eq!(result.expect("no error reaches the client"), (11, 11));
     h.cluster_check().unwrap();
+}
+
+/// Two masters of three stopped: the one left is no majority, so the cluster fails neither
+/// over, and a request sent to one of them would wait for as long as it stays stopped. The
+/// proxy answers it at `hold.timeout`: a read as a slot it cannot reach, a write that must
+/// not run twice with what is known of it. Once the nodes wake, the key serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_a_node_no_majority_can_fail_over_is_answered_at_the_hold_timeout() {
+    let h = Harness::tuned(|c| c.hold_timeout = Duration::from_secs(2)).await;
+    let key = keys_in_slots("stuck", 0..=16383, 1).remove(0);
+    let slot = slotguard::protocol::key_slot(key.as_bytes());
+    let owner = h.owner_of(slot).await;
+    let stopped: Vec<usize> = {
+        let i = (0..3)
+            .find(|&i| h.cluster.nodes[i].addr() == owner)
+            .unwrap();
+        vec![i, (i + 1) % 3]
+    };
+    let mut raw = common::Raw::connect(&h).await;
+    assert_eq!(&raw.ask(&resp(&["SET", &key, "7"])).await[..], b"+OK\r\n");
+
+    for &i in &stopped {
+        h.cluster.nodes[i].signal("STOP").unwrap();
+    }
+    raw.send(&(resp(&["GET", &key]) + &resp(&["INCR", &key])))
+        .await;
+    let within = Duration::from_secs(15);
+    let get = raw.frame_within(within).await;
+    let incr = raw.frame_within(within).await;
+    for &i in &stopped {
+        h.cluster.nodes[i].signal("CONT").unwrap();
+    }
+    let text = |f: Option<bytes::Bytes>| f.map(|f| String::from_utf8_lossy(&f).into_owned());
+    let (get, incr) = (text(get), text(incr));
+    let get = get.expect("the GET is answered while its node is stopped");
+    assert!(
+        get.starts_with("-CLUSTERDOWN") && get.contains("hold.timeout"),
+        "{get}"
+    );
+    let incr = incr.expect("the INCR is answered while its node is stopped");
+    assert!(incr.contains("may or may not have been applied"), "{incr}");
+
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut c = h.client().await;
+    let value: i64 = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(value == 7 || value == 8, "{value}");
 }

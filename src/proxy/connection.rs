@@ -71,6 +71,8 @@ pub trait Dispatch: Send + Sync {
     fn send_to(&self, addr: &str, job: Job) -> Result<(), Job>;
     /// True when the cluster has given up on the node at `addr`.
     fn node_failed(&self, addr: &str) -> bool;
+    /// How long a request may wait for its answer (`hold.timeout`, as the settings are now).
+    fn hold_timeout(&self) -> Duration;
     /// For an EVALSHA whose script the proxy knows: the `SCRIPT LOAD` that restores it.
     fn script_load_for(&self, raw: &Bytes) -> Option<(Bytes, u8)>;
     /// What a batch sent to the master at `addr` waits for, as the settings are now
@@ -526,11 +528,8 @@ impl Connection<'_> {
                     }
                 }
                 _ = stall_check.tick(), if !self.settled() => {
-                    let oldest = self.inflight.front().map(|f| f.sent);
-                    let oldest = oldest.or_else(|| self.barriers.front().map(|b| b.since));
-                    let stalled = oldest.is_some_and(|sent| sent.elapsed() > STALL);
-                    if stalled && self.proxy.upgrade().is_some_and(|p| p.node_failed(self.addr)) {
-                        return Some("no reply, and the cluster has failed the node".into());
+                    if let Some(why) = self.stalled() {
+                        return Some(why);
                     }
                 }
             }
@@ -619,20 +618,53 @@ impl Connection<'_> {
     }
 
     /// Every job not answered, with what is known of it: written (in flight), applied
-    /// and not confirmed (held for a `WAIT`), or never sent (`batch`).
+    /// and not confirmed (held for a `WAIT`), or never sent (`batch`). A job that was sent
+    /// has waited since then: if it is held again, `hold.timeout` counts from there.
     fn unanswered(&mut self, batch: &mut Vec<Job>) -> Vec<(Job, Fate)> {
+        fn waiting_since(mut job: Job, sent: Instant) -> Job {
+            job.held_since.get_or_insert(sent);
+            job
+        }
         let unread = (self.tail_unread && self.job_last)
             .then(|| self.inflight.pop_back())
             .flatten()
-            .map(|f| (f.job, Fate::Unread));
-        let sent = self.inflight.drain(..).map(|f| (f.job, Fate::MayHaveRun));
-        let held = self
-            .barriers
+            .map(|f| (waiting_since(f.job, f.sent), Fate::Unread));
+        let sent = self
+            .inflight
             .drain(..)
-            .flat_map(|b| b.held)
-            .map(|(job, _)| (job, Fate::Unconfirmed));
+            .map(|f| (waiting_since(f.job, f.sent), Fate::MayHaveRun));
+        let held = self.barriers.drain(..).flat_map(|b| {
+            let since = b.since;
+            b.held
+                .into_iter()
+                .map(move |(job, _)| (waiting_since(job, since), Fate::Unconfirmed))
+        });
         let unsent = batch.drain(..).map(|job| (job, Fate::NotSent));
         sent.chain(unread).chain(held).chain(unsent).collect()
+    }
+
+    /// Why the connection is given up on while requests on it wait for their answers:
+    /// the cluster has failed the node (after [`STALL`]), or, on a shared connection, the
+    /// oldest has waited `hold.timeout` (a node stopped where the cluster cannot fail it
+    /// over, with no majority, would keep them for as long as it stays stopped). What was
+    /// in flight is then answered as on a broken connection, its wait counted from when it
+    /// was sent (see [`Connection::unanswered`]). A client's own connection may wait on a
+    /// blocking command for as long as it asked, so only the first applies there.
+    fn stalled(&self) -> Option<String> {
+        let oldest = self.inflight.front().map(|f| f.sent);
+        let waited = oldest
+            .or_else(|| self.barriers.front().map(|b| b.since))?
+            .elapsed();
+        if waited <= STALL {
+            return None;
+        }
+        let proxy = self.proxy.upgrade()?;
+        if proxy.node_failed(self.addr) {
+            return Some("no reply, and the cluster has failed the node".into());
+        }
+        let limit = proxy.hold_timeout();
+        (self.own.is_none() && waited >= limit)
+            .then(|| format!("no reply in {} ms (hold.timeout)", limit.as_millis()))
     }
 
     /// Nothing is in flight: no request, no `WAIT`.
@@ -819,6 +851,9 @@ mod tests {
         }
         fn node_failed(&self, _: &str) -> bool {
             false
+        }
+        fn hold_timeout(&self) -> Duration {
+            Duration::from_secs(20)
         }
         fn script_load_for(&self, _: &Bytes) -> Option<(Bytes, u8)> {
             None

@@ -730,6 +730,10 @@ impl Dispatch for Proxy {
         Proxy::node_failed(self, addr)
     }
 
+    fn hold_timeout(&self) -> Duration {
+        self.config().hold_timeout
+    }
+
     fn script_load_for(&self, raw: &bytes::Bytes) -> Option<(bytes::Bytes, u8)> {
         Proxy::script_load_for(self, raw)
     }

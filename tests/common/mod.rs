@@ -669,6 +669,15 @@ pub async fn move_slot(h: &Harness, slot: u16, from: usize, to: usize) {
 }
 
 /// A raw client connection that reads whole frames (replies and pushes).
+/// A request as RESP.
+pub fn resp(args: &[&str]) -> String {
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    out
+}
+
 pub struct Raw {
     pub s: tokio::net::TcpStream,
     buf: bytes::BytesMut,
