@@ -18,12 +18,71 @@ use crate::tls::{BackendTls, Stream};
 #[derive(Debug, Clone)]
 pub struct ConnError {
     pub addr: String,
-    pub what: String,
+    pub failure: Failure,
+}
+
+/// What went wrong on a call to a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The connection could not be made (refused, unreachable, timed out).
+    Connect(String),
+    /// The node refused the credentials (its reply to `AUTH`).
+    Auth(String),
+    /// No reply came in time.
+    Timeout,
+    /// Writing or reading failed, or the node closed the connection.
+    Io(String),
+    /// The node answered with an error reply (its text).
+    Reply(String),
+    /// The reply could not be read: malformed, or larger than the proxy reads.
+    Protocol(String),
+}
+
+impl ConnError {
+    /// A node's error reply to a call on `addr`.
+    pub fn reply(addr: &str, text: &[u8]) -> ConnError {
+        ConnError {
+            addr: addr.to_string(),
+            failure: Failure::Reply(String::from_utf8_lossy(text).into_owned()),
+        }
+    }
+
+    /// The error code of a node's error reply (`TRYAGAIN`, `ERR`, ...).
+    pub fn code(&self) -> Option<&str> {
+        match &self.failure {
+            Failure::Reply(text) => text.split_whitespace().next(),
+            _ => None,
+        }
+    }
+
+    /// Whether the same call may succeed later: the node was not reached or did not
+    /// answer in time, or it answered an error that depends on the cluster's state (a
+    /// node that has not yet heard of a change answers `ERR`, `TRYAGAIN`, `CLUSTERDOWN`,
+    /// `LOADING`, ...). Refused credentials or permissions (`NOAUTH`, `WRONGPASS`,
+    /// `NOPERM`) and a reply that cannot be read will not pass by waiting.
+    pub fn may_pass(&self) -> bool {
+        match &self.failure {
+            Failure::Connect(_) | Failure::Timeout | Failure::Io(_) => true,
+            Failure::Reply(_) => !matches!(self.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM")),
+            Failure::Auth(_) | Failure::Protocol(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(why) => write!(f, "connect: {why}"),
+            Failure::Auth(why) => write!(f, "AUTH: {why}"),
+            Failure::Timeout => f.write_str("no reply in time"),
+            Failure::Io(why) | Failure::Reply(why) | Failure::Protocol(why) => f.write_str(why),
+        }
+    }
 }
 
 impl std::fmt::Display for ConnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.addr, self.what)
+        write!(f, "{}: {}", self.addr, self.failure)
     }
 }
 
@@ -116,7 +175,7 @@ impl Conn {
             .await
             .map_err(|e| ConnError {
                 addr: addr.to_string(),
-                what: format!("connect: {e}"),
+                failure: Failure::Connect(e.to_string()),
             })?;
         Ok(Conn {
             addr: addr.to_string(),
@@ -131,7 +190,8 @@ impl Conn {
         let mut conn = Conn::open(addr, dial.limit, dial.tls.as_ref()).await?;
         if let Some(auth) = &dial.auth {
             if let Value::Error(e) = conn.call(&auth.args()).await? {
-                return Err(conn.err(format!("AUTH: {}", String::from_utf8_lossy(&e))));
+                let why = String::from_utf8_lossy(&e).into_owned();
+                return Err(conn.err(Failure::Auth(why)));
             }
         }
         Ok(conn)
@@ -146,14 +206,14 @@ impl Conn {
         let req = Request::from_args(args);
         match timeout(self.timeout, self.round_trip(&req)).await {
             Ok(result) => result,
-            Err(_) => Err(self.err("no reply in time".into())),
+            Err(_) => Err(self.err(Failure::Timeout)),
         }
     }
 
     /// Like [`Conn::call`], but an error reply is an `Err` too.
     pub async fn call_ok<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<Value, ConnError> {
         match self.call(args).await? {
-            Value::Error(e) => Err(self.err(String::from_utf8_lossy(&e).into_owned())),
+            Value::Error(e) => Err(ConnError::reply(&self.addr, &e)),
             v => Ok(v),
         }
     }
@@ -172,7 +232,7 @@ impl Conn {
         let exchange = async {
             crate::tls::write(&mut self.stream, &raw)
                 .await
-                .map_err(|e| self.err(format!("write: {e}")))?;
+                .map_err(|e| self.err(Failure::Io(format!("write: {e}"))))?;
             let mut replies = Vec::with_capacity(commands.len());
             for _ in commands {
                 replies.push(self.read_reply().await?);
@@ -181,14 +241,14 @@ impl Conn {
         };
         match timeout(limit, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(self.err("no reply in time".into())),
+            Err(_) => Err(self.err(Failure::Timeout)),
         }
     }
 
     async fn round_trip(&mut self, req: &Request) -> Result<Value, ConnError> {
         crate::tls::write(&mut self.stream, req.raw())
             .await
-            .map_err(|e| self.err(format!("write: {e}")))?;
+            .map_err(|e| self.err(Failure::Io(format!("write: {e}"))))?;
         self.read_reply().await
     }
 
@@ -197,30 +257,32 @@ impl Conn {
         loop {
             if let Some(len) = scanner
                 .scan(&self.buf)
-                .map_err(|e| self.err(e.to_string()))?
+                .map_err(|e| self.err(Failure::Protocol(e.to_string())))?
             {
                 let frame = self.buf.split_to(len).freeze();
-                return Value::parse(&frame).map_err(|e| self.err(e.to_string()));
+                return Value::parse(&frame)
+                    .map_err(|e| self.err(Failure::Protocol(e.to_string())));
             }
             if self.buf.len() > MAX_REPLY {
-                return Err(self.err(format!("a reply over {MAX_REPLY} bytes")));
+                let why = format!("a reply over {MAX_REPLY} bytes");
+                return Err(self.err(Failure::Protocol(why)));
             }
             self.buf.reserve(16 * 1024);
             let n = self
                 .stream
                 .read_buf(&mut self.buf)
                 .await
-                .map_err(|e| self.err(format!("read: {e}")))?;
+                .map_err(|e| self.err(Failure::Io(format!("read: {e}"))))?;
             if n == 0 {
-                return Err(self.err("connection closed".into()));
+                return Err(self.err(Failure::Io("connection closed".into())));
             }
         }
     }
 
-    fn err(&self, what: String) -> ConnError {
+    fn err(&self, failure: Failure) -> ConnError {
         ConnError {
             addr: self.addr.clone(),
-            what,
+            failure,
         }
     }
 }

@@ -11,8 +11,8 @@ pub async fn run(
     mut config: Config,
     keep_dir: bool,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
-    let version = check_redis_server().map_err(|e| e.to_string())?;
+) -> Result<(), Box<dyn std::error::Error>> {
+    let version = check_redis_server()?;
     println!("starting a Redis Cluster: 3 masters, 3 replicas ({version})");
     let mut cluster = LocalCluster::start(Options::default())
         .await
@@ -28,7 +28,7 @@ pub async fn run(
     if config.admin_listen.is_none() {
         config.admin_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     }
-    let running = server::start(config).await.map_err(|e| e.to_string())?;
+    let running = server::start(config).await?;
     let port = running.addr.port();
     println!();
     println!("cluster nodes:  {}", cluster.addrs().join(" "));

@@ -215,7 +215,7 @@ fn main() -> ExitCode {
             }
             Some(Cmd::Migrate { slots, to, pace }) => {
                 let order = moving::Order::Migrate { slots, to };
-                moving::run(&config, order, false, pace.options()).await
+                Ok(moving::run(&config, order, false, pace.options()).await?)
             }
             Some(Cmd::Rebalance {
                 weights,
@@ -223,7 +223,7 @@ fn main() -> ExitCode {
                 pace,
             }) => {
                 let order = moving::Order::Rebalance { weights };
-                moving::run(&config, order, dry_run, pace.options()).await
+                Ok(moving::run(&config, order, dry_run, pace.options()).await?)
             }
             Some(Cmd::Drain {
                 node,
@@ -231,7 +231,7 @@ fn main() -> ExitCode {
                 pace,
             }) => {
                 let order = moving::Order::Drain { node };
-                moving::run(&config, order, dry_run, pace.options()).await
+                Ok(moving::run(&config, order, dry_run, pace.options()).await?)
             }
         }
     });
@@ -276,8 +276,11 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Why a command ended with a failure: printed, then the exit status says so.
+type Failed = Box<dyn std::error::Error>;
+
 /// The exit of `check` and `repair`: unhealthy is an error without a message of its own.
-fn one_shot(result: Result<bool, String>) -> Result<(), String> {
+fn one_shot(result: Result<bool, slotguard::cluster::Error>) -> Result<(), Failed> {
     match result? {
         true => Ok(()),
         false => Err("the cluster is not healthy".into()),
@@ -285,13 +288,11 @@ fn one_shot(result: Result<bool, String>) -> Result<(), String> {
 }
 
 /// Serves until SIGTERM or Ctrl-C, reloading the file on SIGHUP.
-async fn serve(config: Config, path: Option<PathBuf>, flags: Overrides) -> Result<(), String> {
+async fn serve(config: Config, path: Option<PathBuf>, flags: Overrides) -> Result<(), Failed> {
     if config.seeds.is_empty() {
         return Err("no seeds: give --seed HOST:PORT or `seeds` in the config file".into());
     }
-    let running = slotguard::server::start(config)
-        .await
-        .map_err(|e| e.to_string())?;
+    let running = slotguard::server::start(config).await?;
     // Ready for systemd once the first slot map is loaded, as /readyz.
     let proxy = running.proxy.clone();
     tokio::spawn(async move {

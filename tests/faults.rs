@@ -16,7 +16,7 @@ use common::{assert_unharmed, node_id, writers, Harness, Report};
 use slotguard::client::Conn;
 use slotguard::localcluster::{wait_for, LocalCluster, Options};
 use slotguard::protocol::key_slot;
-use slotguard::routing::decision::{Decision, State};
+use slotguard::routing::decision::{Decision, Orphan, State};
 
 /// A slot of node 0 being migrated to node 1, and its keys.
 struct Setup {
@@ -1312,7 +1312,14 @@ async fn open_anywhere(h: &Harness, slot: u16) -> bool {
 
 /// Waits until the proxy holds the slot because the migration's target is down.
 async fn wait_held_for_target(h: &Harness, slot: u16) {
-    let waiting = |d: &Decision| matches!(&d.state, State::Orphaned { why } if why.contains("no live master"));
+    let waiting = |d: &Decision| {
+        matches!(
+            &d.state,
+            State::Orphaned {
+                why: Orphan::TargetShardDown { .. } | Orphan::Unbound
+            }
+        )
+    };
     let what = "the proxy holds the slot while its target is failed";
     common::wait_decision(h, slot, Duration::from_secs(30), waiting, what).await;
 }

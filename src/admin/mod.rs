@@ -129,18 +129,35 @@ fn route(proxy: &Proxy, path: &[u8]) -> (&'static str, &'static str, String) {
     }
 }
 
+/// Why the proxy is not ready.
+enum NotReady {
+    /// No slot map yet.
+    NoMap,
+    /// Slots with no owner and no held request.
+    Unserved(usize),
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::NoMap => f.write_str("the slot map is not loaded yet"),
+            NotReady::Unserved(n) => write!(f, "{n} slots have no owner"),
+        }
+    }
+}
+
 /// Ready once the slot map is loaded and every slot is served or has held requests.
-fn readiness(proxy: &Proxy) -> Result<(), String> {
+fn readiness(proxy: &Proxy) -> Result<(), NotReady> {
     let table = proxy.table.load();
     if table.generation == 0 {
-        return Err("the slot map is not loaded yet".into());
+        return Err(NotReady::NoMap);
     }
     let held = proxy.hold.snapshot(Instant::now());
     let unserved = (0..SLOTS as u16)
         .filter(|&s| table.owner(s).is_none() && !held.iter().any(|(h, _, _)| *h == Some(s)))
         .count();
     if unserved > 0 {
-        return Err(format!("{unserved} slots have no owner"));
+        return Err(NotReady::Unserved(unserved));
     }
     Ok(())
 }

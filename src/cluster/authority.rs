@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::nodes::NodeLine;
-pub use crate::routing::decision::{Case, Decision, State, Step};
+pub use crate::routing::decision::{Case, Decision, Orphan, State, Step};
 
 /// A remembered migration of one slot, between two shards.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -497,7 +497,7 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
     // about to be failed over; either way, guessing now would strand keys.
     for end in [&source, &target] {
         if !cluster.is_live_master(end) && !cluster.is_gone(end) {
-            let why = format!("waiting: {end} does not answer and is not failed over yet");
+            let why = Orphan::Silent { node: end.clone() };
             return decision(State::Orphaned { why }, vec![]);
         }
     }
@@ -525,8 +525,7 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
                     return undo(cluster, slot, source, Case::TargetLost, why, &keys);
                 }
                 [] => {
-                    let why =
-                        format!("the target shard of the migration ({target}) has no live master");
+                    let why = Orphan::TargetShardDown { target };
                     return decision(State::Orphaned { why }, vec![]);
                 }
                 _ => {
@@ -564,7 +563,7 @@ pub fn decide(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
         .shard_master(&memory.shard(slot, &source))
         .or(owner.filter(|o| o.id != t.id));
     let Some(source_master) = source_master else {
-        let why = format!("waiting for the source shard of the migration ({source}) to fail over");
+        let why = Orphan::SourceShardDown { source };
         return decision(State::Orphaned { why }, vec![]);
     };
 
@@ -699,28 +698,24 @@ fn claimed_across_a_partition(
 /// replica holds the keys, replicated; nobody else should.
 fn unremembered(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
     let decision = |state, plan| Decision { slot, state, plan };
-    let orphaned = |why: String| decision(State::Orphaned { why }, vec![]);
+    let orphaned = |why: Orphan| decision(State::Orphaned { why }, vec![]);
     let dead = cluster.bound_to_dead(slot);
     if dead.is_empty() {
-        return orphaned("no live master serves the slot".to_string());
+        return orphaned(Orphan::Unbound);
     }
     if let Some(d) = dead.iter().find(|d| !cluster.is_gone(d)) {
-        return orphaned(format!(
-            "waiting: {d} does not answer and is not failed over yet"
-        ));
+        return orphaned(Orphan::Silent {
+            node: d.to_string(),
+        });
     }
     let dead: Vec<&str> = dead.into_iter().collect();
+    let named = || dead.iter().map(|d| d.to_string()).collect();
     let mut holders = Vec::new();
     for m in cluster.live_masters() {
         match memory.keys.get(&(m.id.clone(), slot)) {
             Some(0) => {}
             Some(_) => holders.push(m),
-            None => {
-                return orphaned(format!(
-                    "bound to {}, failed; waiting for it to return (keys of the slot not counted)",
-                    dead.join(", ")
-                ))
-            }
+            None => return orphaned(Orphan::Uncounted { dead: named() }),
         }
     }
     // Those known to have replicated the dead masters (journal), if known at all.
@@ -730,12 +725,7 @@ fn unremembered(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
         [t] if !known || lineage.contains(&t.id) => *t,
         [] => match cluster.shard_master(&lineage) {
             Some(t) => t,
-            None => {
-                return orphaned(format!(
-                    "bound to {}, failed; no live master holds keys of the slot or is known to have replicated it: waiting for it to return",
-                    dead.join(", ")
-                ))
-            }
+            None => return orphaned(Orphan::NoHeir { dead: named() }),
         },
         // Keys on several, or on a node outside the dead master's shard: never guessed.
         _ => {

@@ -97,26 +97,35 @@ impl std::fmt::Debug for Coordinator {
 }
 
 /// Why a write to etcd failed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Refused {
     /// This proxy does not hold the authority's lease (any more).
     NotAuthority,
     /// etcd did not answer, or answered an error.
     Etcd(String),
+    /// etcd refuses writes: its database reached its space quota (its alarm is raised).
+    Full(String),
 }
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refused::NotAuthority => f.write_str("this proxy does not hold the authority's lease"),
-            Refused::Etcd(e) => write!(f, "etcd: {e}"),
+            Refused::Etcd(e) | Refused::Full(e) => write!(f, "etcd: {e}"),
         }
     }
 }
 
 impl From<etcd_client::Error> for Refused {
     fn from(e: etcd_client::Error) -> Self {
-        Refused::Etcd(e.to_string())
+        // etcd says "database space exceeded" with gRPC's RESOURCE_EXHAUSTED (8).
+        const RESOURCE_EXHAUSTED: i32 = 8;
+        match &e {
+            etcd_client::Error::GRpcStatus(s) if s.code() as i32 == RESOURCE_EXHAUSTED => {
+                Refused::Full(e.to_string())
+            }
+            _ => Refused::Etcd(e.to_string()),
+        }
     }
 }
 
@@ -209,15 +218,22 @@ impl Coordinator {
     /// request connects anew.
     fn failed(&self, e: &Refused) {
         let mut state = self.state();
-        if let Refused::Etcd(text) = e {
-            if state.error.is_none() && text.contains("database space exceeded") {
-                warn!(error = %text, "etcd refuses writes: its database is full (its space quota); nothing is repaired until it takes writes again: compact and defragment it, then `etcdctl alarm disarm`");
-            } else if state.error.is_none() {
-                warn!(error = %text, "etcd does not answer: nothing is repaired until it does");
+        let text = match e {
+            Refused::NotAuthority => return,
+            Refused::Etcd(text) | Refused::Full(text) => text,
+        };
+        if state.error.is_none() {
+            match e {
+                Refused::Full(_) => {
+                    warn!(error = %text, "etcd refuses writes: its database is full (its space quota); nothing is repaired until it takes writes again: compact and defragment it, then `etcdctl alarm disarm`")
+                }
+                _ => {
+                    warn!(error = %text, "etcd does not answer: nothing is repaired until it does")
+                }
             }
-            state.error = Some(text.clone());
-            state.client = None;
         }
+        state.error = Some(text.clone());
+        state.client = None;
     }
 
     fn answered(&self) {
@@ -350,7 +366,7 @@ impl Coordinator {
 
     /// Writes `changes` to etcd under the authority's lease: refused once this proxy no
     /// longer holds it.
-    pub async fn commit_fenced(&self, changes: Vec<Change>) -> Result<(), String> {
+    pub async fn commit_fenced(&self, changes: Vec<Change>) -> Result<(), Refused> {
         let fence = self.fence().ok_or(Refused::NotAuthority);
         let written = match fence {
             Ok(fence) => self.write(&changes, Some(fence)).await.map(|_| ()),
@@ -362,7 +378,7 @@ impl Coordinator {
                 self.state().held = None;
             }
         }
-        written.map_err(|e| e.to_string())
+        written
     }
 
     /// Compacts etcd's history every [`COMPACT_EVERY`] writes, up to [`HISTORY_KEPT`]

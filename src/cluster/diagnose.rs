@@ -6,27 +6,29 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::authority::{Decision, State, Step};
+use super::authority::{Decision, Orphan, State, Step};
 use super::heal::{addresses, assess, Strays};
 use super::journal::Journal;
 use super::nodes::NodeLine;
 use super::repair;
 use super::topology::collect_views;
+use super::Error;
 use crate::config::Config;
 
 /// Most rounds of repair in one `slotguard repair`.
 const MAX_ROUNDS: usize = 32;
 
 /// Every node reachable from the seeds, and their views.
-pub(crate) async fn discover(config: &Config) -> Result<Vec<(String, Vec<NodeLine>)>, String> {
+pub(crate) async fn discover(config: &Config) -> Result<Vec<(String, Vec<NodeLine>)>, Error> {
     if config.seeds.is_empty() {
-        return Err("no seeds: give --seed HOST:PORT or `seeds` in the config file".into());
+        let why = "no seeds: give --seed HOST:PORT or `seeds` in the config file";
+        return Err(Error::Plan(why.into()));
     }
     let mut known = config.seeds.clone();
     loop {
         let views = collect_views(&config.dial(), &known)
             .await
-            .ok_or_else(|| format!("no seed answered: {}", known.join(", ")))?;
+            .ok_or_else(|| Error::NotReady(format!("no seed answered: {}", known.join(", "))))?;
         let before = known.len();
         for line in views.iter().flat_map(|(_, lines)| lines) {
             if !line.addr.is_empty() && !known.contains(&line.addr) {
@@ -44,7 +46,7 @@ pub(crate) async fn discover(config: &Config) -> Result<Vec<(String, Vec<NodeLin
 async fn look(
     config: &Config,
     journal: &Mutex<Journal>,
-) -> Result<(Vec<(String, Vec<NodeLine>)>, Vec<Decision>), String> {
+) -> Result<(Vec<(String, Vec<NodeLine>)>, Vec<Decision>), Error> {
     let views = discover(config).await?;
     let strays = &mut Strays::default();
     let dial = config.dial();
@@ -114,19 +116,6 @@ pub fn describe(step: &Step, addrs: &HashMap<String, String>) -> String {
 /// What slotguard would need to know to settle a conflict on its own.
 const CONFLICT_NEEDS: &str = "which side is newer. Give the journal of a proxy that watched the migration (--state-dir), or settle it by hand: the keys of the slot on each claimant (CLUSTER COUNTKEYSINSLOT), then CLUSTER SETSLOT <slot> NODE <id> on every master, after moving the keys to keep with MIGRATE";
 
-/// What slotguard waits for, or would need, to settle a slot no live master serves.
-fn orphan_needs(why: &str) -> &'static str {
-    if why.contains("does not answer") {
-        "the cluster to fail the silent node (after cluster-node-timeout) or the node to answer again"
-    } else if why.contains("not counted") {
-        "the keys of the slot on every live master: a look with every master answering"
-    } else if why.contains("no live master") || why.contains("waiting for it to return") {
-        "the failed master back, or a replica of it promoted (CLUSTER FAILOVER TAKEOVER on a replica that has its keys); slotguard then finishes the repair"
-    } else {
-        "a live master to serve the slot"
-    }
-}
-
 /// A readable report of the decisions; orphaned slots are folded into ranges.
 pub fn report(views: &[(String, Vec<NodeLine>)], decisions: &[Decision]) -> String {
     let addrs = addresses(views);
@@ -140,12 +129,12 @@ pub fn report(views: &[(String, Vec<NodeLine>)], decisions: &[Decision]) -> Stri
         "{} nodes answered, {masters} of them masters",
         views.len()
     );
-    let mut orphaned: Vec<(u16, u16, String)> = Vec::new();
+    let mut orphaned: Vec<(u16, u16, &Orphan)> = Vec::new();
     for d in decisions {
         match &d.state {
             State::Orphaned { why } => match orphaned.last_mut() {
-                Some((_, end, w)) if *end + 1 == d.slot && w == why => *end = d.slot,
-                _ => orphaned.push((d.slot, d.slot, why.clone())),
+                Some((_, end, w)) if *end + 1 == d.slot && *w == why => *end = d.slot,
+                _ => orphaned.push((d.slot, d.slot, why)),
             },
             State::Broken { case, why } => {
                 let _ = writeln!(out, "slot {}: broken ({case}): {why}", d.slot);
@@ -181,7 +170,7 @@ pub fn report(views: &[(String, Vec<NodeLine>)], decisions: &[Decision]) -> Stri
             format!("slots {a}-{b}")
         };
         let _ = writeln!(out, "{range}: orphaned: {why}");
-        let _ = writeln!(out, "  needs: {}", orphan_needs(&why));
+        let _ = writeln!(out, "  needs: {}", why.needs());
     }
     if decisions.is_empty() {
         let _ = writeln!(
@@ -193,7 +182,7 @@ pub fn report(views: &[(String, Vec<NodeLine>)], decisions: &[Decision]) -> Stri
 }
 
 /// `slotguard check`: prints the diagnosis; true when healthy.
-pub async fn check(config: &Config) -> Result<bool, String> {
+pub async fn check(config: &Config) -> Result<bool, Error> {
     let journal = Mutex::new(Journal::open(config.state_dir.as_deref())?);
     let (views, decisions) = look(config, &journal).await?;
     print!("{}", report(&views, &decisions));
@@ -202,7 +191,7 @@ pub async fn check(config: &Config) -> Result<bool, String> {
 
 /// `slotguard repair`: runs the plans until nothing is left to repair; with `dry_run`,
 /// prints the plans only. True when the cluster ends healthy.
-pub async fn repair(config: &Config, dry_run: bool) -> Result<bool, String> {
+pub async fn repair(config: &Config, dry_run: bool) -> Result<bool, Error> {
     let journal = Mutex::new(Journal::open(config.state_dir.as_deref())?);
     for _ in 0..MAX_ROUNDS {
         let (views, decisions) = look(config, &journal).await?;
@@ -232,9 +221,9 @@ pub async fn repair(config: &Config, dry_run: bool) -> Result<bool, String> {
         // Let the cluster spread the new configuration before looking again.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    Err(format!(
+    Err(Error::NotReady(format!(
         "still repairing after {MAX_ROUNDS} rounds; run again or look at the cluster"
-    ))
+    )))
 }
 
 #[cfg(test)]
@@ -254,7 +243,7 @@ mod tests {
             Decision {
                 slot: 8,
                 state: State::Orphaned {
-                    why: "the target shard of the migration (b) has no live master".into(),
+                    why: Orphan::TargetShardDown { target: "b".into() },
                 },
                 plan: vec![],
             },

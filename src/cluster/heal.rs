@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::authority::{self, Cluster, Decision, Migration, State};
 use super::journal::{lock, Change, Journal};
@@ -188,11 +188,15 @@ impl Healer {
             let outcome = if result.is_ok() { "ok" } else { "failed" };
             routing.metrics.repairs.with_label_values(&[outcome]).inc();
             {
+                // What may pass (a node not reached, a TRYAGAIN, the journal's etcd) is
+                // tried again soon, then less and less often; what will not (a node's
+                // refusal of the step, not being the authority) waits the longest.
                 let mut retry = retry.lock().unwrap_or_else(|e| e.into_inner());
                 let failures = if result.is_ok() { 0 } else { retry.0 + 1 };
-                let wait = match failures {
-                    0 => Duration::ZERO,
-                    n => RETRY_FIRST
+                let wait = match (&result, failures) {
+                    (_, 0) => Duration::ZERO,
+                    (Err(e), _) if !e.may_pass() => RETRY_MAX,
+                    (_, n) => RETRY_FIRST
                         .saturating_mul(1 << (n - 1).min(5))
                         .min(RETRY_MAX),
                 };
@@ -200,7 +204,15 @@ impl Healer {
             }
             match result {
                 Ok(()) => info!(slot, "repair finished"),
-                Err(e) => warn!(slot, error = %e, "repair stopped; it will be planned again"),
+                Err(e) if e.may_pass() => {
+                    warn!(slot, error = %e, "repair stopped; it will be planned again")
+                }
+                Err(e) => error!(
+                    slot,
+                    error = %e,
+                    retry_in = ?RETRY_MAX,
+                    "repair refused; it will be planned again from the cluster as it is then"
+                ),
             }
             routing.hint(Hint::Refresh);
         }));

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::authority::{Migration, Step};
 use super::coordination::Coordinator;
+use super::Error;
 
 /// A repair step as written down before it was sent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,7 +145,7 @@ struct Shared {
 
 impl Journal {
     /// Opens the journal in `dir` (created if missing), or an in-memory one for `None`.
-    pub fn open(dir: Option<&Path>) -> Result<Journal, String> {
+    pub fn open(dir: Option<&Path>) -> Result<Journal, Error> {
         let Some(dir) = dir else {
             return Ok(Journal {
                 path: None,
@@ -152,13 +153,15 @@ impl Journal {
                 shared: None,
             });
         };
-        std::fs::create_dir_all(dir).map_err(|e| format!("state_dir {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Journal(format!("state_dir {}: {e}", dir.display())))?;
         let path = dir.join("journal.json");
         let memory = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: unreadable journal: {e}", path.display()))?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Journal(format!("{}: unreadable journal: {e}", path.display()))
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Memory::default(),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => return Err(Error::Journal(format!("{}: {e}", path.display()))),
         };
         Ok(Journal {
             path: Some(path),
@@ -296,7 +299,7 @@ pub fn lock(journal: &Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
 /// and keeps it: in a shared journal it is written to etcd under the authority's lease
 /// before this returns, and refused once that lease is lost, so that a proxy that lost
 /// it sends no further step; otherwise it is saved to disk.
-pub async fn commit(journal: &Mutex<Journal>, change: Change) -> Result<(), String> {
+pub async fn commit(journal: &Mutex<Journal>, change: Change) -> Result<(), Error> {
     let coordinator = {
         let mut j = lock(journal);
         j.memory.apply(&change);
@@ -305,11 +308,11 @@ pub async fn commit(journal: &Mutex<Journal>, change: Change) -> Result<(), Stri
             None => {
                 return j
                     .save()
-                    .map_err(|e| format!("cannot write the journal: {e}"))
+                    .map_err(|e| Error::Journal(format!("cannot write the journal: {e}")))
             }
         }
     };
-    coordinator.commit_fenced(vec![change]).await
+    Ok(coordinator.commit_fenced(vec![change]).await?)
 }
 
 #[cfg(test)]
@@ -399,6 +402,7 @@ mod tests {
         std::fs::write(dir.join("journal.json"), b"{ torn").unwrap();
         assert!(Journal::open(Some(&dir))
             .unwrap_err()
+            .to_string()
             .contains("unreadable journal"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -7,6 +7,7 @@
 pub mod authority;
 pub mod coordination;
 pub mod diagnose;
+pub mod error;
 pub mod heal;
 pub mod journal;
 pub mod mover;
@@ -14,3 +15,5 @@ pub mod nodes;
 pub mod repair;
 pub mod topology;
 pub mod view;
+
+pub use error::Error;

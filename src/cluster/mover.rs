@@ -29,6 +29,7 @@ use super::heal::addresses;
 use super::journal::Journal;
 use super::nodes::NodeLine;
 use super::repair::{self, Pace};
+use super::Error;
 use crate::config::Config;
 use crate::protocol::{reply, SLOTS};
 pub use crate::routing::MoveOrder as Order;
@@ -59,17 +60,14 @@ pub struct Options {
 /// Attempts at one group of slots before giving up (a step fails while gossip catches up).
 const ATTEMPTS: usize = 8;
 
-/// Said when the run was stopped (Ctrl-C) at a step boundary.
-pub const STOPPED: &str = "stopped; run the same command again to resume";
-
 /// Parses a slot list: `100-199,300`.
-pub fn parse_slots(spec: &str) -> Result<Vec<u16>, String> {
-    let slot = |s: &str| -> Result<u16, String> {
+pub fn parse_slots(spec: &str) -> Result<Vec<u16>, Error> {
+    let slot = |s: &str| -> Result<u16, Error> {
         s.trim()
             .parse::<u16>()
             .ok()
             .filter(|&n| (n as usize) < SLOTS)
-            .ok_or_else(|| format!("'{s}' is not a slot (0-{})", SLOTS - 1))
+            .ok_or_else(|| Error::Plan(format!("'{s}' is not a slot (0-{})", SLOTS - 1)))
     };
     let mut out = Vec::new();
     for part in spec.split(',').filter(|p| !p.trim().is_empty()) {
@@ -77,7 +75,7 @@ pub fn parse_slots(spec: &str) -> Result<Vec<u16>, String> {
             Some((a, b)) => {
                 let (a, b) = (slot(a)?, slot(b)?);
                 if a > b {
-                    return Err(format!("'{part}' is an empty range"));
+                    return Err(Error::Plan(format!("'{part}' is an empty range")));
                 }
                 out.extend(a..=b);
             }
@@ -87,21 +85,21 @@ pub fn parse_slots(spec: &str) -> Result<Vec<u16>, String> {
     out.sort_unstable();
     out.dedup();
     if out.is_empty() {
-        return Err("no slots given".into());
+        return Err(Error::Plan("no slots given".into()));
     }
     Ok(out)
 }
 
 /// A live master named by its id, a unique prefix of it, or its `host:port`.
-pub fn find_master(cluster: &Cluster, name: &str) -> Result<String, String> {
+pub fn find_master(cluster: &Cluster, name: &str) -> Result<String, Error> {
     let found: Vec<&NodeLine> = cluster
         .live_masters()
         .filter(|m| m.id == name || m.addr == name || (name.len() >= 4 && m.id.starts_with(name)))
         .collect();
     match found[..] {
         [m] => Ok(m.id.clone()),
-        [] => Err(format!("no live master is {name}")),
-        _ => Err(format!("{name} names more than one master")),
+        [] => Err(Error::Plan(format!("no live master is {name}"))),
+        _ => Err(Error::Plan(format!("{name} names more than one master"))),
     }
 }
 
@@ -125,9 +123,9 @@ impl SlotPlan {
 }
 
 /// The plan that moves `slot` to `to` from where the cluster has it now.
-pub fn slot_plan(cluster: &Cluster, slot: u16, to: &str) -> Result<SlotPlan, String> {
+pub fn slot_plan(cluster: &Cluster, slot: u16, to: &str) -> Result<SlotPlan, Error> {
     if !cluster.is_live_master(to) {
-        return Err(format!("{to} is not a live master"));
+        return Err(Error::Plan(format!("{to} is not a live master")));
     }
     let claims = cluster.claims(slot);
     let owner = match claims[..] {
@@ -146,10 +144,10 @@ pub fn slot_plan(cluster: &Cluster, slot: u16, to: &str) -> Result<SlotPlan, Str
             }
         }
         _ => {
-            return Err(format!(
+            return Err(Error::Plan(format!(
                 "slot {slot} has {} live owners; `slotguard repair` settles it first",
                 claims.len()
-            ))
+            )))
         }
     };
     let mut others: Vec<&NodeLine> = cluster.live_masters().filter(|m| m.id != to).collect();
@@ -183,9 +181,9 @@ pub fn slot_plan(cluster: &Cluster, slot: u16, to: &str) -> Result<SlotPlan, Str
     let source = owner.id.as_str();
     if let Some((from, into)) = cluster.open_migrations().get(&slot) {
         if (from.as_str(), into.as_str()) != (source, to) {
-            return Err(format!(
+            return Err(Error::Plan(format!(
                 "slot {slot} is already migrating from {from} to {into}; `slotguard repair` settles it first"
-            ));
+            )));
         }
     }
     let mut keys = Vec::new();
@@ -381,7 +379,7 @@ pub async fn run(
     order: Order,
     dry_run: bool,
     options: Options,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let views = discover(config).await?;
     let cluster = Cluster::new(&views);
     let moves = plan(&cluster, order)?;
@@ -425,7 +423,7 @@ pub async fn run(
 /// earlier run (stopped, or cut by a crash) is finished where it was going. `rebalance`
 /// and `drain` weigh the whole cluster, so they first finish every migration left open
 /// between two live masters, where it was going.
-pub fn plan(cluster: &Cluster, order: Order) -> Result<Vec<Move>, String> {
+pub fn plan(cluster: &Cluster, order: Order) -> Result<Vec<Move>, Error> {
     let mut owned = owned(cluster);
     let (mut moves, more) = match order {
         Order::Migrate { slots, to } => {
@@ -445,10 +443,10 @@ pub fn plan(cluster: &Cluster, order: Order) -> Result<Vec<Move>, String> {
             for w in weights {
                 let (node, n) = w
                     .split_once('=')
-                    .ok_or_else(|| format!("--weight {w}: expected NODE=N"))?;
+                    .ok_or_else(|| Error::Plan(format!("--weight {w}: expected NODE=N")))?;
                 let n: u32 = n
                     .parse()
-                    .map_err(|_| format!("--weight {w}: {n} is not a whole number"))?;
+                    .map_err(|_| Error::Plan(format!("--weight {w}: {n} is not a whole number")))?;
                 by_id.insert(find_master(cluster, node)?, n);
             }
             let open = finish_open(cluster, &mut owned);
@@ -457,7 +455,7 @@ pub fn plan(cluster: &Cluster, order: Order) -> Result<Vec<Move>, String> {
         Order::Drain { node } => {
             let node = find_master(cluster, &node)?;
             if owned.len() < 2 {
-                return Err("no other master to take the slots".into());
+                return Err(Error::Plan("no other master to take the slots".into()));
             }
             let open = finish_open(cluster, &mut owned);
             (open, drain_moves(&owned, &node))
@@ -497,7 +495,7 @@ pub async fn run_moves(
     stop: &AtomicBool,
     journal: &Mutex<Journal>,
     progress: &Progress,
-) -> Result<Summary, String> {
+) -> Result<Summary, Error> {
     let dial = config
         .dial()
         .with_limit(config.connect_timeout.max(Duration::from_secs(5)));
@@ -524,7 +522,7 @@ pub async fn run_moves(
     let mut result = Ok(());
     for group in moves.chunks(GROUP) {
         if stop.load(Ordering::Relaxed) {
-            result = Err(STOPPED.to_string());
+            result = Err(Error::Stopped);
             break;
         }
         let mut mover = Group {
@@ -596,7 +594,7 @@ async fn run_for(routing: &Routing, request: MoveRequest) {
         let cluster = Cluster::new(&views);
         let moves = plan(&cluster, request.order)?;
         let text = describe(&owned(&cluster), &moves, &addresses(&views));
-        Ok::<_, String>((moves, text))
+        Ok::<_, Error>((moves, text))
     };
     let (moves, text) = match planned.await {
         Ok(planned) => planned,
@@ -633,8 +631,8 @@ async fn run_for(routing: &Routing, request: MoveRequest) {
     };
     match result {
         Ok(_) => publish("done", ""),
-        Err(e) if e == STOPPED => publish("stopped", &e),
-        Err(e) => publish("failed", &e),
+        Err(e @ Error::Stopped) => publish("stopped", &e.to_string()),
+        Err(e) => publish("failed", &e.to_string()),
     }
 }
 
@@ -662,8 +660,8 @@ impl Group<'_> {
     /// Moves `group`, looking at the cluster again after a step that failed (a node that
     /// has not heard the news yet, a failover under way), for up to [`ATTEMPTS`] tries.
     /// Each try plans from the cluster as it is, so what is done is not done again.
-    async fn run(&mut self, group: &[Move]) -> Result<(), String> {
-        let mut last = String::new();
+    async fn run(&mut self, group: &[Move]) -> Result<(), Error> {
+        let mut last = None;
         let mut counted = std::collections::BTreeSet::new();
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
@@ -679,11 +677,11 @@ impl Group<'_> {
                     self.done.fetch_add(uncounted, Ordering::Relaxed);
                     return Ok(());
                 }
-                Err(e) if e.contains(repair::STOPPED) => return Err(STOPPED.into()),
-                Err(e) => last = e,
+                Err(e @ Error::Stopped) => return Err(e),
+                Err(e) => last = Some(e),
             }
         }
-        Err(last)
+        Err(last.expect("at least one attempt"))
     }
 
     /// Counts `slot` as done once, whichever try moved its keys.
@@ -698,14 +696,14 @@ impl Group<'_> {
         &mut self,
         group: &[Move],
         counted: &mut std::collections::BTreeSet<u16>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let views = discover(self.config).await?;
         let cluster = Cluster::new(&views);
         let mut plans = Vec::new();
         for m in group {
             let to = successor(&cluster, &m.to, self.shards).to_string();
-            let plan =
-                slot_plan(&cluster, m.slot, &to).map_err(|e| format!("slot {}: {e}", m.slot))?;
+            let plan = slot_plan(&cluster, m.slot, &to)
+                .map_err(|e| Error::Plan(format!("slot {}: {e}", m.slot)))?;
             if !plan.is_done() {
                 plans.push((m.slot, to, plan));
             }
@@ -752,7 +750,7 @@ impl Group<'_> {
         &mut self,
         group: &[Move],
         counted: &mut std::collections::BTreeSet<u16>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let views = discover(self.config).await?;
         let open = Cluster::new(&views).open_migrations();
         let (by_hand, rest): (Vec<Move>, Vec<Move>) = group
@@ -773,7 +771,7 @@ impl Group<'_> {
         &mut self,
         group: &[Move],
         counted: &mut std::collections::BTreeSet<u16>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let views = discover(self.config).await?;
         let cluster = Cluster::new(&views);
         let mut jobs: BTreeMap<(String, String), Vec<u16>> = BTreeMap::new();
@@ -781,7 +779,8 @@ impl Group<'_> {
             let to = successor(&cluster, &m.to, self.shards).to_string();
             let claims = cluster.claims(m.slot);
             let [owner] = claims[..] else {
-                return Err(format!("slot {}: {} live owners", m.slot, claims.len()));
+                let why = format!("slot {}: {} live owners", m.slot, claims.len());
+                return Err(Error::Plan(why));
             };
             if owner.id != to {
                 jobs.entry((owner.id.clone(), to)).or_default().push(m.slot);
@@ -1061,9 +1060,11 @@ mod tests {
         let other = views(&[("A", "[50->-C]"), ("C", "[50-<-A]")], &[]);
         assert!(slot_plan(&Cluster::new(&other), 50, "B")
             .unwrap_err()
+            .to_string()
             .contains("already migrating"));
         assert!(slot_plan(&Cluster::new(&fresh), 50, "Z")
             .unwrap_err()
+            .to_string()
             .contains("not a live master"));
         // A target that has not heard who owns the slot (a master just added) binds it to
         // the source before it imports: importing, it would not learn it from gossip.
@@ -1086,9 +1087,18 @@ mod tests {
     #[test]
     fn slot_lists_parse_and_bad_ones_say_why() {
         assert_eq!(parse_slots("3,1-2, 7").unwrap(), vec![1, 2, 3, 7]);
-        assert!(parse_slots("16384").unwrap_err().contains("not a slot"));
-        assert!(parse_slots("9-3").unwrap_err().contains("empty range"));
-        assert!(parse_slots("").unwrap_err().contains("no slots"));
+        assert!(parse_slots("16384")
+            .unwrap_err()
+            .to_string()
+            .contains("not a slot"));
+        assert!(parse_slots("9-3")
+            .unwrap_err()
+            .to_string()
+            .contains("empty range"));
+        assert!(parse_slots("")
+            .unwrap_err()
+            .to_string()
+            .contains("no slots"));
         assert!(parse_slots("a").is_err());
     }
 

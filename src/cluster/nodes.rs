@@ -42,20 +42,40 @@ impl NodeLine {
 /// merging it grows with every line.
 pub const MAX_NODES: usize = 10_000;
 
+/// Why a `CLUSTER NODES` reply could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreadable {
+    /// More than [`MAX_NODES`] lines.
+    TooMany,
+    /// A line that does not parse.
+    Line(String),
+    /// A node listed twice (its id).
+    Twice(String),
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreadable::TooMany => write!(f, "more than {MAX_NODES} nodes listed"),
+            Unreadable::Line(l) => write!(f, "bad CLUSTER NODES line: {l:?}"),
+            Unreadable::Twice(id) => write!(f, "node {id} listed twice"),
+        }
+    }
+}
+
 /// Parses a `CLUSTER NODES` reply. `default_host` fills in an empty host (a node that
 /// has not learned its own address reports `:port`). A line that does not parse, a node
 /// listed twice or more than [`MAX_NODES`] lines make the whole reply unreadable.
-pub fn parse(text: &str, default_host: &str) -> Result<Vec<NodeLine>, String> {
+pub fn parse(text: &str, default_host: &str) -> Result<Vec<NodeLine>, Unreadable> {
     let mut out: Vec<NodeLine> = Vec::new();
     let mut ids = std::collections::HashSet::new();
     for l in text.lines().filter(|l| !l.trim().is_empty()) {
         if out.len() == MAX_NODES {
-            return Err(format!("more than {MAX_NODES} nodes listed"));
+            return Err(Unreadable::TooMany);
         }
-        let line =
-            parse_line(l, default_host).ok_or_else(|| format!("bad CLUSTER NODES line: {l:?}"))?;
+        let line = parse_line(l, default_host).ok_or_else(|| Unreadable::Line(l.to_string()))?;
         if !ids.insert(line.id.clone()) {
-            return Err(format!("node {} listed twice", line.id));
+            return Err(Unreadable::Twice(line.id));
         }
         out.push(line);
     }
@@ -177,11 +197,14 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0
         assert!(parse("abc", "h").is_err());
         assert!(parse("id 1.2.3.4:1@2 master - 0 0 x connected", "h").is_err());
         let line = "id 1.2.3.4:1@2 master - 0 0 1 connected\n";
-        assert!(parse(&line.repeat(2), "h").unwrap_err().contains("twice"));
+        assert!(matches!(
+            parse(&line.repeat(2), "h"),
+            Err(Unreadable::Twice(_))
+        ));
         let many: String = (0..=MAX_NODES)
             .map(|i| format!("n{i} 1.2.3.4:1@2 master - 0 0 1 connected\n"))
             .collect();
-        assert!(parse(&many, "h").unwrap_err().contains("more than"));
+        assert!(parse(&many, "h") == Err(Unreadable::TooMany));
         let hosted = parse(
             "id 1.2.3.4:1@2,db-1,shard-id=x master - 0 0 1 connected",
             "h",

@@ -11,7 +11,8 @@ use tracing::{info, warn};
 
 use super::authority::Step;
 use super::journal::{self, Change, Journal, StepRecord};
-use crate::client::{Conn, Dial};
+use super::Error;
+use crate::client::{Conn, ConnError, Dial};
 use crate::protocol::Value;
 
 /// Keys moved per MIGRATE, unless a [`Pace`] says otherwise.
@@ -31,7 +32,7 @@ pub async fn run(
     journal: &Mutex<Journal>,
     dial: &Dial,
     pace: &Pace<'_>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     begin(slot, journal).await?;
     run_steps_paced(slot, plan, addrs, journal, dial, pace).await?;
     if let Some(owner) = new_owner(plan) {
@@ -107,13 +108,13 @@ pub async fn await_agreement_all(
 }
 
 /// Marks `slot` as being repaired or not, in the journal.
-pub async fn mark(slot: u16, journal: &Mutex<Journal>, repairing: bool) -> Result<(), String> {
+pub async fn mark(slot: u16, journal: &Mutex<Journal>, repairing: bool) -> Result<(), Error> {
     journal::commit(journal, Change::Repairing(slot, repairing)).await
 }
 
 /// Marks `slot` as being repaired: if the proxy dies before the repair ends, the next one
 /// finishes it, even where the slot looks like a live migration.
-pub async fn begin(slot: u16, journal: &Mutex<Journal>) -> Result<(), String> {
+pub async fn begin(slot: u16, journal: &Mutex<Journal>) -> Result<(), Error> {
     mark(slot, journal, true).await
 }
 
@@ -153,9 +154,6 @@ impl Default for Pace<'_> {
 /// second of 1, with the same longest stall.
 pub const PIPELINE: usize = 4;
 
-/// Said when a [`Pace`]'s stop cut a move short.
-pub const STOPPED: &str = "stopped between two batches";
-
 /// Runs steps, each written to the journal before it is sent and logged with its result.
 pub async fn run_steps(
     slot: u16,
@@ -163,7 +161,7 @@ pub async fn run_steps(
     addrs: &HashMap<String, String>,
     journal: &Mutex<Journal>,
     dial: &Dial,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     run_steps_paced(slot, plan, addrs, journal, dial, &Pace::default()).await
 }
 
@@ -175,7 +173,7 @@ pub async fn run_steps_paced(
     journal: &Mutex<Journal>,
     dial: &Dial,
     pace: &Pace<'_>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let mut nodes = Nodes {
         addrs,
         conns: HashMap::new(),
@@ -189,7 +187,7 @@ pub async fn run_steps_paced(
         let result = run_step(step, &mut nodes, pace).await;
         let outcome = match &result {
             Ok(()) => "ok".to_string(),
-            Err(e) => e.clone(),
+            Err(e) => e.to_string(),
         };
         match &result {
             Ok(()) => info!(slot, step = ?step, "repair step done"),
@@ -211,26 +209,24 @@ struct Nodes<'a> {
 }
 
 impl Nodes<'_> {
-    fn addr(&self, id: &str) -> Result<&str, String> {
+    fn addr(&self, id: &str) -> Result<&str, Error> {
         self.addrs
             .get(id)
             .map(String::as_str)
-            .ok_or_else(|| format!("no address known for node {id}"))
+            .ok_or_else(|| Error::NotReady(format!("no address known for node {id}")))
     }
 
     /// The connection to node `id`, opened on first use.
-    async fn conn(&mut self, id: &str) -> Result<&mut Conn, String> {
+    async fn conn(&mut self, id: &str) -> Result<&mut Conn, Error> {
         if !self.conns.contains_key(id) {
-            let c = Conn::dial(self.addr(id)?, self.dial)
-                .await
-                .map_err(|e| e.to_string())?;
+            let c = Conn::dial(self.addr(id)?, self.dial).await?;
             self.conns.insert(id.to_string(), c);
         }
         Ok(self.conns.get_mut(id).expect("just inserted"))
     }
 }
 
-async fn run_step(step: &Step, nodes: &mut Nodes<'_>, pace: &Pace<'_>) -> Result<(), String> {
+async fn run_step(step: &Step, nodes: &mut Nodes<'_>, pace: &Pace<'_>) -> Result<(), Error> {
     let setslot = |on: &str, slot: u16, args: Vec<String>| {
         let mut cmd = vec!["CLUSTER".to_string(), "SETSLOT".into(), slot.to_string()];
         cmd.extend(args);
@@ -257,7 +253,7 @@ async fn run_step(step: &Step, nodes: &mut Nodes<'_>, pace: &Pace<'_>) -> Result
         }
     };
     let c = nodes.conn(&on).await?;
-    c.call_ok(&cmd).await.map_err(|e| e.to_string())?;
+    c.call_ok(&cmd).await?;
     Ok(())
 }
 
@@ -270,18 +266,18 @@ async fn move_keys(
     replace: bool,
     nodes: &mut Nodes<'_>,
     pace: &Pace<'_>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let dial = nodes.dial;
     let target = nodes.addr(to)?.to_string();
     let (host, port) = target
         .rsplit_once(':')
-        .ok_or_else(|| format!("bad address {target}"))?;
+        .ok_or_else(|| Error::Plan(format!("bad address {target}")))?;
     let (host, port) = (host.to_string(), port.to_string());
     let mut moved = 0usize;
     let started = Instant::now();
     loop {
         if pace.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-            return Err(STOPPED.into());
+            return Err(Error::Stopped);
         }
         if let Some(rate) = pace.max_keys_per_sec.filter(|&r| r > 0) {
             let due = started + Duration::from_secs_f64(moved as f64 / rate as f64);
@@ -299,20 +295,15 @@ async fn move_keys(
             // Giving keys back to their owner (S13, S14): a key the owner has too was
             // written there after the migration stopped, so the owner's copy is the newer
             // one. The older copy here is dropped, each by name in the log.
-            let mut owner = Conn::dial(&target, dial).await.map_err(|e| e.to_string())?;
+            let mut owner = Conn::dial(&target, dial).await?;
             let mut keep = Vec::new();
             for key in keys {
-                let there = owner
-                    .call_ok(&[b"EXISTS".as_slice(), &key])
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let there = owner.call_ok(&[b"EXISTS".as_slice(), &key]).await?;
                 if there.as_int() == Some(1) {
                     warn!(slot, key = %String::from_utf8_lossy(&key), from, to, "the owner has a newer copy; dropping the old one");
                     let c = nodes.conn(from).await?;
-                    c.call_ok(&["ASKING"]).await.map_err(|e| e.to_string())?;
-                    c.call_ok(&[b"DEL".as_slice(), &key])
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    c.call_ok(&["ASKING"]).await?;
+                    c.call_ok(&[b"DEL".as_slice(), &key]).await?;
                 } else {
                     keep.push(key);
                 }
@@ -351,10 +342,8 @@ async fn move_keys(
             commands.push(migrate(keys, MIGRATE_TIMEOUT_MS));
         }
         let limit = Duration::from_millis(MIGRATE_TIMEOUT_MS * batches.len() as u64) + dial.limit;
-        let replies = c
-            .pipeline(&commands, limit)
-            .await
-            .map_err(|e| e.to_string())?;
+        let source = c.addr().to_string();
+        let replies = c.pipeline(&commands, limit).await?;
         for (keys, reply) in batches.iter().zip(replies.iter().skip(1).step_by(2)) {
             match reply {
                 Value::Error(e) if e.starts_with(b"IOERR") => {
@@ -363,13 +352,12 @@ async fn move_keys(
                     for key in keys.iter() {
                         let c = nodes.conn(from).await?;
                         let timeout = migrate_timeout(c, key).await;
-                        c.call_ok(&["ASKING"]).await.map_err(|e| e.to_string())?;
+                        c.call_ok(&["ASKING"]).await?;
                         c.call_ok(&migrate(std::slice::from_ref(key), timeout))
-                            .await
-                            .map_err(|e| e.to_string())?;
+                            .await?;
                     }
                 }
-                Value::Error(e) => return Err(String::from_utf8_lossy(e).into_owned()),
+                Value::Error(e) => return Err(ConnError::reply(&source, e).into()),
                 _ => {}
             }
         }
@@ -398,8 +386,7 @@ async fn migrate_slots(
     target: &str,
     nodes: &mut Nodes<'_>,
     pace: &Pace<'_>,
-) -> Result<(), String> {
-    let fail = |e: crate::client::ConnError| e.to_string();
+) -> Result<(), Error> {
     let wanted: Vec<String> = ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
     let wanted = wanted.join(" ");
     let c = nodes.conn(on).await?;
@@ -419,23 +406,26 @@ async fn migrate_slots(
             cmd.extend([a.to_string(), b.to_string()]);
         }
         cmd.extend(["NODE".into(), target.to_string()]);
-        c.call_ok(&cmd).await.map_err(fail)?;
+        c.call_ok(&cmd).await?;
     }
     loop {
         if pace.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
             // The server goes on with the job; the next run finds and watches it.
-            return Err(STOPPED.into());
+            return Err(Error::Stopped);
         }
         match ours(&slot_migrations(c).await?) {
             Some(job) if job.active() => {}
             Some(job) if job.state == "success" => return Ok(()),
             Some(job) => {
-                return Err(format!(
+                return Err(Error::NotReady(format!(
                     "the slot migration to {target} ended {}: {}",
                     job.state, job.message
-                ))
+                )))
             }
-            None => return Err(format!("no slot migration to {target} is listed on {on}")),
+            None => {
+                let why = format!("no slot migration to {target} is listed on {on}");
+                return Err(Error::NotReady(why));
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -473,11 +463,8 @@ impl Job {
 }
 
 /// The node's atomic slot migrations, oldest first (`CLUSTER GETSLOTMIGRATIONS`).
-pub async fn slot_migrations(c: &mut Conn) -> Result<Vec<Job>, String> {
-    let reply = c
-        .call_ok(&["CLUSTER", "GETSLOTMIGRATIONS"])
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn slot_migrations(c: &mut Conn) -> Result<Vec<Job>, Error> {
+    let reply = c.call_ok(&["CLUSTER", "GETSLOTMIGRATIONS"]).await?;
     Ok(parse_jobs(&reply))
 }
 
@@ -519,12 +506,11 @@ async fn migrate_timeout(c: &mut Conn, key: &[u8]) -> u64 {
 }
 
 /// Up to `count` key names of `slot` on the node behind `c`.
-async fn keys_in_slot(c: &mut Conn, slot: u16, count: i64) -> Result<Vec<bytes::Bytes>, String> {
+async fn keys_in_slot(c: &mut Conn, slot: u16, count: i64) -> Result<Vec<bytes::Bytes>, Error> {
     let (slot, count) = (slot.to_string(), count.max(0).to_string());
     let keys = c
         .call_ok(&["CLUSTER", "GETKEYSINSLOT", &slot, &count])
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(keys
         .as_array()
         .unwrap_or_default()
@@ -540,20 +526,19 @@ async fn keys_in_slot(c: &mut Conn, slot: u16, count: i64) -> Result<Vec<bytes::
 /// acknowledges writes, and one sent before the slot was held may still be on its way.
 /// Once it refuses them, what it has is final until the partition heals: a write that
 /// arrives later gets CLUSTERDOWN, and the proxy holds it with the slot.
-async fn copy_keys(from: &str, to: &str, slot: u16, nodes: &mut Nodes<'_>) -> Result<(), String> {
-    let fail = |e: crate::client::ConnError| e.to_string();
+async fn copy_keys(from: &str, to: &str, slot: u16, nodes: &mut Nodes<'_>) -> Result<(), Error> {
     let c = nodes.conn(from).await?;
-    let info = c.call_ok(&["CLUSTER", "INFO"]).await.map_err(fail)?;
+    let info = c.call_ok(&["CLUSTER", "INFO"]).await?;
     let down = info
         .as_str()
         .is_some_and(|t| t.lines().any(|l| l.trim() == "cluster_state:fail"));
     if !down {
-        return Err(format!(
+        return Err(Error::NotReady(format!(
             "{from} still takes writes (it has not seen it is cut off); the copy waits"
-        ));
+        )));
     }
     let allow = ["CONFIG", "GET", "cluster-allow-reads-when-down"];
-    let before = match c.call_ok(&allow).await.map_err(fail)? {
+    let before = match c.call_ok(&allow).await? {
         Value::Array(v) => v
             .get(1)
             .and_then(|v| v.as_str())
@@ -563,10 +548,10 @@ async fn copy_keys(from: &str, to: &str, slot: u16, nodes: &mut Nodes<'_>) -> Re
     };
     let set =
         |value: &str| ["CONFIG", "SET", "cluster-allow-reads-when-down", value].map(str::to_string);
-    c.call_ok(&set("yes")).await.map_err(fail)?;
+    c.call_ok(&set("yes")).await?;
     let copied = copy_each_key(from, to, slot, nodes).await;
     let c = nodes.conn(from).await?;
-    c.call_ok(&set(&before)).await.map_err(fail)?;
+    c.call_ok(&set(&before)).await?;
     let copied = copied?;
     info!(slot, from, to, copied, "keys copied");
     let c = nodes.conn(to).await?;
@@ -578,23 +563,19 @@ async fn copy_each_key(
     to: &str,
     slot: u16,
     nodes: &mut Nodes<'_>,
-) -> Result<usize, String> {
-    let fail = |e: crate::client::ConnError| e.to_string();
+) -> Result<usize, Error> {
     let s = slot.to_string();
     let c = nodes.conn(from).await?;
-    let count = c
-        .call_ok(&["CLUSTER", "COUNTKEYSINSLOT", &s])
-        .await
-        .map_err(fail)?;
+    let count = c.call_ok(&["CLUSTER", "COUNTKEYSINSLOT", &s]).await?;
     let keys = keys_in_slot(c, slot, count.as_int().unwrap_or(0)).await?;
     let mut copied = 0;
     for key in keys {
         let c = nodes.conn(from).await?;
-        let dump = c.call_ok(&[b"DUMP".as_slice(), &key]).await.map_err(fail)?;
+        let dump = c.call_ok(&[b"DUMP".as_slice(), &key]).await?;
         let Some(payload) = dump.as_bytes().cloned() else {
             continue; // expired meanwhile
         };
-        let ttl = c.call_ok(&[b"PTTL".as_slice(), &key]).await.map_err(fail)?;
+        let ttl = c.call_ok(&[b"PTTL".as_slice(), &key]).await?;
         let ttl = match ttl.as_int() {
             Some(-2) => continue,
             Some(ms) if ms > 0 => ms.to_string(),
@@ -602,11 +583,11 @@ async fn copy_each_key(
         };
         let c = nodes.conn(to).await?;
         let restore = [b"RESTORE".as_slice(), &key, ttl.as_bytes(), &payload];
-        match c.call(&restore).await.map_err(fail)? {
+        match c.call(&restore).await? {
             Value::Error(e) if e.starts_with(b"BUSYKEY") => {
                 warn!(slot, key = %String::from_utf8_lossy(&key), from, to, "the winner has its own copy; keeping it");
             }
-            Value::Error(e) => return Err(String::from_utf8_lossy(&e).into_owned()),
+            Value::Error(e) => return Err(ConnError::reply(c.addr(), &e).into()),
             _ => copied += 1,
         }
     }
@@ -621,9 +602,8 @@ async fn copy_each_key(
 /// own in `slot`, in one transaction that nobody can see half done: its offset is then
 /// the node's, and WAIT asks the replicas at once rather than at their next
 /// once-a-second report.
-async fn await_replicas(c: &mut Conn, slot: u16) -> Result<(), String> {
-    let fail = |e: crate::client::ConnError| e.to_string();
-    let info = c.call_ok(&["INFO", "replication"]).await.map_err(fail)?;
+async fn await_replicas(c: &mut Conn, slot: u16) -> Result<(), Error> {
+    let info = c.call_ok(&["INFO", "replication"]).await?;
     let text = info.as_str().unwrap_or_default();
     let online = text
         .lines()
@@ -638,13 +618,13 @@ async fn await_replicas(c: &mut Conn, slot: u16) -> Result<(), String> {
     );
     // ASKING holds for the whole transaction: the slot may be one the node imports. A
     // command refused in it makes EXEC fail, and ends the transaction all the same.
-    c.call_ok(&["ASKING"]).await.map_err(fail)?;
-    c.call_ok(&["MULTI"]).await.map_err(fail)?;
-    c.call(&["SET", &key, "1"]).await.map_err(fail)?;
-    c.call(&["DEL", &key]).await.map_err(fail)?;
-    c.call_ok(&["EXEC"]).await.map_err(fail)?;
+    c.call_ok(&["ASKING"]).await?;
+    c.call_ok(&["MULTI"]).await?;
+    c.call(&["SET", &key, "1"]).await?;
+    c.call(&["DEL", &key]).await?;
+    c.call_ok(&["EXEC"]).await?;
     let (n, ms) = (online.to_string(), REPLICA_WAIT.as_millis().to_string());
-    let acked = c.call_ok(&["WAIT", &n, &ms]).await.map_err(fail)?;
+    let acked = c.call_ok(&["WAIT", &n, &ms]).await?;
     if acked.as_int().unwrap_or(0) < online as i64 {
         warn!(
             slot,

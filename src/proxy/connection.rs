@@ -101,6 +101,52 @@ pub struct Durability {
     pub hold_timeout: Duration,
 }
 
+/// Why a connection to a node ended, or could not start.
+#[derive(Debug)]
+pub enum Broken {
+    /// The connection could not be made.
+    Connect(std::io::Error),
+    Write(std::io::Error),
+    Read(std::io::Error),
+    /// The node closed it.
+    Closed,
+    /// The node refused what the connection starts with (`AUTH`, `HELLO`, ...): its reply.
+    Refused(String),
+    /// The node's bytes are not RESP.
+    Unreadable(crate::protocol::ProtocolError),
+    /// A reply came with no request waiting for it.
+    Unasked,
+    /// Requests waited, and the cluster has failed the node over.
+    NodeFailed,
+    /// The oldest request waited `hold.timeout` with no reply.
+    NoReply(Duration),
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broken::Connect(e) => write!(f, "connect: {e}"),
+            Broken::Write(e) => write!(f, "write: {e}"),
+            Broken::Read(e) => write!(f, "read: {e}"),
+            Broken::Closed => f.write_str("connection closed by the node"),
+            Broken::Refused(reply) => write!(f, "refused on connect: {reply}"),
+            Broken::Unreadable(e) => e.fmt(f),
+            Broken::Unasked => f.write_str("reply without a request"),
+            Broken::NodeFailed => f.write_str("no reply, and the cluster has failed the node"),
+            Broken::NoReply(limit) => {
+                write!(f, "no reply in {} ms (hold.timeout)", limit.as_millis())
+            }
+        }
+    }
+}
+
+impl Broken {
+    /// The node's error reply to the greeting.
+    pub fn refused(frame: &[u8]) -> Broken {
+        Broken::Refused(String::from_utf8_lossy(frame).trim_end().to_string())
+    }
+}
+
 /// A script's error for a key its node does not serve (Redis 7).
 const NON_LOCAL_KEY: &[u8] = b"-ERR Script attempted to access a non local key";
 
@@ -216,7 +262,12 @@ pub async fn run(
                 metrics.backend_connects_failed.inc();
                 debug!(%addr, error = %e, "connect failed");
                 turn = None; // it gives up its turn
-                fail_all(&proxy, &addr, batch.drain(..), &format!("connect: {e}"));
+                fail_all(
+                    &proxy,
+                    &addr,
+                    batch.drain(..),
+                    &Broken::Connect(e).to_string(),
+                );
                 continue;
             }
         };
@@ -270,6 +321,7 @@ pub async fn run(
             lease.lost(&addr);
         }
         warn!(%addr, %error, in_flight, "backend connection lost");
+        let error = error.to_string();
         lost(&proxy, &addr, unanswered.into_iter(), &error);
         if owner.is_some() {
             // A client's own connection is not made again behind its back: what a WATCH
@@ -406,7 +458,7 @@ impl Connection<'_> {
         mut stream: S,
         rx: &mut mpsc::UnboundedReceiver<Job>,
         batch: &mut Vec<Job>,
-    ) -> Option<String> {
+    ) -> Option<Broken> {
         // A stopped node (SIGSTOP, a hung machine) keeps the connection open and never
         // answers: once the cluster has failed it over, what it holds is sent again.
         let mut stall_check = tokio::time::interval(STALL_CHECK);
@@ -466,7 +518,7 @@ impl Connection<'_> {
                 if let Err(e) = written.await {
                     // Some of the buffer, its end at least, never reached the socket.
                     self.tail_unread = true;
-                    return Some(format!("write: {e}"));
+                    return Some(Broken::Write(e));
                 }
                 self.wbuf.clear();
                 self.turn = None; // the next new connection to the node may write
@@ -474,7 +526,7 @@ impl Connection<'_> {
             tokio::select! {
                 biased;
                 read = stream.read_buf(&mut self.rbuf) => match read {
-                    Ok(0) => return Some("connection closed by the node".into()),
+                    Ok(0) => return Some(Broken::Closed),
                     Ok(_) => {
                         if let Err(e) = self.replies() {
                             return Some(e);
@@ -498,7 +550,7 @@ impl Connection<'_> {
                     }
                     Err(e) => {
                         self.tail_unread = e.kind() == std::io::ErrorKind::ConnectionReset;
-                        return Some(format!("read: {e}"));
+                        return Some(Broken::Read(e));
                     }
                 },
                 n = rx.recv_many(batch, BATCH), if !closed => if n == 0 {
@@ -537,7 +589,7 @@ impl Connection<'_> {
     }
 
     /// Hands every complete reply in the read buffer to its job.
-    fn replies(&mut self) -> Result<(), String> {
+    fn replies(&mut self) -> Result<(), Broken> {
         let mut answered = 0;
         let read = self.take_replies(&mut answered);
         // Counted once for all the replies read (a read carries many), not once a reply.
@@ -548,9 +600,9 @@ impl Connection<'_> {
 
     /// Matches the replies in the read buffer to the jobs in flight; `answered` counts
     /// the jobs that left the in-flight FIFO.
-    fn take_replies(&mut self, answered: &mut i64) -> Result<(), String> {
+    fn take_replies(&mut self, answered: &mut i64) -> Result<(), Broken> {
         let mut took = Took::now();
-        while let Some(len) = self.scanner.scan(&self.rbuf).map_err(|e| e.to_string())? {
+        while let Some(len) = self.scanner.scan(&self.rbuf).map_err(Broken::Unreadable)? {
             let frame = self.rbuf.split_to(len).freeze();
             if frame.first() == Some(&b'>') {
                 // An out-of-band push, not a reply (a tracking connection may have
@@ -563,8 +615,7 @@ impl Connection<'_> {
             if self.skip > 0 {
                 self.skip -= 1;
                 if frame.first() == Some(&b'-') {
-                    let text = String::from_utf8_lossy(&frame).trim_end().to_string();
-                    return Err(format!("refused on connect: {text}"));
+                    return Err(Broken::refused(&frame));
                 }
                 continue;
             }
@@ -574,7 +625,7 @@ impl Connection<'_> {
                 continue;
             }
             let Some(front) = self.inflight.front_mut() else {
-                return Err("reply without a request".into());
+                return Err(Broken::Unasked);
             };
             if front.skip > 0 {
                 front.skip -= 1;
@@ -650,7 +701,7 @@ impl Connection<'_> {
     /// in flight is then answered as on a broken connection, its wait counted from when it
     /// was sent (see [`Connection::unanswered`]). A client's own connection may wait on a
     /// blocking command for as long as it asked, so only the first applies there.
-    fn stalled(&self) -> Option<String> {
+    fn stalled(&self) -> Option<Broken> {
         let oldest = self.inflight.front().map(|f| f.sent);
         let waited = oldest
             .or_else(|| self.barriers.front().map(|b| b.since))?
@@ -660,11 +711,10 @@ impl Connection<'_> {
         }
         let proxy = self.proxy.upgrade()?;
         if proxy.node_failed(self.addr) {
-            return Some("no reply, and the cluster has failed the node".into());
+            return Some(Broken::NodeFailed);
         }
         let limit = proxy.hold_timeout();
-        (self.own.is_none() && waited >= limit)
-            .then(|| format!("no reply in {} ms (hold.timeout)", limit.as_millis()))
+        (self.own.is_none() && waited >= limit).then_some(Broken::NoReply(limit))
     }
 
     /// Nothing is in flight: no request, no `WAIT`.
@@ -969,7 +1019,7 @@ mod tests {
             node
         };
         let (ended, _node) = tokio::join!(conn.serve(ours, &mut rx, &mut batch), node_side);
-        assert_eq!(ended, None, "closed cleanly");
+        assert!(ended.is_none(), "closed cleanly: {ended:?}");
         assert_eq!(&ra.await.unwrap()[..], b"+first\r\n");
         assert_eq!(&rc.await.unwrap()[..], b"$5\r\nthird\r\n");
         assert_eq!(&rd.await.unwrap()[..], b"-ERR plain\r\n");
@@ -1002,7 +1052,7 @@ mod tests {
             drop(node);
         };
         let (ended, ()) = tokio::join!(conn.serve(ours, &mut rx, &mut batch), node_side);
-        assert_eq!(ended.as_deref(), Some("connection closed by the node"));
+        assert!(matches!(ended, Some(Broken::Closed)), "{ended:?}");
         assert_eq!(&ra.await.unwrap()[..], b"+one\r\n");
         let unanswered = conn.unanswered(&mut Vec::new());
         lost(
@@ -1036,7 +1086,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let started = tokio::time::Instant::now();
         let ended = conn.serve(ours, &mut rx, &mut Vec::new()).await;
-        assert_eq!(ended, None, "given back, not failed");
+        assert!(ended.is_none(), "given back, not failed: {ended:?}");
         assert_eq!(started.elapsed(), Duration::from_secs(30));
         // The node's handle sees the queue closed and gives the next job back (its lease
         // then opens another connection).
@@ -1081,7 +1131,7 @@ mod tests {
         };
         let (ended, (_node, r_set, r_get)) =
             tokio::join!(conn.serve(ours, &mut rx, &mut batch), node_side);
-        assert_eq!(ended, None);
+        assert!(ended.is_none(), "{ended:?}");
         assert_eq!(&r_set.await.unwrap()[..], b"+OK\r\n");
         assert_eq!(&r_get.await.unwrap()[..], b"$1\r\nv\r\n");
         assert_eq!(fx.metrics.wait_retries.get(), 1);
@@ -1150,7 +1200,9 @@ mod tests {
         };
         let (ended, ()) = tokio::join!(conn.serve(ours, &mut rx, &mut batch), node_side);
         assert!(
-            ended.as_ref().is_some_and(|e| e.contains("reset")),
+            ended
+                .as_ref()
+                .is_some_and(|e| e.to_string().contains("reset")),
             "{ended:?}"
         );
         let unanswered = conn.unanswered(&mut Vec::new());
@@ -1183,7 +1235,7 @@ mod tests {
             node
         };
         let (ended, _node) = tokio::join!(conn.serve(ours, &mut rx, &mut batch), node_side);
-        assert_eq!(ended, None);
+        assert!(ended.is_none(), "{ended:?}");
         let incr = r_incr.await.unwrap();
         let parked = fx.recorder.parked.lock().unwrap();
         let raws: Vec<&[u8]> = parked.iter().map(|(raw, _)| &raw[..]).collect();

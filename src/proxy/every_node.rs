@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use super::Proxy;
+use crate::client::Failure;
 use crate::protocol::{reply, Request, Value};
 use crate::routing::status::{Health, Role};
 
@@ -64,16 +65,16 @@ async fn run(proxy: Arc<Proxy>, req: &Request, reach: Reach) -> Bytes {
         let proxy = proxy.clone();
         calls.spawn(async move {
             let Some(mut conn) = proxy.pool.take(&addr, &dial).await else {
-                return (i, Err("cannot connect".to_string()));
+                return (i, Err(Failure::Io("cannot connect".to_string())));
             };
             let answer = conn.call(&args).await;
             if answer.is_ok() {
                 proxy.pool.give(conn);
             }
-            (i, answer.map_err(|e| e.what))
+            (i, answer.map_err(|e| e.failure))
         });
     }
-    let mut answers: Vec<Option<Result<Value, String>>> = vec![None; addrs.len()];
+    let mut answers: Vec<Option<Result<Value, Failure>>> = vec![None; addrs.len()];
     while let Some(done) = calls.join_next().await {
         if let Ok((i, answer)) = done {
             answers[i] = Some(answer);

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::connection::{self, greeting, Dispatch, Owner, Target, Tracks};
+use super::connection::{self, greeting, Broken, Dispatch, Owner, Target, Tracks};
 use super::job::Job;
 use super::lease::Lease;
 use super::turns::Turns;
@@ -203,15 +203,13 @@ pub async fn dial(
     config: &Config,
     resp3: bool,
     then: &[u8],
-) -> Result<(Stream, usize), String> {
+) -> Result<(Stream, usize), Broken> {
     let mut stream = crate::tls::connect(addr, config.connect_timeout, config.backend_tls.as_ref())
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(Broken::Connect)?;
     let auth = config.backend_auth.as_ref().map(|a| a.request());
     let (mut hello, replies) = greeting(auth.as_deref(), false, resp3);
     hello.extend_from_slice(then);
-    write(&mut stream, &hello)
-        .await
-        .map_err(|e| format!("write: {e}"))?;
+    write(&mut stream, &hello).await.map_err(Broken::Write)?;
     Ok((stream, replies))
 }

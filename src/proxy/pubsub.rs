@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::debug;
 
 use super::client::Client;
+use super::connection::Broken;
 use super::local::{confirmation, push, Item};
 use super::node::dial;
 use super::output::{write_now, Backlog};
@@ -123,7 +124,7 @@ struct Link {
 /// What a link task reports.
 enum Event {
     Frame(u32, Bytes),
-    Closed(u32, String),
+    Closed(u32, Broken),
 }
 
 /// Something owed to the client, in order.
@@ -676,7 +677,7 @@ impl Subscriber<'_> {
         match event {
             Event::Frame(id, frame) => self.frame(id, frame),
             Event::Closed(id, why) => {
-                debug!(why, "subscription connection lost");
+                debug!(%why, "subscription connection lost");
                 self.drop_link(id);
                 self.proxy.hint(Hint::Refresh);
                 self.reconcile();
@@ -852,28 +853,28 @@ impl LinkTask {
     }
 
     /// Runs until the subscriber drops the link (`Ok`) or the connection fails.
-    async fn serve(&self, mut commands: mpsc::UnboundedReceiver<Bytes>) -> Result<(), String> {
+    async fn serve(&self, mut commands: mpsc::UnboundedReceiver<Bytes>) -> Result<(), Broken> {
         let (mut stream, mut skip) = dial(&self.addr, &self.config, self.resp3, b"").await?;
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
         let mut scanner = ReplyScanner::default();
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(command) => write(&mut stream, &command).await.map_err(|e| format!("write: {e}"))?,
+                    Some(command) => write(&mut stream, &command).await.map_err(Broken::Write)?,
                     None => return Ok(()),
                 },
                 read = stream.read_buf(&mut rbuf) => {
                     match read {
-                        Ok(0) => return Err("connection closed by the node".into()),
+                        Ok(0) => return Err(Broken::Closed),
                         Ok(_) => {}
-                        Err(e) => return Err(format!("read: {e}")),
+                        Err(e) => return Err(Broken::Read(e)),
                     }
-                    while let Some(len) = scanner.scan(&rbuf).map_err(|e| e.to_string())? {
+                    while let Some(len) = scanner.scan(&rbuf).map_err(Broken::Unreadable)? {
                         let frame = rbuf.split_to(len).freeze();
                         if skip > 0 {
                             skip -= 1;
                             if frame.first() == Some(&b'-') {
-                                return Err(format!("refused on connect: {}", String::from_utf8_lossy(&frame).trim_end()));
+                                return Err(Broken::refused(&frame));
                             }
                             continue;
                         }

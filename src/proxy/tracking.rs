@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tracing::debug;
 
+use super::connection::Broken;
 use super::job::Job;
 use super::lease::{self, Lease};
 use super::node::dial;
@@ -276,7 +277,7 @@ pub fn command(
     let added = asked.prefixes.clone();
     let mode = match merge(current.as_ref(), asked) {
         Ok(mode) => mode,
-        Err(error) => return Ok(reply::error(&error)),
+        Err(error) => return Ok(error),
     };
     if let Some(tracker) = tracking {
         // A second ON changes the options of the connections already tracking, as it
@@ -302,22 +303,29 @@ pub fn command(
     Err(ready)
 }
 
-/// The mode after `asked`, given the one in force (Redis's rules and words).
-fn merge(current: Option<&Mode>, asked: Mode) -> Result<Mode, String> {
+/// The mode after `asked`, given the one in force; else the error reply (Redis's rules
+/// and words).
+fn merge(current: Option<&Mode>, asked: Mode) -> Result<Mode, Bytes> {
     if !asked.bcast && !asked.prefixes.is_empty() {
-        return Err("ERR PREFIX option requires BCAST mode to be enabled".into());
+        return Err(reply::error(
+            "ERR PREFIX option requires BCAST mode to be enabled",
+        ));
     }
     if current.is_some_and(|c| c.bcast != asked.bcast) {
-        return Err("ERR You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling it with a different mode.".into());
+        return Err(reply::error("ERR You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling it with a different mode."));
     }
     if asked.bcast && (asked.optin || asked.optout) {
-        return Err("ERR OPTIN and OPTOUT are not compatible with BCAST".into());
+        return Err(reply::error(
+            "ERR OPTIN and OPTOUT are not compatible with BCAST",
+        ));
     }
     if asked.optin && asked.optout {
-        return Err("ERR You can't specify both OPTIN mode and OPTOUT mode".into());
+        return Err(reply::error(
+            "ERR You can't specify both OPTIN mode and OPTOUT mode",
+        ));
     }
     if current.is_some_and(|c| (asked.optin && c.optout) || (asked.optout && c.optin)) {
-        return Err("ERR You can't switch OPTIN/OPTOUT mode before disabling tracking for this client, and then re-enabling it with a different mode.".into());
+        return Err(reply::error("ERR You can't switch OPTIN/OPTOUT mode before disabling tracking for this client, and then re-enabling it with a different mode."));
     }
     let mut prefixes: Vec<Bytes> = current.map(|c| c.prefixes.clone()).unwrap_or_default();
     if asked.bcast {
@@ -328,11 +336,11 @@ fn merge(current: Option<&Mode>, asked: Mode) -> Result<Mode, String> {
             let others = prefixes.iter().chain(others.map(|(_, q)| q));
             for q in others {
                 if p.starts_with(q) || q.starts_with(p) {
-                    return Err(format!(
+                    return Err(reply::error(&format!(
                         "ERR Prefix '{}' overlaps with an existing prefix '{}'. Prefixes for a single client must not overlap.",
                         String::from_utf8_lossy(p),
                         String::from_utf8_lossy(q)
-                    ));
+                    )));
                 }
             }
         }
@@ -743,7 +751,7 @@ impl Link {
     /// whether it started before it failed.
     async fn run(mut self) -> (String, Kind, bool) {
         if let Err(why) = self.serve().await {
-            debug!(addr = %self.addr, why, "tracking connection lost");
+            debug!(addr = %self.addr, %why, "tracking connection lost");
         }
         let started = self.started.is_none();
         if let Some(tell) = self.started.take() {
@@ -752,7 +760,7 @@ impl Link {
         (self.addr, self.kind, started)
     }
 
-    async fn serve(&mut self) -> Result<(), String> {
+    async fn serve(&mut self) -> Result<(), Broken> {
         let config = self.proxy.config().clone();
         let setup: &[u8] = match self.kind {
             Kind::Standby => b"*4\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$2\r\nON\r\n$5\r\nBCAST\r\n",
@@ -762,22 +770,17 @@ impl Link {
         let mut rbuf = BytesMut::with_capacity(4096);
         let mut scanner = ReplyScanner::default();
         loop {
-            if stream
-                .read_buf(&mut rbuf)
-                .await
-                .map_err(|e| format!("read: {e}"))?
-                == 0
-            {
-                return Err("connection closed by the node".into());
+            if stream.read_buf(&mut rbuf).await.map_err(Broken::Read)? == 0 {
+                return Err(Broken::Closed);
             }
-            while let Some(len) = scanner.scan(&rbuf).map_err(|e| e.to_string())? {
+            while let Some(len) = scanner.scan(&rbuf).map_err(Broken::Unreadable)? {
                 let frame = rbuf.split_to(len).freeze();
                 if frame.first() == Some(&b'>') {
                     self.push(frame);
                     continue;
                 }
                 if frame.first() == Some(&b'-') {
-                    return Err(String::from_utf8_lossy(&frame).trim_end().to_string());
+                    return Err(Broken::refused(&frame));
                 }
                 if skip > 0 {
                     skip -= 1;
@@ -836,9 +839,10 @@ mod tests {
         let on = merge(None, asked(|m| m.noloop = true)).unwrap();
         let again = merge(Some(&on), asked(|m| m.optin = true)).unwrap();
         assert!(again.optin && !again.noloop, "{again:?}");
-        let err = merge(Some(&again), asked(|m| m.optout = true)).unwrap_err();
+        let text = |e: Bytes| String::from_utf8_lossy(&e).into_owned();
+        let err = text(merge(Some(&again), asked(|m| m.optout = true)).unwrap_err());
         assert!(err.contains("switch OPTIN/OPTOUT"), "{err}");
-        let err = merge(Some(&again), asked(|m| m.bcast = true)).unwrap_err();
+        let err = text(merge(Some(&again), asked(|m| m.bcast = true)).unwrap_err());
         assert!(err.contains("switch BCAST"), "{err}");
 
         let bcast = merge(None, asked(|m| m.bcast = true)).unwrap();
@@ -858,14 +862,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.prefixes, ["a:", "b:", "c:"].map(Bytes::from));
         for clash in ["a", "a:", "a:x"] {
-            let err = merge(
-                Some(&ab),
-                asked(|m| {
-                    m.bcast = true;
-                    m.prefixes = vec![Bytes::from(clash)];
-                }),
-            )
-            .unwrap_err();
+            let err = text(
+                merge(
+                    Some(&ab),
+                    asked(|m| {
+                        m.bcast = true;
+                        m.prefixes = vec![Bytes::from(clash)];
+                    }),
+                )
+                .unwrap_err(),
+            );
             assert!(err.contains("overlaps"), "{clash}: {err}");
         }
     }

@@ -124,9 +124,80 @@ pub enum State {
     /// Broken by a fault of the catalogue; `plan` repairs it.
     Broken { case: Case, why: String },
     /// No live owner and nothing to repair with: requests wait (S1, S8).
-    Orphaned { why: String },
+    Orphaned { why: Orphan },
     /// More than one live master claims it.
     Conflicted { claims: Vec<String> },
+}
+
+/// Why no live master can serve a slot yet, and so what would settle it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Orphan {
+    /// An end of its migration does not answer, and the cluster has not failed it over.
+    Silent { node: String },
+    /// Its migration's target shard has no live master.
+    TargetShardDown { target: String },
+    /// Its migration's source shard has no live master yet.
+    SourceShardDown { source: String },
+    /// Nothing binds it to any master, live or failed.
+    Unbound,
+    /// Bound to failed masters; a live master's keys of the slot are not counted yet.
+    Uncounted { dead: Vec<String> },
+    /// Bound to failed masters, and no live master holds its keys or is known to have
+    /// replicated them.
+    NoHeir { dead: Vec<String> },
+}
+
+impl Orphan {
+    /// What slotguard waits for, or would need, to settle the slot.
+    pub fn needs(&self) -> &'static str {
+        match self {
+            Orphan::Silent { .. } => {
+                "the cluster to fail the silent node (after cluster-node-timeout) or the node to answer again"
+            }
+            Orphan::Uncounted { .. } => {
+                "the keys of the slot on every live master: a look with every master answering"
+            }
+            Orphan::TargetShardDown { .. } | Orphan::SourceShardDown { .. } | Orphan::NoHeir { .. } => {
+                "the failed master back, or a replica of it promoted (CLUSTER FAILOVER TAKEOVER on a replica that has its keys); slotguard then finishes the repair"
+            }
+            Orphan::Unbound => "a live master to serve the slot",
+        }
+    }
+}
+
+impl std::fmt::Display for Orphan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Orphan::Silent { node } => {
+                write!(f, "waiting: {node} does not answer and is not failed over yet")
+            }
+            Orphan::TargetShardDown { target } => {
+                write!(f, "the target shard of the migration ({target}) has no live master")
+            }
+            Orphan::SourceShardDown { source } => write!(
+                f,
+                "waiting for the source shard of the migration ({source}) to fail over"
+            ),
+            Orphan::Unbound => f.write_str("no live master serves the slot"),
+            Orphan::Uncounted { dead } => write!(
+                f,
+                "bound to {}, failed; waiting for it to return (keys of the slot not counted)",
+                dead.join(", ")
+            ),
+            Orphan::NoHeir { dead } => write!(
+                f,
+                "bound to {}, failed; no live master holds keys of the slot or is known to have replicated it: waiting for it to return",
+                dead.join(", ")
+            ),
+        }
+    }
+}
+
+/// Shown as its sentence (`/status`, `slotguard check`).
+impl Serialize for Orphan {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// A slot's state and, when broken, the repair.

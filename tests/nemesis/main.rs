@@ -895,7 +895,7 @@ async fn ask<A: AsRef<[u8]>>(
         Ok(answer) => answer,
         Err(_) => Err(slotguard::client::ConnError {
             addr: addr.to_string(),
-            what: "no answer in 2 s".into(),
+            failure: slotguard::client::Failure::Timeout,
         }),
     }
 }
