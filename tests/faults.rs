@@ -145,7 +145,9 @@ async fn outcome(
     stale_allowed: bool,
 ) {
     report.print(name, fault_at, clean_at);
-    assert_unharmed(h, report, 100, stale_allowed).await;
+    // Enough writes that the test is not vacuous; how many a slow machine manages while
+    // the slot is held (most of the run, in S1) is no guarantee.
+    assert_unharmed(h, report, 20, stale_allowed).await;
     assert_kept(h, report, setup).await;
 }
 

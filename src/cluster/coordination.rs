@@ -32,7 +32,8 @@ use etcd_client::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::journal::{lock, Change, Journal, Memory};
+pub use super::error::Refused;
+use super::journal::{lock, Change, Fence, Journal, Memory};
 use crate::config::Coordination;
 use crate::routing::status::Authority;
 use crate::routing::Routing;
@@ -81,6 +82,16 @@ struct State {
     writes: u64,
 }
 
+/// The shared journal's fenced writes go to etcd.
+impl Fence for Coordinator {
+    fn commit_fenced(
+        &self,
+        changes: Vec<Change>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Refused>> + Send + '_>> {
+        Box::pin(Coordinator::commit_fenced(self, changes))
+    }
+}
+
 /// A proxy's link to etcd.
 pub struct Coordinator {
     config: Coordination,
@@ -93,26 +104,6 @@ impl std::fmt::Debug for Coordinator {
             .field("endpoints", &self.config.endpoints)
             .field("name", &self.config.name)
             .finish()
-    }
-}
-
-/// Why a write to etcd failed.
-#[derive(Debug, Clone)]
-pub enum Refused {
-    /// This proxy does not hold the authority's lease (any more).
-    NotAuthority,
-    /// etcd did not answer, or answered an error.
-    Etcd(String),
-    /// etcd refuses writes: its database reached its space quota (its alarm is raised).
-    Full(String),
-}
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refused::NotAuthority => f.write_str("this proxy does not hold the authority's lease"),
-            Refused::Etcd(e) | Refused::Full(e) => write!(f, "etcd: {e}"),
-        }
     }
 }
 

@@ -6,8 +6,6 @@
 
 use crate::client::ConnError;
 
-use super::coordination::Refused;
-
 /// A control-plane operation that did not complete.
 #[derive(Debug, Clone)]
 pub enum Error {
@@ -53,6 +51,26 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// Why a write to etcd failed.
+#[derive(Debug, Clone)]
+pub enum Refused {
+    /// This proxy does not hold the authority's lease (any more).
+    NotAuthority,
+    /// etcd did not answer, or answered an error.
+    Etcd(String),
+    /// etcd refuses writes: its database reached its space quota (its alarm is raised).
+    Full(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::NotAuthority => f.write_str("this proxy does not hold the authority's lease"),
+            Refused::Etcd(e) | Refused::Full(e) => write!(f, "etcd: {e}"),
+        }
+    }
+}
 
 impl From<ConnError> for Error {
     fn from(e: ConnError) -> Error {

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use super::authority::{self, Cluster, Decision, Migration, State};
+use super::coordination::Coordinator;
 use super::journal::{lock, Change, Journal};
 use super::nodes::NodeLine;
 use super::repair;
@@ -20,6 +21,8 @@ use crate::routing::{Hint, Routing};
 /// The healer's state between refreshes.
 pub struct Healer {
     journal: Arc<Mutex<Journal>>,
+    /// The link to etcd that shares the journal and the authority (`[coordination]`).
+    coordinator: Option<Arc<Coordinator>>,
     /// Since when each unsettled slot has been unsettled (for `repair.grace`).
     unsettled_since: HashMap<u16, Instant>,
     /// The repair running now, if any.
@@ -41,9 +44,10 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl Healer {
-    pub fn new(journal: Journal) -> Healer {
+    pub fn new(journal: Journal, coordinator: Option<Arc<Coordinator>>) -> Healer {
         Healer {
             journal: Arc::new(Mutex::new(journal)),
+            coordinator,
             unsettled_since: HashMap::new(),
             repair: None,
             retry: Arc::new(Mutex::new((0, Instant::now()))),
@@ -89,7 +93,7 @@ impl Healer {
         let dial = config.dial();
         // A shared journal is read first: what other proxies saw counts here too. Without
         // etcd the journal as last read serves.
-        let coordinator = lock(&self.journal).coordinator().cloned();
+        let coordinator = self.coordinator.clone();
         if let Some(c) = &coordinator {
             let _ = c.sync(&self.journal).await;
         }

@@ -23,8 +23,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use super::authority::{Migration, Step};
-use super::coordination::Coordinator;
-use super::Error;
+use super::error::{Error, Refused};
 
 /// A repair step as written down before it was sent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,10 +133,20 @@ pub struct Journal {
     shared: Option<Shared>,
 }
 
+/// Where a shared journal's changes that only the authority makes are written, under
+/// its lease (etcd, through `coordination`).
+pub trait Fence: Send + Sync + std::fmt::Debug {
+    /// Writes `changes`; refused once this proxy no longer holds the lease.
+    fn commit_fenced(
+        &self,
+        changes: Vec<Change>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Refused>> + Send + '_>>;
+}
+
 /// A journal kept in etcd.
 #[derive(Debug)]
 struct Shared {
-    coordinator: Arc<Coordinator>,
+    fence: Arc<dyn Fence>,
     /// Changes made here and not yet written to etcd (fenced ones are written as they
     /// are made).
     outbox: Vec<Change>,
@@ -170,13 +179,14 @@ impl Journal {
         })
     }
 
-    /// A journal kept in etcd through `coordinator`; empty until first synced.
-    pub fn shared(coordinator: Arc<Coordinator>) -> Journal {
+    /// A journal kept in etcd, its fenced changes written through `fence`; empty until
+    /// first synced.
+    pub fn shared(fence: Arc<dyn Fence>) -> Journal {
         Journal {
             path: None,
             memory: Memory::default(),
             shared: Some(Shared {
-                coordinator,
+                fence,
                 outbox: Vec::new(),
             }),
         }
@@ -195,9 +205,9 @@ impl Journal {
         }
     }
 
-    /// The coordinator of a shared journal.
-    pub fn coordinator(&self) -> Option<&Arc<Coordinator>> {
-        self.shared.as_ref().map(|s| &s.coordinator)
+    /// Where a shared journal's fenced changes go.
+    fn fence(&self) -> Option<&Arc<dyn Fence>> {
+        self.shared.as_ref().map(|s| &s.fence)
     }
 
     /// Makes `change` here; a shared journal writes it to etcd at the next sync. Saving
@@ -300,11 +310,11 @@ pub fn lock(journal: &Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
 /// before this returns, and refused once that lease is lost, so that a proxy that lost
 /// it sends no further step; otherwise it is saved to disk.
 pub async fn commit(journal: &Mutex<Journal>, change: Change) -> Result<(), Error> {
-    let coordinator = {
+    let fence = {
         let mut j = lock(journal);
         j.memory.apply(&change);
-        match j.coordinator() {
-            Some(c) => c.clone(),
+        match j.fence() {
+            Some(fence) => fence.clone(),
             None => {
                 return j
                     .save()
@@ -312,7 +322,7 @@ pub async fn commit(journal: &Mutex<Journal>, change: Change) -> Result<(), Erro
             }
         }
     };
-    Ok(coordinator.commit_fenced(vec![change]).await?)
+    Ok(fence.commit_fenced(vec![change]).await?)
 }
 
 #[cfg(test)]

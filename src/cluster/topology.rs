@@ -57,7 +57,8 @@ fn warn_unprotected(routing: &Routing, view: &ClusterView, last: &mut Vec<String
 
 pub async fn run(routing: Arc<Routing>, mut hints: mpsc::UnboundedReceiver<Hint>) {
     let mut known: Vec<String> = routing.config().seeds.clone();
-    let mut healer = Healer::new(open_journal(&routing));
+    let (journal, coordinator) = open_journal(&routing);
+    let mut healer = Healer::new(journal, coordinator);
     let mut unsettled = false;
     let mut published: Assignment = vec![None; SLOTS];
     let mut replicas = Replicas::new();
@@ -153,14 +154,14 @@ pub async fn run(routing: Arc<Routing>, mut hints: mpsc::UnboundedReceiver<Hint>
 
 /// The journal: shared through etcd with `[coordination]` (whose lease this starts
 /// campaigning for), else this proxy's own, under `state_dir`.
-fn open_journal(routing: &Arc<Routing>) -> Journal {
+fn open_journal(routing: &Arc<Routing>) -> (Journal, Option<Arc<Coordinator>>) {
     let config = routing.config();
     if let Some(coordination) = config.coordination.clone() {
         info!(etcd = ?coordination.endpoints, name = %coordination.name, "the journal and the authority are shared through etcd");
         let coordinator = Coordinator::new(coordination);
         routing.publish_authority(coordinator.authority());
         tokio::spawn(coordinator.clone().run(routing.clone()));
-        return Journal::shared(coordinator);
+        return (Journal::shared(coordinator.clone()), Some(coordinator));
     }
     if config.state_dir.is_none() {
         warn!("state_dir is not set: the migration journal lives in memory only and a restart forgets it");
@@ -174,7 +175,7 @@ fn open_journal(routing: &Arc<Routing>) -> Journal {
         this_proxy: true,
         ..Authority::default()
     });
-    journal
+    (journal, None)
 }
 
 /// Sets the slot-state gauges from a fresh view.
