@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::clients::Entry;
+use super::clients::{Entry, Itself};
 use super::lease::Lease;
 use super::tracking::Tracker;
 use crate::config::{Access, Config, ReadFrom};
@@ -115,6 +115,20 @@ impl Tx {
 }
 
 impl Client {
+    /// What CLIENT LIST and the others show of this client as it is now.
+    pub fn itself(&self) -> Itself<'_> {
+        Itself {
+            id: self.id,
+            peer: self.peer,
+            local: self.local,
+            name: &self.name,
+            user: &self.user,
+            resp3: self.resp3,
+            multi: self.tx.as_ref().map(|tx| tx.queued),
+            redir: super::tracking::redirect(self.tracking.as_ref()),
+        }
+    }
+
     /// A client that just connected: the `default` user, authenticated unless the proxy
     /// has a password or users, speaking RESP2.
     pub fn new(id: u32, peer: SocketAddr, local: SocketAddr, config: &Config) -> Client {

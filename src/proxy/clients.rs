@@ -24,7 +24,6 @@ use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
-use super::client::Client;
 use super::lease::Lease;
 use super::Proxy;
 use crate::client::Conn;
@@ -70,6 +69,22 @@ struct Seen {
     tracking: bool,
     /// `redir` of CLIENT LIST: -1 when not tracking, 0 without a redirect.
     redir: i64,
+}
+
+/// The asking session as it is now, fresher than what it published: what CLIENT LIST,
+/// INFO and KILL show of it, and what it publishes after a batch. Borrowed from the
+/// session, so that publishing copies only what changed.
+pub struct Itself<'a> {
+    pub id: u32,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub name: &'a Option<Bytes>,
+    pub user: &'a str,
+    pub resp3: bool,
+    /// Commands queued in a transaction, when one is open.
+    pub multi: Option<u32>,
+    /// `redir` of CLIENT LIST: -1 when not tracking, 0 without a redirect.
+    pub redir: i64,
 }
 
 /// Removes its entry when the session ends.
@@ -172,19 +187,19 @@ impl Entry {
 
     /// Publishes the client's state after a batch, read at `now`, whose last request was
     /// `cmd` (its name and first argument).
-    pub fn publish(&self, client: &Client, cmd: Option<LastCommand>, now: Instant) {
+    pub fn publish(&self, client: &Itself<'_>, cmd: Option<LastCommand>, now: Instant) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.active = now;
-        if seen.name != client.name {
+        if seen.name != *client.name {
             seen.name = client.name.clone();
         }
         if seen.user != client.user {
-            seen.user = client.user.clone();
+            seen.user = client.user.to_string();
         }
         seen.resp3 = client.resp3;
-        seen.multi = client.tx.as_ref().map(|tx| tx.queued);
-        seen.tracking = client.tracking.is_some();
-        seen.redir = super::tracking::redirect(client.tracking.as_ref());
+        seen.multi = client.multi;
+        seen.tracking = client.redir >= 0;
+        seen.redir = client.redir;
         let cmd = cmd.map(LastCommand::as_listed);
         if let Some(cmd) = cmd.filter(|&cmd| seen.last != Some(cmd)) {
             let (name, sub) = cmd.parts();
@@ -422,7 +437,7 @@ fn client_id(arg: &[u8]) -> Result<u32, Bytes> {
 }
 
 /// `CLIENT LIST [TYPE t] [ID id ...]`.
-pub fn list(proxy: &Proxy, client: &Client, req: &Request) -> Bytes {
+pub fn list(proxy: &Proxy, client: &Itself<'_>, req: &Request) -> Bytes {
     let mut filter = Filter::default();
     let mut at = 2;
     while at < req.len() {
@@ -463,7 +478,7 @@ pub fn list(proxy: &Proxy, client: &Client, req: &Request) -> Bytes {
 }
 
 /// `CLIENT INFO`.
-pub fn info(proxy: &Proxy, client: &Client, req: &Request) -> Bytes {
+pub fn info(proxy: &Proxy, client: &Itself<'_>, req: &Request) -> Bytes {
     let entry = proxy
         .clients
         .get(client.id)
@@ -481,22 +496,22 @@ pub fn info(proxy: &Proxy, client: &Client, req: &Request) -> Bytes {
 }
 
 /// The asking client's own state, fresher than what it published.
-fn own(client: &Client, cmd: &str) -> Seen {
+fn own(client: &Itself<'_>, cmd: &str) -> Seen {
     Seen {
         name: client.name.clone(),
-        user: client.user.clone(),
+        user: client.user.to_string(),
         resp3: client.resp3,
         cmd: cmd.into(),
         last: None,
         active: Instant::now(),
-        multi: client.tx.as_ref().map(|tx| tx.queued),
+        multi: client.multi,
         subscribed: false,
-        tracking: client.tracking.is_some(),
-        redir: super::tracking::redirect(client.tracking.as_ref()),
+        tracking: client.redir >= 0,
+        redir: client.redir,
     }
 }
 
-fn own_qbuf(client: &Client, entry: &Entry, req: &Request) -> usize {
+fn own_qbuf(client: &Itself<'_>, entry: &Entry, req: &Request) -> usize {
     if entry.id == client.id {
         req.raw().len()
     } else {
@@ -551,7 +566,7 @@ pub struct Killed {
 
 /// `CLIENT KILL addr` (old form: OK or an error) and `CLIENT KILL <filter> ...` (new form:
 /// how many were killed).
-pub fn kill(proxy: &Proxy, client: &Client, req: &Request) -> Killed {
+pub fn kill(proxy: &Proxy, client: &Itself<'_>, req: &Request) -> Killed {
     let answer = |reply: Bytes| Killed { reply, me: false };
     if req.len() < 3 {
         return answer(reply::arity("client|kill"));

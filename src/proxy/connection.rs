@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, warn};
 
 use super::buffers::{grow_aside, Outgoing, GROW_ASIDE};
-use super::job::Job;
-use super::lease::Lease;
+pub use super::job::Tracks;
+use super::job::{Holder, Job};
 use super::redirect::{classify, Reason, Redirect};
 use super::turns::Turn;
 use crate::metrics::{Metrics, Runs, Took};
@@ -152,7 +152,7 @@ const NON_LOCAL_KEY: &[u8] = b"-ERR Script attempted to access a non local key";
 
 /// The client a dedicated connection belongs to.
 pub struct Owner {
-    pub(super) lease: Weak<Lease>,
+    pub(super) lease: Weak<dyn Holder>,
     /// Returned to the node's allowance when the connection task ends.
     pub(super) _permit: OwnedSemaphorePermit,
     /// A socket already connected to the node (a node's spare), used first.
@@ -162,17 +162,6 @@ pub struct Owner {
     pub(super) turn: Option<Turn>,
     /// The connection tracks the keys its client reads (see `tracking`).
     pub(super) tracks: Option<Tracks>,
-}
-
-/// A tracking client's connection: how it starts tracking, and where the invalidations
-/// the node pushes on it go.
-pub struct Tracks {
-    /// `CLIENT TRACKING ON ...`, sent after the greeting.
-    pub start: Bytes,
-    /// The client's pushes, when invalidations come in-band (RESP3 without REDIRECT).
-    pub pushes: Option<mpsc::Sender<Bytes>>,
-    /// Set when an invalidation finds no room: the client is told to flush.
-    pub lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a connection task connects to.
@@ -296,6 +285,7 @@ pub async fn run(
             job_last: false,
             tail_unread: false,
             turn: turn.take(),
+            heard: Instant::now(),
         };
         // It goes out with the first batch.
         let (hello, replies) = greeting(auth.as_deref(), readonly, resp3);
@@ -441,6 +431,8 @@ struct Connection<'a> {
     /// The node never read the last bytes written: a write failed, or the node reset the
     /// connection (see [`Fate::Unread`]).
     tail_unread: bool,
+    /// When the node last said anything on this connection (or it was made).
+    heard: Instant,
 }
 
 /// How a `SCRIPT LOAD` request begins.
@@ -528,6 +520,7 @@ impl Connection<'_> {
                 read = stream.read_buf(&mut self.rbuf) => match read {
                     Ok(0) => return Some(Broken::Closed),
                     Ok(_) => {
+                        self.heard = Instant::now();
                         if let Err(e) = self.replies() {
                             return Some(e);
                         }
@@ -696,11 +689,13 @@ impl Connection<'_> {
 
     /// Why the connection is given up on while requests on it wait for their answers:
     /// the cluster has failed the node (after [`STALL`]), or, on a shared connection, the
-    /// oldest has waited `hold.timeout` (a node stopped where the cluster cannot fail it
-    /// over, with no majority, would keep them for as long as it stays stopped). What was
-    /// in flight is then answered as on a broken connection, its wait counted from when it
-    /// was sent (see [`Connection::unanswered`]). A client's own connection may wait on a
-    /// blocking command for as long as it asked, so only the first applies there.
+    /// node has said nothing for `hold.timeout` while one waited that long (a node stopped
+    /// where the cluster cannot fail it over, with no majority, would keep them for as
+    /// long as it stays stopped; a node that answers the `WAIT`s of writes held for their
+    /// replicas is not silent). What was in flight is then answered as on a broken
+    /// connection, its wait counted from when it was sent (see
+    /// [`Connection::unanswered`]). A client's own connection may wait on a blocking
+    /// command for as long as it asked, so only the first applies there.
     fn stalled(&self) -> Option<Broken> {
         let oldest = self.inflight.front().map(|f| f.sent);
         let waited = oldest
@@ -714,7 +709,8 @@ impl Connection<'_> {
             return Some(Broken::NodeFailed);
         }
         let limit = proxy.hold_timeout();
-        (self.own.is_none() && waited >= limit).then_some(Broken::NoReply(limit))
+        let silent = waited.min(self.heard.elapsed());
+        (self.own.is_none() && silent >= limit).then_some(Broken::NoReply(limit))
     }
 
     /// Nothing is in flight: no request, no `WAIT`.
@@ -969,6 +965,7 @@ mod tests {
                 job_last: false,
                 tail_unread: false,
                 turn: None,
+                heard: Instant::now(),
             }
         }
 
@@ -1073,7 +1070,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_dedicated_connection_is_given_back_after_dedicated_idle() {
         let fx = Fixture::new();
-        let lease = Arc::new(Lease::default());
+        let lease: Arc<dyn Holder> = Arc::new(NoWatch);
         let owner = Owner {
             lease: Arc::downgrade(&lease),
             _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
@@ -1092,6 +1089,17 @@ mod tests {
         // then opens another connection).
         let (late, _r) = job(b"*1\r\n$4\r\nlate\r\n");
         assert!(tx.send(late).is_err(), "the queue is closed");
+    }
+
+    /// A client that holds no WATCH.
+    struct NoWatch;
+
+    impl Holder for NoWatch {
+        fn connected(&self, _: &str, _: std::net::SocketAddr) {}
+        fn lost(&self, _: &str) {}
+        fn holds_watch(&self, _: &str) -> bool {
+            false
+        }
     }
 
     fn write(raw: &'static [u8], once: bool) -> (Job, oneshot::Receiver<Bytes>) {

@@ -2,13 +2,13 @@
 //! It is moved through a channel and a few queues on its way, so it is kept small; what
 //! few requests carry is boxed.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use super::lease::Lease;
 use crate::config::ReadFrom;
 
 /// A request on its way to a node, with where its reply goes.
@@ -39,6 +39,53 @@ pub struct Job {
     pub reply: oneshot::Sender<Bytes>,
 }
 
+/// A client's own node connections (`lease` has them): a job that carries them travels on
+/// them instead of a shared connection. The interfaces between a job's way to a node
+/// (`node`, `connection`, `lease`) are here, so that none of those files needs another
+/// that needs it back.
+pub trait Dedicated: Send + Sync + std::fmt::Debug {
+    /// Sends `job` on the client's own connection to the node behind `way`, opening it if
+    /// needed; gives the job back if that connection's task is gone.
+    fn send(self: Arc<Self>, way: &dyn Way, job: Job) -> Result<(), Job>;
+}
+
+/// What a node offers a client's own connections (`node` has it).
+pub trait Way {
+    /// The node's address.
+    fn addr(&self) -> &str;
+    /// Queues `job` on the shared connection its pin selects.
+    fn send_shared(&self, job: Job) -> Result<(), Job>;
+    /// Opens a connection out of the node's allowance for `holder` alone (one that tracks
+    /// keys with `tracks`); `None` when the allowance is used up.
+    fn open(
+        &self,
+        holder: Weak<dyn Holder>,
+        resp3: bool,
+        tracks: Option<Tracks>,
+    ) -> Option<mpsc::UnboundedSender<Job>>;
+}
+
+/// What a client's own connection tells, and asks, the client that holds it (`lease`).
+pub trait Holder: Send + Sync {
+    /// The connection to `addr` is open, from `local`.
+    fn connected(&self, addr: &str, local: std::net::SocketAddr);
+    /// The connection to `addr` broke.
+    fn lost(&self, addr: &str);
+    /// The client's WATCH lives on its connection to `addr` (kept open while idle).
+    fn holds_watch(&self, addr: &str) -> bool;
+}
+
+/// A tracking client's connection: how it starts tracking, and where the invalidations
+/// the node pushes on it go.
+pub struct Tracks {
+    /// `CLIENT TRACKING ON ...`, sent after the greeting.
+    pub start: Bytes,
+    /// The client's pushes, when invalidations come in-band (RESP3 without REDIRECT).
+    pub pushes: Option<mpsc::Sender<Bytes>>,
+    /// Set when an invalidation finds no room: the client is told to flush.
+    pub lost: Arc<AtomicBool>,
+}
+
 /// The parts of a job that only some requests have.
 #[derive(Debug, Default)]
 pub struct Extra {
@@ -52,8 +99,8 @@ pub struct Extra {
     pub lead: Option<Bytes>,
     /// How many replies the lead gets.
     pub lead_replies: u32,
-    /// Runs on the client's own connection instead of a shared one.
-    pub lease: Option<Arc<Lease>>,
+    /// Runs on the client's own connection instead of a shared one (its `lease`).
+    pub lease: Option<Arc<dyn Dedicated>>,
     /// WATCH, or an EXEC under a WATCH: must run on the connection holding the watch.
     pub watch: bool,
 }
@@ -95,7 +142,7 @@ impl Job {
         self.extra.as_ref()?.lead.as_ref()
     }
 
-    pub fn lease(&self) -> Option<&Arc<Lease>> {
+    pub fn lease(&self) -> Option<&Arc<dyn Dedicated>> {
         self.extra.as_ref()?.lease.as_ref()
     }
 

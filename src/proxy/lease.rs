@@ -22,7 +22,8 @@
 //! keys this client read there. Such a connection is never given back idle, changes
 //! protocol with `HELLO` rather than being replaced, and clears a WATCH with `UNWATCH`.
 //!
-//! `lease`, `job`, `node` and `connection` use each other: one collaboration (see `node`).
+//! A job carries its lease as a [`Dedicated`], and a lease's connection tells it what
+//! happens as a [`Holder`] (both in `job`): `node` and `connection` need not know `lease`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,9 +31,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::connection::Tracks;
-use super::job::Job;
-use super::node::Node;
+use super::job::{Dedicated, Holder, Job, Tracks, Way};
 use crate::protocol::reply;
 
 /// A client's own backend connections.
@@ -102,22 +101,23 @@ impl Lease {
         }
     }
 
-    /// Sends `job` on this lease's connection to `node`, opening it if needed. Gives the
-    /// job back if the connection's task is gone.
-    pub fn send(self: &Arc<Self>, node: &Node, job: Job) -> Result<(), Job> {
+    /// Sends `job` on this lease's connection to the node behind `way`, opening it if
+    /// needed. Gives the job back if the connection's task is gone.
+    pub fn send(self: &Arc<Self>, way: &dyn Way, job: Job) -> Result<(), Job> {
+        let addr = way.addr();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let exec = job.watch() && job.lead().is_some();
         if exec {
             // EXEC runs only where its WATCH is, and the server forgets the watch after it.
             let watch = state.watch.take();
             let broken = std::mem::take(&mut state.broken);
-            let live = state.conns.iter().any(|c| c.live(&node.addr));
-            if broken || watch.as_deref() != Some(node.addr.as_str()) || !live {
+            let live = state.conns.iter().any(|c| c.live(addr));
+            if broken || watch.as_deref() != Some(addr) || !live {
                 let _ = job.reply.send(nil(job.resp3));
                 return Ok(());
             }
         }
-        let found = state.conns.iter().position(|c| c.live(&node.addr));
+        let found = state.conns.iter().position(|c| c.live(addr));
         let at = match (found, &self.tracking) {
             (Some(at), None) if state.conns[at].resp3 == job.resp3 => at,
             (Some(at), Some(_)) => {
@@ -137,13 +137,13 @@ impl Lease {
             (_, tracking) => {
                 let tracks = match tracking {
                     Some(t) => {
-                        let Some(start) = (t.start)(&node.addr) else {
+                        let Some(start) = (t.start)(addr) else {
                             // Not tracked there yet: the client is told to flush once it
                             // is (see `tracking`).
                             t.lost.store(true, Ordering::Relaxed);
-                            return node.send_shared(job);
+                            return way.send_shared(job);
                         };
-                        state.conns.retain(|c| c.addr != node.addr);
+                        state.conns.retain(|c| c.addr != addr);
                         Some(Tracks {
                             start,
                             pushes: t.pushes.clone(),
@@ -158,15 +158,15 @@ impl Lease {
                         None
                     }
                 };
-                let Some(jobs) = node.open_dedicated(self, job.resp3, tracks) else {
+                let holder: std::sync::Weak<dyn Holder> = Arc::downgrade(self) as _;
+                let Some(jobs) = way.open(holder, job.resp3, tracks) else {
                     let _ = job.reply.send(reply::error(&format!(
-                        "ERR slotguard: every dedicated connection to {} is in use (backend.dedicated_connections); try again later",
-                        node.addr
+                        "ERR slotguard: every dedicated connection to {addr} is in use (backend.dedicated_connections); try again later"
                     )));
                     return Ok(());
                 };
                 state.conns.push(Conn {
-                    addr: node.addr.clone(),
+                    addr: addr.to_string(),
                     resp3: job.resp3,
                     jobs,
                     local: None,
@@ -175,24 +175,10 @@ impl Lease {
             }
         };
         if job.watch() && !exec {
-            state.watch = Some(node.addr.clone());
+            state.watch = Some(addr.to_string());
         }
-        state.last = Some(node.addr.clone());
+        state.last = Some(addr.to_string());
         state.conns[at].jobs.send(job).map_err(|e| e.0)
-    }
-
-    /// True when the client's WATCH lives on its connection to `addr`.
-    pub fn holds_watch(&self, addr: &str) -> bool {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.watch.as_deref() == Some(addr) && !state.broken
-    }
-
-    /// The lease's connection to `addr` connected from `local`.
-    pub fn connected(&self, addr: &str, local: std::net::SocketAddr) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(conn) = state.conns.iter_mut().find(|c| c.live(addr)) {
-            conn.local = Some(local);
-        }
     }
 
     /// The node the client's last job went to and the address its connection comes from,
@@ -202,18 +188,6 @@ impl Lease {
         let last = state.last.as_deref()?;
         let conn = state.conns.iter().find(|c| c.live(last))?;
         Some((conn.addr.clone(), conn.local?))
-    }
-
-    /// The connection to `addr` broke: a watch it held is gone, and so is what it tracked.
-    pub fn lost(&self, addr: &str) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.watch.as_deref() == Some(addr) {
-            state.broken = true;
-        }
-        if let Some(tracking) = &self.tracking {
-            tracing::debug!(addr, "tracking connection lost");
-            tracking.lost.store(true, Ordering::Relaxed);
-        }
     }
 
     /// UNWATCH, DISCARD: forgets the watch. Its connection is closed, which clears the
@@ -277,16 +251,50 @@ impl Lease {
     /// reads; gives the receiver of that reply.
     pub fn send_quiet(
         self: &Arc<Self>,
-        node: &Node,
+        way: &dyn Way,
         raw: &'static [u8],
         resp3: bool,
     ) -> oneshot::Receiver<Bytes> {
         let (mut job, rx) = Job::new(Bytes::from_static(raw), None, 0, resp3);
         job.extra().lease = Some(self.clone());
-        if let Err(job) = self.send(node, job) {
+        if let Err(job) = self.send(way, job) {
             let _ = job.reply.send(reply::error("ERR connection closed"));
         }
         rx
+    }
+}
+
+impl Dedicated for Lease {
+    fn send(self: Arc<Self>, way: &dyn Way, job: Job) -> Result<(), Job> {
+        Lease::send(&self, way, job)
+    }
+}
+
+impl Holder for Lease {
+    /// The lease's connection to `addr` connected from `local`.
+    fn connected(&self, addr: &str, local: std::net::SocketAddr) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(conn) = state.conns.iter_mut().find(|c| c.live(addr)) {
+            conn.local = Some(local);
+        }
+    }
+
+    /// The connection to `addr` broke: a watch it held is gone, and so is what it tracked.
+    fn lost(&self, addr: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.watch.as_deref() == Some(addr) {
+            state.broken = true;
+        }
+        if let Some(tracking) = &self.tracking {
+            tracing::debug!(addr, "tracking connection lost");
+            tracking.lost.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// True when the client's WATCH lives on its connection to `addr`.
+    fn holds_watch(&self, addr: &str) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.watch.as_deref() == Some(addr) && !state.broken
     }
 }
 

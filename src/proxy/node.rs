@@ -22,8 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::connection::{self, greeting, Broken, Dispatch, Owner, Target, Tracks};
-use super::job::Job;
-use super::lease::Lease;
+use super::job::{Holder, Job, Way};
 use super::turns::Turns;
 use crate::config::{Config, ReadFrom};
 use crate::metrics::Metrics;
@@ -136,11 +135,11 @@ impl Node {
         self.dedicated.clone().try_acquire_owned().ok()
     }
 
-    /// Opens a connection for `lease` alone (one that tracks keys with `tracks`); `None`
+    /// Opens a connection for `holder` alone (one that tracks keys with `tracks`); `None`
     /// when the node's allowance is used up.
     pub fn open_dedicated(
         &self,
-        lease: &Arc<Lease>,
+        holder: Weak<dyn Holder>,
         resp3: bool,
         tracks: Option<Tracks>,
     ) -> Option<mpsc::UnboundedSender<Job>> {
@@ -151,7 +150,7 @@ impl Node {
             ..self.target.clone()
         };
         let owner = Owner {
-            lease: Arc::downgrade(lease),
+            lease: holder,
             _permit: permit,
             connected: self.take_spare(),
             turn: Some(self.turns.ticket()),
@@ -192,6 +191,26 @@ impl Node {
             });
         }
         taken
+    }
+}
+
+/// What a node offers a client's own connections.
+impl Way for Node {
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn send_shared(&self, job: Job) -> Result<(), Job> {
+        Node::send_shared(self, job)
+    }
+
+    fn open(
+        &self,
+        holder: Weak<dyn Holder>,
+        resp3: bool,
+        tracks: Option<Tracks>,
+    ) -> Option<mpsc::UnboundedSender<Job>> {
+        self.open_dedicated(holder, resp3, tracks)
     }
 }
 

@@ -525,10 +525,10 @@ fn pubsub_introspection(proxy: &Proxy, client: &Client, req: Request) -> Pending
 fn client_command(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
     let local = |bytes: Bytes| (ready(bytes), Class::Local);
     match req.arg(1).to_ascii_uppercase().as_slice() {
-        b"LIST" => local(clients::list(proxy, client, &req)),
-        b"INFO" if req.len() == 2 => local(clients::info(proxy, client, &req)),
+        b"LIST" => local(clients::list(proxy, &client.itself(), &req)),
+        b"INFO" if req.len() == 2 => local(clients::info(proxy, &client.itself(), &req)),
         b"KILL" => {
-            let killed = clients::kill(proxy, client, &req);
+            let killed = clients::kill(proxy, &client.itself(), &req);
             // Killed by its own hand: closed once this reply is written, as on a node.
             client.quit |= killed.me;
             local(killed.reply)

@@ -300,7 +300,7 @@ fn take_requests(
     };
     // What other clients see of this one (CLIENT LIST), once per batch.
     if last.is_some() {
-        client.entry.publish(client, last, now);
+        client.entry.publish(&client.itself(), last, now);
     }
     taken
 }

@@ -674,7 +674,7 @@ impl Links {
                 let startable = |addr: &String| self.shared.request(addr, None).is_some();
                 for addr in masters.iter().filter(|a| !open.contains(a) && startable(a)) {
                     let node = self.proxy.node(addr);
-                    opened.push(self.lease.send_quiet(&node, PING, true));
+                    opened.push(self.lease.send_quiet(node.as_ref(), PING, true));
                 }
             }
             if let Some(reply_to) = self.ready.take() {
