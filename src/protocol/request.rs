@@ -186,6 +186,11 @@ pub struct Scanner {
 }
 
 impl Scanner {
+    /// Limits that apply from the next request on (a reload).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     pub fn new(limits: Limits) -> Scanner {
         Scanner {
             limits,

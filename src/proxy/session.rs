@@ -311,7 +311,10 @@ fn waits_for_turn(owed: &VecDeque<Owed>) -> bool {
 }
 
 async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::io::Result<()> {
-    let config = proxy.config().clone();
+    // The session's copy of the settings, taken again when a read follows a reload (one
+    // plain load a read).
+    let mut generation = proxy.routing.config_generation();
+    let mut config = proxy.config().clone();
     proxy.first_map(config.hold_timeout).await;
     let mut counts = Counts {
         shared: &proxy.metrics,
@@ -430,6 +433,11 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
                     return Ok(()); // the client closed; its outstanding replies are dropped
                 }
                 last_request = Instant::now();
+                if proxy.routing.config_generation() != generation {
+                    generation = proxy.routing.config_generation();
+                    config = proxy.config().clone();
+                    scanner.set_limits(config.limits.clone());
+                }
                 if turn {
                     backlog = true;
                     continue;

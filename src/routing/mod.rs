@@ -84,6 +84,8 @@ pub struct MoveProgress {
 /// The state the planes share.
 pub struct Routing {
     config: ArcSwap<Config>,
+    /// Bumped by every reload: a session that copied the configuration takes it again.
+    config_generation: std::sync::atomic::AtomicU64,
     pub metrics: Arc<Metrics>,
     map: ArcSwap<SlotMap>,
     /// Per slot: the authority holds it (broken, being repaired): nothing is sent for it,
@@ -121,6 +123,7 @@ impl Routing {
         let flags = || (0..SLOTS).map(|_| AtomicBool::new(false)).collect();
         let routing = Routing {
             config: ArcSwap::from_pointee(config),
+            config_generation: std::sync::atomic::AtomicU64::new(0),
             metrics: Arc::new(Metrics::new()),
             map: ArcSwap::from_pointee(SlotMap::default()),
             blocked: flags(),
@@ -151,6 +154,14 @@ impl Routing {
     /// Puts a reloaded configuration in force.
     pub fn set_config(&self, config: Config) {
         self.config.store(Arc::new(config));
+        self.config_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How many reloads have been put in force: a plain load, cheap to ask once a batch.
+    pub fn config_generation(&self) -> u64 {
+        self.config_generation
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The slot map last published.
