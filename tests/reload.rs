@@ -46,7 +46,11 @@ const CHANGES: &[Change] = &[
     change("state_dir", &[], Restart("state_dir")),
     change("repair.mode", &[], Now),
     change("repair.grace", &[], Now),
-    change("admin.listen", &["admin.allow_remote", "admin.token"], Restart("admin.listen")),
+    change(
+        "admin.listen",
+        &["admin.allow_remote", "admin.token"],
+        Restart("admin.listen"),
+    ),
     // Only an address beyond loopback needs it, and that needs a token.
     change(
         "admin.allow_remote",
