@@ -137,77 +137,105 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        // Every metric is registered as it is made: a metric made is a metric exported.
         let registry = Registry::new();
-        let reg = |c: Box<dyn prometheus::core::Collector>| {
-            registry.register(c).expect("metric names are unique");
+        let r = &registry;
+        let requests_vec = registered(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "slotguard_requests_total",
+                    "Requests received, by command class",
+                ),
+                &["class"],
+            )
+            .expect("valid metric"),
+        );
+        let latency_vec = registered(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "slotguard_request_duration_seconds",
+                    "Time from a request's arrival to its reply being ready, by command class",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["class"],
+            )
+            .expect("valid metric"),
+        );
+        let errors_vec = registered(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "slotguard_client_errors_total",
+                    "Error replies sent to clients, by error code",
+                ),
+                &["code"],
+            )
+            .expect("valid metric"),
+        );
+        let redirects_vec = registered(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "slotguard_redirects_absorbed_total",
+                    "Cluster redirects and refusals the proxy handled instead of the client",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+        );
+        let backend_latency = registered(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "slotguard_backend_duration_seconds",
+                    "Time from a request's write to a node until its reply, by node",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["node"],
+            )
+            .expect("valid metric"),
+        );
+        let gauge = |name: &str, help: &str| {
+            registered(r, IntGauge::new(name, help).expect("valid metric"))
         };
-        let requests_vec = IntCounterVec::new(
-            Opts::new(
-                "slotguard_requests_total",
-                "Requests received, by command class",
-            ),
-            &["class"],
-        )
-        .expect("valid metric");
-        let latency_vec = HistogramVec::new(
-            HistogramOpts::new(
-                "slotguard_request_duration_seconds",
-                "Time from a request's arrival to its reply being ready, by command class",
+        let counter = |name: &str, help: &str| {
+            registered(r, IntCounter::new(name, help).expect("valid metric"))
+        };
+        let connects = registered(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "slotguard_backend_connects_total",
+                    "Connection attempts to nodes, by result",
+                ),
+                &["result"],
             )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["class"],
-        )
-        .expect("valid metric");
-        let errors_vec = IntCounterVec::new(
-            Opts::new(
-                "slotguard_client_errors_total",
-                "Error replies sent to clients, by error code",
-            ),
-            &["code"],
-        )
-        .expect("valid metric");
-        let redirects_vec = IntCounterVec::new(
-            Opts::new(
-                "slotguard_redirects_absorbed_total",
-                "Cluster redirects and refusals the proxy handled instead of the client",
-            ),
-            &["kind"],
-        )
-        .expect("valid metric");
-        let backend_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "slotguard_backend_duration_seconds",
-                "Time from a request's write to a node until its reply, by node",
+            .expect("valid metric"),
+        );
+        let refreshes = registered(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "slotguard_topology_refreshes_total",
+                    "Slot map refreshes, by result",
+                ),
+                &["result"],
             )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["node"],
-        )
-        .expect("valid metric");
-        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
-        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
-        let connects = IntCounterVec::new(
-            Opts::new(
-                "slotguard_backend_connects_total",
-                "Connection attempts to nodes, by result",
-            ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let refreshes = IntCounterVec::new(
-            Opts::new(
-                "slotguard_topology_refreshes_total",
-                "Slot map refreshes, by result",
-            ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let slots = IntGaugeVec::new(
-            Opts::new("slotguard_slots", "Hash slots by state"),
-            &["state"],
-        )
-        .expect("valid metric");
+            .expect("valid metric"),
+        );
+        let slots = registered(
+            r,
+            IntGaugeVec::new(
+                Opts::new("slotguard_slots", "Hash slots by state"),
+                &["state"],
+            )
+            .expect("valid metric"),
+        );
         let outcome = |name: &str, help: &str| {
             let v = IntCounterVec::new(Opts::new(name, help), &["outcome"]).expect("valid metric");
+            let v = registered(r, v);
             for o in ["ok", "failed"] {
                 v.with_label_values(&[o]);
             }
@@ -269,14 +297,17 @@ impl Metrics {
                 "slotguard_held_requests_total",
                 "Requests parked in the hold queue, retries included",
             ),
-            hold_wait: Histogram::with_opts(
-                HistogramOpts::new(
-                    "slotguard_hold_wait_seconds",
-                    "How long a held request waited before it was sent again or failed",
+            hold_wait: registered(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "slotguard_hold_wait_seconds",
+                        "How long a held request waited before it was sent again or failed",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
                 )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
+                .expect("valid metric"),
+            ),
             hold_timeouts: counter(
                 "slotguard_hold_timeouts_total",
                 "Held requests answered with an error at hold.timeout",
@@ -330,53 +361,19 @@ impl Metrics {
                 "slotguard_authority_lease_age_seconds",
                 "How long the authority's etcd lease has been held, by whichever proxy holds it",
             ),
-            journal_source: IntGaugeVec::new(
-                Opts::new(
-                    "slotguard_journal_source",
-                    "1 for where the journal is kept: etcd, file or memory",
-                ),
-                &["source"],
-            )
-            .expect("valid metric"),
+            journal_source: registered(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "slotguard_journal_source",
+                        "1 for where the journal is kept: etcd, file or memory",
+                    ),
+                    &["source"],
+                )
+                .expect("valid metric"),
+            ),
             registry: Registry::new(),
         };
-        for c in [
-            Box::new(requests_vec) as Box<dyn prometheus::core::Collector>,
-            Box::new(latency_vec),
-            Box::new(errors_vec),
-            Box::new(redirects_vec),
-            Box::new(metrics.backend_latency.clone()),
-            Box::new(metrics.client_connections.clone()),
-            Box::new(metrics.clients_blocked.clone()),
-            Box::new(metrics.client_connections_total.clone()),
-            Box::new(metrics.clients_refused.clone()),
-            Box::new(metrics.backend_connections.clone()),
-            Box::new(metrics.backend_dedicated_connections.clone()),
-            Box::new(connects),
-            Box::new(metrics.backend_inflight.clone()),
-            Box::new(refreshes),
-            Box::new(metrics.slots.clone()),
-            Box::new(metrics.held_now.clone()),
-            Box::new(metrics.held_total.clone()),
-            Box::new(metrics.hold_wait.clone()),
-            Box::new(metrics.hold_timeouts.clone()),
-            Box::new(metrics.repairs.clone()),
-            Box::new(metrics.migrations.clone()),
-            Box::new(metrics.reloads.clone()),
-            Box::new(metrics.wait_retries.clone()),
-            Box::new(metrics.writes_unconfirmed.clone()),
-            Box::new(metrics.writes_not_retried.clone()),
-            Box::new(metrics.clients_over_output_limit.clone()),
-            Box::new(metrics.subscribers_over_output_limit.clone()),
-            Box::new(metrics.clients_held.clone()),
-            Box::new(metrics.redirects_outside.clone()),
-            Box::new(metrics.repair_steps.clone()),
-            Box::new(metrics.authority.clone()),
-            Box::new(metrics.authority_lease_age.clone()),
-            Box::new(metrics.journal_source.clone()),
-        ] {
-            reg(c);
-        }
         Metrics {
             registry,
             ..metrics
@@ -435,6 +432,17 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// Registers `metric` and gives it back.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: C,
+) -> C {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
 }
 
 impl Default for Metrics {
