@@ -1122,6 +1122,53 @@ async fn functions_are_loaded_on_every_master() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("Function not found"), "{err}");
+
+    // FUNCTION RESTORE ... FLUSH leaves only what the dump holds: a library loaded after
+    // the dump stays gone, and the proxy does not load it again where an FCALL misses it.
+    let () = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(lib)
+        .query_async(&mut c)
+        .await
+        .map(|_: String| ())
+        .unwrap();
+    let dump: Vec<u8> = redis::cmd("FUNCTION")
+        .arg("DUMP")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let later =
+        "#!lua name=laterlib\nredis.register_function('later', function(keys, args) return 1 end)";
+    let () = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(later)
+        .query_async(&mut c)
+        .await
+        .map(|_: String| ())
+        .unwrap();
+    let () = redis::cmd("FUNCTION")
+        .arg("RESTORE")
+        .arg(dump)
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let err = redis::cmd("FCALL")
+        .arg("later")
+        .arg(1)
+        .arg(&key)
+        .query_async::<Value>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Function not found"), "{err}");
+    let () = redis::cmd("FCALL")
+        .arg("echokey")
+        .arg(1)
+        .arg(&key)
+        .arg("restored")
+        .query_async(&mut c)
+        .await
+        .expect("the dump's library runs");
 }
 
 /// LATENCY and SLOWLOG answer for the whole cluster: every master's slow commands and

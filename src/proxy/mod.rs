@@ -634,9 +634,12 @@ impl Proxy {
         scripts.retain(|sha, _| sha == self.markers.sha());
     }
 
-    /// `FUNCTION LOAD`, `DELETE` and `FLUSH` as they go to every master: the proxy keeps
-    /// each library's code (by its name, from its `#!engine name=...` line), to load it
-    /// where an FCALL finds it missing (a promoted replica that missed it, a new master).
+    /// `FUNCTION LOAD`, `DELETE`, `FLUSH` and `RESTORE` as they go to every master: the
+    /// proxy keeps each library's code (by its name, from its `#!engine name=...` line), to
+    /// load it where an FCALL finds it missing (a promoted replica that missed it, a new
+    /// master). A RESTORE's payload is opaque here: what it flushed or replaced cannot be
+    /// told, so every library is forgotten rather than one removed brought back (or old
+    /// code loaded over the restored).
     pub fn remember_functions(&self, req: &crate::protocol::Request) {
         let mut libraries = self.libraries.lock().unwrap_or_else(|e| e.into_inner());
         let sub = req.arg(1).to_ascii_uppercase();
@@ -653,7 +656,7 @@ impl Proxy {
             b"DELETE" if req.len() == 3 => {
                 libraries.remove(String::from_utf8_lossy(req.arg(2)).as_ref());
             }
-            b"FLUSH" => libraries.clear(),
+            b"FLUSH" | b"RESTORE" => libraries.clear(),
             _ => {}
         }
     }
