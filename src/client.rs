@@ -210,6 +210,19 @@ impl Conn {
         }
     }
 
+    /// [`Conn::call`] with its own bound instead of the connection's.
+    pub async fn call_within<A: AsRef<[u8]>>(
+        &mut self,
+        args: &[A],
+        limit: Duration,
+    ) -> Result<Value, ConnError> {
+        let req = Request::from_args(args);
+        match timeout(limit, self.round_trip(&req)).await {
+            Ok(result) => result,
+            Err(_) => Err(self.err(Failure::Timeout)),
+        }
+    }
+
     /// Like [`Conn::call`], but an error reply is an `Err` too.
     pub async fn call_ok<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<Value, ConnError> {
         match self.call(args).await? {

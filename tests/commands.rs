@@ -954,6 +954,15 @@ async fn config_set_reaches_every_node() {
     assert!(refused.starts_with("-ERR "), "{refused}");
     assert!(refused.contains("(node 127.0.0.1:"), "{refused}");
     assert_eq!(ask("CONFIG RESETSTAT\r\n").await, "+OK\r\n");
+    // A node slower than a connect timeout (a replica busy for 2 s) is waited for.
+    let replica = nodes[5].clone();
+    let busy = tokio::spawn(async move { common::call(&replica, &["DEBUG", "SLEEP", "2"]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        ask("CONFIG SET maxmemory-policy volatile-lru\r\n").await,
+        "+OK\r\n"
+    );
+    busy.await.unwrap();
 
     // redis-py, in both protocols.
     let script = format!(

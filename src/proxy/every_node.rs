@@ -5,7 +5,8 @@
 //! - `CONFIG SET`, `CONFIG RESETSTAT` and `CONFIG REWRITE` go to every node, replicas
 //!   included (a replica promoted later must behave the same). The answer is `+OK` when
 //!   every node said so; otherwise the first error, in node order, with the node's
-//!   address after it.
+//!   address after it. Each node is waited for up to `hold.timeout`; one that does not
+//!   answer by then is named.
 //! - `SCRIPT KILL` and `FUNCTION KILL` go to every master: the script runs on one. The
 //!   answer is `+OK` when one master killed it, otherwise the first error (`NOTBUSY`).
 
@@ -59,6 +60,9 @@ async fn run(proxy: Arc<Proxy>, req: &Request, reach: Reach) -> Bytes {
     }
     let args: Arc<Vec<Bytes>> = Arc::new((0..req.len()).map(|i| req.arg_bytes(i)).collect());
     let dial = proxy.config().dial();
+    // A node may take a while (a fork, a big CONFIG REWRITE, a busy replica): each is
+    // waited for up to `hold.timeout`, and named if it gives no answer by then.
+    let limit = proxy.config().hold_timeout;
     let mut calls = JoinSet::new();
     for (i, addr) in addrs.iter().enumerate() {
         let (addr, args, dial) = (addr.clone(), args.clone(), dial.clone());
@@ -67,7 +71,7 @@ async fn run(proxy: Arc<Proxy>, req: &Request, reach: Reach) -> Bytes {
             let Some(mut conn) = proxy.pool.take(&addr, &dial).await else {
                 return (i, Err(Failure::Io("cannot connect".to_string())));
             };
-            let answer = conn.call(&args).await;
+            let answer = conn.call_within(&args, limit).await;
             if answer.is_ok() {
                 proxy.pool.give(conn);
             }
