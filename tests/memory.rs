@@ -129,8 +129,16 @@ async fn slowloris_clients_cost_what_they_sent() {
 
 /// Sets `big` to a 100 KB value through the proxy.
 async fn set_big(port: u16) {
+    set_value(port, 100 * 1024).await;
+}
+
+/// Sets the key `big` to `size` bytes. A test that counts on replies waiting in the proxy
+/// past what the sockets hold uses values of megabytes: the first 32 GETs a client
+/// pipelines must outweigh the kernel's buffers on loopback (several MB), or they fit
+/// there and little is left waiting.
+async fn set_value(port: u16, size: usize) {
     let mut setup = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let big = "x".repeat(100 * 1024);
+    let big = "x".repeat(size);
     let set = format!(
         "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n{big}\r\n",
         big.len()
@@ -238,9 +246,9 @@ async fn a_client_past_the_soft_output_limit_for_its_seconds_is_disconnected() {
     let limits = "[client]\nmax_inflight_bytes = 16777216\n\
                   [client.output_buffer_limit]\nnormal = \"0 256kb 1\"\n";
     let proxy = Proxy::start(&cluster, limits).await;
-    set_big(proxy.port).await;
-    // 1,000 GETs at once (100 MB, more than the sockets hold), then nothing: the replies
-    // wait over the soft limit, and once the last is in none comes to add to them.
+    set_value(proxy.port, 2 << 20).await;
+    // 1,000 GETs at once (2 GB, far more than the sockets hold), then nothing: the
+    // replies wait over the soft limit, and once the last is in none comes to add to them.
     let mut s = hog(proxy.port, 1_000).await.unwrap();
     // Not read until the proxy says it cut the client off: reading would take the
     // replies under the limit.
@@ -265,7 +273,7 @@ async fn a_reload_lowers_the_output_limit_of_clients_already_connected() {
     let unlimited = "[client]\nmax_inflight_bytes = 16777216\n\
                      [client.output_buffer_limit]\nnormal = \"0 0 0\"\n";
     let proxy = Proxy::start(&cluster, unlimited).await;
-    set_big(proxy.port).await;
+    set_value(proxy.port, 2 << 20).await;
     let mut s = hog(proxy.port, 1_000).await.unwrap();
     let held = "slotguard_clients_held 1";
     wait_for_metric(&proxy, held).await;
