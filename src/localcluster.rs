@@ -608,7 +608,7 @@ impl LocalCluster {
 
     /// Waits until every running node says `cluster_state:ok` and agrees on who owns every
     /// slot, and every replica's link to its master is up and has acknowledged its stream.
-    /// When a node was started since the last wait, faults wait a second and a bit more
+    /// When a node was started since the last wait, the wait lasts a second and a bit more
     /// (see [`Quiet`]).
     pub async fn wait_healthy(&self, limit: Duration) -> Result<(), StartError> {
         let addrs: Vec<String> = self
@@ -628,7 +628,12 @@ impl LocalCluster {
             .started
             .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
+            // Waited here too, not only before a fault: a test may count on a replica
+            // following its master at once (Valkey replicates SETSLOT to replicas that
+            // stream, and a cut migration's open state must be on A's replica).
             self.quiet.start_now();
+            tokio::time::sleep(STREAMING_AFTER).await;
+            settle().await?;
         }
         Ok(())
     }
