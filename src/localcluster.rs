@@ -11,7 +11,6 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::client::{Auth, Conn, Dial};
@@ -70,46 +69,6 @@ pub struct LocalNode {
     /// Its network namespace, with `Options::namespaces`.
     netns: Option<String>,
     child: Option<Child>,
-    /// The cluster's [`Quiet`], shared by every node.
-    quiet: Quiet,
-}
-
-/// When a fault may come without losing what replicas have not been streamed yet.
-///
-/// After a diskless full sync a master streams nothing to the replica until a
-/// `REPLCONF ACK` that comes after the transfer ("Waiting for REPLCONF ACK from slave to
-/// enable streaming"). The replica sends one as it finishes loading, which may reach the
-/// master first and count for nothing; the next comes with the replica's cron, up to a
-/// second later. A master killed in that second leaves an heir with none of the writes
-/// since the sync (the coordination test lost acknowledged writes so). So a node started
-/// pushes this instant a second and a bit past the next [`LocalCluster::wait_healthy`],
-/// and a fault (a kill, a signal, a cut link) waits for it: a cluster just started costs
-/// nothing until something is done to it.
-#[derive(Clone, Debug, Default)]
-struct Quiet(Arc<Mutex<Option<Instant>>>);
-
-/// How long after a full sync a master surely streams to its replica.
-const STREAMING_AFTER: Duration = Duration::from_millis(1200);
-
-impl Quiet {
-    fn start_now(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + STREAMING_AFTER);
-    }
-
-    /// Blocks until faults may come (at most [`STREAMING_AFTER`]).
-    fn wait(&self) {
-        let at = *self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(left) = at.map(|at| at.saturating_duration_since(Instant::now())) else {
-            return;
-        };
-        // On a multi-threaded runtime, the worker's other tasks move elsewhere meanwhile.
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        match multi_thread {
-            true => tokio::task::block_in_place(|| std::thread::sleep(left)),
-            false => std::thread::sleep(left),
-        }
-    }
 }
 
 impl LocalNode {
@@ -121,31 +80,19 @@ impl LocalNode {
         self.child.as_ref().map(Child::id)
     }
 
-    /// `kill -9` by pid (once replicas surely stream: see [`Quiet`]).
+    /// `kill -9` by pid.
     pub fn kill(&mut self) {
-        if self.child.is_some() {
-            self.quiet.wait();
-        }
-        self.kill_now();
-    }
-
-    /// `kill -9` by pid, at once (the cluster is being removed).
-    fn kill_now(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// Sends a signal (`STOP`, `CONT`, ...) by pid; all but `CONT` once replicas surely
-    /// stream (see [`Quiet`]).
+    /// Sends a signal (`STOP`, `CONT`, ...) by pid.
     pub fn signal(&self, name: &str) -> std::io::Result<()> {
         let Some(pid) = self.pid() else {
             return Err(std::io::Error::other("node is not running"));
         };
-        if name != "CONT" {
-            self.quiet.wait();
-        }
         let status = Command::new("kill")
             .arg(format!("-{name}"))
             .arg(pid.to_string())
@@ -169,9 +116,8 @@ pub struct LocalCluster {
     network: Option<Network>,
     keep_dir: bool,
     /// A node started since the last [`LocalCluster::wait_healthy`]: a replica may have
-    /// synced that its master does not stream to yet (see [`Quiet`]).
+    /// synced that its master does not stream to yet (see `wait_healthy`).
     started: std::sync::atomic::AtomicBool,
-    quiet: Quiet,
 }
 
 /// A bridge in this process's namespace, and a /24 on it: `prefix.1` is the bridge's
@@ -349,7 +295,6 @@ impl LocalCluster {
             // SLOTGUARD_KEEP_DIRS=1 keeps every test's logs and nodes.conf to read after.
             keep_dir: std::env::var_os("SLOTGUARD_KEEP_DIRS").is_some(),
             started: std::sync::atomic::AtomicBool::new(false),
-            quiet: Quiet::default(),
         };
         let total = cluster.options.masters * (1 + cluster.options.replicas_per_master);
         for i in 0..total {
@@ -369,7 +314,6 @@ impl LocalCluster {
                 ip,
                 netns,
                 child: None,
-                quiet: cluster.quiet.clone(),
             };
             cluster.spawn(&mut node)?;
             cluster.nodes.push(node);
@@ -390,7 +334,6 @@ impl LocalCluster {
             ip: "127.0.0.1".to_string(),
             netns: None,
             child: None,
-            quiet: self.quiet.clone(),
         };
         self.spawn(&mut node)?;
         let addr = node.addr();
@@ -482,8 +425,7 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Starts a node again, with its data directory and nodes.conf (killed first, at once,
-    /// if it runs).
+    /// Starts a stopped node again, with its data directory and nodes.conf.
     pub async fn restart(&mut self, i: usize) -> Result<(), StartError> {
         let mut node = std::mem::replace(
             &mut self.nodes[i],
@@ -493,12 +435,9 @@ impl LocalCluster {
                 ip: String::new(),
                 netns: None,
                 child: None,
-                quiet: self.quiet.clone(),
             },
         );
-        // A restart is the fault of a test that times it against the proxy's looks (S14's
-        // copies reloaded before the proxy sees them): it does not wait for `Quiet`.
-        node.kill_now();
+        node.kill();
         let result = self.spawn(&mut node);
         let addr = node.addr();
         self.nodes[i] = node;
@@ -607,9 +546,15 @@ impl LocalCluster {
     }
 
     /// Waits until every running node says `cluster_state:ok` and agrees on who owns every
-    /// slot, and every replica's link to its master is up and has acknowledged its stream.
-    /// When a node was started since the last wait, the wait lasts a second and a bit more
-    /// (see [`Quiet`]).
+    /// slot, and every replica's link to its master is up and streaming.
+    ///
+    /// After a diskless full sync a master streams nothing to the replica until a
+    /// `REPLCONF ACK` that comes after the transfer ("Waiting for REPLCONF ACK from slave to
+    /// enable streaming"). The replica sends one as it finishes loading, which may reach
+    /// the master first and count for nothing; the next comes with the replica's cron, up
+    /// to a second later. A master killed in that second leaves an heir with none of the
+    /// writes since the sync (the coordination test lost acknowledged writes so). So when a
+    /// node was started since the last wait, the wait lasts a second and a bit longer.
     pub async fn wait_healthy(&self, limit: Duration) -> Result<(), StartError> {
         let addrs: Vec<String> = self
             .nodes
@@ -628,11 +573,7 @@ impl LocalCluster {
             .started
             .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
-            // Waited here too, not only before a fault: a test may count on a replica
-            // following its master at once (Valkey replicates SETSLOT to replicas that
-            // stream, and a cut migration's open state must be on A's replica).
-            self.quiet.start_now();
-            tokio::time::sleep(STREAMING_AFTER).await;
+            tokio::time::sleep(Duration::from_millis(1200)).await;
             settle().await?;
         }
         Ok(())
@@ -640,17 +581,10 @@ impl LocalCluster {
 }
 
 impl LocalCluster {
-    /// Waits until a fault done some other way than through this module (`DEBUG
-    /// SEGFAULT`, say) loses nothing replicas were not streamed yet (see [`Quiet`]).
-    pub fn wait_quiet(&self) {
-        self.quiet.wait();
-    }
-
     /// Cuts the link between nodes `i` and `j` both ways (a blackhole route to the other
     /// in each one's namespace); this process still reaches both. `Options::namespaces`
     /// only.
     pub fn cut(&self, i: usize, j: usize) -> Result<(), StartError> {
-        self.quiet.wait();
         self.route("add", i, j)?;
         self.route("add", j, i)
     }
@@ -674,7 +608,7 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
-            node.kill_now();
+            node.kill();
         }
         if !self.keep_dir {
             let _ = std::fs::remove_dir_all(&self.dir);

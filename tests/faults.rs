@@ -404,7 +404,6 @@ async fn s9_target_finalizes_then_segfaults_before_telling_anyone() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(writers(h.url(), 6, setup.written(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    h.cluster.wait_quiet();
     let at = Instant::now();
     finalize_and_crash(&b, &slot, &setup.target).await;
     h.cluster.nodes[1].kill(); // reaps the crashed process
@@ -1128,7 +1127,6 @@ async fn unseen(name: &str, moved: usize, fault: Fault, owner: Owner, missed: Mi
         }
         Fault::ManualFailover(i) => manual_failover(&cluster, i).await,
         Fault::FinalizeAndCrash => {
-            cluster.wait_quiet();
             finalize_and_crash(&b, &slot, &setup.target).await;
             cluster.nodes[1].kill(); // reaps the crashed process
             wait_promoted(&cluster, 1).await;

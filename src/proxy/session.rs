@@ -433,8 +433,9 @@ async fn serve(proxy: &Proxy, client: &mut Client, stream: &mut Stream) -> std::
                     return Ok(()); // the client closed; its outstanding replies are dropped
                 }
                 last_request = Instant::now();
-                if proxy.routing.config_generation() != generation {
-                    generation = proxy.routing.config_generation();
+                let now_generation = proxy.routing.config_generation();
+                if now_generation != generation {
+                    generation = now_generation;
                     config = proxy.config().clone();
                     scanner.set_limits(config.limits.clone());
                 }
