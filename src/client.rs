@@ -24,7 +24,10 @@ pub struct ConnError {
 /// What went wrong on a call to a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// The connection could not be made (refused, unreachable, timed out).
+    /// Nothing listens on the port (the connection was refused): the node's process is
+    /// gone, or not started yet.
+    Refused,
+    /// The connection could not be made otherwise (unreachable, timed out).
     Connect(String),
     /// The node refused the credentials (its reply to `AUTH`).
     Auth(String),
@@ -62,7 +65,7 @@ impl ConnError {
     /// `NOPERM`) and a reply that cannot be read will not pass by waiting.
     pub fn may_pass(&self) -> bool {
         match &self.failure {
-            Failure::Connect(_) | Failure::Timeout | Failure::Io(_) => true,
+            Failure::Refused | Failure::Connect(_) | Failure::Timeout | Failure::Io(_) => true,
             Failure::Reply(_) => !matches!(self.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM")),
             Failure::Auth(_) | Failure::Protocol(_) => false,
         }
@@ -72,6 +75,7 @@ impl ConnError {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Failure::Refused => f.write_str("connect: connection refused"),
             Failure::Connect(why) => write!(f, "connect: {why}"),
             Failure::Auth(why) => write!(f, "AUTH: {why}"),
             Failure::Timeout => f.write_str("no reply in time"),
@@ -175,7 +179,10 @@ impl Conn {
             .await
             .map_err(|e| ConnError {
                 addr: addr.to_string(),
-                failure: Failure::Connect(e.to_string()),
+                failure: match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => Failure::Refused,
+                    _ => Failure::Connect(e.to_string()),
+                },
             })?;
         Ok(Conn {
             addr: addr.to_string(),

@@ -121,6 +121,8 @@ pub struct Config {
     /// How long one `WAIT` for the replicas may take before it is asked again
     /// (`durability.wait_timeout`); asked again until `hold.timeout`.
     pub wait_timeout: Duration,
+    /// Which replicas may win a failover (`durability.promote`).
+    pub promote: Promote,
     /// Several proxies sharing one journal and one repair authority (`[coordination]`);
     /// `None`: this proxy alone, with its own journal.
     pub coordination: Option<Coordination>,
@@ -224,6 +226,17 @@ pub enum Ack {
     /// When every replica of the master that is up has it too: a `WAIT` follows each batch
     /// of writes on a node connection.
     Replicated,
+}
+
+/// Which replicas may win a failover (`durability.promote`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Promote {
+    /// Only a replica that has synced with its master since it last started or changed
+    /// masters: the proxy keeps `cluster-replica-no-failover yes` on the others
+    /// (`cluster::promotion`).
+    Synced,
+    /// Any replica, as the cluster itself decides.
+    Any,
 }
 
 impl Config {
@@ -360,6 +373,7 @@ impl CoordinationSection {
 struct DurabilitySection {
     ack: String,
     wait_timeout: String,
+    promote: String,
 }
 
 impl Default for DurabilitySection {
@@ -367,6 +381,7 @@ impl Default for DurabilitySection {
         DurabilitySection {
             ack: "master".into(),
             wait_timeout: "100ms".into(),
+            promote: "synced".into(),
         }
     }
 }
@@ -858,6 +873,17 @@ impl File {
                 }
             },
             wait_timeout: duration("durability.wait_timeout", &self.durability.wait_timeout)?,
+            promote: match self.durability.promote.as_str() {
+                "synced" => Promote::Synced,
+                "any" => Promote::Any,
+                other => {
+                    return Err(bad(
+                        "durability.promote",
+                        other,
+                        "expected \"synced\" or \"any\"",
+                    ))
+                }
+            },
             coordination: self.coordination.validate(listen)?,
         })
     }

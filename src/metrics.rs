@@ -129,6 +129,8 @@ pub struct Metrics {
     pub repair_steps: IntCounter,
     /// 1 while this proxy is the authority that repairs and moves slots.
     pub authority: IntGauge,
+    /// Replicas the proxy keeps from winning a failover (`durability.promote`).
+    pub replicas_kept_from_failover: IntGauge,
     /// How long whoever holds the authority's lease has held it.
     pub authority_lease_age: IntGauge,
     /// 1 for where the journal is kept (`etcd`, `file` or `memory`).
@@ -320,6 +322,10 @@ impl Metrics {
             reloads: outcome(
                 "slotguard_config_reloads_total",
                 "Configuration reloads, by outcome",
+            ),
+            replicas_kept_from_failover: gauge(
+                "slotguard_replicas_kept_from_failover",
+                "Replicas not synced with their master since they started or changed masters, kept from winning a failover (durability.promote = synced)",
             ),
             wait_retries: counter(
                 "slotguard_wait_retries_total",

@@ -80,6 +80,7 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     let proxy = Proxy::new(routing.clone());
     let mut tasks = vec![
         tokio::spawn(crate::cluster::mover::serve(routing.clone())),
+        tokio::spawn(crate::cluster::promotion::run(routing.clone())),
         tokio::spawn(topology::run(routing, hints)),
         tokio::spawn(proxy.clone().follow_routing()),
         tokio::spawn(proxy.clone().run_hold()),

@@ -506,3 +506,90 @@ async fn a_read_waits_until_what_it_saw_is_on_a_replica() {
     let wrote = writer.frame_within(Duration::from_secs(15)).await;
     assert_eq!(wrote.as_deref(), Some(&b"+OK\r\n"[..]));
 }
+
+/// The role a node reports (`master` or `slave`).
+async fn role(addr: &str) -> String {
+    match common::call(addr, &["ROLE"]).await {
+        slotguard::protocol::Value::Array(items) => items[0].as_str().unwrap().to_string(),
+        other => panic!("ROLE on {addr}: {other:?}"),
+    }
+}
+
+/// `cluster-replica-no-failover` on the node at `addr`; `None` while it does not answer.
+async fn kept(addr: &str) -> Option<bool> {
+    let mut c = slotguard::client::Conn::connect(addr, Duration::from_secs(2))
+        .await
+        .ok()?;
+    let v = c
+        .call_ok(&["CONFIG", "GET", "cluster-replica-no-failover"])
+        .await
+        .ok()?;
+    Some(v.as_array()?.get(1)?.as_str()? == "yes")
+}
+
+/// S18 (FAULTS.md): a replica that moved to an orphaned master, as replica migration
+/// moves one, still holds the shard it came from. When that master stops before the
+/// replica has synced with it, the cluster elects the replica, and every key of the master
+/// goes with the vote (the master wakes up as the replica of an empty copy). The proxy
+/// keeps such a replica from standing until it has synced (`durability.promote`, whose
+/// default this is): the master's slots wait for it instead, and it keeps its keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18_a_replica_that_moved_to_an_orphaned_master_is_not_elected_before_it_syncs() {
+    let mut h = start(Ack::Master).await;
+    let tag = tag_on(2);
+    let keys: Vec<String> = (0..200).map(|i| format!("{tag}k{i}")).collect();
+    let mut c = h.client().await;
+    for k in &keys {
+        let () = redis::cmd("SET")
+            .arg(k)
+            .arg(k)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    // Master 2 loses its replica (node 5), and master 0's replica (node 3), synced with
+    // master 0 and seen so by the proxy since the harness started, moves to master 2 just
+    // as master 2 stops: it cannot sync.
+    h.cluster.nodes[5].kill();
+    let (moved, orphan) = (h.cluster.nodes[3].addr(), h.cluster.nodes[2].addr());
+    let orphan_id = common::node_id(&orphan).await;
+    h.cluster.nodes[2].signal("STOP").unwrap();
+    common::call(&moved, &["CLUSTER", "REPLICATE", &orphan_id]).await;
+    // The node timeout (2 s), the failure reports and an election's delay: a replica
+    // allowed to stand is elected well within this.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let elected = role(&moved).await;
+    // S19's shape too: master 2's own replica starts again (with no data: the nodes keep
+    // none) while master 2 is still stopped. It cannot sync either, and is kept.
+    let restarted = h.cluster.nodes[5].addr();
+    h.cluster.restart(5).await.unwrap();
+    let kept_both = slotguard::localcluster::wait_for(Duration::from_secs(10), || {
+        let (moved, restarted) = (moved.clone(), restarted.clone());
+        async move { kept(&moved).await == Some(true) && kept(&restarted).await == Some(true) }
+    })
+    .await;
+    h.cluster.nodes[2].signal("CONT").unwrap();
+    assert_eq!(
+        elected, "slave",
+        "the moved replica was elected for master 2's slots"
+    );
+    kept_both.expect("the proxy keeps both replicas from standing while they cannot sync");
+
+    // Master 2 kept every key, read through the proxy once it is back.
+    for k in &keys {
+        let v: String = redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap();
+        assert_eq!(&v, k);
+    }
+    // Synced with master 2, both may stand again.
+    slotguard::localcluster::wait_for(Duration::from_secs(30), || {
+        let (moved, restarted) = (moved.clone(), restarted.clone());
+        async move { kept(&moved).await == Some(false) && kept(&restarted).await == Some(false) }
+    })
+    .await
+    .expect("a synced replica may stand again");
+    h.cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .unwrap();
+    common::assert_clean(&h.cluster).await;
+}

@@ -119,6 +119,7 @@ const CHANGES: &[Change] = &[
     change("hold.max_bytes", &[], Now),
     change("durability.ack", &[], Now),
     change("durability.wait_timeout", &[], Now),
+    change("durability.promote", &[], Now),
     change("coordination.etcd", &[], Restart(COORDINATION)),
     change(
         "coordination.prefix",
@@ -203,6 +204,7 @@ fn value(key: &str, files: &Files) -> toml::Value {
         "tls.client_ca" | "tls.backend_ca" | "coordination.tls_ca" => s(&files.ca),
         "tls.backend_server_name" => s("localhost"),
         "durability.ack" => s("replicated"),
+        "durability.promote" => s("any"),
         "coordination.etcd" => toml::Value::Array(vec![s("http://127.0.0.1:2379")]),
         "coordination.prefix" => s("/other/"),
         "coordination.name" => s("p2"),

@@ -12,6 +12,7 @@ pub mod heal;
 pub mod journal;
 pub mod mover;
 pub mod nodes;
+pub mod promotion;
 pub mod repair;
 pub mod topology;
 pub mod view;
