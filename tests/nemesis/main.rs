@@ -211,7 +211,12 @@ struct Nemesis {
     etcd: Option<Etcd>,
     etcd_stopped: bool,
     dial: Dial,
+    /// Since when the next fault has waited for the cluster to serve every slot again.
+    waiting_since: Option<f64>,
 }
+
+/// The longest a new fault waits for the cluster to say `cluster_state:ok` everywhere.
+const MOST_WAIT_FOR_OK: f64 = 15.0;
 
 impl Nemesis {
     fn log(&self, what: &str) {
@@ -238,6 +243,20 @@ impl Nemesis {
     fn after(&mut self, min_ms: u64, max_ms: u64, action: Action, fault: Option<usize>) {
         let wait = (min_ms + self.rng.below(max_ms - min_ms + 1)) as f64 / 1000.0;
         self.due.push((self.shared.now() + wait, action, fault));
+    }
+
+    /// True when every node with no fault on it says `cluster_state:ok`.
+    async fn cluster_ok(&self) -> bool {
+        for (i, node) in self.cluster.nodes.iter().enumerate() {
+            if self.busy[i] {
+                continue;
+            }
+            match ask(&node.addr(), &["CLUSTER", "INFO"], &self.dial).await {
+                Ok(Value::Bulk(info)) if info.windows(16).any(|w| w == b"cluster_state:ok") => {}
+                _ => return false,
+            }
+        }
+        true
     }
 
     async fn role(&self, i: usize) -> Role {
@@ -336,6 +355,23 @@ impl Nemesis {
     async fn run(&mut self, action: Action, fault: Option<usize>) {
         match action {
             Action::Fault => {
+                // The next fault comes once every node the nemesis has not faulted says
+                // the cluster is up, as in the soak; replicas may still sync,
+                // killed nodes may still be down, repairs may be half done. Faults that
+                // keep the cluster down beyond hold.timeout would only measure the
+                // cluster's own downtime. What ends a fault is never held up by this.
+                let now = self.shared.now();
+                let since = *self.waiting_since.get_or_insert(now);
+                if now - since < MOST_WAIT_FOR_OK && !self.cluster_ok().await {
+                    self.due.push((now + 0.25, Action::Fault, None));
+                    return;
+                }
+                if now - since >= MOST_WAIT_FOR_OK {
+                    self.log(&format!(
+                        "the cluster was still down after {MOST_WAIT_FOR_OK} s: a fault comes anyway"
+                    ));
+                }
+                self.waiting_since = None;
                 self.fault().await;
                 self.after(1000, 4000, Action::Fault, None);
             }
@@ -772,6 +808,7 @@ async fn nemesis(length: Duration, seed: u64, ack: Ack) -> Outcome {
         partitions,
         etcd,
         etcd_stopped: false,
+        waiting_since: None,
         dial: Dial::new(Duration::from_secs(1)),
     };
     nemesis.unleash(length).await;
