@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::client::Client;
+use super::table::{Acl, Entry};
 use super::Proxy;
 use crate::config::{same_secret, Access};
 use crate::protocol::reply::{self, arity, array_header, bulk, Value};
@@ -96,47 +97,23 @@ pub fn auth(proxy: &Proxy, client: &mut Client, req: &Request) -> Bytes {
     }
 }
 
-/// The error for a command this client's user may not run, if it may not.
-pub fn forbidden(proxy: &Proxy, client: &Client, name: &[u8], req: &Request) -> Option<Bytes> {
-    let sub = |i: usize| req.len() > i && req.arg(i).eq_ignore_ascii_case(b"FLUSH");
-    let wipes = match name {
-        b"FLUSHALL" | b"FLUSHDB" => true,
-        b"SCRIPT" => sub(1),
-        b"FUNCTION" => {
-            req.len() > 1
-                && [&b"FLUSH"[..], b"DELETE", b"LOAD", b"RESTORE"]
-                    .iter()
-                    .any(|s| req.arg(1).eq_ignore_ascii_case(s))
-        }
-        _ => false,
-    };
-    // The nodes' settings, credentials among them, are the operator's; so are their
-    // diagnostics, which show other clients' commands.
-    let other_clients = name == b"CLIENT"
-        && req.len() > 1
-        && [&b"KILL"[..], b"UNBLOCK", b"PAUSE", b"UNPAUSE"]
-            .iter()
-            .any(|s| req.arg(1).eq_ignore_ascii_case(s));
-    if (matches!(
-        name,
-        b"CONFIG" | b"LATENCY" | b"SLOWLOG" | b"DEBUG" | b"MONITOR"
-    ) || other_clients)
-        && client.access != Access::Admin
-    {
-        return Some(noperm(client, name));
-    }
-    let allowed = match client.access {
-        Access::Admin => true,
-        Access::ReadWrite => !wipes,
-        Access::ReadOnly => {
-            // Scripts may write unless run read-only; everything else by its flags.
-            let writes = wipes
-                || matches!(name, b"EVAL" | b"EVALSHA" | b"FCALL" | b"FUNCTION")
-                || (name == b"SCRIPT"
-                    && req.len() > 1
-                    && !req.arg(1).eq_ignore_ascii_case(b"EXISTS"))
-                || proxy.commands().lookup(req).is_some_and(|c| c.flags.write);
-            !writes
+/// The error for a command this client's user may not run, if it may not: by the
+/// command's line in [`super::table`] (`Acl`), and for the rest by the server's flags.
+pub fn forbidden(
+    proxy: &Proxy,
+    client: &Client,
+    entry: Option<&Entry>,
+    name: &[u8],
+    req: &Request,
+) -> Option<Bytes> {
+    let acl = entry.map_or(Acl::Flags, |e| e.acl.of(req));
+    let allowed = match (client.access, acl) {
+        (Access::Admin, _) => true,
+        (_, Acl::Admin) => false,
+        (Access::ReadWrite, _) => true,
+        (Access::ReadOnly, Acl::Writes) => false,
+        (Access::ReadOnly, Acl::Flags | Acl::BySub { .. }) => {
+            !proxy.commands().lookup(req).is_some_and(|c| c.flags.write)
         }
     };
     (!allowed).then(|| noperm(client, name))

@@ -44,6 +44,7 @@ pub mod session;
 mod share;
 pub mod slot_table;
 mod subscribers;
+mod table;
 mod tracking;
 mod turns;
 mod wait;

@@ -20,6 +20,7 @@ use super::local;
 use super::merge::{Join, Merge};
 use super::owed::{Pending, Start};
 use super::scan;
+use super::table::{self, Multi, Route};
 use super::wait::Wait;
 use super::Proxy;
 use crate::config::{Access, ReadFrom};
@@ -75,54 +76,50 @@ fn route_one(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
     let mut buf = [0u8; 24];
     let n = upper(req.arg(0), &mut buf);
     let name = &buf[..n];
-    if name == b"RESET" {
-        // Runs at once, inside MULTI and before AUTH too, as on a node; it changes this
-        // client's state only (see `Client::reset`).
-        client.reset(&proxy.config());
-        return (ready(Bytes::from_static(b"+RESET\r\n")), Class::Local);
-    }
-    if !client.authenticated && !matches!(name, b"AUTH" | b"HELLO" | b"QUIT") {
+    let entry = table::lookup(name);
+    if !client.authenticated && !entry.is_some_and(|e| e.before_auth) {
         return (ready(local::noauth()), Class::Local);
     }
     if client.access != Access::Admin {
-        if let Some(error) = local::forbidden(proxy, client, name, &req) {
+        if let Some(error) = local::forbidden(proxy, client, entry, name, &req) {
             if let Some(tx) = &mut client.tx {
                 tx.failed = true; // as Redis does: EXEC then answers EXECABORT
             }
             return (ready(error), Class::Other);
         }
     }
-    let local = |bytes: Bytes| (ready(bytes), Class::Local);
-    if client.tx.is_some() && !matches!(name, b"MULTI" | b"EXEC" | b"DISCARD" | b"QUIT") {
-        return queue(proxy, client, name, req);
+    let multi = entry.map_or(Multi::Queue, |e| e.multi);
+    if client.tx.is_some() && multi != Multi::Now {
+        return queue(proxy, client, name, multi, req);
     }
-    match name {
-        b"PING" => local(local::ping(&req)),
-        b"ECHO" => local(local::echo(&req)),
-        b"QUIT" => {
+    let route = match entry {
+        Some(e) => e.route,
+        None if name.is_empty() => {
+            return (ready(reply::error("ERR unknown command")), Class::Other)
+        }
+        None => Route::Keyed,
+    };
+    let local = |bytes: Bytes| (ready(bytes), Class::Local);
+    match route {
+        Route::Reset => {
+            client.reset(&proxy.config());
+            local(Bytes::from_static(b"+RESET\r\n"))
+        }
+        Route::Ping => local(local::ping(&req)),
+        Route::Echo => local(local::echo(&req)),
+        Route::Quit => {
             client.quit = true;
             local(Bytes::from_static(reply::OK))
         }
-        b"SELECT" => local(local::select(&req)),
-        b"AUTH" => local(local::auth(proxy, client, &req)),
-        b"HELLO" => local(local::hello(proxy, client, &req)),
-        b"CLIENT" if req.len() > 1 && req.arg(1).eq_ignore_ascii_case(b"TRACKING") => {
-            match super::tracking::command(proxy, &mut client.tracking, &req) {
-                Ok(answer) => local(answer),
-                // Nothing after it runs before every master tracks.
-                Err(rx) => (Pending::turn_for(rx), Class::Local),
-            }
-        }
-        b"CLIENT" if req.len() > 1 && req.arg(1).eq_ignore_ascii_case(b"TRACKINGINFO") => local(
-            super::tracking::info(client.tracking.as_ref(), client.resp3),
-        ),
-        b"CLIENT" if req.len() > 1 => client_command(proxy, client, req),
-        b"CLIENT" => local(local::client(client, &req)),
+        Route::Select => local(local::select(&req)),
+        Route::Auth => local(local::auth(proxy, client, &req)),
+        Route::Hello => local(local::hello(proxy, client, &req)),
+        Route::Client => client_command(proxy, client, req),
         // Connection flags on a node: the proxy routes reads and follows ASK itself, and
         // a shared connection must not carry one client's flag into another's request.
-        b"READONLY" | b"READWRITE" | b"ASKING" => local(Bytes::from_static(reply::OK)),
-        b"SLOTGUARD" => (moving(proxy, client, &req), Class::Local),
-        b"CLUSTER" => match local::cluster(proxy, client, &req) {
+        Route::ConnectionFlag => local(Bytes::from_static(reply::OK)),
+        Route::Slotguard => (moving(proxy, client, &req), Class::Local),
+        Route::Cluster => match local::cluster(proxy, client, &req) {
             Some(answer) => local(answer),
             // COUNTKEYSINSLOT / GETKEYSINSLOT: asked of the slot's owner.
             None => match (req.len() >= 3).then(|| parse_slot(req.arg(2))).flatten() {
@@ -130,18 +127,18 @@ fn route_one(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
                 None => local(reply::error("ERR Invalid or out of range slot")),
             },
         },
-        b"MGET" => (
+        Route::MGet => (
             split(proxy, client, req, 1, SplitKind::MGet),
             Class::MultiKey,
         ),
-        b"MSET" => {
+        Route::MSet => {
             client.wrote(None); // writes to several slots: WAIT will ask every master
             (
                 split(proxy, client, req, 2, SplitKind::MSet),
                 Class::MultiKey,
             )
         }
-        b"DEL" | b"UNLINK" | b"EXISTS" | b"TOUCH" => {
+        Route::Counted => {
             if matches!(name, b"DEL" | b"UNLINK") {
                 client.wrote(None);
             }
@@ -150,13 +147,14 @@ fn route_one(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
                 Class::MultiKey,
             )
         }
-        b"DBSIZE" | b"KEYS" | b"FLUSHALL" | b"FLUSHDB" | b"RANDOMKEY" | b"SCAN" | b"SCRIPT"
-        | b"INFO" => (whole_cluster(proxy, client, name, req), Class::Cluster),
-        b"PUBSUB" if req.len() >= 2 => (pubsub_introspection(proxy, client, req), Class::Cluster),
-        b"LATENCY" | b"SLOWLOG" if req.len() >= 2 => {
+        Route::WholeCluster => (whole_cluster(proxy, client, name, req), Class::Cluster),
+        Route::PubsubIntrospection if req.len() >= 2 => {
+            (pubsub_introspection(proxy, client, req), Class::Cluster)
+        }
+        Route::Diagnostics if req.len() >= 2 => {
             (diagnostics(proxy, client, name, req), Class::Cluster)
         }
-        b"PUBLISH" if req.len() == 3 => {
+        Route::Publish if req.len() == 3 => {
             // Counted as one node would: every client of this proxy that receives it.
             let local = proxy.subscribers.receivers(req.arg(1));
             let (job, rx) = job(client, req, None);
@@ -167,7 +165,7 @@ fn route_one(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
                 Class::Other,
             )
         }
-        b"CONFIG" if req.len() >= 2 && reconfigures(&req) => {
+        Route::Config if req.len() >= 2 && reconfigures(&req) => {
             if let Some(error) = relied_on(&req) {
                 return local(error);
             }
@@ -177,75 +175,83 @@ fn route_one(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Clas
             let start = Start::EveryNode(req, Reach::EveryNode, tx);
             (Pending::turn(start, rx), Class::Other)
         }
-        b"FUNCTION" if req.len() == 2 && req.arg(1).eq_ignore_ascii_case(b"KILL") => {
-            (kill_script(req), Class::Cluster)
-        }
-        b"FUNCTION" if req.len() >= 2 => match req.arg(1).to_ascii_uppercase().as_slice() {
-            // Every master must have a library, since FCALL runs where its keys are; the
-            // proxy keeps them for masters that come later.
-            b"LOAD" => {
-                proxy.remember_functions(&req);
-                (
-                    all_masters(proxy, client, &req, Merge::First),
-                    Class::Cluster,
-                )
-            }
-            b"DELETE" | b"FLUSH" | b"RESTORE" => {
-                proxy.remember_functions(&req);
-                (
-                    all_masters(proxy, client, &req, Merge::AllOk),
-                    Class::Cluster,
-                )
-            }
-            _ => keyed(proxy, client, req),
-        },
-        b"CONFIG" if req.len() >= 2 && req.arg(1).eq_ignore_ascii_case(b"GET") => {
+        Route::Config if req.len() >= 2 && req.arg(1).eq_ignore_ascii_case(b"GET") => {
             (one(proxy, client, req, None), Class::Other)
         }
-        b"COMMAND" => (one(proxy, client, req, None), Class::Other),
-        b"MULTI" if client.tx.is_some() => local(reply::error("ERR MULTI calls can not be nested")),
-        b"MULTI" => {
+        Route::Function if req.len() >= 2 => function(proxy, client, req),
+        Route::Command => (one(proxy, client, req, None), Class::Other),
+        Route::Multi if client.tx.is_some() => {
+            local(reply::error("ERR MULTI calls can not be nested"))
+        }
+        Route::Multi => {
             client.tx = Some(Tx::new());
             local(Bytes::from_static(reply::OK))
         }
-        b"EXEC" => match client.tx.take() {
+        Route::Exec => match client.tx.take() {
             Some(tx) => (exec(proxy, client, tx), Class::Write),
             None => local(reply::error("ERR EXEC without MULTI")),
         },
-        b"DISCARD" => match client.tx.take() {
+        Route::Discard => match client.tx.take() {
             Some(_) => {
                 client.unwatch();
                 local(Bytes::from_static(reply::OK))
             }
             None => local(reply::error("ERR DISCARD without MULTI")),
         },
-        b"WATCH" => watch(client, req),
-        b"UNWATCH" => {
+        Route::Watch => watch(client, req),
+        Route::Unwatch => {
             client.unwatch();
             local(Bytes::from_static(reply::OK))
         }
-        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" if req.len() >= 2 => {
-            (Pending::Subscribe(Some(req)), Class::Other)
-        }
-        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => {
-            local(reply::arity(&String::from_utf8_lossy(name).to_lowercase()))
-        }
-        b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => {
-            local(local::not_subscribed(client.resp3, &req))
-        }
-        b"WAIT" => wait(client, &req),
-        b"WAITAOF" => refused(name, "it waits on one connection of one node"),
+        Route::Subscribe if req.len() >= 2 => (Pending::Subscribe(Some(req)), Class::Other),
+        Route::Subscribe => local(reply::arity(&String::from_utf8_lossy(name).to_lowercase())),
+        Route::Unsubscribe => local(local::not_subscribed(client.resp3, &req)),
+        Route::Wait => wait(client, &req),
         // Once every earlier reply is written, the session turns to `monitor`.
-        b"MONITOR" => (Pending::Subscribe(Some(req)), Class::Other),
-        b"SYNC" | b"PSYNC" | b"REPLCONF" => refused(name, "it takes over the connection"),
-        b"MOVE" | b"SWAPDB" => refused(name, "a cluster has only database 0"),
-        b"" => (ready(reply::error("ERR unknown command")), Class::Other),
+        Route::Monitor => (Pending::Subscribe(Some(req)), Class::Other),
+        Route::Refused(why) => refused(name, why),
+        // Without the arguments their routes need, as the node says it.
+        Route::PubsubIntrospection
+        | Route::Diagnostics
+        | Route::Publish
+        | Route::Config
+        | Route::Function
+        | Route::Keyed => keyed(proxy, client, req),
+    }
+}
+
+/// FUNCTION: every master must have a library, since FCALL runs where its keys are; the
+/// proxy keeps them for masters that come later. KILL goes to every master on connections
+/// of their own.
+fn function(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
+    match req.arg(1).to_ascii_uppercase().as_slice() {
+        b"KILL" if req.len() == 2 => (kill_script(req), Class::Cluster),
+        b"LOAD" => {
+            proxy.remember_functions(&req);
+            (
+                all_masters(proxy, client, &req, Merge::First),
+                Class::Cluster,
+            )
+        }
+        b"DELETE" | b"FLUSH" | b"RESTORE" => {
+            proxy.remember_functions(&req);
+            (
+                all_masters(proxy, client, &req, Merge::AllOk),
+                Class::Cluster,
+            )
+        }
         _ => keyed(proxy, client, req),
     }
 }
 
 /// A command between MULTI and EXEC: checked as it would be routed, then queued.
-fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pending, Class) {
+fn queue(
+    proxy: &Proxy,
+    client: &mut Client,
+    name: &[u8],
+    multi: Multi,
+    req: Request,
+) -> (Pending, Class) {
     let tx = client
         .tx
         .as_mut()
@@ -254,39 +260,19 @@ fn queue(proxy: &Proxy, client: &mut Client, name: &[u8], req: Request) -> (Pend
         tx.failed = true;
         (ready(error), Class::Other)
     };
-    if name == b"WATCH" {
-        // Redis runs WATCH at once, even inside MULTI: refused, it leaves the transaction
-        // as it was.
-        return (
-            ready(reply::error("ERR WATCH inside MULTI is not allowed")),
-            Class::Other,
-        );
-    }
-    // What the proxy answers itself, or spreads over several nodes, cannot run inside a
-    // transaction that runs on one node.
-    if matches!(
-        name,
-        b"SELECT"
-            | b"AUTH"
-            | b"HELLO"
-            | b"CLIENT"
-            | b"CLUSTER"
-            | b"READONLY"
-            | b"READWRITE"
-            | b"DBSIZE"
-            | b"KEYS"
-            | b"RANDOMKEY"
-            | b"SCAN"
-            | b"SCRIPT"
-            | b"INFO"
-            | b"UNWATCH"
-            | b"CONFIG"
-            | b"COMMAND"
-            | b"LATENCY"
-            | b"SLOWLOG"
-            | b"SLOTGUARD"
-    ) {
-        return fail(unsupported_error(name, "not inside a transaction"));
+    match multi {
+        // As Redis refuses WATCH inside MULTI: the transaction stays as it was.
+        Multi::NotInside => {
+            return (
+                ready(reply::error(&format!(
+                    "ERR {} inside MULTI is not allowed",
+                    String::from_utf8_lossy(name)
+                ))),
+                Class::Other,
+            )
+        }
+        Multi::Refuse => return fail(unsupported_error(name, "not inside a transaction")),
+        Multi::Queue | Multi::Now => {}
     }
     // As a node refuses it at once, and fails the transaction: an unknown command, a
     // wrong number of arguments, a command a transaction may not hold.
@@ -524,7 +510,19 @@ fn pubsub_introspection(proxy: &Proxy, client: &Client, req: Request) -> Pending
 /// the rest concern only the client that asks ([`local::client`]).
 fn client_command(proxy: &Proxy, client: &mut Client, req: Request) -> (Pending, Class) {
     let local = |bytes: Bytes| (ready(bytes), Class::Local);
+    if req.len() < 2 {
+        return local(local::client(client, &req));
+    }
     match req.arg(1).to_ascii_uppercase().as_slice() {
+        b"TRACKING" => match super::tracking::command(proxy, &mut client.tracking, &req) {
+            Ok(answer) => local(answer),
+            // Nothing after it runs before every master tracks.
+            Err(rx) => (Pending::turn_for(rx), Class::Local),
+        },
+        b"TRACKINGINFO" => local(super::tracking::info(
+            client.tracking.as_ref(),
+            client.resp3,
+        )),
         b"LIST" => local(clients::list(proxy, &client.itself(), &req)),
         b"INFO" if req.len() == 2 => local(clients::info(proxy, &client.itself(), &req)),
         b"KILL" => {
