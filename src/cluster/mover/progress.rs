@@ -1,0 +1,101 @@
+//! What a move has done: a bar on a terminal, plain lines otherwise, and the snapshot
+//! `SLOTGUARD MIGRATIONS` and `/migrations` show.
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::routing::MoveProgress;
+
+/// Slots done and keys moved, shown as a bar on a terminal and as plain lines otherwise.
+pub struct Progress {
+    total: usize,
+    pub(super) done: AtomicUsize,
+    pub(super) keys: AtomicU64,
+    pub(super) started: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    pub fn new(total: usize, tty: bool) -> Progress {
+        Progress {
+            total,
+            done: AtomicUsize::new(0),
+            keys: AtomicU64::new(0),
+            started: Instant::now(),
+            tty,
+        }
+    }
+
+    /// As `/migrations` and `SLOTGUARD MIGRATIONS` show it.
+    pub(super) fn published(&self, state: &str, plan: &str, message: &str) -> MoveProgress {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let keys_moved = self.keys.load(Ordering::Relaxed);
+        MoveProgress {
+            state: state.to_string(),
+            plan: plan.to_string(),
+            slots_done: self.done.load(Ordering::Relaxed),
+            slots_total: self.total,
+            keys_moved,
+            keys_per_sec: keys_moved as f64 / seconds.max(0.001),
+            seconds,
+            message: message.to_string(),
+        }
+    }
+
+    /// `[#####-----] 12/500 slots, 3400 keys, 1200 keys/s, ETA 0:41`.
+    fn line(&self) -> String {
+        let done = self.done.load(Ordering::Relaxed);
+        let keys = self.keys.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let eta = match done {
+            0 => "?".to_string(),
+            _ => {
+                let left = (secs / done as f64 * (self.total - done) as f64) as u64;
+                format!("{}:{:02}", left / 60, left % 60)
+            }
+        };
+        let width = 30;
+        let filled = (done * width).checked_div(self.total).unwrap_or(width);
+        format!(
+            "[{}{}] {done}/{} slots, {keys} keys, {:.0} keys/s, ETA {eta}",
+            "#".repeat(filled),
+            "-".repeat(width - filled),
+            self.total,
+            keys as f64 / secs,
+        )
+    }
+
+    /// Redraws the bar five times a second on a terminal; a line every five seconds
+    /// otherwise.
+    pub(super) fn show(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let every = if self.tty {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(5)
+            };
+            loop {
+                tokio::time::sleep(every).await;
+                self.print();
+            }
+        })
+    }
+
+    fn print(&self) {
+        let mut err = std::io::stderr().lock();
+        let _ = match self.tty {
+            true => write!(err, "\r\x1b[2K{}", self.line()),
+            false => writeln!(err, "{}", self.line()),
+        };
+        let _ = err.flush();
+    }
+
+    pub(super) fn finish(&self) {
+        self.print();
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
