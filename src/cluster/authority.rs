@@ -262,6 +262,27 @@ impl<'a> Cluster<'a> {
             .any(|l| l.id == id && l.master && !l.slots.is_empty())
     }
 
+    /// The live master that every view binding `slot` binds it to, when its own view binds
+    /// it to no one: it lost the slot from its own table, so it serves the slot to nobody
+    /// and (with full coverage) says the whole cluster is down, while every other node
+    /// sends the slot's clients to it.
+    pub fn disowned(&self, slot: u16) -> Option<&'a str> {
+        let mut bound = self
+            .views
+            .iter()
+            .flat_map(|v| v.iter())
+            .filter(|l| l.master && l.owns(slot))
+            .map(|l| l.id.as_str());
+        let owner = bound.next()?;
+        if bound.any(|id| id != owner) || !self.is_live_master(owner) {
+            return None;
+        }
+        let own = self.view_of.get(owner)?;
+        own.iter()
+            .all(|l| !(l.master && l.owns(slot)))
+            .then_some(owner)
+    }
+
     /// Masters, not live, that some view binds the slot to.
     pub fn bound_to_dead(&self, slot: u16) -> BTreeSet<&'a str> {
         self.views
@@ -700,6 +721,21 @@ fn unremembered(cluster: &Cluster, memory: &Memory, slot: u16) -> Decision {
     let decision = |state, plan| Decision { slot, state, plan };
     let orphaned = |why: Orphan| decision(State::Orphaned { why }, vec![]);
     let dead = cluster.bound_to_dead(slot);
+    if let (true, Some(owner)) = (dead.is_empty(), cluster.disowned(slot)) {
+        let why = format!(
+            "every node binds the slot to {owner} but {owner} itself, which binds it to no one: it claims it again"
+        );
+        let claim = Step::Bind {
+            on: owner.to_string(),
+            slot,
+            owner: owner.to_string(),
+        };
+        let state = State::Broken {
+            case: Case::Disowned,
+            why,
+        };
+        return decision(state, vec![claim]);
+    }
     if dead.is_empty() {
         return orphaned(Orphan::Unbound);
     }

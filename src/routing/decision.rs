@@ -80,6 +80,10 @@ pub enum Case {
     /// gave it, with a higher epoch, to a node that never heard: the keys are copied there.
     #[serde(rename = "S11")]
     Partitioned,
+    /// Every node binds the slot to a live master but that master itself, whose own table
+    /// lost it: it claims it again.
+    #[serde(rename = "S20")]
+    Disowned,
     /// A repair of the proxy's own, cut short.
     #[serde(rename = "resume")]
     Resume,
@@ -96,6 +100,7 @@ impl Case {
             Case::StrayImport => "S13/S14",
             Case::StrayKeys => "S7/S14 strays",
             Case::Partitioned => "S11",
+            Case::Disowned => "S20",
             Case::Resume => "resume",
         }
     }

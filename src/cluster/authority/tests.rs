@@ -1141,3 +1141,44 @@ fn a_failover_across_a_partition_is_not_s11() {
         ..case("failover across a partition", nodes)
     });
 }
+
+/// S20: every node binds slot 50 to A but A, whose own table lost it (found by the
+/// nemesis, seed 115: overlapping failovers and repairs of one slot). A serves it to no one
+/// and, with full coverage, calls the whole cluster down. A claims it again.
+#[test]
+fn s20_a_master_that_lost_a_slot_from_its_own_table_claims_it_again() {
+    let mut views = views(&base());
+    let own = views.iter_mut().find(|(addr, _)| addr == "A:1").unwrap();
+    let a = own.1.iter_mut().find(|l| l.id == "A").unwrap();
+    a.slots = vec![(0, X - 1), (X + 1, 99)];
+    let cluster = Cluster::new(&views);
+    let none = BTreeMap::new();
+    let (keys, slots) = (HashMap::new(), BTreeSet::new());
+    let memory = Memory {
+        migrations: &none,
+        shards: &BTreeMap::new(),
+        keys: &keys,
+        settled_long_enough: &slots,
+        repairing: &slots,
+        interrupted: &slots,
+        importer_takes_back: false,
+    };
+    let d = decide(&cluster, &memory, X);
+    assert!(
+        matches!(
+            d.state,
+            State::Broken {
+                case: super::Case::Disowned,
+                ..
+            }
+        ),
+        "{:?}",
+        d.state
+    );
+    assert_eq!(d.plan, vec![bind("A", "A")]);
+    // Another slot of A's is stable, as before.
+    assert!(matches!(
+        decide(&cluster, &memory, 51).state,
+        State::Stable { .. }
+    ));
+}
