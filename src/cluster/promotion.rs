@@ -51,11 +51,9 @@ pub async fn run(routing: Arc<Routing>) {
     }
 }
 
-/// What a replica says of itself (`INFO server replication`).
+/// What a replica says of itself (`ROLE`, and `INFO replication` when its link is down).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Replication {
-    /// Changes when the process starts again.
-    run_id: String,
     /// `host:port` of its master.
     master: String,
     /// Its link to that master is up: it has synced, and streams.
@@ -68,7 +66,32 @@ struct Replication {
 }
 
 impl Replication {
+    /// From `ROLE`: a replica's master, and whether its link is up (`connected`).
     /// `None`: the node is not a replica.
+    fn from_role(role: &Value) -> Option<Replication> {
+        let Value::Array(items) = role else {
+            return None;
+        };
+        let [kind, host, port, state, ..] = items.as_slice() else {
+            return None;
+        };
+        if kind.as_str()? != "slave" {
+            return None;
+        }
+        let port = match port {
+            Value::Int(p) => p.to_string(),
+            other => other.as_str()?.to_string(),
+        };
+        let state = state.as_str()?;
+        Some(Replication {
+            master: format!("{}:{port}", host.as_str()?),
+            link_up: state == "connected",
+            syncing: state == "sync",
+            linked_since_start: state == "connected",
+        })
+    }
+
+    /// From `INFO replication`. `None`: the node is not a replica.
     fn parse(info: &str) -> Option<Replication> {
         let field = |name: &str| {
             info.lines().find_map(|line| {
@@ -81,7 +104,6 @@ impl Replication {
             return None;
         }
         Some(Replication {
-            run_id: field("run_id")?.to_string(),
             master: format!("{}:{}", field("master_host")?, field("master_port")?),
             link_up: field("master_link_status") == Some("up"),
             syncing: field("master_sync_in_progress") == Some("1"),
@@ -90,36 +112,31 @@ impl Replication {
     }
 }
 
-/// The run and the master a replica was last seen synced with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Synced {
-    run_id: String,
-    master: String,
-}
-
-/// Whether a replica may stand for election, from what it says now and what the proxy
-/// saw of it before (`synced`).
-fn may_stand(now: &Replication, synced: Option<&Synced>) -> bool {
+/// Whether a replica may stand for election, from what it says now and the master the
+/// proxy last saw it synced with (`synced_with`).
+fn may_stand(now: &Replication, synced_with: Option<&str>) -> bool {
     if now.link_up {
         return true;
     }
+    // Started again and not linked since (its last RDB), or in a full sync.
     if now.syncing || !now.linked_since_start {
         return false;
     }
     // Its link is down after it was up: it stands if that link was to its master of now.
-    // Seen synced in this run, the master must be the same (a replica that migrated to
-    // an orphaned master is linked "since start", to another one). Not seen (this proxy
-    // started after it synced), what it says is all there is.
-    match synced.filter(|s| s.run_id == now.run_id) {
-        Some(s) => s.master == now.master,
-        None => true,
-    }
+    // A replica that migrated to an orphaned master is linked "since start" too, to
+    // another: the master it was seen synced with tells them apart. Never seen synced
+    // (this proxy started after it synced), what it says is all there is.
+    synced_with.is_none_or(|m| m == now.master)
 }
 
 #[derive(Default)]
 struct Guard {
-    /// Per replica address: the run and master it last synced with, as seen.
-    synced: HashMap<String, Synced>,
+    /// Per replica address: the master it was last seen synced with.
+    synced: HashMap<String, String>,
+    /// Per replica address: its setting as last read or written on the connection kept
+    /// in `conns` (`true`: no failover). A new connection reads it again: the node may
+    /// have started again with its file's.
+    setting: HashMap<String, bool>,
     /// Replicas this proxy set `cluster-replica-no-failover yes` on, and has not lifted.
     kept: HashSet<String>,
     conns: HashMap<String, Conn>,
@@ -147,6 +164,7 @@ impl Guard {
             .collect();
         self.synced.retain(|addr, _| replicas.contains(addr));
         self.conns.retain(|addr, _| replicas.contains(addr));
+        self.setting.retain(|addr, _| self.conns.contains_key(addr));
         if config.promote == Promote::Any {
             self.lift_all(&dial).await;
             routing.metrics.replicas_kept_from_failover.set(0);
@@ -155,8 +173,9 @@ impl Guard {
         let mut asks = JoinSet::new();
         for addr in replicas {
             let conn = self.conns.remove(&addr);
+            let known = self.setting.remove(&addr).filter(|_| conn.is_some());
             let dial = dial.clone();
-            asks.spawn(async move { ask(addr, conn, dial).await });
+            asks.spawn(async move { ask(addr, conn, known, dial).await });
         }
         let mut kept = 0;
         while let Some(Ok((addr, conn, said))) = asks.join_next().await {
@@ -166,19 +185,17 @@ impl Guard {
                 continue;
             };
             if now.link_up {
-                let synced = Synced {
-                    run_id: now.run_id.clone(),
-                    master: now.master.clone(),
-                };
-                self.synced.insert(addr.clone(), synced);
+                self.synced.insert(addr.clone(), now.master.clone());
             }
-            let mut stand = may_stand(&now, self.synced.get(&addr));
+            let mut stand = may_stand(&now, self.synced.get(&addr).map(String::as_str));
             if !stand && master_gone(&now.master, &dial).await {
                 stand = true;
             }
-            if stand == is_kept {
-                self.set(&mut conn, &now, !stand).await;
+            let mut setting = is_kept;
+            if stand == is_kept && self.set(&mut conn, &now, !stand).await {
+                setting = !stand;
             }
+            self.setting.insert(addr.clone(), setting);
             if !stand {
                 kept += 1;
             }
@@ -187,8 +204,9 @@ impl Guard {
         routing.metrics.replicas_kept_from_failover.set(kept);
     }
 
-    /// Writes the replica's setting: `keep` sets `cluster-replica-no-failover yes`.
-    async fn set(&mut self, conn: &mut Conn, now: &Replication, keep: bool) {
+    /// Writes the replica's setting: `keep` sets `cluster-replica-no-failover yes`. True
+    /// when it was written.
+    async fn set(&mut self, conn: &mut Conn, now: &Replication, keep: bool) -> bool {
         let addr = conn.addr().to_string();
         let value = if keep { "yes" } else { "no" };
         match conn.call_ok(&["CONFIG", "SET", SETTING, value]).await {
@@ -201,11 +219,13 @@ impl Guard {
                     self.kept.remove(&addr);
                     info!(replica = %addr, master = %now.master, synced = now.link_up, "a replica may win a failover again");
                 }
+                true
             }
             Err(e) => {
                 if self.refused.insert(addr.clone()) {
                     warn!(replica = %addr, error = %e, "cannot set {SETTING} on a replica: it may win a failover with data it lacks");
                 }
+                false
             }
         }
     }
@@ -229,10 +249,16 @@ impl Guard {
     }
 }
 
-/// Asks one replica for its replication and its setting, on `conn` or a new connection.
-/// The connection comes back unless it failed; `None` answers: not a replica, or no
-/// readable answer.
-async fn ask(addr: String, conn: Option<Conn>, dial: Dial) -> (String, Option<Conn>, Option<Said>) {
+/// Asks one replica for its replication and its setting, on `conn` or a new connection:
+/// `ROLE`, and `INFO replication` only when its link is down; `CONFIG GET` only when
+/// `known` is not. The connection comes back unless it failed; a `None` answer: not a
+/// replica, or nothing readable.
+async fn ask(
+    addr: String,
+    conn: Option<Conn>,
+    known: Option<bool>,
+    dial: Dial,
+) -> (String, Option<Conn>, Option<Said>) {
     let mut conn = match conn {
         Some(conn) => conn,
         None => match Conn::dial(&addr, &dial).await {
@@ -240,25 +266,30 @@ async fn ask(addr: String, conn: Option<Conn>, dial: Dial) -> (String, Option<Co
             Err(_) => return (addr, None, None),
         },
     };
-    let asked = conn
-        .pipeline(
-            &[
-                vec!["INFO", "server", "replication"],
-                vec!["CONFIG", "GET", SETTING],
-            ],
-            LIMIT,
-        )
-        .await;
-    let Ok(replies) = asked else {
-        return (addr, None, None);
+    match said(&mut conn, known).await {
+        Ok(said) => (addr, Some(conn), said),
+        Err(_) => (addr, None, None),
+    }
+}
+
+async fn said(conn: &mut Conn, known: Option<bool>) -> Result<Option<Said>, ConnError> {
+    let Some(mut now) = Replication::from_role(&conn.call(&["ROLE"]).await?) else {
+        return Ok(None);
     };
-    let said = match replies.as_slice() {
-        [Value::Bulk(info), setting] => {
-            Replication::parse(&String::from_utf8_lossy(info)).map(|r| (r, kept(setting)))
+    if !now.link_up {
+        let Value::Bulk(info) = conn.call(&["INFO", "replication"]).await? else {
+            return Ok(None);
+        };
+        match Replication::parse(&String::from_utf8_lossy(&info)) {
+            Some(r) => now = r,
+            None => return Ok(None),
         }
-        _ => None,
+    }
+    let kept_now = match known {
+        Some(k) => k,
+        None => kept(&conn.call(&["CONFIG", "GET", SETTING]).await?),
     };
-    (addr, Some(conn), said)
+    Ok(Some((now, kept_now)))
 }
 
 /// True when `CONFIG GET cluster-replica-no-failover` says `yes`.
@@ -288,7 +319,7 @@ mod tests {
 
     fn info(role: &str, link: &str, syncing: u8, down_since: Option<i64>) -> String {
         let mut text = format!(
-            "# Server\r\nredis_version:7.0.15\r\nrun_id:r1\r\n\r\n# Replication\r\nrole:{role}\r\nmaster_host:10.0.0.1\r\nmaster_port:7000\r\nmaster_link_status:{link}\r\nmaster_sync_in_progress:{syncing}\r\n"
+            "# Replication\r\nrole:{role}\r\nmaster_host:10.0.0.1\r\nmaster_port:7000\r\nmaster_link_status:{link}\r\nmaster_sync_in_progress:{syncing}\r\n"
         );
         if let Some(s) = down_since {
             text.push_str(&format!("master_link_down_since_seconds:{s}\r\n"));
@@ -296,17 +327,9 @@ mod tests {
         text
     }
 
-    fn synced(run_id: &str, master: &str) -> Synced {
-        Synced {
-            run_id: run_id.into(),
-            master: master.into(),
-        }
-    }
-
     #[test]
     fn reads_a_replica_and_not_a_master() {
         let r = Replication::parse(&info("slave", "down", 0, Some(3))).unwrap();
-        assert_eq!(r.run_id, "r1");
         assert_eq!(r.master, "10.0.0.1:7000");
         assert!(!r.link_up && !r.syncing && r.linked_since_start);
         assert!(Replication::parse(&info("master", "up", 0, None)).is_none());
@@ -316,7 +339,7 @@ mod tests {
     fn a_replica_linked_to_its_master_stands() {
         let r = Replication::parse(&info("slave", "up", 0, None)).unwrap();
         assert!(may_stand(&r, None));
-        assert!(may_stand(&r, Some(&synced("old", "10.0.0.9:7000"))));
+        assert!(may_stand(&r, Some("10.0.0.9:7000")));
     }
 
     #[test]
@@ -324,7 +347,7 @@ mod tests {
         // Never linked since it started: it holds its last full sync's RDB.
         let r = Replication::parse(&info("slave", "down", 0, Some(-1))).unwrap();
         assert!(!may_stand(&r, None));
-        assert!(!may_stand(&r, Some(&synced("r1", "10.0.0.1:7000"))));
+        assert!(!may_stand(&r, Some("10.0.0.1:7000")));
         // A full sync under way.
         let r = Replication::parse(&info("slave", "down", 1, Some(2))).unwrap();
         assert!(!may_stand(&r, None));
@@ -334,17 +357,36 @@ mod tests {
     fn s18_a_replica_that_changed_masters_does_not_stand_on_its_old_link() {
         // Synced with another master in this run, now linked to 10.0.0.1:7000 but not synced.
         let r = Replication::parse(&info("slave", "down", 0, Some(1))).unwrap();
-        assert!(!may_stand(&r, Some(&synced("r1", "10.0.0.2:7000"))));
+        assert!(!may_stand(&r, Some("10.0.0.2:7000")));
     }
 
     #[test]
     fn a_synced_replica_whose_master_failed_stands() {
         let r = Replication::parse(&info("slave", "down", 0, Some(1))).unwrap();
-        assert!(may_stand(&r, Some(&synced("r1", "10.0.0.1:7000"))));
+        assert!(may_stand(&r, Some("10.0.0.1:7000")));
         // Seen synced by no one in this proxy's life: what it says is all there is.
         assert!(may_stand(&r, None));
-        // Seen synced in an earlier run: this run was linked since it started.
-        assert!(may_stand(&r, Some(&synced("r0", "10.0.0.2:7000"))));
+    }
+
+    #[test]
+    fn reads_role() {
+        let bulk = |s: &str| Value::Bulk(s.as_bytes().to_vec().into());
+        let role = |state: &str| {
+            Value::Array(vec![
+                bulk("slave"),
+                bulk("10.0.0.1"),
+                Value::Int(7000),
+                bulk(state),
+                Value::Int(10),
+            ])
+        };
+        let up = Replication::from_role(&role("connected")).unwrap();
+        assert_eq!(up.master, "10.0.0.1:7000");
+        assert!(up.link_up && may_stand(&up, None));
+        let syncing = Replication::from_role(&role("sync")).unwrap();
+        assert!(!syncing.link_up && syncing.syncing);
+        let master = Value::Array(vec![bulk("master"), Value::Int(10), Value::Array(vec![])]);
+        assert!(Replication::from_role(&master).is_none());
     }
 
     #[test]
