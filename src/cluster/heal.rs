@@ -30,6 +30,11 @@ pub struct Healer {
     /// Repairs that failed in a row, and when the next may start: a node that refuses a
     /// step (a restarted node whose cluster is still down) is not asked again at once.
     retry: Arc<Mutex<(u32, Instant)>>,
+    /// The slot whose repair failed last: the next repair starts after it, so that one
+    /// that keeps failing does not starve the others (the step it fails on may wait for
+    /// another slot's repair: a target that refuses keys while a second slot it imports
+    /// is bound, in its own view, to a failed master).
+    failed: Arc<Mutex<Option<u16>>>,
     strays: Strays,
     /// The slots held at the last look, and those of them a repair was planned for.
     held: BTreeSet<u16>,
@@ -51,6 +56,7 @@ impl Healer {
             unsettled_since: HashMap::new(),
             repair: None,
             retry: Arc::new(Mutex::new((0, Instant::now()))),
+            failed: Arc::new(Mutex::new(None)),
             strays: Strays::default(),
             held: BTreeSet::new(),
             planned: BTreeSet::new(),
@@ -155,15 +161,27 @@ impl Healer {
         if config.repair_auto && due && authority && !self.repairing() {
             if self.planned.is_empty() {
                 close_on_replicas(routing, views, &dial).await;
-            } else if let Some(d) = decisions
-                .iter()
-                .find(|d| !d.plan.is_empty() && confirmed.contains(&d.slot))
-            {
+            } else if let Some(d) = self.next_repair(&decisions, &confirmed) {
                 let addrs = addresses(views);
                 self.start_repair(routing, addrs, d);
             }
         }
         decisions
+    }
+
+    /// The confirmed repair to run next: the first after the slot whose repair failed
+    /// last, else the first.
+    fn next_repair<'d>(
+        &self,
+        decisions: &'d [Decision],
+        confirmed: &BTreeSet<u16>,
+    ) -> Option<&'d Decision> {
+        let mut ready = decisions
+            .iter()
+            .filter(|d| !d.plan.is_empty() && confirmed.contains(&d.slot));
+        let failed = *self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let first = ready.clone().next();
+        failed.and_then(|f| ready.find(|d| d.slot > f)).or(first)
     }
 
     fn start_repair(
@@ -178,6 +196,7 @@ impl Healer {
         }
         let journal = self.journal.clone();
         let retry = self.retry.clone();
+        let failed = self.failed.clone();
         let routing = routing.clone();
         let config = routing.config();
         let dial = config
@@ -205,6 +224,7 @@ impl Healer {
                         .min(RETRY_MAX),
                 };
                 *retry = (failures, Instant::now() + wait);
+                *failed.lock().unwrap_or_else(|e| e.into_inner()) = result.is_err().then_some(slot);
             }
             match result {
                 Ok(()) => info!(slot, "repair finished"),
@@ -574,6 +594,34 @@ mod tests {
     use super::*;
     use crate::cluster::authority::Step;
     use crate::cluster::journal::StepRecord;
+
+    /// Seed 115: the repair of slot 6075 kept failing on a target that refused keys
+    /// because slot 16309, which it imported, was bound in its own view to a failed
+    /// master; 16309's repair, which would have bound it to the live one, never ran,
+    /// since the lowest slot went first each time.
+    #[test]
+    fn a_repair_that_failed_lets_the_next_slot_go_first() {
+        let healer = Healer::new(Journal::open(None).unwrap(), None);
+        let repair = |slot| Decision {
+            slot,
+            state: State::Broken {
+                case: authority::Case::SourceLost,
+                why: String::new(),
+            },
+            plan: vec![Step::Stable {
+                on: "A".into(),
+                slot,
+            }],
+        };
+        let decisions = vec![repair(6075), repair(6683), repair(16309)];
+        let confirmed = BTreeSet::from([6075, 16309]);
+        let next = |h: &Healer| h.next_repair(&decisions, &confirmed).map(|d| d.slot);
+        assert_eq!(next(&healer), Some(6075));
+        *healer.failed.lock().unwrap() = Some(6075);
+        assert_eq!(next(&healer), Some(16309), "unconfirmed 6683 is skipped");
+        *healer.failed.lock().unwrap() = Some(16309);
+        assert_eq!(next(&healer), Some(6075), "and round again");
+    }
 
     /// A migrating slot 50 to B, as each of them sees itself.
     fn views() -> Vec<(String, Vec<NodeLine>)> {
