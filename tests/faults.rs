@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_unharmed, node_id, writers, Harness, Report};
 use slotguard::client::Conn;
+use slotguard::config::Promote;
 use slotguard::localcluster::{wait_for, LocalCluster, Options};
 use slotguard::protocol::key_slot;
 use slotguard::routing::decision::{Decision, Orphan, State};
@@ -1086,9 +1087,15 @@ async fn unseen(name: &str, moved: usize, fault: Fault, owner: Owner, missed: Mi
         extra_args,
         ..Options::default()
     };
+    let pinned = matches!(fault, Fault::TargetDownNoFailover | Fault::StrayCopies);
     let h = with_keys(options, |c| {
         if missed == Missed::FasterThanRefresh {
             c.refresh_interval = Duration::from_secs(10);
+        }
+        if pinned {
+            // The target's replica is barred from failing over by hand below: the proxy
+            // must leave that to the operator (`promote = "synced"` owns the setting).
+            c.promote = Promote::Any;
         }
     })
     .await;
@@ -1370,7 +1377,7 @@ async fn s1_target_restarts_without_failover_and_the_migration_is_finished() {
         ],
         ..Options::default()
     };
-    let (mut h, setup) = migrating_with(100, options, |_| {}).await;
+    let (mut h, setup) = migrating_with(100, options, |c| c.promote = Promote::Any).await;
     let replica = h.cluster.nodes[1 + h.cluster.options.masters].addr();
     call(
         &replica,
@@ -1410,7 +1417,7 @@ async fn s14_a_master_restarts_holding_keys_of_a_slot_it_does_not_own() {
         extra_args: vec![("appendonly".into(), "yes".into())],
         ..Options::default()
     };
-    let (mut h, setup) = migrating_with(0, options, |_| {}).await;
+    let (mut h, setup) = migrating_with(0, options, |c| c.promote = Promote::Any).await;
     let (a, b) = (h.cluster.nodes[0].addr(), h.cluster.nodes[1].addr());
     let source = node_id(&a).await;
     let s = setup.slot.to_string();

@@ -58,6 +58,9 @@ async fn s11(watching: bool) {
         seeds: cluster.addrs(),
         repair_grace: Duration::from_secs(1),
         hold_timeout: Duration::from_secs(60),
+        // B's replica is barred from failing over below, by hand: the proxy must not
+        // lift what the operator set (`promote = "synced"` owns the setting).
+        promote: slotguard::config::Promote::Any,
         ..Config::default()
     };
     let (a, b) = (cluster.nodes[A].addr(), cluster.nodes[B].addr());
