@@ -563,11 +563,16 @@ async fn s18_a_replica_that_moved_to_an_orphaned_master_is_not_elected_before_it
     // none) while master 2 is still stopped. It cannot sync either, and is kept.
     let restarted = h.cluster.nodes[5].addr();
     h.cluster.restart(5).await.unwrap();
-    let kept_both = slotguard::localcluster::wait_for(Duration::from_secs(10), || {
-        let (moved, restarted) = (moved.clone(), restarted.clone());
-        async move { kept(&moved).await == Some(true) && kept(&restarted).await == Some(true) }
-    })
-    .await;
+    let kept_both =
+        slotguard::localcluster::wait_for(Duration::from_secs(10), || {
+            let (moved, restarted) = (moved.clone(), restarted.clone());
+            let status = slotguard::admin::status(&h.proxy.proxy);
+            let shown = status["durability"]["replicas_kept_from_failover"] == 2;
+            async move {
+                shown && kept(&moved).await == Some(true) && kept(&restarted).await == Some(true)
+            }
+        })
+        .await;
     h.cluster.nodes[2].signal("CONT").unwrap();
     assert_eq!(
         elected, "slave",

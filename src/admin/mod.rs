@@ -162,12 +162,12 @@ fn readiness(proxy: &Proxy) -> Result<(), NotReady> {
     Ok(())
 }
 
-/// The `/status` document.
 /// The last move of slots asked for through the proxy (`SLOTGUARD MIGRATE`, ...).
 fn moving(proxy: &Proxy) -> Value {
     serde_json::to_value(proxy.routing.moves_progress.load().as_ref()).unwrap_or(Value::Null)
 }
 
+/// The `/status` document.
 pub fn status(proxy: &Proxy) -> Value {
     let map = proxy.routing.map();
     let status = proxy.routing.status.load();
@@ -216,6 +216,11 @@ pub fn status(proxy: &Proxy) -> Value {
                 crate::config::Ack::Replicated => "replicated",
             },
             "masters_without_replica": view.unprotected(),
+            "promote": match proxy.config().promote {
+                crate::config::Promote::Synced => "synced",
+                crate::config::Promote::Any => "any",
+            },
+            "replicas_kept_from_failover": proxy.metrics.replicas_kept_from_failover.get(),
         },
     })
 }
