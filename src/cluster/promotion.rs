@@ -178,8 +178,10 @@ impl Guard {
             asks.spawn(async move { ask(addr, conn, known, dial).await });
         }
         let mut kept = 0;
-        while let Some(Ok((addr, conn, said))) = asks.join_next().await {
-            let Some(mut conn) = conn else { continue };
+        while let Some(joined) = asks.join_next().await {
+            let Ok((addr, Some(mut conn), said)) = joined else {
+                continue;
+            };
             let Some((now, is_kept)) = said else {
                 self.conns.insert(addr, conn);
                 continue;
