@@ -123,6 +123,9 @@ pub struct Config {
     pub wait_timeout: Duration,
     /// Which replicas may win a failover (`durability.promote`).
     pub promote: Promote,
+    /// Replicas (`host:port`) whose `cluster-replica-no-failover` the operator keeps: the
+    /// proxy never writes it (`durability.promote_exempt`).
+    pub promote_exempt: Vec<String>,
     /// Several proxies sharing one journal and one repair authority (`[coordination]`);
     /// `None`: this proxy alone, with its own journal.
     pub coordination: Option<Coordination>,
@@ -374,6 +377,7 @@ struct DurabilitySection {
     ack: String,
     wait_timeout: String,
     promote: String,
+    promote_exempt: Vec<String>,
 }
 
 impl Default for DurabilitySection {
@@ -382,6 +386,7 @@ impl Default for DurabilitySection {
             ack: "master".into(),
             wait_timeout: "100ms".into(),
             promote: "synced".into(),
+            promote_exempt: Vec::new(),
         }
     }
 }
@@ -884,6 +889,7 @@ impl File {
                     ))
                 }
             },
+            promote_exempt: self.durability.promote_exempt.clone(),
             coordination: self.coordination.validate(listen)?,
         })
     }

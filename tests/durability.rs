@@ -598,3 +598,28 @@ async fn s18_a_replica_that_moved_to_an_orphaned_master_is_not_elected_before_it
         .unwrap();
     common::assert_clean(&h.cluster).await;
 }
+
+/// A replica an operator bars from failing over by hand keeps its bar when listed in
+/// `durability.promote_exempt`; one not listed is the proxy's, and synced, is lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_in_promote_exempt_keeps_the_bar_its_operator_set() {
+    let h = start(Ack::Master).await;
+    let (exempt, owned) = (h.cluster.nodes[3].addr(), h.cluster.nodes[4].addr());
+    let config = Config {
+        promote_exempt: vec![exempt.clone()],
+        ..h.proxy.proxy.config().as_ref().clone()
+    };
+    assert!(h.proxy.proxy.reload(config).is_empty());
+    let bar = ["CONFIG", "SET", "cluster-replica-no-failover", "yes"];
+    common::call(&exempt, &bar).await;
+    common::call(&owned, &bar).await;
+    slotguard::localcluster::wait_for(Duration::from_secs(10), || {
+        let owned = owned.clone();
+        async move { kept(&owned).await == Some(false) }
+    })
+    .await
+    .expect("the synced replica the proxy owns is lifted");
+    // Many looks later (one every 100 ms), the exempt one is as its operator left it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(kept(&exempt).await, Some(true));
+}

@@ -120,6 +120,7 @@ const CHANGES: &[Change] = &[
     change("durability.ack", &[], Now),
     change("durability.wait_timeout", &[], Now),
     change("durability.promote", &[], Now),
+    change("durability.promote_exempt", &[], Now),
     change("coordination.etcd", &[], Restart(COORDINATION)),
     change(
         "coordination.prefix",
@@ -205,6 +206,7 @@ fn value(key: &str, files: &Files) -> toml::Value {
         "tls.backend_server_name" => s("localhost"),
         "durability.ack" => s("replicated"),
         "durability.promote" => s("any"),
+        "durability.promote_exempt" => toml::Value::Array(vec![s("127.0.0.1:7001")]),
         "coordination.etcd" => toml::Value::Array(vec![s("http://127.0.0.1:2379")]),
         "coordination.prefix" => s("/other/"),
         "coordination.name" => s("p2"),

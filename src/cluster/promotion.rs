@@ -20,7 +20,8 @@
 //! A `CLUSTER FAILOVER` asked of a replica is not affected (without FORCE or TAKEOVER it
 //! waits for the replica to catch up).
 //! Only the proxy that holds the authority acts (with `[coordination]`). With
-//! `promote = "any"`, the proxy lifts what it set and does nothing else.
+//! `promote = "any"`, the proxy lifts what it set and does nothing else. Replicas in
+//! `durability.promote_exempt` are the operator's: the proxy never writes their setting.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -133,10 +134,6 @@ fn may_stand(now: &Replication, synced_with: Option<&str>) -> bool {
 struct Guard {
     /// Per replica address: the master it was last seen synced with.
     synced: HashMap<String, String>,
-    /// Per replica address: its setting as last read or written on the connection kept
-    /// in `conns` (`true`: no failover). A new connection reads it again: the node may
-    /// have started again with its file's.
-    setting: HashMap<String, bool>,
     /// Replicas this proxy set `cluster-replica-no-failover yes` on, and has not lifted.
     kept: HashSet<String>,
     conns: HashMap<String, Conn>,
@@ -159,12 +156,11 @@ impl Guard {
             .view
             .nodes
             .iter()
-            .filter(|n| n.role == Role::Replica)
+            .filter(|n| n.role == Role::Replica && !config.promote_exempt.contains(&n.addr))
             .map(|n| n.addr.clone())
             .collect();
         self.synced.retain(|addr, _| replicas.contains(addr));
         self.conns.retain(|addr, _| replicas.contains(addr));
-        self.setting.retain(|addr, _| self.conns.contains_key(addr));
         if config.promote == Promote::Any {
             self.lift_all(&dial).await;
             routing.metrics.replicas_kept_from_failover.set(0);
@@ -173,9 +169,8 @@ impl Guard {
         let mut asks = JoinSet::new();
         for addr in replicas {
             let conn = self.conns.remove(&addr);
-            let known = self.setting.remove(&addr).filter(|_| conn.is_some());
             let dial = dial.clone();
-            asks.spawn(async move { ask(addr, conn, known, dial).await });
+            asks.spawn(async move { ask(addr, conn, dial).await });
         }
         let mut kept = 0;
         while let Some(joined) = asks.join_next().await {
@@ -193,11 +188,9 @@ impl Guard {
             if !stand && master_gone(&now.master, &dial).await {
                 stand = true;
             }
-            let mut setting = is_kept;
-            if stand == is_kept && self.set(&mut conn, &now, !stand).await {
-                setting = !stand;
+            if stand == is_kept {
+                self.set(&mut conn, &now, !stand).await;
             }
-            self.setting.insert(addr.clone(), setting);
             if !stand {
                 kept += 1;
             }
@@ -206,9 +199,8 @@ impl Guard {
         routing.metrics.replicas_kept_from_failover.set(kept);
     }
 
-    /// Writes the replica's setting: `keep` sets `cluster-replica-no-failover yes`. True
-    /// when it was written.
-    async fn set(&mut self, conn: &mut Conn, now: &Replication, keep: bool) -> bool {
+    /// Writes the replica's setting: `keep` sets `cluster-replica-no-failover yes`.
+    async fn set(&mut self, conn: &mut Conn, now: &Replication, keep: bool) {
         let addr = conn.addr().to_string();
         let value = if keep { "yes" } else { "no" };
         match conn.call_ok(&["CONFIG", "SET", SETTING, value]).await {
@@ -221,13 +213,11 @@ impl Guard {
                     self.kept.remove(&addr);
                     info!(replica = %addr, master = %now.master, synced = now.link_up, "a replica may win a failover again");
                 }
-                true
             }
             Err(e) => {
                 if self.refused.insert(addr.clone()) {
                     warn!(replica = %addr, error = %e, "cannot set {SETTING} on a replica: it may win a failover with data it lacks");
                 }
-                false
             }
         }
     }
@@ -252,15 +242,10 @@ impl Guard {
 }
 
 /// Asks one replica for its replication and its setting, on `conn` or a new connection:
-/// `ROLE`, and `INFO replication` only when its link is down; `CONFIG GET` only when
-/// `known` is not. The connection comes back unless it failed; a `None` answer: not a
-/// replica, or nothing readable.
-async fn ask(
-    addr: String,
-    conn: Option<Conn>,
-    known: Option<bool>,
-    dial: Dial,
-) -> (String, Option<Conn>, Option<Said>) {
+/// `ROLE` and `CONFIG GET` in one round trip, and `INFO replication` only when its link
+/// is down. The connection comes back unless it failed; a `None` answer: not a replica,
+/// or nothing readable.
+async fn ask(addr: String, conn: Option<Conn>, dial: Dial) -> (String, Option<Conn>, Option<Said>) {
     let mut conn = match conn {
         Some(conn) => conn,
         None => match Conn::dial(&addr, &dial).await {
@@ -268,14 +253,19 @@ async fn ask(
             Err(_) => return (addr, None, None),
         },
     };
-    match said(&mut conn, known).await {
+    match said(&mut conn).await {
         Ok(said) => (addr, Some(conn), said),
         Err(_) => (addr, None, None),
     }
 }
 
-async fn said(conn: &mut Conn, known: Option<bool>) -> Result<Option<Said>, ConnError> {
-    let Some(mut now) = Replication::from_role(&conn.call(&["ROLE"]).await?) else {
+async fn said(conn: &mut Conn) -> Result<Option<Said>, ConnError> {
+    let asked = [vec!["ROLE"], vec!["CONFIG", "GET", SETTING]];
+    let replies = conn.pipeline(&asked, LIMIT).await?;
+    let [role, setting] = replies.as_slice() else {
+        return Ok(None);
+    };
+    let Some(mut now) = Replication::from_role(role) else {
         return Ok(None);
     };
     if !now.link_up {
@@ -287,11 +277,7 @@ async fn said(conn: &mut Conn, known: Option<bool>) -> Result<Option<Said>, Conn
             None => return Ok(None),
         }
     }
-    let kept_now = match known {
-        Some(k) => k,
-        None => kept(&conn.call(&["CONFIG", "GET", SETTING]).await?),
-    };
-    Ok(Some((now, kept_now)))
+    Ok(Some((now, kept(setting))))
 }
 
 /// True when `CONFIG GET cluster-replica-no-failover` says `yes`.
