@@ -114,7 +114,7 @@ impl Replication {
 }
 
 /// Whether a replica may stand for election, from what it says now and the master the
-/// proxy last saw it synced with (`synced_with`).
+/// proxy saw it synced with on the connection it asks on (`synced_with`).
 fn may_stand(now: &Replication, synced_with: Option<&str>) -> bool {
     if now.link_up {
         return true;
@@ -123,16 +123,18 @@ fn may_stand(now: &Replication, synced_with: Option<&str>) -> bool {
     if now.syncing || !now.linked_since_start {
         return false;
     }
-    // Its link is down after it was up: it stands if that link was to its master of now.
-    // A replica that migrated to an orphaned master is linked "since start" too, to
-    // another: the master it was seen synced with tells them apart. Never seen synced
-    // (this proxy started after it synced), what it says is all there is.
-    synced_with.is_none_or(|m| m == now.master)
+    // Its link is down: it stands only if this proxy saw it synced with its master of now
+    // since it last connected to it. Not "linked since start" alone: Valkey counts a
+    // master turned replica as linked, and a replica that migrated to an orphaned master
+    // was linked, to another. A replica this proxy never saw synced (it started again,
+    // or the proxy did) waits for its link, or for its master to be gone.
+    synced_with == Some(now.master.as_str())
 }
 
 #[derive(Default)]
 struct Guard {
-    /// Per replica address: the master it was last seen synced with.
+    /// Per replica address: the master it was seen synced with on the connection kept in
+    /// `conns` (forgotten with the connection: the node may have started again).
     synced: HashMap<String, String>,
     /// Replicas this proxy set `cluster-replica-no-failover yes` on, and has not lifted.
     kept: HashSet<String>,
@@ -169,12 +171,21 @@ impl Guard {
         let mut asks = JoinSet::new();
         for addr in replicas {
             let conn = self.conns.remove(&addr);
+            if conn.is_none() {
+                // A new connection: the node may have started again since it was seen
+                // synced.
+                self.synced.remove(&addr);
+            }
             let dial = dial.clone();
             asks.spawn(async move { ask(addr, conn, dial).await });
         }
         let mut kept = 0;
         while let Some(joined) = asks.join_next().await {
-            let Ok((addr, Some(mut conn), said)) = joined else {
+            let Ok((addr, conn, said)) = joined else {
+                continue;
+            };
+            let Some(mut conn) = conn else {
+                self.synced.remove(&addr);
                 continue;
             };
             let Some((now, is_kept)) = said else {
@@ -352,8 +363,9 @@ mod tests {
     fn a_synced_replica_whose_master_failed_stands() {
         let r = Replication::parse(&info("slave", "down", 0, Some(1))).unwrap();
         assert!(may_stand(&r, Some("10.0.0.1:7000")));
-        // Seen synced by no one in this proxy's life: what it says is all there is.
-        assert!(may_stand(&r, None));
+        // Never seen synced (it or the proxy started again): it waits for its link, or
+        // for its master to be gone. Valkey says a demoted master was linked.
+        assert!(!may_stand(&r, None));
     }
 
     #[test]
