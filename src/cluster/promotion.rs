@@ -124,10 +124,10 @@ fn may_stand(now: &Replication, synced_with: Option<&str>) -> bool {
         return false;
     }
     // Its link is down: it stands only if this proxy saw it synced with its master of now
-    // since it last connected to it. Not "linked since start" alone: Valkey counts a
-    // master turned replica as linked, and a replica that migrated to an orphaned master
-    // was linked, to another. A replica this proxy never saw synced (it started again,
-    // or the proxy did) waits for its link, or for its master to be gone.
+    // since it last connected to it. "Linked since start" alone does not say to which
+    // master (a replica that migrated to an orphaned master was linked, to another), and
+    // a reconnect may hide a restart. A replica this proxy never saw synced (it started
+    // again, or the proxy did) waits for its link, or for its master to be gone.
     synced_with == Some(now.master.as_str())
 }
 
@@ -364,7 +364,7 @@ mod tests {
         let r = Replication::parse(&info("slave", "down", 0, Some(1))).unwrap();
         assert!(may_stand(&r, Some("10.0.0.1:7000")));
         // Never seen synced (it or the proxy started again): it waits for its link, or
-        // for its master to be gone. Valkey says a demoted master was linked.
+        // for its master to be gone.
         assert!(!may_stand(&r, None));
     }
 
