@@ -113,6 +113,8 @@ pub struct Metrics {
     pub wait_retries: IntCounter,
     /// Writes answered an error: applied on a master, not confirmed by its replicas.
     pub writes_unconfirmed: IntCounter,
+    /// `WAIT` fences a master refused (`durability.ack = "replicated"`).
+    pub fences_refused: IntCounter,
     /// Writes not sent again after their connection broke, since they could apply twice.
     pub writes_not_retried: IntCounter,
     /// Redirects to an address that is not a node of the cluster, not followed.
@@ -334,6 +336,10 @@ impl Metrics {
             writes_unconfirmed: counter(
                 "slotguard_writes_unconfirmed_total",
                 "Writes applied on a master but not confirmed by its replicas, answered an error",
+            ),
+            fences_refused: counter(
+                "slotguard_fences_refused_total",
+                "Fence writes before a WAIT that a master refused, so that the WAIT covered only the connection's own writes (durability.ack = replicated)",
             ),
             writes_not_retried: counter(
                 "slotguard_writes_not_retried_total",

@@ -507,6 +507,83 @@ async fn a_read_waits_until_what_it_saw_is_on_a_replica() {
     assert_eq!(wrote.as_deref(), Some(&b"+OK\r\n"[..]));
 }
 
+/// A write sent again to the master that ran it waits for the replica like the first
+/// try: the marker the script finds there says the write ran, not that a replica has it.
+/// The replica is stopped, an INCR runs on the master and is held for it, and the proxy's
+/// connections to the master are killed: the INCR is sent again on a new connection and
+/// answered from its marker. That answer must wait for the replica. (Answered at once, as
+/// it was: the new connection had written nothing, its `WAIT` asked for nothing, and a
+/// failover then lost the acknowledged write; seed 213's lost append.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_sent_again_to_the_master_that_ran_it_waits_for_its_replica() {
+    let h = start(Ack::Replicated).await;
+    let node = h.cluster.nodes[0].addr();
+    let counter = format!("{}again", tag_on(0));
+    let mut client = Raw::connect(&h).await;
+    assert_eq!(
+        &client.ask(&format!("SET {counter} 9\r\n")).await[..],
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        &client.ask(&format!("INCR {counter}\r\n")).await[..],
+        b":10\r\n"
+    );
+    let runs_before = script_runs(&node).await;
+    h.cluster.nodes[3].signal("STOP").unwrap();
+    client.send(&format!("INCR {counter}\r\n")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut killer = Raw::connect_to(&node).await;
+    killer.send("CLIENT KILL TYPE normal SKIPME yes\r\n").await;
+    assert!(killer.frame_within(Duration::from_secs(10)).await.is_some());
+    let early = client.frame_within(Duration::from_secs(2)).await;
+    let runs = script_runs(&node).await - runs_before;
+    h.cluster.nodes[3].signal("CONT").unwrap();
+    assert_eq!(runs, 2, "run, then answered from its marker");
+    assert_eq!(early, None, "answered while no replica had the write");
+    let reply = client.frame_within(Duration::from_secs(15)).await;
+    assert_eq!(reply.as_deref(), Some(&b":11\r\n"[..]));
+    let mut replica = replica_of(&h, 0).await;
+    let on_replica: i64 = redis::cmd("GET")
+        .arg(&counter)
+        .query_async(&mut replica)
+        .await
+        .unwrap();
+    assert_eq!(on_replica, 11);
+}
+
+/// A read waits for its replica even when what it saw was written past this proxy's
+/// connection: by a client of the node itself, another proxy, or this one on another
+/// connection. Valkey 9 counts in `WAIT` only the asking connection's
+/// own writes, so the proxy writes a fence of its own before each `WAIT`; without it a
+/// read on a connection that wrote nothing lately was answered at once (seed 213's stale
+/// reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_waits_for_a_write_made_past_the_proxy_to_reach_a_replica() {
+    let h = start(Ack::Replicated).await;
+    let key = format!("{}past", tag_on(0));
+    let mut reader = Raw::connect(&h).await;
+    assert_eq!(
+        &reader.ask(&format!("SET {key} v1\r\n")).await[..],
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        &reader.ask(&format!("GET {key}\r\n")).await[..],
+        b"$2\r\nv1\r\n"
+    );
+    h.cluster.nodes[3].signal("STOP").unwrap();
+    let mut direct = Raw::connect_to(&h.cluster.nodes[0].addr()).await;
+    assert_eq!(
+        &direct.ask(&format!("SET {key} v2\r\n")).await[..],
+        b"+OK\r\n"
+    );
+    reader.send(&format!("GET {key}\r\n")).await;
+    let early = reader.frame_within(Duration::from_secs(1)).await;
+    h.cluster.nodes[3].signal("CONT").unwrap();
+    assert_eq!(early, None, "a read of a write no replica has");
+    let read = reader.frame_within(Duration::from_secs(15)).await;
+    assert_eq!(read.as_deref(), Some(&b"$2\r\nv2\r\n"[..]));
+}
+
 /// The role a node reports (`master` or `slave`).
 async fn role(addr: &str) -> String {
     match common::call(addr, &["ROLE"]).await {

@@ -7,7 +7,11 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::node::Node;
+use crate::protocol::slot::slot_tag;
+use crate::protocol::Request;
 use crate::routing::map::SlotMap;
 
 const NONE: u16 = u16::MAX;
@@ -22,8 +26,23 @@ pub struct SlotTable {
     masters: Vec<(u16, u16)>,
     /// The replicas that are up, per entry of `nodes`; empty unless reads may go there.
     replicas: Vec<Vec<Arc<Node>>>,
+    /// Per entry of `nodes`, a master's fence: the write sent before each `WAIT` with
+    /// `durability.ack = "replicated"` (see [`fence_write`]).
+    fences: Vec<Option<Bytes>>,
     /// The generation of the map it was made from.
     pub generation: u64,
+}
+
+/// A write that always reaches the replication stream, to a key of `slot`: sent before a
+/// `WAIT`, it makes the `WAIT` cover every write the master applied before it, not only
+/// the connection's own. Valkey 9 counts in `WAIT` only the writes of
+/// the connection that asks; a read, a write that changed nothing (`SET ... NX` on a key
+/// that exists) or a write answered from its run-once marker writes nothing, and its
+/// `WAIT` would not wait for what it saw. One key per master, which lives a minute after
+/// the last fence.
+pub fn fence_write(slot: u16) -> Bytes {
+    let key = format!("{{{}}}slotguard:fence", slot_tag(slot));
+    Request::from_args(&["SET", &key, "1", "PX", "60000"]).into_raw()
 }
 
 impl SlotTable {
@@ -46,11 +65,16 @@ impl SlotTable {
                 masters.push((slot as u16, idx));
             }
         }
+        let mut fences = vec![None; nodes.len()];
+        for &(slot, idx) in &masters {
+            fences[idx as usize] = Some(fence_write(slot));
+        }
         SlotTable {
             owner,
             nodes,
             masters,
             replicas,
+            fences,
             generation: map.generation,
         }
     }
@@ -94,6 +118,12 @@ impl SlotTable {
         let current = self.owner.get(slot as usize).copied()?;
         let pos = self.masters.iter().position(|&(_, i)| i == current)?;
         self.masters.get(pos + 1).map(|&(s, _)| s)
+    }
+
+    /// The fence of the master at `addr` (its lowest slot's), if it serves a slot.
+    pub fn fence(&self, addr: &str) -> Option<Bytes> {
+        let idx = self.nodes.iter().position(|n| n.addr == addr)?;
+        self.fences[idx].clone()
     }
 
     /// Slots with an owner.
