@@ -10,7 +10,7 @@
 //! Bearer <token>` (the page takes it from its address, `/#token=...`, for `/status`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::same_secret;
 use crate::protocol::SLOTS;
+use crate::proxy::snapshot::Snapshot;
 use crate::proxy::Proxy;
 
 /// Largest request head read.
@@ -66,7 +67,7 @@ async fn answer(proxy: Arc<Proxy>, mut stream: TcpStream) {
     let method = parts.next().unwrap_or_default();
     let path = parts.next().unwrap_or_default();
     let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-    let token = proxy.config().admin_token.clone();
+    let token = proxy.admin_token();
     // The health check and the page itself (static, no data) are open.
     let allowed = path == b"/healthz"
         || path == b"/"
@@ -112,15 +113,15 @@ fn bearer(head: &[u8]) -> Option<&[u8]> {
 
 fn route(proxy: &Proxy, path: &[u8]) -> (&'static str, &'static str, String) {
     match path {
-        b"/metrics" => (
-            "200 OK",
-            "text/plain; version=0.0.4",
-            proxy.metrics.render(),
-        ),
+        b"/metrics" => ("200 OK", "text/plain; version=0.0.4", proxy.metrics_text()),
         b"/status" => ("200 OK", "application/json", status(proxy).to_string()),
-        b"/migrations" => ("200 OK", "application/json", moving(proxy).to_string()),
+        b"/migrations" => (
+            "200 OK",
+            "application/json",
+            moving(&proxy.snapshot()).to_string(),
+        ),
         b"/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-        b"/readyz" => match readiness(proxy) {
+        b"/readyz" => match readiness(&proxy.snapshot()) {
             Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
             Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
         },
@@ -147,14 +148,14 @@ impl std::fmt::Display for NotReady {
 }
 
 /// Ready once the slot map is loaded and every slot is served or has held requests.
-fn readiness(proxy: &Proxy) -> Result<(), NotReady> {
-    let table = proxy.table.load();
-    if table.generation == 0 {
+fn readiness(now: &Snapshot) -> Result<(), NotReady> {
+    if now.table.generation == 0 {
         return Err(NotReady::NoMap);
     }
-    let held = proxy.hold.snapshot(Instant::now());
     let unserved = (0..SLOTS as u16)
-        .filter(|&s| table.owner(s).is_none() && !held.iter().any(|(h, _, _)| *h == Some(s)))
+        .filter(|&s| {
+            now.table.owner(s).is_none() && !now.held.iter().any(|(h, _, _)| *h == Some(s))
+        })
         .count();
     if unserved > 0 {
         return Err(NotReady::Unserved(unserved));
@@ -163,14 +164,17 @@ fn readiness(proxy: &Proxy) -> Result<(), NotReady> {
 }
 
 /// The last move of slots asked for through the proxy (`SLOTGUARD MIGRATE`, ...).
-fn moving(proxy: &Proxy) -> Value {
-    serde_json::to_value(proxy.routing.moves_progress.load().as_ref()).unwrap_or(Value::Null)
+fn moving(now: &Snapshot) -> Value {
+    serde_json::to_value(now.moving.as_ref()).unwrap_or(Value::Null)
 }
 
 /// The `/status` document.
 pub fn status(proxy: &Proxy) -> Value {
-    let map = proxy.routing.map();
-    let status = proxy.routing.status.load();
+    document(&proxy.snapshot())
+}
+
+fn document(now: &Snapshot) -> Value {
+    let (map, status) = (&now.map, &now.status);
     let view = &status.view;
     // Owner ranges of the slot map the proxy routes by.
     let ranges: Vec<Value> = map
@@ -191,36 +195,35 @@ pub fn status(proxy: &Proxy) -> Value {
             migrations.push(json!({"slot": slot, "from": node.addr, "to": to}));
         }
     }
-    let held: Vec<Value> = proxy
-        .hold
-        .snapshot(Instant::now())
-        .into_iter()
+    let held: Vec<Value> = now
+        .held
+        .iter()
         .map(|(slot, n, waited)| json!({"slot": slot, "requests": n, "waiting_ms": waited.as_millis() as u64}))
         .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": proxy.started.elapsed().as_secs(),
-        "clients": proxy.metrics.client_connections.get(),
-        "ready": readiness(proxy).is_ok(),
+        "uptime_seconds": now.uptime.as_secs(),
+        "clients": now.clients,
+        "ready": readiness(now).is_ok(),
         "slot_map": {"generation": map.generation, "covered": map.covered(), "ranges": ranges},
         "nodes": view.nodes,
         "nodes_answering": view.answered,
         "unsettled": unsettled,
         "held": held,
         "migrations": migrations,
-        "moving": moving(proxy),
-        "authority": proxy.routing.authority.load().as_ref(),
+        "moving": moving(now),
+        "authority": now.authority.as_ref(),
         "durability": {
-            "ack": match proxy.config().ack {
+            "ack": match now.ack {
                 crate::config::Ack::Master => "master",
                 crate::config::Ack::Replicated => "replicated",
             },
             "masters_without_replica": view.unprotected(),
-            "promote": match proxy.config().promote {
+            "promote": match now.promote {
                 crate::config::Promote::Synced => "synced",
                 crate::config::Promote::Any => "any",
             },
-            "replicas_kept_from_failover": proxy.metrics.replicas_kept_from_failover.get(),
+            "replicas_kept_from_failover": now.replicas_kept_from_failover,
         },
     })
 }

@@ -43,6 +43,7 @@ mod scan;
 pub mod session;
 mod share;
 pub mod slot_table;
+pub mod snapshot;
 mod subscribers;
 mod table;
 mod tracking;
