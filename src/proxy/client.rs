@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::backend::lease::Lease;
+use super::clients::tracking::Tracker;
 use super::clients::{Entry, Itself};
-use super::lease::Lease;
-use super::tracking::Tracker;
 use crate::config::{Access, Config, ReadFrom};
 
 /// Slots remembered for WAIT before it asks every master instead.
@@ -125,7 +125,7 @@ impl Client {
             user: &self.user,
             resp3: self.resp3,
             multi: self.tx.as_ref().map(|tx| tx.queued),
-            redir: super::tracking::redirect(self.tracking.as_ref()),
+            redir: super::clients::tracking::redirect(self.tracking.as_ref()),
         }
     }
 

@@ -19,9 +19,9 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
-use super::job::Job;
+use super::backend::job::Job;
+use super::clients::tracking::Carry;
 use super::merge::{merge, Merge, GONE};
-use super::tracking::Carry;
 use super::Proxy;
 use crate::protocol::{key_slot, reply, Request};
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
-use super::job::Job;
+use super::backend::job::Job;
 use super::redirect::Reason;
 use crate::metrics::Metrics;
 use crate::protocol::reply;

@@ -236,7 +236,9 @@ pub fn client(client: &mut Client, req: &Request) -> Bytes {
             _ => reply::error("ERR syntax error"),
         },
         (b"CACHING", 3) => caching(client, req.arg(2)),
-        (b"GETREDIR", 2) => reply::int(super::tracking::redirect(client.tracking.as_ref())),
+        (b"GETREDIR", 2) => {
+            reply::int(super::clients::tracking::redirect(client.tracking.as_ref()))
+        }
         _ => reply::error(&format!(
             "ERR slotguard: CLIENT {} is not supported through the proxy",
             String::from_utf8_lossy(&sub)

@@ -9,30 +9,29 @@
 //!
 //! The files, by what they hold: `session` (one client connection), `client` (its state),
 //! `owed` (the replies it is owed), `router` (what to do with a request), `local` (what
-//! the proxy answers itself), `merge` (joining split replies), `job`, `redirect`, `node`
-//! and `connection` (the way to a node and back), `lease` (a client's own connection),
-//! `hold`, `slot_table`, `pubsub`, `tracking`, `wait`, `every_node` (CONFIG SET).
+//! the proxy answers itself), `merge` (joining split replies), `backend` (the way to a
+//! node and back: `job`, `node`, `connection`, and `lease`, a client's own connection),
+//! `redirect`, `hold`, `slot_table`, `clients` (the registry CLIENT LIST sees, and
+//! `tracking`), `pubsub`, `wait`, `every_node` (CONFIG SET), `snapshot` (what the admin
+//! listener shows).
 //!
 //! A job that cannot be sent is handed back by value (`Result<(), Job>`); boxing it to
 //! please `clippy::result_large_err` would cost an allocation per request.
 #![allow(clippy::result_large_err)]
 
 mod auth_limit;
+pub mod backend;
 mod buffers;
 mod client;
 mod clients;
-pub mod connection;
 mod diagnostics;
 mod every_node;
 mod fan;
 pub mod hold;
 mod info;
-pub mod job;
-pub mod lease;
 mod local;
 mod merge;
 mod monitor;
-pub mod node;
 mod once;
 mod output;
 mod owed;
@@ -46,8 +45,6 @@ pub mod slot_table;
 pub mod snapshot;
 mod subscribers;
 mod table;
-mod tracking;
-mod turns;
 mod wait;
 
 #[doc(hidden)]
@@ -93,10 +90,10 @@ use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 use tokio::sync::watch;
 
-use connection::Dispatch;
+use backend::connection::{self, Dispatch};
+pub use backend::job::Job;
+pub use backend::node::Node;
 use hold::Hold;
-pub use job::Job;
-pub use node::Node;
 pub use redirect::{Reason, Redirect};
 use slot_table::SlotTable;
 use subscribers::Subscribers;

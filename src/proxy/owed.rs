@@ -10,9 +10,9 @@ use bytes::Bytes;
 use prometheus::IntGauge;
 use tokio::sync::oneshot;
 
+use super::backend::job::Job;
 use super::every_node::Reach;
 use super::fan::Split;
-use super::job::Job;
 use super::merge::{Join, GONE};
 use super::wait::Wait;
 use super::Proxy;

@@ -34,10 +34,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::debug;
 
+use super::backend::connection::Broken;
+use super::backend::node::dial;
 use super::client::Client;
-use super::connection::Broken;
 use super::local::{confirmation, push, Item};
-use super::node::dial;
 use super::output::{write_now, Backlog};
 use super::owed::Pending;
 use super::router::route;
@@ -172,7 +172,7 @@ struct Subscriber<'a> {
     events: mpsc::Sender<Event>,
     quit: bool,
     /// What other clients' tracking redirects here, while subscribed to
-    /// `__redis__:invalidate` (see [`super::tracking`]).
+    /// `__redis__:invalidate` (see [`super::clients::tracking`]).
     invalidations: Option<mpsc::Receiver<Bytes>>,
     entry: Arc<super::clients::Entry>,
 }
@@ -254,7 +254,7 @@ pub async fn serve(
                     Some(rx) => rx.recv().await,
                     None => std::future::pending().await,
                 }
-            } => sub.ready(super::tracking::invalidation(&keys, sub.resp3)),
+            } => sub.ready(super::clients::tracking::invalidation(&keys, sub.resp3)),
             () = std::future::poll_fn(|cx| sub.poll_front(cx)) => {}
             _ = tick.tick() => sub.reconcile(),
             // A RESP3 client may track keys while subscribed: its invalidations go out too.

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use super::job::Job;
+use super::backend::job::Job;
+use super::clients::tracking::Carry;
 use super::owed::Pending;
 use super::slot_table::SlotTable;
-use super::tracking::Carry;
 use super::Proxy;
 use crate::protocol::reply::{self, array_header, Value};
 use crate::protocol::request::parse_i64;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::node::Node;
+use super::backend::node::Node;
 use crate::protocol::slot::slot_tag;
 use crate::protocol::Request;
 use crate::routing::map::SlotMap;

@@ -78,12 +78,14 @@ pub(super) fn client_command(proxy: &Proxy, client: &mut Client, req: Request) -
         return local(local::client(client, &req));
     }
     match req.arg(1).to_ascii_uppercase().as_slice() {
-        b"TRACKING" => match crate::proxy::tracking::command(proxy, &mut client.tracking, &req) {
-            Ok(answer) => local(answer),
-            // Nothing after it runs before every master tracks.
-            Err(rx) => (Pending::turn_for(rx), Class::Local),
-        },
-        b"TRACKINGINFO" => local(crate::proxy::tracking::info(
+        b"TRACKING" => {
+            match crate::proxy::clients::tracking::command(proxy, &mut client.tracking, &req) {
+                Ok(answer) => local(answer),
+                // Nothing after it runs before every master tracks.
+                Err(rx) => (Pending::turn_for(rx), Class::Local),
+            }
+        }
+        b"TRACKINGINFO" => local(crate::proxy::clients::tracking::info(
             client.tracking.as_ref(),
             client.resp3,
         )),

@@ -55,7 +55,7 @@ impl std::fmt::Debug for Lease {
 pub type Start = Box<dyn Fn(&str) -> Option<Bytes> + Send + Sync>;
 
 /// How a tracking client's connections start tracking, and where what they hear goes
-/// (see [`super::tracking`]).
+/// (see [`crate::proxy::clients::tracking`]).
 pub struct Tracking {
     pub start: Start,
     /// Where invalidations pushed on the connections go, when they come in-band.

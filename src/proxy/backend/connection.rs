@@ -21,13 +21,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, warn};
 
-use super::buffers::{grow_aside, Outgoing, GROW_ASIDE};
 pub use super::job::Tracks;
 use super::job::{Holder, Job};
-use super::redirect::{classify, Reason, Redirect};
 use super::turns::Turn;
 use crate::metrics::{Metrics, Runs, Took};
 use crate::protocol::{ReplyScanner, Request};
+use crate::proxy::buffers::{grow_aside, Outgoing, GROW_ASIDE};
+use crate::proxy::redirect::{classify, Reason, Redirect};
 use crate::routing::Hint;
 use crate::tls::BackendTls;
 

@@ -14,6 +14,8 @@
 //!   own node connection; that connection is found in the node's CLIENT LIST by its
 //!   address and unblocked there, so an element popped just before is never lost.
 
+pub mod tracking;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -24,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
-use super::lease::Lease;
+use super::backend::lease::Lease;
 use super::Proxy;
 use crate::client::Conn;
 use crate::protocol::{reply, Request, Value};

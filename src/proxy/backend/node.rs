@@ -9,11 +9,10 @@
 //! RESP3 clients' jobs go to connections that said `HELLO 3` themselves, so the node
 //! answers in the protocol the client speaks and replies still pass through untouched.
 //!
-//! The way to a node is one collaboration in four files, and the only import cycle left
-//! in the data plane: a [`Job`] may carry its client's [`Lease`]; a node hands such a job
-//! to the lease, and the lease opens its connection from the node's allowance (`lease`
-//! imports `node`, `node` imports `lease`); that connection tells its lease when it is lost
-//! (`connection` imports `lease`).
+//! The way to a node is one collaboration in four files, with no circle between them: a
+//! [`Job`] may carry its client's lease; a node hands such a job to it through
+//! [`Way`] and [`Holder`] (`job`), the interfaces `lease` implements, so `node` never
+//! names `lease` and `lease` never names `node`.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};

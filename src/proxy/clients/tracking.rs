@@ -36,12 +36,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tracing::debug;
 
-use super::connection::Broken;
-use super::job::Job;
-use super::lease::{self, Lease};
-use super::node::dial;
-use super::Proxy;
 use crate::protocol::{reply, ReplyScanner, Request, Value};
+use crate::proxy::backend::connection::Broken;
+use crate::proxy::backend::job::Job;
+use crate::proxy::backend::lease::{self, Lease};
+use crate::proxy::backend::node::dial;
+use crate::proxy::Proxy;
 use crate::routing::status::{Health, Role};
 
 /// Invalidations queued for a client that does not read them; past this, a flush.
@@ -410,7 +410,7 @@ fn start(proxy: Arc<Proxy>, mode: Mode) -> (Tracker, oneshot::Receiver<Bytes>) {
 /// client is gone, each tells the tracking client instead that its redirect is broken
 /// (heard in RESP3), as a node does.
 struct Forward {
-    clients: Arc<super::clients::Clients>,
+    clients: Arc<super::Clients>,
     shared: Arc<Shared>,
     own: mpsc::Sender<Bytes>,
 }
