@@ -1,10 +1,11 @@
-//! What a move has done: a bar on a terminal, plain lines otherwise, and the snapshot
-//! `SLOTGUARD MIGRATIONS` and `/migrations` show.
+//! What a move has done: a bar on a terminal (drawn by `indicatif`), plain lines
+//! otherwise, and the snapshot `SLOTGUARD MIGRATIONS` and `/migrations` show.
 
-use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::routing::MoveProgress;
 
@@ -14,17 +15,29 @@ pub struct Progress {
     pub(super) done: AtomicUsize,
     pub(super) keys: AtomicU64,
     pub(super) started: Instant,
-    tty: bool,
+    /// The bar, on a terminal.
+    bar: Option<ProgressBar>,
 }
 
 impl Progress {
     pub fn new(total: usize, tty: bool) -> Progress {
+        let bar = tty.then(|| {
+            let bar = ProgressBar::with_draw_target(
+                Some(total as u64),
+                ProgressDrawTarget::stderr_with_hz(5),
+            );
+            let style = ProgressStyle::with_template("[{bar:30}] {pos}/{len} slots, {msg}")
+                .expect("a valid template")
+                .progress_chars("#-");
+            bar.set_style(style);
+            bar
+        });
         Progress {
             total,
             done: AtomicUsize::new(0),
             keys: AtomicU64::new(0),
             started: Instant::now(),
-            tty,
+            bar,
         }
     }
 
@@ -44,8 +57,8 @@ impl Progress {
         }
     }
 
-    /// `[#####-----] 12/500 slots, 3400 keys, 1200 keys/s, ETA 0:41`.
-    fn line(&self) -> String {
+    /// `3400 keys, 1200 keys/s, ETA 0:41`: what the bar shows after the slots.
+    fn rates(&self) -> String {
         let done = self.done.load(Ordering::Relaxed);
         let keys = self.keys.load(Ordering::Relaxed);
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
@@ -56,25 +69,16 @@ impl Progress {
                 format!("{}:{:02}", left / 60, left % 60)
             }
         };
-        let width = 30;
-        let filled = (done * width).checked_div(self.total).unwrap_or(width);
-        format!(
-            "[{}{}] {done}/{} slots, {keys} keys, {:.0} keys/s, ETA {eta}",
-            "#".repeat(filled),
-            "-".repeat(width - filled),
-            self.total,
-            keys as f64 / secs,
-        )
+        format!("{keys} keys, {:.0} keys/s, ETA {eta}", keys as f64 / secs)
     }
 
     /// Redraws the bar five times a second on a terminal; a line every five seconds
     /// otherwise.
     pub(super) fn show(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let every = if self.tty {
-                Duration::from_millis(200)
-            } else {
-                Duration::from_secs(5)
+            let every = match self.bar {
+                Some(_) => Duration::from_millis(200),
+                None => Duration::from_secs(5),
             };
             loop {
                 tokio::time::sleep(every).await;
@@ -84,18 +88,20 @@ impl Progress {
     }
 
     fn print(&self) {
-        let mut err = std::io::stderr().lock();
-        let _ = match self.tty {
-            true => write!(err, "\r\x1b[2K{}", self.line()),
-            false => writeln!(err, "{}", self.line()),
-        };
-        let _ = err.flush();
+        let done = self.done.load(Ordering::Relaxed);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(done as u64);
+                bar.set_message(self.rates());
+            }
+            None => eprintln!("{done}/{} slots, {}", self.total, self.rates()),
+        }
     }
 
     pub(super) fn finish(&self) {
         self.print();
-        if self.tty {
-            eprintln!();
+        if let Some(bar) = &self.bar {
+            bar.finish();
         }
     }
 }
