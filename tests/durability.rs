@@ -584,6 +584,68 @@ async fn a_read_waits_for_a_write_made_past_the_proxy_to_reach_a_replica() {
     assert_eq!(read.as_deref(), Some(&b"$2\r\nv2\r\n"[..]));
 }
 
+/// The fence goes to the master's lowest slot; while that slot is being moved the master
+/// refuses it (ASK, once its key has gone to the target), and the next fence, in the
+/// master's highest slot, keeps reads waiting for their replica. (With one fence the
+/// `WAIT` counted only the connection's own writes for as long as the move lasted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_stays_fenced_while_the_masters_lowest_slot_is_moved() {
+    let h = start(Ack::Replicated).await;
+    let (source, target) = (h.cluster.nodes[0].addr(), h.cluster.nodes[1].addr());
+    let key = format!("{}moved", tag_on(0));
+    let mut reader = Raw::connect(&h).await;
+    assert_eq!(
+        &reader.ask(&format!("SET {key} v1\r\n")).await[..],
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        &reader.ask(&format!("GET {key}\r\n")).await[..],
+        b"$2\r\nv1\r\n"
+    );
+    // Slot 0 (master 0's lowest) mid-move, its fence key already on the target.
+    let fence = format!(
+        "{{{}}}slotguard:fence",
+        slotguard::protocol::slot::slot_tag(0)
+    );
+    assert_eq!(
+        common::call(&source, &["EXISTS", &fence]).await.as_int(),
+        Some(1)
+    );
+    let (source_id, target_id) = (
+        common::node_id(&source).await,
+        common::node_id(&target).await,
+    );
+    common::call(
+        &target,
+        &["CLUSTER", "SETSLOT", "0", "IMPORTING", &source_id],
+    )
+    .await;
+    common::call(
+        &source,
+        &["CLUSTER", "SETSLOT", "0", "MIGRATING", &target_id],
+    )
+    .await;
+    let (host, port) = target.rsplit_once(':').unwrap();
+    let migrated = common::call(
+        &source,
+        &["MIGRATE", host, port, "", "0", "5000", "KEYS", &fence],
+    )
+    .await;
+    assert_eq!(migrated.as_str(), Some("OK"), "{migrated:?}");
+    h.cluster.nodes[3].signal("STOP").unwrap();
+    let mut direct = Raw::connect_to(&source).await;
+    assert_eq!(
+        &direct.ask(&format!("SET {key} v2\r\n")).await[..],
+        b"+OK\r\n"
+    );
+    reader.send(&format!("GET {key}\r\n")).await;
+    let early = reader.frame_within(Duration::from_secs(1)).await;
+    h.cluster.nodes[3].signal("CONT").unwrap();
+    assert_eq!(early, None, "a read of a write no replica has");
+    let read = reader.frame_within(Duration::from_secs(15)).await;
+    assert_eq!(read.as_deref(), Some(&b"$2\r\nv2\r\n"[..]));
+}
+
 /// The role a node reports (`master` or `slave`).
 async fn role(addr: &str) -> String {
     match common::call(addr, &["ROLE"]).await {

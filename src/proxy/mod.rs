@@ -746,7 +746,7 @@ impl Dispatch for Proxy {
             replicas: self.routing.status.load().view.replicas_to_wait(addr),
             wait_timeout: config.wait_timeout,
             hold_timeout: config.hold_timeout,
-            fence: self.table.load().fence(addr),
+            fences: self.table.load().fences(addr),
         })
     }
 

@@ -26,9 +26,10 @@ pub struct SlotTable {
     masters: Vec<(u16, u16)>,
     /// The replicas that are up, per entry of `nodes`; empty unless reads may go there.
     replicas: Vec<Vec<Arc<Node>>>,
-    /// Per entry of `nodes`, a master's fence: the write sent before each `WAIT` with
-    /// `durability.ack = "replicated"` (see [`fence_write`]).
-    fences: Vec<Option<Bytes>>,
+    /// Per entry of `nodes`, a master's fences: the write sent before each `WAIT` with
+    /// `durability.ack = "replicated"` (see [`fence_write`]), to its lowest slot, then, if
+    /// the node refuses it (that slot is being moved), to its highest and to one between.
+    fences: Vec<Option<Arc<[Bytes]>>>,
     /// The generation of the map it was made from.
     pub generation: u64,
 }
@@ -40,7 +41,7 @@ pub struct SlotTable {
 /// that exists) or a write answered from its run-once marker writes nothing, and its
 /// `WAIT` would not wait for what it saw. One key per master, which lives a minute after
 /// the last fence.
-pub fn fence_write(slot: u16) -> Bytes {
+fn fence_write(slot: u16) -> Bytes {
     let key = format!("{{{}}}slotguard:fence", slot_tag(slot));
     Request::from_args(&["SET", &key, "1", "PX", "60000"]).into_raw()
 }
@@ -65,10 +66,23 @@ impl SlotTable {
                 masters.push((slot as u16, idx));
             }
         }
-        let mut fences = vec![None; nodes.len()];
-        for &(slot, idx) in &masters {
-            fences[idx as usize] = Some(fence_write(slot));
+        let mut served: Vec<Vec<u16>> = vec![Vec::new(); nodes.len()];
+        for (slot, &idx) in owner.iter().enumerate() {
+            if idx != NONE {
+                served[idx as usize].push(slot as u16);
+            }
         }
+        let fences = served
+            .iter()
+            .map(|slots| {
+                let (&first, &last) = (slots.first()?, slots.last()?);
+                let mut picked = vec![first, last, slots[slots.len() / 2]];
+                picked.dedup();
+                picked.sort_unstable();
+                picked.dedup();
+                Some(picked.into_iter().map(fence_write).collect())
+            })
+            .collect();
         SlotTable {
             owner,
             nodes,
@@ -120,8 +134,8 @@ impl SlotTable {
         self.masters.get(pos + 1).map(|&(s, _)| s)
     }
 
-    /// The fence of the master at `addr` (its lowest slot's), if it serves a slot.
-    pub fn fence(&self, addr: &str) -> Option<Bytes> {
+    /// The fences of the master at `addr`, if it serves a slot: to try in order.
+    pub fn fences(&self, addr: &str) -> Option<Arc<[Bytes]>> {
         let idx = self.nodes.iter().position(|n| n.addr == addr)?;
         self.fences[idx].clone()
     }

@@ -99,10 +99,11 @@ pub struct Durability {
     pub wait_timeout: Duration,
     /// How long the writes may be held for their replicas (`hold.timeout`).
     pub hold_timeout: Duration,
-    /// The master's fence, written before each `WAIT` (see `slot_table::fence_write`):
-    /// without it, a node that counts only the connection's own writes in `WAIT` would
-    /// let a read answer with what another connection wrote and no replica has.
-    pub fence: Option<Bytes>,
+    /// The master's fences, one written before each `WAIT` (see `slot_table::fence_write`):
+    /// without one, a node that counts only the connection's own writes in `WAIT` would
+    /// let a read answer with what another connection wrote and no replica has. The next
+    /// is tried when the node refuses one (its slot is being moved).
+    pub fences: Option<Arc<[Bytes]>>,
 }
 
 /// Why a connection to a node ended, or could not start.
@@ -202,10 +203,11 @@ struct Barrier {
     hold_timeout: Duration,
     /// Replies the node gave, not yet given to their clients.
     held: Vec<(Job, Bytes)>,
+    /// Which of the master's fences went before the `WAIT`, if one did.
+    fence: Option<usize>,
     /// The fence's reply is still to come, ahead of the `WAIT`'s.
     fence_reply: bool,
-    /// The node refused the fence (its slot moved, or is being moved): the `WAIT` counts
-    /// what the node counts, no more.
+    /// The node refused the fence (its slot moved, or is being moved).
     fence_refused: bool,
 }
 
@@ -504,7 +506,7 @@ impl Connection<'_> {
                     });
                 }
                 if fenced {
-                    self.fence(sent, Vec::new());
+                    self.fence(sent, Vec::new(), 0);
                 }
             }
             if !self.wbuf.is_empty() {
@@ -734,13 +736,14 @@ impl Connection<'_> {
 
     /// Sends `WAIT` for the replicas of this master after everything sent so far;
     /// `held`: replies already waiting for it. With `ack = "master"` they go out at once.
-    fn fence(&mut self, since: Instant, held: Vec<(Job, Bytes)>) {
+    /// `candidate`: which of the master's fences to write first.
+    fn fence(&mut self, since: Instant, held: Vec<(Job, Bytes)>, candidate: usize) {
         let durability = self.proxy.upgrade().and_then(|p| p.durability(self.addr));
         let Some(Durability {
             replicas,
             wait_timeout,
             hold_timeout,
-            fence,
+            fences,
         }) = durability
         else {
             for (job, frame) in held {
@@ -750,8 +753,9 @@ impl Connection<'_> {
         };
         let timeout = wait_timeout.as_millis().max(1).to_string();
         let wait = Request::from_args(&["WAIT", &replicas.to_string(), &timeout]);
-        if let Some(fence) = &fence {
-            self.wbuf.extend_from_slice(fence);
+        let fence = fences.and_then(|f| Some((candidate, f.get(candidate)?.clone())));
+        if let Some((_, write)) = &fence {
+            self.wbuf.extend_from_slice(write);
         }
         self.wbuf.extend_from_slice(wait.raw());
         self.job_last = false;
@@ -761,6 +765,7 @@ impl Connection<'_> {
             since,
             hold_timeout,
             held,
+            fence: fence.as_ref().map(|(i, _)| *i),
             fence_reply: fence.is_some(),
             fence_refused: false,
         });
@@ -778,12 +783,24 @@ impl Connection<'_> {
             since,
             hold_timeout,
             mut held,
+            fence,
             fence_refused,
             ..
         } = barrier;
-        if fence_refused {
-            // Rare and brief (the master's lowest slot mid-move): trusted as the node
-            // counts it, and counted.
+        if let (true, Some(tried)) = (fence_refused, fence) {
+            let more = self
+                .proxy
+                .upgrade()
+                .and_then(|p| p.durability(self.addr))
+                .and_then(|d| d.fences)
+                .is_some_and(|f| tried + 1 < f.len());
+            if more && !held.is_empty() && since.elapsed() < hold_timeout {
+                // Its slot is being moved: the next slot's fence, and its `WAIT` again.
+                self.fence(since, held, tried + 1);
+                return;
+            }
+            // Every fence refused: the `WAIT` is trusted as the node counts it, and
+            // counted.
             self.metrics.fences_refused.inc();
         }
         if acked.is_some_and(|n| n >= replicas as i64) || held.is_empty() {
@@ -794,7 +811,7 @@ impl Connection<'_> {
         }
         if acked.is_some() && since.elapsed() < hold_timeout {
             self.metrics.wait_retries.inc();
-            self.fence(since, held);
+            self.fence(since, held, 0);
             return;
         }
         let answer = match acked {
@@ -942,10 +959,10 @@ mod tests {
                 replicas,
                 wait_timeout: Duration::from_millis(100),
                 hold_timeout: Duration::from_secs(5),
-                fence: self
+                fences: self
                     .fenced
                     .load(std::sync::atomic::Ordering::Relaxed)
-                    .then(|| Bytes::from_static(FENCE)),
+                    .then(|| Arc::from([Bytes::from_static(FENCE), Bytes::from_static(FENCE_2)])),
             })
         }
         fn not_retried(&self) {}
@@ -1143,9 +1160,11 @@ mod tests {
 
     const WAIT_1: &[u8] = b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$3\r\n100\r\n";
     const FENCE: &[u8] = b"*1\r\n$1\r\nf\r\n";
+    const FENCE_2: &[u8] = b"*1\r\n$1\r\nF\r\n";
 
     /// The fence goes before every `WAIT`, the first and each one asked again, and its
-    /// reply reaches no client; one the node refuses is counted, and the `WAIT` trusted.
+    /// reply reaches no client; one the node refuses is followed by the next and its
+    /// `WAIT`, and when every one is refused that is counted and the `WAIT` trusted.
     #[tokio::test]
     async fn each_wait_is_fenced_and_the_fence_answers_no_one() {
         let fx = Fixture::new();
@@ -1173,6 +1192,11 @@ mod tests {
             tx.send(get2).unwrap();
             read_exactly(&mut node, 11 + fenced_wait.len()).await;
             node.write_all(b"$1\r\nw\r\n-ASK 3 10.0.0.2:7000\r\n:1\r\n")
+                .await
+                .unwrap();
+            let second = [FENCE_2, WAIT_1].concat();
+            assert_eq!(read_exactly(&mut node, second.len()).await, second);
+            node.write_all(b"-ASK 9 10.0.0.2:7000\r\n:1\r\n")
                 .await
                 .unwrap();
             drop(tx);
