@@ -113,7 +113,7 @@ pub struct Metrics {
     pub wait_retries: IntCounter,
     /// Writes answered an error: applied on a master, not confirmed by its replicas.
     pub writes_unconfirmed: IntCounter,
-    /// `WAIT` fences a master refused (`durability.ack = "replicated"`).
+    /// `WAIT`s whose every fence a master refused (`durability.ack = "replicated"`).
     pub fences_refused: IntCounter,
     /// Writes not sent again after their connection broke, since they could apply twice.
     pub writes_not_retried: IntCounter,
@@ -339,7 +339,7 @@ impl Metrics {
             ),
             fences_refused: counter(
                 "slotguard_fences_refused_total",
-                "Fence writes before a WAIT that a master refused, so that the WAIT covered only the connection's own writes (durability.ack = replicated)",
+                "WAITs whose every fence write a master refused (their slots mid-move), so that the WAIT covered only the connection's own writes (durability.ack = replicated)",
             ),
             writes_not_retried: counter(
                 "slotguard_writes_not_retried_total",
