@@ -46,6 +46,23 @@ fn fence_write(slot: u16) -> Bytes {
     Request::from_args(&["SET", &key, "1", "PX", "60000"]).into_raw()
 }
 
+/// Where a master's fences go, in the order tried, of the slots it serves (ascending):
+/// its lowest, its highest, and the one halfway through, without repeats. A migration
+/// moves one slot at a time, so one of three is nearly always the master's own.
+fn fence_slots(served: &[u16]) -> Vec<u16> {
+    let (Some(&first), Some(&last)) = (served.first(), served.last()) else {
+        return Vec::new();
+    };
+    let mut picked = vec![first, last, served[served.len() / 2]];
+    let mut seen = Vec::with_capacity(3);
+    picked.retain(|s| {
+        let new = !seen.contains(s);
+        seen.push(*s);
+        new
+    });
+    picked
+}
+
 impl SlotTable {
     pub fn empty() -> SlotTable {
         SlotTable::from_map(&SlotMap::default(), |_| {
@@ -75,12 +92,8 @@ impl SlotTable {
         let fences = served
             .iter()
             .map(|slots| {
-                let (&first, &last) = (slots.first()?, slots.last()?);
-                let mut picked = vec![first, last, slots[slots.len() / 2]];
-                picked.dedup();
-                picked.sort_unstable();
-                picked.dedup();
-                Some(picked.into_iter().map(fence_write).collect())
+                let picked = fence_slots(slots);
+                (!picked.is_empty()).then(|| picked.into_iter().map(fence_write).collect())
             })
             .collect();
         SlotTable {
@@ -143,5 +156,19 @@ impl SlotTable {
     /// Slots with an owner.
     pub fn covered(&self) -> usize {
         self.owner.iter().filter(|&&i| i != NONE).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fences_go_to_the_lowest_the_highest_and_a_middle_slot() {
+        let served: Vec<u16> = (0..100).chain(200..300).collect();
+        assert_eq!(fence_slots(&served), [0, 299, 200]);
+        assert_eq!(fence_slots(&[7, 8]), [7, 8]);
+        assert_eq!(fence_slots(&[7]), [7]);
+        assert!(fence_slots(&[]).is_empty());
     }
 }
