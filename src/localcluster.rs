@@ -80,6 +80,13 @@ impl LocalNode {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The status of a process that ended without being killed here (a crash), once.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
+    }
+
     /// `kill -9` by pid.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
