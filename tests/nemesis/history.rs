@@ -323,14 +323,22 @@ pub async fn counter(shared: Arc<Shared>, id: usize) -> Vec<Op> {
 }
 
 /// List client `id`: appends unique elements to a list of its own and reads it whole
-/// now and then; moves to a new list every [`PUSHES_PER_LIST`] appends.
+/// now and then; moves to a new list every [`PUSHES_PER_LIST`] appends. Half its reads
+/// are of one of its earlier lists, picked at random: a list that loses appends after
+/// the client moved on is then caught near when it happened, not only by the final read
+/// (seed 213's second run lost the tails of 16 lists no read looked at again).
 pub async fn lists(shared: Arc<Shared>, id: usize, mut rng: Rng) -> Vec<Op> {
     let mut client = Client::new(shared.clone());
     let mut ops = Vec::new();
     let mut seq = 0;
     while !shared.stop.load(Ordering::Relaxed) {
-        let key = format!("nem:list:{id}:{}", seq / PUSHES_PER_LIST);
+        let list = seq / PUSHES_PER_LIST;
+        let key = format!("nem:list:{id}:{list}");
         let op = if rng.below(8) == 0 {
+            let key = match rng.below(2) {
+                0 => format!("nem:list:{id}:{}", rng.below(list + 1)),
+                _ => key,
+            };
             client.range(id, &key).await
         } else {
             seq += 1;
