@@ -8,11 +8,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_unharmed, node_id, writers, Harness, Report};
+use common::{assert_unharmed, node_id, writers_counted, Harness, Report};
 use slotguard::client::Conn;
 use slotguard::config::Promote;
 use slotguard::localcluster::{wait_for, LocalCluster, Options};
@@ -152,21 +152,42 @@ async fn outcome(
     assert_kept(h, report, setup).await;
 }
 
-/// Runs writers on the slot's keys while `fault` happens, and 1.5 s more. Returns what
-/// they saw and when the fault began.
+/// Runs writers on the slot's keys while `fault` happens, and after it until they have
+/// written [`AFTER`] more (1.5 s at least). Returns what they saw and when the fault
+/// began.
 async fn writers_around(
     h: &Harness,
     setup: &Setup,
     fault: impl std::future::Future<Output = ()>,
 ) -> (Report, Instant) {
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(writers(h.url(), 6, setup.written(), stop.clone()));
+    let done = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn(writers_counted(
+        h.url(),
+        6,
+        setup.written(),
+        stop.clone(),
+        done.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let fault_at = Instant::now();
     fault.await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after_the_fault(&done).await;
     stop.store(true, Ordering::Relaxed);
     (load.await.unwrap(), fault_at)
+}
+
+/// Writes the writers make after a fault before they stop: more than [`outcome`] asks
+/// for, so that a slow machine (the writers held through the fault) still shows them.
+const AFTER: u64 = 30;
+
+/// 1.5 s after the fault, and until the writers have written [`AFTER`] more (at most a
+/// minute: writers held that long fail on their own).
+async fn after_the_fault(done: &AtomicU64) {
+    let before = done.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let since = done.load(Ordering::Relaxed) - before;
+    common::until_more_writes(done, AFTER.saturating_sub(since), Duration::from_secs(60)).await;
 }
 
 /// kill -9 of master `victim` (by pid), until its replica is promoted.
@@ -186,11 +207,18 @@ async fn wait_promoted(cluster: &LocalCluster, i: usize) {
 /// more. Returns what they saw and when the kill happened.
 async fn kill_under_load(h: &mut Harness, setup: &Setup, victim: usize) -> (Report, Instant) {
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(writers(h.url(), 6, setup.written(), stop.clone()));
+    let done = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn(writers_counted(
+        h.url(),
+        6,
+        setup.written(),
+        stop.clone(),
+        done.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let at = Instant::now();
     kill_and_fail_over(&mut h.cluster, victim).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after_the_fault(&done).await;
     stop.store(true, Ordering::Relaxed);
     (load.await.unwrap(), at)
 }
@@ -403,13 +431,20 @@ async fn s9_target_finalizes_then_segfaults_before_telling_anyone() {
     let b = h.cluster.nodes[1].addr();
     let slot = setup.slot.to_string();
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(writers(h.url(), 6, setup.written(), stop.clone()));
+    let done = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn(writers_counted(
+        h.url(),
+        6,
+        setup.written(),
+        stop.clone(),
+        done.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let at = Instant::now();
     finalize_and_crash(&b, &slot, &setup.target).await;
     h.cluster.nodes[1].kill(); // reaps the crashed process
     wait_promoted(&h.cluster, 1).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after_the_fault(&done).await;
     stop.store(true, Ordering::Relaxed);
     let report = load.await.unwrap();
     // On Valkey B's nodes.conf still says it imports the slot (the crash came before it
@@ -446,14 +481,21 @@ async fn s10_slot_bound_to_a_target_that_then_dies() {
     let slot = setup.slot.to_string();
     let (a, c) = (h.cluster.nodes[0].addr(), h.cluster.nodes[2].addr());
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(writers(h.url(), 6, setup.written(), stop.clone()));
+    let done = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn(writers_counted(
+        h.url(),
+        6,
+        setup.written(),
+        stop.clone(),
+        done.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let at = Instant::now();
     // SETSLOT NODE B reaches A and C but not B (no epoch bump), then B dies.
     call(&a, &["CLUSTER", "SETSLOT", &slot, "NODE", &setup.target]).await;
     call(&c, &["CLUSTER", "SETSLOT", &slot, "NODE", &setup.target]).await;
     kill_and_fail_over(&mut h.cluster, 1).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after_the_fault(&done).await;
     stop.store(true, Ordering::Relaxed);
     let report = load.await.unwrap();
     let heir = heir_of(&h, 1).await;
@@ -1201,7 +1243,14 @@ async fn unseen(name: &str, moved: usize, fault: Fault, owner: Owner, missed: Mi
     };
     // Writers run until the slot is clean, and 1.5 s more.
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(writers(h.url(), 6, setup.written(), stop.clone()));
+    let done = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn(writers_counted(
+        h.url(),
+        6,
+        setup.written(),
+        stop.clone(),
+        done.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     if let Fault::TargetDownNoFailover = fault {
         // The cluster fails the target, the proxy holds the slot, and the target comes
@@ -1241,7 +1290,7 @@ async fn unseen(name: &str, moved: usize, fault: Fault, owner: Owner, missed: Mi
     } else {
         settled(&h, setup.slot, &owner).await
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after_the_fault(&done).await;
     stop.store(true, Ordering::Relaxed);
     let report = load.await.unwrap();
     outcome(name, &h, &report, &setup, at, clean_at, false).await;
@@ -1385,14 +1434,21 @@ async fn s1_target_restarts_without_failover_and_the_migration_is_finished() {
     )
     .await;
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(writers(h.url(), 6, setup.written(), stop.clone()));
+    let done = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn(writers_counted(
+        h.url(),
+        6,
+        setup.written(),
+        stop.clone(),
+        done.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let at = Instant::now();
     h.cluster.nodes[1].kill();
     // The cluster fails it, and the proxy sees the migration lost its target.
     wait_held_for_target(&h, setup.slot).await;
     h.cluster.restart(1).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after_the_fault(&done).await;
     stop.store(true, Ordering::Relaxed);
     let report = load.await.unwrap();
     conclude(

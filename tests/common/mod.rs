@@ -314,12 +314,24 @@ pub fn keys_in_slots(
 /// Runs `n` writers through the proxy until `stop`. Writer `w` owns every `n`-th key of
 /// `keys`; it SETs one, reads it back at once, and moves on.
 pub async fn writers(url: String, n: usize, keys: Vec<String>, stop: Arc<AtomicBool>) -> Report {
+    writers_counted(url, n, keys, stop, Arc::default()).await
+}
+
+/// [`writers`], counting acknowledged writes in `done` as they happen.
+pub async fn writers_counted(
+    url: String,
+    n: usize,
+    keys: Vec<String>,
+    stop: Arc<AtomicBool>,
+    done: Arc<std::sync::atomic::AtomicU64>,
+) -> Report {
     let keys = Arc::new(keys);
     let mut tasks = Vec::new();
     for w in 0..n {
         let url = url.clone();
         let stop = stop.clone();
         let keys = keys.clone();
+        let done = done.clone();
         let mine: Vec<usize> = (w..keys.len()).step_by(n).collect();
         tasks.push(tokio::spawn(async move {
             let mut report = Report::default();
@@ -346,6 +358,7 @@ pub async fn writers(url: String, n: usize, keys: Vec<String>, stop: Arc<AtomicB
                 match set {
                     Ok(()) => {
                         report.writes += 1;
+                        done.fetch_add(1, Ordering::Relaxed);
                         report.acked.insert(key.clone(), value.clone());
                         let started = std::time::Instant::now();
                         let got: redis::RedisResult<Option<String>> =
@@ -397,6 +410,17 @@ pub async fn lost_writes(
         }
     }
     lost
+}
+
+/// Waits until `done` is `more` above what it was when called, or `most` passed: writers
+/// keep going after a fault until they have written enough to show it, however slow the
+/// machine, rather than for a fixed time.
+pub async fn until_more_writes(done: &std::sync::atomic::AtomicU64, more: u64, most: Duration) {
+    let target = done.load(Ordering::Relaxed) + more;
+    let started = std::time::Instant::now();
+    while done.load(Ordering::Relaxed) < target && started.elapsed() < most {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What every test with writers under a fault asserts: they ran, no client saw an error or
