@@ -160,34 +160,45 @@ async fn writers_around(
     setup: &Setup,
     fault: impl std::future::Future<Output = ()>,
 ) -> (Report, Instant) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(writers_counted(
-        h.url(),
-        6,
-        setup.written(),
-        stop.clone(),
-        done.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = Load::start(h.url(), setup.written()).await;
     let fault_at = Instant::now();
     fault.await;
-    after_the_fault(&done).await;
-    stop.store(true, Ordering::Relaxed);
-    (load.await.unwrap(), fault_at)
+    (load.finish().await, fault_at)
 }
 
 /// Writes the writers make after a fault before they stop: more than [`outcome`] asks
 /// for, so that a slow machine (the writers held through the fault) still shows them.
 const AFTER: u64 = 30;
 
-/// 1.5 s after the fault, and until the writers have written [`AFTER`] more (at most a
-/// minute: writers held that long fail on their own).
-async fn after_the_fault(done: &AtomicU64) {
-    let before = done.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let since = done.load(Ordering::Relaxed) - before;
-    common::until_more_writes(done, AFTER.saturating_sub(since), Duration::from_secs(60)).await;
+/// Six writers on a slot's keys, under a fault.
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Report>,
+}
+
+impl Load {
+    /// Starts the writers, and gives them 300 ms before the fault.
+    async fn start(url: String, keys: Vec<String>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(writers_counted(url, 6, keys, stop.clone(), done.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Load { stop, done, task }
+    }
+
+    /// After the fault: 1.5 s, and until the writers have written [`AFTER`] more (at most
+    /// a minute: writers held that long fail on their own); then stops them and returns
+    /// what they saw.
+    async fn finish(self) -> Report {
+        let before = self.done.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let since = self.done.load(Ordering::Relaxed) - before;
+        let more = AFTER.saturating_sub(since);
+        common::until_more_writes(&self.done, more, Duration::from_secs(60)).await;
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
 }
 
 /// kill -9 of master `victim` (by pid), until its replica is promoted.
@@ -206,21 +217,10 @@ async fn wait_promoted(cluster: &LocalCluster, i: usize) {
 /// Writers on the slot's keys while master `victim` is killed and failed over, and 1.5 s
 /// more. Returns what they saw and when the kill happened.
 async fn kill_under_load(h: &mut Harness, setup: &Setup, victim: usize) -> (Report, Instant) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(writers_counted(
-        h.url(),
-        6,
-        setup.written(),
-        stop.clone(),
-        done.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = Load::start(h.url(), setup.written()).await;
     let at = Instant::now();
     kill_and_fail_over(&mut h.cluster, victim).await;
-    after_the_fault(&done).await;
-    stop.store(true, Ordering::Relaxed);
-    (load.await.unwrap(), at)
+    (load.finish().await, at)
 }
 
 /// A manual failover: the replica of master `i` takes over (`CLUSTER FAILOVER`).
@@ -430,23 +430,12 @@ async fn s9_target_finalizes_then_segfaults_before_telling_anyone() {
     let (mut h, setup) = migrating(200).await;
     let b = h.cluster.nodes[1].addr();
     let slot = setup.slot.to_string();
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(writers_counted(
-        h.url(),
-        6,
-        setup.written(),
-        stop.clone(),
-        done.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = Load::start(h.url(), setup.written()).await;
     let at = Instant::now();
     finalize_and_crash(&b, &slot, &setup.target).await;
     h.cluster.nodes[1].kill(); // reaps the crashed process
     wait_promoted(&h.cluster, 1).await;
-    after_the_fault(&done).await;
-    stop.store(true, Ordering::Relaxed);
-    let report = load.await.unwrap();
+    let report = load.finish().await;
     // On Valkey B's nodes.conf still says it imports the slot (the crash came before it
     // was saved): undone onto the source, as S2.
     let owner = owner_after_target_lost(&h).await;
@@ -480,24 +469,13 @@ async fn s10_slot_bound_to_a_target_that_then_dies() {
     let (mut h, setup) = migrating(200).await;
     let slot = setup.slot.to_string();
     let (a, c) = (h.cluster.nodes[0].addr(), h.cluster.nodes[2].addr());
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(writers_counted(
-        h.url(),
-        6,
-        setup.written(),
-        stop.clone(),
-        done.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = Load::start(h.url(), setup.written()).await;
     let at = Instant::now();
     // SETSLOT NODE B reaches A and C but not B (no epoch bump), then B dies.
     call(&a, &["CLUSTER", "SETSLOT", &slot, "NODE", &setup.target]).await;
     call(&c, &["CLUSTER", "SETSLOT", &slot, "NODE", &setup.target]).await;
     kill_and_fail_over(&mut h.cluster, 1).await;
-    after_the_fault(&done).await;
-    stop.store(true, Ordering::Relaxed);
-    let report = load.await.unwrap();
+    let report = load.finish().await;
     let heir = heir_of(&h, 1).await;
     conclude(
         "S10 slot bound to a dead target",
@@ -1241,17 +1219,8 @@ async fn unseen(name: &str, moved: usize, fault: Fault, owner: Owner, missed: Mi
         Owner::Target => setup.target.clone(),
         Owner::ReplicaOf(i) => heir_of(&h, i).await,
     };
-    // Writers run until the slot is clean, and 1.5 s more.
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(writers_counted(
-        h.url(),
-        6,
-        setup.written(),
-        stop.clone(),
-        done.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Writers run until the slot is clean, and after it as after any fault.
+    let load = Load::start(h.url(), setup.written()).await;
     if let Fault::TargetDownNoFailover = fault {
         // The cluster fails the target, the proxy holds the slot, and the target comes
         // back as it was: importing the slot.
@@ -1290,9 +1259,7 @@ async fn unseen(name: &str, moved: usize, fault: Fault, owner: Owner, missed: Mi
     } else {
         settled(&h, setup.slot, &owner).await
     };
-    after_the_fault(&done).await;
-    stop.store(true, Ordering::Relaxed);
-    let report = load.await.unwrap();
+    let report = load.finish().await;
     outcome(name, &h, &report, &setup, at, clean_at, false).await;
     if let Fault::CutMigrateThenKill = fault {
         let v = call(&h.proxy.addr.to_string(), &["GET", &setup.keys[BOTH_SIDES]]).await;
@@ -1433,24 +1400,13 @@ async fn s1_target_restarts_without_failover_and_the_migration_is_finished() {
         &["CONFIG", "SET", "cluster-replica-no-failover", "yes"],
     )
     .await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(writers_counted(
-        h.url(),
-        6,
-        setup.written(),
-        stop.clone(),
-        done.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = Load::start(h.url(), setup.written()).await;
     let at = Instant::now();
     h.cluster.nodes[1].kill();
     // The cluster fails it, and the proxy sees the migration lost its target.
     wait_held_for_target(&h, setup.slot).await;
     h.cluster.restart(1).await.unwrap();
-    after_the_fault(&done).await;
-    stop.store(true, Ordering::Relaxed);
-    let report = load.await.unwrap();
+    let report = load.finish().await;
     conclude(
         "S1 target restarted, no failover",
         &h,
